@@ -1,0 +1,1 @@
+//! Board profiles and their sensor/IO drivers.

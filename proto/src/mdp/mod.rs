@@ -1,0 +1,195 @@
+//! The Majordomo Protocol, in the four dialects found in the field.
+//!
+//! | dialect     | headers            | leading `""` | commands | notes                                   |
+//! |-------------|--------------------|--------------|----------|-----------------------------------------|
+//! | `Rfc7`      | `MDPC01`/`MDPW01`  | yes          | bytes    | REPLY only (zguide, older plantd)       |
+//! | `Rfc18`     | `MDPC02`/`MDPW02`  | no           | bytes    | PARTIAL* then FINAL                     |
+//! | `Majortomo` | `MDPC02`/`MDPW02`  | yes          | bytes    | client REQUEST is `\x02`, client replies carry no service frame |
+//! | `Plantd`    | `MDPC02`/`MDPW02`  | to broker    | words    | no `""` between client and body in worker replies |
+//!
+//! Frames here are what a DEALER sees: the identity frame a ROUTER adds is not
+//! part of them. Decoding borrows from the frames and never allocates, so the
+//! broker can move body frames on without copying them.
+
+mod decode;
+mod encode;
+
+pub use decode::{decode_from_broker, decode_to_broker, DecodeError};
+pub use encode::{
+    client_reply, client_request, encode_from_broker, encode_to_broker, heartbeat,
+    worker_disconnect, worker_ready, worker_reply, worker_request, EncodeError, Envelope,
+};
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Client protocol header of MDP/0.1 (RFC 7).
+pub const MDPC01: &[u8] = b"MDPC01";
+/// Worker protocol header of MDP/0.1 (RFC 7).
+pub const MDPW01: &[u8] = b"MDPW01";
+/// Client protocol header of MDP/0.2 (RFC 18, majortomo, plantd).
+pub const MDPC02: &[u8] = b"MDPC02";
+/// Worker protocol header of MDP/0.2 (RFC 18, majortomo, plantd).
+pub const MDPW02: &[u8] = b"MDPW02";
+
+/// Longest service name accepted. Names are routing keys, not payloads.
+pub const MAX_SERVICE_LEN: usize = 255;
+
+/// Which Majordomo variant a peer speaks. The broker answers every peer in the
+/// dialect it spoke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// RFC 7, MDP/0.1.
+    Rfc7,
+    /// RFC 18, MDP/0.2, exactly as written.
+    Rfc18,
+    /// RFC 18 as the `majortomo` Python package speaks it.
+    Majortomo,
+    /// plantd's Go implementation: MDP/0.2 headers with ASCII word commands.
+    Plantd,
+}
+
+impl Dialect {
+    pub const ALL: [Dialect; 4] = [
+        Dialect::Rfc7,
+        Dialect::Rfc18,
+        Dialect::Majortomo,
+        Dialect::Plantd,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Rfc7 => "rfc7",
+            Dialect::Rfc18 => "rfc18",
+            Dialect::Majortomo => "majortomo",
+            Dialect::Plantd => "plantd",
+        }
+    }
+
+    /// RFC 7 has a single REPLY; every later dialect streams PARTIALs before a FINAL.
+    pub fn supports_partial(self) -> bool {
+        self != Dialect::Rfc7
+    }
+}
+
+impl fmt::Display for Dialect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Dialect {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Dialect::ALL
+            .into_iter()
+            .find(|d| d.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                format!("unknown dialect '{s}': expected one of rfc7, rfc18, majortomo, plantd")
+            })
+    }
+}
+
+/// A reply part: RFC 7's REPLY is a `Final`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReplyKind {
+    Partial,
+    Final,
+}
+
+/// A message a client or worker sends to the broker.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ToBroker<'a, F> {
+    /// Client asks `service` to handle `body`.
+    Request { service: &'a [u8], body: &'a [F] },
+    /// Worker registers for `service`.
+    Ready { service: &'a [u8] },
+    /// Worker answers the request of `client`.
+    Reply {
+        kind: ReplyKind,
+        client: &'a [u8],
+        body: &'a [F],
+    },
+    /// Worker is alive.
+    Heartbeat,
+    /// Worker is leaving.
+    Disconnect,
+}
+
+/// A message the broker sends to a client or worker.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FromBroker<'a, F> {
+    /// To a client. `service` is `None` only in the majortomo dialect, which omits it.
+    Reply {
+        kind: ReplyKind,
+        service: Option<&'a [u8]>,
+        body: &'a [F],
+    },
+    /// To a worker: handle `body` for `client`.
+    Request { client: &'a [u8], body: &'a [F] },
+    /// Broker is alive.
+    Heartbeat,
+    /// Worker must reconnect on a fresh socket and register again.
+    Disconnect,
+}
+
+impl<F> ToBroker<'_, F> {
+    /// Body frames carried by the message (empty for commands without a body).
+    pub fn body(&self) -> &[F] {
+        match self {
+            ToBroker::Request { body, .. } | ToBroker::Reply { body, .. } => body,
+            _ => &[],
+        }
+    }
+}
+
+impl<F> FromBroker<'_, F> {
+    /// Body frames carried by the message (empty for commands without a body).
+    pub fn body(&self) -> &[F] {
+        match self {
+            FromBroker::Reply { body, .. } | FromBroker::Request { body, .. } => body,
+            _ => &[],
+        }
+    }
+}
+
+/// Byte and word commands, shared by the decoder and the encoder so the two
+/// cannot disagree.
+pub(crate) mod cmd {
+    // RFC 7 worker commands.
+    pub const W1_READY: &[u8] = b"\x01";
+    pub const W1_REQUEST: &[u8] = b"\x02";
+    pub const W1_REPLY: &[u8] = b"\x03";
+    pub const W1_HEARTBEAT: &[u8] = b"\x04";
+    pub const W1_DISCONNECT: &[u8] = b"\x05";
+
+    // RFC 18 client commands.
+    pub const C2_REQUEST: &[u8] = b"\x01";
+    pub const C2_PARTIAL: &[u8] = b"\x02";
+    pub const C2_FINAL: &[u8] = b"\x03";
+
+    // majortomo client commands (it reuses the worker numbering).
+    pub const MT_REQUEST: &[u8] = b"\x02";
+    pub const MT_PARTIAL: &[u8] = b"\x03";
+    pub const MT_FINAL: &[u8] = b"\x04";
+
+    // RFC 18 (and majortomo) worker commands.
+    pub const W2_READY: &[u8] = b"\x01";
+    pub const W2_REQUEST: &[u8] = b"\x02";
+    pub const W2_PARTIAL: &[u8] = b"\x03";
+    pub const W2_FINAL: &[u8] = b"\x04";
+    pub const W2_HEARTBEAT: &[u8] = b"\x05";
+    pub const W2_DISCONNECT: &[u8] = b"\x06";
+
+    // plantd word commands.
+    pub const READY: &[u8] = b"READY";
+    pub const REQUEST: &[u8] = b"REQUEST";
+    pub const PARTIAL: &[u8] = b"PARTIAL";
+    pub const FINAL: &[u8] = b"FINAL";
+    pub const HEARTBEAT: &[u8] = b"HEARTBEAT";
+    pub const DISCONNECT: &[u8] = b"DISCONNECT";
+}
+
+#[cfg(test)]
+mod tests;
