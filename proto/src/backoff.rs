@@ -23,20 +23,12 @@ impl Backoff {
     }
 
     fn with_rng(min: Duration, max: Duration, rng: fastrand::Rng) -> Self {
-        Backoff {
-            min,
-            max: max.max(min),
-            attempt: 0,
-            rng,
-        }
+        Backoff { min, max: max.max(min), attempt: 0, rng }
     }
 
     /// The delay before the next attempt; each call counts one failure.
     pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .min
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.max);
+        let ceiling = self.min.saturating_mul(1u32 << self.attempt.min(20)).min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let half = ceiling / 2;
         let spread = (ceiling - half).as_nanos() as u64;
@@ -65,11 +57,7 @@ mod tests {
         let ceilings = [100, 200, 400, 800, 1000, 1000, 1000];
         for c in ceilings {
             let d = b.next_delay();
-            assert!(
-                d >= c * MS / 2 && d <= c * MS,
-                "delay {d:?} outside [{}, {c}] ms",
-                c / 2
-            );
+            assert!(d >= c * MS / 2 && d <= c * MS, "delay {d:?} outside [{}, {c}] ms", c / 2);
         }
     }
 
@@ -89,11 +77,7 @@ mod tests {
         for seed in 0..20 {
             seen.insert(Backoff::with_seed(100 * MS, 1000 * MS, seed).next_delay());
         }
-        assert!(
-            seen.len() > 10,
-            "jitter produced only {} distinct delays",
-            seen.len()
-        );
+        assert!(seen.len() > 10, "jitter produced only {} distinct delays", seen.len());
     }
 
     #[test]

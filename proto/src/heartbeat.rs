@@ -14,12 +14,7 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     pub fn new(now: Instant, interval: Duration, liveness: u32) -> Self {
-        Heartbeat {
-            interval,
-            liveness: liveness.max(1),
-            last_heard: now,
-            next_send: now + interval,
-        }
+        Heartbeat { interval, liveness: liveness.max(1), last_heard: now, next_send: now + interval }
     }
 
     /// Anything from the peer proves it alive.

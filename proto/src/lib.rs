@@ -8,3 +8,17 @@ pub mod backoff;
 pub mod heartbeat;
 pub mod mdp;
 pub mod mmi;
+
+use std::ops::Deref;
+
+/// A message frame: anything that derefs to bytes (`Vec<u8>`, `&[u8]`,
+/// `zmq::Message`). Lets the codecs borrow from whatever the caller received into.
+pub trait Frame {
+    fn bytes(&self) -> &[u8];
+}
+
+impl<T: Deref<Target = [u8]>> Frame for T {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}

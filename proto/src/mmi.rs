@@ -1,6 +1,7 @@
 //! Majordomo Management Interface (RFC 8): services named `mmi.*` are answered
 //! by the broker itself.
 
+use crate::Frame;
 /// Prefix reserved for the broker's own services. Workers may not register it.
 pub const PREFIX: &[u8] = b"mmi.";
 
@@ -31,14 +32,12 @@ pub enum Request<'a> {
 
 impl<'a> Request<'a> {
     /// Parses a request to an `mmi.*` service; `None` if `service` is not one.
-    pub fn parse<F: AsRef<[u8]>>(service: &[u8], body: &'a [F]) -> Option<Self> {
+    pub fn parse<F: Frame>(service: &[u8], body: &'a [F]) -> Option<Self> {
         if !is_mmi(service) {
             return None;
         }
         Some(match service {
-            SERVICE => Request::Service {
-                name: body.first().map_or(&[][..], |f| f.as_ref()),
-            },
+            SERVICE => Request::Service { name: body.first().map_or(&[][..], |f| f.bytes()) },
             SERVICES => Request::Services,
             WORKERS => Request::Workers,
             METRICS => Request::Metrics,
@@ -81,31 +80,13 @@ mod tests {
     #[test]
     fn parses_known_and_unknown_names() {
         let body = [b"echo".to_vec()];
-        assert_eq!(
-            Request::parse(b"mmi.service", &body),
-            Some(Request::Service { name: b"echo" })
-        );
+        assert_eq!(Request::parse(b"mmi.service", &body), Some(Request::Service { name: b"echo" }));
         let empty: [Vec<u8>; 0] = [];
-        assert_eq!(
-            Request::parse(b"mmi.service", &empty),
-            Some(Request::Service { name: b"" })
-        );
-        assert_eq!(
-            Request::parse(b"mmi.services", &empty),
-            Some(Request::Services)
-        );
-        assert_eq!(
-            Request::parse(b"mmi.workers", &empty),
-            Some(Request::Workers)
-        );
-        assert_eq!(
-            Request::parse(b"mmi.metrics", &empty),
-            Some(Request::Metrics)
-        );
-        assert_eq!(
-            Request::parse(b"mmi.status", &empty),
-            Some(Request::Unknown)
-        );
+        assert_eq!(Request::parse(b"mmi.service", &empty), Some(Request::Service { name: b"" }));
+        assert_eq!(Request::parse(b"mmi.services", &empty), Some(Request::Services));
+        assert_eq!(Request::parse(b"mmi.workers", &empty), Some(Request::Workers));
+        assert_eq!(Request::parse(b"mmi.metrics", &empty), Some(Request::Metrics));
+        assert_eq!(Request::parse(b"mmi.status", &empty), Some(Request::Unknown));
         assert_eq!(Request::parse(b"echo", &empty), None);
     }
 

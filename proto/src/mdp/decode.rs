@@ -2,9 +2,8 @@
 //! error; nothing here indexes without checking, so nothing here panics.
 
 use super::cmd::*;
-use super::{
-    Dialect, FromBroker, ReplyKind, ToBroker, MAX_SERVICE_LEN, MDPC01, MDPC02, MDPW01, MDPW02,
-};
+use super::{Dialect, FromBroker, ReplyKind, ToBroker, MAX_SERVICE_LEN, MDPC01, MDPC02, MDPW01, MDPW02};
+use crate::Frame;
 
 /// Why a message was rejected. The broker counts drops per reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
@@ -86,7 +85,7 @@ impl DecodeError {
 type Result<T> = std::result::Result<T, DecodeError>;
 
 /// Decodes a message a client or worker sent to the broker.
-pub fn decode_to_broker<F: AsRef<[u8]>>(frames: &[F]) -> Result<(Dialect, ToBroker<'_, F>)> {
+pub fn decode_to_broker<F: Frame>(frames: &[F]) -> Result<(Dialect, ToBroker<'_, F>)> {
     let (delimited, header, rest) = split_header(frames)?;
     match header {
         MDPC01 | MDPW01 if !delimited => Err(DecodeError::MissingEmptyFrame),
@@ -111,7 +110,7 @@ pub fn decode_to_broker<F: AsRef<[u8]>>(frames: &[F]) -> Result<(Dialect, ToBrok
         }
         MDPW02 => {
             let dialect = match rest.first() {
-                Some(command) => dialect_02(delimited, command.as_ref()),
+                Some(command) => dialect_02(delimited, command.bytes()),
                 None => return Err(DecodeError::MissingCommand),
             };
             // plantd workers write the leading empty frame; RFC 18 ones do not.
@@ -125,20 +124,13 @@ pub fn decode_to_broker<F: AsRef<[u8]>>(frames: &[F]) -> Result<(Dialect, ToBrok
 }
 
 /// Decodes a message the broker sent to a client or worker.
-pub fn decode_from_broker<F: AsRef<[u8]>>(frames: &[F]) -> Result<(Dialect, FromBroker<'_, F>)> {
+pub fn decode_from_broker<F: Frame>(frames: &[F]) -> Result<(Dialect, FromBroker<'_, F>)> {
     let (delimited, header, rest) = split_header(frames)?;
     match header {
         MDPC01 | MDPW01 if !delimited => Err(DecodeError::MissingEmptyFrame),
         MDPC01 => {
             let (service, body) = split_service(rest)?;
-            Ok((
-                Dialect::Rfc7,
-                FromBroker::Reply {
-                    kind: ReplyKind::Final,
-                    service: Some(service),
-                    body,
-                },
-            ))
+            Ok((Dialect::Rfc7, FromBroker::Reply { kind: ReplyKind::Final, service: Some(service), body }))
         }
         MDPW01 => Ok((Dialect::Rfc7, broker_to_worker(Dialect::Rfc7, rest)?)),
         MDPC02 => {
@@ -161,28 +153,14 @@ pub fn decode_from_broker<F: AsRef<[u8]>>(frames: &[F]) -> Result<(Dialect, From
                 return Err(unknown_or_wrong_direction(dialect, command, false));
             };
             if dialect == Dialect::Majortomo {
-                return Ok((
-                    dialect,
-                    FromBroker::Reply {
-                        kind,
-                        service: None,
-                        body: rest,
-                    },
-                ));
+                return Ok((dialect, FromBroker::Reply { kind, service: None, body: rest }));
             }
             let (service, body) = split_service(rest)?;
-            Ok((
-                dialect,
-                FromBroker::Reply {
-                    kind,
-                    service: Some(service),
-                    body,
-                },
-            ))
+            Ok((dialect, FromBroker::Reply { kind, service: Some(service), body }))
         }
         MDPW02 => {
             let dialect = match rest.first() {
-                Some(command) => dialect_02(delimited, command.as_ref()),
+                Some(command) => dialect_02(delimited, command.bytes()),
                 None => return Err(DecodeError::MissingCommand),
             };
             if delimited != (dialect == Dialect::Majortomo) {
@@ -195,20 +173,20 @@ pub fn decode_from_broker<F: AsRef<[u8]>>(frames: &[F]) -> Result<(Dialect, From
 }
 
 /// Splits off the optional leading empty frame and the protocol header.
-fn split_header<F: AsRef<[u8]>>(frames: &[F]) -> Result<(bool, &[u8], &[F])> {
+fn split_header<F: Frame>(frames: &[F]) -> Result<(bool, &[u8], &[F])> {
     let (first, rest) = frames.split_first().ok_or(DecodeError::Empty)?;
-    let (delimited, header, rest) = if first.as_ref().is_empty() {
+    let (delimited, header, rest) = if first.bytes().is_empty() {
         let (header, rest) = rest.split_first().ok_or(DecodeError::MissingHeader)?;
         (true, header, rest)
     } else {
         (false, first, rest)
     };
-    Ok((delimited, header.as_ref(), rest))
+    Ok((delimited, header.bytes(), rest))
 }
 
-fn split_command<F: AsRef<[u8]>>(frames: &[F]) -> Result<(&[u8], &[F])> {
+fn split_command<F: Frame>(frames: &[F]) -> Result<(&[u8], &[F])> {
     let (command, rest) = frames.split_first().ok_or(DecodeError::MissingCommand)?;
-    Ok((command.as_ref(), rest))
+    Ok((command.bytes(), rest))
 }
 
 /// MDP/0.2 dialects are told apart by the shape of the command frame: one byte
@@ -221,9 +199,9 @@ fn dialect_02(delimited: bool, command: &[u8]) -> Dialect {
     }
 }
 
-fn split_service<F: AsRef<[u8]>>(frames: &[F]) -> Result<(&[u8], &[F])> {
+fn split_service<F: Frame>(frames: &[F]) -> Result<(&[u8], &[F])> {
     let (service, body) = frames.split_first().ok_or(DecodeError::MissingService)?;
-    let service = service.as_ref();
+    let service = service.bytes();
     if service.is_empty() {
         return Err(DecodeError::EmptyService);
     }
@@ -233,15 +211,15 @@ fn split_service<F: AsRef<[u8]>>(frames: &[F]) -> Result<(&[u8], &[F])> {
     Ok((service, body))
 }
 
-fn request<F: AsRef<[u8]>>(frames: &[F]) -> Result<ToBroker<'_, F>> {
+fn request<F: Frame>(frames: &[F]) -> Result<ToBroker<'_, F>> {
     let (service, body) = split_service(frames)?;
     Ok(ToBroker::Request { service, body })
 }
 
 /// `client "" body...`, or `client body...` in plantd's worker replies.
-fn split_address<F: AsRef<[u8]>>(frames: &[F], delimiter: bool) -> Result<(&[u8], &[F])> {
+fn split_address<F: Frame>(frames: &[F], delimiter: bool) -> Result<(&[u8], &[F])> {
     let (client, rest) = frames.split_first().ok_or(DecodeError::MissingAddress)?;
-    let client = client.as_ref();
+    let client = client.bytes();
     if client.is_empty() {
         return Err(DecodeError::EmptyAddress);
     }
@@ -249,7 +227,7 @@ fn split_address<F: AsRef<[u8]>>(frames: &[F], delimiter: bool) -> Result<(&[u8]
         return Ok((client, rest));
     }
     match rest.split_first() {
-        Some((empty, body)) if empty.as_ref().is_empty() => Ok((client, body)),
+        Some((empty, body)) if empty.bytes().is_empty() => Ok((client, body)),
         _ => Err(DecodeError::MissingDelimiter),
     }
 }
@@ -262,25 +240,13 @@ fn no_more<F>(frames: &[F]) -> Result<()> {
     }
 }
 
-fn worker_to_broker<F: AsRef<[u8]>>(dialect: Dialect, frames: &[F]) -> Result<ToBroker<'_, F>> {
+fn worker_to_broker<F: Frame>(dialect: Dialect, frames: &[F]) -> Result<ToBroker<'_, F>> {
     let (command, rest) = split_command(frames)?;
     let (ready, partial, fin, heartbeat, disconnect, request) = match dialect {
-        Dialect::Rfc7 => (
-            W1_READY,
-            None,
-            W1_REPLY,
-            W1_HEARTBEAT,
-            W1_DISCONNECT,
-            W1_REQUEST,
-        ),
-        Dialect::Rfc18 | Dialect::Majortomo => (
-            W2_READY,
-            Some(W2_PARTIAL),
-            W2_FINAL,
-            W2_HEARTBEAT,
-            W2_DISCONNECT,
-            W2_REQUEST,
-        ),
+        Dialect::Rfc7 => (W1_READY, None, W1_REPLY, W1_HEARTBEAT, W1_DISCONNECT, W1_REQUEST),
+        Dialect::Rfc18 | Dialect::Majortomo => {
+            (W2_READY, Some(W2_PARTIAL), W2_FINAL, W2_HEARTBEAT, W2_DISCONNECT, W2_REQUEST)
+        }
         Dialect::Plantd => (READY, Some(PARTIAL), FINAL, HEARTBEAT, DISCONNECT, REQUEST),
     };
     let delimiter = dialect != Dialect::Plantd;
@@ -289,11 +255,7 @@ fn worker_to_broker<F: AsRef<[u8]>>(dialect: Dialect, frames: &[F]) -> Result<To
         no_more(rest)?;
         Ok(ToBroker::Ready { service })
     } else if command == fin || Some(command) == partial {
-        let kind = if command == fin {
-            ReplyKind::Final
-        } else {
-            ReplyKind::Partial
-        };
+        let kind = if command == fin { ReplyKind::Final } else { ReplyKind::Partial };
         let (client, body) = split_address(rest, delimiter)?;
         Ok(ToBroker::Reply { kind, client, body })
     } else if command == heartbeat {
@@ -309,21 +271,13 @@ fn worker_to_broker<F: AsRef<[u8]>>(dialect: Dialect, frames: &[F]) -> Result<To
     }
 }
 
-fn broker_to_worker<F: AsRef<[u8]>>(dialect: Dialect, frames: &[F]) -> Result<FromBroker<'_, F>> {
+fn broker_to_worker<F: Frame>(dialect: Dialect, frames: &[F]) -> Result<FromBroker<'_, F>> {
     let (command, rest) = split_command(frames)?;
     let (request, heartbeat, disconnect, wrong): (_, _, _, &[&[u8]]) = match dialect {
-        Dialect::Rfc7 => (
-            W1_REQUEST,
-            W1_HEARTBEAT,
-            W1_DISCONNECT,
-            &[W1_READY, W1_REPLY],
-        ),
-        Dialect::Rfc18 | Dialect::Majortomo => (
-            W2_REQUEST,
-            W2_HEARTBEAT,
-            W2_DISCONNECT,
-            &[W2_READY, W2_PARTIAL, W2_FINAL],
-        ),
+        Dialect::Rfc7 => (W1_REQUEST, W1_HEARTBEAT, W1_DISCONNECT, &[W1_READY, W1_REPLY]),
+        Dialect::Rfc18 | Dialect::Majortomo => {
+            (W2_REQUEST, W2_HEARTBEAT, W2_DISCONNECT, &[W2_READY, W2_PARTIAL, W2_FINAL])
+        }
         Dialect::Plantd => (REQUEST, HEARTBEAT, DISCONNECT, &[READY, PARTIAL, FINAL]),
     };
     if command == request {
@@ -350,11 +304,7 @@ fn unknown_or_wrong_direction(dialect: Dialect, command: &[u8], to_broker: bool)
         Dialect::Majortomo => (MT_REQUEST, MT_PARTIAL, MT_FINAL),
         _ => (REQUEST, PARTIAL, FINAL),
     };
-    let other_way = if to_broker {
-        command == partial || command == fin
-    } else {
-        command == request
-    };
+    let other_way = if to_broker { command == partial || command == fin } else { command == request };
     if other_way {
         DecodeError::WrongDirection
     } else {

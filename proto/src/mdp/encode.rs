@@ -4,6 +4,7 @@
 
 use super::cmd::*;
 use super::{Dialect, FromBroker, ReplyKind, ToBroker, MDPC01, MDPC02, MDPW01, MDPW02};
+use crate::Frame;
 
 /// The header frames of one message, in order, before its body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,10 +20,7 @@ impl<'a> Envelope<'a> {
             Dialect::Rfc18 => false,
             Dialect::Plantd => to_broker,
         };
-        let env = Envelope {
-            parts: [&[]; 5],
-            len: 0,
-        };
+        let env = Envelope { parts: [&[]; 5], len: 0 };
         if delimited {
             env.push(b"").push(header)
         } else {
@@ -41,10 +39,9 @@ impl<'a> Envelope<'a> {
     }
 
     /// The whole message as owned frames: envelope then `body`.
-    pub fn with_body<F: AsRef<[u8]>>(&self, body: &[F]) -> Vec<Vec<u8>> {
+    pub fn with_body<F: Frame>(&self, body: &[F]) -> Vec<Vec<u8>> {
         let head = self.frames().iter().map(|f| f.to_vec());
-        head.chain(body.iter().map(|f| f.as_ref().to_vec()))
-            .collect()
+        head.chain(body.iter().map(|f| f.bytes().to_vec())).collect()
     }
 }
 
@@ -115,17 +112,11 @@ pub fn worker_ready(dialect: Dialect, service: &[u8]) -> Envelope<'_> {
         Dialect::Rfc18 | Dialect::Majortomo => W2_READY,
         Dialect::Plantd => READY,
     };
-    Envelope::new(dialect, true, worker_header(dialect))
-        .push(command)
-        .push(service)
+    Envelope::new(dialect, true, worker_header(dialect)).push(command).push(service)
 }
 
 /// Worker → broker: a reply part for `client`.
-pub fn worker_reply(
-    dialect: Dialect,
-    kind: ReplyKind,
-    client: &[u8],
-) -> Result<Envelope<'_>, EncodeError> {
+pub fn worker_reply(dialect: Dialect, kind: ReplyKind, client: &[u8]) -> Result<Envelope<'_>, EncodeError> {
     let command = match (dialect, kind) {
         (Dialect::Rfc7, ReplyKind::Partial) => return Err(EncodeError::PartialInRfc7),
         (Dialect::Rfc7, ReplyKind::Final) => W1_REPLY,
@@ -134,15 +125,9 @@ pub fn worker_reply(
         (Dialect::Plantd, ReplyKind::Partial) => PARTIAL,
         (Dialect::Plantd, ReplyKind::Final) => FINAL,
     };
-    let env = Envelope::new(dialect, true, worker_header(dialect))
-        .push(command)
-        .push(client);
+    let env = Envelope::new(dialect, true, worker_header(dialect)).push(command).push(client);
     // plantd puts the body right after the client address.
-    Ok(if dialect == Dialect::Plantd {
-        env
-    } else {
-        env.push(b"")
-    })
+    Ok(if dialect == Dialect::Plantd { env } else { env.push(b"") })
 }
 
 /// Broker → worker: REQUEST from `client`.
@@ -152,10 +137,7 @@ pub fn worker_request(dialect: Dialect, client: &[u8]) -> Envelope<'_> {
         Dialect::Rfc18 | Dialect::Majortomo => W2_REQUEST,
         Dialect::Plantd => REQUEST,
     };
-    Envelope::new(dialect, false, worker_header(dialect))
-        .push(command)
-        .push(client)
-        .push(b"")
+    Envelope::new(dialect, false, worker_header(dialect)).push(command).push(client).push(b"")
 }
 
 /// HEARTBEAT between worker and broker, either way.
@@ -179,7 +161,7 @@ pub fn worker_disconnect(dialect: Dialect, to_broker: bool) -> Envelope<'static>
 }
 
 /// Encodes a whole message to the broker as owned frames.
-pub fn encode_to_broker<F: AsRef<[u8]>>(
+pub fn encode_to_broker<F: Frame>(
     dialect: Dialect,
     msg: &ToBroker<'_, F>,
 ) -> Result<Vec<Vec<u8>>, EncodeError> {
@@ -194,7 +176,7 @@ pub fn encode_to_broker<F: AsRef<[u8]>>(
 }
 
 /// Encodes a whole message from the broker as owned frames.
-pub fn encode_from_broker<F: AsRef<[u8]>>(
+pub fn encode_from_broker<F: Frame>(
     dialect: Dialect,
     msg: &FromBroker<'_, F>,
 ) -> Result<Vec<Vec<u8>>, EncodeError> {

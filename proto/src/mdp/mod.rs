@@ -16,8 +16,8 @@ mod encode;
 
 pub use decode::{decode_from_broker, decode_to_broker, DecodeError};
 pub use encode::{
-    client_reply, client_request, encode_from_broker, encode_to_broker, heartbeat,
-    worker_disconnect, worker_ready, worker_reply, worker_request, EncodeError, Envelope,
+    client_reply, client_request, encode_from_broker, encode_to_broker, heartbeat, worker_disconnect,
+    worker_ready, worker_reply, worker_request, EncodeError, Envelope,
 };
 
 use std::fmt;
@@ -50,12 +50,7 @@ pub enum Dialect {
 }
 
 impl Dialect {
-    pub const ALL: [Dialect; 4] = [
-        Dialect::Rfc7,
-        Dialect::Rfc18,
-        Dialect::Majortomo,
-        Dialect::Plantd,
-    ];
+    pub const ALL: [Dialect; 4] = [Dialect::Rfc7, Dialect::Rfc18, Dialect::Majortomo, Dialect::Plantd];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -85,9 +80,7 @@ impl FromStr for Dialect {
         Dialect::ALL
             .into_iter()
             .find(|d| d.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                format!("unknown dialect '{s}': expected one of rfc7, rfc18, majortomo, plantd")
-            })
+            .ok_or_else(|| format!("unknown dialect '{s}': expected one of rfc7, rfc18, majortomo, plantd"))
     }
 }
 
@@ -106,11 +99,7 @@ pub enum ToBroker<'a, F> {
     /// Worker registers for `service`.
     Ready { service: &'a [u8] },
     /// Worker answers the request of `client`.
-    Reply {
-        kind: ReplyKind,
-        client: &'a [u8],
-        body: &'a [F],
-    },
+    Reply { kind: ReplyKind, client: &'a [u8], body: &'a [F] },
     /// Worker is alive.
     Heartbeat,
     /// Worker is leaving.
@@ -121,11 +110,7 @@ pub enum ToBroker<'a, F> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum FromBroker<'a, F> {
     /// To a client. `service` is `None` only in the majortomo dialect, which omits it.
-    Reply {
-        kind: ReplyKind,
-        service: Option<&'a [u8]>,
-        body: &'a [F],
-    },
+    Reply { kind: ReplyKind, service: Option<&'a [u8]>, body: &'a [F] },
     /// To a worker: handle `body` for `client`.
     Request { client: &'a [u8], body: &'a [F] },
     /// Broker is alive.

@@ -27,16 +27,8 @@ fn valid_to_broker_vectors() {
             Rfc7,
             r#"Request { service: [101, 99, 104, 111], body: [[104, 105]] }"#,
         ),
-        (
-            &[b"", b"MDPC01", b"echo"],
-            Rfc7,
-            r#"Request { service: [101, 99, 104, 111], body: [] }"#,
-        ),
-        (
-            &[b"", b"MDPW01", b"\x01", b"echo"],
-            Rfc7,
-            r#"Ready { service: [101, 99, 104, 111] }"#,
-        ),
+        (&[b"", b"MDPC01", b"echo"], Rfc7, r#"Request { service: [101, 99, 104, 111], body: [] }"#),
+        (&[b"", b"MDPW01", b"\x01", b"echo"], Rfc7, r#"Ready { service: [101, 99, 104, 111] }"#),
         (
             &[b"", b"MDPW01", b"\x03", b"C", b"", b"x"],
             Rfc7,
@@ -50,21 +42,13 @@ fn valid_to_broker_vectors() {
             Rfc18,
             r#"Request { service: [101, 99, 104, 111], body: [[97], [98]] }"#,
         ),
-        (
-            &[b"MDPW02", b"\x01", b"echo"],
-            Rfc18,
-            r#"Ready { service: [101, 99, 104, 111] }"#,
-        ),
+        (&[b"MDPW02", b"\x01", b"echo"], Rfc18, r#"Ready { service: [101, 99, 104, 111] }"#),
         (
             &[b"MDPW02", b"\x03", b"C", b"", b"p"],
             Rfc18,
             r#"Reply { kind: Partial, client: [67], body: [[112]] }"#,
         ),
-        (
-            &[b"MDPW02", b"\x04", b"C", b""],
-            Rfc18,
-            r#"Reply { kind: Final, client: [67], body: [] }"#,
-        ),
+        (&[b"MDPW02", b"\x04", b"C", b""], Rfc18, r#"Reply { kind: Final, client: [67], body: [] }"#),
         (&[b"MDPW02", b"\x05"], Rfc18, "Heartbeat"),
         (&[b"MDPW02", b"\x06"], Rfc18, "Disconnect"),
         // majortomo
@@ -73,11 +57,7 @@ fn valid_to_broker_vectors() {
             Majortomo,
             r#"Request { service: [101, 99, 104, 111], body: [[97]] }"#,
         ),
-        (
-            &[b"", b"MDPW02", b"\x01", b"echo"],
-            Majortomo,
-            r#"Ready { service: [101, 99, 104, 111] }"#,
-        ),
+        (&[b"", b"MDPW02", b"\x01", b"echo"], Majortomo, r#"Ready { service: [101, 99, 104, 111] }"#),
         (
             &[b"", b"MDPW02", b"\x04", b"C", b"", b"x"],
             Majortomo,
@@ -90,11 +70,7 @@ fn valid_to_broker_vectors() {
             Plantd,
             r#"Request { service: [101, 99, 104, 111], body: [[97]] }"#,
         ),
-        (
-            &[b"", b"MDPW02", b"READY", b"echo"],
-            Plantd,
-            r#"Ready { service: [101, 99, 104, 111] }"#,
-        ),
+        (&[b"", b"MDPW02", b"READY", b"echo"], Plantd, r#"Ready { service: [101, 99, 104, 111] }"#),
         (
             &[b"", b"MDPW02", b"FINAL", b"C", b"x"],
             Plantd,
@@ -109,11 +85,7 @@ fn valid_to_broker_vectors() {
         (&[b"", b"MDPW02", b"DISCONNECT"], Plantd, "Disconnect"),
     ];
     for (frames, dialect, expected) in table {
-        assert_eq!(
-            to_broker(frames),
-            Ok((*dialect, expected.to_string())),
-            "frames {frames:?}"
-        );
+        assert_eq!(to_broker(frames), Ok((*dialect, expected.to_string())), "frames {frames:?}");
     }
 }
 
@@ -143,10 +115,7 @@ fn invalid_to_broker_vectors() {
         (&[b"MDPW02", b"\x01"], MissingService),
         (&[b"", b"MDPW02", b"READY"], MissingService),
         (&[b"", b"MDPW02", b"READY", b""], EmptyService),
-        (
-            &[b"", b"MDPW01", b"\x01", b"echo", b"extra"],
-            TrailingFrames,
-        ),
+        (&[b"", b"MDPW01", b"\x01", b"echo", b"extra"], TrailingFrames),
         // unknown commands
         (&[b"", b"MDPW01", b"\x09"], UnknownCommand),
         (&[b"MDPW02", b"\x07"], UnknownCommand),
@@ -182,11 +151,7 @@ fn valid_from_broker_vectors() {
             Rfc7,
             r#"Reply { kind: Final, service: Some([101, 99, 104, 111]), body: [[120]] }"#,
         ),
-        (
-            &[b"", b"MDPW01", b"\x02", b"C", b"", b"x"],
-            Rfc7,
-            r#"Request { client: [67], body: [[120]] }"#,
-        ),
+        (&[b"", b"MDPW01", b"\x02", b"C", b"", b"x"], Rfc7, r#"Request { client: [67], body: [[120]] }"#),
         (&[b"", b"MDPW01", b"\x04"], Rfc7, "Heartbeat"),
         (&[b"", b"MDPW01", b"\x05"], Rfc7, "Disconnect"),
         (
@@ -199,22 +164,14 @@ fn valid_from_broker_vectors() {
             Rfc18,
             r#"Reply { kind: Final, service: Some([101, 99, 104, 111]), body: [] }"#,
         ),
-        (
-            &[b"MDPW02", b"\x02", b"C", b"", b"x"],
-            Rfc18,
-            r#"Request { client: [67], body: [[120]] }"#,
-        ),
+        (&[b"MDPW02", b"\x02", b"C", b"", b"x"], Rfc18, r#"Request { client: [67], body: [[120]] }"#),
         (&[b"MDPW02", b"\x06"], Rfc18, "Disconnect"),
         (
             &[b"", b"MDPC02", b"\x03", b"x"],
             Majortomo,
             r#"Reply { kind: Partial, service: None, body: [[120]] }"#,
         ),
-        (
-            &[b"", b"MDPC02", b"\x04"],
-            Majortomo,
-            r#"Reply { kind: Final, service: None, body: [] }"#,
-        ),
+        (&[b"", b"MDPC02", b"\x04"], Majortomo, r#"Reply { kind: Final, service: None, body: [] }"#),
         (
             &[b"", b"MDPW02", b"\x02", b"C", b"", b"x"],
             Majortomo,
@@ -226,20 +183,12 @@ fn valid_from_broker_vectors() {
             Plantd,
             r#"Reply { kind: Final, service: Some([101, 99, 104, 111]), body: [[120]] }"#,
         ),
-        (
-            &[b"MDPW02", b"REQUEST", b"C", b"", b"x"],
-            Plantd,
-            r#"Request { client: [67], body: [[120]] }"#,
-        ),
+        (&[b"MDPW02", b"REQUEST", b"C", b"", b"x"], Plantd, r#"Request { client: [67], body: [[120]] }"#),
         (&[b"MDPW02", b"HEARTBEAT"], Plantd, "Heartbeat"),
         (&[b"MDPW02", b"DISCONNECT"], Plantd, "Disconnect"),
     ];
     for (frames, dialect, expected) in table {
-        assert_eq!(
-            from_broker(frames),
-            Ok((*dialect, expected.to_string())),
-            "frames {frames:?}"
-        );
+        assert_eq!(from_broker(frames), Ok((*dialect, expected.to_string())), "frames {frames:?}");
     }
 }
 
@@ -268,20 +217,13 @@ fn invalid_from_broker_vectors() {
 
 #[test]
 fn rfc7_has_no_partial() {
-    assert_eq!(
-        client_reply(Dialect::Rfc7, ReplyKind::Partial, Some(b"s")),
-        Err(EncodeError::PartialInRfc7)
-    );
-    assert_eq!(
-        worker_reply(Dialect::Rfc7, ReplyKind::Partial, b"c"),
-        Err(EncodeError::PartialInRfc7)
-    );
+    assert_eq!(client_reply(Dialect::Rfc7, ReplyKind::Partial, Some(b"s")), Err(EncodeError::PartialInRfc7));
+    assert_eq!(worker_reply(Dialect::Rfc7, ReplyKind::Partial, b"c"), Err(EncodeError::PartialInRfc7));
 }
 
 #[test]
 fn every_decode_error_has_a_distinct_reason_and_index() {
-    let reasons: std::collections::HashSet<_> =
-        DecodeError::ALL.iter().map(|e| e.reason()).collect();
+    let reasons: std::collections::HashSet<_> = DecodeError::ALL.iter().map(|e| e.reason()).collect();
     assert_eq!(reasons.len(), DecodeError::ALL.len());
     for (i, e) in DecodeError::ALL.iter().enumerate() {
         assert_eq!(e.index(), i);
@@ -328,15 +270,8 @@ fn frames() -> impl Strategy<Value = Frames> {
         Just(MDPC02.to_vec()),
         Just(MDPW02.to_vec()),
         (1u8..=7).prop_map(|b| vec![b]),
-        prop::sample::select(vec![
-            "READY",
-            "REQUEST",
-            "PARTIAL",
-            "FINAL",
-            "HEARTBEAT",
-            "DISCONNECT"
-        ])
-        .prop_map(|w| w.as_bytes().to_vec()),
+        prop::sample::select(vec!["READY", "REQUEST", "PARTIAL", "FINAL", "HEARTBEAT", "DISCONNECT"])
+            .prop_map(|w| w.as_bytes().to_vec()),
         prop::collection::vec(any::<u8>(), 0..300),
     ];
     prop::collection::vec(token, 0..8)

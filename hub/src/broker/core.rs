@@ -1,0 +1,614 @@
+//! The broker's routing logic, sans-IO: messages and time in, messages out.
+//!
+//! The core never touches a socket or a clock. The shell (`broker::serve`)
+//! receives each message into frames, calls [`Broker::handle`] with the
+//! current time, and calls [`Broker::tick`] when [`Broker::next_deadline`]
+//! passes; the core answers through an [`Outbox`]. Frames are generic so the
+//! same code routes `zmq::Message`s in production and `Vec<u8>`s in tests.
+//!
+//! Routing rules (RFC 7/18, plus what the notes say plantd and majortomo need):
+//! - Each peer is answered in the dialect it spoke; a request may be served by
+//!   a worker of any dialect. RFC 7 clients get only the FINAL of a stream.
+//! - Workers are served least-recently-ready first. With no free worker,
+//!   requests wait in a bounded per-service queue and expire.
+//! - Every worker command but DISCONNECT proves the worker alive; silent
+//!   workers are purged. Protocol violations and commands from unknown
+//!   workers get DISCONNECT, which makes a worker register again.
+//! - A service listed in `redeliver` gets its in-flight request delivered
+//!   once more when its worker dies.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use proto::mdp::{self, Dialect, ReplyKind, ToBroker};
+use proto::{mmi, Frame};
+use serde_json::json;
+use slab::Slab;
+
+use super::metrics::Metrics;
+use crate::config::BrokerConfig;
+
+/// A frame the core can own and copy (copies are made only for redelivery
+/// and for the broker's own small replies).
+pub trait OwnedFrame: Frame + Sized {
+    fn copy_from(bytes: &[u8]) -> Self;
+}
+
+impl OwnedFrame for Vec<u8> {
+    fn copy_from(bytes: &[u8]) -> Self {
+        bytes.to_vec()
+    }
+}
+
+/// Where the core's messages go.
+pub trait Outbox<F> {
+    /// Queues one message for the peer whose routing identity is `to`: the
+    /// `head` frames, then the `body` frames. If the peer cannot take it (gone,
+    /// or its queue is full) nothing is sent and the unsent body comes back.
+    fn send<B: Iterator<Item = F>>(&mut self, to: &[u8], head: &[&[u8]], body: B) -> Result<(), B>;
+}
+
+/// Body buffers kept for reuse, so steady-state routing does not allocate.
+const SPARE_BODIES: usize = 1024;
+
+/// A request waiting for a worker.
+struct Pending<F> {
+    client: F,
+    dialect: Dialect,
+    body: Vec<F>,
+    deadline: Instant,
+    redelivered: bool,
+}
+
+/// A request a worker is handling.
+struct Job<F> {
+    client: F,
+    dialect: Dialect,
+    /// A copy of the body, kept only for services that redeliver.
+    copy: Option<Vec<F>>,
+    redelivered: bool,
+}
+
+struct Worker<F> {
+    identity: Box<[u8]>,
+    dialect: Dialect,
+    service: usize,
+    expiry: Instant,
+    job: Option<Job<F>>,
+}
+
+struct Service<F> {
+    name: Box<[u8]>,
+    redeliver: bool,
+    workers: usize,
+    /// Free workers, least recently ready first.
+    idle: VecDeque<usize>,
+    queue: VecDeque<Pending<F>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Removal {
+    /// Silent for `liveness` intervals.
+    Expired,
+    /// Said DISCONNECT.
+    Left,
+    /// Broke the protocol.
+    Violation,
+    /// libzmq no longer knows the peer.
+    Unroutable,
+}
+
+pub struct Broker<F> {
+    heartbeat_interval: Duration,
+    worker_ttl: Duration,
+    queue_limit: usize,
+    request_expiry: Duration,
+    max_services: usize,
+    max_workers: usize,
+    redeliver: HashSet<Box<[u8]>>,
+
+    services: Slab<Service<F>>,
+    service_ids: HashMap<Box<[u8]>, usize>,
+    workers: Slab<Worker<F>>,
+    worker_ids: HashMap<Box<[u8]>, usize>,
+    next_heartbeat: Instant,
+    next_sweep: Instant,
+    spare: Vec<Vec<F>>,
+    scratch: Vec<usize>,
+    metrics: Metrics,
+}
+
+impl<F: OwnedFrame> Broker<F> {
+    pub fn new(config: &BrokerConfig, now: Instant) -> Self {
+        let heartbeat_interval = config.heartbeat_interval();
+        Broker {
+            heartbeat_interval,
+            worker_ttl: heartbeat_interval * config.heartbeat_liveness,
+            queue_limit: config.queue_limit,
+            request_expiry: config.request_expiry(),
+            max_services: config.max_services,
+            max_workers: config.max_workers,
+            redeliver: config.redeliver.iter().map(|s| s.as_bytes().into()).collect(),
+            services: Slab::new(),
+            service_ids: HashMap::new(),
+            workers: Slab::new(),
+            worker_ids: HashMap::new(),
+            next_heartbeat: now + heartbeat_interval,
+            next_sweep: now + heartbeat_interval,
+            spare: Vec::new(),
+            scratch: Vec::new(),
+            metrics: Metrics::default(),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn metrics_mut(&mut self) -> &mut Metrics {
+        &mut self.metrics
+    }
+
+    /// When [`Broker::tick`] next has work to do.
+    pub fn next_deadline(&self) -> Instant {
+        self.next_sweep
+    }
+
+    /// Handles one message. `frames[0]` is the sender's routing identity.
+    /// Frames the core keeps are moved out; the rest are left for the caller.
+    pub fn handle(&mut self, now: Instant, frames: &mut Vec<F>, out: &mut impl Outbox<F>) {
+        let Some((sender, rest)) = frames.split_first() else { return };
+        let sender_worker = self.worker_ids.get(sender.bytes()).copied();
+        let (dialect, msg) = match mdp::decode_to_broker(rest) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                self.metrics.malformed[e.index()] += 1;
+                log::debug!("dropped a malformed message from {}: {e}", hex(sender.bytes()));
+                if let Some(wid) = sender_worker {
+                    self.violation(now, wid, out);
+                }
+                return;
+            }
+        };
+        if let Some(wid) = sender_worker {
+            if !matches!(msg, ToBroker::Disconnect) {
+                self.workers[wid].expiry = now + self.worker_ttl;
+            }
+        }
+        match msg {
+            ToBroker::Request { service, body } => {
+                if let Some(request) = mmi::Request::parse(service, body) {
+                    let answer = self.answer_mmi(request);
+                    self.metrics.mmi_requests += 1;
+                    let envelope = mdp::client_reply(dialect, ReplyKind::Final, Some(service));
+                    if let Ok(envelope) = envelope {
+                        let body = std::iter::once(F::copy_from(&answer));
+                        if out.send(sender.bytes(), envelope.frames(), body).is_err() {
+                            self.metrics.unroutable += 1;
+                        }
+                    }
+                    return;
+                }
+                let body_at = frames.len() - body.len();
+                let Some(sid) = self.service_id(service) else {
+                    self.metrics.services_refused += 1;
+                    return;
+                };
+                self.metrics.requests += 1;
+                let mut body = self.spare.pop().unwrap_or_default();
+                let mut drain = frames.drain(..);
+                let Some(client) = drain.next() else { return };
+                body.extend(drain.skip(body_at - 1));
+                let deadline = now + self.request_expiry;
+                let pending = Pending { client, dialect, body, deadline, redelivered: false };
+                self.submit(now, sid, pending, false, out);
+            }
+            ToBroker::Ready { service } => {
+                if let Some(wid) = sender_worker {
+                    log::debug!("worker {} sent a second READY", hex(sender.bytes()));
+                    self.violation(now, wid, out);
+                    return;
+                }
+                let refused = if mmi::is_mmi(service) {
+                    Some(&mut self.metrics.mmi_workers_refused)
+                } else if self.workers.len() >= self.max_workers {
+                    Some(&mut self.metrics.workers_refused)
+                } else {
+                    None
+                };
+                if let Some(counter) = refused {
+                    *counter += 1;
+                    disconnect(out, sender.bytes(), dialect);
+                    return;
+                }
+                let Some(sid) = self.service_id(service) else {
+                    self.metrics.services_refused += 1;
+                    disconnect(out, sender.bytes(), dialect);
+                    return;
+                };
+                let identity: Box<[u8]> = sender.bytes().into();
+                let expiry = now + self.worker_ttl;
+                let worker = Worker { identity: identity.clone(), dialect, service: sid, expiry, job: None };
+                let wid = self.workers.insert(worker);
+                self.worker_ids.insert(identity, wid);
+                self.services[sid].workers += 1;
+                self.metrics.workers_registered += 1;
+                log::debug!("worker {} ready for {} ({dialect})", hex(sender.bytes()), lossy(service));
+                self.worker_ready(now, wid, out);
+            }
+            ToBroker::Reply { kind, client, body } => {
+                let Some(wid) = sender_worker else {
+                    self.unknown_worker(sender.bytes(), dialect, out);
+                    return;
+                };
+                let expected = self.workers[wid].job.as_ref().is_some_and(|job| job.client.bytes() == client);
+                if !expected {
+                    log::debug!("worker {} replied to a request it does not hold", hex(sender.bytes()));
+                    self.violation(now, wid, out);
+                    return;
+                }
+                let body_at = frames.len() - body.len();
+                self.forward_reply(now, wid, kind, frames.drain(body_at..), out);
+            }
+            ToBroker::Heartbeat => {
+                if sender_worker.is_none() {
+                    self.unknown_worker(sender.bytes(), dialect, out);
+                }
+            }
+            ToBroker::Disconnect => {
+                if let Some(wid) = sender_worker {
+                    self.remove_worker(now, wid, Removal::Left, out);
+                }
+            }
+        }
+    }
+
+    /// Sends due heartbeats, purges silent workers, expires queued requests
+    /// and forgets unused services. Cheap to call early: it returns at once
+    /// before [`Broker::next_deadline`].
+    pub fn tick(&mut self, now: Instant, out: &mut impl Outbox<F>) {
+        if now < self.next_sweep {
+            return;
+        }
+        if now >= self.next_heartbeat {
+            for (_, w) in self.workers.iter() {
+                let envelope = mdp::heartbeat(w.dialect, false);
+                // A peer that cannot take a heartbeat is caught by its own expiry.
+                let _ = out.send(&w.identity, envelope.frames(), std::iter::empty());
+            }
+            self.next_heartbeat = now + self.heartbeat_interval;
+        }
+
+        self.scratch.clear();
+        self.scratch.extend(self.workers.iter().filter(|(_, w)| w.expiry <= now).map(|(id, _)| id));
+        for i in 0..self.scratch.len() {
+            // Purging one worker can redeliver its job, and a failed delivery
+            // can remove another worker on this list: skip those.
+            let Some(w) = self.workers.get(self.scratch[i]) else { continue };
+            let wid = self.scratch[i];
+            log::debug!("worker {} silent for {:?}: purged", hex(&w.identity), self.worker_ttl);
+            disconnect(out, &w.identity, w.dialect);
+            self.remove_worker(now, wid, Removal::Expired, out);
+        }
+
+        self.scratch.clear();
+        for (sid, service) in self.services.iter_mut() {
+            while service.queue.front().is_some_and(|p| p.deadline <= now) {
+                if let Some(p) = service.queue.pop_front() {
+                    self.metrics.expired += 1;
+                    recycle(&mut self.spare, p.body);
+                }
+            }
+            if service.workers == 0 && service.queue.is_empty() {
+                self.scratch.push(sid);
+            }
+        }
+        for &sid in &self.scratch {
+            let service = self.services.remove(sid);
+            self.service_ids.remove(&service.name);
+        }
+
+        let mut next = self.next_heartbeat;
+        for (_, w) in self.workers.iter() {
+            next = next.min(w.expiry);
+        }
+        for (_, s) in self.services.iter() {
+            if let Some(p) = s.queue.front() {
+                next = next.min(p.deadline);
+            }
+        }
+        self.next_sweep = next;
+    }
+
+    /// Tells every worker to go (they register again with the next broker).
+    pub fn shutdown(&mut self, out: &mut impl Outbox<F>) {
+        for (_, w) in self.workers.iter() {
+            disconnect(out, &w.identity, w.dialect);
+        }
+    }
+
+    /// Looks a service up, creating it on first use unless `max_services` exist.
+    fn service_id(&mut self, name: &[u8]) -> Option<usize> {
+        if let Some(&sid) = self.service_ids.get(name) {
+            return Some(sid);
+        }
+        if self.services.len() >= self.max_services {
+            return None;
+        }
+        let name: Box<[u8]> = name.into();
+        let redeliver = self.redeliver.contains(&name);
+        let service = Service {
+            name: name.clone(),
+            redeliver,
+            workers: 0,
+            idle: VecDeque::new(),
+            queue: VecDeque::new(),
+        };
+        let sid = self.services.insert(service);
+        self.service_ids.insert(name, sid);
+        Some(sid)
+    }
+
+    /// Hands `pending` to the least recently ready worker, or queues it
+    /// (at the front for a redelivery, which has waited longest).
+    fn submit(
+        &mut self,
+        now: Instant,
+        sid: usize,
+        mut pending: Pending<F>,
+        front: bool,
+        out: &mut impl Outbox<F>,
+    ) {
+        while let Some(wid) = self.services[sid].idle.pop_front() {
+            match self.dispatch(wid, pending, out) {
+                Ok(()) => return,
+                Err(back) => {
+                    pending = back;
+                    self.remove_worker(now, wid, Removal::Unroutable, out);
+                }
+            }
+        }
+        let service = &mut self.services[sid];
+        if service.queue.len() >= self.queue_limit {
+            self.metrics.queue_overflow += 1;
+            recycle(&mut self.spare, pending.body);
+            return;
+        }
+        self.next_sweep = self.next_sweep.min(pending.deadline);
+        if front {
+            service.queue.push_front(pending);
+        } else {
+            service.queue.push_back(pending);
+        }
+    }
+
+    /// Sends `pending` to worker `wid`. If the worker is unreachable the
+    /// request comes back untouched.
+    fn dispatch(
+        &mut self,
+        wid: usize,
+        pending: Pending<F>,
+        out: &mut impl Outbox<F>,
+    ) -> Result<(), Pending<F>> {
+        let Pending { client, dialect, mut body, deadline, redelivered } = pending;
+        let worker = &self.workers[wid];
+        let copy = (self.services[worker.service].redeliver && !redelivered).then(|| {
+            let mut copy = self.spare.pop().unwrap_or_default();
+            copy.extend(body.iter().map(|f| F::copy_from(f.bytes())));
+            copy
+        });
+        let envelope = mdp::worker_request(worker.dialect, client.bytes());
+        let sent =
+            out.send(&worker.identity, envelope.frames(), body.drain(..)).map_err(|rest| rest.collect());
+        if let Err(rest) = sent {
+            body = rest;
+            if let Some(copy) = copy {
+                recycle(&mut self.spare, copy);
+            }
+            return Err(Pending { client, dialect, body, deadline, redelivered });
+        }
+        recycle(&mut self.spare, body);
+        self.workers[wid].job = Some(Job { client, dialect, copy, redelivered });
+        self.metrics.dispatched += 1;
+        Ok(())
+    }
+
+    /// A worker is free: give it the oldest live queued request, or park it.
+    fn worker_ready(&mut self, now: Instant, wid: usize, out: &mut impl Outbox<F>) {
+        let sid = self.workers[wid].service;
+        while let Some(pending) = self.services[sid].queue.pop_front() {
+            if pending.deadline <= now {
+                self.metrics.expired += 1;
+                recycle(&mut self.spare, pending.body);
+                continue;
+            }
+            match self.dispatch(wid, pending, out) {
+                Ok(()) => return,
+                Err(back) => {
+                    self.services[sid].queue.push_front(back);
+                    self.remove_worker(now, wid, Removal::Unroutable, out);
+                    return;
+                }
+            }
+        }
+        self.services[sid].idle.push_back(wid);
+    }
+
+    fn forward_reply(
+        &mut self,
+        now: Instant,
+        wid: usize,
+        kind: ReplyKind,
+        body: impl Iterator<Item = F>,
+        out: &mut impl Outbox<F>,
+    ) {
+        let worker = &mut self.workers[wid];
+        let Some(job) = worker.job.as_ref() else { return };
+        let service = &self.services[worker.service];
+        match mdp::client_reply(job.dialect, kind, Some(&service.name)) {
+            Ok(envelope) => {
+                if out.send(job.client.bytes(), envelope.frames(), body).is_err() {
+                    self.metrics.unroutable += 1;
+                }
+                match kind {
+                    ReplyKind::Final => self.metrics.replies += 1,
+                    ReplyKind::Partial => self.metrics.partials += 1,
+                }
+            }
+            // Only RFC 7 clients cannot take a PARTIAL: they get the FINAL alone.
+            Err(_) => self.metrics.partials_dropped_rfc7 += 1,
+        }
+        if kind == ReplyKind::Final {
+            if let Some(Job { copy: Some(copy), .. }) = worker.job.take() {
+                recycle(&mut self.spare, copy);
+            }
+            self.worker_ready(now, wid, out);
+        }
+    }
+
+    fn remove_worker(&mut self, now: Instant, wid: usize, why: Removal, out: &mut impl Outbox<F>) {
+        let worker = self.workers.remove(wid);
+        self.worker_ids.remove(&worker.identity);
+        let service = &mut self.services[worker.service];
+        service.workers -= 1;
+        service.idle.retain(|&id| id != wid);
+        *match why {
+            Removal::Expired => &mut self.metrics.workers_expired,
+            Removal::Left => &mut self.metrics.workers_left,
+            Removal::Violation => &mut self.metrics.violations,
+            Removal::Unroutable => &mut self.metrics.unroutable,
+        } += 1;
+        let Some(job) = worker.job else { return };
+        match job.copy {
+            Some(body) if !job.redelivered => {
+                self.metrics.redelivered += 1;
+                let deadline = now + self.request_expiry;
+                let pending =
+                    Pending { client: job.client, dialect: job.dialect, body, deadline, redelivered: true };
+                self.submit(now, worker.service, pending, true, out);
+            }
+            copy => {
+                self.metrics.lost_in_flight += 1;
+                if let Some(copy) = copy {
+                    recycle(&mut self.spare, copy);
+                }
+            }
+        }
+    }
+
+    fn violation(&mut self, now: Instant, wid: usize, out: &mut impl Outbox<F>) {
+        let worker = &self.workers[wid];
+        disconnect(out, &worker.identity, worker.dialect);
+        self.remove_worker(now, wid, Removal::Violation, out);
+    }
+
+    /// A worker command from a peer we do not know, most often a worker that
+    /// outlived a broker restart: DISCONNECT makes it register again.
+    fn unknown_worker(&mut self, peer: &[u8], dialect: Dialect, out: &mut impl Outbox<F>) {
+        self.metrics.unknown_workers += 1;
+        disconnect(out, peer, dialect);
+    }
+
+    fn answer_mmi(&self, request: mmi::Request<'_>) -> Vec<u8> {
+        let has_workers =
+            |name: &[u8]| self.service_ids.get(name).is_some_and(|&sid| self.services[sid].workers > 0);
+        match request {
+            mmi::Request::Service { name } => {
+                let status = if has_workers(name) { mmi::Status::Ok } else { mmi::Status::NotFound };
+                status.as_bytes().to_vec()
+            }
+            mmi::Request::Services => {
+                let mut names: Vec<String> = self
+                    .services
+                    .iter()
+                    .filter(|(_, s)| s.workers > 0)
+                    .map(|(_, s)| lossy(&s.name))
+                    .collect();
+                names.sort();
+                json!(names).to_string().into_bytes()
+            }
+            mmi::Request::Workers => {
+                let services: serde_json::Map<String, serde_json::Value> = self
+                    .services
+                    .iter()
+                    .map(|(_, s)| {
+                        let stats =
+                            json!({"workers": s.workers, "idle": s.idle.len(), "queued": s.queue.len()});
+                        (lossy(&s.name), stats)
+                    })
+                    .collect();
+                serde_json::Value::Object(services).to_string().into_bytes()
+            }
+            mmi::Request::Metrics => {
+                let mut metrics = self.metrics.to_json();
+                metrics["workers"] = json!(self.workers.len());
+                metrics["services"] = json!(self.services.len());
+                metrics["queued"] = json!(self.services.iter().map(|(_, s)| s.queue.len()).sum::<usize>());
+                metrics.to_string().into_bytes()
+            }
+            mmi::Request::Unknown => mmi::Status::NotImplemented.as_bytes().to_vec(),
+        }
+    }
+
+    /// Counts of live state, for tests and gauges.
+    pub fn census(&self) -> Census {
+        Census {
+            workers: self.workers.len(),
+            idle: self.services.iter().map(|(_, s)| s.idle.len()).sum(),
+            queued: self.services.iter().map(|(_, s)| s.queue.len()).sum(),
+            services: self.services.len(),
+        }
+    }
+
+    /// Internal consistency, checked by the property tests after every step.
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) {
+        let mut seen = HashSet::new();
+        for (sid, s) in self.services.iter() {
+            assert_eq!(self.service_ids.get(&s.name), Some(&sid));
+            assert!(s.queue.len() <= self.queue_limit);
+            assert_eq!(s.workers, self.workers.iter().filter(|(_, w)| w.service == sid).count());
+            for &wid in &s.idle {
+                assert!(seen.insert(wid), "worker {wid} idle twice");
+                let w = &self.workers[wid];
+                assert_eq!(w.service, sid);
+                assert!(w.job.is_none(), "idle worker holds a job");
+            }
+        }
+        for (wid, w) in self.workers.iter() {
+            assert_eq!(self.worker_ids.get(&w.identity), Some(&wid));
+            assert!(self.services.contains(w.service));
+        }
+        assert_eq!(self.worker_ids.len(), self.workers.len());
+        assert_eq!(self.service_ids.len(), self.services.len());
+        assert!(self.spare.len() <= SPARE_BODIES);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Census {
+    pub workers: usize,
+    pub idle: usize,
+    pub queued: usize,
+    pub services: usize,
+}
+
+fn disconnect<F>(out: &mut impl Outbox<F>, peer: &[u8], dialect: Dialect) {
+    let envelope = mdp::worker_disconnect(dialect, false);
+    let _ = out.send(peer, envelope.frames(), std::iter::empty());
+}
+
+fn recycle<F>(spare: &mut Vec<Vec<F>>, mut body: Vec<F>) {
+    if spare.len() < SPARE_BODIES {
+        body.clear();
+        spare.push(body);
+    }
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,128 @@
+//! The Majordomo broker: a sans-IO routing core ([`core`]) and this thin shell
+//! that feeds it from one ROUTER socket.
+//!
+//! The shell is a plain poll loop on one thread: receive whole messages into
+//! reused `zmq::Message` frames, hand them to the core, send what it says.
+//! Steady-state routing allocates nothing beyond what libzmq needs.
+
+pub mod core;
+pub mod metrics;
+
+use std::time::Instant;
+
+use transport::frames::{recv_frames, send_frames, Received};
+use transport::Signal;
+
+pub use self::core::{Broker, Census, Outbox, OwnedFrame};
+pub use self::metrics::Metrics;
+use crate::config::BrokerConfig;
+
+/// Messages handled per poll wake-up before timers get a look in.
+const BATCH: usize = 256;
+
+impl OwnedFrame for zmq::Message {
+    fn copy_from(bytes: &[u8]) -> Self {
+        zmq::Message::from(bytes)
+    }
+}
+
+/// Sends on the ROUTER without ever blocking the routing thread.
+struct RouterOutbox<'a> {
+    socket: &'a zmq::Socket,
+}
+
+impl Outbox<zmq::Message> for RouterOutbox<'_> {
+    fn send<B: Iterator<Item = zmq::Message>>(
+        &mut self,
+        to: &[u8],
+        head: &[&[u8]],
+        body: B,
+    ) -> Result<(), B> {
+        // With ROUTER_MANDATORY the routing frame is where libzmq says no
+        // (EHOSTUNREACH: peer gone; EAGAIN: its queue is full), before any
+        // part of the message is queued. After it, the rest cannot fail.
+        if self.socket.send(to, zmq::SNDMORE | zmq::DONTWAIT).is_err() {
+            return Err(body);
+        }
+        let _ = send_frames(self.socket, head, body, zmq::DONTWAIT);
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot bind the broker to {endpoint}: {source} (is another hub running? pick another endpoint with --broker)")]
+    Bind { endpoint: String, source: zmq::Error },
+    #[error("broker socket: {0}")]
+    Zmq(#[from] zmq::Error),
+}
+
+/// A bound broker, ready to run.
+pub struct BrokerServer {
+    socket: zmq::Socket,
+    config: BrokerConfig,
+}
+
+impl BrokerServer {
+    /// Binds the ROUTER socket with the configured limits.
+    pub fn bind(ctx: &zmq::Context, config: &BrokerConfig) -> Result<Self, BrokerError> {
+        let socket = ctx.socket(zmq::ROUTER)?;
+        socket.set_router_mandatory(true)?;
+        socket.set_maxmsgsize(config.max_message_bytes)?;
+        socket.set_sndhwm(config.hwm)?;
+        socket.set_rcvhwm(config.hwm)?;
+        // On shutdown, give the DISCONNECTs a moment to leave, but never hang.
+        socket.set_linger(500)?;
+        socket
+            .bind(&config.endpoint)
+            .map_err(|source| BrokerError::Bind { endpoint: config.endpoint.clone(), source })?;
+        Ok(BrokerServer { socket, config: config.clone() })
+    }
+
+    /// The endpoint actually bound (resolves `tcp://127.0.0.1:*`).
+    pub fn endpoint(&self) -> String {
+        self.socket
+            .get_last_endpoint()
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| self.config.endpoint.clone())
+    }
+
+    /// Routes until `shutdown` is set, then tells workers to go. Returns the final counters.
+    pub fn run(self, shutdown: &Signal) -> Result<Metrics, BrokerError> {
+        let mut core = Broker::new(&self.config, Instant::now());
+        let mut out = RouterOutbox { socket: &self.socket };
+        let mut frames = Vec::with_capacity(16);
+        log::info!("broker routing on {}", self.endpoint());
+        while !shutdown.is_set() {
+            let now = Instant::now();
+            core.tick(now, &mut out);
+            let wait = core.next_deadline().saturating_duration_since(now);
+            // Round up so we never wake a hair early and spin.
+            let timeout = wait.as_millis() as i64 + 1;
+            let mut items = [self.socket.as_poll_item(zmq::POLLIN), shutdown.poll_item()];
+            match zmq::poll(&mut items, timeout) {
+                Ok(_) | Err(zmq::Error::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if !items[0].is_readable() {
+                continue;
+            }
+            let now = Instant::now();
+            for _ in 0..BATCH {
+                match recv_frames(&self.socket, &mut frames, self.config.max_frames, zmq::DONTWAIT) {
+                    Ok(Received::Message) => core.handle(now, &mut frames, &mut out),
+                    Ok(Received::TooManyFrames) => core.metrics_mut().too_many_frames += 1,
+                    Ok(Received::WouldBlock) | Err(zmq::Error::EINTR) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        log::info!("broker stopping: telling {} worker(s) to reconnect", core.census().workers);
+        core.shutdown(&mut out);
+        Ok(core.metrics().clone())
+    }
+}
+
+#[cfg(test)]
+mod core_tests;

@@ -1,0 +1,7 @@
+//! The hub: a Majordomo broker (and, as the issues land, the message buses,
+//! state and ingest services), as a library so tests and benchmarks can run
+//! it in-process; `main.rs` is the command line around it.
+
+pub mod broker;
+pub mod config;
+pub mod serve;

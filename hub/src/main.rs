@@ -1,0 +1,57 @@
+//! `hub`: the plantd-edge hub and the operator's tools to talk to it.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use argh::FromArgs;
+
+/// The plantd-edge hub: a Majordomo broker for plant controllers, and the
+/// operator's tools to talk to it.
+#[derive(FromArgs)]
+#[argh(
+    example = "hub serve                      # broker on tcp://127.0.0.1:9797, data in ./data/hub",
+    example = "hub echo-worker &              # a demo service called \"echo\"",
+    example = "hub call echo hello            # prints: hello",
+    example = "hub call mmi.services          # what is registered",
+    note = "Logging: -v for debug, -vv for trace; RUST_LOG (e.g. RUST_LOG=hub=debug) overrides both."
+)]
+struct Args {
+    /// more logging: -v debug, -vv trace
+    #[argh(switch, short = 'v')]
+    verbose: u8,
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Serve(cmd::serve::ServeArgs),
+    Call(cmd::call::CallArgs),
+    EchoWorker(cmd::echo::EchoWorkerArgs),
+}
+
+fn main() -> ExitCode {
+    let args: Args = argh::from_env();
+    let level = match args.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp_millis()
+        .init();
+    let result = match args.command {
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Call(a) => cmd::call::run(a),
+        Command::EchoWorker(a) => cmd::echo::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hub: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

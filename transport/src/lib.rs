@@ -1,0 +1,14 @@
+//! libzmq shells around `proto`: the I/O half of the Majordomo client and
+//! worker, whole-message receive and send, and shutdown signalling.
+//!
+//! Protocol decisions live in `proto`; this crate only moves frames between
+//! sockets and those decisions, and owns the clocks and sleeps.
+
+pub mod client;
+pub mod frames;
+pub mod shutdown;
+pub mod worker;
+
+pub use client::{AsyncClient, Client, ClientError, ClientOptions, Reply};
+pub use shutdown::{Shutdown, Signal};
+pub use worker::{Handler, Replier, Worker, WorkerError, WorkerOptions};

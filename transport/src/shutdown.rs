@@ -1,0 +1,147 @@
+//! One shutdown request, seen by every loop that needs to stop.
+//!
+//! Each loop takes its own [`Signal`]: a socket that becomes readable when
+//! shutdown is triggered, so a libzmq poll loop (or an async task) wakes at
+//! once instead of polling a flag on a timer.
+
+use std::io::{self, Read, Write};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    triggered: AtomicBool,
+    wakers: Mutex<Vec<UnixStream>>,
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks every loop to stop. Idempotent.
+    pub fn trigger(&self) {
+        self.inner.triggered.store(true, Ordering::SeqCst);
+        let wakers = self.inner.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        for mut waker in wakers.iter() {
+            // A full or closed pipe already wakes (or no longer needs waking) its reader.
+            let _ = waker.write(&[1]);
+        }
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.inner.triggered.load(Ordering::SeqCst)
+    }
+
+    /// A new readable-on-shutdown handle for one loop.
+    pub fn signal(&self) -> io::Result<Signal> {
+        let (read, write) = UnixStream::pair()?;
+        read.set_nonblocking(true)?;
+        write.set_nonblocking(true)?;
+        let mut wakers = self.inner.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the lock so a concurrent trigger cannot be missed.
+        if self.is_triggered() {
+            let _ = (&write).write(&[1]);
+        }
+        wakers.push(write);
+        Ok(Signal { read, shutdown: self.clone() })
+    }
+
+    /// Triggers on SIGINT or SIGTERM; a second signal exits at once, for an
+    /// operator whose first Ctrl-C is stuck behind a slow shutdown.
+    pub fn on_termination_signals(&self) -> io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+        let shutdown = self.clone();
+        std::thread::Builder::new().name("signals".into()).spawn(move || {
+            for signal in signals.forever() {
+                if shutdown.is_triggered() {
+                    log::warn!("second termination signal: exiting now");
+                    std::process::exit(128 + signal);
+                }
+                log::info!("termination signal {signal}: shutting down");
+                shutdown.trigger();
+            }
+        })?;
+        Ok(())
+    }
+}
+
+/// One loop's view of a [`Shutdown`].
+pub struct Signal {
+    read: UnixStream,
+    shutdown: Shutdown,
+}
+
+impl Signal {
+    pub fn is_set(&self) -> bool {
+        self.shutdown.is_triggered()
+    }
+
+    /// For `zmq::poll`: readable once shutdown is triggered.
+    pub fn poll_item(&self) -> zmq::PollItem<'static> {
+        zmq::PollItem::from_fd(self.read.as_raw_fd(), zmq::POLLIN)
+    }
+
+    /// Sleeps for `duration` or until shutdown, whichever comes first.
+    /// Returns true if shutdown was triggered.
+    pub fn sleep(&self, duration: Duration) -> bool {
+        if self.is_set() {
+            return true;
+        }
+        let mut items = [self.poll_item()];
+        let _ = zmq::poll(&mut items, duration.as_millis().min(i64::MAX as u128) as i64);
+        self.is_set()
+    }
+
+    /// Empties the wake-up pipe (for loops that keep running after a wake-up).
+    pub fn drain(&self) {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = (&self.read).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+}
+
+impl AsRawFd for Signal {
+    fn as_raw_fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn trigger_wakes_a_sleeping_loop() {
+        let shutdown = Shutdown::new();
+        let signal = shutdown.signal().unwrap();
+        let t = shutdown.clone();
+        let started = Instant::now();
+        std::thread::spawn(move || t.trigger());
+        assert!(signal.sleep(Duration::from_secs(10)));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn signal_taken_after_trigger_is_already_set() {
+        let shutdown = Shutdown::new();
+        shutdown.trigger();
+        let signal = shutdown.signal().unwrap();
+        let mut items = [signal.poll_item()];
+        assert_eq!(zmq::poll(&mut items, 0).unwrap(), 1);
+        assert!(signal.is_set());
+    }
+}
