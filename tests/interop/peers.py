@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Third-party Majordomo peers for the interop tests.
+
+Clients print one JSON object on stdout: {"partials": [[frame, ...], ...], "final": [frame, ...]}
+and exit 0, or exit 3 on timeout. Workers echo each request (optionally streaming every frame
+back as a PARTIAL first) until killed.
+
+Dialects:
+  majortomo  the majortomo package's own Client and Worker classes (PyPI majortomo==0.2.0)
+  rfc7       written here from RFC 7: REQ client, DEALER worker
+  plantd     written here from plantd's Go code: MDP/0.2 headers with word commands
+"""
+
+import argparse
+import json
+import sys
+import time
+
+import zmq
+
+HEARTBEAT_INTERVAL = 2.5
+
+
+def text(frames):
+    return [f.decode("utf-8", "replace") for f in frames]
+
+
+def done(partials, final):
+    print(json.dumps({"partials": partials, "final": final}), flush=True)
+    sys.exit(0)
+
+
+def timeout():
+    print("timeout", file=sys.stderr, flush=True)
+    sys.exit(3)
+
+
+# ---- clients ---------------------------------------------------------------
+
+def client_majortomo(args, body):
+    from majortomo import Client
+    from majortomo.error import Timeout
+
+    with Client(args.broker) as client:
+        client.send(args.service.encode(), *body)
+        parts = []
+        try:
+            for part in client.recv_all(timeout=args.timeout):
+                parts.append(text(part))
+        except Timeout:
+            timeout()
+        done(parts[:-1], parts[-1] if parts else [])
+
+
+def client_rfc7(args, body):
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(args.broker)
+    # REQ adds the empty delimiter frame itself.
+    sock.send_multipart([b"MDPC01", args.service.encode()] + body)
+    if not sock.poll(int(args.timeout * 1000)):
+        timeout()
+    reply = sock.recv_multipart()
+    assert reply[0] == b"MDPC01", reply
+    assert reply[1] == args.service.encode(), reply
+    done([], text(reply[2:]))
+
+
+def client_plantd(args, body):
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(args.broker)
+    sock.send_multipart([b"", b"MDPC02", b"REQUEST", args.service.encode()] + body)
+    partials = []
+    while True:
+        if not sock.poll(int(args.timeout * 1000)):
+            timeout()
+        reply = sock.recv_multipart()
+        assert reply[0] == b"MDPC02", reply
+        assert reply[2] == args.service.encode(), reply
+        if reply[1] == b"PARTIAL":
+            partials.append(text(reply[3:]))
+        elif reply[1] == b"FINAL":
+            done(partials, text(reply[3:]))
+        else:
+            raise AssertionError("unexpected command %r" % reply[1])
+
+
+# ---- workers ---------------------------------------------------------------
+
+def worker_majortomo(args):
+    from majortomo import Worker, WorkerRequestsIterator
+
+    worker = Worker(args.broker, args.service.encode(), heartbeat_interval=HEARTBEAT_INTERVAL)
+    requests = WorkerRequestsIterator(worker)
+    print("ready", flush=True)
+    for request in requests:
+        if args.stream:
+            for frame in request:
+                requests.send_reply_partial([frame])
+        requests.send_reply_final(request)
+
+
+class WireWorker:
+    """A worker written from the spec: READY, requests, heartbeats both ways."""
+
+    def __init__(self, args, header, commands, delimited_reply):
+        self.args = args
+        self.header = header
+        self.cmd = commands
+        self.delimited_reply = delimited_reply
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(args.broker)
+
+    def send(self, command, *frames):
+        self.sock.send_multipart([b"", self.header, command] + list(frames))
+
+    def reply(self, command, client, body):
+        sep = [b""] if self.delimited_reply else []
+        self.send(command, client, *(sep + body))
+
+    def run(self, parse):
+        self.send(self.cmd["READY"], self.args.service.encode())
+        print("ready", flush=True)
+        next_heartbeat = time.time() + HEARTBEAT_INTERVAL
+        while True:
+            if self.sock.poll(100):
+                command, rest = parse(self.sock.recv_multipart())
+                if command == self.cmd["REQUEST"]:
+                    client, empty, body = rest[0], rest[1], rest[2:]
+                    assert empty == b"", rest
+                    if self.args.stream:
+                        for frame in body:
+                            self.reply(self.cmd["PARTIAL"], client, [frame])
+                    self.reply(self.cmd["FINAL"], client, body)
+                elif command == self.cmd["DISCONNECT"]:
+                    print("disconnected", flush=True)
+                    return
+            if time.time() >= next_heartbeat:
+                self.send(self.cmd["HEARTBEAT"])
+                next_heartbeat = time.time() + HEARTBEAT_INTERVAL
+
+
+def worker_rfc7(args):
+    commands = {"READY": b"\x01", "REQUEST": b"\x02", "FINAL": b"\x03", "PARTIAL": None,
+                "HEARTBEAT": b"\x04", "DISCONNECT": b"\x05"}
+    if args.stream:
+        sys.exit("RFC 7 has no partial replies")
+
+    def parse(msg):
+        assert msg[0] == b"" and msg[1] == b"MDPW01", msg
+        return msg[2], msg[3:]
+
+    WireWorker(args, b"MDPW01", commands, delimited_reply=True).run(parse)
+
+
+def worker_plantd(args):
+    commands = {w: w.encode() for w in ["READY", "REQUEST", "PARTIAL", "FINAL", "HEARTBEAT", "DISCONNECT"]}
+
+    def parse(msg):
+        # plantd's broker writes no leading empty frame to workers.
+        assert msg[0] == b"MDPW02", msg
+        return msg[1], msg[2:]
+
+    # plantd puts the reply body right after the client address.
+    WireWorker(args, b"MDPW02", commands, delimited_reply=False).run(parse)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("role", choices=["client", "worker"])
+    parser.add_argument("--dialect", choices=["majortomo", "rfc7", "plantd"], required=True)
+    parser.add_argument("--broker", required=True)
+    parser.add_argument("--service", required=True)
+    parser.add_argument("--timeout", type=float, default=5.0, help="client: seconds to wait per reply part")
+    parser.add_argument("--stream", action="store_true", help="worker: send each frame as a PARTIAL first")
+    parser.add_argument("frames", nargs="*", help="client: request body frames")
+    args = parser.parse_intermixed_args()
+    body = [f.encode() for f in args.frames]
+    if args.role == "client":
+        {"majortomo": client_majortomo, "rfc7": client_rfc7, "plantd": client_plantd}[args.dialect](args, body)
+    else:
+        {"majortomo": worker_majortomo, "rfc7": worker_rfc7, "plantd": worker_plantd}[args.dialect](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+//! Harness for the black-box tests: the real binaries, on free loopback
+//! ports, in temporary directories, killed when the test ends.
+//!
+//! Nothing here sleeps to synchronise: waits poll a condition until a
+//! deadline and fail with what was last seen.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use proto::mdp::Dialect;
+use transport::{Client, ClientOptions};
+
+/// The workspace's top directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_path_buf()
+}
+
+/// The directory this test binary's profile builds into (`target/debug`, ...).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/system-<hash>
+    exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps").to_path_buf()
+}
+
+/// Path to one of the workspace's binaries. The first call builds them all
+/// with the test's own profile, so a test never runs a stale binary.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let profile = match profile_dir().file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev".to_string(),
+            Some(other) => other.to_string(),
+        };
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--bins", "--workspace", "--profile", &profile])
+            .current_dir(workspace_root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the workspace binaries failed");
+    });
+    let path = profile_dir().join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A fresh `tcp://127.0.0.1:<port>` endpoint.
+pub fn free_endpoint() -> String {
+    format!("tcp://127.0.0.1:{}", free_port())
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// A child process that is killed (SIGKILL) when dropped. Its stderr goes to
+/// a file, printed when a test fails so the cause is visible.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    stderr_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut command: Command) -> Proc {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr log");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { name: name.into(), child, stderr_path, _dir: dir }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn take_stdout(&mut self) -> ChildStdout {
+        self.child.stdout.take().expect("stdout already taken")
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Waits for exit, up to `timeout`; `None` if still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = self.stderr();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- {} stderr (last lines) ---", self.name);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Reads lines from a child's stdout on a thread, so tests can wait for a
+/// line with a deadline instead of blocking.
+pub struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl Lines {
+    pub fn new(stdout: ChildStdout) -> Lines {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines { rx }
+    }
+
+    pub fn next(&self, timeout: Duration) -> Option<String> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+}
+
+/// `hub serve` on a free port with its own data directory.
+pub struct HubProc {
+    pub proc: Proc,
+    pub broker: String,
+    pub data: tempfile::TempDir,
+}
+
+impl HubProc {
+    pub fn start() -> HubProc {
+        Self::start_with(&[])
+    }
+
+    /// Starts a hub with extra `serve` arguments and waits until its broker answers.
+    pub fn start_with(extra: &[&str]) -> HubProc {
+        let data = tempfile::tempdir().expect("temp dir");
+        Self::start_in(data, &free_endpoint(), extra)
+    }
+
+    /// Starts (or restarts) a hub on `broker` with `data` as its data directory.
+    pub fn start_in(data: tempfile::TempDir, broker: &str, extra: &[&str]) -> HubProc {
+        let mut cmd = Command::new(bin("hub"));
+        cmd.args(["serve", "--broker", broker, "--data-dir"]).arg(data.path()).args(extra);
+        let proc = Proc::spawn("hub", cmd);
+        let hub = HubProc { proc, broker: broker.to_string(), data };
+        wait_for("the hub's broker to answer mmi.service", Duration::from_secs(20), || {
+            hub.try_call("mmi.service", &["mmi.service"], Duration::from_millis(200)).map(|_| ())
+        });
+        hub
+    }
+
+    /// One request with a short timeout and no retries; `None` on timeout.
+    pub fn try_call(&self, service: &str, body: &[&str], timeout: Duration) -> Option<Vec<String>> {
+        call(&self.broker, Dialect::Rfc7, service, body, timeout)
+    }
+
+    /// Waits until `service` has a registered worker.
+    pub fn wait_for_service(&self, service: &str) {
+        wait_for(&format!("service {service} to register"), Duration::from_secs(20), || {
+            let status = self.try_call("mmi.service", &[service], Duration::from_millis(500))?;
+            (status == ["200"]).then_some(())
+        });
+    }
+
+    /// Waits until `service` has no registered worker.
+    pub fn wait_for_no_service(&self, service: &str, timeout: Duration) {
+        wait_for(&format!("service {service} to lose its workers"), timeout, || {
+            let status = self.try_call("mmi.service", &[service], Duration::from_millis(500))?;
+            (status == ["404"]).then_some(())
+        });
+    }
+
+    /// The broker's counters (`mmi.metrics`).
+    pub fn metrics(&self) -> serde_json::Value {
+        let reply = self.try_call("mmi.metrics", &[], Duration::from_secs(2)).expect("mmi.metrics answers");
+        serde_json::from_str(&reply[0]).expect("mmi.metrics is JSON")
+    }
+}
+
+/// One MDP request through the Rust client; `None` on timeout.
+pub fn call(
+    broker: &str,
+    dialect: Dialect,
+    service: &str,
+    body: &[&str],
+    timeout: Duration,
+) -> Option<Vec<String>> {
+    let ctx = zmq::Context::new();
+    let mut client = Client::new(&ctx, broker, ClientOptions { dialect, timeout, retries: 0 });
+    let body: Vec<&[u8]> = body.iter().map(|b| b.as_bytes()).collect();
+    let reply = client.request(service, &body).ok()?;
+    Some(reply.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect())
+}
+
+/// Runs `hub <args>` to completion.
+pub fn hub_cli(args: &[&str]) -> Output {
+    Command::new(bin("hub")).args(args).output().expect("run hub")
+}
+
+/// Starts `hub echo-worker` for `service` on `broker`.
+pub fn echo_worker(broker: &str, service: &str, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(bin("hub"));
+    cmd.args(["echo-worker", "--broker", broker, "--service", service]).args(extra);
+    Proc::spawn(&format!("echo-worker {service}"), cmd)
+}
+
+/// The Python interpreter with the interop peers installed (pyzmq,
+/// majortomo). `scripts/setup.sh` creates it; `PLANTD_PYTHON` overrides.
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("PLANTD_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/interop-venv/bin/python"));
+    assert!(
+        path.exists(),
+        "no Python for the interop peers at {}: run scripts/setup.sh (scripts/test.sh does), \
+         or point PLANTD_PYTHON at a python with pyzmq and majortomo==0.2.0",
+        path.display()
+    );
+    path
+}
+
+/// Starts `tests/interop/peers.py <args>`.
+pub fn python_peer(name: &str, args: &[&str]) -> Proc {
+    let mut cmd = Command::new(python());
+    cmd.arg(workspace_root().join("tests/interop/peers.py")).args(args);
+    Proc::spawn(name, cmd)
+}
+
+/// Runs `tests/interop/peers.py <args>` to completion.
+pub fn python_run(args: &[&str]) -> Output {
+    Command::new(python())
+        .arg(workspace_root().join("tests/interop/peers.py"))
+        .args(args)
+        .output()
+        .expect("run peers.py")
+}

@@ -1,0 +1,6 @@
+//! Black-box tests of the built binaries. One test binary, so one link step;
+//! the harness (`system_tests`) builds the binaries once per run.
+
+mod broker;
+mod cli;
+mod interop;
