@@ -1,0 +1,437 @@
+//! Broker benchmark: our broker against baselines measured in the same run.
+//!
+//!   cargo bench -p hub --bench broker [-- --clients 2 --workers 2 --window 64 --seconds 3]
+//!
+//! 1. Throughput: N pipelined DEALER clients × M echo workers through the
+//!    broker, 64-byte bodies, versus N DEALER clients on a raw ROUTER echo.
+//! 2. Latency: one synchronous client's round trip through the broker versus
+//!    raw REQ/REP, p50 and p99.
+//! 3. The same throughput load through majortomo's Python broker, if the
+//!    interop venv exists (scripts/setup.sh makes it).
+//!
+//! Everything runs on 127.0.0.1. Figures are ratios against the baseline of
+//! the same run, so a busy machine skews both sides alike.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use proto::mdp::Dialect;
+use transport::{AsyncClient, Client, ClientOptions, Shutdown, Worker, WorkerOptions};
+
+const BODY: [u8; 64] = [7; 64];
+const SERVICE: &str = "echo";
+
+struct Options {
+    clients: usize,
+    workers: usize,
+    window: usize,
+    seconds: f64,
+    latency_samples: usize,
+    /// Run one part only: raw, hub, latency or majortomo.
+    only: Option<String>,
+    /// tcp (default) or ipc, for every connection in the run.
+    transport: String,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        clients: 2,
+        workers: 2,
+        window: 64,
+        seconds: 3.0,
+        latency_samples: 20_000,
+        only: None,
+        transport: "tcp".into(),
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).and_then(|v| v.parse::<f64>().ok());
+        match (args[i].as_str(), value) {
+            ("--clients", Some(v)) => o.clients = v as usize,
+            ("--workers", Some(v)) => o.workers = v as usize,
+            ("--window", Some(v)) => o.window = v as usize,
+            ("--seconds", Some(v)) => o.seconds = v,
+            ("--samples", Some(v)) => o.latency_samples = v as usize,
+            ("--only", _) if i + 1 < args.len() => o.only = Some(args[i + 1].clone()),
+            ("--transport", _) if i + 1 < args.len() => o.transport = args[i + 1].clone(),
+            // `cargo bench` passes --bench; ignore what we do not know.
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    o
+}
+
+fn named<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+    thread::Builder::new().name(name.into()).spawn(f).unwrap()
+}
+
+fn free_endpoint() -> String {
+    if std::env::var("BENCH_TRANSPORT").as_deref() == Ok("ipc") {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        return format!("ipc:///tmp/plantd-bench-{}-{n}.sock", std::process::id());
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    format!("tcp://127.0.0.1:{port}")
+}
+
+/// Runs `clients` pipelined clients against `endpoint` for `seconds` after a
+/// warm-up; returns completed requests per second in the measured window, and
+/// all replies received (warm-up included).
+fn pipelined_load(endpoint: &str, dialect: Dialect, o: &Options) -> (f64, u64) {
+    let ctx = zmq::Context::new();
+    let warmup = Duration::from_millis(500);
+    let measure = Duration::from_secs_f64(o.seconds);
+    let start = Arc::new(Barrier::new(o.clients));
+    let threads: Vec<_> = (0..o.clients)
+        .map(|_| {
+            let (ctx, endpoint, start, window) = (ctx.clone(), endpoint.to_string(), start.clone(), o.window);
+            named("client", move || {
+                let mut client = AsyncClient::connect(&ctx, &endpoint, dialect).unwrap();
+                start.wait();
+                let began = Instant::now();
+                let (from, until) = (began + warmup, began + warmup + measure);
+                for _ in 0..window {
+                    client.send(SERVICE.as_bytes(), [&BODY[..]]).unwrap();
+                }
+                let (mut done, mut all) = (0u64, 0u64);
+                loop {
+                    let Some(_reply) = client.recv(Duration::from_secs(5)).unwrap() else {
+                        panic!("no reply for 5 s: the load stalled");
+                    };
+                    all += 1;
+                    let now = Instant::now();
+                    if now >= until {
+                        break;
+                    }
+                    if now >= from {
+                        done += 1;
+                    }
+                    client.send(SERVICE.as_bytes(), [&BODY[..]]).unwrap();
+                }
+                (done, all)
+            })
+        })
+        .collect();
+    let (done, all) =
+        threads.into_iter().map(|t| t.join().unwrap()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    (done as f64 / measure.as_secs_f64(), all)
+}
+
+/// User + system CPU time a process has used, from /proc/<pid>/stat.
+fn process_cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / hz)
+}
+
+/// Raw baseline: a ROUTER that echoes every message straight back.
+fn raw_echo_server(ctx: &zmq::Context, endpoint: &str, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    let socket = ctx.socket(zmq::ROUTER).unwrap();
+    socket.set_sndhwm(100_000).unwrap();
+    socket.set_rcvhwm(100_000).unwrap();
+    socket.bind(endpoint).unwrap();
+    named("raw-echo", move || {
+        let mut frames: Vec<zmq::Message> = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            if socket.poll(zmq::POLLIN, 100).unwrap() == 0 {
+                continue;
+            }
+            while transport::frames::recv_frames(&socket, &mut frames, 64, zmq::DONTWAIT).unwrap()
+                == transport::frames::Received::Message
+            {
+                transport::frames::send_frames(&socket, &[], frames.drain(..), 0).unwrap();
+            }
+        }
+    })
+}
+
+/// Raw baseline for the pipelined clients: each request is [empty, MDPC01,
+/// service, body] in MDP, so the raw client sends frames of the same sizes.
+fn raw_throughput(o: &Options) -> f64 {
+    let ctx = zmq::Context::new();
+    let endpoint = free_endpoint();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = raw_echo_server(&ctx, &endpoint, stop.clone());
+    // An RFC 7 request is [ "", MDPC01, service, body ]; the ROUTER echoes it,
+    // and AsyncClient reads it back as an RFC 7 reply. Same frames, no broker.
+    let (rate, _) = pipelined_load(&endpoint, Dialect::Rfc7, o);
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+    rate
+}
+
+struct Running {
+    shutdown: Shutdown,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Running {
+    fn stop(self) {
+        self.shutdown.trigger();
+        for t in self.threads {
+            t.join().unwrap();
+        }
+    }
+}
+
+fn start_workers(
+    endpoint: &str,
+    workers: usize,
+    dialect: Dialect,
+    shutdown: &Shutdown,
+) -> Vec<thread::JoinHandle<()>> {
+    let ctx = zmq::Context::new();
+    (0..workers)
+        .map(|_| {
+            let signal = shutdown.signal().unwrap();
+            let options = WorkerOptions { dialect, ..WorkerOptions::default() };
+            let worker = Worker::new(&ctx, endpoint, SERVICE, options);
+            named("worker", move || worker.run(&signal, |body, _: &mut transport::Replier<'_>| body).unwrap())
+        })
+        .collect()
+}
+
+/// The real `hub serve` binary as a child process, measured like majortomo's.
+struct HubChild {
+    child: std::process::Child,
+    endpoint: String,
+    _data: TempDir,
+}
+
+impl HubChild {
+    fn start() -> HubChild {
+        let data = TempDir::new();
+        let endpoint = free_endpoint();
+        let child = Command::new(env!("CARGO_BIN_EXE_hub"))
+            .args(["serve", "--broker", &endpoint, "--data-dir"])
+            .arg(&data.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start hub serve");
+        HubChild { child, endpoint, _data: data }
+    }
+
+    fn cpu(&self) -> Duration {
+        process_cpu_time(self.child.id())
+    }
+}
+
+impl Drop for HubChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scratch directory removed on drop (the bench avoids a tempfile dependency).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("plantd-bench-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Our broker under the pipelined load: throughput and its process's CPU per request.
+fn hub_throughput(o: &Options) -> (f64, f64) {
+    let hub = HubChild::start();
+    let shutdown = Shutdown::new();
+    let workers = start_workers(&hub.endpoint, o.workers, Dialect::Rfc7, &shutdown);
+    wait_for_service(&hub.endpoint, Dialect::Rfc7);
+    let cpu_before = hub.cpu();
+    let (rate, replies) = pipelined_load(&hub.endpoint, Dialect::Rfc7, o);
+    let cpu = hub.cpu() - cpu_before;
+    Running { shutdown, threads: workers }.stop();
+    (rate, us(cpu) / replies.max(1) as f64)
+}
+
+fn wait_for_service(endpoint: &str, dialect: Dialect) {
+    let ctx = zmq::Context::new();
+    let options = ClientOptions { dialect, timeout: Duration::from_millis(500), retries: 0 };
+    for _ in 0..60 {
+        let mut client = Client::new(&ctx, endpoint, options.clone());
+        if client.request(SERVICE, &[b"ping"]).is_ok() {
+            return;
+        }
+    }
+    panic!("service {SERVICE} never answered at {endpoint}");
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn latencies(samples: usize, mut round_trip: impl FnMut()) -> (Duration, Duration) {
+    for _ in 0..samples / 10 {
+        round_trip();
+    }
+    let mut times: Vec<Duration> = (0..samples)
+        .map(|_| {
+            let t = Instant::now();
+            round_trip();
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    (percentile(&times, 0.50), percentile(&times, 0.99))
+}
+
+fn raw_latency(samples: usize) -> (Duration, Duration) {
+    // Client and server get a context (an I/O thread) each, as two processes would.
+    let (ctx, server_ctx) = (zmq::Context::new(), zmq::Context::new());
+    let endpoint = free_endpoint();
+    let rep = server_ctx.socket(zmq::REP).unwrap();
+    rep.bind(&endpoint).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let server = thread::spawn(move || {
+        while !stop2.load(Ordering::Relaxed) {
+            if rep.poll(zmq::POLLIN, 100).unwrap() > 0 {
+                let msg = rep.recv_msg(0).unwrap();
+                rep.send(msg, 0).unwrap();
+            }
+        }
+    });
+    let req = ctx.socket(zmq::REQ).unwrap();
+    req.connect(&endpoint).unwrap();
+    let result = latencies(samples, || {
+        req.send(&BODY[..], 0).unwrap();
+        req.recv_msg(0).unwrap();
+    });
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+    result
+}
+
+fn broker_latency(samples: usize) -> (Duration, Duration) {
+    let hub = HubChild::start();
+    let shutdown = Shutdown::new();
+    let worker = start_workers(&hub.endpoint, 1, Dialect::Rfc7, &shutdown);
+    wait_for_service(&hub.endpoint, Dialect::Rfc7);
+    let ctx = zmq::Context::new();
+    let options = ClientOptions { timeout: Duration::from_secs(5), retries: 0, ..ClientOptions::default() };
+    let mut client = Client::new(&ctx, &hub.endpoint, options);
+    let result = latencies(samples, || {
+        client.request(SERVICE, &[&BODY[..]]).unwrap();
+    });
+    Running { shutdown, threads: worker }.stop();
+    result
+}
+
+/// majortomo's broker as a child process, if the interop venv is there.
+/// Returns its throughput and its CPU time per request.
+fn majortomo_throughput(o: &Options) -> Option<(f64, f64)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.to_path_buf();
+    let python = std::env::var_os("PLANTD_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target/interop-venv/bin/python"));
+    if !python.exists() {
+        eprintln!("(majortomo comparison skipped: no {}; run scripts/setup.sh)", python.display());
+        return None;
+    }
+    let endpoint = free_endpoint();
+    let mut child = Command::new(python)
+        .args(["-m", "majortomo.broker", "--bind-url", &endpoint])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let shutdown = Shutdown::new();
+    let workers = start_workers(&endpoint, o.workers, Dialect::Majortomo, &shutdown);
+    wait_for_service(&endpoint, Dialect::Majortomo);
+    let cpu_before = process_cpu_time(child.id());
+    let (rate, replies) = pipelined_load(&endpoint, Dialect::Majortomo, o);
+    let cpu = process_cpu_time(child.id()) - cpu_before;
+    Running { shutdown, threads: workers }.stop();
+    let _ = child.kill();
+    let _ = child.wait();
+    Some((rate, us(cpu) / replies.max(1) as f64))
+}
+
+fn main() {
+    let o = options();
+    println!(
+        "broker benchmark: {} pipelined clients (window {}) x {} echo workers, {}-byte bodies, {} s per run",
+        o.clients,
+        o.window,
+        o.workers,
+        BODY.len(),
+        o.seconds
+    );
+
+    if let Some(part) = o.only.as_deref() {
+        // Profiling one part: run it alone and print its figures.
+        match part {
+            "raw" => println!("raw: {:.0} req/s", raw_throughput(&o)),
+            "hub" => println!("hub: {:?} (req/s, us CPU/request)", hub_throughput(&o)),
+            "majortomo" => println!("majortomo: {:?} (req/s, us CPU/request)", majortomo_throughput(&o)),
+            "latency" => println!("hub p50/p99: {:?}, raw: {:?}", broker_latency(1000), raw_latency(1000)),
+            other => println!("unknown part {other}: use raw, hub, majortomo or latency"),
+        }
+        return;
+    }
+    let raw = raw_throughput(&o);
+    let (ours, cpu_per_request) = hub_throughput(&o);
+    let (broker_p50, broker_p99) = broker_latency(o.latency_samples);
+    let (raw_p50, raw_p99) = raw_latency(o.latency_samples);
+    let majortomo = majortomo_throughput(&o);
+
+    println!();
+    println!("throughput                          req/s      ratio");
+    println!("  raw DEALER<->ROUTER echo   {raw:>12.0}      1.00 (baseline)");
+    println!("  hub broker, {} workers      {ours:>12.0}      {:.2} of raw", o.workers, ours / raw);
+    if let Some((mt, _)) = majortomo {
+        println!("  majortomo broker (Python)  {mt:>12.0}      hub is {:.1}x majortomo", ours / mt);
+    }
+    println!();
+    println!(
+        "broker process CPU per request (routing and its libzmq I/O thread; clients and workers excluded)"
+    );
+    println!(
+        "  hub serve process          {cpu_per_request:>9.2} us   one core routes {:.0} req/s",
+        1e6 / cpu_per_request
+    );
+    if let Some((_, mt_cpu)) = majortomo {
+        println!(
+            "  majortomo broker process  {mt_cpu:>9.2} us   hub is {:.1}x more efficient",
+            mt_cpu / cpu_per_request
+        );
+    }
+    println!();
+    println!("latency, 1 sync client            p50          p99");
+    println!("  raw REQ/REP               {:>9.1} us {:>9.1} us", us(raw_p50), us(raw_p99));
+    println!("  hub broker                {:>9.1} us {:>9.1} us", us(broker_p50), us(broker_p99));
+    println!(
+        "  ratio                     {:>9.2}x   {:>9.2}x",
+        us(broker_p50) / us(raw_p50),
+        us(broker_p99) / us(raw_p99)
+    );
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
