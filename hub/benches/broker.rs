@@ -9,7 +9,7 @@
 //! 3. The same throughput load through majortomo's Python broker, if the
 //!    interop venv exists (scripts/setup.sh makes it).
 //!
-//! Everything runs on 127.0.0.1. Figures are ratios against the baseline of
+//! Everything runs on 127.0.0.1 (BENCH_TRANSPORT=ipc: over ipc:// instead). Figures are ratios against the baseline of
 //! the same run, so a busy machine skews both sides alike.
 
 use std::process::{Command, Stdio};
@@ -32,20 +32,11 @@ struct Options {
     latency_samples: usize,
     /// Run one part only: raw, hub, latency or majortomo.
     only: Option<String>,
-    /// tcp (default) or ipc, for every connection in the run.
-    transport: String,
 }
 
 fn options() -> Options {
-    let mut o = Options {
-        clients: 2,
-        workers: 2,
-        window: 64,
-        seconds: 3.0,
-        latency_samples: 20_000,
-        only: None,
-        transport: "tcp".into(),
-    };
+    let mut o =
+        Options { clients: 2, workers: 2, window: 64, seconds: 3.0, latency_samples: 20_000, only: None };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -57,7 +48,6 @@ fn options() -> Options {
             ("--seconds", Some(v)) => o.seconds = v,
             ("--samples", Some(v)) => o.latency_samples = v as usize,
             ("--only", _) if i + 1 < args.len() => o.only = Some(args[i + 1].clone()),
-            ("--transport", _) if i + 1 < args.len() => o.transport = args[i + 1].clone(),
             // `cargo bench` passes --bench; ignore what we do not know.
             _ => {
                 i += 1;
