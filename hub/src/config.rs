@@ -13,11 +13,156 @@ pub struct Config {
     /// Where the hub keeps its data.
     pub data_dir: PathBuf,
     pub broker: BrokerConfig,
+    /// The message buses (`[[bus]]` in TOML). Listing any replaces all the defaults.
+    #[serde(rename = "bus")]
+    pub buses: Vec<BusConfig>,
+    pub state: StateConfig,
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { data_dir: PathBuf::from("./data/hub"), broker: BrokerConfig::default() }
+        Config {
+            data_dir: PathBuf::from("./data/hub"),
+            broker: BrokerConfig::default(),
+            buses: BusConfig::defaults(),
+            state: StateConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+/// One bus: publishers connect to `frontend` (XSUB), subscribers to `backend` (XPUB).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    pub name: String,
+    pub frontend: String,
+    pub backend: String,
+    /// A PUB endpoint that gets a copy of every message the bus forwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<String>,
+    /// Messages queued per subscriber before the bus drops for that subscriber
+    /// (a slow subscriber never stalls the others), and per publisher inbound.
+    #[serde(default = "default_bus_hwm")]
+    pub hwm: i32,
+    /// Largest frame accepted from publishers (ZMQ_MAXMSGSIZE).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: i64,
+    /// Appends every forwarded message to a JSON-lines file, for audits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<RecordConfig>,
+}
+
+fn default_bus_hwm() -> i32 {
+    10_000
+}
+
+fn default_max_message_bytes() -> i64 {
+    1 << 20
+}
+
+impl BusConfig {
+    pub fn new(name: &str, frontend: &str, backend: &str, capture: Option<&str>) -> Self {
+        BusConfig {
+            name: name.into(),
+            frontend: frontend.into(),
+            backend: backend.into(),
+            capture: capture.map(Into::into),
+            hwm: default_bus_hwm(),
+            max_message_bytes: default_max_message_bytes(),
+            record: None,
+        }
+    }
+
+    /// plantd's buses and ports, on loopback.
+    pub fn defaults() -> Vec<BusConfig> {
+        vec![
+            BusConfig::new("state", "tcp://127.0.0.1:11000", "tcp://127.0.0.1:11001", None),
+            BusConfig::new("event", "tcp://127.0.0.1:12000", "tcp://127.0.0.1:12001", None),
+            BusConfig::new("metric", "tcp://127.0.0.1:13000", "tcp://127.0.0.1:13001", None),
+        ]
+    }
+
+    /// Parses `NAME=FRONTEND,BACKEND[,CAPTURE]` (the `--bus` flag).
+    pub fn parse_flag(flag: &str) -> Result<BusConfig, String> {
+        let usage = "expected NAME=FRONTEND,BACKEND[,CAPTURE], e.g. metric=tcp://127.0.0.1:11000,tcp://127.0.0.1:11001";
+        let (name, endpoints) = flag.split_once('=').ok_or_else(|| format!("--bus {flag}: {usage}"))?;
+        let parts: Vec<&str> = endpoints.split(',').map(str::trim).collect();
+        match parts.as_slice() {
+            [f, b] if !name.is_empty() => Ok(BusConfig::new(name, f, b, None)),
+            [f, b, c] if !name.is_empty() => Ok(BusConfig::new(name, f, b, Some(c))),
+            _ => Err(format!("--bus {flag}: {usage}")),
+        }
+    }
+
+    /// The in-process endpoint hub components publish to.
+    pub fn inproc_frontend(&self) -> String {
+        format!("inproc://bus.{}.frontend", self.name)
+    }
+}
+
+/// Recording of a bus to JSON lines, rotated by size.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConfig {
+    pub path: PathBuf,
+    /// Rotate when the file reaches this size.
+    #[serde(default = "default_record_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept (`path.1` is the newest).
+    #[serde(default = "default_record_keep")]
+    pub keep: u32,
+}
+
+fn default_record_bytes() -> u64 {
+    64 << 20
+}
+
+fn default_record_keep() -> u32 {
+    4
+}
+
+/// The state service (`org.plantd.State`), a worker inside the hub.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    pub enabled: bool,
+    /// Worker threads serving requests (sled is safe to share between them).
+    pub workers: usize,
+    /// Durability window: acknowledged writes reach disk within this many
+    /// milliseconds. 0 flushes every write before it is acknowledged.
+    pub flush_interval_ms: u64,
+    /// sled's page cache, in bytes (its RSS runs well above this).
+    pub cache_bytes: u64,
+    /// The bus that carries change events.
+    pub bus: String,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            enabled: true,
+            workers: 2,
+            flush_interval_ms: 100,
+            cache_bytes: 16 << 20,
+            bus: "state".into(),
+        }
+    }
+}
+
+/// Health (`/healthz`) and Prometheus metrics (`/metrics`) over HTTP.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `host:port`, or "off".
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        // plantd's health port, on loopback.
+        HttpConfig { listen: "127.0.0.1:8081".into() }
     }
 }
 
@@ -76,6 +221,15 @@ impl BrokerConfig {
     pub fn request_expiry(&self) -> Duration {
         Duration::from_millis(self.request_expiry_ms)
     }
+
+    /// Options for the hub's own workers: they heartbeat as this broker expects.
+    pub fn worker_options(&self) -> transport::WorkerOptions {
+        transport::WorkerOptions {
+            heartbeat_interval: self.heartbeat_interval(),
+            heartbeat_liveness: self.heartbeat_liveness,
+            ..transport::WorkerOptions::default()
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +279,26 @@ impl Config {
         }
         if b.hwm < 0 {
             return invalid("broker.hwm", "must be 0 (no limit) or more");
+        }
+        let mut names = std::collections::HashSet::new();
+        for bus in &self.buses {
+            if bus.name.is_empty() || !names.insert(bus.name.as_str()) {
+                return invalid("bus.name", &format!("'{}' is empty or used twice", bus.name));
+            }
+            if bus.hwm < 0 {
+                return invalid("bus.hwm", "must be 0 (no limit) or more");
+            }
+            if bus.record.as_ref().is_some_and(|r| r.max_bytes < 1024) {
+                return invalid("bus.record.max_bytes", "must be at least 1024");
+            }
+        }
+        if self.state.enabled {
+            if self.state.workers == 0 {
+                return invalid("state.workers", "must be at least 1");
+            }
+            if !self.buses.iter().any(|b| b.name == self.state.bus) {
+                return invalid("state.bus", &format!("names no configured bus ('{}')", self.state.bus));
+            }
         }
         Ok(())
     }
@@ -182,6 +356,47 @@ mod tests {
         c.broker.heartbeat_liveness = 0;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("broker.heartbeat_liveness"), "{err}");
+    }
+
+    #[test]
+    fn default_buses_are_plantds() {
+        let c = Config::default();
+        let names: Vec<_> =
+            c.buses.iter().map(|b| (b.name.as_str(), b.frontend.as_str(), b.backend.as_str())).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("state", "tcp://127.0.0.1:11000", "tcp://127.0.0.1:11001"),
+                ("event", "tcp://127.0.0.1:12000", "tcp://127.0.0.1:12001"),
+                ("metric", "tcp://127.0.0.1:13000", "tcp://127.0.0.1:13001"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_seeds_bus_layout_is_expressible() {
+        let c = parse(
+            "[[bus]]\nname = \"metric\"\nfrontend = \"tcp://*:11000\"\nbackend = \"tcp://*:11001\"\ncapture = \"tcp://*:11002\"\n\n[state]\nenabled = false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.buses,
+            vec![BusConfig::new("metric", "tcp://*:11000", "tcp://*:11001", Some("tcp://*:11002"))]
+        );
+        c.validate().unwrap();
+        let flag = BusConfig::parse_flag("metric=tcp://*:11000,tcp://*:11001,tcp://*:11002").unwrap();
+        assert_eq!(flag, c.buses[0]);
+        assert!(BusConfig::parse_flag("metric=tcp://*:1").is_err());
+        assert!(BusConfig::parse_flag("tcp://*:1,tcp://*:2").is_err());
+    }
+
+    #[test]
+    fn state_events_need_their_bus() {
+        let mut c = Config::default();
+        c.buses.retain(|b| b.name != "state");
+        assert!(c.validate().unwrap_err().to_string().contains("state.bus"));
+        c.state.enabled = false;
+        c.validate().unwrap();
     }
 
     #[test]

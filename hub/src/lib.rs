@@ -3,5 +3,8 @@
 //! it in-process; `main.rs` is the command line around it.
 
 pub mod broker;
+pub mod bus;
 pub mod config;
+pub mod http;
 pub mod serve;
+pub mod state;

@@ -14,6 +14,8 @@ use argh::FromArgs;
     example = "hub echo-worker &              # a demo service called \"echo\"",
     example = "hub call echo hello            # prints: hello",
     example = "hub call mmi.services          # what is registered",
+    example = "hub state --scope plant set mode auto",
+    example = "hub tap --name state               # watch state changes",
     note = "Logging: -v for debug, -vv for trace; RUST_LOG (e.g. RUST_LOG=hub=debug) overrides both."
 )]
 struct Args {
@@ -29,6 +31,9 @@ struct Args {
 enum Command {
     Serve(cmd::serve::ServeArgs),
     Call(cmd::call::CallArgs),
+    State(cmd::state::StateArgs),
+    Tap(cmd::tap::TapArgs),
+    Publish(cmd::publish::PublishArgs),
     EchoWorker(cmd::echo::EchoWorkerArgs),
 }
 
@@ -45,6 +50,9 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Call(a) => cmd::call::run(a),
+        Command::State(a) => cmd::state::run(a),
+        Command::Tap(a) => cmd::tap::run(a),
+        Command::Publish(a) => cmd::publish::run(a),
         Command::EchoWorker(a) => cmd::echo::run(a),
     };
     match result {

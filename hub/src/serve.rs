@@ -6,7 +6,10 @@ use std::thread::JoinHandle;
 use transport::Shutdown;
 
 use crate::broker::{BrokerError, BrokerServer};
+use crate::bus::{Bus, BusError};
 use crate::config::{Config, ConfigError};
+use crate::http::{HttpError, HttpServer, Sources};
+use crate::state::{StateError, StateService};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -16,10 +19,16 @@ pub enum ServeError {
     DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Http(#[from] HttpError),
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
     #[error("{0} thread panicked")]
-    Panicked(&'static str),
+    Panicked(String),
 }
 
 /// A running hub. Dropping it does not stop it: call [`Hub::stop`] or
@@ -27,36 +36,98 @@ pub enum ServeError {
 pub struct Hub {
     shutdown: Shutdown,
     broker_endpoint: String,
-    threads: Vec<(&'static str, JoinHandle<Result<(), ServeError>>)>,
+    http_address: Option<String>,
+    threads: Vec<(String, JoinHandle<Result<(), ServeError>>)>,
 }
 
 impl Hub {
     /// Validates the config, binds every endpoint (so errors surface here, not
-    /// in a thread) and starts the components.
+    /// in a thread) and starts the components. `ctx` must be the one context
+    /// all in-process (`inproc://`) peers of the hub use.
     pub fn start(ctx: &zmq::Context, config: &Config, shutdown: Shutdown) -> Result<Hub, ServeError> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| ServeError::DataDir { path: config.data_dir.clone(), source })?;
 
+        let mut hub =
+            Hub { shutdown, broker_endpoint: String::new(), http_address: None, threads: Vec::new() };
+        let mut bus_counters = Vec::new();
+        for bus_config in &config.buses {
+            let bus = Bus::bind(ctx, bus_config)?;
+            bus_counters.push((bus.name().to_string(), bus.counters()));
+            hub.spawn(format!("bus-{}", bus_config.name), move |signal| {
+                bus.run(&signal).map_err(ServeError::from)
+            })?;
+        }
+
         let broker = BrokerServer::bind(ctx, &config.broker)?;
-        let broker_endpoint = broker.endpoint();
-        let mut hub = Hub { shutdown, broker_endpoint, threads: Vec::new() };
-        hub.spawn("broker", move |signal| broker.run(&signal).map(|_| ()).map_err(ServeError::from))?;
+        hub.broker_endpoint = broker.endpoint();
+        let broker_snapshot = broker.snapshot();
+        hub.spawn("broker".into(), move |signal| broker.run(&signal).map(|_| ()).map_err(ServeError::from))?;
+
+        let mut state_store = None;
+        if config.state.enabled {
+            let bus = config
+                .buses
+                .iter()
+                .find(|b| b.name == config.state.bus)
+                .expect("validated: the state bus exists");
+            let state = StateService::open(
+                &config.data_dir,
+                &config.state,
+                bus.inproc_frontend(),
+                config.broker.worker_options(),
+            )?;
+            state_store = Some(state.store());
+            for i in 0..config.state.workers {
+                let (state, ctx) = (state.clone(), ctx.clone());
+                hub.spawn(format!("state-{i}"), move |signal| {
+                    state.serve(&ctx, &signal).map_err(ServeError::from)
+                })?;
+            }
+            hub.spawn("state-flush".into(), move |signal| {
+                state.flush_loop(&signal).map_err(ServeError::from)
+            })?;
+        }
+
+        if config.http.listen != "off" {
+            let sources = Sources {
+                config: config.clone(),
+                broker: broker_snapshot,
+                buses: bus_counters,
+                state: state_store,
+            };
+            let http = HttpServer::bind(&config.http.listen, sources)?;
+            hub.http_address = Some(http.address());
+            hub.spawn("http".into(), move |signal| {
+                http.run(&signal);
+                Ok(())
+            })?;
+        }
         Ok(hub)
+    }
+
+    /// The HTTP health/metrics address, if enabled.
+    pub fn http_address(&self) -> Option<&str> {
+        self.http_address.as_deref()
     }
 
     /// Runs `component` on its own thread with its own shutdown signal. A
     /// component that fails stops the whole hub: half a hub is worse than none.
-    fn spawn<F>(&mut self, name: &'static str, component: F) -> Result<(), ServeError>
+    fn spawn<F>(&mut self, name: String, component: F) -> Result<(), ServeError>
     where
         F: FnOnce(transport::Signal) -> Result<(), ServeError> + Send + 'static,
     {
         let signal = self.shutdown.signal().map_err(ServeError::Thread)?;
         let shutdown = self.shutdown.clone();
+        let thread_name = name.clone();
         let thread = std::thread::Builder::new()
-            .name(name.into())
+            .name(name.clone())
             .spawn(move || {
-                let result = component(signal);
+                let name = thread_name;
+                // A panic stops the hub like an error does, instead of leaving the rest running headless.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| component(signal)))
+                    .unwrap_or_else(|_| Err(ServeError::Panicked(name.clone())));
                 if let Err(e) = &result {
                     log::error!("{name} failed: {e}");
                     shutdown.trigger();

@@ -5,6 +5,7 @@
 //! so all of it is testable and fuzzable without libzmq.
 
 pub mod backoff;
+pub mod bus;
 pub mod heartbeat;
 pub mod mdp;
 pub mod mmi;

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
-use std::sync::Once;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use proto::mdp::Dialect;
@@ -29,8 +29,8 @@ fn profile_dir() -> PathBuf {
 /// Path to one of the workspace's binaries. The first call builds them all
 /// with the test's own profile, so a test never runs a stale binary.
 pub fn bin(name: &str) -> PathBuf {
-    static BUILD: Once = Once::new();
-    BUILD.call_once(|| {
+    static BUILD: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILD.get_or_init(|| {
         let profile = match profile_dir().file_name().and_then(|n| n.to_str()) {
             Some("debug") | None => "dev".to_string(),
             Some(other) => other.to_string(),
@@ -39,9 +39,16 @@ pub fn bin(name: &str) -> PathBuf {
             .args(["build", "--quiet", "--bins", "--workspace", "--profile", &profile])
             .current_dir(workspace_root())
             .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the workspace binaries failed");
+            .map_err(|e| format!("cannot run cargo build: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err("building the workspace binaries failed (the compiler's errors are above)".into())
+        }
     });
+    if let Err(e) = built {
+        panic!("{e}");
+    }
     let path = profile_dir().join(name);
     assert!(path.exists(), "{} was not built", path.display());
     path
@@ -176,11 +183,58 @@ impl Lines {
     }
 }
 
-/// `hub serve` on a free port with its own data directory.
+/// One bus's endpoints.
+#[derive(Clone, Debug)]
+pub struct BusEndpoints {
+    pub frontend: String,
+    pub backend: String,
+}
+
+/// `hub serve` on free ports (broker, the three default buses, HTTP) with its
+/// own data directory.
 pub struct HubProc {
     pub proc: Proc,
     pub broker: String,
     pub data: tempfile::TempDir,
+    pub buses: std::collections::HashMap<String, BusEndpoints>,
+    pub http: String,
+}
+
+/// Free endpoints for the default buses and HTTP, as `hub serve` flags.
+pub struct HubPorts {
+    pub buses: std::collections::HashMap<String, BusEndpoints>,
+    pub http: String,
+}
+
+impl HubPorts {
+    pub fn new() -> HubPorts {
+        let buses = ["state", "event", "metric"]
+            .into_iter()
+            .map(|name| {
+                (name.to_string(), BusEndpoints { frontend: free_endpoint(), backend: free_endpoint() })
+            })
+            .collect();
+        HubPorts { buses, http: format!("127.0.0.1:{}", free_port()) }
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut names: Vec<_> = self.buses.keys().collect();
+        names.sort();
+        for name in names {
+            let bus = &self.buses[name];
+            args.push("--bus".into());
+            args.push(format!("{name}={},{}", bus.frontend, bus.backend));
+        }
+        args.extend(["--http".into(), self.http.clone()]);
+        args
+    }
+}
+
+impl Default for HubPorts {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl HubProc {
@@ -196,10 +250,20 @@ impl HubProc {
 
     /// Starts (or restarts) a hub on `broker` with `data` as its data directory.
     pub fn start_in(data: tempfile::TempDir, broker: &str, extra: &[&str]) -> HubProc {
+        Self::start_with_ports(data, broker, HubPorts::new(), extra)
+    }
+
+    /// Starts a hub on exactly these endpoints (to restart one where it was).
+    pub fn start_with_ports(
+        data: tempfile::TempDir,
+        broker: &str,
+        ports: HubPorts,
+        extra: &[&str],
+    ) -> HubProc {
         let mut cmd = Command::new(bin("hub"));
-        cmd.args(["serve", "--broker", broker, "--data-dir"]).arg(data.path()).args(extra);
+        cmd.args(["serve", "--broker", broker, "--data-dir"]).arg(data.path()).args(ports.args()).args(extra);
         let proc = Proc::spawn("hub", cmd);
-        let hub = HubProc { proc, broker: broker.to_string(), data };
+        let hub = HubProc { proc, broker: broker.to_string(), data, buses: ports.buses, http: ports.http };
         wait_for("the hub's broker to answer mmi.service", Duration::from_secs(20), || {
             hub.try_call("mmi.service", &["mmi.service"], Duration::from_millis(200)).map(|_| ())
         });
@@ -225,6 +289,15 @@ impl HubProc {
             let status = self.try_call("mmi.service", &[service], Duration::from_millis(500))?;
             (status == ["404"]).then_some(())
         });
+    }
+
+    /// The endpoints this hub was started on, to restart it in the same place.
+    pub fn ports(&self) -> HubPorts {
+        HubPorts { buses: self.buses.clone(), http: self.http.clone() }
+    }
+
+    pub fn bus(&self, name: &str) -> &BusEndpoints {
+        &self.buses[name]
     }
 
     /// The broker's counters (`mmi.metrics`).

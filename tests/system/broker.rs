@@ -73,7 +73,7 @@ fn mmi_over_the_wire() {
     let get = |service: &str, body: &[&str]| hub.try_call(service, body, 2 * SECOND).expect("mmi answers");
     assert_eq!(get("mmi.service", &["echo"]), vec!["200"]);
     assert_eq!(get("mmi.service", &["nope"]), vec!["404"]);
-    assert_eq!(get("mmi.services", &[]), vec![r#"["echo"]"#]);
+    assert_eq!(get("mmi.services", &[]), vec![r#"["echo","org.plantd.State"]"#]);
     let workers: serde_json::Value = serde_json::from_str(&get("mmi.workers", &[])[0]).unwrap();
     assert_eq!(workers["echo"]["workers"], 1);
     assert_eq!(get("mmi.heartbeat", &[]), vec!["501"]);
@@ -85,10 +85,11 @@ fn workers_register_again_after_the_broker_restarts() {
     let broker = hub.broker.clone();
     let _worker = echo_worker(&broker, "echo", &["--heartbeat", "200"]);
     hub.wait_for_service("echo");
+    let ports = hub.ports();
     let HubProc { mut proc, data, .. } = hub;
     proc.signal(libc::SIGKILL);
     proc.wait_exit(5 * SECOND).expect("hub dies on SIGKILL");
-    let hub = HubProc::start_in(data, &broker, &[]);
+    let hub = HubProc::start_with_ports(data, &broker, ports, &[]);
     // The worker's next heartbeat reaches a broker that does not know it; the
     // DISCONNECT it gets back makes it register again.
     hub.wait_for_service("echo");
@@ -155,7 +156,7 @@ fn bad_peers_are_counted_and_harm_nobody() {
     evil.send_multipart([&b"garbage"[..]], 0).unwrap();
     evil.send_multipart([&b""[..], b"MDPC01"], 0).unwrap();
     evil.send_multipart([&b"MDPW02"[..], b"\x09"], 0).unwrap();
-    let many: Vec<&[u8]> = std::iter::repeat(&b"x"[..]).take(100).collect();
+    let many: Vec<&[u8]> = std::iter::repeat_n(&b"x"[..], 100).collect();
     evil.send_multipart(many, 0).unwrap();
 
     let metrics = wait_for("malformed messages to be counted", 5 * SECOND, || {
@@ -195,7 +196,11 @@ fn sigterm_stops_the_hub_cleanly_and_workers_are_told() {
 fn a_second_hub_on_the_same_endpoint_fails_with_advice() {
     let hub = HubProc::start();
     let data = tempfile::tempdir().unwrap();
-    let out = hub_cli(&["serve", "--broker", &hub.broker, "--data-dir", data.path().to_str().unwrap()]);
+    let mut args = vec!["serve".to_string(), "--broker".into(), hub.broker.clone(), "--data-dir".into()];
+    args.push(data.path().to_str().unwrap().into());
+    args.extend(HubPorts::new().args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = hub_cli(&args);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot bind the broker") && err.contains("--broker"), "{err}");

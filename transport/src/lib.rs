@@ -4,11 +4,13 @@
 //! Protocol decisions live in `proto`; this crate only moves frames between
 //! sockets and those decisions, and owns the clocks and sleeps.
 
+pub mod bus;
 pub mod client;
 pub mod frames;
 pub mod shutdown;
 pub mod worker;
 
+pub use bus::{BusMessage, Publisher, Subscriber};
 pub use client::{AsyncClient, Client, ClientError, ClientOptions, Reply};
 pub use shutdown::{Shutdown, Signal};
 pub use worker::{Handler, Replier, Worker, WorkerError, WorkerOptions};

@@ -585,7 +585,7 @@ impl<F: OwnedFrame> Broker<F> {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Census {
     pub workers: usize,
     pub idle: usize,

@@ -8,7 +8,8 @@
 pub mod core;
 pub mod metrics;
 
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use transport::frames::{recv_frames, send_frames, Received};
 use transport::Signal;
@@ -19,6 +20,16 @@ use crate::config::BrokerConfig;
 
 /// Messages handled per poll wake-up before timers get a look in.
 const BATCH: usize = 256;
+
+/// Where the hub's own services (state, ingest) reach the broker: in-process,
+/// no I/O thread, no TCP.
+pub const BROKER_INPROC: &str = "inproc://hub.broker";
+
+/// How often the metrics snapshot for the HTTP endpoint is refreshed.
+const SNAPSHOT_EVERY: Duration = Duration::from_millis(500);
+
+/// The broker's counters and live state, as last published by its thread.
+pub type Snapshot = Arc<Mutex<(Metrics, Census)>>;
 
 impl OwnedFrame for zmq::Message {
     fn copy_from(bytes: &[u8]) -> Self {
@@ -61,6 +72,7 @@ pub enum BrokerError {
 pub struct BrokerServer {
     socket: zmq::Socket,
     config: BrokerConfig,
+    snapshot: Snapshot,
 }
 
 impl BrokerServer {
@@ -73,10 +85,18 @@ impl BrokerServer {
         socket.set_rcvhwm(config.hwm)?;
         // On shutdown, give the DISCONNECTs a moment to leave, but never hang.
         socket.set_linger(500)?;
-        socket
-            .bind(&config.endpoint)
-            .map_err(|source| BrokerError::Bind { endpoint: config.endpoint.clone(), source })?;
-        Ok(BrokerServer { socket, config: config.clone() })
+        for endpoint in [config.endpoint.as_str(), BROKER_INPROC] {
+            socket
+                .bind(endpoint)
+                .map_err(|source| BrokerError::Bind { endpoint: endpoint.into(), source })?;
+        }
+        let snapshot = Arc::new(Mutex::new((Metrics::default(), Census::default())));
+        Ok(BrokerServer { socket, config: config.clone(), snapshot })
+    }
+
+    /// Counters for the metrics endpoint, refreshed by the running broker.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.clone()
     }
 
     /// The endpoint actually bound (resolves `tcp://127.0.0.1:*`).
@@ -94,10 +114,17 @@ impl BrokerServer {
         let mut out = RouterOutbox { socket: &self.socket };
         let mut frames = Vec::with_capacity(16);
         log::info!("broker routing on {}", self.endpoint());
+        let mut next_snapshot = Instant::now();
         while !shutdown.is_set() {
             let now = Instant::now();
             core.tick(now, &mut out);
-            let wait = core.next_deadline().saturating_duration_since(now);
+            if now >= next_snapshot {
+                if let Ok(mut snapshot) = self.snapshot.lock() {
+                    *snapshot = (core.metrics().clone(), core.census());
+                }
+                next_snapshot = now + SNAPSHOT_EVERY;
+            }
+            let wait = core.next_deadline().min(next_snapshot).saturating_duration_since(now);
             // Round up so we never wake a hair early and spin.
             let timeout = wait.as_millis() as i64 + 1;
             let mut items = [self.socket.as_poll_item(zmq::POLLIN), shutdown.poll_item()];

@@ -3,9 +3,49 @@
 
 pub mod call;
 pub mod echo;
+pub mod publish;
 pub mod serve;
+pub mod state;
+pub mod tap;
+
+use std::path::PathBuf;
 
 /// The broker endpoint clients and workers use unless told otherwise.
 pub const DEFAULT_BROKER: &str = "tcp://127.0.0.1:9797";
 
 pub type CmdResult = Result<std::process::ExitCode, Box<dyn std::error::Error>>;
+
+/// Which end of a bus a command talks to.
+pub enum BusSide {
+    /// Where publishers connect.
+    Frontend,
+    /// Where subscribers connect.
+    Backend,
+}
+
+/// The endpoint from `--bus`, or the named bus (default `metric`) in the
+/// config or the defaults. A bus bound on a wildcard (`tcp://*:N`) is reached
+/// on loopback.
+pub fn bus_endpoint(
+    bus: Option<String>,
+    name: Option<String>,
+    config: Option<&PathBuf>,
+    side: BusSide,
+) -> Result<String, Box<dyn std::error::Error>> {
+    if let Some(endpoint) = bus {
+        return Ok(endpoint);
+    }
+    let name = name.unwrap_or_else(|| "metric".into());
+    let config = serve::effective_config(config, None, &[])?;
+    let Some(found) = config.buses.iter().find(|b| b.name == name) else {
+        let known: Vec<&str> = config.buses.iter().map(|b| b.name.as_str()).collect();
+        return Err(
+            format!("no bus named '{name}' (known: {}); or give --bus ENDPOINT", known.join(", ")).into()
+        );
+    };
+    let endpoint = match side {
+        BusSide::Frontend => &found.frontend,
+        BusSide::Backend => &found.backend,
+    };
+    Ok(endpoint.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:"))
+}

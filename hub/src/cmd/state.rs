@@ -1,0 +1,150 @@
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use argh::FromArgs;
+use proto::mdp::Dialect;
+use serde_json::{json, Value};
+use transport::{Client, ClientError, ClientOptions};
+
+use super::{CmdResult, DEFAULT_BROKER};
+
+/// Read and change state in the hub's state service (org.plantd.State).
+/// Prints the service's JSON reply (pretty on a terminal).
+#[derive(FromArgs)]
+#[argh(
+    subcommand,
+    name = "state",
+    example = "hub state --scope plant set mode auto",
+    example = "hub state --scope plant get mode",
+    example = "hub state --scope plant set limits --json '{{\"max\": 80}}'",
+    example = "hub state list-scopes",
+    note = "A scope is what plantd calls a service. Values are strings unless --json is given.",
+    error_code(1, "the service answered with an error"),
+    error_code(3, "no reply within the timeout")
+)]
+pub struct StateArgs {
+    /// broker endpoint (default tcp://127.0.0.1:9797)
+    #[argh(option, default = "DEFAULT_BROKER.to_string()")]
+    broker: String,
+    /// milliseconds to wait for the reply (default 2500)
+    #[argh(option, default = "2500")]
+    timeout: u64,
+    /// the scope to work in
+    #[argh(option)]
+    scope: Option<String>,
+    #[argh(subcommand)]
+    op: StateOp,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum StateOp {
+    Get(Get),
+    Set(Set),
+    Delete(Delete),
+    ListKeys(ListKeys),
+    ListScopes(ListScopes),
+    CreateScope(CreateScope),
+    DeleteScope(DeleteScope),
+    Health(Health),
+}
+
+/// read a key
+#[derive(FromArgs)]
+#[argh(subcommand, name = "get")]
+struct Get {
+    #[argh(positional)]
+    key: String,
+}
+
+/// write a key (creates the scope if needed)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "set")]
+struct Set {
+    /// send VALUE as a JSON value instead of a string
+    #[argh(switch)]
+    json: bool,
+    #[argh(positional)]
+    key: String,
+    #[argh(positional)]
+    value: String,
+}
+
+/// delete a key
+#[derive(FromArgs)]
+#[argh(subcommand, name = "delete")]
+struct Delete {
+    #[argh(positional)]
+    key: String,
+}
+
+/// list the keys of the scope
+#[derive(FromArgs)]
+#[argh(subcommand, name = "list-keys")]
+struct ListKeys {}
+
+/// list every scope
+#[derive(FromArgs)]
+#[argh(subcommand, name = "list-scopes")]
+struct ListScopes {}
+
+/// create the scope
+#[derive(FromArgs)]
+#[argh(subcommand, name = "create-scope")]
+struct CreateScope {}
+
+/// delete the scope and its keys
+#[derive(FromArgs)]
+#[argh(subcommand, name = "delete-scope")]
+struct DeleteScope {}
+
+/// the service's health and durability counters
+#[derive(FromArgs)]
+#[argh(subcommand, name = "health")]
+struct Health {}
+
+pub fn run(args: StateArgs) -> CmdResult {
+    let scope = || args.scope.clone().ok_or("this operation needs --scope SCOPE (plantd's \"service\")");
+    let (op, request) = match &args.op {
+        StateOp::Get(g) => ("state-get", json!({"service": scope()?, "key": g.key})),
+        StateOp::Set(s) => {
+            let value = if s.json {
+                serde_json::from_str::<Value>(&s.value)
+                    .map_err(|e| format!("--json value is not JSON: {e}"))?
+            } else {
+                json!(s.value)
+            };
+            ("state-set", json!({"service": scope()?, "key": s.key, "value": value}))
+        }
+        StateOp::Delete(d) => ("delete", json!({"service": scope()?, "key": d.key})),
+        StateOp::ListKeys(_) => ("list-keys", json!({"service": scope()?})),
+        StateOp::ListScopes(_) => ("list-scopes", json!({})),
+        StateOp::CreateScope(_) => ("create-scope", json!({"service": scope()?})),
+        StateOp::DeleteScope(_) => ("delete-scope", json!({"service": scope()?})),
+        StateOp::Health(_) => ("health", json!({})),
+    };
+    let ctx = zmq::Context::new();
+    let options =
+        ClientOptions { dialect: Dialect::Rfc7, timeout: Duration::from_millis(args.timeout), retries: 0 };
+    let mut client = Client::new(&ctx, &args.broker, options);
+    let request = request.to_string();
+    let reply = match client.request("org.plantd.State", &[op.as_bytes(), request.as_bytes()]) {
+        Ok(reply) => reply,
+        Err(e @ ClientError::Timeout { .. }) => {
+            eprintln!("hub: {e}");
+            return Ok(ExitCode::from(3));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let text = reply.first().map(|f| String::from_utf8_lossy(f).into_owned()).unwrap_or_default();
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("the state service sent invalid JSON ({e}): {text}"))?;
+    if std::io::stdout().is_terminal() {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("{value}");
+    }
+    let ok = value["success"] == json!(true);
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,67 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use argh::FromArgs;
+use serde_json::{json, Value};
+use transport::frames::display_frame;
+use transport::{Shutdown, Subscriber};
+
+use super::{bus_endpoint, BusSide, CmdResult};
+
+/// Print live messages from a bus, one line each: the topic, then the payload
+/// (as JSON when it parses). Runs until interrupted, or until --count messages.
+#[derive(FromArgs)]
+#[argh(
+    subcommand,
+    name = "tap",
+    example = "hub tap                                  # everything on the metric bus",
+    example = "hub tap --name state org.plantd.State.   # state changes",
+    example = "hub tap --bus tcp://10.0.0.5:13001 --json --count 10 org.plantd.Metric.pump1",
+    note = "Both layouts are understood: a topic frame then a payload frame, or plantd's single frame."
+)]
+pub struct TapArgs {
+    /// bus backend (subscriber) endpoint
+    #[argh(option)]
+    bus: Option<String>,
+    /// bus by name, from the config or the defaults (default metric)
+    #[argh(option)]
+    name: Option<String>,
+    /// config file to look --name up in
+    #[argh(option)]
+    config: Option<PathBuf>,
+    /// print each message as a JSON object {"topic": ..., "payload": ...}
+    #[argh(switch)]
+    json: bool,
+    /// exit after this many messages
+    #[argh(option)]
+    count: Option<u64>,
+    /// topic prefixes to subscribe to (default: all)
+    #[argh(positional, greedy)]
+    prefixes: Vec<String>,
+}
+
+pub fn run(args: TapArgs) -> CmdResult {
+    let endpoint = bus_endpoint(args.bus, args.name, args.config.as_ref(), BusSide::Backend)?;
+    let shutdown = Shutdown::new();
+    shutdown.on_termination_signals()?;
+    let ctx = zmq::Context::new();
+    let prefixes: Vec<&[u8]> = args.prefixes.iter().map(|p| p.as_bytes()).collect();
+    let mut subscriber = Subscriber::connect(&ctx, &endpoint, &prefixes)?;
+    log::info!("tapping {endpoint}");
+    let mut seen = 0;
+    while !shutdown.is_triggered() && args.count.is_none_or(|n| seen < n) {
+        let Some(message) = subscriber.recv(Duration::from_millis(250))? else { continue };
+        seen += 1;
+        let topic = String::from_utf8_lossy(&message.topic);
+        let payload = serde_json::from_slice::<Value>(&message.payload).ok();
+        if args.json {
+            let payload = payload.unwrap_or_else(|| json!(display_frame(&message.payload)));
+            println!("{}", json!({"topic": topic, "payload": payload}));
+        } else {
+            let payload = payload.map_or_else(|| display_frame(&message.payload), |v| v.to_string());
+            println!("{topic} {payload}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,96 @@
+//! The state service (`org.plantd.State`): plantd's key-value state, as MDP
+//! workers inside the hub, persisted in sled, announcing every change on the
+//! state bus.
+//!
+//! The workers reach the broker over `inproc://` (no I/O thread, no TCP),
+//! and sled is shared between them, so several requests are served at once.
+
+pub mod ops;
+pub mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::bus::Framing;
+use transport::{Publisher, Signal, Worker, WorkerError, WorkerOptions};
+
+use self::store::Store;
+use crate::broker::BROKER_INPROC;
+use crate::config::StateConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot open the state store in {path}: {source} (is another hub using this --data-dir?)")]
+    Open { path: std::path::PathBuf, source: sled::Error },
+    #[error("state worker: {0}")]
+    Worker(#[from] WorkerError),
+    #[error("state worker: {0}")]
+    Zmq(#[from] zmq::Error),
+}
+
+#[derive(Clone)]
+pub struct StateService {
+    store: Arc<Store>,
+    flush_interval: Duration,
+    events: String,
+    worker: WorkerOptions,
+}
+
+impl StateService {
+    /// Opens the store under `data_dir/state`; change events go to `events` (a
+    /// bus frontend); `worker` must heartbeat as the broker expects.
+    pub fn open(
+        data_dir: &Path,
+        config: &StateConfig,
+        events: String,
+        worker: WorkerOptions,
+    ) -> Result<StateService, StateError> {
+        let path = data_dir.join("state");
+        let store = Store::open(&path, config.cache_bytes, config.flush_interval_ms == 0)
+            .map_err(|source| StateError::Open { path, source })?;
+        Ok(StateService {
+            store: Arc::new(store),
+            flush_interval: Duration::from_millis(config.flush_interval_ms),
+            events,
+            worker,
+        })
+    }
+
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// One worker: serves requests until shutdown. Run several on their own threads.
+    pub fn serve(&self, ctx: &zmq::Context, signal: &Signal) -> Result<(), StateError> {
+        let publisher = Publisher::connect(ctx, &self.events, Framing::TwoFrame)?;
+        let store = self.store.clone();
+        let worker = Worker::new(ctx, BROKER_INPROC, ops::SERVICE, self.worker.clone());
+        worker.run(signal, move |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
+            let (reply, event) = ops::handle(&store, &body);
+            if let Some(event) = event {
+                // PUB drops rather than blocks; a lost event never fails the write.
+                let _ = publisher.publish(event.topic().as_bytes(), event.payload().to_string().as_bytes());
+            }
+            vec![zmq::Message::from(reply.to_string().as_bytes())]
+        })?;
+        Ok(())
+    }
+
+    /// Flushes every interval, bounding how long an acknowledged write can be
+    /// lost to a crash; flushes once more on shutdown.
+    pub fn flush_loop(&self, signal: &Signal) -> Result<(), StateError> {
+        if self.flush_interval.is_zero() {
+            return Ok(()); // every write is flushed before its reply
+        }
+        loop {
+            let stopping = signal.sleep(self.flush_interval);
+            if let Err(e) = self.store.flush() {
+                log::error!("state store flush failed: {e}");
+            }
+            if stopping {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+use serde_json::{json, Value};
+
+use super::*;
+
+struct Rig {
+    store: Store,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        Rig { store: Store::open(dir.path(), 1 << 20, false).unwrap(), _dir: dir }
+    }
+
+    fn raw(&self, frames: &[&[u8]]) -> (Value, Option<Event>) {
+        let frames: Vec<Vec<u8>> = frames.iter().map(|f| f.to_vec()).collect();
+        handle(&self.store, &frames)
+    }
+
+    fn call(&self, op: &str, request: Value) -> (Value, Option<Event>) {
+        self.raw(&[op.as_bytes(), request.to_string().as_bytes()])
+    }
+
+    fn reply(&self, op: &str, request: Value) -> Value {
+        self.call(op, request).0
+    }
+}
+
+fn err(message: &str) -> Value {
+    json!({"success": false, "error": message})
+}
+
+#[test]
+fn scope_lifecycle() {
+    let r = Rig::new();
+    assert_eq!(
+        r.reply("list-scopes", json!({})),
+        json!({"success": true, "data": {"scopes": [], "count": 0}})
+    );
+    let (reply, event) = r.call("create-scope", json!({"service": "plant"}));
+    assert_eq!(reply, json!({"success": true, "data": {"scope": "plant", "status": "created"}}));
+    assert_eq!(event.unwrap().op, "create-scope");
+    assert_eq!(r.reply("create-scope", json!({"service": "plant"})), err("Scope 'plant' already exists"));
+    assert_eq!(
+        r.reply("list-scopes", json!({})),
+        json!({"success": true, "data": {"scopes": ["plant"], "count": 1}})
+    );
+    let (reply, event) = r.call("delete-scope", json!({"service": "plant"}));
+    assert_eq!(reply, json!({"success": true, "data": {"scope": "plant", "status": "deleted"}}));
+    assert_eq!(event.unwrap().op, "delete-scope");
+    assert_eq!(r.reply("delete-scope", json!({"service": "plant"})), err("Scope 'plant' does not exist"));
+}
+
+#[test]
+fn set_get_delete_with_both_operation_names() {
+    let r = Rig::new();
+    for (set, get) in [("state-set", "state-get"), ("set", "get")] {
+        let (reply, event) =
+            r.call(set, json!({"service": "s", "key": "k", "value": "v1", "token": "ignored"}));
+        assert_eq!(
+            reply,
+            json!({"success": true, "data": {"scope": "s", "key": "k", "value": "v1", "status": "set"}})
+        );
+        let event = event.unwrap();
+        assert_eq!(
+            (event.topic().as_str(), event.op, event.key.as_deref()),
+            ("org.plantd.State.s", "set", Some("k"))
+        );
+        assert_eq!(event.value, Some(json!("v1")));
+        assert_eq!(
+            r.reply(get, json!({"service": "s", "key": "k"})),
+            json!({"success": true, "data": {"scope": "s", "key": "k", "value": "v1"}})
+        );
+    }
+    assert_eq!(
+        r.reply("state-get", json!({"service": "s", "key": "missing"})),
+        json!({"success": true, "data": {"scope": "s", "key": "missing", "value": ""}})
+    );
+    let (reply, event) = r.call("delete", json!({"service": "s", "key": "k"}));
+    assert_eq!(reply, json!({"success": true, "data": {"scope": "s", "key": "k", "status": "deleted"}}));
+    assert_eq!(event.unwrap().op, "delete");
+    let (_, event) = r.call("delete", json!({"service": "s", "key": "k"}));
+    assert!(event.is_none(), "deleting a missing key changes nothing and publishes nothing");
+}
+
+#[test]
+fn setting_in_a_missing_scope_creates_it() {
+    let r = Rig::new();
+    r.reply("set", json!({"service": "new", "key": "k", "value": "v"}));
+    assert_eq!(
+        r.reply("list-keys", json!({"service": "new"})),
+        json!({"success": true, "data": {"scope": "new", "keys": ["k"], "count": 1}})
+    );
+}
+
+#[test]
+fn any_json_value_comes_back_unchanged() {
+    let r = Rig::new();
+    for value in [json!(42), json!(true), json!(null), json!([1, "a"]), json!({"nested": {"x": 1.5}})] {
+        r.reply("set", json!({"service": "j", "key": "k", "value": value}));
+        assert_eq!(r.reply("get", json!({"service": "j", "key": "k"}))["data"]["value"], value);
+    }
+}
+
+#[test]
+fn plantds_error_replies() {
+    let r = Rig::new();
+    assert_eq!(r.raw(&[b"state-get"]).0, json!({"error": "Invalid message format"}));
+    assert_eq!(r.raw(&[]).0, json!({"error": "Invalid message format"}));
+    assert_eq!(r.reply("explode", json!({})), json!({"error": "Invalid operation"}));
+    let bad = r.raw(&[b"state-get", b"{not json"]).0;
+    assert_eq!(bad["success"], false);
+    assert!(bad["error"].as_str().unwrap().starts_with("Invalid request format: "), "{bad}");
+    assert!(r.raw(&[b"state-get", b"[1]"]).0["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("Invalid request format"));
+
+    assert_eq!(r.reply("state-get", json!({"key": "k"})), err("Service scope required for get request"));
+    assert_eq!(r.reply("state-set", json!({"key": "k"})), err("Service scope required for set request"));
+    assert_eq!(r.reply("delete", json!({})), err("Service scope required for delete request"));
+    assert_eq!(r.reply("create-scope", json!({})), err("Service scope required for create-scope request"));
+    assert_eq!(r.reply("delete-scope", json!({})), err("Service scope required for delete-scope request"));
+    assert_eq!(r.reply("list-keys", json!({})), err("Service scope required for list-keys request"));
+    assert_eq!(r.reply("state-get", json!({"service": "s"})), err("Key required for get request"));
+    assert_eq!(
+        r.reply("state-set", json!({"service": "s", "key": "k"})),
+        err("Value required for set request")
+    );
+    assert_eq!(
+        r.reply("state-set", json!({"service": "", "key": "k", "value": "v"})),
+        err("Service scope cannot be empty")
+    );
+    assert_eq!(
+        r.reply("state-set", json!({"service": "s", "key": "", "value": "v"})),
+        err("Key cannot be empty")
+    );
+    assert_eq!(r.reply("create-scope", json!({"service": ""})), err("Service scope cannot be empty"));
+    assert_eq!(r.reply("list-keys", json!({"service": "nope"})), err("Scope 'nope' does not exist"));
+    assert_eq!(
+        r.reply("state-get", json!({"service": "nope", "key": "k"})),
+        err("Failed to get key: scope `nope` doesn't exist")
+    );
+    assert_eq!(
+        r.reply("delete", json!({"service": "nope", "key": "k"})),
+        err("Failed to delete key: scope `nope` doesn't exist")
+    );
+}
+
+#[test]
+fn health_reports_the_store_and_an_optional_scope() {
+    let r = Rig::new();
+    r.reply("set", json!({"service": "s", "key": "k", "value": "v"}));
+    let data = r.reply("health", json!({}))["data"].clone();
+    assert_eq!(data["status"], "healthy");
+    assert_eq!(data["service"], "org.plantd.State");
+    assert_eq!(data["writes"], 1);
+    assert!(data.get("scope").is_none());
+    let data = r.reply("health", json!({"service": "s"}))["data"].clone();
+    assert_eq!((data["scope"].clone(), data["scope_exists"].clone()), (json!("s"), json!(true)));
+}
+
+#[test]
+fn event_payloads_carry_scope_key_op_value_and_time() {
+    let event = Event { scope: "s".into(), key: Some("k".into()), op: "set", value: Some(json!("v")) };
+    let payload = event.payload();
+    assert_eq!(
+        (payload["scope"].clone(), payload["key"].clone(), payload["op"].clone()),
+        (json!("s"), json!("k"), json!("set"))
+    );
+    assert_eq!(payload["value"], "v");
+    assert!(payload["ts"].as_str().unwrap().parse::<jiff::Timestamp>().is_ok());
+}

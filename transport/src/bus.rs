@@ -1,0 +1,122 @@
+//! Bus publisher and subscriber. A bus is an XSUB/XPUB proxy in the hub:
+//! publishers connect to its frontend, subscribers to its backend.
+
+use std::time::{Duration, Instant};
+
+use proto::bus::{self, Framing};
+
+use crate::frames::{recv_frames, Received};
+
+/// Frames in one bus message; the layouts we read use one or two.
+const MAX_FRAMES: usize = 16;
+
+/// One message from a bus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BusMessage {
+    pub topic: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// Publishes on a bus frontend. Like any PUB socket it never blocks: messages
+/// nobody subscribed to, or that a full queue cannot take, are dropped.
+pub struct Publisher {
+    socket: zmq::Socket,
+    framing: Framing,
+}
+
+impl Publisher {
+    pub fn connect(ctx: &zmq::Context, frontend: &str, framing: Framing) -> zmq::Result<Self> {
+        let socket = ctx.socket(zmq::PUB)?;
+        socket.set_linger(1000)?;
+        socket.connect(frontend)?;
+        Ok(Publisher { socket, framing })
+    }
+
+    pub fn publish(&self, topic: &[u8], payload: &[u8]) -> zmq::Result<()> {
+        publish_on(&self.socket, self.framing, topic, payload)
+    }
+}
+
+fn publish_on(socket: &zmq::Socket, framing: Framing, topic: &[u8], payload: &[u8]) -> zmq::Result<()> {
+    match framing {
+        Framing::TwoFrame => {
+            socket.send(topic, zmq::SNDMORE | zmq::DONTWAIT)?;
+            socket.send(payload, zmq::DONTWAIT)
+        }
+        Framing::OneFrame => socket.send(bus::encode(framing, topic, payload).remove(0), zmq::DONTWAIT),
+    }
+}
+
+/// Publishes one message from a short-lived process (`hub publish`). A fresh
+/// PUB drops what it sends before the bus has told it about subscribers, so
+/// this uses an XPUB, waits up to `wait` for a subscription that covers
+/// `topic`, then sends. Returns whether a subscriber was known to be there.
+pub fn publish_once(
+    ctx: &zmq::Context,
+    frontend: &str,
+    framing: Framing,
+    topic: &[u8],
+    payload: &[u8],
+    wait: Duration,
+) -> zmq::Result<bool> {
+    let socket = ctx.socket(zmq::XPUB)?;
+    socket.set_linger(2000)?;
+    socket.connect(frontend)?;
+    let deadline = Instant::now() + wait;
+    let mut covered = false;
+    while !covered {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || socket.poll(zmq::POLLIN, left.as_millis().max(1) as i64)? == 0 {
+            break;
+        }
+        let sub = socket.recv_bytes(0)?;
+        // Subscription messages: 0x01 then the topic prefix.
+        covered = sub.first() == Some(&1) && topic.starts_with(&sub[1..]);
+    }
+    publish_on(&socket, framing, topic, payload)?;
+    Ok(covered)
+}
+
+/// Subscribes on a bus backend and yields (topic, payload), whichever layout
+/// the publisher used.
+pub struct Subscriber {
+    socket: zmq::Socket,
+    frames: Vec<zmq::Message>,
+}
+
+impl Subscriber {
+    /// Subscribes to every topic starting with one of `prefixes` (all topics if none).
+    pub fn connect(ctx: &zmq::Context, backend: &str, prefixes: &[&[u8]]) -> zmq::Result<Self> {
+        let socket = ctx.socket(zmq::SUB)?;
+        socket.set_linger(0)?;
+        if prefixes.is_empty() {
+            socket.set_subscribe(b"")?;
+        }
+        for prefix in prefixes {
+            socket.set_subscribe(prefix)?;
+        }
+        socket.connect(backend)?;
+        Ok(Subscriber { socket, frames: Vec::new() })
+    }
+
+    /// The next message, or `None` if none arrived within `timeout`.
+    pub fn recv(&mut self, timeout: Duration) -> zmq::Result<Option<BusMessage>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if recv_frames(&self.socket, &mut self.frames, MAX_FRAMES, zmq::DONTWAIT)? == Received::Message {
+                if let Some((topic, payload)) = bus::split(&self.frames) {
+                    return Ok(Some(BusMessage { topic: topic.to_vec(), payload: payload.to_vec() }));
+                }
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.socket.poll(zmq::POLLIN, left.as_millis().max(1) as i64)? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    pub fn socket(&self) -> &zmq::Socket {
+        &self.socket
+    }
+}
