@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Third-party Majordomo peers for the interop tests.
+"""Third-party Majordomo and bus peers for the interop tests.
 
 Clients print one JSON object on stdout: {"partials": [[frame, ...], ...], "final": [frame, ...]}
 and exit 0, or exit 3 on timeout. Workers echo each request (optionally streaming every frame
 back as a PARTIAL first) until killed.
+
+Bus roles: `publish` waits (XPUB) until a subscription covers --topic, then sends --count messages
+{"seq": i} in --framing one|two; `subscribe` prints one JSON line {"topic", "payload"} per message
+(either layout) until --count.
 
 Dialects:
   majortomo  the majortomo package's own Client and Worker classes (PyPI majortomo==0.2.0)
@@ -169,18 +173,66 @@ def worker_plantd(args):
     WireWorker(args, b"MDPW02", commands, delimited_reply=False).run(parse)
 
 
+# ---- bus peers --------------------------------------------------------------
+
+def publish(args):
+    sock = zmq.Context.instance().socket(zmq.XPUB)
+    sock.setsockopt(zmq.LINGER, 5000)
+    sock.connect(args.broker)
+    deadline = time.time() + args.timeout
+    while True:
+        left = deadline - time.time()
+        if left <= 0 or not sock.poll(int(left * 1000)):
+            timeout()
+        sub = sock.recv()
+        if sub[:1] == b"\x01" and args.topic.encode().startswith(sub[1:]):
+            break
+    for i in range(args.count):
+        payload = json.dumps({"seq": i}).encode()
+        if args.framing == "one":
+            sock.send(args.topic.encode() + payload)
+        else:
+            sock.send_multipart([args.topic.encode(), payload])
+    print("sent", flush=True)
+
+
+def subscribe(args):
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, args.topic.encode())
+    sock.connect(args.broker)
+    print("ready", flush=True)
+    for _ in range(args.count):
+        if not sock.poll(int(args.timeout * 1000)):
+            timeout()
+        frames = sock.recv_multipart()
+        if len(frames) >= 2:
+            topic, payload = frames[0], frames[1]
+        else:
+            cut = min([i for i in (frames[0].find(b"{"), frames[0].find(b"[")) if i >= 0] or [len(frames[0])])
+            topic, payload = frames[0][:cut], frames[0][cut:]
+        print(json.dumps({"topic": topic.decode(), "payload": json.loads(payload)}), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("role", choices=["client", "worker"])
-    parser.add_argument("--dialect", choices=["majortomo", "rfc7", "plantd"], required=True)
-    parser.add_argument("--broker", required=True)
-    parser.add_argument("--service", required=True)
+    parser.add_argument("role", choices=["client", "worker", "publish", "subscribe"])
+    parser.add_argument("--dialect", choices=["majortomo", "rfc7", "plantd"])
+    parser.add_argument("--broker", required=True, help="broker endpoint, or the bus endpoint for bus roles")
+    parser.add_argument("--service")
+    parser.add_argument("--topic", default="", help="bus roles: topic (publish) or prefix (subscribe)")
+    parser.add_argument("--framing", choices=["one", "two"], default="two")
+    parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=5.0, help="client: seconds to wait per reply part")
     parser.add_argument("--stream", action="store_true", help="worker: send each frame as a PARTIAL first")
     parser.add_argument("frames", nargs="*", help="client: request body frames")
     args = parser.parse_intermixed_args()
     body = [f.encode() for f in args.frames]
-    if args.role == "client":
+    if args.role == "publish":
+        publish(args)
+    elif args.role == "subscribe":
+        subscribe(args)
+    elif args.role == "client":
         {"majortomo": client_majortomo, "rfc7": client_rfc7, "plantd": client_plantd}[args.dialect](args, body)
     else:
         {"majortomo": worker_majortomo, "rfc7": worker_rfc7, "plantd": worker_plantd}[args.dialect](args)

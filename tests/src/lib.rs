@@ -188,6 +188,7 @@ impl Lines {
 pub struct BusEndpoints {
     pub frontend: String,
     pub backend: String,
+    pub capture: Option<String>,
 }
 
 /// `hub serve` on free ports (broker, the three default buses, HTTP) with its
@@ -211,10 +212,28 @@ impl HubPorts {
         let buses = ["state", "event", "metric"]
             .into_iter()
             .map(|name| {
-                (name.to_string(), BusEndpoints { frontend: free_endpoint(), backend: free_endpoint() })
+                (
+                    name.to_string(),
+                    BusEndpoints { frontend: free_endpoint(), backend: free_endpoint(), capture: None },
+                )
             })
             .collect();
         HubPorts { buses, http: format!("127.0.0.1:{}", free_port()) }
+    }
+
+    /// No `--bus` flags (the buses come from a config file), just HTTP.
+    pub fn http_only() -> HubPorts {
+        HubPorts { buses: Default::default(), http: format!("127.0.0.1:{}", free_port()) }
+    }
+
+    /// One bus on free ports, optionally with a capture endpoint.
+    pub fn one_bus(name: &str, capture: bool) -> HubPorts {
+        let bus = BusEndpoints {
+            frontend: free_endpoint(),
+            backend: free_endpoint(),
+            capture: capture.then(free_endpoint),
+        };
+        HubPorts { buses: [(name.to_string(), bus)].into(), http: format!("127.0.0.1:{}", free_port()) }
     }
 
     pub fn args(&self) -> Vec<String> {
@@ -224,7 +243,10 @@ impl HubPorts {
         for name in names {
             let bus = &self.buses[name];
             args.push("--bus".into());
-            args.push(format!("{name}={},{}", bus.frontend, bus.backend));
+            match &bus.capture {
+                Some(capture) => args.push(format!("{name}={},{},{capture}", bus.frontend, bus.backend)),
+                None => args.push(format!("{name}={},{}", bus.frontend, bus.backend)),
+            }
         }
         args.extend(["--http".into(), self.http.clone()]);
         args
@@ -363,4 +385,22 @@ pub fn python_run(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run peers.py")
+}
+
+/// A plain HTTP/1.0 GET; returns the status code and body.
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to the HTTP endpoint");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read the HTTP response");
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// One Prometheus sample's value from `/metrics` text, e.g. `plantd_bus_messages_down_total{bus="metric"}`.
+pub fn prometheus_value(metrics: &str, series: &str) -> Option<u64> {
+    metrics.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }

@@ -2,5 +2,7 @@
 //! the harness (`system_tests`) builds the binaries once per run.
 
 mod broker;
+mod bus;
 mod cli;
 mod interop;
+mod state;
