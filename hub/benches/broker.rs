@@ -13,6 +13,9 @@
 //! the same run, so a busy machine skews both sides alike.
 
 use std::process::{Command, Stdio};
+
+mod common;
+use common::{free_endpoint, named, process_cpu_time, us, HubChild};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -59,20 +62,6 @@ fn options() -> Options {
     o
 }
 
-fn named<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
-    thread::Builder::new().name(name.into()).spawn(f).unwrap()
-}
-
-fn free_endpoint() -> String {
-    if std::env::var("BENCH_TRANSPORT").as_deref() == Ok("ipc") {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        return format!("ipc:///tmp/plantd-bench-{}-{n}.sock", std::process::id());
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    format!("tcp://127.0.0.1:{port}")
-}
-
 /// Runs `clients` pipelined clients against `endpoint` for `seconds` after a
 /// warm-up; returns completed requests per second in the measured window, and
 /// all replies received (warm-up included).
@@ -114,17 +103,6 @@ fn pipelined_load(endpoint: &str, dialect: Dialect, o: &Options) -> (f64, u64) {
     let (done, all) =
         threads.into_iter().map(|t| t.join().unwrap()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     (done as f64 / measure.as_secs_f64(), all)
-}
-
-/// User + system CPU time a process has used, from /proc/<pid>/stat.
-fn process_cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_nanos(ticks * 1_000_000_000 / hz)
 }
 
 /// Raw baseline: a ROUTER that echoes every message straight back.
@@ -192,58 +170,6 @@ fn start_workers(
             named("worker", move || worker.run(&signal, |body, _: &mut transport::Replier<'_>| body).unwrap())
         })
         .collect()
-}
-
-/// The real `hub serve` binary as a child process, measured like majortomo's.
-struct HubChild {
-    child: std::process::Child,
-    endpoint: String,
-    _data: TempDir,
-}
-
-impl HubChild {
-    fn start() -> HubChild {
-        let data = TempDir::new();
-        let endpoint = free_endpoint();
-        let child = Command::new(env!("CARGO_BIN_EXE_hub"))
-            .args(["serve", "--broker", &endpoint, "--data-dir"])
-            .arg(&data.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start hub serve");
-        HubChild { child, endpoint, _data: data }
-    }
-
-    fn cpu(&self) -> Duration {
-        process_cpu_time(self.child.id())
-    }
-}
-
-impl Drop for HubChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A scratch directory removed on drop (the bench avoids a tempfile dependency).
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("plantd-bench-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Our broker under the pipelined load: throughput and its process's CPU per request.
@@ -420,8 +346,4 @@ fn main() {
         us(broker_p50) / us(raw_p50),
         us(broker_p99) / us(raw_p99)
     );
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
 }

@@ -171,18 +171,24 @@ impl Bus {
 
     fn forward_down(&mut self, frames: &mut Vec<zmq::Message>) -> Result<(), BusError> {
         let c = &self.counters;
+        // Counted per batch: one atomic add per batch, not per message.
+        let (mut messages, mut bytes) = (0u64, 0u64);
+        let mut result = Ok(());
         for _ in 0..BATCH {
-            match recv_frames(&self.frontend, frames, MAX_FRAMES, zmq::DONTWAIT)? {
-                Received::WouldBlock => break,
-                Received::TooManyFrames => {
+            match recv_frames(&self.frontend, frames, MAX_FRAMES, zmq::DONTWAIT) {
+                Ok(Received::WouldBlock) => break,
+                Ok(Received::TooManyFrames) => {
                     c.too_many_frames.fetch_add(1, Relaxed);
                     continue;
                 }
-                Received::Message => {}
+                Ok(Received::Message) => {}
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
             }
-            let bytes: usize = frames.iter().map(|f| f.len()).sum();
-            c.messages_down.fetch_add(1, Relaxed);
-            c.bytes_down.fetch_add(bytes as u64, Relaxed);
+            messages += 1;
+            bytes += frames.iter().map(|f| f.len() as u64).sum::<u64>();
             if let Some(capture) = &self.capture {
                 let copy = frames.iter().map(|f| zmq::Message::from(&f[..]));
                 if send_frames(capture, &[], copy, zmq::DONTWAIT).is_err() {
@@ -197,7 +203,9 @@ impl Bus {
             // XPUB never blocks: it drops for subscribers whose queue is full.
             let _ = send_frames(&self.backend, &[], frames.drain(..), zmq::DONTWAIT);
         }
-        Ok(())
+        c.messages_down.fetch_add(messages, Relaxed);
+        c.bytes_down.fetch_add(bytes, Relaxed);
+        result
     }
 
     fn forward_up(&mut self, frames: &mut Vec<zmq::Message>) -> Result<(), BusError> {

@@ -1,0 +1,114 @@
+//! Bus benchmark: one publisher through the hub's bus proxy to one and to
+//! four subscribers, 64-byte messages, against a direct PUB→SUB connection
+//! measured in the same run.
+//!
+//!   cargo bench -p hub --bench bus [-- --messages 2000000]
+//!
+//! High-water marks are unlimited on both paths so nothing is dropped and the
+//! figure is delivered messages per second at the slowest subscriber.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{free_endpoint, named, us, HubChild, TempDir};
+
+const MESSAGE: [u8; 64] = *b"bench.topic.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+
+fn messages_arg() -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--messages")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000_000)
+}
+
+/// Publishes `n` messages on `publish_to` (bound if `bind`, else connected)
+/// and waits until every subscriber on `subscribe_at` has them all. Returns
+/// messages per second delivered to the slowest subscriber.
+fn run(publish_to: &str, bind: bool, subscribe_at: &str, subscribers: usize, n: usize) -> f64 {
+    let ctx = zmq::Context::new();
+    let publisher = ctx.socket(zmq::PUB).unwrap();
+    publisher.set_sndhwm(0).unwrap();
+    if bind {
+        publisher.bind(publish_to).unwrap();
+    } else {
+        publisher.connect(publish_to).unwrap();
+    }
+    let warmed = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..subscribers)
+        .map(|_| {
+            let (ctx, endpoint, warmed) = (zmq::Context::new(), subscribe_at.to_string(), warmed.clone());
+            named("subscriber", move || {
+                let sub = ctx.socket(zmq::SUB).unwrap();
+                sub.set_rcvhwm(0).unwrap();
+                sub.set_subscribe(b"").unwrap();
+                sub.connect(&endpoint).unwrap();
+                let mut msg = zmq::Message::new();
+                // Warm-up messages until the path is wired, then the measured ones.
+                loop {
+                    sub.recv(&mut msg, 0).unwrap();
+                    if msg.starts_with(b"warm") {
+                        warmed.fetch_add(1, Ordering::SeqCst);
+                        break;
+                    }
+                }
+                let mut got = 0;
+                while got < n {
+                    sub.recv(&mut msg, 0).unwrap();
+                    if msg.starts_with(b"bench") {
+                        got += 1;
+                    }
+                }
+                Instant::now()
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while warmed.load(Ordering::SeqCst) < subscribers {
+        assert!(Instant::now() < deadline, "subscribers never heard the warm-up");
+        publisher.send(&b"warm"[..], 0).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let started = Instant::now();
+    for _ in 0..n {
+        publisher.send(&MESSAGE[..], 0).unwrap();
+    }
+    let finished = threads.into_iter().map(|t| t.join().unwrap()).max().unwrap();
+    n as f64 / finished.duration_since(started).as_secs_f64()
+}
+
+fn direct(subscribers: usize, n: usize) -> f64 {
+    let endpoint = free_endpoint();
+    run(&endpoint, true, &endpoint, subscribers, n)
+}
+
+/// Through `hub serve`'s bus; returns the rate and the hub process's CPU per delivered message.
+fn through_hub(subscribers: usize, n: usize) -> (f64, f64) {
+    let dir = TempDir::new();
+    let (frontend, backend) = (free_endpoint(), free_endpoint());
+    let config = dir.0.join("hub.toml");
+    let text = format!(
+        "[[bus]]\nname = \"bench\"\nfrontend = \"{frontend}\"\nbackend = \"{backend}\"\nhwm = 0\n\n[state]\nenabled = false\n\n[http]\nlisten = \"off\"\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    let hub = HubChild::start_with(&["--config", config.to_str().unwrap()]);
+    let before = hub.cpu();
+    let rate = run(&frontend, false, &backend, subscribers, n);
+    let cpu = hub.cpu() - before;
+    (rate, us(cpu) / (n * subscribers) as f64)
+}
+
+fn main() {
+    let n = messages_arg();
+    println!("bus benchmark: 1 publisher, {n} messages of {} bytes, 127.0.0.1", MESSAGE.len());
+    println!();
+    println!("subscribers   direct PUB->SUB msg/s   through hub msg/s   ratio   hub CPU per delivery");
+    for subscribers in [1, 4] {
+        let direct = direct(subscribers, n);
+        let (hub, cpu) = through_hub(subscribers, n);
+        println!("{subscribers:>11}   {direct:>21.0}   {hub:>17.0}   {:>5.2}   {cpu:>8.3} us", hub / direct);
+    }
+}
