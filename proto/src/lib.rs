@@ -5,8 +5,10 @@
 //! so all of it is testable and fuzzable without libzmq.
 
 pub mod backoff;
+pub mod breaker;
 pub mod bus;
 pub mod heartbeat;
+pub mod ingest;
 pub mod mdp;
 pub mod mmi;
 
