@@ -17,6 +17,7 @@ pub struct Config {
     #[serde(rename = "bus")]
     pub buses: Vec<BusConfig>,
     pub state: StateConfig,
+    pub ingest: IngestConfig,
     pub http: HttpConfig,
 }
 
@@ -27,6 +28,7 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             buses: BusConfig::defaults(),
             state: StateConfig::default(),
+            ingest: IngestConfig::default(),
             http: HttpConfig::default(),
         }
     }
@@ -148,6 +150,26 @@ impl Default for StateConfig {
             cache_bytes: 16 << 20,
             bus: "state".into(),
         }
+    }
+}
+
+/// The ingest service (`org.plantd.Ingest`): agents' durable samples.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    pub enabled: bool,
+    /// The bus accepted samples are published on.
+    pub bus: String,
+    /// Accept a batch only when every sample's topic has a subscriber, so
+    /// nothing is published into the void; otherwise agents keep buffering.
+    pub require_subscriber: bool,
+    /// Worker threads.
+    pub workers: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig { enabled: true, bus: "metric".into(), require_subscriber: true, workers: 1 }
     }
 }
 
@@ -292,6 +314,14 @@ impl Config {
                 return invalid("bus.record.max_bytes", "must be at least 1024");
             }
         }
+        if self.ingest.enabled {
+            if self.ingest.workers == 0 {
+                return invalid("ingest.workers", "must be at least 1");
+            }
+            if !self.buses.iter().any(|b| b.name == self.ingest.bus) {
+                return invalid("ingest.bus", &format!("names no configured bus ('{}')", self.ingest.bus));
+            }
+        }
         if self.state.enabled {
             if self.state.workers == 0 {
                 return invalid("state.workers", "must be at least 1");
@@ -391,11 +421,15 @@ mod tests {
     }
 
     #[test]
-    fn state_events_need_their_bus() {
+    fn services_need_their_buses() {
         let mut c = Config::default();
         c.buses.retain(|b| b.name != "state");
         assert!(c.validate().unwrap_err().to_string().contains("state.bus"));
         c.state.enabled = false;
+        c.validate().unwrap();
+        c.buses.retain(|b| b.name != "metric");
+        assert!(c.validate().unwrap_err().to_string().contains("ingest.bus"));
+        c.ingest.enabled = false;
         c.validate().unwrap();
     }
 

@@ -11,6 +11,7 @@ use transport::Signal;
 use crate::broker::Snapshot;
 use crate::bus::BusCounters;
 use crate::config::Config;
+use crate::ingest::IngestCounters;
 use crate::state::store::Store;
 
 /// What the endpoint reports on.
@@ -19,6 +20,7 @@ pub struct Sources {
     pub broker: Snapshot,
     pub buses: Vec<(String, Arc<BusCounters>)>,
     pub state: Option<Arc<Store>>,
+    pub ingest: Option<Arc<IngestCounters>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +138,11 @@ impl HttpServer {
             out.counter("plantd_state_durable_writes_total", "", store.durable_writes());
             out.gauge("plantd_state_flush_interval_ms", "", self.sources.config.state.flush_interval_ms);
             out.gauge("plantd_state_cache_bytes", "", self.sources.config.state.cache_bytes);
+        }
+        if let Some(ingest) = &self.sources.ingest {
+            for (what, value) in ingest.snapshot() {
+                out.counter(&format!("plantd_ingest_{what}_total"), "", value);
+            }
         }
         out.text
     }

@@ -6,5 +6,6 @@ pub mod broker;
 pub mod bus;
 pub mod config;
 pub mod http;
+pub mod ingest;
 pub mod serve;
 pub mod state;

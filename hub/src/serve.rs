@@ -9,6 +9,7 @@ use crate::broker::{BrokerError, BrokerServer};
 use crate::bus::{Bus, BusError};
 use crate::config::{Config, ConfigError};
 use crate::http::{HttpError, HttpServer, Sources};
+use crate::ingest::{IngestError, IngestService};
 use crate::state::{StateError, StateService};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,8 @@ pub enum ServeError {
     Bus(#[from] BusError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
     #[error(transparent)]
     Http(#[from] HttpError),
     #[error("cannot start a thread: {0}")]
@@ -90,12 +93,32 @@ impl Hub {
             })?;
         }
 
+        let mut ingest_counters = None;
+        if config.ingest.enabled {
+            let bus = config
+                .buses
+                .iter()
+                .find(|b| b.name == config.ingest.bus)
+                .expect("validated: the ingest bus exists");
+            let worker = config.broker.worker_options();
+            let ingest =
+                IngestService::open(&config.data_dir, &config.ingest, bus.inproc_frontend(), worker)?;
+            ingest_counters = Some(ingest.counters());
+            for i in 0..config.ingest.workers {
+                let (ingest, ctx) = (ingest.clone(), ctx.clone());
+                hub.spawn(format!("ingest-{i}"), move |signal| {
+                    ingest.serve(&ctx, &signal).map_err(ServeError::from)
+                })?;
+            }
+        }
+
         if config.http.listen != "off" {
             let sources = Sources {
                 config: config.clone(),
                 broker: broker_snapshot,
                 buses: bus_counters,
                 state: state_store,
+                ingest: ingest_counters,
             };
             let http = HttpServer::bind(&config.http.listen, sources)?;
             hub.http_address = Some(http.address());

@@ -4,6 +4,8 @@
 //! Protocol decisions live in `proto`; this crate only moves frames between
 //! sockets and those decisions, and owns the clocks and sleeps.
 
+#[cfg(feature = "async")]
+pub mod async_socket;
 pub mod bus;
 pub mod client;
 pub mod frames;

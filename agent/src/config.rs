@@ -1,0 +1,343 @@
+//! The agent's configuration: a TOML file (`agent run --config`), the board
+//! profile's defaults for what it leaves out, and flags on top. Unknown keys
+//! are errors and every error names the field.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use boards::{ChannelConfig, Profile, Resources};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This agent's id: topics are `org.plantd.Metric.<id>.<channel>` and its
+    /// service `org.plantd.Agent.<id>`. Defaults to the hostname.
+    pub id: Option<String>,
+    /// Board profile: sim, linux, rpi-zero2w, rpi3, rpi4, rpi5.
+    pub board: String,
+    /// Where sysfs/procfs paths are resolved (`/` on a real board).
+    pub board_root: PathBuf,
+    pub data_dir: PathBuf,
+    pub hub: HubConfig,
+    pub uplink: UplinkConfig,
+    pub outbox: OutboxConfig,
+    pub store: StoreConfig,
+    /// Channels to sample (`[[channel]]`); none means the board's defaults.
+    #[serde(rename = "channel")]
+    pub channels: Vec<ChannelConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            id: None,
+            board: "sim".into(),
+            board_root: "/".into(),
+            data_dir: "./data/agent".into(),
+            hub: HubConfig::default(),
+            uplink: UplinkConfig::default(),
+            outbox: OutboxConfig::default(),
+            store: StoreConfig::default(),
+            channels: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubConfig {
+    /// The hub's Majordomo broker.
+    pub broker: String,
+    /// The hub's metric bus frontend, for best-effort live telemetry.
+    pub bus: String,
+    /// How long to wait for the hub to answer a call.
+    pub timeout_ms: u64,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            broker: "tcp://127.0.0.1:9797".into(),
+            bus: "tcp://127.0.0.1:13000".into(),
+            timeout_ms: 2500,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// Most samples in one batch to the hub.
+    pub batch_records: usize,
+    /// Most encoded bytes in one batch.
+    pub batch_bytes: usize,
+    /// How long to gather samples before sending a batch that is not full.
+    pub linger_ms: u64,
+    /// Replay pace in samples per second, so a backlog does not swamp the link.
+    pub replay_rate: u64,
+    /// Samples older than this when sent are marked historical.
+    pub live_window_ms: u64,
+    /// Reconnect backoff: exponential with jitter from min to max.
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Failed calls in a row that open the circuit breaker.
+    pub breaker_failures: u32,
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        UplinkConfig {
+            batch_records: 500,
+            batch_bytes: 256 * 1024,
+            linger_ms: 100,
+            replay_rate: 20_000,
+            live_window_ms: 5000,
+            backoff_min_ms: 100,
+            backoff_max_ms: 5000,
+            breaker_failures: 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Bound in records (default: the board profile's).
+    pub max_records: Option<u64>,
+    /// Bound in bytes of encoded records (default: the board profile's).
+    pub max_bytes: Option<u64>,
+    /// Durability window: appended samples reach disk within this many
+    /// milliseconds (batched so SD cards are not worn out by one fsync per sample).
+    pub flush_interval_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// sled's page cache (default: the board profile's). sled's RSS runs well above it.
+    pub cache_bytes: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: `{field}` {problem}")]
+    Invalid { field: String, problem: String },
+}
+
+/// The limits in force: the config's, else the board's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    pub outbox_records: u64,
+    pub outbox_bytes: u64,
+    pub cache_bytes: u64,
+    pub flush_interval_ms: u64,
+}
+
+pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 200;
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+    }
+
+    pub fn profile(&self) -> Result<&'static Profile, ConfigError> {
+        Profile::find(&self.board).ok_or_else(|| ConfigError::Invalid {
+            field: "board".into(),
+            problem: format!(
+                "'{}' is not a board profile (known: {})",
+                self.board,
+                Profile::names().join(", ")
+            ),
+        })
+    }
+
+    /// The agent id: configured, else the hostname.
+    pub fn agent_id(&self) -> String {
+        self.id.clone().unwrap_or_else(hostname)
+    }
+
+    pub fn limits(&self) -> Result<Limits, ConfigError> {
+        let Resources { outbox_records, outbox_bytes, cache_bytes } = self.profile()?.resources;
+        Ok(Limits {
+            outbox_records: self.outbox.max_records.unwrap_or(outbox_records),
+            outbox_bytes: self.outbox.max_bytes.unwrap_or(outbox_bytes),
+            cache_bytes: self.store.cache_bytes.unwrap_or(cache_bytes),
+            flush_interval_ms: self.outbox.flush_interval_ms.unwrap_or(DEFAULT_FLUSH_INTERVAL_MS),
+        })
+    }
+
+    /// The channels to sample: configured, else the board's defaults.
+    pub fn effective_channels(&self) -> Result<Vec<ChannelConfig>, ConfigError> {
+        if self.channels.is_empty() {
+            Ok((self.profile()?.default_channels)())
+        } else {
+            Ok(self.channels.clone())
+        }
+    }
+
+    pub fn hub_timeout(&self) -> Duration {
+        Duration::from_millis(self.hub.timeout_ms)
+    }
+
+    /// Checks what serde cannot; the first problem found, naming its field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid =
+            |field: &str, problem: String| Err(ConfigError::Invalid { field: field.into(), problem });
+        let id = self.agent_id();
+        if !valid_name(&id) {
+            return invalid(
+                "id",
+                format!("'{id}' must be letters, digits, '-' or '_' (it becomes part of bus topics)"),
+            );
+        }
+        self.profile()?;
+        if self.hub.timeout_ms == 0 {
+            return invalid("hub.timeout_ms", "must be at least 1".into());
+        }
+        let u = &self.uplink;
+        if u.batch_records == 0 || u.batch_bytes < 1024 {
+            return invalid(
+                "uplink.batch_records/batch_bytes",
+                "must be at least 1 record and 1024 bytes".into(),
+            );
+        }
+        if u.replay_rate == 0 {
+            return invalid("uplink.replay_rate", "must be at least 1 sample per second".into());
+        }
+        if u.backoff_min_ms == 0 || u.backoff_max_ms < u.backoff_min_ms {
+            return invalid(
+                "uplink.backoff_max_ms",
+                "must be at least backoff_min_ms, which must be at least 1".into(),
+            );
+        }
+        let limits = self.limits()?;
+        if limits.outbox_records == 0 || limits.outbox_bytes < 4096 {
+            return invalid(
+                "outbox.max_records/max_bytes",
+                "must allow at least 1 record and 4096 bytes".into(),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, c) in self.effective_channels()?.iter().enumerate() {
+            let field = format!("channel[{i}] ('{}')", c.name);
+            if !valid_name(&c.name) {
+                return invalid(&field, "name must be letters, digits, '-' or '_'".into());
+            }
+            if !names.insert(c.name.clone()) {
+                return invalid(&field, "name is used twice".into());
+            }
+            if c.period_ms < 10 {
+                return invalid(&format!("{field}.period_ms"), "must be at least 10".into());
+            }
+            if let Err(problem) = c.driver.validate() {
+                return invalid(&format!("{field}.driver"), problem);
+            }
+        }
+        Ok(())
+    }
+
+    /// The config as the agent runs it, as TOML, with secrets redacted.
+    pub fn redacted_toml(&self) -> String {
+        let mut value = toml::Value::try_from(self).expect("the config is always representable as TOML");
+        redact(&mut value);
+        toml::to_string_pretty(&value).unwrap_or_default()
+    }
+}
+
+/// Names that end up in topics and service names.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn redact(value: &mut toml::Value) {
+    if let toml::Value::Table(table) = value {
+        for (key, v) in table.iter_mut() {
+            let k = key.to_ascii_lowercase();
+            if k.contains("secret") || k.contains("password") || k.contains("token") || k.ends_with("_key") {
+                *v = toml::Value::String("<redacted>".into());
+            } else {
+                redact(v);
+            }
+        }
+    } else if let toml::Value::Array(items) = value {
+        items.iter_mut().for_each(redact);
+    }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into our buffer.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name: String = String::from_utf8_lossy(&buf[..end])
+        .chars()
+        .map(|c| if valid_name(&c.to_string()) { c } else { '-' })
+        .collect();
+    if ok && !name.is_empty() {
+        name
+    } else {
+        "agent".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str::<Config>(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_come_from_the_board() {
+        let c = parse("id = \"pi-7\"\nboard = \"rpi-zero2w\"\n").unwrap();
+        c.validate().unwrap();
+        let limits = c.limits().unwrap();
+        assert_eq!(limits.outbox_records, Profile::find("rpi-zero2w").unwrap().resources.outbox_records);
+        assert_eq!(c.effective_channels().unwrap()[0].name, "soc_temp");
+        let c = parse("id = \"x\"\n[outbox]\nmax_records = 10\n").unwrap();
+        assert_eq!(c.limits().unwrap().outbox_records, 10);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = parse("[uplink]\nbatch_record = 5\n").unwrap_err();
+        assert!(err.contains("batch_record"), "{err}");
+        let c = parse("id = \"a.b\"").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("`id`"));
+        let c = parse("id = \"a\"\nboard = \"rpi9\"").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("`board` 'rpi9' is not a board profile"));
+        let c =
+            parse("id = \"a\"\n[[channel]]\nname = \"t\"\nperiod_ms = 1\ndriver = { kind = \"toggle\" }\n")
+                .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("channel[0] ('t').period_ms"));
+        let c = parse(
+            "id = \"a\"\n[[channel]]\nname = \"t\"\ndriver = { kind = \"toggle\" }\n[[channel]]\nname = \"t\"\ndriver = { kind = \"toggle\" }\n",
+        )
+        .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("used twice"));
+    }
+
+    #[test]
+    fn redaction_hides_secrets() {
+        let mut v: toml::Value =
+            toml::from_str("a = 1\n[hub]\nsecret_key = \"s3cr3t\"\ntoken = \"t\"\n").unwrap();
+        redact(&mut v);
+        let text = toml::to_string(&v).unwrap();
+        assert!(!text.contains("s3cr3t") && text.contains("<redacted>"), "{text}");
+    }
+
+    #[test]
+    fn hostname_is_a_valid_id() {
+        assert!(valid_name(&hostname()));
+    }
+}

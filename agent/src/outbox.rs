@@ -1,0 +1,325 @@
+//! The outbox: every durable sample is appended here first, sent to the hub
+//! in order, and removed only when the hub has acknowledged it.
+//!
+//! Bounded by records and by bytes (encoded records, keys excluded); when
+//! full the oldest telemetry is dropped and counted, so sampling never waits
+//! on the network. Records carry a CRC-32; one that fails it is moved to the
+//! quarantine tree and counted, never decoded into a wrong sample and never
+//! a reason to stop. Writes become durable at the next flush; `durable`
+//! tells which sample that covers.
+
+use std::sync::Mutex;
+
+use proto::ingest::{Record, Sample};
+use serde::Serialize;
+
+use crate::store::{Result, Store, Tree};
+
+/// Outbox key: epoch then sequence, big-endian, so sled keeps send order.
+pub type Key = [u8; 12];
+
+pub fn key(epoch: u32, seq: u64) -> Key {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&epoch.to_be_bytes());
+    k[4..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn unkey(k: &[u8]) -> Option<(u32, u64)> {
+    let k: &Key = k.try_into().ok()?;
+    Some((u32::from_be_bytes(k[..4].try_into().ok()?), u64::from_be_bytes(k[4..].try_into().ok()?)))
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OutboxStats {
+    pub records: u64,
+    pub bytes: u64,
+    pub max_records: u64,
+    pub max_bytes: u64,
+    /// Samples dropped because the outbox was full (since the store was created).
+    pub dropped: u64,
+    /// Damaged records set aside.
+    pub quarantined: u64,
+    /// The last (epoch, seq) appended, and the last known to be on disk.
+    pub last_appended: Option<(u32, u64)>,
+    pub durable: Option<(u32, u64)>,
+}
+
+pub struct Outbox {
+    tree: Tree,
+    quarantine: Tree,
+    meta: Tree,
+    state: Mutex<OutboxStats>,
+}
+
+impl Outbox {
+    /// Opens the outbox in `store`, counting what is already there.
+    pub fn open(store: &Store, max_records: u64, max_bytes: u64) -> Result<Outbox> {
+        let (mut records, mut bytes, mut last) = (0, 0, None);
+        for entry in store.outbox.iter() {
+            let (k, v) = entry?;
+            records += 1;
+            bytes += v.len() as u64;
+            last = unkey(&k);
+        }
+        let stats = OutboxStats {
+            records,
+            bytes,
+            max_records,
+            max_bytes,
+            dropped: store.get_u64("outbox.dropped")?.unwrap_or(0),
+            quarantined: store.quarantine.len() as u64,
+            last_appended: last,
+            // What survived the last run is on disk by definition.
+            durable: last,
+        };
+        Ok(Outbox {
+            tree: store.outbox.clone(),
+            quarantine: store.quarantine.clone(),
+            meta: store.meta.clone(),
+            state: Mutex::new(stats),
+        })
+    }
+
+    fn stats_mut(&self) -> std::sync::MutexGuard<'_, OutboxStats> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn stats(&self) -> OutboxStats {
+        *self.stats_mut()
+    }
+
+    /// Appends a sample, dropping the oldest ones first if it would not fit.
+    pub fn append(&self, sample: &Sample) -> Result<()> {
+        let record = Record::encode(sample);
+        let mut s = self.stats_mut();
+        while s.records > 0 && (s.records + 1 > s.max_records || s.bytes + record.len() as u64 > s.max_bytes)
+        {
+            match self.tree.pop_min()? {
+                Some((_, old)) => {
+                    s.records -= 1;
+                    s.bytes -= old.len() as u64;
+                    s.dropped += 1;
+                }
+                None => break,
+            }
+        }
+        self.tree.insert(key(sample.epoch, sample.seq), record.as_slice())?;
+        s.records += 1;
+        s.bytes += record.len() as u64;
+        s.last_appended = Some((sample.epoch, sample.seq));
+        Ok(())
+    }
+
+    /// The oldest samples, up to `max_records` and about `max_bytes`. Damaged
+    /// records met on the way are quarantined.
+    pub fn peek(&self, max_records: usize, max_bytes: usize) -> Result<Vec<(Key, Sample)>> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for entry in self.tree.iter() {
+            let (k, v) = entry?;
+            if batch.len() >= max_records || (bytes > 0 && bytes + v.len() > max_bytes) {
+                break;
+            }
+            match (k.as_ref().try_into(), Record::decode(&v)) {
+                (Ok(k), Ok(sample)) => {
+                    bytes += v.len();
+                    batch.push((k, sample));
+                }
+                (_, Err(e)) => self.set_aside(&k, &v, &e.to_string())?,
+                (Err(_), _) => self.set_aside(&k, &v, "malformed key")?,
+            }
+        }
+        Ok(batch)
+    }
+
+    fn set_aside(&self, k: &[u8], v: &[u8], why: &str) -> Result<()> {
+        log::error!("outbox record {:?} is damaged ({why}): quarantined", unkey(k));
+        self.quarantine.insert(k, v)?;
+        self.tree.remove(k)?;
+        let mut s = self.stats_mut();
+        s.records -= 1;
+        s.bytes -= v.len() as u64;
+        s.quarantined += 1;
+        Ok(())
+    }
+
+    /// Removes every record up to and including `through`: the hub has them.
+    pub fn retire(&self, through: &Key) -> Result<usize> {
+        let mut removed = 0;
+        let mut freed = 0;
+        while let Some((k, v)) = self.tree.first()? {
+            if k.as_ref() > through.as_slice() {
+                break;
+            }
+            if self.tree.remove(&k)?.is_some() {
+                removed += 1;
+                freed += v.len() as u64;
+            }
+        }
+        let mut s = self.stats_mut();
+        s.records -= removed;
+        s.bytes -= freed;
+        Ok(removed as usize)
+    }
+
+    /// Makes everything appended so far durable (and the drop counter with it).
+    pub fn flush(&self, store: &Store) -> Result<()> {
+        let (appended, dropped) = {
+            let s = self.stats_mut();
+            (s.last_appended, s.dropped)
+        };
+        self.meta.insert("outbox.dropped", &dropped.to_be_bytes())?;
+        store.flush()?;
+        self.stats_mut().durable = appended;
+        Ok(())
+    }
+
+    /// The oldest sample's wall time, if any.
+    pub fn oldest_wall_ns(&self) -> Option<i64> {
+        let (_, v) = self.tree.first().ok()??;
+        Record::decode(&v).ok().map(|s| s.wall_ns)
+    }
+
+    /// Counts intact and damaged records (`agent store verify`).
+    pub fn verify(&self) -> Result<(u64, u64)> {
+        let (mut ok, mut damaged) = (0, 0);
+        for entry in self.tree.iter() {
+            let (_, v) = entry?;
+            if Record::decode(&v).is_ok() {
+                ok += 1;
+            } else {
+                damaged += 1;
+            }
+        }
+        Ok((ok, damaged))
+    }
+
+    /// Quarantines every damaged record (`agent store repair`); returns how many.
+    pub fn repair(&self) -> Result<u64> {
+        let mut moved = 0;
+        for entry in self.tree.iter() {
+            let (k, v) = entry?;
+            if let Err(e) = Record::decode(&v) {
+                self.set_aside(&k, &v, &e.to_string())?;
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Every intact record, oldest first, up to `limit` (`agent store dump`).
+    pub fn dump(&self, limit: usize) -> Result<Vec<Sample>> {
+        let mut out = Vec::new();
+        for entry in self.tree.iter() {
+            if out.len() >= limit {
+                break;
+            }
+            if let Ok(sample) = Record::decode(&entry?.1) {
+                out.push(sample);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::ingest::{Quality, Value};
+
+    fn sample(epoch: u32, seq: u64) -> Sample {
+        Sample {
+            channel: "c".into(),
+            epoch,
+            seq,
+            wall_ns: seq as i64,
+            mono_ns: seq,
+            clock_synced: true,
+            value: Value::Number(seq as f64),
+            unit: "u".into(),
+            quality: Quality::Good,
+        }
+    }
+
+    fn rig(max_records: u64, max_bytes: u64) -> (Store, Outbox, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
+        let outbox = Outbox::open(&store, max_records, max_bytes).unwrap();
+        (store, outbox, dir)
+    }
+
+    #[test]
+    fn keeps_order_and_retires_through_a_key() {
+        let (_store, outbox, _dir) = rig(100, 1 << 20);
+        for seq in 1..=5 {
+            outbox.append(&sample(1, seq)).unwrap();
+        }
+        outbox.append(&sample(2, 1)).unwrap();
+        let batch = outbox.peek(4, 1 << 20).unwrap();
+        assert_eq!(
+            batch.iter().map(|(_, s)| (s.epoch, s.seq)).collect::<Vec<_>>(),
+            [(1, 1), (1, 2), (1, 3), (1, 4)]
+        );
+        assert_eq!(outbox.retire(&batch[3].0).unwrap(), 4);
+        let rest: Vec<_> =
+            outbox.peek(10, 1 << 20).unwrap().into_iter().map(|(_, s)| (s.epoch, s.seq)).collect();
+        assert_eq!(rest, [(1, 5), (2, 1)]);
+        assert_eq!(outbox.stats().records, 2);
+    }
+
+    #[test]
+    fn full_outbox_drops_the_oldest_and_counts_exactly() {
+        let (_store, outbox, _dir) = rig(10, 1 << 20);
+        for seq in 1..=25 {
+            outbox.append(&sample(1, seq)).unwrap();
+        }
+        let s = outbox.stats();
+        assert_eq!((s.records, s.dropped), (10, 15));
+        assert_eq!(outbox.peek(100, 1 << 20).unwrap()[0].1.seq, 16);
+        // The byte bound holds too.
+        let one = Record::encode(&sample(1, 1)).len() as u64;
+        let (_store, outbox, _dir) = rig(1000, one * 3 + 1);
+        for seq in 1..=7 {
+            outbox.append(&sample(1, seq)).unwrap();
+        }
+        let s = outbox.stats();
+        assert_eq!((s.records, s.dropped), (3, 4));
+        assert!(s.bytes <= s.max_bytes);
+    }
+
+    #[test]
+    fn damaged_records_are_quarantined_and_counted() {
+        let (store, outbox, _dir) = rig(100, 1 << 20);
+        for seq in 1..=3 {
+            outbox.append(&sample(1, seq)).unwrap();
+        }
+        let mut bad = Record::encode(&sample(1, 2));
+        bad[10] ^= 0xff;
+        store.outbox.insert(key(1, 2), bad).unwrap();
+        assert_eq!(outbox.verify().unwrap(), (2, 1));
+        let seqs: Vec<u64> = outbox.peek(10, 1 << 20).unwrap().into_iter().map(|(_, s)| s.seq).collect();
+        assert_eq!(seqs, [1, 3]);
+        let s = outbox.stats();
+        assert_eq!((s.records, s.quarantined), (2, 1));
+        assert_eq!(store.quarantine.len(), 1);
+    }
+
+    #[test]
+    fn counts_and_drops_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let store = Store::open(&path, 1 << 20).unwrap();
+            let outbox = Outbox::open(&store, 5, 1 << 20).unwrap();
+            for seq in 1..=8 {
+                outbox.append(&sample(1, seq)).unwrap();
+            }
+            outbox.flush(&store).unwrap();
+            assert_eq!(outbox.stats().durable, Some((1, 8)));
+        }
+        let store = Store::open(&path, 1 << 20).unwrap();
+        let s = Outbox::open(&store, 5, 1 << 20).unwrap().stats();
+        assert_eq!((s.records, s.dropped, s.last_appended), (5, 3, Some((1, 8))));
+    }
+}

@@ -1,0 +1,123 @@
+//! All of the agent's sled use, behind one small module so the store can be
+//! swapped: the boot epoch and counters (`meta`), the outbox, quarantined
+//! records, and the local key-value state.
+//!
+//! If sled cannot open the store (corruption after a power cut, say), the
+//! damaged directory is moved aside and a fresh store is started: the agent
+//! keeps sampling instead of crash-looping, and says so in its status.
+
+use std::path::{Path, PathBuf};
+
+pub use sled::{Error, Tree};
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub struct Store {
+    db: sled::Db,
+    pub meta: Tree,
+    pub outbox: Tree,
+    pub quarantine: Tree,
+    pub state: Tree,
+    pub state_dirty: Tree,
+    /// Where a store that would not open was moved, if that happened at this start.
+    pub recovered_from: Option<PathBuf>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`, recovering from one that will not open.
+    pub fn open(dir: &Path, cache_bytes: u64) -> std::io::Result<Store> {
+        match Self::open_as_is(dir, cache_bytes) {
+            Ok(store) => Ok(store),
+            Err(e) if dir.exists() => {
+                let aside = aside_path(dir);
+                log::error!(
+                    "store at {} will not open ({e}); moving it to {} and starting afresh",
+                    dir.display(),
+                    aside.display()
+                );
+                std::fs::rename(dir, &aside)?;
+                let mut store = Self::open_as_is(dir, cache_bytes).map_err(std::io::Error::other)?;
+                store.recovered_from = Some(aside);
+                Ok(store)
+            }
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+
+    /// Opens the store without recovery (for `agent store` on a stopped agent).
+    pub fn open_as_is(dir: &Path, cache_bytes: u64) -> Result<Store> {
+        let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).flush_every_ms(None).open()?;
+        Ok(Store {
+            meta: db.open_tree("meta")?,
+            outbox: db.open_tree("outbox")?,
+            quarantine: db.open_tree("quarantine")?,
+            state: db.open_tree("state")?,
+            state_dirty: db.open_tree("state_dirty")?,
+            db,
+            recovered_from: None,
+        })
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().map(|_| ())
+    }
+
+    /// Bumps and returns the boot epoch, durably: samples of this run are
+    /// told apart from those of every earlier run.
+    pub fn next_epoch(&self) -> Result<u32> {
+        let epoch = self.get_u64("epoch")?.unwrap_or(0) as u32 + 1;
+        self.put_u64("epoch", epoch.into())?;
+        self.flush()?;
+        Ok(epoch)
+    }
+
+    pub fn get_u64(&self, key: &str) -> Result<Option<u64>> {
+        Ok(self.meta.get(key)?.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes))
+    }
+
+    pub fn put_u64(&self, key: &str, value: u64) -> Result<()> {
+        self.meta.insert(key, &value.to_be_bytes()).map(|_| ())
+    }
+
+    /// Bytes on disk under the store directory.
+    pub fn disk_bytes(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+fn aside_path(dir: &Path) -> PathBuf {
+    let mut name = dir.as_os_str().to_owned();
+    name.push(format!(".damaged-{}", jiff::Timestamp::now().as_second()));
+    PathBuf::from(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_count_up_across_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let first = Store::open(&path, 1 << 20).unwrap().next_epoch().unwrap();
+        let second = Store::open(&path, 1 << 20).unwrap().next_epoch().unwrap();
+        assert_eq!((first, second), (1, 2));
+    }
+
+    #[test]
+    fn a_store_that_will_not_open_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        drop(Store::open(&path, 1 << 20).unwrap());
+        // Replace sled's files with garbage.
+        for entry in std::fs::read_dir(&path).unwrap().flatten() {
+            if entry.path().is_file() {
+                std::fs::write(entry.path(), b"\xde\xad\xbe\xef not a sled file").unwrap();
+            }
+        }
+        let store = Store::open(&path, 1 << 20).unwrap();
+        let aside = store.recovered_from.clone().expect("recovered");
+        assert!(aside.exists());
+        assert_eq!(store.next_epoch().unwrap(), 1, "a fresh store");
+    }
+}

@@ -1,0 +1,338 @@
+//! The ingest service (`org.plantd.Ingest`): agents send batches of durable
+//! samples; the hub publishes each new one on the metric bus (same topic and
+//! JSON as live telemetry, plus `"historical": true` for late ones) and
+//! acknowledges, and the agent retires them.
+//!
+//! Order per batch: drop samples at or below the (agent, epoch) watermark,
+//! publish the rest in order, persist the watermarks (flushed), acknowledge.
+//! So a resent batch is never published twice, and an acknowledged sample
+//! was published. The one gap: a hub killed between publishing and the flush
+//! publishes that batch again when the agent resends it; every sample
+//! carries (agent, epoch, seq) so consumers can drop the repeat.
+//!
+//! With `require_subscriber` (the default) a batch is accepted only when
+//! every sample's topic has a subscriber on the metric bus: data nobody can
+//! receive stays in the agent's outbox instead of vanishing from a PUB socket.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use proto::ingest::{Batch, Reply};
+use transport::{Signal, Worker, WorkerError, WorkerOptions};
+
+use crate::broker::BROKER_INPROC;
+use crate::config::IngestConfig;
+
+/// Ingest counters, shared with the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    pub batches: AtomicU64,
+    pub accepted: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub malformed: AtomicU64,
+    /// Batches answered "retry": no subscriber, or a storage failure.
+    pub retries: AtomicU64,
+}
+
+impl IngestCounters {
+    pub fn snapshot(&self) -> [(&'static str, u64); 5] {
+        [
+            ("batches", self.batches.load(Relaxed)),
+            ("samples_accepted", self.accepted.load(Relaxed)),
+            ("samples_duplicate", self.duplicates.load(Relaxed)),
+            ("batches_malformed", self.malformed.load(Relaxed)),
+            ("batches_retried", self.retries.load(Relaxed)),
+        ]
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("cannot open the ingest store in {path}: {source} (is another hub using this --data-dir?)")]
+    Open { path: std::path::PathBuf, source: sled::Error },
+    #[error("ingest worker: {0}")]
+    Worker(#[from] WorkerError),
+    #[error("ingest worker: {0}")]
+    Zmq(#[from] zmq::Error),
+}
+
+#[derive(Clone)]
+pub struct IngestService {
+    db: sled::Db,
+    watermarks: sled::Tree,
+    counters: Arc<IngestCounters>,
+    require_subscriber: bool,
+    bus: String,
+    worker: WorkerOptions,
+}
+
+/// The watermark key: agent, NUL, epoch (big-endian).
+fn key(agent: &str, epoch: u32) -> Vec<u8> {
+    let mut k = agent.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k
+}
+
+impl IngestService {
+    /// Opens the watermark store under `data_dir/ingest`; publishes to `bus`
+    /// (the metric bus's in-process frontend).
+    pub fn open(
+        data_dir: &Path,
+        config: &IngestConfig,
+        bus: String,
+        worker: WorkerOptions,
+    ) -> Result<IngestService, IngestError> {
+        let path = data_dir.join("ingest");
+        let open = || -> sled::Result<(sled::Db, sled::Tree)> {
+            let db = sled::Config::new().path(&path).cache_capacity(4 << 20).flush_every_ms(None).open()?;
+            let tree = db.open_tree("watermarks")?;
+            Ok((db, tree))
+        };
+        let (db, watermarks) = open().map_err(|source| IngestError::Open { path: path.clone(), source })?;
+        Ok(IngestService {
+            db,
+            watermarks,
+            counters: Arc::default(),
+            require_subscriber: config.require_subscriber,
+            bus,
+            worker,
+        })
+    }
+
+    pub fn counters(&self) -> Arc<IngestCounters> {
+        self.counters.clone()
+    }
+
+    /// One worker: serves batches until shutdown.
+    pub fn serve(&self, ctx: &zmq::Context, signal: &Signal) -> Result<(), IngestError> {
+        // An XPUB (not a PUB) so we hear which topics have subscribers.
+        let publisher = ctx.socket(zmq::XPUB)?;
+        publisher.set_sndhwm(0)?;
+        publisher.connect(&self.bus)?;
+        let mut subscriptions = Subscriptions::default();
+        let worker = Worker::new(ctx, BROKER_INPROC, proto::ingest::SERVICE, self.worker.clone());
+        worker.run(signal, |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
+            subscriptions.update(&publisher);
+            let reply =
+                self.handle(body.first().map_or(&[][..], |f| &f[..]), &subscriptions, |topic, json| {
+                    // XPUB with no HWM never blocks; it only sends where someone subscribed.
+                    let _ = publisher.send(topic, zmq::SNDMORE | zmq::DONTWAIT);
+                    let _ = publisher.send(json, zmq::DONTWAIT);
+                });
+            vec![zmq::Message::from(reply.encode())]
+        })?;
+        Ok(())
+    }
+
+    /// Handles one request body; `publish(topic, json)` sends on the bus.
+    fn handle(
+        &self,
+        body: &[u8],
+        subscriptions: &Subscriptions,
+        mut publish: impl FnMut(&[u8], &[u8]),
+    ) -> Reply {
+        let c = &self.counters;
+        c.batches.fetch_add(1, Relaxed);
+        let batch = match Batch::decode(body) {
+            Ok(batch) if !batch.agent.is_empty() && !batch.agent.contains('\0') => batch,
+            Ok(_) => return self.malformed("agent id is empty or contains NUL".into()),
+            Err(e) => return self.malformed(e.to_string()),
+        };
+        if self.require_subscriber {
+            if let Some(sent) =
+                batch.samples.iter().find(|s| !subscriptions.covers(&s.sample.topic(&batch.agent)))
+            {
+                c.retries.fetch_add(1, Relaxed);
+                return Reply::Retry {
+                    reason: format!(
+                        "no subscriber for {} on the metric bus",
+                        sent.sample.topic(&batch.agent)
+                    ),
+                    after_ms: 1000,
+                };
+            }
+        }
+        // Watermarks of the epochs in this batch, read once, updated as we go.
+        let mut marks: Vec<(u32, u64, bool)> = Vec::new();
+        let (mut accepted, mut duplicates) = (0u32, 0u32);
+        for sent in &batch.samples {
+            let s = &sent.sample;
+            let mark = match marks.iter_mut().find(|m| m.0 == s.epoch) {
+                Some(mark) => mark,
+                None => {
+                    let stored = match self.watermarks.get(key(&batch.agent, s.epoch)) {
+                        Ok(v) => v.and_then(|v| v.as_ref().try_into().ok()).map_or(0, u64::from_be_bytes),
+                        Err(e) => return self.storage_failure(e),
+                    };
+                    marks.push((s.epoch, stored, false));
+                    marks.last_mut().expect("just pushed")
+                }
+            };
+            if s.seq <= mark.1 {
+                duplicates += 1;
+                continue;
+            }
+            let json = s.to_json(&batch.agent, sent.historical).to_string();
+            publish(s.topic(&batch.agent).as_bytes(), json.as_bytes());
+            *mark = (s.epoch, s.seq, true);
+            accepted += 1;
+        }
+        for (epoch, seq, changed) in marks {
+            if changed {
+                if let Err(e) = self.watermarks.insert(key(&batch.agent, epoch), &seq.to_be_bytes()) {
+                    return self.storage_failure(e);
+                }
+            }
+        }
+        if accepted > 0 {
+            if let Err(e) = self.db.flush() {
+                return self.storage_failure(e);
+            }
+        }
+        c.accepted.fetch_add(accepted.into(), Relaxed);
+        c.duplicates.fetch_add(duplicates.into(), Relaxed);
+        Reply::Ack { accepted, duplicates }
+    }
+
+    fn malformed(&self, reason: String) -> Reply {
+        self.counters.malformed.fetch_add(1, Relaxed);
+        log::warn!("ingest: dropped a malformed batch: {reason}");
+        Reply::Malformed { reason }
+    }
+
+    fn storage_failure(&self, e: sled::Error) -> Reply {
+        self.counters.retries.fetch_add(1, Relaxed);
+        log::error!("ingest: watermark store failed: {e}");
+        Reply::Retry { reason: format!("hub storage error: {e}"), after_ms: 1000 }
+    }
+}
+
+/// Topic prefixes subscribed on the bus, as the XPUB reports them
+/// (`\x01prefix` to subscribe, `\x00prefix` to unsubscribe).
+#[derive(Default)]
+struct Subscriptions {
+    prefixes: HashSet<Vec<u8>>,
+}
+
+impl Subscriptions {
+    fn update(&mut self, xpub: &zmq::Socket) {
+        while let Ok(message) = xpub.recv_bytes(zmq::DONTWAIT) {
+            match message.split_first() {
+                Some((1, prefix)) => {
+                    self.prefixes.insert(prefix.to_vec());
+                }
+                Some((0, prefix)) => {
+                    self.prefixes.remove(prefix);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn covers(&self, topic: &str) -> bool {
+        self.prefixes.iter().any(|p| topic.as_bytes().starts_with(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::ingest::{Quality, Sample, Sent, Value};
+
+    fn service(require_subscriber: bool) -> (IngestService, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = IngestConfig { require_subscriber, ..IngestConfig::default() };
+        (IngestService::open(dir.path(), &config, String::new(), WorkerOptions::default()).unwrap(), dir)
+    }
+
+    fn batch(agent: &str, epoch: u32, seqs: &[u64]) -> Vec<u8> {
+        let samples = seqs
+            .iter()
+            .map(|&seq| Sent {
+                sample: Sample {
+                    channel: "t".into(),
+                    epoch,
+                    seq,
+                    wall_ns: 0,
+                    mono_ns: 0,
+                    clock_synced: false,
+                    value: Value::Integer(seq as i64),
+                    unit: String::new(),
+                    quality: Quality::Good,
+                },
+                historical: seq % 2 == 0,
+            })
+            .collect();
+        Batch { agent: agent.into(), samples }.encode()
+    }
+
+    fn everything() -> Subscriptions {
+        Subscriptions { prefixes: [b"".to_vec()].into() }
+    }
+
+    fn run(svc: &IngestService, body: &[u8], subs: &Subscriptions) -> (Reply, Vec<serde_json::Value>) {
+        let mut published = Vec::new();
+        let reply = svc.handle(body, subs, |_, json| published.push(serde_json::from_slice(json).unwrap()));
+        (reply, published)
+    }
+
+    #[test]
+    fn resent_samples_are_published_once() {
+        let (svc, _dir) = service(true);
+        let (reply, published) = run(&svc, &batch("pi", 1, &[1, 2, 3]), &everything());
+        assert_eq!(reply, Reply::Ack { accepted: 3, duplicates: 0 });
+        assert_eq!(published.iter().map(|j| j["seq"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(published[1]["historical"], true);
+        let (reply, published) = run(&svc, &batch("pi", 1, &[2, 3, 4]), &everything());
+        assert_eq!(reply, Reply::Ack { accepted: 1, duplicates: 2 });
+        assert_eq!(published.len(), 1);
+        // Another epoch or another agent has its own watermark.
+        assert_eq!(
+            run(&svc, &batch("pi", 2, &[1]), &everything()).0,
+            Reply::Ack { accepted: 1, duplicates: 0 }
+        );
+        assert_eq!(
+            run(&svc, &batch("pi2", 1, &[1]), &everything()).0,
+            Reply::Ack { accepted: 1, duplicates: 0 }
+        );
+    }
+
+    #[test]
+    fn watermarks_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            IngestService::open(dir.path(), &IngestConfig::default(), String::new(), WorkerOptions::default())
+        };
+        let svc = open().unwrap();
+        run(&svc, &batch("pi", 1, &[1, 2]), &everything());
+        drop(svc);
+        let svc = open().unwrap();
+        assert_eq!(
+            run(&svc, &batch("pi", 1, &[1, 2, 3]), &everything()).0,
+            Reply::Ack { accepted: 1, duplicates: 2 }
+        );
+    }
+
+    #[test]
+    fn no_subscriber_means_retry_and_nothing_published() {
+        let (svc, _dir) = service(true);
+        let only_other = Subscriptions { prefixes: [b"org.plantd.Metric.other.".to_vec()].into() };
+        let (reply, published) = run(&svc, &batch("pi", 1, &[1]), &only_other);
+        assert!(matches!(reply, Reply::Retry { .. }), "{reply:?}");
+        assert!(published.is_empty());
+        let (svc, _dir) = service(false);
+        assert!(matches!(run(&svc, &batch("pi", 1, &[1]), &Subscriptions::default()).0, Reply::Ack { .. }));
+    }
+
+    #[test]
+    fn garbage_is_malformed_and_counted() {
+        let (svc, _dir) = service(true);
+        assert!(matches!(run(&svc, b"\x01\xff\xff", &everything()).0, Reply::Malformed { .. }));
+        assert!(matches!(run(&svc, b"", &everything()).0, Reply::Malformed { .. }));
+        assert!(matches!(run(&svc, &batch("a\0b", 1, &[1]), &everything()).0, Reply::Malformed { .. }));
+        assert_eq!(svc.counters.malformed.load(Relaxed), 3);
+    }
+}
