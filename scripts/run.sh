@@ -1,8 +1,24 @@
 #!/usr/bin/env bash
-# The main job: the hub on its embedded defaults (broker on
-# tcp://127.0.0.1:9797, data in ./data/hub). Ctrl-C stops it.
+# The main job: the hub on its embedded defaults (broker tcp://127.0.0.1:9797,
+# buses on plantd's ports, data in ./data/hub) with one simulated agent
+# (./data/agent), and a tap on the metric bus so you can watch the data flow.
+# Ctrl-C stops all three.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --locked --bins
-exec target/release/hub serve "$@"
+bin=target/release
+
+pids=()
+stop() {
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap stop EXIT INT TERM
+
+"$bin/hub" serve "$@" &
+pids+=($!)
+"$bin/agent" run --board sim --id demo-agent &
+pids+=($!)
+echo "hub and a simulated agent are running; telemetry follows (Ctrl-C to stop)" >&2
+"$bin/hub" tap --name metric

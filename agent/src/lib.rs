@@ -1,6 +1,16 @@
 //! The agent as a library: the binary (`main.rs`) is its command line, and
 //! the black-box tests and benchmarks reach its store directly.
 
+pub mod clock;
 pub mod config;
+pub mod control;
+pub mod hub_client;
+pub mod live;
 pub mod outbox;
+pub mod run;
+pub mod sampler;
+pub mod service;
+pub mod state;
+pub mod status;
 pub mod store;
+pub mod uplink;

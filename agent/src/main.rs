@@ -1,1 +1,63 @@
-fn main() {}
+//! `agent`: the plantd-edge agent and its field diagnostics.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use argh::FromArgs;
+
+/// The plantd-edge agent: samples a plant controller's channels, publishes
+/// live telemetry, and keeps every durable sample through link outages until
+/// the hub has acknowledged it.
+#[derive(FromArgs)]
+#[argh(
+    example = "agent run --board sim --id demo                  # simulated board, hub on 127.0.0.1",
+    example = "agent run --config /etc/plantd/agent.toml",
+    example = "agent check                                      # before trusting a new install",
+    example = "agent once --board linux                         # sample every channel once, print",
+    example = "agent status                                     # ask the running agent",
+    note = "Logging: -v for debug, -vv for trace; RUST_LOG (e.g. RUST_LOG=agent=debug) overrides both."
+)]
+struct Args {
+    /// more logging: -v debug, -vv trace
+    #[argh(switch, short = 'v')]
+    verbose: u8,
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Run(cmd::run::RunArgs),
+    Check(cmd::check::CheckArgs),
+    Once(cmd::once::OnceArgs),
+    Status(cmd::status::StatusArgs),
+    Store(cmd::store::StoreArgs),
+}
+
+fn main() -> ExitCode {
+    let args: Args = argh::from_env();
+    let level = match args.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp_millis()
+        .init();
+    let result = match args.command {
+        Command::Run(a) => cmd::run::run(a),
+        Command::Check(a) => cmd::check::run(a),
+        Command::Once(a) => cmd::once::run(a),
+        Command::Status(a) => cmd::status::run(a),
+        Command::Store(a) => cmd::store::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("agent: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -175,7 +175,7 @@ impl IngestService {
                 duplicates += 1;
                 continue;
             }
-            let json = s.to_json(&batch.agent, sent.historical).to_string();
+            let json = s.to_json(&batch.agent, true, sent.historical).to_string();
             publish(s.topic(&batch.agent).as_bytes(), json.as_bytes());
             *mark = (s.epoch, s.seq, true);
             accepted += 1;

@@ -100,8 +100,10 @@ impl Sample {
         format!("{TOPIC_PREFIX}{agent}.{}", self.channel)
     }
 
-    /// The JSON published on the metric bus, live or after ingest.
-    pub fn to_json(&self, agent: &str, historical: bool) -> Json {
+    /// The JSON published on the metric bus: live (best-effort) by the agent,
+    /// or after ingest (durable) by the hub. Durable and best-effort samples
+    /// count their `seq` separately; `durable` says which count a `seq` is in.
+    pub fn to_json(&self, agent: &str, durable: bool, historical: bool) -> Json {
         let ts = jiff::Timestamp::from_nanosecond(self.wall_ns as i128).map(|t| t.to_string()).ok();
         let mut j = json!({
             "agent": agent,
@@ -115,6 +117,7 @@ impl Sample {
             "value": self.value.to_json(),
             "unit": self.unit,
             "quality": self.quality.name(),
+            "durable": durable,
         });
         if historical {
             j["historical"] = json!(true);
@@ -262,15 +265,16 @@ mod tests {
 
     #[test]
     fn json_is_what_subscribers_read() {
-        let j = sample(7, Value::Number(21.5)).to_json("pi-1", true);
+        let j = sample(7, Value::Number(21.5)).to_json("pi-1", true, true);
         assert_eq!(j["agent"], "pi-1");
         assert_eq!(j["seq"], 7);
         assert_eq!(j["value"], 21.5);
         assert_eq!(j["quality"], "good");
         assert_eq!(j["historical"], true);
         assert!(j["ts"].as_str().unwrap().starts_with("2026-"));
-        assert!(sample(1, Value::Bool(true)).to_json("a", false).get("historical").is_none());
-        assert_eq!(sample(1, Value::Number(f64::NAN)).to_json("a", false)["value"], Json::Null);
+        assert!(sample(1, Value::Bool(true)).to_json("a", false, false).get("historical").is_none());
+        assert_eq!(j["durable"], true);
+        assert_eq!(sample(1, Value::Number(f64::NAN)).to_json("a", false, false)["value"], Json::Null);
         assert_eq!(sample(1, Value::Integer(3)).topic("pi-1"), "org.plantd.Metric.pi-1.temp");
     }
 

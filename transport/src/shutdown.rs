@@ -119,6 +119,13 @@ impl AsRawFd for Signal {
     }
 }
 
+/// So an async runtime can await the shutdown (`smol::Async::new(signal)`).
+impl std::os::fd::AsFd for Signal {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.read.as_fd()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

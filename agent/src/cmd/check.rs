@@ -1,0 +1,224 @@
+use std::net::{TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use agent::config::Config;
+use argh::FromArgs;
+use serde_json::json;
+use transport::{Client, ClientOptions};
+
+use super::{config_flags, CmdResult};
+
+config_flags! {
+    /// Check that this agent can run here and reach its hub: the config, the
+    /// data directory and store, the hub (TCP, then a Majordomo round trip),
+    /// the metric bus, and the clock. One line per check; exit status 1 if
+    /// any check fails (warnings do not fail).
+    #[derive(FromArgs)]
+    #[argh(
+        subcommand,
+        name = "check",
+        example = "agent check",
+        example = "agent check --config /etc/plantd/agent.toml --json",
+        error_code(1, "at least one check failed")
+    )]
+    pub struct CheckArgs {
+        /// print the results as a JSON array
+        #[argh(switch)]
+        json: bool,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+struct Check {
+    name: &'static str,
+    level: Level,
+    detail: String,
+    ms: Option<f64>,
+}
+
+fn check(name: &'static str, level: Level, detail: impl Into<String>) -> Check {
+    Check { name, level, detail: detail.into(), ms: None }
+}
+
+pub fn run(args: CheckArgs) -> CmdResult {
+    let config = args.load()?;
+    let checks = run_checks(&config);
+    let failed = checks.iter().any(|c| c.level == Level::Fail);
+    if args.json {
+        let list: Vec<_> = checks
+            .iter()
+            .map(|c| {
+                let status = match c.level {
+                    Level::Ok => "ok",
+                    Level::Warn => "warn",
+                    Level::Fail => "fail",
+                };
+                json!({"check": c.name, "status": status, "detail": c.detail, "ms": c.ms})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+    } else {
+        for c in &checks {
+            let tag = match c.level {
+                Level::Ok => "ok  ",
+                Level::Warn => "warn",
+                Level::Fail => "FAIL",
+            };
+            let ms = c.ms.map(|ms| format!(" ({ms:.1} ms)")).unwrap_or_default();
+            println!("{tag}  {:<12} {}{ms}", c.name, c.detail);
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn run_checks(config: &Config) -> Vec<Check> {
+    let mut out = Vec::new();
+    match config.validate() {
+        Ok(()) => {
+            let channels = config.effective_channels().map(|c| c.len()).unwrap_or(0);
+            out.push(check(
+                "config",
+                Level::Ok,
+                format!("id {}, board {}, {channels} channel(s)", config.agent_id(), config.board),
+            ));
+        }
+        Err(e) => out.push(check("config", Level::Fail, e.to_string())),
+    }
+    out.push(data_dir(config));
+    out.push(store(config));
+    out.extend(hub(config));
+    out.push(tcp("bus", &config.hub.bus, config.hub_timeout()));
+    out.extend(clock(config));
+    out
+}
+
+fn data_dir(config: &Config) -> Check {
+    let dir = &config.data_dir;
+    let probe = dir.join(".check-write");
+    let result = std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&probe, b"ok"))
+        .and_then(|_| std::fs::remove_file(&probe));
+    match result {
+        Ok(()) => check("data dir", Level::Ok, format!("{} is writable", dir.display())),
+        Err(e) => {
+            check("data dir", Level::Fail, format!("{}: {e} (choose another with --data-dir)", dir.display()))
+        }
+    }
+}
+
+fn store(config: &Config) -> Check {
+    let path = config.data_dir.join("store");
+    if !path.exists() {
+        return check("store", Level::Ok, "none yet (created on first run)");
+    }
+    if agent::control::ask_status(&config.data_dir, Duration::from_millis(500)).is_ok() {
+        return check("store", Level::Ok, "in use by the running agent");
+    }
+    let cache = config.limits().map(|l| l.cache_bytes).unwrap_or(1 << 20);
+    match agent::store::Store::open_as_is(&path, cache) {
+        Ok(store) => match agent::outbox::Outbox::open(&store, u64::MAX, u64::MAX).and_then(|o| o.verify()) {
+            Ok((intact, 0)) => check("store", Level::Ok, format!("{intact} outbox record(s), all intact")),
+            Ok((intact, damaged)) => check(
+                "store",
+                Level::Warn,
+                format!("{intact} intact, {damaged} damaged record(s): the agent quarantines them; `agent store repair` does it now"),
+            ),
+            Err(e) => check("store", Level::Fail, format!("{e}")),
+        },
+        Err(e) => check("store", Level::Fail, format!("{}: {e} (the agent will move it aside and start afresh)", path.display())),
+    }
+}
+
+/// `tcp://host:port` → a TCP connect with timing.
+fn tcp(name: &'static str, endpoint: &str, timeout: Duration) -> Check {
+    let Some(address) = endpoint.strip_prefix("tcp://") else {
+        return check(name, Level::Ok, format!("{endpoint} is not TCP; skipped"));
+    };
+    let started = Instant::now();
+    let resolved = address.to_socket_addrs().map(|mut a| a.next());
+    let result = match resolved {
+        Ok(Some(addr)) => TcpStream::connect_timeout(&addr, timeout).map(|_| ()),
+        Ok(None) => Err(std::io::Error::other("no address")),
+        Err(e) => Err(e),
+    };
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(()) => Check { ms: Some(ms), ..check(name, Level::Ok, format!("{endpoint} accepts connections")) },
+        Err(e) => check(
+            name,
+            Level::Fail,
+            format!("{endpoint}: {e} (is the hub running, and is the endpoint right?)"),
+        ),
+    }
+}
+
+fn hub(config: &Config) -> Vec<Check> {
+    let timeout = config.hub_timeout();
+    let tcp = tcp("hub tcp", &config.hub.broker, timeout);
+    if tcp.level == Level::Fail {
+        return vec![tcp];
+    }
+    let ctx = zmq::Context::new();
+    let mut client = Client::new(
+        &ctx,
+        &config.hub.broker,
+        ClientOptions { timeout, retries: 0, ..ClientOptions::default() },
+    );
+    let started = Instant::now();
+    let reply = client.request("mmi.service", &[proto::ingest::SERVICE.as_bytes()]);
+    let ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    let mdp = match reply.as_ref().map(|r| r.first().map(|f| f.to_vec())) {
+        Ok(Some(status)) if status == b"200" => Check {
+            ms,
+            ..check("hub mdp", Level::Ok, "mmi.service round trip: the hub's ingest service is up")
+        },
+        Ok(_) => Check {
+            ms,
+            ..check(
+                "hub mdp",
+                Level::Fail,
+                "the broker answers but has no org.plantd.Ingest worker (is ingest enabled in the hub?)",
+            )
+        },
+        Err(e) => check("hub mdp", Level::Fail, e.to_string()),
+    };
+    vec![tcp, mdp]
+}
+
+fn clock(config: &Config) -> Vec<Check> {
+    let mut out = Vec::new();
+    if agent::clock::synced() {
+        out.push(check("clock sync", Level::Ok, "the kernel reports a synchronised clock"));
+    } else {
+        out.push(check(
+            "clock sync",
+            Level::Warn,
+            "not synchronised (samples are flagged clock_synced=false; enable NTP, e.g. systemd-timesyncd)",
+        ));
+    }
+    let path = config.data_dir.join("store");
+    let last = agent::store::Store::open_as_is(&path, 1 << 20)
+        .ok()
+        .and_then(|s| s.get_u64("last_wall_ns").ok().flatten());
+    let now = agent::clock::wall_ns();
+    match last {
+        Some(last) if (last as i64) > now => out.push(check(
+            "clock order",
+            Level::Fail,
+            format!(
+                "the clock is {:.0} s behind the last time this agent recorded: it jumped back (no RTC?); fix time sync",
+                (last as i64 - now) as f64 / 1e9
+            ),
+        )),
+        Some(_) => out.push(check("clock order", Level::Ok, "not behind the last recorded time")),
+        None => out.push(check("clock order", Level::Ok, "no earlier time recorded (or the agent is running)")),
+    }
+    out
+}

@@ -1,0 +1,36 @@
+//! Best-effort telemetry, published live on the hub's metric bus. A PUB
+//! socket never blocks: with no hub or no subscriber the samples are dropped,
+//! which is what best-effort means.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use proto::ingest::Sample;
+use smol::channel::Receiver;
+
+use crate::status::Shared;
+
+pub async fn run(
+    shared: Arc<Shared>,
+    ctx: zmq::Context,
+    bus: String,
+    samples: Receiver<Sample>,
+) -> zmq::Result<()> {
+    let socket = ctx.socket(zmq::PUB)?;
+    socket.set_sndhwm(1000)?;
+    socket.set_linger(0)?;
+    socket.connect(&bus)?;
+    while let Ok(sample) = samples.recv().await {
+        let topic = sample.topic(&shared.id);
+        let json = sample.to_json(&shared.id, false, false).to_string();
+        let sent = socket
+            .send(topic.as_bytes(), zmq::SNDMORE | zmq::DONTWAIT)
+            .and_then(|_| socket.send(json.as_bytes(), zmq::DONTWAIT));
+        if sent.is_ok() {
+            shared.live_published.fetch_add(1, Relaxed);
+        } else {
+            shared.live_dropped.fetch_add(1, Relaxed);
+        }
+    }
+    Ok(())
+}

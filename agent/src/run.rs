@@ -1,0 +1,210 @@
+//! `agent run`: open the store, bump the boot epoch, start every task, run
+//! until SIGINT/SIGTERM, flush.
+//!
+//! smol runs the many slow concurrent tasks on one thread: a sampler per
+//! channel, the uplink, the live publisher, the outbox flusher and the state
+//! sync. The Majordomo service and the local control socket are plain poll
+//! loops on threads of their own.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use transport::Shutdown;
+
+use crate::clock::{self, Clock};
+use crate::config::{Config, ConfigError};
+use crate::outbox::Outbox;
+use crate::sampler::{self, Sequences, Sinks};
+use crate::service::{self, Channels};
+use crate::state::LocalState;
+use crate::status::Shared;
+use crate::store::Store;
+use crate::{control, hub_client, live, uplink};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("data directory {path}: {source} (choose another with --data-dir)")]
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error("store: {0}")]
+    Store(#[from] sled::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("zmq: {0}")]
+    Zmq(#[from] zmq::Error),
+}
+
+/// Everything `run` builds before it starts the tasks; `agent once` uses the channels alone.
+pub fn channels(config: &Config) -> Result<Channels, ConfigError> {
+    let by_name = config
+        .effective_channels()?
+        .into_iter()
+        .map(|c| {
+            let driver = Arc::new(Mutex::new(c.driver.build(&config.board_root)));
+            (c.name.clone(), (c, driver))
+        })
+        .collect::<BTreeMap<_, _>>();
+    Ok(Channels { by_name })
+}
+
+pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
+    config.validate()?;
+    let limits = config.limits()?;
+    let data_dir = &config.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|source| RunError::DataDir { path: data_dir.clone(), source })?;
+    let store = Arc::new(Store::open(&data_dir.join("store"), limits.cache_bytes)?);
+    let epoch = store.next_epoch()?;
+    let outbox = Arc::new(Outbox::open(&store, limits.outbox_records, limits.outbox_bytes)?);
+    let shared = Arc::new(Shared {
+        id: config.agent_id(),
+        epoch,
+        clock: Clock::new(),
+        config_toml: config.redacted_toml(),
+        store,
+        outbox,
+        link: Default::default(),
+        channels: Default::default(),
+        live_published: AtomicU64::new(0),
+        live_dropped: AtomicU64::new(0),
+        store_errors: AtomicU64::new(0),
+    });
+    let channels = Arc::new(channels(config)?);
+    let state = LocalState::new(&shared.store);
+    log::info!(
+        "agent {} (epoch {epoch}, board {}): {} channel(s), hub {}, outbox {} records / {} bytes, flush every {} ms",
+        shared.id,
+        config.board,
+        channels.by_name.len(),
+        config.hub.broker,
+        limits.outbox_records,
+        limits.outbox_bytes,
+        limits.flush_interval_ms
+    );
+    if let Some(aside) = &shared.store.recovered_from {
+        log::error!(
+            "the store would not open and was moved to {}; started with an empty one",
+            aside.display()
+        );
+    }
+
+    let ctx = zmq::Context::new();
+    let mut threads = Vec::new();
+    {
+        let (ctx, broker, shared, channels, state) =
+            (ctx.clone(), config.hub.broker.clone(), shared.clone(), channels.clone(), state.clone());
+        let signal = shutdown.signal()?;
+        threads.push(std::thread::Builder::new().name("mdp-service".into()).spawn(move || {
+            if let Err(e) = service::serve(&ctx, &broker, shared, channels, state, &signal) {
+                log::error!("agent service stopped: {e}");
+            }
+        })?);
+    }
+    {
+        let (ctx, dir, shared) = (ctx.clone(), data_dir.clone(), shared.clone());
+        let signal = shutdown.signal()?;
+        threads.push(std::thread::Builder::new().name("control".into()).spawn(move || {
+            if let Err(e) = control::serve(&ctx, &dir, shared, &signal) {
+                log::error!("control socket stopped: {e} (agent status will not answer)");
+            }
+        })?);
+    }
+
+    let stop = smol::Async::new(shutdown.signal()?)?;
+    let flush_every = Duration::from_millis(limits.flush_interval_ms.max(1));
+    smol::block_on(async {
+        let ex = smol::LocalExecutor::new();
+        let (live_tx, live_rx) = smol::channel::bounded(1024);
+        let (wake_tx, wake_rx) = smol::channel::bounded(1);
+        let sinks = Arc::new(Sinks { live: live_tx, wake_uplink: wake_tx });
+        let seqs = Arc::new(Sequences::default());
+        for (config, driver) in channels.by_name.values() {
+            ex.spawn(sampler::run(
+                shared.clone(),
+                config.clone(),
+                driver.clone(),
+                seqs.clone(),
+                sinks.clone(),
+            ))
+            .detach();
+        }
+        ex.spawn({
+            let (shared, ctx, bus) = (shared.clone(), ctx.clone(), config.hub.bus.clone());
+            async move {
+                if let Err(e) = live::run(shared, ctx, bus, live_rx).await {
+                    log::error!("live publisher stopped: {e}");
+                }
+            }
+        })
+        .detach();
+        ex.spawn(uplink::run(
+            shared.clone(),
+            ctx.clone(),
+            config.hub.broker.clone(),
+            config.hub_timeout(),
+            config.uplink.clone(),
+            wake_rx,
+        ))
+        .detach();
+        ex.spawn(flush_loop(shared.clone(), flush_every)).detach();
+        ex.spawn(sync_loop(
+            shared.clone(),
+            ctx.clone(),
+            config.hub.broker.clone(),
+            state.clone(),
+            config.hub_timeout(),
+        ))
+        .detach();
+        ex.run(async {
+            let _ = stop.readable().await;
+        })
+        .await;
+    });
+
+    log::info!("agent stopping: flushing the outbox ({} records)", shared.outbox.stats().records);
+    shared.outbox.flush(&shared.store)?;
+    for thread in threads {
+        let _ = thread.join();
+    }
+    Ok(())
+}
+
+/// Flushes the store every interval: the durability window of appended samples.
+async fn flush_loop(shared: Arc<Shared>, every: Duration) {
+    loop {
+        smol::Timer::after(every).await;
+        let s = shared.clone();
+        let result = smol::unblock(move || {
+            s.store.put_u64("last_wall_ns", clock::wall_ns().max(0) as u64)?;
+            s.outbox.flush(&s.store)
+        })
+        .await;
+        if let Err(e) = result {
+            log::error!("store flush failed: {e}");
+        }
+    }
+}
+
+/// Pushes local state changes to the hub's state service when they exist.
+async fn sync_loop(
+    shared: Arc<Shared>,
+    ctx: zmq::Context,
+    broker: String,
+    state: LocalState,
+    timeout: Duration,
+) {
+    let mut client = hub_client::HubClient::new(&ctx, &broker);
+    loop {
+        smol::Timer::after(Duration::from_secs(1)).await;
+        if state.pending() == 0 || shared.link().state == "down" {
+            continue;
+        }
+        match state.sync(&mut client, &shared.id, timeout).await {
+            Ok(n) => log::debug!("synced {n} state key(s) to the hub"),
+            Err(e) => log::debug!("state sync deferred: {e}"),
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! What the running agent knows about itself, shared by its tasks and
+//! reported by `status` (MDP service, local control socket).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use boards::Value;
+use serde_json::{json, Value as Json};
+
+use crate::clock::{self, Clock};
+use crate::outbox::Outbox;
+use crate::store::Store;
+
+#[derive(Clone, Debug, Default)]
+pub struct ChannelStatus {
+    pub last: Option<Value>,
+    pub fault: Option<String>,
+    pub samples: u64,
+    pub faults: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct LinkStatus {
+    /// "up" after the hub answered, "down" after a failed call.
+    pub state: &'static str,
+    pub breaker: &'static str,
+    pub breaker_opened: u64,
+    pub last_ack_wall_ns: Option<i64>,
+    pub last_error: Option<String>,
+    pub batches_acked: u64,
+    pub samples_acked: u64,
+}
+
+impl Default for LinkStatus {
+    fn default() -> Self {
+        LinkStatus {
+            state: "unknown",
+            breaker: "closed",
+            breaker_opened: 0,
+            last_ack_wall_ns: None,
+            last_error: None,
+            batches_acked: 0,
+            samples_acked: 0,
+        }
+    }
+}
+
+pub struct Shared {
+    pub id: String,
+    pub epoch: u32,
+    pub clock: Clock,
+    pub config_toml: String,
+    pub store: Arc<Store>,
+    pub outbox: Arc<Outbox>,
+    pub link: Mutex<LinkStatus>,
+    pub channels: Mutex<BTreeMap<String, ChannelStatus>>,
+    pub live_published: AtomicU64,
+    /// Best-effort samples the live queue could not take.
+    pub live_dropped: AtomicU64,
+    pub store_errors: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub fn link(&self) -> std::sync::MutexGuard<'_, LinkStatus> {
+        lock(&self.link)
+    }
+
+    pub fn channels(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ChannelStatus>> {
+        lock(&self.channels)
+    }
+
+    pub fn to_json(&self) -> Json {
+        let now = clock::wall_ns();
+        let outbox = self.outbox.stats();
+        let oldest_age_s = self.outbox.oldest_wall_ns().map(|w| (now - w) as f64 / 1e9);
+        let link = self.link().clone();
+        let channels: serde_json::Map<String, Json> = self
+            .channels()
+            .iter()
+            .map(|(name, c)| {
+                (
+                    name.clone(),
+                    json!({
+                        "last": c.last.as_ref().map(Value::to_json),
+                        "fault": c.fault,
+                        "samples": c.samples,
+                        "faults": c.faults,
+                    }),
+                )
+            })
+            .collect();
+        json!({
+            "id": self.id,
+            "epoch": self.epoch,
+            "uptime_s": self.clock.elapsed().as_secs_f64(),
+            "link": {
+                "state": link.state,
+                "breaker": link.breaker,
+                "breaker_opened": link.breaker_opened,
+                "last_ack_age_s": link.last_ack_wall_ns.map(|w| (now - w) as f64 / 1e9),
+                "last_error": link.last_error,
+                "batches_acked": link.batches_acked,
+                "samples_acked": link.samples_acked,
+            },
+            "outbox": {
+                "records": outbox.records,
+                "bytes": outbox.bytes,
+                "max_records": outbox.max_records,
+                "max_bytes": outbox.max_bytes,
+                "oldest_age_s": oldest_age_s,
+                "dropped": outbox.dropped,
+                "quarantined": outbox.quarantined,
+                "last_appended": outbox.last_appended,
+                "durable": outbox.durable,
+                "disk_bytes": self.store.disk_bytes(),
+            },
+            "store_recovered_from": self.store.recovered_from,
+            "store_errors": self.store_errors.load(Relaxed),
+            "live": {
+                "published": self.live_published.load(Relaxed),
+                "dropped": self.live_dropped.load(Relaxed),
+            },
+            "clock": {"synced": clock::synced(), "wall_ns": now},
+            "channels": channels,
+        })
+    }
+}

@@ -1,0 +1,197 @@
+//! The uplink: sends the outbox to the hub's ingest, oldest first, and
+//! retires samples only when the hub acknowledges them.
+//!
+//! Calls go through a circuit breaker (open after `breaker_failures` failed
+//! calls, probed again after an exponential, jittered, capped backoff), so a
+//! dead hub costs one call per backoff period and a returning one is found
+//! within `backoff_max_ms`. Replay is paced at `replay_rate` samples a second
+//! so a long backlog does not swamp the link; samples older than
+//! `live_window_ms` when sent are marked historical.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proto::breaker::Breaker;
+use proto::ingest::{Batch, Reply, Sent};
+use smol::channel::Receiver;
+use smol::future::FutureExt;
+
+use crate::clock;
+use crate::config::UplinkConfig;
+use crate::hub_client::HubClient;
+use crate::status::Shared;
+
+/// A token bucket: `rate` samples a second, bursts up to one second's worth.
+pub struct Pace {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Pace {
+    pub fn new(rate: u64, now: Instant) -> Pace {
+        Pace { rate: rate.max(1) as f64, tokens: rate.max(1) as f64, last: now }
+    }
+
+    /// Takes `n` tokens; returns how long to wait before sending them.
+    pub fn take(&mut self, n: usize, now: Instant) -> Duration {
+        self.tokens =
+            (self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+        self.last = now;
+        self.tokens -= n as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+pub async fn run(
+    shared: Arc<Shared>,
+    ctx: zmq::Context,
+    broker: String,
+    timeout: Duration,
+    cfg: UplinkConfig,
+    wake: Receiver<()>,
+) {
+    let mut client = HubClient::new(&ctx, &broker);
+    let mut breaker = Breaker::new(
+        cfg.breaker_failures,
+        Duration::from_millis(cfg.backoff_min_ms),
+        Duration::from_millis(cfg.backoff_max_ms),
+    );
+    let mut pace = Pace::new(cfg.replay_rate, Instant::now());
+    let live_window_ns = cfg.live_window_ms * 1_000_000;
+    loop {
+        let records = shared.outbox.stats().records as usize;
+        if records == 0 {
+            let _ = wake
+                .recv()
+                .or(async {
+                    smol::Timer::after(Duration::from_secs(1)).await;
+                    Ok(())
+                })
+                .await;
+            continue;
+        }
+        if records < cfg.batch_records {
+            // Gather a little more before sending a small batch.
+            smol::Timer::after(Duration::from_millis(cfg.linger_ms)).await;
+        }
+        let now = Instant::now();
+        if !breaker.allow(now) {
+            set_breaker(&shared, &breaker);
+            smol::Timer::after(breaker.wait(now)).await;
+            continue;
+        }
+        set_breaker(&shared, &breaker);
+        let batch = match shared.outbox.peek(cfg.batch_records, cfg.batch_bytes) {
+            Ok(batch) if !batch.is_empty() => batch,
+            Ok(_) => continue,
+            Err(e) => {
+                log::error!("outbox read failed: {e}");
+                smol::Timer::after(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let wait = pace.take(batch.len(), Instant::now());
+        if !wait.is_zero() {
+            smol::Timer::after(wait).await;
+        }
+        let now_mono = shared.clock.mono_ns();
+        let last_key = batch.last().expect("not empty").0;
+        let count = batch.len();
+        let samples = batch
+            .into_iter()
+            .map(|(_, sample)| {
+                let late =
+                    sample.epoch != shared.epoch || now_mono.saturating_sub(sample.mono_ns) > live_window_ns;
+                Sent { sample, historical: late }
+            })
+            .collect();
+        let body = Batch { agent: shared.id.clone(), samples }.encode();
+        let reply = client.request(proto::ingest::SERVICE, &[&body], timeout).await;
+        let reply = reply.map_err(|e| e.to_string()).and_then(|frames| {
+            let first = frames.first().map(|f| f.to_vec()).unwrap_or_default();
+            Reply::decode(&first).map_err(|e| format!("undecodable reply from the hub: {e}"))
+        });
+        match reply {
+            Ok(Reply::Ack { .. }) => {
+                breaker.success();
+                if let Err(e) = shared.outbox.retire(&last_key) {
+                    log::error!("outbox retire failed: {e}");
+                }
+                let mut link = shared.link();
+                if link.state != "up" {
+                    log::info!(
+                        "hub answered: sending the outbox ({} records)",
+                        shared.outbox.stats().records + count as u64
+                    );
+                }
+                link.state = "up";
+                link.last_ack_wall_ns = Some(clock::wall_ns());
+                link.last_error = None;
+                link.batches_acked += 1;
+                link.samples_acked += count as u64;
+            }
+            Ok(Reply::Retry { reason, after_ms }) => {
+                // The hub is there but not taking data now (no subscriber, storage trouble).
+                breaker.success();
+                note(&shared, "up", format!("hub asks to retry: {reason}"));
+                smol::Timer::after(Duration::from_millis(after_ms.into())).await;
+            }
+            Ok(Reply::Malformed { reason }) => {
+                // Resending will not help, but the samples are kept: an upgraded hub may take them.
+                log::error!("hub rejects our batches as malformed: {reason}");
+                note(&shared, "up", format!("hub rejects batches: {reason}"));
+                smol::Timer::after(Duration::from_secs(30)).await;
+            }
+            Err(e) => {
+                breaker.failure(Instant::now());
+                set_breaker(&shared, &breaker);
+                let mut link = shared.link();
+                if link.state != "down" {
+                    log::warn!("hub unreachable ({e}): keeping samples in the outbox");
+                }
+                link.state = "down";
+                link.last_error = Some(e);
+            }
+        }
+    }
+}
+
+fn note(shared: &Shared, state: &'static str, error: String) {
+    let mut link = shared.link();
+    link.state = state;
+    link.last_error = Some(error);
+}
+
+fn set_breaker(shared: &Shared, breaker: &Breaker) {
+    let mut link = shared.link();
+    link.breaker = breaker.state().name();
+    link.breaker_opened = breaker.opened;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pace_allows_a_second_of_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(1000, t0);
+        assert_eq!(pace.take(1000, t0), Duration::ZERO);
+        let wait = pace.take(500, t0);
+        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6, "{wait:?}");
+        // After waiting, the deficit is paid off.
+        assert_eq!(pace.take(0, t0 + wait), Duration::ZERO);
+        // Over a long run the rate holds: 10 000 samples take about 10 s.
+        let mut pace = Pace::new(1000, t0);
+        let mut t = t0;
+        for _ in 0..100 {
+            t += pace.take(100, t);
+        }
+        assert!((t - t0).as_secs_f64() > 8.9 && (t - t0).as_secs_f64() < 9.1, "{:?}", t - t0);
+    }
+}
