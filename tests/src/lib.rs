@@ -270,9 +270,20 @@ impl HubProc {
         Self::start_in(data, &free_endpoint(), extra)
     }
 
-    /// Starts (or restarts) a hub on `broker` with `data` as its data directory.
+    /// Starts a hub with `data` as its data directory. `broker` is tried
+    /// first; if the hub cannot bind (a "free" port taken meanwhile by some
+    /// outgoing connection), it is started again on fresh ports.
     pub fn start_in(data: tempfile::TempDir, broker: &str, extra: &[&str]) -> HubProc {
-        Self::start_with_ports(data, broker, HubPorts::new(), extra)
+        let mut broker = broker.to_string();
+        let mut data = data;
+        for _ in 0..4 {
+            match Self::try_start(data, &broker, HubPorts::new(), extra) {
+                Ok(hub) => return hub,
+                Err(back) => data = back,
+            }
+            broker = free_endpoint();
+        }
+        panic!("the hub would not start on fresh ports four times over");
     }
 
     /// Starts a hub on exactly these endpoints (to restart one where it was).
@@ -282,14 +293,38 @@ impl HubProc {
         ports: HubPorts,
         extra: &[&str],
     ) -> HubProc {
+        Self::try_start(data, broker, ports, extra)
+            .unwrap_or_else(|_| panic!("the hub would not start on {broker}"))
+    }
+
+    /// Starts a hub and waits until its broker answers; gives the data
+    /// directory back if the hub exited because an endpoint was taken.
+    fn try_start(
+        data: tempfile::TempDir,
+        broker: &str,
+        ports: HubPorts,
+        extra: &[&str],
+    ) -> Result<HubProc, tempfile::TempDir> {
         let mut cmd = Command::new(bin("hub"));
         cmd.args(["serve", "--broker", broker, "--data-dir"]).arg(data.path()).args(ports.args()).args(extra);
         let proc = Proc::spawn("hub", cmd);
-        let hub = HubProc { proc, broker: broker.to_string(), data, buses: ports.buses, http: ports.http };
-        wait_for("the hub's broker to answer mmi.service", Duration::from_secs(20), || {
-            hub.try_call("mmi.service", &["mmi.service"], Duration::from_millis(200)).map(|_| ())
-        });
-        hub
+        let mut hub =
+            HubProc { proc, broker: broker.to_string(), data, buses: ports.buses, http: ports.http };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if hub.try_call("mmi.service", &["mmi.service"], Duration::from_millis(200)).is_some() {
+                return Ok(hub);
+            }
+            if !hub.proc.is_running() {
+                let stderr = hub.proc.stderr();
+                if stderr.contains("Address already in use") {
+                    let HubProc { data, .. } = hub;
+                    return Err(data);
+                }
+                panic!("the hub exited at start:\n{stderr}");
+            }
+            assert!(Instant::now() < deadline, "timed out after 20s waiting for the hub's broker to answer");
+        }
     }
 
     /// One request with a short timeout and no retries; `None` on timeout.
@@ -403,4 +438,105 @@ pub fn http_get(address: &str, path: &str) -> (u16, String) {
 /// One Prometheus sample's value from `/metrics` text, e.g. `plantd_bus_messages_down_total{bus="metric"}`.
 pub fn prometheus_value(metrics: &str, series: &str) -> Option<u64> {
     metrics.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Writes an agent config for hub `hub` (broker and metric bus) with
+/// `channels` (TOML `[[channel]]` tables) and `extra` TOML; returns its path.
+pub fn agent_config(dir: &Path, id: &str, broker: &str, bus: &str, body: &str) -> PathBuf {
+    let path = dir.join(format!("{id}.toml"));
+    let data = dir.join(format!("{id}-data"));
+    let text = format!(
+        "id = \"{id}\"\nboard = \"sim\"\ndata_dir = \"{}\"\n\n[hub]\nbroker = \"{broker}\"\nbus = \"{bus}\"\ntimeout_ms = 1000\n\n{body}\n",
+        data.display()
+    );
+    std::fs::write(&path, text).expect("write agent config");
+    path
+}
+
+/// `agent run --config <path>`.
+pub fn agent_run(config: &Path) -> Proc {
+    let mut cmd = Command::new(bin("agent"));
+    cmd.arg("run").arg("--config").arg(config);
+    Proc::spawn("agent", cmd)
+}
+
+/// The running agent's status (from its control socket), if it answers.
+pub fn agent_status(data_dir: &Path) -> Option<serde_json::Value> {
+    agent::control::ask_status(data_dir, Duration::from_millis(500)).ok()
+}
+
+/// Polls the agent's status until `check` accepts it.
+pub fn wait_for_status<T>(
+    data_dir: &Path,
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut(&serde_json::Value) -> Option<T>,
+) -> T {
+    wait_for(what, timeout, || agent_status(data_dir).as_ref().and_then(&mut check))
+}
+
+/// A durable or best-effort sample as a subscriber on the metric bus saw it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Seen {
+    /// When the subscriber received it.
+    pub at: Instant,
+    pub channel: String,
+    pub epoch: u64,
+    pub seq: u64,
+    pub historical: bool,
+    pub durable: bool,
+}
+
+/// Collects every sample published under `prefix` on a bus backend, on a
+/// thread, until dropped.
+pub struct Collector {
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Collector {
+    pub fn start(backend: &str, prefix: &str) -> Collector {
+        use std::sync::atomic::Ordering;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ctx = zmq::Context::new();
+        let mut sub = transport::Subscriber::connect(&ctx, backend, &[prefix.as_bytes()]).expect("subscribe");
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let _ctx = ctx;
+            while !stop2.load(Ordering::SeqCst) {
+                let Ok(Some(m)) = sub.recv(Duration::from_millis(50)) else { continue };
+                let Ok(j) = serde_json::from_slice::<serde_json::Value>(&m.payload) else { continue };
+                let seen = Seen {
+                    at: Instant::now(),
+                    channel: j["channel"].as_str().unwrap_or("").to_string(),
+                    epoch: j["epoch"].as_u64().unwrap_or(0),
+                    seq: j["seq"].as_u64().unwrap_or(0),
+                    historical: j["historical"] == serde_json::json!(true),
+                    durable: j["durable"] == serde_json::json!(true),
+                };
+                seen2.lock().unwrap().push(seen);
+            }
+        });
+        Collector { seen, stop, thread: Some(thread) }
+    }
+
+    pub fn snapshot(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Durable samples seen so far.
+    pub fn durable(&self) -> Vec<Seen> {
+        self.snapshot().into_iter().filter(|s| s.durable).collect()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Black-box tests of the built binaries. One test binary, so one link step;
 //! the harness (`system_tests`) builds the binaries once per run.
 
+mod agent;
 mod broker;
 mod bus;
 mod cli;

@@ -1,0 +1,381 @@
+//! The agent and the hub as real processes: durable samples through hub
+//! crashes, outages and agent crashes; bounded outbox; damaged records; the
+//! field tools; remote control through the hub.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use system_tests::*;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// `n` durable ramp channels sampled every `period_ms`.
+fn channels(n: usize, period_ms: u64) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "[[channel]]\nname = \"c{i}\"\nperiod_ms = {period_ms}\ndriver = {{ kind = \"ramp\" }}\n\n"
+            )
+        })
+        .collect()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Setup {
+    fn new(id: &str, broker: &str, bus: &str, body: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let config = agent_config(dir.path(), id, broker, bus, body);
+        Setup { dir, config }
+    }
+
+    fn data(&self, id: &str) -> PathBuf {
+        self.dir.path().join(format!("{id}-data"))
+    }
+}
+
+fn seq_of(status: &Value, field: &str) -> Option<(u64, u64)> {
+    let v = &status["outbox"][field];
+    Some((v[0].as_u64()?, v[1].as_u64()?))
+}
+
+/// Waits until the outbox has (almost) drained; returns (epoch, seq) such
+/// that every durable sample up to it has been acknowledged.
+fn wait_drained(data: &Path, timeout: Duration) -> (u64, u64) {
+    wait_for_status(data, "the outbox to drain", timeout, |s| {
+        let records = s["outbox"]["records"].as_u64()?;
+        let (epoch, last) = seq_of(s, "last_appended")?;
+        (s["link"]["state"] == "up" && records <= 20 && last > records).then_some((epoch, last - records))
+    })
+}
+
+/// Checks that `seen` holds every durable seq 1..=upto of `epoch`, in order
+/// per channel; returns the number of repeats (published twice).
+fn assert_complete(seen: &[Seen], epoch: u64, upto: u64) -> usize {
+    let mut firsts = HashSet::new();
+    let mut repeats = 0;
+    let mut last_per_channel: BTreeMap<&str, u64> = BTreeMap::new();
+    for s in seen.iter().filter(|s| s.durable && s.epoch == epoch) {
+        if !firsts.insert(s.seq) {
+            repeats += 1;
+            continue;
+        }
+        let last = last_per_channel.entry(&s.channel).or_insert(0);
+        assert!(s.seq > *last, "channel {} went back from {} to {}", s.channel, last, s.seq);
+        *last = s.seq;
+    }
+    let missing: Vec<u64> = (1..=upto).filter(|q| !firsts.contains(q)).collect();
+    assert!(
+        missing.is_empty(),
+        "epoch {epoch}: {} of {upto} samples missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    repeats
+}
+
+fn wait_complete(collector: &Collector, epoch: u64, upto: u64) {
+    wait_for("every acknowledged sample on the bus", 30 * SECOND, || {
+        let seen = collector.durable();
+        let have: HashSet<u64> = seen.iter().filter(|s| s.epoch == epoch).map(|s| s.seq).collect();
+        (1..=upto).all(|q| have.contains(&q)).then_some(())
+    });
+}
+
+#[test]
+fn hub_killed_and_restarted_loses_no_durable_sample() {
+    let hub = HubProc::start();
+    let metric = hub.bus("metric").clone();
+    let collector = Collector::start(&metric.backend, "org.plantd.Metric.k1.");
+    let body = format!("[uplink]\nlive_window_ms = 300\nbackoff_max_ms = 500\n\n{}", channels(2, 20));
+    let setup = Setup::new("k1", &hub.broker, &metric.frontend, &body);
+    let data = setup.data("k1");
+    let _agent = agent_run(&setup.config);
+    wait_for("live durable samples", 20 * SECOND, || (collector.durable().len() >= 40).then_some(()));
+
+    let (ports, broker) = (hub.ports(), hub.broker.clone());
+    let HubProc { mut proc, data: hub_data, .. } = hub;
+    proc.signal(libc::SIGKILL);
+    proc.wait_exit(10 * SECOND).expect("SIGKILL ends the hub");
+    wait_for_status(&data, "the agent to see the hub gone", 20 * SECOND, |s| {
+        (s["link"]["state"] == "down").then_some(())
+    });
+    wait_for_status(&data, "a backlog", 20 * SECOND, |s| {
+        (s["outbox"]["records"].as_u64()? >= 60).then_some(())
+    });
+    let _hub = HubProc::start_with_ports(hub_data, &broker, ports, &[]);
+
+    let (epoch, upto) = wait_drained(&data, 60 * SECOND);
+    wait_complete(&collector, epoch, upto);
+    let seen = collector.durable();
+    let repeats = assert_complete(&seen, epoch, upto);
+    // A hub killed between publishing a batch and persisting its watermark
+    // publishes that batch again: at most one batch, and usually none.
+    assert!(repeats <= 500, "{repeats} samples published twice");
+    assert!(seen.iter().any(|s| s.historical), "replayed samples are marked historical");
+    assert!(seen.iter().take(20).all(|s| !s.historical), "live samples are not historical");
+}
+
+#[test]
+fn after_an_outage_the_backlog_is_replayed_in_full_and_paced() {
+    let ports = HubPorts::new();
+    let broker = free_endpoint();
+    let metric = ports.buses["metric"].clone();
+    let rate = 400;
+    let body = format!(
+        "[uplink]\nreplay_rate = {rate}\nbatch_records = 50\nlive_window_ms = 500\nbackoff_max_ms = 300\n\n{}",
+        channels(2, 10)
+    );
+    let setup = Setup::new("k2", &broker, &metric.frontend, &body);
+    let data = setup.data("k2");
+    let _agent = agent_run(&setup.config);
+    let backlog = wait_for_status(&data, "a backlog while the hub is down", 30 * SECOND, |s| {
+        let r = s["outbox"]["records"].as_u64()?;
+        (r >= 700).then_some(r)
+    });
+    let collector = Collector::start(&metric.backend, "org.plantd.Metric.k2.");
+    let _hub = HubProc::start_with_ports(tempfile::tempdir().unwrap(), &broker, ports, &[]);
+    let (epoch, upto) = wait_drained(&data, 60 * SECOND);
+    wait_complete(&collector, epoch, upto);
+    let seen = collector.durable();
+    assert_eq!(assert_complete(&seen, epoch, upto), 0);
+    // Paced: at most one second's burst plus one second of rate (plus a batch)
+    // in the first second, although the whole backlog was waiting.
+    let first = seen[0].at;
+    let in_first_second = seen.iter().filter(|s| s.at < first + SECOND).count() as u64;
+    assert!(in_first_second <= 2 * rate + 50, "{in_first_second} samples in the first second of replay");
+    let took = seen.iter().map(|s| s.at).max().unwrap() - first;
+    assert!(
+        took.as_secs_f64() >= (backlog as f64 - rate as f64) / rate as f64 * 0.8,
+        "a backlog of {backlog} replayed in {took:?}"
+    );
+    assert!(seen.iter().filter(|s| s.historical).count() as u64 >= backlog / 2);
+}
+
+#[test]
+fn agent_killed_mid_load_delivers_everything_it_had_flushed() {
+    let hub = HubProc::start();
+    let metric = hub.bus("metric").clone();
+    let collector = Collector::start(&metric.backend, "org.plantd.Metric.k3.");
+    let body = format!("[outbox]\nflush_interval_ms = 100\n\n{}", channels(2, 10));
+    let setup = Setup::new("k3", &hub.broker, &metric.frontend, &body);
+    let data = setup.data("k3");
+    let mut agent = agent_run(&setup.config);
+    let (epoch, flushed) = wait_for_status(&data, "200 durable samples on disk", 30 * SECOND, |s| {
+        let (e, q) = seq_of(s, "durable")?;
+        (q >= 200).then_some((e, q))
+    });
+    agent.signal(libc::SIGKILL);
+    agent.wait_exit(10 * SECOND).expect("SIGKILL ends the agent");
+    let _agent = agent_run(&setup.config);
+    wait_for_status(&data, "the restarted agent", 20 * SECOND, |s| {
+        (s["epoch"].as_u64()? == epoch + 1).then_some(())
+    });
+    wait_complete(&collector, epoch, flushed);
+    assert_eq!(assert_complete(&collector.durable(), epoch, flushed), 0);
+    wait_for("samples of the new epoch", 20 * SECOND, || {
+        collector.durable().iter().any(|s| s.epoch == epoch + 1).then_some(())
+    });
+}
+
+#[test]
+fn a_full_outbox_drops_the_oldest_with_exact_counts() {
+    // No hub at all: nothing leaves the outbox.
+    let body = format!("[outbox]\nmax_records = 50\n\n{}", channels(1, 10));
+    let setup = Setup::new("k4", &free_endpoint(), &free_endpoint(), &body);
+    let data = setup.data("k4");
+    let _agent = agent_run(&setup.config);
+    let status = wait_for_status(&data, "200 samples", 30 * SECOND, |s| {
+        (seq_of(s, "last_appended")?.1 >= 200).then(|| s.clone())
+    });
+    let (_, appended) = seq_of(&status, "last_appended").unwrap();
+    assert_eq!(status["outbox"]["records"], 50);
+    assert_eq!(status["outbox"]["dropped"].as_u64().unwrap(), appended - 50);
+    assert_eq!(status["link"]["state"], "down");
+}
+
+#[test]
+fn a_damaged_record_is_quarantined_counted_and_the_rest_delivered() {
+    let ports = HubPorts::new();
+    let broker = free_endpoint();
+    let metric = ports.buses["metric"].clone();
+    let setup = Setup::new("k5", &broker, &metric.frontend, &channels(1, 20));
+    let data = setup.data("k5");
+    let mut agent = agent_run(&setup.config);
+    wait_for_status(&data, "20 samples", 20 * SECOND, |s| (seq_of(s, "durable")?.1 >= 20).then_some(()));
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait_exit(10 * SECOND).is_some_and(|s| s.success()));
+
+    // Damage one record's bytes, as bit rot or a torn write would.
+    {
+        let store = agent::store::Store::open_as_is(&data.join("store"), 1 << 20).unwrap();
+        let key = agent::outbox::key(1, 5);
+        let mut bytes = store.outbox.get(key).unwrap().expect("record 5").to_vec();
+        bytes[8] ^= 0x55;
+        store.outbox.insert(key, bytes).unwrap();
+        store.flush().unwrap();
+    }
+    let config = setup.config.to_str().unwrap();
+    let verify = std::process::Command::new(bin("agent"))
+        .args(["store", "--config", config, "verify"])
+        .output()
+        .unwrap();
+    assert_eq!(verify.status.code(), Some(1), "verify fails on damage");
+    assert_eq!(serde_json::from_slice::<Value>(&verify.stdout).unwrap()["damaged"], 1);
+
+    let collector = Collector::start(&metric.backend, "org.plantd.Metric.k5.");
+    let _hub = HubProc::start_with_ports(tempfile::tempdir().unwrap(), &broker, ports, &[]);
+    let _agent = agent_run(&setup.config);
+    let status = wait_for_status(&data, "the damaged record quarantined", 30 * SECOND, |s| {
+        (s["outbox"]["quarantined"] == 1 && s["epoch"] == 2).then(|| s.clone())
+    });
+    assert_eq!(status["store_errors"], 0);
+    wait_for("the intact epoch-1 samples", 30 * SECOND, || {
+        let have: HashSet<u64> = collector.durable().iter().filter(|s| s.epoch == 1).map(|s| s.seq).collect();
+        (1..=20).filter(|&q| q != 5).all(|q| have.contains(&q)).then_some(have)
+    });
+    assert!(!collector.durable().iter().any(|s| s.epoch == 1 && s.seq == 5));
+}
+
+#[test]
+fn bad_config_is_a_clear_error_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |text: &str| {
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(bin("agent"))
+            .args(["run", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(run("[uplink]\nbatch_record = 5\n").contains("batch_record"));
+    assert!(run("id = \"x\"\nboard = \"rpi9\"\n").contains("`board` 'rpi9' is not a board profile"));
+    let err = run("id = \"x\"\n[[channel]]\nname = \"c0\"\nperiod_ms = 1\ndriver = { kind = \"ramp\" }\n");
+    assert!(err.contains("channel[0] ('c0').period_ms"), "{err}");
+    let err = run("id = \"x\"\n[[channel]]\nname = \"c0\"\ndriver = { kind = \"laser\" }\n");
+    assert!(err.contains("laser"), "{err}");
+}
+
+#[test]
+fn agent_check_passes_against_a_hub_and_fails_without_one() {
+    let hub = HubProc::start();
+    let setup = Setup::new("k7", &hub.broker, &hub.bus("metric").frontend, "");
+    let check = |config: &Path| {
+        let out = std::process::Command::new(bin("agent"))
+            .args(["check", "--json", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let by_name: BTreeMap<String, String> = list
+            .iter()
+            .map(|c| (c["check"].as_str().unwrap().to_string(), c["status"].as_str().unwrap().to_string()))
+            .collect();
+        (out.status.code(), by_name, list)
+    };
+    let (code, checks, list) = check(&setup.config);
+    assert_eq!(code, Some(0), "{list:?}");
+    for name in ["config", "data dir", "store", "hub tcp", "hub mdp", "bus", "clock order"] {
+        assert_eq!(checks[name], "ok", "{name}: {list:?}");
+    }
+    assert!(
+        list.iter().find(|c| c["check"] == "hub mdp").unwrap()["ms"].as_f64().is_some(),
+        "round trip is timed"
+    );
+
+    let away = Setup::new("k7b", &free_endpoint(), &free_endpoint(), "");
+    let (code, checks, _) = check(&away.config);
+    assert_eq!(code, Some(1));
+    assert_eq!((checks["hub tcp"].as_str(), checks["bus"].as_str()), ("fail", "fail"));
+    let text = std::process::Command::new(bin("agent"))
+        .args(["check", "--config", away.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).lines().any(|l| l.starts_with("FAIL  hub tcp")));
+}
+
+#[test]
+fn agent_once_prints_every_channel_and_reports_faults() {
+    let root = tempfile::tempdir().unwrap();
+    let zone = root.path().join("sys/class/thermal/thermal_zone0");
+    std::fs::create_dir_all(&zone).unwrap();
+    std::fs::write(zone.join("temp"), "41500\n").unwrap();
+    let top = format!("board = \"linux\"\nboard_root = \"{}\"\n", root.path().display());
+    let channels = "[[channel]]\nname = \"cpu\"\ndriver = { kind = \"thermal-zone\" }\n\n[[channel]]\nname = \"gone\"\ndriver = { kind = \"ds18b20\" }\n";
+    // agent_config writes board = "sim" and a [hub] table: top-level keys first, channels last.
+    let setup = Setup::new("k8", &free_endpoint(), &free_endpoint(), "");
+    let text = std::fs::read_to_string(&setup.config).unwrap().replace("board = \"sim\"\n", "");
+    std::fs::write(&setup.config, format!("{top}{text}\n{channels}")).unwrap();
+    let out = std::process::Command::new(bin("agent"))
+        .args(["once", "--config", setup.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "a faulty channel fails `once`");
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0], json!({"channel": "cpu", "value": 41.5, "unit": "degC", "delivery": "durable"}));
+    assert!(lines[1]["error"].as_str().unwrap().contains("w1"), "{}", lines[1]);
+
+    // Running, the fault shows in status and clears when the file is fixed.
+    let data = setup.data("k8");
+    let _agent = agent_run(&setup.config);
+    wait_for_status(&data, "the fault in status", 20 * SECOND, |s| {
+        s["channels"]["gone"]["fault"].as_str().map(|_| ())
+    });
+    let sensor = root.path().join("sys/bus/w1/devices/28-0001");
+    std::fs::create_dir_all(&sensor).unwrap();
+    std::fs::write(sensor.join("w1_slave"), "aa : crc=aa YES\naa t=19250\n").unwrap();
+    wait_for_status(&data, "the fault to clear", 20 * SECOND, |s| {
+        (s["channels"]["gone"]["fault"].is_null() && s["channels"]["gone"]["last"] == json!(19.25))
+            .then_some(())
+    });
+}
+
+#[test]
+fn the_agent_is_controlled_through_the_hub_and_syncs_its_state() {
+    let hub = HubProc::start();
+    let setup = Setup::new("k9", &hub.broker, &hub.bus("metric").frontend, "");
+    let data = setup.data("k9");
+    let _agent = agent_run(&setup.config);
+    hub.wait_for_service("org.plantd.Agent.k9");
+    let call = |frames: &[&str]| -> Value {
+        let reply = hub.try_call("org.plantd.Agent.k9", frames, 5 * SECOND).expect("the agent answers");
+        serde_json::from_str(&reply[0]).unwrap()
+    };
+    let status = call(&["status"]);
+    assert_eq!(status["id"], "k9");
+    assert!(status["outbox"]["max_records"].as_u64().unwrap() > 0);
+    assert!(call(&["read", "temperature"])["value"].as_f64().is_some());
+    assert_eq!(
+        call(&["write", "valve", "true"]),
+        json!({"channel": "valve", "value": true, "written": true})
+    );
+    assert_eq!(call(&["read", "valve"])["value"], true);
+    assert!(call(&["write", "pressure", "2"])["error"].as_str().unwrap().contains("input"));
+    assert!(call(&["read", "nope"])["error"].as_str().unwrap().contains("no channel 'nope'"));
+    assert!(call(&["config"])["config"].as_str().unwrap().contains("id = \"k9\""));
+    assert!(call(&["frobnicate"])["error"].as_str().unwrap().contains("unknown command"));
+
+    // Local state, synced write-behind to the hub's state service under the agent's scope.
+    assert_eq!(call(&["state-set", "mode", "auto"])["status"], "set");
+    assert_eq!(call(&["state-get", "mode"])["value"], "auto");
+    wait_for("the agent's state on the hub", 20 * SECOND, || {
+        let out = hub_cli(&["state", "--broker", &hub.broker, "--scope", "k9", "get", "mode"]);
+        let reply: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (reply["data"]["value"] == "auto").then_some(())
+    });
+    // `agent status` reads the same status over the local control socket.
+    let out = std::process::Command::new(bin("agent"))
+        .args(["status", "--config", setup.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["id"], "k9");
+    drop(data);
+}
