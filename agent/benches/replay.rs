@@ -1,0 +1,190 @@
+//! Acked replay through the hub, and the agent's memory.
+//!
+//!   cargo bench -p agent --bench replay [-- --backlog 100000]
+//!
+//! A backlog is written into an agent's outbox (with the agent's own store
+//! code), then the real `hub serve` and `agent run` are started and a
+//! subscriber on the metric bus counts until every sample has arrived. The
+//! agent's resident memory is sampled idle and while it drains.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent::outbox::Outbox;
+use agent::store::Store;
+use proto::ingest::{Quality, Sample, Value};
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(default)
+}
+
+fn free_endpoint() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    format!("tcp://127.0.0.1:{port}")
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The hub binary, built with this bench's profile next to the agent's.
+fn hub_binary() -> PathBuf {
+    let agent = Path::new(env!("CARGO_BIN_EXE_agent"));
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet", "-p", "hub", "--bin", "hub"])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap())
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building hub failed");
+    agent.with_file_name("hub")
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn prefill(data: &Path, n: u64) {
+    let store = Store::open(&data.join("store"), 8 << 20).unwrap();
+    let outbox = Outbox::open(&store, u64::MAX, u64::MAX).unwrap();
+    store.next_epoch().unwrap(); // the run below is epoch 2: all of these are late
+    for seq in 1..=n {
+        outbox
+            .append(&Sample {
+                channel: format!("c{}", seq % 4),
+                epoch: 1,
+                seq,
+                wall_ns: 1_795_000_000_000_000_000 + seq as i64 * 1_000_000,
+                mono_ns: seq * 1_000_000,
+                clock_synced: true,
+                value: Value::Number(seq as f64),
+                unit: "u".into(),
+                quality: Quality::Good,
+            })
+            .unwrap();
+    }
+    outbox.flush(&store).unwrap();
+}
+
+fn main() {
+    let backlog = arg("--backlog", 100_000);
+    let hub = hub_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, front, back) = (free_endpoint(), free_endpoint(), free_endpoint());
+    let _hub = Killed(
+        Command::new(&hub)
+            .args(["serve", "--broker", &broker, "--http", "off", "--no-state"])
+            .args(["--bus", &format!("metric={front},{back}"), "--data-dir"])
+            .arg(dir.path().join("hub"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB).unwrap();
+    sub.set_rcvhwm(0).unwrap();
+    sub.set_subscribe(b"org.plantd.Metric.bench.").unwrap();
+    sub.connect(&back).unwrap();
+
+    // Idle: the sim board's default channels, nothing queued.
+    let idle_data = dir.path().join("idle");
+    let idle = Killed(
+        Command::new(env!("CARGO_BIN_EXE_agent"))
+            .args([
+                "run",
+                "--board",
+                "sim",
+                "--id",
+                "idle",
+                "--hub-broker",
+                &broker,
+                "--hub-bus",
+                &front,
+                "--data-dir",
+            ])
+            .arg(&idle_data)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let idle_rss = rss_kib(idle.0.id());
+    drop(idle);
+
+    // Replay: a prefilled outbox, one slow channel so the backlog is all there is.
+    let data = dir.path().join("agent");
+    prefill(&data, backlog);
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "id = \"bench\"\nboard = \"sim\"\ndata_dir = \"{}\"\n[hub]\nbroker = \"{broker}\"\nbus = \"{front}\"\n[uplink]\nreplay_rate = 10000000\nbatch_records = 1000\nbatch_bytes = 1048576\n[[channel]]\nname = \"slow\"\nperiod_ms = 3600000\ndriver = {{ kind = \"toggle\" }}\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let agent = Killed(
+        Command::new(env!("CARGO_BIN_EXE_agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut received = 0u64;
+    let mut first = None;
+    let mut peak_rss = 0;
+    let mut msg = zmq::Message::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while received < backlog {
+        assert!(Instant::now() < deadline, "replay stalled at {received} of {backlog}");
+        if sub.poll(zmq::POLLIN, 100).unwrap() == 0 {
+            peak_rss = peak_rss.max(rss_kib(agent.0.id()));
+            continue;
+        }
+        while sub.recv(&mut msg, zmq::DONTWAIT).is_ok() {
+            if !msg.get_more() {
+                received += 1;
+                first.get_or_insert_with(Instant::now);
+            }
+        }
+        if received % 10_000 < 100 {
+            peak_rss = peak_rss.max(rss_kib(agent.0.id()));
+        }
+    }
+    let first = first.unwrap();
+    let replay = first.elapsed();
+    let to_first = first - started;
+    let store_before = dir_bytes(&data.join("store"));
+    println!("replay benchmark: {backlog} durable samples waiting in the outbox, hub and agent as processes");
+    println!();
+    println!("  acked replay through the hub      {:>10.0} samples/s ({backlog} in {replay:.2?}; first sample {to_first:.2?} after start)", backlog as f64 / replay.as_secs_f64());
+    println!("  agent RSS, idle (sim board)       {:>10.1} MiB", idle_rss as f64 / 1024.0);
+    println!("  agent RSS, draining the backlog   {:>10.1} MiB (peak sampled)", peak_rss as f64 / 1024.0);
+    println!("  store on disk after the drain     {:>10.1} MiB", store_before as f64 / 1048576.0);
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    e.metadata().map(|m| if m.is_dir() { dir_bytes(&e.path()) } else { m.len() }).unwrap_or(0)
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
