@@ -10,8 +10,17 @@ cargo build --release --locked --bins
 bin=target/release
 
 pids=()
+# Ctrl-C reaches all three already; a second signal would make them skip
+# their graceful stop, so only signal what is still running after a moment.
 stop() {
-  kill "${pids[@]}" 2>/dev/null || true
+  trap - EXIT INT TERM
+  for _ in $(seq 30); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && return 0
+    sleep 0.1
+  done
+  kill -TERM "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
 }
 trap stop EXIT INT TERM

@@ -110,8 +110,11 @@ impl Subscriber {
                 continue;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.socket.poll(zmq::POLLIN, left.as_millis().max(1) as i64)? == 0 {
-                return Ok(None);
+            match self.socket.poll(zmq::POLLIN, left.as_millis().max(1) as i64) {
+                _ if left.is_zero() => return Ok(None),
+                Ok(0) | Err(zmq::Error::EINTR) => return Ok(None), // a signal: let the caller look
+                Ok(_) => {}
+                Err(e) => return Err(e),
             }
         }
     }

@@ -150,8 +150,12 @@ impl Client {
         let mut deadline = Instant::now() + self.options.timeout;
         loop {
             let wait = deadline.saturating_duration_since(Instant::now());
-            if socket.poll(zmq::POLLIN, wait.as_millis() as i64)? == 0 {
-                return Ok(None);
+            match socket.poll(zmq::POLLIN, wait.as_millis() as i64) {
+                Ok(0) => return Ok(None),
+                Err(zmq::Error::EINTR) if !wait.is_zero() => continue, // a signal: keep waiting
+                Err(zmq::Error::EINTR) => return Ok(None),
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
             }
             if recv_frames(socket, &mut self.frames, MAX_REPLY_FRAMES, 0)? != Received::Message {
                 continue;
@@ -207,8 +211,11 @@ impl AsyncClient {
                 continue;
             }
             let wait = deadline.saturating_duration_since(Instant::now());
-            if wait.is_zero() || self.socket.poll(zmq::POLLIN, wait.as_millis().max(1) as i64)? == 0 {
-                return Ok(None);
+            match self.socket.poll(zmq::POLLIN, wait.as_millis().max(1) as i64) {
+                _ if wait.is_zero() => return Ok(None),
+                Ok(0) | Err(zmq::Error::EINTR) => return Ok(None),
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }
