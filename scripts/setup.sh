@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages: libzmq with CURVE (linked instead of the bundled copy, see
-# .cargo/config.toml), pkg-config, and venv for the Python interop peers.
-packages=(libzmq3-dev pkg-config python3-venv)
+# .cargo/config.toml), pkg-config, venv for the Python interop peers, and
+# qemu-user to run the ARM builds (scripts/cross-build.sh installs the cross
+# compilers it needs itself).
+packages=(libzmq3-dev pkg-config python3-venv qemu-user)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -38,6 +38,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Like any Unix tool, stop quietly when the reader goes away (`| head`).
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args: Args = argh::from_env();
     let level = match args.verbose {
         0 => "info",

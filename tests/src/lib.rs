@@ -540,3 +540,30 @@ impl Drop for Collector {
         }
     }
 }
+
+/// An ARM build of the agent, run under qemu-user with the sysroot that
+/// scripts/cross-build.sh unpacked. `None` (after saying so) only when
+/// PLANTD_SKIP_ARM=1; otherwise a missing build is a failure, with advice.
+pub fn arm_agent(arch: &str) -> Option<Command> {
+    let (triple, tuple, qemu) = match arch {
+        "arm64" => ("aarch64-unknown-linux-gnu", "aarch64-linux-gnu", "qemu-aarch64"),
+        "armhf" => ("armv7-unknown-linux-gnueabihf", "arm-linux-gnueabihf", "qemu-arm"),
+        other => panic!("unknown architecture {other}"),
+    };
+    let root = workspace_root();
+    let binary = root.join(format!("target/{triple}/release/agent"));
+    if std::env::var("PLANTD_SKIP_ARM").as_deref() == Ok("1") {
+        eprintln!("PLANTD_SKIP_ARM=1: not testing the {arch} agent");
+        return None;
+    }
+    assert!(
+        binary.exists(),
+        "no {arch} agent at {}: run scripts/cross-build.sh {arch} (scripts/test.sh does), or set PLANTD_SKIP_ARM=1",
+        binary.display()
+    );
+    let sysroot = root.join(format!("target/sysroot/{arch}"));
+    let libs = format!("{}/usr/lib/{tuple}:{}/lib/{tuple}", sysroot.display(), sysroot.display());
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-L", &format!("/usr/{tuple}"), "-E", &format!("LD_LIBRARY_PATH={libs}")]).arg(binary);
+    Some(cmd)
+}

@@ -2,8 +2,10 @@
 //! the harness (`system_tests`) builds the binaries once per run.
 
 mod agent;
+mod arm;
 mod broker;
 mod bus;
 mod cli;
 mod interop;
+mod package;
 mod state;

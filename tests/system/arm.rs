@@ -1,0 +1,48 @@
+//! The ARM builds of the agent, run under qemu-user against the x86-64 hub.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use system_tests::*;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[test]
+fn aarch64_agent_under_qemu_serves_the_x86_hub() {
+    let Some(mut agent) = arm_agent("arm64") else { return };
+    let hub = HubProc::start();
+    let metric = hub.bus("metric").clone();
+    let collector = Collector::start(&metric.backend, "org.plantd.Metric.pi64.");
+    let dir = tempfile::tempdir().unwrap();
+    let body = "[[channel]]\nname = \"temp\"\nperiod_ms = 100\ndriver = { kind = \"sine\" }\n";
+    let config = agent_config(dir.path(), "pi64", &hub.broker, &metric.frontend, body);
+
+    // agent check passes (a clock qemu cannot vouch for is only a warning).
+    let Some(mut check) = arm_agent("arm64") else { return };
+    let out = check.args(["check", "--json", "--config"]).arg(&config).output().unwrap();
+    let checks: Vec<Value> = serde_json::from_slice(&out.stdout).expect("check prints JSON");
+    assert_eq!(out.status.code(), Some(0), "{checks:?}");
+
+    agent.arg("run").arg("--config").arg(&config);
+    let _agent = Proc::spawn("arm64 agent", agent);
+    wait_for("durable samples from the arm64 agent", 60 * SECOND, || {
+        (collector.durable().len() >= 5).then_some(())
+    });
+    hub.wait_for_service("org.plantd.Agent.pi64");
+    let reply =
+        hub.try_call("org.plantd.Agent.pi64", &["status"], 10 * SECOND).expect("the arm64 agent answers");
+    let status: Value = serde_json::from_str(&reply[0]).unwrap();
+    assert_eq!(status["id"], "pi64");
+    assert_eq!(status["link"]["state"], "up");
+}
+
+#[test]
+fn armv7_agent_under_qemu_samples_once() {
+    let Some(mut agent) = arm_agent("armhf") else { return };
+    let out = agent.args(["once", "--board", "sim", "--id", "pi32"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5, "the sim board's five channels");
+    assert!(lines.iter().any(|l| l["channel"] == "temperature" && l["value"].as_f64() == Some(20.0)));
+}

@@ -1,0 +1,136 @@
+//! The Debian packages (scripts/package.sh builds them): unpacked into a
+//! scratch root, their layout, control fields and systemd units checked.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use system_tests::*;
+
+/// The newest `.deb` named `<name>_*_<arch>.deb` that scripts/package.sh left.
+fn deb(name: &str, arch: &str) -> Option<PathBuf> {
+    if std::env::var("PLANTD_SKIP_PACKAGES").as_deref() == Ok("1") {
+        eprintln!("PLANTD_SKIP_PACKAGES=1: not testing {name} ({arch})");
+        return None;
+    }
+    let root = workspace_root().join("target");
+    let dirs = ["debian", "aarch64-unknown-linux-gnu/debian", "armv7-unknown-linux-gnueabihf/debian"];
+    let mut found: Vec<PathBuf> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(root.join(d)).ok())
+        .flat_map(|entries| entries.flatten().map(|e| e.path()))
+        .filter(|p| {
+            let file = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            file.starts_with(&format!("{name}_")) && file.ends_with(&format!("_{arch}.deb"))
+        })
+        .collect();
+    found.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    let newest = found.pop();
+    assert!(
+        newest.is_some(),
+        "no {name} package for {arch} under target/: run scripts/package.sh (scripts/test.sh does)"
+    );
+    newest
+}
+
+fn control(deb: &Path, field: &str) -> String {
+    let out = Command::new("dpkg-deb").args(["-f"]).arg(deb).arg(field).output().expect("dpkg-deb");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn unpack(deb: &Path) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let status = Command::new("dpkg-deb").arg("-x").arg(deb).arg(root.path()).status().expect("dpkg-deb");
+    assert!(status.success());
+    root
+}
+
+/// Where the package put its unit (cargo-deb uses lib/ or usr/lib/).
+fn unit(root: &Path, name: &str) -> PathBuf {
+    ["lib/systemd/system", "usr/lib/systemd/system"]
+        .iter()
+        .map(|d| root.join(d).join(format!("{name}.service")))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name}.service is not in the package"))
+}
+
+fn check_unit(root: &Path, name: &str, binary: &str) {
+    let path = unit(root, name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    for line in [
+        &format!("ExecStart=/usr/bin/{binary} "),
+        "Restart=on-failure",
+        "DynamicUser=yes",
+        &format!("StateDirectory={name}"),
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+    ] {
+        assert!(text.contains(line), "{name}.service lacks {line}");
+    }
+    // systemd-analyze only warns about unknown keys and bad values, so any
+    // output fails. It wants ExecStart to exist on this machine: the copy it
+    // checks points there at the unpacked binary, and differs in nothing else.
+    if Command::new("systemd-analyze").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join(format!("{name}.service"));
+        let unpacked = root.join("usr/bin").join(binary);
+        std::fs::write(&copy, text.replace(&format!("/usr/bin/{binary}"), unpacked.to_str().unwrap()))
+            .unwrap();
+        let out = Command::new("systemd-analyze").arg("verify").arg(&copy).output().unwrap();
+        let said =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "systemd-analyze verify {name}.service:\n{said}"
+        );
+    }
+}
+
+/// Installing enables the unit: postinst carries cargo-deb's deb-systemd-helper calls.
+fn check_enabled_on_install(deb: &Path, name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("dpkg-deb").arg("-e").arg(deb).arg(dir.path()).status().expect("dpkg-deb");
+    assert!(status.success());
+    let postinst = std::fs::read_to_string(dir.path().join("postinst")).expect("the package has a postinst");
+    assert!(
+        postinst.contains("deb-systemd-helper") && postinst.contains(&format!("{name}.service")),
+        "{postinst}"
+    );
+    let conffiles = std::fs::read_to_string(dir.path().join("conffiles")).unwrap_or_default();
+    assert!(conffiles.contains("/etc/plantd/"), "the config is a conffile: {conffiles}");
+}
+
+#[test]
+fn hub_package_installs_a_working_layout() {
+    let Some(deb) = deb("plantd-hub", "amd64") else { return };
+    assert_eq!(control(&deb, "Architecture"), "amd64");
+    assert!(control(&deb, "Depends").contains("libzmq5"), "{}", control(&deb, "Depends"));
+    let root = unpack(&deb);
+    let binary = root.path().join("usr/bin/plantd-hub");
+    assert!(binary.is_file());
+    let config = root.path().join("etc/plantd/hub.toml");
+    let out =
+        Command::new(&binary).args(["serve", "--print-config", "--config"]).arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("data_dir = \"/var/lib/plantd-hub\""), "{printed}");
+    check_unit(root.path(), "plantd-hub", "plantd-hub");
+    check_enabled_on_install(&deb, "plantd-hub");
+    assert!(root.path().join("usr/share/doc/plantd-hub/README.md").exists());
+}
+
+#[test]
+fn agent_packages_are_built_for_the_pi() {
+    for (arch, machine) in [("arm64", "AArch64"), ("armhf", "ARM")] {
+        let Some(deb) = deb("plantd-agent", arch) else { return };
+        assert_eq!(control(&deb, "Architecture"), arch);
+        assert!(control(&deb, "Depends").contains("libzmq5"));
+        let root = unpack(&deb);
+        let binary = root.path().join("usr/bin/plantd-agent");
+        let header = Command::new("readelf").arg("-h").arg(&binary).output().expect("readelf");
+        assert!(String::from_utf8_lossy(&header.stdout).contains(machine), "{arch} binary is for {machine}");
+        let config = std::fs::read_to_string(root.path().join("etc/plantd/agent.toml")).unwrap();
+        assert!(config.contains("data_dir = \"/var/lib/plantd-agent\""));
+        check_unit(root.path(), "plantd-agent", "plantd-agent");
+        check_enabled_on_install(&deb, "plantd-agent");
+    }
+}
