@@ -37,20 +37,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Like any Unix tool, stop quietly when the reader goes away (`| head`).
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let args: Args = argh::from_env();
-    let level = match args.verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp_millis()
-        .init();
+    transport::process::init(args.verbose);
     let result = match args.command {
         Command::Run(a) => cmd::run::run(a),
         Command::Check(a) => cmd::check::run(a),

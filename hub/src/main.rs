@@ -38,20 +38,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Like any Unix tool, stop quietly when the reader goes away (`| head`).
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let args: Args = argh::from_env();
-    let level = match args.verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp_millis()
-        .init();
+    transport::process::init(args.verbose);
     let result = match args.command {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Call(a) => cmd::call::run(a),

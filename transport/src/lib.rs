@@ -9,6 +9,7 @@ pub mod async_socket;
 pub mod bus;
 pub mod client;
 pub mod frames;
+pub mod process;
 pub mod shutdown;
 pub mod worker;
 
