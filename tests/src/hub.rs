@@ -1,0 +1,235 @@
+//! `hub serve` as a child process, and clients of it.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use proto::mdp::Dialect;
+use transport::{Client, ClientOptions};
+
+use crate::{bin, free_endpoint, free_port, wait_for, Proc};
+
+/// One bus's endpoints.
+#[derive(Clone, Debug)]
+pub struct BusEndpoints {
+    pub frontend: String,
+    pub backend: String,
+    pub capture: Option<String>,
+}
+
+/// `hub serve` on free ports (broker, the three default buses, HTTP) with its
+/// own data directory.
+pub struct HubProc {
+    pub proc: Proc,
+    pub broker: String,
+    pub data: tempfile::TempDir,
+    pub buses: std::collections::HashMap<String, BusEndpoints>,
+    pub http: String,
+}
+
+/// Free endpoints for the default buses and HTTP, as `hub serve` flags.
+pub struct HubPorts {
+    pub buses: std::collections::HashMap<String, BusEndpoints>,
+    pub http: String,
+}
+
+impl HubPorts {
+    pub fn new() -> HubPorts {
+        let buses = ["state", "event", "metric"]
+            .into_iter()
+            .map(|name| {
+                (
+                    name.to_string(),
+                    BusEndpoints { frontend: free_endpoint(), backend: free_endpoint(), capture: None },
+                )
+            })
+            .collect();
+        HubPorts { buses, http: format!("127.0.0.1:{}", free_port()) }
+    }
+
+    /// No `--bus` flags (the buses come from a config file), just HTTP.
+    pub fn http_only() -> HubPorts {
+        HubPorts { buses: Default::default(), http: format!("127.0.0.1:{}", free_port()) }
+    }
+
+    /// One bus on free ports, optionally with a capture endpoint.
+    pub fn one_bus(name: &str, capture: bool) -> HubPorts {
+        let bus = BusEndpoints {
+            frontend: free_endpoint(),
+            backend: free_endpoint(),
+            capture: capture.then(free_endpoint),
+        };
+        HubPorts { buses: [(name.to_string(), bus)].into(), http: format!("127.0.0.1:{}", free_port()) }
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut names: Vec<_> = self.buses.keys().collect();
+        names.sort();
+        for name in names {
+            let bus = &self.buses[name];
+            args.push("--bus".into());
+            match &bus.capture {
+                Some(capture) => args.push(format!("{name}={},{},{capture}", bus.frontend, bus.backend)),
+                None => args.push(format!("{name}={},{}", bus.frontend, bus.backend)),
+            }
+        }
+        args.extend(["--http".into(), self.http.clone()]);
+        args
+    }
+}
+
+impl Default for HubPorts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HubProc {
+    pub fn start() -> HubProc {
+        Self::start_with(&[])
+    }
+
+    /// Starts a hub with extra `serve` arguments and waits until its broker answers.
+    pub fn start_with(extra: &[&str]) -> HubProc {
+        let data = tempfile::tempdir().expect("temp dir");
+        Self::start_in(data, &free_endpoint(), extra)
+    }
+
+    /// Starts a hub with `data` as its data directory. `broker` is tried
+    /// first; if the hub cannot bind (a "free" port taken meanwhile by some
+    /// outgoing connection), it is started again on fresh ports.
+    pub fn start_in(data: tempfile::TempDir, broker: &str, extra: &[&str]) -> HubProc {
+        let mut broker = broker.to_string();
+        let mut data = data;
+        for _ in 0..4 {
+            match Self::try_start(data, &broker, HubPorts::new(), extra) {
+                Ok(hub) => return hub,
+                Err(back) => data = back,
+            }
+            broker = free_endpoint();
+        }
+        panic!("the hub would not start on fresh ports four times over");
+    }
+
+    /// Starts a hub on exactly these endpoints (to restart one where it was).
+    pub fn start_with_ports(
+        data: tempfile::TempDir,
+        broker: &str,
+        ports: HubPorts,
+        extra: &[&str],
+    ) -> HubProc {
+        Self::try_start(data, broker, ports, extra)
+            .unwrap_or_else(|_| panic!("the hub would not start on {broker}"))
+    }
+
+    /// Starts a hub and waits until its broker answers; gives the data
+    /// directory back if the hub exited because an endpoint was taken.
+    fn try_start(
+        data: tempfile::TempDir,
+        broker: &str,
+        ports: HubPorts,
+        extra: &[&str],
+    ) -> Result<HubProc, tempfile::TempDir> {
+        let mut cmd = Command::new(bin("hub"));
+        cmd.args(["serve", "--broker", broker, "--data-dir"]).arg(data.path()).args(ports.args()).args(extra);
+        let proc = Proc::spawn("hub", cmd);
+        let mut hub =
+            HubProc { proc, broker: broker.to_string(), data, buses: ports.buses, http: ports.http };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if hub.try_call("mmi.service", &["mmi.service"], Duration::from_millis(200)).is_some() {
+                return Ok(hub);
+            }
+            if !hub.proc.is_running() {
+                let stderr = hub.proc.stderr();
+                if stderr.contains("Address already in use") {
+                    let HubProc { data, .. } = hub;
+                    return Err(data);
+                }
+                panic!("the hub exited at start:\n{stderr}");
+            }
+            assert!(Instant::now() < deadline, "timed out after 20s waiting for the hub's broker to answer");
+        }
+    }
+
+    /// One request with a short timeout and no retries; `None` on timeout.
+    pub fn try_call(&self, service: &str, body: &[&str], timeout: Duration) -> Option<Vec<String>> {
+        call(&self.broker, Dialect::Rfc7, service, body, timeout)
+    }
+
+    /// Waits until `service` has a registered worker.
+    pub fn wait_for_service(&self, service: &str) {
+        wait_for(&format!("service {service} to register"), Duration::from_secs(20), || {
+            let status = self.try_call("mmi.service", &[service], Duration::from_millis(500))?;
+            (status == ["200"]).then_some(())
+        });
+    }
+
+    /// Waits until `service` has no registered worker.
+    pub fn wait_for_no_service(&self, service: &str, timeout: Duration) {
+        wait_for(&format!("service {service} to lose its workers"), timeout, || {
+            let status = self.try_call("mmi.service", &[service], Duration::from_millis(500))?;
+            (status == ["404"]).then_some(())
+        });
+    }
+
+    /// The endpoints this hub was started on, to restart it in the same place.
+    pub fn ports(&self) -> HubPorts {
+        HubPorts { buses: self.buses.clone(), http: self.http.clone() }
+    }
+
+    pub fn bus(&self, name: &str) -> &BusEndpoints {
+        &self.buses[name]
+    }
+
+    /// The broker's counters (`mmi.metrics`).
+    pub fn metrics(&self) -> serde_json::Value {
+        let reply = self.try_call("mmi.metrics", &[], Duration::from_secs(2)).expect("mmi.metrics answers");
+        serde_json::from_str(&reply[0]).expect("mmi.metrics is JSON")
+    }
+}
+
+/// One MDP request through the Rust client; `None` on timeout.
+pub fn call(
+    broker: &str,
+    dialect: Dialect,
+    service: &str,
+    body: &[&str],
+    timeout: Duration,
+) -> Option<Vec<String>> {
+    let ctx = zmq::Context::new();
+    let mut client = Client::new(&ctx, broker, ClientOptions { dialect, timeout, retries: 0 });
+    let body: Vec<&[u8]> = body.iter().map(|b| b.as_bytes()).collect();
+    let reply = client.request(service, &body).ok()?;
+    Some(reply.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect())
+}
+
+/// Runs `hub <args>` to completion.
+pub fn hub_cli(args: &[&str]) -> Output {
+    Command::new(bin("hub")).args(args).output().expect("run hub")
+}
+
+/// Starts `hub echo-worker` for `service` on `broker`.
+pub fn echo_worker(broker: &str, service: &str, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(bin("hub"));
+    cmd.args(["echo-worker", "--broker", broker, "--service", service]).args(extra);
+    Proc::spawn(&format!("echo-worker {service}"), cmd)
+}
+
+/// A plain HTTP/1.0 GET; returns the status code and body.
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to the HTTP endpoint");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read the HTTP response");
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// One Prometheus sample's value from `/metrics` text, e.g. `plantd_bus_messages_down_total{bus="metric"}`.
+pub fn prometheus_value(metrics: &str, series: &str) -> Option<u64> {
+    metrics.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
