@@ -31,7 +31,22 @@ impl HubClient {
     }
 
     /// Sends `body` to `service`; returns the final reply's body frames.
+    /// After any failure the socket is dropped, so a reply that comes late
+    /// can never be read as the answer to the next request.
     pub async fn request(
+        &mut self,
+        service: &str,
+        body: &[&[u8]],
+        timeout: Duration,
+    ) -> Result<Vec<zmq::Message>, CallError> {
+        let result = self.try_request(service, body, timeout).await;
+        if result.is_err() {
+            self.socket = None;
+        }
+        result
+    }
+
+    async fn try_request(
         &mut self,
         service: &str,
         body: &[&[u8]],
@@ -51,7 +66,6 @@ impl HubClient {
             if left.is_zero()
                 || socket.recv_timeout(&mut self.frames, 64, left).await? == Received::WouldBlock
             {
-                self.socket = None;
                 return Err(CallError::Timeout(timeout));
             }
             if let Ok((_, FromBroker::Reply { kind: ReplyKind::Final, service: s, body })) =

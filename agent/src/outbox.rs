@@ -45,11 +45,21 @@ pub struct OutboxStats {
     pub durable: Option<(u32, u64)>,
 }
 
+/// What the uplink has sent and awaits an answer for.
+#[derive(Clone, Copy, Debug, Default)]
+struct InFlight {
+    /// The last key of the batch on the wire.
+    through: Option<Key>,
+    /// Records of that batch dropped from the store while it was on the wire:
+    /// counted as dropped unless the hub acknowledges the batch.
+    dropped: u64,
+}
+
 pub struct Outbox {
     tree: Tree,
     quarantine: Tree,
     meta: Tree,
-    state: Mutex<OutboxStats>,
+    state: Mutex<(OutboxStats, InFlight)>,
 }
 
 impl Outbox {
@@ -77,37 +87,68 @@ impl Outbox {
             tree: store.outbox.clone(),
             quarantine: store.quarantine.clone(),
             meta: store.meta.clone(),
-            state: Mutex::new(stats),
+            state: Mutex::new((stats, InFlight::default())),
         })
     }
 
-    fn stats_mut(&self) -> std::sync::MutexGuard<'_, OutboxStats> {
+    fn state(&self) -> std::sync::MutexGuard<'_, (OutboxStats, InFlight)> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn stats(&self) -> OutboxStats {
-        *self.stats_mut()
+        self.state().0
     }
 
     /// Appends a sample, dropping the oldest ones first if it would not fit.
     pub fn append(&self, sample: &Sample) -> Result<()> {
         let record = Record::encode(sample);
-        let mut s = self.stats_mut();
+        let mut guard = self.state();
+        let (s, flight) = &mut *guard;
         while s.records > 0 && (s.records + 1 > s.max_records || s.bytes + record.len() as u64 > s.max_bytes)
         {
             match self.tree.pop_min()? {
-                Some((_, old)) => {
-                    s.records -= 1;
-                    s.bytes -= old.len() as u64;
+                Some((k, old)) => {
+                    s.records = s.records.saturating_sub(1);
+                    s.bytes = s.bytes.saturating_sub(old.len() as u64);
                     s.dropped += 1;
+                    if flight.through.is_some_and(|t| k.as_ref() <= t.as_slice()) {
+                        flight.dropped += 1;
+                    }
                 }
                 None => break,
             }
         }
-        self.tree.insert(key(sample.epoch, sample.seq), record.as_slice())?;
+        // A key already present (an epoch reused after a lost store) is replaced, not double-counted.
+        if let Some(old) = self.tree.insert(key(sample.epoch, sample.seq), record.as_slice())? {
+            s.records = s.records.saturating_sub(1);
+            s.bytes = s.bytes.saturating_sub(old.len() as u64);
+        }
         s.records += 1;
         s.bytes += record.len() as u64;
         s.last_appended = Some((sample.epoch, sample.seq));
+        Ok(())
+    }
+
+    /// The uplink sent a batch ending at `through` and awaits the answer.
+    pub fn sending(&self, through: Key) {
+        self.state().1 = InFlight { through: Some(through), dropped: 0 };
+    }
+
+    /// No answer came for the batch in flight: whatever was dropped from it is lost.
+    pub fn not_sent(&self) {
+        self.state().1 = InFlight::default();
+    }
+
+    /// Recounts records and bytes from the store (after an inconsistency).
+    pub fn resync(&self) -> Result<()> {
+        let (mut records, mut bytes) = (0, 0);
+        for entry in self.tree.iter() {
+            records += 1;
+            bytes += entry?.1.len() as u64;
+        }
+        let mut state = self.state();
+        state.0.records = records;
+        state.0.bytes = bytes;
         Ok(())
     }
 
@@ -136,15 +177,20 @@ impl Outbox {
     fn set_aside(&self, k: &[u8], v: &[u8], why: &str) -> Result<()> {
         log::error!("outbox record {:?} is damaged ({why}): quarantined", unkey(k));
         self.quarantine.insert(k, v)?;
-        self.tree.remove(k)?;
-        let mut s = self.stats_mut();
-        s.records -= 1;
-        s.bytes -= v.len() as u64;
+        let removed = self.tree.remove(k)?;
+        let mut state = self.state();
+        let s = &mut state.0;
+        if let Some(old) = removed {
+            s.records = s.records.saturating_sub(1);
+            s.bytes = s.bytes.saturating_sub(old.len() as u64);
+        }
         s.quarantined += 1;
         Ok(())
     }
 
     /// Removes every record up to and including `through`: the hub has them.
+    /// Records of that batch the outbox dropped while it was on the wire were
+    /// delivered after all, so they no longer count as dropped.
     pub fn retire(&self, through: &Key) -> Result<usize> {
         let mut removed = 0;
         let mut freed = 0;
@@ -157,21 +203,26 @@ impl Outbox {
                 freed += v.len() as u64;
             }
         }
-        let mut s = self.stats_mut();
-        s.records -= removed;
-        s.bytes -= freed;
+        let mut guard = self.state();
+        let (s, flight) = &mut *guard;
+        s.records = s.records.saturating_sub(removed);
+        s.bytes = s.bytes.saturating_sub(freed);
+        if flight.through.is_some_and(|t| t.as_slice() <= through.as_slice()) {
+            s.dropped = s.dropped.saturating_sub(flight.dropped);
+            *flight = InFlight::default();
+        }
         Ok(removed as usize)
     }
 
     /// Makes everything appended so far durable (and the drop counter with it).
     pub fn flush(&self, store: &Store) -> Result<()> {
         let (appended, dropped) = {
-            let s = self.stats_mut();
+            let s = self.stats();
             (s.last_appended, s.dropped)
         };
         self.meta.insert("outbox.dropped", &dropped.to_be_bytes())?;
         store.flush()?;
-        self.stats_mut().durable = appended;
+        self.state().0.durable = appended;
         Ok(())
     }
 
@@ -286,6 +337,39 @@ mod tests {
         let s = outbox.stats();
         assert_eq!((s.records, s.dropped), (3, 4));
         assert!(s.bytes <= s.max_bytes);
+    }
+
+    #[test]
+    fn drops_from_a_batch_the_hub_then_acknowledges_are_not_counted() {
+        let (_store, outbox, _dir) = rig(5, 1 << 20);
+        for seq in 1..=5 {
+            outbox.append(&sample(1, seq)).unwrap();
+        }
+        let batch = outbox.peek(5, 1 << 20).unwrap();
+        outbox.sending(batch[4].0);
+        for seq in 6..=7 {
+            outbox.append(&sample(1, seq)).unwrap(); // drops 1 and 2, which are on the wire
+        }
+        assert_eq!(outbox.stats().dropped, 2);
+        outbox.retire(&batch[4].0).unwrap(); // the hub had them
+        assert_eq!(outbox.stats(), OutboxStats { records: 2, dropped: 0, ..outbox.stats() });
+        // Without an answer they stay counted.
+        let batch = outbox.peek(5, 1 << 20).unwrap();
+        outbox.sending(batch[1].0);
+        for seq in 8..=11 {
+            outbox.append(&sample(1, seq)).unwrap();
+        }
+        outbox.not_sent();
+        assert_eq!(outbox.stats().dropped, 1);
+    }
+
+    #[test]
+    fn a_reused_key_replaces_instead_of_double_counting() {
+        let (_store, outbox, _dir) = rig(100, 1 << 20);
+        outbox.append(&sample(1, 1)).unwrap();
+        outbox.append(&sample(1, 1)).unwrap();
+        let s = outbox.stats();
+        assert_eq!((s.records, s.bytes), (1, Record::encode(&sample(1, 1)).len() as u64));
     }
 
     #[test]

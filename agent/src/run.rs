@@ -164,11 +164,13 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
         .await;
     });
 
-    log::info!("agent stopping: flushing the outbox ({} records)", shared.outbox.stats().records);
-    shared.outbox.flush(&shared.store)?;
+    // The service thread may still be writing (a state-set during shutdown):
+    // stop it before the last flush.
     for thread in threads {
         let _ = thread.join();
     }
+    log::info!("agent stopping: flushing the outbox ({} records)", shared.outbox.stats().records);
+    shared.outbox.flush(&shared.store)?;
     Ok(())
 }
 

@@ -88,7 +88,15 @@ pub async fn run(
         set_breaker(&shared, &breaker);
         let batch = match shared.outbox.peek(cfg.batch_records, cfg.batch_bytes) {
             Ok(batch) if !batch.is_empty() => batch,
-            Ok(_) => continue,
+            Ok(_) => {
+                // The counters said records were there but none are: recount, and
+                // yield rather than spin on this thread.
+                if let Err(e) = shared.outbox.resync() {
+                    log::error!("outbox recount failed: {e}");
+                }
+                smol::Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
             Err(e) => {
                 log::error!("outbox read failed: {e}");
                 smol::Timer::after(Duration::from_secs(1)).await;
@@ -111,6 +119,7 @@ pub async fn run(
             })
             .collect();
         let body = Batch { agent: shared.id.clone(), samples }.encode();
+        shared.outbox.sending(last_key);
         let reply = client.request(proto::ingest::SERVICE, &[&body], timeout).await;
         let reply = reply.map_err(|e| e.to_string()).and_then(|frames| {
             let first = frames.first().map(|f| f.to_vec()).unwrap_or_default();
@@ -136,18 +145,21 @@ pub async fn run(
                 link.samples_acked += count as u64;
             }
             Ok(Reply::Retry { reason, after_ms }) => {
+                shared.outbox.not_sent();
                 // The hub is there but not taking data now (no subscriber, storage trouble).
                 breaker.success();
                 note(&shared, "up", format!("hub asks to retry: {reason}"));
                 smol::Timer::after(Duration::from_millis(after_ms.into())).await;
             }
             Ok(Reply::Malformed { reason }) => {
+                shared.outbox.not_sent();
                 // Resending will not help, but the samples are kept: an upgraded hub may take them.
                 log::error!("hub rejects our batches as malformed: {reason}");
                 note(&shared, "up", format!("hub rejects batches: {reason}"));
                 smol::Timer::after(Duration::from_secs(30)).await;
             }
             Err(e) => {
+                shared.outbox.not_sent();
                 breaker.failure(Instant::now());
                 set_breaker(&shared, &breaker);
                 let mut link = shared.link();
