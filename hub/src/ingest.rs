@@ -10,14 +10,21 @@
 //! publishes that batch again when the agent resends it; every sample
 //! carries (agent, epoch, seq) so consumers can drop the repeat.
 //!
-//! With `require_subscriber` (the default) a batch is accepted only when
-//! every sample's topic has a subscriber on the metric bus: data nobody can
-//! receive stays in the agent's outbox instead of vanishing from a PUB socket.
+//! With `require_subscriber` (the default) a batch is accepted only when a
+//! subscriber on the metric bus covers some of its samples' topics: while
+//! nobody listens (a hub just restarted, its consumers not yet back) data
+//! stays in the agent's outbox instead of vanishing from a PUB socket. A
+//! batch is not held back for a channel nobody subscribes to while others
+//! are watched: the outbox is one ordered queue, and holding the whole agent
+//! back for one unwatched channel would fill it.
+//!
+//! Batches are handled one at a time across all ingest workers (a lock), so
+//! two workers never race on one agent's watermark.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use proto::ingest::{Batch, Reply};
 use transport::{Signal, Worker, WorkerError, WorkerOptions};
@@ -66,6 +73,8 @@ pub struct IngestService {
     require_subscriber: bool,
     bus: String,
     worker: WorkerOptions,
+    /// Serialises batches across the worker threads.
+    one_at_a_time: Arc<Mutex<()>>,
 }
 
 /// The watermark key: agent, NUL, epoch (big-endian).
@@ -99,6 +108,7 @@ impl IngestService {
             require_subscriber: config.require_subscriber,
             bus,
             worker,
+            one_at_a_time: Arc::default(),
         })
     }
 
@@ -134,6 +144,7 @@ impl IngestService {
         subscriptions: &Subscriptions,
         mut publish: impl FnMut(&[u8], &[u8]),
     ) -> Reply {
+        let _one_at_a_time = self.one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
         let c = &self.counters;
         c.batches.fetch_add(1, Relaxed);
         let batch = match Batch::decode(body) {
@@ -141,48 +152,48 @@ impl IngestService {
             Ok(_) => return self.malformed("agent id is empty or contains NUL".into()),
             Err(e) => return self.malformed(e.to_string()),
         };
-        if self.require_subscriber {
-            if let Some(sent) =
-                batch.samples.iter().find(|s| !subscriptions.covers(&s.sample.topic(&batch.agent)))
-            {
-                c.retries.fetch_add(1, Relaxed);
-                return Reply::Retry {
-                    reason: format!(
-                        "no subscriber for {} on the metric bus",
-                        sent.sample.topic(&batch.agent)
-                    ),
-                    after_ms: 1000,
-                };
+        let covered = batch.samples.iter().any(|s| subscriptions.covers(&s.sample.topic(&batch.agent)));
+        if self.require_subscriber && !batch.samples.is_empty() && !covered {
+            c.retries.fetch_add(1, Relaxed);
+            let topic = batch.samples[0].sample.topic(&batch.agent);
+            return Reply::Retry {
+                reason: format!("no subscriber for {topic} on the metric bus"),
+                after_ms: 1000,
+            };
+        }
+        // Every watermark this batch touches, read before anything is published,
+        // so a storage error cannot leave half a batch published.
+        let mut marks: Vec<(u32, u64)> = Vec::new();
+        for sent in &batch.samples {
+            let epoch = sent.sample.epoch;
+            if !marks.iter().any(|m| m.0 == epoch) {
+                match self.watermarks.get(key(&batch.agent, epoch)) {
+                    Ok(v) => marks.push((
+                        epoch,
+                        v.and_then(|v| v.as_ref().try_into().ok()).map_or(0, u64::from_be_bytes),
+                    )),
+                    Err(e) => return self.storage_failure(e),
+                }
             }
         }
-        // Watermarks of the epochs in this batch, read once, updated as we go.
-        let mut marks: Vec<(u32, u64, bool)> = Vec::new();
+        let stored = marks.clone();
         let (mut accepted, mut duplicates) = (0u32, 0u32);
         for sent in &batch.samples {
             let s = &sent.sample;
-            let mark = match marks.iter_mut().find(|m| m.0 == s.epoch) {
-                Some(mark) => mark,
-                None => {
-                    let stored = match self.watermarks.get(key(&batch.agent, s.epoch)) {
-                        Ok(v) => v.and_then(|v| v.as_ref().try_into().ok()).map_or(0, u64::from_be_bytes),
-                        Err(e) => return self.storage_failure(e),
-                    };
-                    marks.push((s.epoch, stored, false));
-                    marks.last_mut().expect("just pushed")
-                }
-            };
+            let Some(mark) = marks.iter_mut().find(|m| m.0 == s.epoch) else { continue };
             if s.seq <= mark.1 {
                 duplicates += 1;
                 continue;
             }
             let json = s.to_json(&batch.agent, true, sent.historical).to_string();
             publish(s.topic(&batch.agent).as_bytes(), json.as_bytes());
-            *mark = (s.epoch, s.seq, true);
+            mark.1 = s.seq;
             accepted += 1;
         }
-        for (epoch, seq, changed) in marks {
-            if changed {
-                if let Err(e) = self.watermarks.insert(key(&batch.agent, epoch), &seq.to_be_bytes()) {
+        // Watermarks only rise: a sample at or below one was a duplicate.
+        for (mark, before) in marks.iter().zip(&stored) {
+            if mark.1 > before.1 {
+                if let Err(e) = self.watermarks.insert(key(&batch.agent, mark.0), &mark.1.to_be_bytes()) {
                     return self.storage_failure(e);
                 }
             }
@@ -301,6 +312,16 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_spanning_two_epochs_keeps_both_watermarks() {
+        let (svc, _dir) = service(true);
+        let mut samples = Batch::decode(&batch("pi", 1, &[1, 2])).unwrap().samples;
+        samples.extend(Batch::decode(&batch("pi", 2, &[1])).unwrap().samples);
+        let body = Batch { agent: "pi".into(), samples }.encode();
+        assert_eq!(run(&svc, &body, &everything()).0, Reply::Ack { accepted: 3, duplicates: 0 });
+        assert_eq!(run(&svc, &body, &everything()).0, Reply::Ack { accepted: 0, duplicates: 3 });
+    }
+
+    #[test]
     fn watermarks_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let open = || {
@@ -323,6 +344,9 @@ mod tests {
         let (reply, published) = run(&svc, &batch("pi", 1, &[1]), &only_other);
         assert!(matches!(reply, Reply::Retry { .. }), "{reply:?}");
         assert!(published.is_empty());
+        // One watched channel is enough: the agent's queue is not held back for the others.
+        let this_one = Subscriptions { prefixes: [b"org.plantd.Metric.pi.t".to_vec()].into() };
+        assert!(matches!(run(&svc, &batch("pi", 1, &[1]), &this_one).0, Reply::Ack { accepted: 1, .. }));
         let (svc, _dir) = service(false);
         assert!(matches!(run(&svc, &batch("pi", 1, &[1]), &Subscriptions::default()).0, Reply::Ack { .. }));
     }
