@@ -67,6 +67,9 @@ struct Job<F> {
     /// A copy of the body, kept only for services that redeliver.
     copy: Option<Vec<F>>,
     redelivered: bool,
+    /// The request's original deadline: a redelivery keeps it, so queues stay
+    /// in deadline order and expire from the front.
+    deadline: Instant,
 }
 
 struct Worker<F> {
@@ -408,7 +411,7 @@ impl<F: OwnedFrame> Broker<F> {
             return Err(Pending { client, dialect, body, deadline, redelivered });
         }
         recycle(&mut self.spare, body);
-        self.workers[wid].job = Some(Job { client, dialect, copy, redelivered });
+        self.workers[wid].job = Some(Job { client, dialect, copy, redelivered, deadline });
         self.metrics.dispatched += 1;
         Ok(())
     }
@@ -482,9 +485,13 @@ impl<F: OwnedFrame> Broker<F> {
         match job.copy {
             Some(body) if !job.redelivered => {
                 self.metrics.redelivered += 1;
-                let deadline = now + self.request_expiry;
-                let pending =
-                    Pending { client: job.client, dialect: job.dialect, body, deadline, redelivered: true };
+                let pending = Pending {
+                    client: job.client,
+                    dialect: job.dialect,
+                    body,
+                    deadline: job.deadline,
+                    redelivered: true,
+                };
                 self.submit(now, worker.service, pending, true, out);
             }
             copy => {

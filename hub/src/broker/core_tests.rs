@@ -329,6 +329,25 @@ fn redelivery_is_once_and_only_for_opted_in_services() {
 }
 
 #[test]
+fn a_redelivered_request_keeps_its_deadline_so_the_queue_still_expires() {
+    let mut rig = Rig::new(|c| {
+        c.redeliver = vec!["safe".into()];
+        c.request_expiry_ms = 1000;
+        c.heartbeat_interval_ms = 10_000; // no purges in this test
+    });
+    rig.ready("A", Dialect::Rfc7, "safe");
+    rig.request("C", Dialect::Rfc7, "safe", &["first"]); // deadline t+1000
+    rig.request_at("A");
+    rig.now += Duration::from_millis(500);
+    rig.request("C", Dialect::Rfc7, "safe", &["second"]); // queued, deadline t+1500
+    rig.now += Duration::from_millis(100);
+    rig.send("A", Dialect::Rfc7, ToBroker::Disconnect); // "first" back at the front
+    rig.advance(Duration::from_millis(950)); // t+1550: both are past their deadlines
+    assert_eq!(rig.broker.metrics().expired, 2);
+    assert_eq!(rig.broker.census().queued, 0);
+}
+
+#[test]
 fn redelivery_reaches_an_idle_worker_at_once() {
     let mut rig = Rig::new(|c| c.redeliver = vec!["safe".into()]);
     rig.ready("A", Dialect::Rfc7, "safe");
