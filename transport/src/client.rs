@@ -44,13 +44,6 @@ pub struct Reply {
     pub body: Vec<zmq::Message>,
 }
 
-impl Reply {
-    /// Body frames as owned bytes.
-    pub fn body_bytes(&self) -> Vec<Vec<u8>> {
-        self.body.iter().map(|f| f.to_vec()).collect()
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(

@@ -4,7 +4,7 @@
 //! shutdown is triggered, so a libzmq poll loop (or an async task) wakes at
 //! once instead of polling a flag on a timer.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -100,16 +100,6 @@ impl Signal {
         let mut items = [self.poll_item()];
         let _ = zmq::poll(&mut items, duration.as_millis().min(i64::MAX as u128) as i64);
         self.is_set()
-    }
-
-    /// Empties the wake-up pipe (for loops that keep running after a wake-up).
-    pub fn drain(&self) {
-        let mut buf = [0u8; 64];
-        while let Ok(n) = (&self.read).read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-        }
     }
 }
 
