@@ -2,10 +2,10 @@
 //! qemu-user), its status, and a collector of what reaches the metric bus.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::{bin, wait_for, workspace_root, Proc};
+use crate::{bin, output, wait_for, workspace_root, Proc};
 
 /// Writes an agent config for hub `hub` (broker and metric bus) with
 /// `channels` (TOML `[[channel]]` tables) and `extra` TOML; returns its path.
@@ -18,6 +18,11 @@ pub fn agent_config(dir: &Path, id: &str, broker: &str, bus: &str, body: &str) -
     );
     std::fs::write(&path, text).expect("write agent config");
     path
+}
+
+/// Runs `agent <args>` to completion (killed, and the test failed, past [`CLI_DEADLINE`]).
+pub fn agent_cli(args: &[&str]) -> Output {
+    output(Command::new(bin("agent")).args(args))
 }
 
 /// `agent run --config <path>`.
@@ -108,13 +113,13 @@ impl Drop for Collector {
     }
 }
 
-/// An ARM build of the agent, run under qemu-user with the sysroot that
-/// scripts/cross-build.sh unpacked. `None` (after saying so) only when
+/// An ARM build of the agent, run under qemu-user by `scripts/qemu-run.sh`
+/// (the way the README shows). `None` (after saying so) only when
 /// PLANTD_SKIP_ARM=1; otherwise a missing build is a failure, with advice.
 pub fn arm_agent(arch: &str) -> Option<Command> {
-    let (triple, tuple, qemu) = match arch {
-        "arm64" => ("aarch64-unknown-linux-gnu", "aarch64-linux-gnu", "qemu-aarch64"),
-        "armhf" => ("armv7-unknown-linux-gnueabihf", "arm-linux-gnueabihf", "qemu-arm"),
+    let triple = match arch {
+        "arm64" => "aarch64-unknown-linux-gnu",
+        "armhf" => "armv7-unknown-linux-gnueabihf",
         other => panic!("unknown architecture {other}"),
     };
     let root = workspace_root();
@@ -128,9 +133,7 @@ pub fn arm_agent(arch: &str) -> Option<Command> {
         "no {arch} agent at {}: run scripts/cross-build.sh {arch} (scripts/test.sh does), or set PLANTD_SKIP_ARM=1",
         binary.display()
     );
-    let sysroot = root.join(format!("target/sysroot/{arch}"));
-    let libs = format!("{}/usr/lib/{tuple}:{}/lib/{tuple}", sysroot.display(), sysroot.display());
-    let mut cmd = Command::new(qemu);
-    cmd.args(["-L", &format!("/usr/{tuple}"), "-E", &format!("LD_LIBRARY_PATH={libs}")]).arg(binary);
+    let mut cmd = Command::new(root.join("scripts/qemu-run.sh"));
+    cmd.arg(arch).arg(binary);
     Some(cmd)
 }

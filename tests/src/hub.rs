@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use proto::mdp::Dialect;
 use transport::{Client, ClientOptions};
 
-use crate::{bin, free_endpoint, free_port, wait_for, Proc};
+use crate::{bin, free_endpoint, free_port, output, wait_for, Proc};
 
 /// One bus's endpoints.
 #[derive(Clone, Debug)]
@@ -204,9 +204,9 @@ pub fn call(
     Some(reply.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect())
 }
 
-/// Runs `hub <args>` to completion.
+/// Runs `hub <args>` to completion (killed, and the test failed, past [`CLI_DEADLINE`]).
 pub fn hub_cli(args: &[&str]) -> Output {
-    Command::new(bin("hub")).args(args).output().expect("run hub")
+    output(Command::new(bin("hub")).args(args))
 }
 
 /// Starts `hub echo-worker` for `service` on `broker`.

@@ -1,10 +1,10 @@
 //! Child processes and waiting: the built binaries, free ports, processes
 //! killed on drop, lines read with a deadline.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -29,15 +29,16 @@ pub fn bin(name: &str) -> PathBuf {
             Some("debug") | None => "dev".to_string(),
             Some(other) => other.to_string(),
         };
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--bins", "--workspace", "--profile", &profile])
-            .current_dir(workspace_root())
-            .status()
-            .map_err(|e| format!("cannot run cargo build: {e}"))?;
-        if status.success() {
+        // scripts/test.sh has built them already, so this is a check that
+        // nothing is stale; the deadline covers a cold build on two cores.
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.args(["build", "--quiet", "--bins", "--workspace", "--profile", &profile]);
+        cargo.current_dir(workspace_root());
+        let out = run_bounded("cargo build --bins", &mut cargo, Duration::from_secs(20 * 60));
+        if out.status.success() {
             Ok(())
         } else {
-            Err("building the workspace binaries failed (the compiler's errors are above)".into())
+            Err(format!("building the workspace binaries failed:\n{}", String::from_utf8_lossy(&out.stderr)))
         }
     });
     if let Err(e) = built {
@@ -69,6 +70,84 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// How long a one-shot command of ours (`hub call`, `agent check`, ...) may
+/// take before a test calls it stuck. They finish in milliseconds to seconds.
+pub const CLI_DEADLINE: Duration = Duration::from_secs(60);
+
+/// [`run_bounded`] with [`CLI_DEADLINE`], for one-shot commands and tools.
+pub fn output(command: &mut Command) -> Output {
+    run_bounded(&format!("{command:?}"), command, CLI_DEADLINE)
+}
+
+/// Runs `command` to completion and returns what it printed, but never
+/// waits longer than `timeout`: past it the process is killed and the test
+/// fails with its captured output. Use this instead of `Command::output`,
+/// which waits forever (a child spinning under qemu once hung CI that way).
+pub fn run_bounded(what: &str, command: &mut Command, timeout: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    // Drain both pipes on threads: a child blocked on a full pipe never exits.
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let mut status = None;
+    if !wait_until(timeout, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    }) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (stdout, stderr) = (collect(stdout), collect(stderr));
+    match status {
+        Some(status) => Output { status, stdout, stderr },
+        None => panic!(
+            "{what} did not finish within {timeout:?} and was killed\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ),
+    }
+}
+
+/// Reads a child's pipe to its end on a thread of its own.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
+
+/// What a [`drain`] thread read, waiting at most a few seconds more: the
+/// pipe closes when the child exits, unless something it started holds it.
+fn collect(reader: std::thread::JoinHandle<Vec<u8>>) -> Vec<u8> {
+    wait_until(Duration::from_secs(5), || reader.is_finished());
+    if reader.is_finished() {
+        reader.join().unwrap_or_default()
+    } else {
+        b"(not collected: a process it started still holds the pipe open)".to_vec()
+    }
+}
+
+/// Polls `done` until it is true or `timeout` passes; returns whether it became true.
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -117,16 +196,12 @@ impl Proc {
 
     /// Waits for exit, up to `timeout`; `None` if still running.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
     }
 
     pub fn kill(&mut self) {
@@ -174,5 +249,33 @@ impl Lines {
 
     pub fn next(&self, timeout: Duration) -> Option<String> {
         self.rx.recv_timeout(timeout).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_past_its_deadline_is_killed_and_fails_with_its_output() {
+        let started = Instant::now();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo started; exec sleep 60"]);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_bounded("a stuck command", &mut cmd, Duration::from_millis(300))
+        }));
+        let message = *outcome.expect_err("a stuck command fails").downcast::<String>().unwrap();
+        assert!(message.contains("did not finish within 300ms"), "{message}");
+        assert!(message.contains("started"), "its output is shown: {message}");
+        assert!(started.elapsed() < Duration::from_secs(10), "killed, not waited for");
+    }
+
+    #[test]
+    fn a_command_that_finishes_gives_its_output_and_status() {
+        let out = output(Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]));
+        assert_eq!(
+            (out.status.code(), &out.stdout[..], &out.stderr[..]),
+            (Some(3), &b"out\n"[..], &b"err\n"[..])
+        );
     }
 }

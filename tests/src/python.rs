@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use crate::{workspace_root, Proc};
+use crate::{output, workspace_root, Proc};
 
 /// The Python interpreter with the interop peers installed (pyzmq,
 /// majortomo). `scripts/setup.sh` creates it; `PLANTD_PYTHON` overrides.
@@ -27,11 +27,8 @@ pub fn python_peer(name: &str, args: &[&str]) -> Proc {
     Proc::spawn(name, cmd)
 }
 
-/// Runs `tests/interop/peers.py <args>` to completion.
+/// Runs `tests/interop/peers.py <args>` to completion (killed, and the test
+/// failed, past [`CLI_DEADLINE`]).
 pub fn python_run(args: &[&str]) -> Output {
-    Command::new(python())
-        .arg(workspace_root().join("tests/interop/peers.py"))
-        .args(args)
-        .output()
-        .expect("run peers.py")
+    output(Command::new(python()).arg(workspace_root().join("tests/interop/peers.py")).args(args))
 }

@@ -224,10 +224,7 @@ fn a_damaged_record_is_quarantined_counted_and_the_rest_delivered() {
         store.flush().unwrap();
     }
     let config = setup.config.to_str().unwrap();
-    let verify = std::process::Command::new(bin("agent"))
-        .args(["store", "--config", config, "verify"])
-        .output()
-        .unwrap();
+    let verify = agent_cli(&["store", "--config", config, "verify"]);
     assert_eq!(verify.status.code(), Some(1), "verify fails on damage");
     assert_eq!(serde_json::from_slice::<Value>(&verify.stdout).unwrap()["damaged"], 1);
 
@@ -252,10 +249,7 @@ fn bad_config_is_a_clear_error_naming_the_field() {
     let run = |text: &str| {
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, text).unwrap();
-        let out = std::process::Command::new(bin("agent"))
-            .args(["run", "--config", path.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let out = agent_cli(&["run", "--config", path.to_str().unwrap()]);
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
@@ -272,10 +266,7 @@ fn agent_check_passes_against_a_hub_and_fails_without_one() {
     let hub = HubProc::start();
     let setup = Setup::new("k7", &hub.broker, &hub.bus("metric").frontend, "");
     let check = |config: &Path| {
-        let out = std::process::Command::new(bin("agent"))
-            .args(["check", "--json", "--config", config.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let out = agent_cli(&["check", "--json", "--config", config.to_str().unwrap()]);
         let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
         let by_name: BTreeMap<String, String> = list
             .iter()
@@ -297,10 +288,7 @@ fn agent_check_passes_against_a_hub_and_fails_without_one() {
     let (code, checks, _) = check(&away.config);
     assert_eq!(code, Some(1));
     assert_eq!((checks["hub tcp"].as_str(), checks["bus"].as_str()), ("fail", "fail"));
-    let text = std::process::Command::new(bin("agent"))
-        .args(["check", "--config", away.config.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let text = agent_cli(&["check", "--config", away.config.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&text.stdout).lines().any(|l| l.starts_with("FAIL  hub tcp")));
 }
 
@@ -316,10 +304,7 @@ fn agent_once_prints_every_channel_and_reports_faults() {
     let setup = Setup::new("k8", &free_endpoint(), &free_endpoint(), "");
     let text = std::fs::read_to_string(&setup.config).unwrap().replace("board = \"sim\"\n", "");
     std::fs::write(&setup.config, format!("{top}{text}\n{channels}")).unwrap();
-    let out = std::process::Command::new(bin("agent"))
-        .args(["once", "--config", setup.config.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = agent_cli(&["once", "--config", setup.config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "a faulty channel fails `once`");
     let lines: Vec<Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -375,10 +360,7 @@ fn the_agent_is_controlled_through_the_hub_and_syncs_its_state() {
         (reply["data"]["value"] == "auto").then_some(())
     });
     // `agent status` reads the same status over the local control socket.
-    let out = std::process::Command::new(bin("agent"))
-        .args(["status", "--config", setup.config.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = agent_cli(&["status", "--config", setup.config.to_str().unwrap()]);
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["id"], "k9");
     drop(data);

@@ -6,6 +6,9 @@ use serde_json::Value;
 use system_tests::*;
 
 const SECOND: Duration = Duration::from_secs(1);
+/// A one-shot agent command under emulation: seconds normally, so a minute
+/// means it is stuck.
+const QEMU_CLI: Duration = Duration::from_secs(60);
 
 #[test]
 fn aarch64_agent_under_qemu_serves_the_x86_hub() {
@@ -19,7 +22,8 @@ fn aarch64_agent_under_qemu_serves_the_x86_hub() {
 
     // agent check passes (a clock qemu cannot vouch for is only a warning).
     let Some(mut check) = arm_agent("arm64") else { return };
-    let out = check.args(["check", "--json", "--config"]).arg(&config).output().unwrap();
+    check.args(["check", "--json", "--config"]).arg(&config);
+    let out = run_bounded("arm64 agent check", &mut check, QEMU_CLI);
     let checks: Vec<Value> = serde_json::from_slice(&out.stdout).expect("check prints JSON");
     assert_eq!(out.status.code(), Some(0), "{checks:?}");
 
@@ -39,7 +43,8 @@ fn aarch64_agent_under_qemu_serves_the_x86_hub() {
 #[test]
 fn armv7_agent_under_qemu_samples_once() {
     let Some(mut agent) = arm_agent("armhf") else { return };
-    let out = agent.args(["once", "--board", "sim", "--id", "pi32"]).output().unwrap();
+    agent.args(["once", "--board", "sim", "--id", "pi32"]);
+    let out = run_bounded("armhf agent once", &mut agent, QEMU_CLI);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();

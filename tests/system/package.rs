@@ -33,14 +33,14 @@ fn deb(name: &str, arch: &str) -> Option<PathBuf> {
 }
 
 fn control(deb: &Path, field: &str) -> String {
-    let out = Command::new("dpkg-deb").args(["-f"]).arg(deb).arg(field).output().expect("dpkg-deb");
+    let out = output(Command::new("dpkg-deb").args(["-f"]).arg(deb).arg(field));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn unpack(deb: &Path) -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
-    let status = Command::new("dpkg-deb").arg("-x").arg(deb).arg(root.path()).status().expect("dpkg-deb");
-    assert!(status.success());
+    let out = output(Command::new("dpkg-deb").arg("-x").arg(deb).arg(root.path()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     root
 }
 
@@ -69,13 +69,14 @@ fn check_unit(root: &Path, name: &str, binary: &str) {
     // systemd-analyze only warns about unknown keys and bad values, so any
     // output fails. It wants ExecStart to exist on this machine: the copy it
     // checks points there at the unpacked binary, and differs in nothing else.
-    if Command::new("systemd-analyze").arg("--version").output().is_ok_and(|o| o.status.success()) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|dir| dir.join("systemd-analyze").is_file()) {
         let dir = tempfile::tempdir().unwrap();
         let copy = dir.path().join(format!("{name}.service"));
         let unpacked = root.join("usr/bin").join(binary);
         std::fs::write(&copy, text.replace(&format!("/usr/bin/{binary}"), unpacked.to_str().unwrap()))
             .unwrap();
-        let out = Command::new("systemd-analyze").arg("verify").arg(&copy).output().unwrap();
+        let out = output(Command::new("systemd-analyze").arg("verify").arg(&copy));
         let said =
             format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(
@@ -88,8 +89,8 @@ fn check_unit(root: &Path, name: &str, binary: &str) {
 /// Installing enables the unit: postinst carries cargo-deb's deb-systemd-helper calls.
 fn check_enabled_on_install(deb: &Path, name: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let status = Command::new("dpkg-deb").arg("-e").arg(deb).arg(dir.path()).status().expect("dpkg-deb");
-    assert!(status.success());
+    let out = output(Command::new("dpkg-deb").arg("-e").arg(deb).arg(dir.path()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let postinst = std::fs::read_to_string(dir.path().join("postinst")).expect("the package has a postinst");
     assert!(
         postinst.contains("deb-systemd-helper") && postinst.contains(&format!("{name}.service")),
@@ -108,8 +109,7 @@ fn hub_package_installs_a_working_layout() {
     let binary = root.path().join("usr/bin/plantd-hub");
     assert!(binary.is_file());
     let config = root.path().join("etc/plantd/hub.toml");
-    let out =
-        Command::new(&binary).args(["serve", "--print-config", "--config"]).arg(&config).output().unwrap();
+    let out = output(Command::new(&binary).args(["serve", "--print-config", "--config"]).arg(&config));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains("data_dir = \"/var/lib/plantd-hub\""), "{printed}");
@@ -126,7 +126,7 @@ fn agent_packages_are_built_for_the_pi() {
         assert!(control(&deb, "Depends").contains("libzmq5"));
         let root = unpack(&deb);
         let binary = root.path().join("usr/bin/plantd-agent");
-        let header = Command::new("readelf").arg("-h").arg(&binary).output().expect("readelf");
+        let header = output(Command::new("readelf").arg("-h").arg(&binary));
         assert!(String::from_utf8_lossy(&header.stdout).contains(machine), "{arch} binary is for {machine}");
         let config = std::fs::read_to_string(root.path().join("etc/plantd/agent.toml")).unwrap();
         assert!(config.contains("data_dir = \"/var/lib/plantd-agent\""));
