@@ -6,9 +6,10 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use agent::outbox::record;
 use agent::outbox::Outbox;
 use agent::store::Store;
-use proto::ingest::{Quality, Record, Sample, Value};
+use proto::sample::{Quality, Sample, Value};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -57,7 +58,7 @@ fn file_appends(n: u64, fsync_each: bool) -> f64 {
     let started = Instant::now();
     let mut last_sync = started;
     for seq in 1..=n {
-        let record = Record::encode(&sample(seq));
+        let record = record::encode(&sample(seq));
         file.write_all(&(record.len() as u32).to_le_bytes()).unwrap();
         file.write_all(&record).unwrap();
         if fsync_each || last_sync.elapsed() >= FLUSH_EVERY {
@@ -95,7 +96,7 @@ fn main() {
     let n = arg("--samples", 200_000);
     let cycles = arg("--cycles", 1_000_000);
     let fsync_n = (n / 20).max(1000);
-    println!("outbox benchmark: {n} samples ({} bytes encoded each)", Record::encode(&sample(1)).len());
+    println!("outbox benchmark: {n} samples ({} bytes encoded each)", record::encode(&sample(1)).len());
     let ours = outbox_appends(n);
     let batched = file_appends(n, false);
     let each = file_appends(fsync_n, true);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use agent::outbox::Outbox;
 use agent::store::Store;
-use proto::ingest::{Quality, Sample, Value};
+use proto::sample::{Quality, Sample, Value};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use transport::Signal;
+use transport::ShutdownWatch;
 
 use crate::status::Shared;
 
@@ -15,7 +15,12 @@ pub fn endpoint(data_dir: &Path) -> String {
 }
 
 /// Answers "status" requests until shutdown (on its own thread).
-pub fn serve(ctx: &zmq::Context, data_dir: &Path, shared: Arc<Shared>, signal: &Signal) -> zmq::Result<()> {
+pub fn serve(
+    ctx: &zmq::Context,
+    data_dir: &Path,
+    shared: Arc<Shared>,
+    signal: &ShutdownWatch,
+) -> zmq::Result<()> {
     let socket = ctx.socket(zmq::REP)?;
     socket.set_linger(0)?;
     socket.bind(&endpoint(data_dir))?;

@@ -4,7 +4,6 @@
 pub mod clock;
 pub mod config;
 pub mod control;
-pub mod hub_client;
 pub mod live;
 pub mod outbox;
 pub mod run;

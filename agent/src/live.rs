@@ -5,8 +5,10 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use proto::ingest::Sample;
+use proto::bus::Framing;
+use proto::sample::Sample;
 use smol::channel::Receiver;
+use transport::bus::publish_on;
 
 use crate::status::Shared;
 
@@ -23,10 +25,7 @@ pub async fn run(
     while let Ok(sample) = samples.recv().await {
         let topic = sample.topic(&shared.id);
         let json = sample.to_json(&shared.id, false, false).to_string();
-        let sent = socket
-            .send(topic.as_bytes(), zmq::SNDMORE | zmq::DONTWAIT)
-            .and_then(|_| socket.send(json.as_bytes(), zmq::DONTWAIT));
-        if sent.is_ok() {
+        if publish_on(&socket, Framing::TwoFrame, topic.as_bytes(), json.as_bytes()).is_ok() {
             shared.live_published.fetch_add(1, Relaxed);
         } else {
             shared.live_dropped.fetch_add(1, Relaxed);

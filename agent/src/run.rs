@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use transport::Shutdown;
+use transport::{AsyncClient, ClientOptions, Shutdown};
 
 use crate::clock::{self, Clock};
 use crate::config::{Config, ConfigError};
@@ -19,9 +19,9 @@ use crate::outbox::Outbox;
 use crate::sampler::{self, Sequences, Sinks};
 use crate::service::{self, Channels};
 use crate::state::LocalState;
-use crate::status::Shared;
+use crate::status::{LinkState, Shared};
 use crate::store::Store;
-use crate::{control, hub_client, live, uplink};
+use crate::{control, live, uplink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -30,7 +30,7 @@ pub enum RunError {
     #[error("data directory {path}: {source} (choose another with --data-dir)")]
     DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error("store: {0}")]
-    Store(#[from] sled::Error),
+    Store(#[from] crate::store::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("zmq: {0}")]
@@ -96,7 +96,7 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
     {
         let (ctx, broker, shared, channels, state) =
             (ctx.clone(), config.hub.broker.clone(), shared.clone(), channels.clone(), state.clone());
-        let signal = shutdown.signal()?;
+        let signal = shutdown.watch()?;
         threads.push(std::thread::Builder::new().name("mdp-service".into()).spawn(move || {
             if let Err(e) = service::serve(&ctx, &broker, shared, channels, state, &signal) {
                 log::error!("agent service stopped: {e}");
@@ -105,7 +105,7 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
     }
     {
         let (ctx, dir, shared) = (ctx.clone(), data_dir.clone(), shared.clone());
-        let signal = shutdown.signal()?;
+        let signal = shutdown.watch()?;
         threads.push(std::thread::Builder::new().name("control".into()).spawn(move || {
             if let Err(e) = control::serve(&ctx, &dir, shared, &signal) {
                 log::error!("control socket stopped: {e} (agent status will not answer)");
@@ -113,7 +113,7 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
         })?);
     }
 
-    let stop = smol::Async::new(shutdown.signal()?)?;
+    let stop = smol::Async::new(shutdown.watch()?)?;
     let flush_every = Duration::from_millis(limits.flush_interval_ms.max(1));
     smol::block_on(async {
         let ex = smol::LocalExecutor::new();
@@ -198,13 +198,14 @@ async fn sync_loop(
     state: LocalState,
     timeout: Duration,
 ) {
-    let mut client = hub_client::HubClient::new(&ctx, &broker);
+    let options = ClientOptions { timeout, retries: 0, ..ClientOptions::default() };
+    let mut client = AsyncClient::new(&ctx, &broker, options);
     loop {
         smol::Timer::after(Duration::from_secs(1)).await;
-        if state.pending() == 0 || shared.link().state == "down" {
+        if state.pending() == 0 || shared.link().state == LinkState::Down {
             continue;
         }
-        match state.sync(&mut client, &shared.id, timeout).await {
+        match state.sync(&mut client, &shared.id).await {
             Ok(n) => log::debug!("synced {n} state key(s) to the hub"),
             Err(e) => log::debug!("state sync deferred: {e}"),
         }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use boards::{ChannelConfig, Delivery, Driver};
-use proto::ingest::{Quality, Sample};
+use proto::sample::{Quality, Sample};
 use smol::channel::Sender;
 use smol::stream::StreamExt;
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use boards::{ChannelConfig, Value};
 use serde_json::{json, Value as Json};
-use transport::{Signal, Worker, WorkerOptions};
+use transport::{ShutdownWatch, Worker, WorkerOptions};
 
 use crate::sampler::SharedDriver;
 use crate::state::LocalState;
@@ -31,21 +31,63 @@ pub fn service_name(id: &str) -> String {
     format!("org.plantd.Agent.{id}")
 }
 
+/// The service's commands (the first request frame).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Status,
+    Config,
+    Read,
+    Write,
+    StateGet,
+    StateSet,
+}
+
+impl Command {
+    pub const ALL: [Command; 6] = [
+        Command::Status,
+        Command::Config,
+        Command::Read,
+        Command::Write,
+        Command::StateGet,
+        Command::StateSet,
+    ];
+
+    pub fn word(self) -> &'static str {
+        match self {
+            Command::Status => "status",
+            Command::Config => "config",
+            Command::Read => "read",
+            Command::Write => "write",
+            Command::StateGet => "state-get",
+            Command::StateSet => "state-set",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<Command> {
+        Command::ALL.into_iter().find(|c| c.word() == word)
+    }
+}
+
 pub fn handle(shared: &Shared, channels: &Channels, state: &LocalState, body: &[zmq::Message]) -> Json {
     let text = |i: usize| body.get(i).map(|f| String::from_utf8_lossy(f).into_owned());
     let error = |message: String| json!({"error": message});
-    let command = text(0).unwrap_or_default();
-    match command.as_str() {
-        "status" => shared.to_json(),
-        "config" => json!({"config": shared.config_toml}),
-        "read" | "write" => {
-            let Some(name) = text(1) else { return error(format!("{command} needs a channel name")) };
+    let word = text(0).unwrap_or_default();
+    let Some(command) = Command::parse(&word) else {
+        return error(format!(
+            "unknown command '{word}': use status, read, write, config, state-get or state-set"
+        ));
+    };
+    match command {
+        Command::Status => shared.to_json(),
+        Command::Config => json!({"config": shared.config_toml}),
+        Command::Read | Command::Write => {
+            let Some(name) = text(1) else { return error(format!("{word} needs a channel name")) };
             let Some((config, driver)) = channels.by_name.get(&name) else {
                 let known: Vec<&String> = channels.by_name.keys().collect();
                 return error(format!("no channel '{name}' (channels: {known:?})"));
             };
             let mut driver = driver.lock().unwrap_or_else(|e| e.into_inner());
-            if command == "read" {
+            if command == Command::Read {
                 return match driver.read(shared.clock.elapsed()) {
                     Ok(v) => json!({"channel": name, "value": v.to_json(), "unit": config.unit()}),
                     Err(e) => error(format!("channel {name}: {e}")),
@@ -55,7 +97,7 @@ pub fn handle(shared: &Shared, channels: &Channels, state: &LocalState, body: &[
             if !driver.writable() {
                 return error(format!("channel {name} is an input; only outputs can be written"));
             }
-            let value = Value::parse(&raw);
+            let value = parse_value(&raw);
             match driver.write(&value) {
                 Ok(()) => {
                     log::info!("channel {name} set to {raw} over MDP");
@@ -64,14 +106,14 @@ pub fn handle(shared: &Shared, channels: &Channels, state: &LocalState, body: &[
                 Err(e) => error(format!("channel {name}: {e}")),
             }
         }
-        "state-get" => match text(1) {
+        Command::StateGet => match text(1) {
             Some(key) => match state.get(&key) {
                 Ok(value) => json!({"key": key, "value": value}),
                 Err(e) => error(format!("local state: {e}")),
             },
             None => error("state-get needs a key".into()),
         },
-        "state-set" => match (text(1), text(2)) {
+        Command::StateSet => match (text(1), text(2)) {
             (Some(key), Some(raw)) => {
                 let value = serde_json::from_str(&raw).unwrap_or(Json::String(raw));
                 match state.set(&key, &value) {
@@ -81,9 +123,20 @@ pub fn handle(shared: &Shared, channels: &Channels, state: &LocalState, body: &[
             }
             _ => error("state-set needs a key and a value".into()),
         },
-        other => error(format!(
-            "unknown command '{other}': use status, read, write, config, state-get or state-set"
-        )),
+    }
+}
+
+/// A value as a person writes it in a `write` command: `true`/`on`,
+/// `false`/`off`, an integer, a number, else text.
+pub fn parse_value(text: &str) -> Value {
+    match text {
+        "true" | "on" => Value::Bool(true),
+        "false" | "off" => Value::Bool(false),
+        _ => text
+            .parse::<i64>()
+            .map(Value::Integer)
+            .or_else(|_| text.parse::<f64>().map(Value::Number))
+            .unwrap_or_else(|_| Value::Text(text.to_string())),
     }
 }
 
@@ -94,11 +147,24 @@ pub fn serve(
     shared: Arc<Shared>,
     channels: Arc<Channels>,
     state: LocalState,
-    signal: &Signal,
+    signal: &ShutdownWatch,
 ) -> Result<(), transport::WorkerError> {
     let worker = Worker::new(ctx, broker, &service_name(&shared.id), WorkerOptions::default());
     worker.run(signal, move |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
         let reply = handle(&shared, &channels, &state, &body);
         vec![zmq::Message::from(reply.to_string().as_bytes())]
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_parse_from_text() {
+        assert_eq!(parse_value("on"), Value::Bool(true));
+        assert_eq!(parse_value("42"), Value::Integer(42));
+        assert_eq!(parse_value("4.5"), Value::Number(4.5));
+        assert_eq!(parse_value("open"), Value::Text("open".into()));
+    }
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use boards::Value;
+use proto::breaker::State as BreakerState;
 use serde_json::{json, Value as Json};
 
 use crate::clock::{self, Clock};
@@ -20,11 +21,31 @@ pub struct ChannelStatus {
     pub faults: u64,
 }
 
+/// What the agent knows of its link to the hub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// No call has been made yet.
+    Unknown,
+    /// The hub answered the last call.
+    Up,
+    /// The last call failed.
+    Down,
+}
+
+impl LinkState {
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkState::Unknown => "unknown",
+            LinkState::Up => "up",
+            LinkState::Down => "down",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct LinkStatus {
-    /// "up" after the hub answered, "down" after a failed call.
-    pub state: &'static str,
-    pub breaker: &'static str,
+    pub state: LinkState,
+    pub breaker: BreakerState,
     pub breaker_opened: u64,
     pub last_ack_wall_ns: Option<i64>,
     pub last_error: Option<String>,
@@ -35,8 +56,8 @@ pub struct LinkStatus {
 impl Default for LinkStatus {
     fn default() -> Self {
         LinkStatus {
-            state: "unknown",
-            breaker: "closed",
+            state: LinkState::Unknown,
+            breaker: BreakerState::Closed,
             breaker_opened: 0,
             last_ack_wall_ns: None,
             last_error: None,
@@ -99,8 +120,8 @@ impl Shared {
             "epoch": self.epoch,
             "uptime_s": self.clock.elapsed().as_secs_f64(),
             "link": {
-                "state": link.state,
-                "breaker": link.breaker,
+                "state": link.state.name(),
+                "breaker": link.breaker.name(),
                 "breaker_opened": link.breaker_opened,
                 "last_ack_age_s": link.last_ack_wall_ns.map(|w| (now - w) as f64 / 1e9),
                 "last_error": link.last_error,

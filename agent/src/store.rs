@@ -1,27 +1,99 @@
 //! All of the agent's sled use, behind one small module so the store can be
 //! swapped: the boot epoch and counters (`meta`), the outbox, quarantined
-//! records, and the local key-value state.
+//! records, and the local key-value state. Nothing outside this file names
+//! sled: the rest of the agent sees [`Table`]s of byte keys in order.
 //!
 //! If sled cannot open the store (corruption after a power cut, say), the
 //! damaged directory is moved aside and a fresh store is started: the agent
 //! keeps sampling instead of crash-looping, and says so in its status.
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
-pub use sled::{Error, Tree};
+/// A storage failure (I/O, or damage the store itself detected).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Error(#[from] sled::Error);
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Bytes read from the store, borrowed without a copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bytes(sled::IVec);
+
+impl Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// One table of the store: byte keys kept in order, byte values. Writes are
+/// durable at the next [`Store::flush`].
+#[derive(Clone)]
+pub struct Table(sled::Tree);
+
+impl Table {
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
+        Ok(self.0.get(key)?.map(Bytes))
+    }
+
+    /// Sets `key`; returns the value it replaced.
+    pub fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
+        Ok(self.0.insert(key.as_ref(), value.as_ref())?.map(Bytes))
+    }
+
+    /// Removes `key`; returns the value it had.
+    pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
+        Ok(self.0.remove(key)?.map(Bytes))
+    }
+
+    /// Removes `key` only if its value is still `expected`; false if it changed.
+    pub fn remove_if(&self, key: impl AsRef<[u8]>, expected: impl AsRef<[u8]>) -> Result<bool> {
+        Ok(self.0.compare_and_swap(key, Some(expected.as_ref()), None::<&[u8]>)?.is_ok())
+    }
+
+    /// The first entry in key order.
+    pub fn first(&self) -> Result<Option<(Bytes, Bytes)>> {
+        Ok(self.0.first()?.map(|(k, v)| (Bytes(k), Bytes(v))))
+    }
+
+    /// Removes and returns the first entry in key order.
+    pub fn pop_first(&self) -> Result<Option<(Bytes, Bytes)>> {
+        Ok(self.0.pop_min()?.map(|(k, v)| (Bytes(k), Bytes(v))))
+    }
+
+    /// Every entry, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = Result<(Bytes, Bytes)>> {
+        self.0.iter().map(|entry| entry.map(|(k, v)| (Bytes(k), Bytes(v))).map_err(Error))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 pub struct Store {
     db: sled::Db,
     /// A copy of the boot epoch outside sled (`<data_dir>/epoch`), which
     /// survives the store being moved aside.
     epoch_file: PathBuf,
-    pub meta: Tree,
-    pub outbox: Tree,
-    pub quarantine: Tree,
-    pub state: Tree,
-    pub state_dirty: Tree,
+    pub meta: Table,
+    pub outbox: Table,
+    pub quarantine: Table,
+    pub state: Table,
+    pub state_dirty: Table,
     /// Where a store that would not open was moved, if that happened at this start.
     pub recovered_from: Option<PathBuf>,
 }
@@ -53,18 +125,19 @@ impl Store {
         let epoch_file = dir.parent().unwrap_or(Path::new(".")).join("epoch");
         Ok(Store {
             epoch_file,
-            meta: db.open_tree("meta")?,
-            outbox: db.open_tree("outbox")?,
-            quarantine: db.open_tree("quarantine")?,
-            state: db.open_tree("state")?,
-            state_dirty: db.open_tree("state_dirty")?,
+            meta: Table(db.open_tree("meta")?),
+            outbox: Table(db.open_tree("outbox")?),
+            quarantine: Table(db.open_tree("quarantine")?),
+            state: Table(db.open_tree("state")?),
+            state_dirty: Table(db.open_tree("state_dirty")?),
             db,
             recovered_from: None,
         })
     }
 
     pub fn flush(&self) -> Result<()> {
-        self.db.flush().map(|_| ())
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Bumps and returns the boot epoch, durably: samples of this run are
@@ -95,7 +168,8 @@ impl Store {
     }
 
     pub fn put_u64(&self, key: &str, value: u64) -> Result<()> {
-        self.meta.insert(key, &value.to_be_bytes()).map(|_| ())
+        self.meta.insert(key, value.to_be_bytes())?;
+        Ok(())
     }
 
     /// Bytes on disk under the store directory.

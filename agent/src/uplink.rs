@@ -15,11 +15,11 @@ use proto::breaker::Breaker;
 use proto::ingest::{Batch, Reply, Sent};
 use smol::channel::Receiver;
 use smol::future::FutureExt;
+use transport::{AsyncClient, ClientOptions};
 
 use crate::clock;
 use crate::config::UplinkConfig;
-use crate::hub_client::HubClient;
-use crate::status::Shared;
+use crate::status::{LinkState, Shared};
 
 /// A token bucket: `rate` samples a second, bursts up to one second's worth.
 pub struct Pace {
@@ -55,7 +55,8 @@ pub async fn run(
     cfg: UplinkConfig,
     wake: Receiver<()>,
 ) {
-    let mut client = HubClient::new(&ctx, &broker);
+    let options = ClientOptions { timeout, retries: 0, ..ClientOptions::default() };
+    let mut client = AsyncClient::new(&ctx, &broker, options);
     let mut breaker = Breaker::new(
         cfg.breaker_failures,
         Duration::from_millis(cfg.backoff_min_ms),
@@ -120,7 +121,7 @@ pub async fn run(
             .collect();
         let body = Batch { agent: shared.id.clone(), samples }.encode();
         shared.outbox.sending(last_key);
-        let reply = client.request(proto::ingest::SERVICE, &[&body], timeout).await;
+        let reply = client.request(proto::ingest::SERVICE, &[&body]).await;
         let reply = reply.map_err(|e| e.to_string()).and_then(|frames| {
             let first = frames.first().map(|f| f.to_vec()).unwrap_or_default();
             Reply::decode(&first).map_err(|e| format!("undecodable reply from the hub: {e}"))
@@ -132,13 +133,13 @@ pub async fn run(
                     log::error!("outbox retire failed: {e}");
                 }
                 let mut link = shared.link();
-                if link.state != "up" {
+                if link.state != LinkState::Up {
                     log::info!(
                         "hub answered: sending the outbox ({} records)",
                         shared.outbox.stats().records + count as u64
                     );
                 }
-                link.state = "up";
+                link.state = LinkState::Up;
                 link.last_ack_wall_ns = Some(clock::wall_ns());
                 link.last_error = None;
                 link.batches_acked += 1;
@@ -148,14 +149,14 @@ pub async fn run(
                 shared.outbox.not_sent();
                 // The hub is there but not taking data now (no subscriber, storage trouble).
                 breaker.success();
-                note(&shared, "up", format!("hub asks to retry: {reason}"));
+                note(&shared, LinkState::Up, format!("hub asks to retry: {reason}"));
                 smol::Timer::after(Duration::from_millis(after_ms.into())).await;
             }
             Ok(Reply::Malformed { reason }) => {
                 shared.outbox.not_sent();
                 // Resending will not help, but the samples are kept: an upgraded hub may take them.
                 log::error!("hub rejects our batches as malformed: {reason}");
-                note(&shared, "up", format!("hub rejects batches: {reason}"));
+                note(&shared, LinkState::Up, format!("hub rejects batches: {reason}"));
                 smol::Timer::after(Duration::from_secs(30)).await;
             }
             Err(e) => {
@@ -163,17 +164,17 @@ pub async fn run(
                 breaker.failure(Instant::now());
                 set_breaker(&shared, &breaker);
                 let mut link = shared.link();
-                if link.state != "down" {
+                if link.state != LinkState::Down {
                     log::warn!("hub unreachable ({e}): keeping samples in the outbox");
                 }
-                link.state = "down";
+                link.state = LinkState::Down;
                 link.last_error = Some(e);
             }
         }
     }
 }
 
-fn note(shared: &Shared, state: &'static str, error: String) {
+fn note(shared: &Shared, state: LinkState, error: String) {
     let mut link = shared.link();
     link.state = state;
     link.last_error = Some(error);
@@ -181,7 +182,7 @@ fn note(shared: &Shared, state: &'static str, error: String) {
 
 fn set_breaker(shared: &Shared, breaker: &Breaker) {
     let mut link = shared.link();
-    link.breaker = breaker.state().name();
+    link.breaker = breaker.state();
     link.breaker_opened = breaker.opened;
 }
 

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use proto::ingest::Value;
+use proto::sample::Value;
 
 /// Reads one value, and for outputs writes one.
 pub trait Driver: Send {

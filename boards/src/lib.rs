@@ -16,5 +16,5 @@ mod spec;
 
 pub use driver::{Driver, DriverError};
 pub use profile::{Profile, Resources, PROFILES};
-pub use proto::ingest::Value;
+pub use proto::sample::Value;
 pub use spec::{ChannelConfig, Delivery, DriverSpec};

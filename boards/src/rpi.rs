@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use proto::ingest::Value;
+use proto::sample::Value;
 
 use crate::driver::{parse_error, read_text, Driver, DriverError};
 

@@ -4,7 +4,7 @@
 use std::f64::consts::TAU;
 use std::time::Duration;
 
-use proto::ingest::Value;
+use proto::sample::Value;
 
 use crate::driver::{Driver, DriverError};
 

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use proto::ingest::Value;
+use proto::sample::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::driver::Driver;

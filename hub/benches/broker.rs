@@ -22,7 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use proto::mdp::Dialect;
-use transport::{AsyncClient, Client, ClientOptions, Shutdown, Worker, WorkerOptions};
+use transport::{Client, ClientOptions, PipelinedClient, Shutdown, Worker, WorkerOptions};
 
 const BODY: [u8; 64] = [7; 64];
 const SERVICE: &str = "echo";
@@ -74,7 +74,7 @@ fn pipelined_load(endpoint: &str, dialect: Dialect, o: &Options) -> (f64, u64) {
         .map(|_| {
             let (ctx, endpoint, start, window) = (ctx.clone(), endpoint.to_string(), start.clone(), o.window);
             named("client", move || {
-                let mut client = AsyncClient::connect(&ctx, &endpoint, dialect).unwrap();
+                let mut client = PipelinedClient::connect(&ctx, &endpoint, dialect).unwrap();
                 start.wait();
                 let began = Instant::now();
                 let (from, until) = (began + warmup, began + warmup + measure);
@@ -134,7 +134,7 @@ fn raw_throughput(o: &Options) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let server = raw_echo_server(&ctx, &endpoint, stop.clone());
     // An RFC 7 request is [ "", MDPC01, service, body ]; the ROUTER echoes it,
-    // and AsyncClient reads it back as an RFC 7 reply. Same frames, no broker.
+    // and PipelinedClient reads it back as an RFC 7 reply. Same frames, no broker.
     let (rate, _) = pipelined_load(&endpoint, Dialect::Rfc7, o);
     stop.store(true, Ordering::Relaxed);
     server.join().unwrap();
@@ -164,10 +164,10 @@ fn start_workers(
     let ctx = zmq::Context::new();
     (0..workers)
         .map(|_| {
-            let signal = shutdown.signal().unwrap();
+            let stop = shutdown.watch().unwrap();
             let options = WorkerOptions { dialect, ..WorkerOptions::default() };
             let worker = Worker::new(&ctx, endpoint, SERVICE, options);
-            named("worker", move || worker.run(&signal, |body, _: &mut transport::Replier<'_>| body).unwrap())
+            named("worker", move || worker.run(&stop, |body, _: &mut transport::Replier<'_>| body).unwrap())
         })
         .collect()
 }
@@ -189,7 +189,7 @@ fn wait_for_service(endpoint: &str, dialect: Dialect) {
     let ctx = zmq::Context::new();
     let options = ClientOptions { dialect, timeout: Duration::from_millis(500), retries: 0 };
     for _ in 0..60 {
-        let mut client = Client::new(&ctx, endpoint, options.clone());
+        let mut client = Client::new(&ctx, endpoint, options);
         if client.request(SERVICE, &[b"ping"]).is_ok() {
             return;
         }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use hub::state::store::Store;
 use proto::mdp::Dialect;
 use serde_json::json;
-use transport::AsyncClient;
+use transport::PipelinedClient;
 
 mod common;
 use common::{free_endpoint, named, us, HubChild, TempDir};
@@ -88,7 +88,7 @@ fn through_broker(o: &Options) -> (f64, f64) {
     let hub = HubChild::start_with(&["--config", config.to_str().unwrap()]);
     let ctx = zmq::Context::new();
     // Wait for the service to answer.
-    let mut probe = AsyncClient::connect(&ctx, &hub.endpoint, Dialect::Rfc7).unwrap();
+    let mut probe = PipelinedClient::connect(&ctx, &hub.endpoint, Dialect::Rfc7).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         probe.send(b"org.plantd.State", [&b"health"[..], b"{}"]).unwrap();
@@ -105,8 +105,8 @@ fn through_broker(o: &Options) -> (f64, f64) {
         .map(|c| {
             let (ctx, endpoint, window) = (ctx.clone(), hub.endpoint.clone(), o.window);
             named("client", move || {
-                let mut client = AsyncClient::connect(&ctx, &endpoint, Dialect::Rfc7).unwrap();
-                let send = |client: &AsyncClient, i: usize| {
+                let mut client = PipelinedClient::connect(&ctx, &endpoint, Dialect::Rfc7).unwrap();
+                let send = |client: &PipelinedClient, i: usize| {
                     let (op, body) = request(c * 1_000_000 + i);
                     client.send(b"org.plantd.State", [op.as_bytes(), body.as_bytes()]).unwrap();
                 };

@@ -160,8 +160,11 @@ pub struct IngestConfig {
     pub enabled: bool,
     /// The bus accepted samples are published on.
     pub bus: String,
-    /// Accept a batch only when every sample's topic has a subscriber, so
-    /// nothing is published into the void; otherwise agents keep buffering.
+    /// Accept a batch only when a subscriber on the bus covers at least one
+    /// of its samples' topics, so nothing is published into the void while
+    /// nobody listens; until then agents keep buffering. (One watched channel
+    /// is enough: holding an agent's whole queue back for one unwatched
+    /// channel would fill its outbox.)
     pub require_subscriber: bool,
     /// Worker threads.
     pub workers: usize,
@@ -246,11 +249,12 @@ impl BrokerConfig {
 
     /// Options for the hub's own workers: they heartbeat as this broker expects.
     pub fn worker_options(&self) -> transport::WorkerOptions {
-        transport::WorkerOptions {
+        let timing = proto::mdp::worker::WorkerTiming {
             heartbeat_interval: self.heartbeat_interval(),
             heartbeat_liveness: self.heartbeat_liveness,
-            ..transport::WorkerOptions::default()
-        }
+            ..Default::default()
+        };
+        transport::WorkerOptions { timing, ..transport::WorkerOptions::default() }
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use transport::Signal;
+use transport::ShutdownWatch;
 
 use crate::broker::Snapshot;
 use crate::bus::BusCounters;
@@ -47,7 +47,7 @@ impl HttpServer {
         self.server.server_addr().to_string()
     }
 
-    pub fn run(self, shutdown: &Signal) {
+    pub fn run(self, shutdown: &ShutdownWatch) {
         while !shutdown.is_set() {
             let request = match self.server.recv_timeout(Duration::from_millis(250)) {
                 Ok(Some(request)) => request,
@@ -89,7 +89,7 @@ impl HttpServer {
     }
 
     fn metrics(&self) -> String {
-        let mut out = Metrics::default();
+        let mut out = Exposition::default();
         let (metrics, census) = self.sources.broker.lock().map(|s| s.clone()).unwrap_or_default();
         let b = &self.sources.config.broker;
         for (name, value) in metrics.to_json().as_object().into_iter().flatten() {
@@ -150,12 +150,12 @@ impl HttpServer {
 
 /// Prometheus text exposition, one `# TYPE` line per metric name.
 #[derive(Default)]
-struct Metrics {
+struct Exposition {
     text: String,
     typed: std::collections::HashSet<String>,
 }
 
-impl Metrics {
+impl Exposition {
     fn counter(&mut self, name: &str, labels: &str, value: u64) {
         self.sample("counter", name, labels, value);
     }

@@ -26,8 +26,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use proto::bus::Framing;
 use proto::ingest::{Batch, Reply};
-use transport::{Signal, Worker, WorkerError, WorkerOptions};
+use transport::bus::publish_on;
+use transport::{ShutdownWatch, Worker, WorkerError, WorkerOptions};
 
 use crate::broker::BROKER_INPROC;
 use crate::config::IngestConfig;
@@ -117,7 +119,7 @@ impl IngestService {
     }
 
     /// One worker: serves batches until shutdown.
-    pub fn serve(&self, ctx: &zmq::Context, signal: &Signal) -> Result<(), IngestError> {
+    pub fn serve(&self, ctx: &zmq::Context, signal: &ShutdownWatch) -> Result<(), IngestError> {
         // An XPUB (not a PUB) so we hear which topics have subscribers.
         let publisher = ctx.socket(zmq::XPUB)?;
         publisher.set_sndhwm(0)?;
@@ -129,8 +131,7 @@ impl IngestService {
             let reply =
                 self.handle(body.first().map_or(&[][..], |f| &f[..]), &subscriptions, |topic, json| {
                     // XPUB with no HWM never blocks; it only sends where someone subscribed.
-                    let _ = publisher.send(topic, zmq::SNDMORE | zmq::DONTWAIT);
-                    let _ = publisher.send(json, zmq::DONTWAIT);
+                    let _ = publish_on(&publisher, Framing::TwoFrame, topic, json);
                 });
             vec![zmq::Message::from(reply.encode())]
         })?;
@@ -251,7 +252,8 @@ impl Subscriptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::ingest::{Quality, Sample, Sent, Value};
+    use proto::ingest::Sent;
+    use proto::sample::{Quality, Sample, Value};
 
     fn service(require_subscriber: bool) -> (IngestService, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,6 @@
-//! The hub: a Majordomo broker (and, as the issues land, the message buses,
-//! state and ingest services), as a library so tests and benchmarks can run
-//! it in-process; `main.rs` is the command line around it.
+//! The hub: the Majordomo broker, the message buses, the state and ingest
+//! services and the HTTP endpoint, as a library so tests and benchmarks can
+//! run it in-process; `main.rs` is the command line around it.
 
 pub mod broker;
 pub mod bus;

@@ -139,9 +139,9 @@ impl Hub {
     /// component that fails stops the whole hub: half a hub is worse than none.
     fn spawn<F>(&mut self, name: String, component: F) -> Result<(), ServeError>
     where
-        F: FnOnce(transport::Signal) -> Result<(), ServeError> + Send + 'static,
+        F: FnOnce(transport::ShutdownWatch) -> Result<(), ServeError> + Send + 'static,
     {
-        let signal = self.shutdown.signal().map_err(ServeError::Thread)?;
+        let signal = self.shutdown.watch().map_err(ServeError::Thread)?;
         let shutdown = self.shutdown.clone();
         let thread_name = name.clone();
         let thread = std::thread::Builder::new()

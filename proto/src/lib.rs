@@ -7,10 +7,13 @@
 pub mod backoff;
 pub mod breaker;
 pub mod bus;
+pub mod codec;
 pub mod heartbeat;
 pub mod ingest;
 pub mod mdp;
 pub mod mmi;
+pub mod sample;
+pub mod state;
 
 use std::ops::Deref;
 

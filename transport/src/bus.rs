@@ -37,7 +37,10 @@ impl Publisher {
     }
 }
 
-fn publish_on(socket: &zmq::Socket, framing: Framing, topic: &[u8], payload: &[u8]) -> zmq::Result<()> {
+/// Sends one bus message on any publishing socket (PUB, XPUB), in `framing`'s
+/// layout, never blocking: where it cannot be queued it is dropped (EAGAIN).
+/// Every publisher in the workspace sends through here.
+pub fn publish_on(socket: &zmq::Socket, framing: Framing, topic: &[u8], payload: &[u8]) -> zmq::Result<()> {
     match framing {
         Framing::TwoFrame => {
             socket.send(topic, zmq::SNDMORE | zmq::DONTWAIT)?;

@@ -1,39 +1,25 @@
-//! Majordomo clients.
+//! Majordomo clients: socket shells around `proto`'s [`ClientCore`], which
+//! makes every decision (timeouts, retries, when a socket is replaced).
 //!
-//! [`Client`] is synchronous and reliable in the lazy-pirate style: it waits
-//! `timeout` for each reply part, and after a timeout it throws the socket
-//! away (so a late reply cannot be mistaken for the next one) and resends on
-//! a fresh one, up to `retries` times. A retried request may run twice on the
-//! service side: retry only requests that are safe to repeat.
-//!
-//! [`AsyncClient`] keeps many requests outstanding on one socket and hands
-//! replies back as they arrive (replies carry no request id in MDP, so the
-//! caller correlates them by content).
+//! [`Client`] blocks; [`AsyncClient`](crate::async_client::AsyncClient)
+//! (feature `async`) is the same client for smol tasks. Both are lazy pirate,
+//! one request at a time. [`PipelinedClient`] keeps many requests in flight on
+//! one socket and hands replies back as they arrive; MDP replies carry no
+//! request id, so its caller correlates them by content (load generators,
+//! benchmarks).
 
 use std::time::{Duration, Instant};
 
-use proto::mdp::{self, Dialect, FromBroker, ReplyKind};
+use proto::mdp::client::{parse_reply, ClientCore, ReplyPart, Send, Timeout};
+use proto::mdp::{self, Dialect, ReplyKind};
+
+pub use proto::mdp::client::ClientOptions;
 
 use crate::frames::{recv_frames, send_frames, Received};
+use crate::socket;
 
 /// Frames in one reply part; more would be a broken or hostile broker.
-const MAX_REPLY_FRAMES: usize = 1024;
-
-#[derive(Clone, Debug)]
-pub struct ClientOptions {
-    pub dialect: Dialect,
-    /// How long to wait for each reply part.
-    pub timeout: Duration,
-    /// How many times to resend, on a fresh socket, after a timeout.
-    pub retries: u32,
-}
-
-impl Default for ClientOptions {
-    fn default() -> Self {
-        // plantd's client default timeout.
-        ClientOptions { dialect: Dialect::Rfc7, timeout: Duration::from_millis(2500), retries: 2 }
-    }
-}
+pub(crate) const MAX_REPLY_FRAMES: usize = 1024;
 
 /// One reply part from the broker.
 #[derive(Debug)]
@@ -42,6 +28,29 @@ pub struct Reply {
     /// The service that answered; `None` from majortomo, which does not say.
     pub service: Option<Vec<u8>>,
     pub body: Vec<zmq::Message>,
+}
+
+/// What a decoded reply part borrowed from its frames, owned, so the
+/// frames can then be taken apart.
+pub(crate) struct ReplyHead {
+    kind: ReplyKind,
+    service: Option<Vec<u8>>,
+    body_len: usize,
+}
+
+impl From<ReplyPart<'_, zmq::Message>> for ReplyHead {
+    fn from(part: ReplyPart<'_, zmq::Message>) -> Self {
+        ReplyHead { kind: part.kind, service: part.service.map(<[u8]>::to_vec), body_len: part.body.len() }
+    }
+}
+
+impl Reply {
+    /// Moves the reply part described by `head` out of `frames` (the body
+    /// frames are moved, not copied).
+    pub(crate) fn take(frames: &mut Vec<zmq::Message>, head: ReplyHead) -> Reply {
+        let body = frames.split_off(frames.len() - head.body_len);
+        Reply { kind: head.kind, service: head.service, body }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,46 +63,43 @@ pub enum ClientError {
     Timeout { service: String, endpoint: String, attempts: u32, timeout: Duration },
     #[error("zmq error: {0}")]
     Zmq(#[from] zmq::Error),
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
 }
 
-/// Decodes a message from the broker as a reply part; anything else (a
-/// malformed or worker-protocol message) is `None`.
-fn parse_reply(frames: &mut Vec<zmq::Message>) -> Option<Reply> {
-    let (kind, service, body_len) = match mdp::decode_from_broker(frames) {
-        Ok((_, FromBroker::Reply { kind, service, body })) => (kind, service.map(<[u8]>::to_vec), body.len()),
-        Ok(_) => return None,
-        Err(e) => {
-            log::debug!("dropping malformed reply: {e}");
-            return None;
+impl ClientError {
+    pub(crate) fn timeout(service: &str, endpoint: &str, attempts: u32, options: &ClientOptions) -> Self {
+        ClientError::Timeout {
+            service: service.to_string(),
+            endpoint: endpoint.to_string(),
+            attempts,
+            timeout: options.timeout,
         }
-    };
-    let body = frames.split_off(frames.len() - body_len);
-    Some(Reply { kind, service, body })
-}
-
-fn dealer(ctx: &zmq::Context, endpoint: &str) -> zmq::Result<zmq::Socket> {
-    let socket = ctx.socket(zmq::DEALER)?;
-    socket.set_linger(0)?;
-    socket.connect(endpoint)?;
-    Ok(socket)
+    }
 }
 
 /// Synchronous lazy-pirate client.
 pub struct Client {
     ctx: zmq::Context,
     endpoint: String,
-    options: ClientOptions,
+    core: ClientCore,
     socket: Option<zmq::Socket>,
     frames: Vec<zmq::Message>,
 }
 
 impl Client {
     pub fn new(ctx: &zmq::Context, endpoint: &str, options: ClientOptions) -> Self {
-        Client { ctx: ctx.clone(), endpoint: endpoint.to_string(), options, socket: None, frames: Vec::new() }
+        Client {
+            ctx: ctx.clone(),
+            endpoint: endpoint.to_string(),
+            core: ClientCore::new(options),
+            socket: None,
+            frames: Vec::new(),
+        }
     }
 
     pub fn options(&self) -> &ClientOptions {
-        &self.options
+        self.core.options()
     }
 
     /// Sends `body` to `service` and returns the frames of the final reply.
@@ -109,77 +115,78 @@ impl Client {
         body: &[&[u8]],
         mut on_partial: impl FnMut(Reply),
     ) -> Result<Vec<zmq::Message>, ClientError> {
-        let attempts = self.options.retries + 1;
-        for attempt in 1..=attempts {
-            if attempt > 1 {
-                log::debug!("no reply from {service}: retrying on a fresh socket ({attempt}/{attempts})");
-            }
-            let socket = match self.socket.take() {
-                Some(socket) => socket,
-                None => dealer(&self.ctx, &self.endpoint)?,
-            };
-            let envelope = mdp::client_request(self.options.dialect, service.as_bytes());
-            send_frames(&socket, envelope.frames(), body.iter().copied(), 0)?;
-            if let Some(reply) = self.await_final(&socket, service, &mut on_partial)? {
-                self.socket = Some(socket);
-                return Ok(reply);
-            }
-            // Timed out: the socket is dropped here, and any late reply with it.
+        let result = self.exchange(service, body, &mut on_partial);
+        if result.is_err() {
+            self.core.on_failure();
         }
-        Err(ClientError::Timeout {
-            service: service.to_string(),
-            endpoint: self.endpoint.clone(),
-            attempts,
-            timeout: self.options.timeout,
-        })
+        result
     }
 
-    fn await_final(
+    fn exchange(
         &mut self,
-        socket: &zmq::Socket,
         service: &str,
+        body: &[&[u8]],
         on_partial: &mut impl FnMut(Reply),
-    ) -> Result<Option<Vec<zmq::Message>>, ClientError> {
-        let mut deadline = Instant::now() + self.options.timeout;
+    ) -> Result<Vec<zmq::Message>, ClientError> {
+        let mut send = self.core.start(Instant::now(), service.as_bytes());
         loop {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match socket.poll(zmq::POLLIN, wait.as_millis() as i64) {
-                Ok(0) => return Ok(None),
-                Err(zmq::Error::EINTR) if !wait.is_zero() => continue, // a signal: keep waiting
-                Err(zmq::Error::EINTR) => return Ok(None),
-                Ok(_) => {}
-                Err(e) => return Err(e.into()),
+            if send == Send::FreshSocket || self.socket.is_none() {
+                // Dropping the old socket drops any late reply with it.
+                self.socket = None;
+                self.socket = Some(socket::dealer(&self.ctx, &self.endpoint)?);
             }
-            if recv_frames(socket, &mut self.frames, MAX_REPLY_FRAMES, 0)? != Received::Message {
-                continue;
-            }
-            let Some(reply) = parse_reply(&mut self.frames) else { continue };
-            if reply.service.as_deref().is_some_and(|s| s != service.as_bytes()) {
-                log::debug!("ignoring a reply from another service");
-                continue;
-            }
-            match reply.kind {
-                ReplyKind::Final => return Ok(Some(reply.body)),
-                ReplyKind::Partial => {
-                    on_partial(reply);
-                    // The timeout applies to each part, so a long stream is not cut off.
-                    deadline = Instant::now() + self.options.timeout;
+            let socket = self.socket.as_ref().expect("just made");
+            let envelope = self.core.envelope().expect("a request is in flight");
+            send_frames(socket, envelope.frames(), body.iter().copied(), 0)?;
+            loop {
+                let Some(deadline) = self.core.deadline() else { unreachable!("a request is in flight") };
+                if !socket::wait_readable(socket, deadline)? {
+                    match self.core.on_timeout(Instant::now()) {
+                        Timeout::Resend => {
+                            log::debug!("no reply from {service}: retrying on a fresh socket");
+                            send = Send::FreshSocket;
+                            break;
+                        }
+                        Timeout::GiveUp { attempts } => {
+                            self.socket = None;
+                            return Err(ClientError::timeout(
+                                service,
+                                &self.endpoint,
+                                attempts,
+                                self.core.options(),
+                            ));
+                        }
+                    }
+                }
+                if recv_frames(socket, &mut self.frames, MAX_REPLY_FRAMES, zmq::DONTWAIT)?
+                    != Received::Message
+                {
+                    continue;
+                }
+                let Some(head) = self.core.on_message(Instant::now(), &self.frames).map(ReplyHead::from)
+                else {
+                    continue;
+                };
+                let reply = Reply::take(&mut self.frames, head);
+                match reply.kind {
+                    ReplyKind::Final => return Ok(reply.body),
+                    ReplyKind::Partial => on_partial(reply),
                 }
             }
         }
     }
 }
 
-/// Many requests in flight on one socket.
-pub struct AsyncClient {
+/// Many requests in flight on one socket, for load generators.
+pub struct PipelinedClient {
     socket: zmq::Socket,
     dialect: Dialect,
     frames: Vec<zmq::Message>,
 }
 
-impl AsyncClient {
+impl PipelinedClient {
     pub fn connect(ctx: &zmq::Context, endpoint: &str, dialect: Dialect) -> zmq::Result<Self> {
-        Ok(AsyncClient { socket: dealer(ctx, endpoint)?, dialect, frames: Vec::new() })
+        Ok(PipelinedClient { socket: socket::dealer(ctx, endpoint)?, dialect, frames: Vec::new() })
     }
 
     /// Queues one request; never waits for a reply.
@@ -195,20 +202,16 @@ impl AsyncClient {
     pub fn recv(&mut self, timeout: Duration) -> Result<Option<Reply>, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Received::Message =
-                recv_frames(&self.socket, &mut self.frames, MAX_REPLY_FRAMES, zmq::DONTWAIT)?
+            if recv_frames(&self.socket, &mut self.frames, MAX_REPLY_FRAMES, zmq::DONTWAIT)?
+                == Received::Message
             {
-                if let Some(reply) = parse_reply(&mut self.frames) {
-                    return Ok(Some(reply));
+                if let Some(head) = parse_reply(&self.frames).map(ReplyHead::from) {
+                    return Ok(Some(Reply::take(&mut self.frames, head)));
                 }
                 continue;
             }
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match self.socket.poll(zmq::POLLIN, wait.as_millis().max(1) as i64) {
-                _ if wait.is_zero() => return Ok(None),
-                Ok(0) | Err(zmq::Error::EINTR) => return Ok(None),
-                Ok(_) => {}
-                Err(e) => return Err(e.into()),
+            if !socket::wait_readable(&self.socket, deadline)? {
+                return Ok(None);
             }
         }
     }

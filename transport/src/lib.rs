@@ -5,15 +5,20 @@
 //! sockets and those decisions, and owns the clocks and sleeps.
 
 #[cfg(feature = "async")]
+pub mod async_client;
+#[cfg(feature = "async")]
 pub mod async_socket;
 pub mod bus;
 pub mod client;
 pub mod frames;
 pub mod process;
 pub mod shutdown;
+pub mod socket;
 pub mod worker;
 
+#[cfg(feature = "async")]
+pub use async_client::AsyncClient;
 pub use bus::{BusMessage, Publisher, Subscriber};
-pub use client::{AsyncClient, Client, ClientError, ClientOptions, Reply};
-pub use shutdown::{Shutdown, Signal};
+pub use client::{Client, ClientError, ClientOptions, PipelinedClient, Reply};
+pub use shutdown::{Shutdown, ShutdownWatch};
 pub use worker::{Handler, Replier, Worker, WorkerError, WorkerOptions};

@@ -1,6 +1,6 @@
 //! One shutdown request, seen by every loop that needs to stop.
 //!
-//! Each loop takes its own [`Signal`]: a socket that becomes readable when
+//! Each loop takes its own [`ShutdownWatch`]: a socket that becomes readable when
 //! shutdown is triggered, so a libzmq poll loop (or an async task) wakes at
 //! once instead of polling a flag on a timer.
 
@@ -42,7 +42,7 @@ impl Shutdown {
     }
 
     /// A new readable-on-shutdown handle for one loop.
-    pub fn signal(&self) -> io::Result<Signal> {
+    pub fn watch(&self) -> io::Result<ShutdownWatch> {
         let (read, write) = UnixStream::pair()?;
         read.set_nonblocking(true)?;
         write.set_nonblocking(true)?;
@@ -52,7 +52,7 @@ impl Shutdown {
             let _ = (&write).write(&[1]);
         }
         wakers.push(write);
-        Ok(Signal { read, shutdown: self.clone() })
+        Ok(ShutdownWatch { read, shutdown: self.clone() })
     }
 
     /// Triggers on SIGINT or SIGTERM; a second signal exits at once, for an
@@ -76,12 +76,12 @@ impl Shutdown {
 }
 
 /// One loop's view of a [`Shutdown`].
-pub struct Signal {
+pub struct ShutdownWatch {
     read: UnixStream,
     shutdown: Shutdown,
 }
 
-impl Signal {
+impl ShutdownWatch {
     pub fn is_set(&self) -> bool {
         self.shutdown.is_triggered()
     }
@@ -103,14 +103,14 @@ impl Signal {
     }
 }
 
-impl AsRawFd for Signal {
+impl AsRawFd for ShutdownWatch {
     fn as_raw_fd(&self) -> RawFd {
         self.read.as_raw_fd()
     }
 }
 
-/// So an async runtime can await the shutdown (`smol::Async::new(signal)`).
-impl std::os::fd::AsFd for Signal {
+/// So an async runtime can await the shutdown (`smol::Async::new(watch)`).
+impl std::os::fd::AsFd for ShutdownWatch {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.read.as_fd()
     }
@@ -124,21 +124,21 @@ mod tests {
     #[test]
     fn trigger_wakes_a_sleeping_loop() {
         let shutdown = Shutdown::new();
-        let signal = shutdown.signal().unwrap();
+        let watch = shutdown.watch().unwrap();
         let t = shutdown.clone();
         let started = Instant::now();
         std::thread::spawn(move || t.trigger());
-        assert!(signal.sleep(Duration::from_secs(10)));
+        assert!(watch.sleep(Duration::from_secs(10)));
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
-    fn signal_taken_after_trigger_is_already_set() {
+    fn a_watch_taken_after_trigger_is_already_set() {
         let shutdown = Shutdown::new();
         shutdown.trigger();
-        let signal = shutdown.signal().unwrap();
-        let mut items = [signal.poll_item()];
+        let watch = shutdown.watch().unwrap();
+        let mut items = [watch.poll_item()];
         assert_eq!(zmq::poll(&mut items, 0).unwrap(), 1);
-        assert!(signal.is_set());
+        assert!(watch.is_set());
     }
 }

@@ -1,45 +1,33 @@
 //! A Majordomo worker: registers a service, answers requests with a handler,
 //! heartbeats both ways and survives broker restarts.
 //!
-//! Reconnection: a DISCONNECT from the broker (sent after a broker restart to
-//! workers it does not know) or `liveness` heartbeat intervals of silence
-//! makes the worker drop its socket and register again on a fresh one, after
-//! an exponential backoff with jitter that resets once the broker talks again.
+//! The protocol's decisions (heartbeats, when to reconnect and how long to
+//! wait first) are `proto`'s [`WorkerCore`]; this is the socket around it.
 //!
 //! The handler runs on the worker's thread: heartbeats pause while it runs, so
 //! a handler that takes longer than `interval × liveness` gets the worker
 //! purged by the broker. Keep handlers short or hand the work off.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use proto::backoff::Backoff;
-use proto::heartbeat::Heartbeat;
-use proto::mdp::{self, Dialect, FromBroker, ReplyKind};
+use proto::mdp::worker::{Due, Incoming, WorkerCore, WorkerTiming};
+use proto::mdp::{self, Dialect, ReplyKind};
 
 use crate::frames::{recv_frames, send_frames, Received};
-use crate::shutdown::Signal;
+use crate::shutdown::ShutdownWatch;
+use crate::socket;
 
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
     pub dialect: Dialect,
-    pub heartbeat_interval: Duration,
-    pub heartbeat_liveness: u32,
-    pub reconnect_min: Duration,
-    pub reconnect_max: Duration,
+    pub timing: WorkerTiming,
     /// Requests with more frames are dropped unanswered.
     pub max_frames: usize,
 }
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        WorkerOptions {
-            dialect: Dialect::Rfc7,
-            heartbeat_interval: Duration::from_millis(2500),
-            heartbeat_liveness: 3,
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(10),
-            max_frames: 1024,
-        }
+        WorkerOptions { dialect: Dialect::Rfc7, timing: WorkerTiming::default(), max_frames: 1024 }
     }
 }
 
@@ -108,17 +96,17 @@ impl Worker {
         Worker { ctx: ctx.clone(), endpoint: endpoint.into(), service: service.into(), options }
     }
 
-    /// Serves requests until `shutdown` is set; then says DISCONNECT and returns.
-    pub fn run(&self, shutdown: &Signal, mut handler: impl Handler) -> Result<(), WorkerError> {
+    /// Serves requests until `stop` is set; then says DISCONNECT and returns.
+    pub fn run(&self, stop: &ShutdownWatch, mut handler: impl Handler) -> Result<(), WorkerError> {
         let o = &self.options;
-        let mut backoff = Backoff::new(o.reconnect_min, o.reconnect_max);
+        let mut core = WorkerCore::new(o.dialect, self.service.as_bytes(), o.timing, Instant::now());
         loop {
-            match self.session(shutdown, &mut handler, &mut backoff)? {
+            match self.session(stop, &mut core, &mut handler)? {
                 SessionEnd::Shutdown => return Ok(()),
                 SessionEnd::Reconnect => {
-                    let delay = backoff.next_delay();
+                    let delay = core.reconnect_delay();
                     log::info!("{}: reconnecting to {} in {delay:?}", self.service, self.endpoint);
-                    if shutdown.sleep(delay) {
+                    if stop.sleep(delay) {
                         return Ok(());
                     }
                 }
@@ -130,77 +118,77 @@ impl Worker {
     /// broker goes silent, says DISCONNECT, or we shut down.
     fn session(
         &self,
-        shutdown: &Signal,
+        stop: &ShutdownWatch,
+        core: &mut WorkerCore,
         handler: &mut impl Handler,
-        backoff: &mut Backoff,
     ) -> Result<SessionEnd, WorkerError> {
         let o = &self.options;
-        let socket = self.ctx.socket(zmq::DEALER)?;
-        socket.set_linger(0)?;
-        socket.connect(&self.endpoint)?;
-        send_frames(&socket, mdp::worker_ready(o.dialect, self.service.as_bytes()).frames(), [""; 0], 0)?;
+        let socket = socket::dealer(&self.ctx, &self.endpoint)?;
+        send_frames(&socket, core.begin_session(Instant::now()).frames(), [""; 0], 0)?;
         log::debug!("{}: READY sent to {} ({})", self.service, self.endpoint, o.dialect);
 
-        let mut heartbeat = Heartbeat::new(Instant::now(), o.heartbeat_interval, o.heartbeat_liveness);
         let mut frames = Vec::new();
         loop {
-            let wait = heartbeat.next_deadline().saturating_duration_since(Instant::now());
-            let mut items = [socket.as_poll_item(zmq::POLLIN), shutdown.poll_item()];
+            let wait = core.next_deadline().saturating_duration_since(Instant::now());
+            let mut items = [socket.as_poll_item(zmq::POLLIN), stop.poll_item()];
             match zmq::poll(&mut items, wait.as_millis() as i64 + 1) {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
-            if shutdown.is_set() {
-                let bye = mdp::worker_disconnect(o.dialect, true);
-                let _ = send_frames(&socket, bye.frames(), [""; 0], zmq::DONTWAIT);
+            if stop.is_set() {
+                let _ = send_frames(&socket, core.disconnect().frames(), [""; 0], zmq::DONTWAIT);
                 return Ok(SessionEnd::Shutdown);
             }
-            while recv_frames(&socket, &mut frames, o.max_frames, zmq::DONTWAIT)? != Received::WouldBlock {
-                if frames.is_empty() {
-                    log::warn!("{}: dropped a request with more than {} frames", self.service, o.max_frames);
-                    continue;
-                }
-                let (client, body_len) = match mdp::decode_from_broker(&frames) {
-                    Ok((_, FromBroker::Request { client, body })) => (client.to_vec(), body.len()),
-                    Ok((_, FromBroker::Heartbeat)) => {
-                        heartbeat.heard(Instant::now());
-                        backoff.reset();
+            loop {
+                match recv_frames(&socket, &mut frames, o.max_frames, zmq::DONTWAIT)? {
+                    Received::WouldBlock => break,
+                    Received::TooManyFrames => {
+                        log::warn!(
+                            "{}: dropped a request with more than {} frames",
+                            self.service,
+                            o.max_frames
+                        );
                         continue;
                     }
-                    Ok((_, FromBroker::Disconnect)) => {
-                        log::info!("{}: broker sent DISCONNECT", self.service);
-                        return Ok(SessionEnd::Reconnect);
-                    }
-                    Ok((_, FromBroker::Reply { .. })) | Err(_) => {
+                    Received::Message => {}
+                }
+                let (client, body_len) = match core.on_message(Instant::now(), &frames) {
+                    Incoming::Request { client, body } => (client.to_vec(), body.len()),
+                    Incoming::Heartbeat => continue,
+                    Incoming::Malformed => {
                         log::warn!("{}: dropped a malformed message from the broker", self.service);
                         continue;
                     }
+                    Incoming::Reconnect => {
+                        log::info!("{}: broker sent DISCONNECT", self.service);
+                        return Ok(SessionEnd::Reconnect);
+                    }
                 };
-                heartbeat.heard(Instant::now());
-                backoff.reset();
                 let body = frames.split_off(frames.len() - body_len);
                 let mut replier = Replier { socket: &socket, dialect: o.dialect, client: &client };
                 let reply = handler.handle(body, &mut replier);
-                let envelope = mdp::worker_reply(o.dialect, ReplyKind::Final, &client)
-                    .expect("every dialect has FINAL replies");
+                let envelope =
+                    core.reply(ReplyKind::Final, &client).expect("every dialect has FINAL replies");
                 send_frames(&socket, envelope.frames(), reply, 0)?;
-                heartbeat.sent(Instant::now());
+                core.sent(Instant::now());
             }
-            let now = Instant::now();
-            if heartbeat.peer_expired(now) {
-                log::warn!(
-                    "{}: broker at {} silent for {:?}",
-                    self.service,
-                    self.endpoint,
-                    o.heartbeat_interval * o.heartbeat_liveness
-                );
-                return Ok(SessionEnd::Reconnect);
-            }
-            if heartbeat.send_due(now) {
-                // Never block on a heartbeat: if the link is that backed up, liveness will tell.
-                match send_frames(&socket, mdp::heartbeat(o.dialect, true).frames(), [""; 0], zmq::DONTWAIT) {
-                    Ok(()) | Err(zmq::Error::EAGAIN) => heartbeat.sent(now),
-                    Err(e) => return Err(e.into()),
+            match core.on_tick(Instant::now()) {
+                Due::Nothing => {}
+                Due::Heartbeat => {
+                    // Never block on a heartbeat: if the link is that backed up, liveness will tell.
+                    match send_frames(&socket, core.heartbeat().frames(), [""; 0], zmq::DONTWAIT) {
+                        Ok(()) | Err(zmq::Error::EAGAIN) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Due::Reconnect => {
+                    log::warn!(
+                        "{}: broker at {} silent for {:?}",
+                        self.service,
+                        self.endpoint,
+                        core.broker_ttl()
+                    );
+                    return Ok(SessionEnd::Reconnect);
                 }
             }
         }

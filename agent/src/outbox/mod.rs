@@ -10,12 +10,14 @@
 
 use std::sync::Mutex;
 
-use proto::ingest::{Record, Sample};
+use proto::sample::Sample;
 use serde::Serialize;
 
-use crate::store::{Result, Store, Tree};
+use crate::store::{Result, Store, Table};
 
-/// Outbox key: epoch then sequence, big-endian, so sled keeps send order.
+pub mod record;
+
+/// Outbox key: epoch then sequence, big-endian, so the store keeps send order.
 pub type Key = [u8; 12];
 
 pub fn key(epoch: u32, seq: u64) -> Key {
@@ -56,9 +58,9 @@ struct InFlight {
 }
 
 pub struct Outbox {
-    tree: Tree,
-    quarantine: Tree,
-    meta: Tree,
+    tree: Table,
+    quarantine: Table,
+    meta: Table,
     state: Mutex<(OutboxStats, InFlight)>,
 }
 
@@ -101,12 +103,12 @@ impl Outbox {
 
     /// Appends a sample, dropping the oldest ones first if it would not fit.
     pub fn append(&self, sample: &Sample) -> Result<()> {
-        let record = Record::encode(sample);
+        let record = record::encode(sample);
         let mut guard = self.state();
         let (s, flight) = &mut *guard;
         while s.records > 0 && (s.records + 1 > s.max_records || s.bytes + record.len() as u64 > s.max_bytes)
         {
-            match self.tree.pop_min()? {
+            match self.tree.pop_first()? {
                 Some((k, old)) => {
                     s.records = s.records.saturating_sub(1);
                     s.bytes = s.bytes.saturating_sub(old.len() as u64);
@@ -162,7 +164,7 @@ impl Outbox {
             if batch.len() >= max_records || (bytes > 0 && bytes + v.len() > max_bytes) {
                 break;
             }
-            match (k.as_ref().try_into(), Record::decode(&v)) {
+            match (k.as_ref().try_into(), record::decode(&v)) {
                 (Ok(k), Ok(sample)) => {
                     bytes += v.len();
                     batch.push((k, sample));
@@ -220,7 +222,7 @@ impl Outbox {
             let s = self.stats();
             (s.last_appended, s.dropped)
         };
-        self.meta.insert("outbox.dropped", &dropped.to_be_bytes())?;
+        self.meta.insert("outbox.dropped", dropped.to_be_bytes())?;
         store.flush()?;
         self.state().0.durable = appended;
         Ok(())
@@ -229,7 +231,7 @@ impl Outbox {
     /// The oldest sample's wall time, if any.
     pub fn oldest_wall_ns(&self) -> Option<i64> {
         let (_, v) = self.tree.first().ok()??;
-        Record::decode(&v).ok().map(|s| s.wall_ns)
+        record::decode(&v).ok().map(|s| s.wall_ns)
     }
 
     /// Counts intact and damaged records (`agent store verify`).
@@ -237,7 +239,7 @@ impl Outbox {
         let (mut ok, mut damaged) = (0, 0);
         for entry in self.tree.iter() {
             let (_, v) = entry?;
-            if Record::decode(&v).is_ok() {
+            if record::decode(&v).is_ok() {
                 ok += 1;
             } else {
                 damaged += 1;
@@ -251,7 +253,7 @@ impl Outbox {
         let mut moved = 0;
         for entry in self.tree.iter() {
             let (k, v) = entry?;
-            if let Err(e) = Record::decode(&v) {
+            if let Err(e) = record::decode(&v) {
                 self.set_aside(&k, &v, &e.to_string())?;
                 moved += 1;
             }
@@ -266,7 +268,7 @@ impl Outbox {
             if out.len() >= limit {
                 break;
             }
-            if let Ok(sample) = Record::decode(&entry?.1) {
+            if let Ok(sample) = record::decode(&entry?.1) {
                 out.push(sample);
             }
         }
@@ -277,7 +279,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::ingest::{Quality, Value};
+    use proto::sample::{Quality, Value};
 
     fn sample(epoch: u32, seq: u64) -> Sample {
         Sample {
@@ -329,7 +331,7 @@ mod tests {
         assert_eq!((s.records, s.dropped), (10, 15));
         assert_eq!(outbox.peek(100, 1 << 20).unwrap()[0].1.seq, 16);
         // The byte bound holds too.
-        let one = Record::encode(&sample(1, 1)).len() as u64;
+        let one = record::encode(&sample(1, 1)).len() as u64;
         let (_store, outbox, _dir) = rig(1000, one * 3 + 1);
         for seq in 1..=7 {
             outbox.append(&sample(1, seq)).unwrap();
@@ -369,7 +371,7 @@ mod tests {
         outbox.append(&sample(1, 1)).unwrap();
         outbox.append(&sample(1, 1)).unwrap();
         let s = outbox.stats();
-        assert_eq!((s.records, s.bytes), (1, Record::encode(&sample(1, 1)).len() as u64));
+        assert_eq!((s.records, s.bytes), (1, record::encode(&sample(1, 1)).len() as u64));
     }
 
     #[test]
@@ -378,7 +380,7 @@ mod tests {
         for seq in 1..=3 {
             outbox.append(&sample(1, seq)).unwrap();
         }
-        let mut bad = Record::encode(&sample(1, 2));
+        let mut bad = record::encode(&sample(1, 2));
         bad[10] ^= 0xff;
         store.outbox.insert(key(1, 2), bad).unwrap();
         assert_eq!(outbox.verify().unwrap(), (2, 1));

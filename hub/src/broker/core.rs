@@ -1,9 +1,9 @@
 //! The broker's routing logic, sans-IO: messages and time in, messages out.
 //!
-//! The core never touches a socket or a clock. The shell (`broker::serve`)
+//! The core never touches a socket or a clock. The shell ([`super::BrokerServer::run`])
 //! receives each message into frames, calls [`Broker::handle`] with the
 //! current time, and calls [`Broker::tick`] when [`Broker::next_deadline`]
-//! passes; the core answers through an [`Outbox`]. Frames are generic so the
+//! passes; the core answers through a [`Transmit`]. Frames are generic so the
 //! same code routes `zmq::Message`s in production and `Vec<u8>`s in tests.
 //!
 //! Routing rules (RFC 7/18, plus what the notes say plantd and majortomo need):
@@ -25,7 +25,7 @@ use proto::{mmi, Frame};
 use serde_json::json;
 use slab::Slab;
 
-use super::metrics::Metrics;
+use super::counters::BrokerCounters;
 use crate::config::BrokerConfig;
 
 /// A frame the core can own and copy (copies are made only for redelivery
@@ -41,7 +41,7 @@ impl OwnedFrame for Vec<u8> {
 }
 
 /// Where the core's messages go.
-pub trait Outbox<F> {
+pub trait Transmit<F> {
     /// Queues one message for the peer whose routing identity is `to`: the
     /// `head` frames, then the `body` frames. If the peer cannot take it (gone,
     /// or its queue is full) nothing is sent and the unsent body comes back.
@@ -118,7 +118,7 @@ pub struct Broker<F> {
     next_sweep: Instant,
     spare: Vec<Vec<F>>,
     scratch: Vec<usize>,
-    metrics: Metrics,
+    counters: BrokerCounters,
 }
 
 impl<F: OwnedFrame> Broker<F> {
@@ -140,16 +140,16 @@ impl<F: OwnedFrame> Broker<F> {
             next_sweep: now + heartbeat_interval,
             spare: Vec::new(),
             scratch: Vec::new(),
-            metrics: Metrics::default(),
+            counters: BrokerCounters::default(),
         }
     }
 
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+    pub fn counters(&self) -> &BrokerCounters {
+        &self.counters
     }
 
-    pub fn metrics_mut(&mut self) -> &mut Metrics {
-        &mut self.metrics
+    pub fn counters_mut(&mut self) -> &mut BrokerCounters {
+        &mut self.counters
     }
 
     /// When [`Broker::tick`] next has work to do.
@@ -159,13 +159,13 @@ impl<F: OwnedFrame> Broker<F> {
 
     /// Handles one message. `frames[0]` is the sender's routing identity.
     /// Frames the core keeps are moved out; the rest are left for the caller.
-    pub fn handle(&mut self, now: Instant, frames: &mut Vec<F>, out: &mut impl Outbox<F>) {
+    pub fn handle(&mut self, now: Instant, frames: &mut Vec<F>, out: &mut impl Transmit<F>) {
         let Some((sender, rest)) = frames.split_first() else { return };
         let sender_worker = self.worker_ids.get(sender.bytes()).copied();
         let (dialect, msg) = match mdp::decode_to_broker(rest) {
             Ok(decoded) => decoded,
             Err(e) => {
-                self.metrics.malformed[e.index()] += 1;
+                self.counters.malformed[e.index()] += 1;
                 log::debug!("dropped a malformed message from {}: {e}", hex(sender.bytes()));
                 if let Some(wid) = sender_worker {
                     self.violation(now, wid, out);
@@ -182,22 +182,22 @@ impl<F: OwnedFrame> Broker<F> {
             ToBroker::Request { service, body } => {
                 if let Some(request) = mmi::Request::parse(service, body) {
                     let answer = self.answer_mmi(request);
-                    self.metrics.mmi_requests += 1;
+                    self.counters.mmi_requests += 1;
                     let envelope = mdp::client_reply(dialect, ReplyKind::Final, Some(service));
                     if let Ok(envelope) = envelope {
                         let body = std::iter::once(F::copy_from(&answer));
                         if out.send(sender.bytes(), envelope.frames(), body).is_err() {
-                            self.metrics.unroutable += 1;
+                            self.counters.unroutable += 1;
                         }
                     }
                     return;
                 }
                 let body_at = frames.len() - body.len();
                 let Some(sid) = self.service_id(service) else {
-                    self.metrics.services_refused += 1;
+                    self.counters.services_refused += 1;
                     return;
                 };
-                self.metrics.requests += 1;
+                self.counters.requests += 1;
                 let mut body = self.spare.pop().unwrap_or_default();
                 let mut drain = frames.drain(..);
                 let Some(client) = drain.next() else { return };
@@ -213,9 +213,9 @@ impl<F: OwnedFrame> Broker<F> {
                     return;
                 }
                 let refused = if mmi::is_mmi(service) {
-                    Some(&mut self.metrics.mmi_workers_refused)
+                    Some(&mut self.counters.mmi_workers_refused)
                 } else if self.workers.len() >= self.max_workers {
-                    Some(&mut self.metrics.workers_refused)
+                    Some(&mut self.counters.workers_refused)
                 } else {
                     None
                 };
@@ -225,7 +225,7 @@ impl<F: OwnedFrame> Broker<F> {
                     return;
                 }
                 let Some(sid) = self.service_id(service) else {
-                    self.metrics.services_refused += 1;
+                    self.counters.services_refused += 1;
                     disconnect(out, sender.bytes(), dialect);
                     return;
                 };
@@ -235,7 +235,7 @@ impl<F: OwnedFrame> Broker<F> {
                 let wid = self.workers.insert(worker);
                 self.worker_ids.insert(identity, wid);
                 self.services[sid].workers += 1;
-                self.metrics.workers_registered += 1;
+                self.counters.workers_registered += 1;
                 log::debug!("worker {} ready for {} ({dialect})", hex(sender.bytes()), lossy(service));
                 self.worker_ready(now, wid, out);
             }
@@ -269,7 +269,7 @@ impl<F: OwnedFrame> Broker<F> {
     /// Sends due heartbeats, purges silent workers, expires queued requests
     /// and forgets unused services. Cheap to call early: it returns at once
     /// before [`Broker::next_deadline`].
-    pub fn tick(&mut self, now: Instant, out: &mut impl Outbox<F>) {
+    pub fn tick(&mut self, now: Instant, out: &mut impl Transmit<F>) {
         if now < self.next_sweep {
             return;
         }
@@ -298,7 +298,7 @@ impl<F: OwnedFrame> Broker<F> {
         for (sid, service) in self.services.iter_mut() {
             while service.queue.front().is_some_and(|p| p.deadline <= now) {
                 if let Some(p) = service.queue.pop_front() {
-                    self.metrics.expired += 1;
+                    self.counters.expired += 1;
                     recycle(&mut self.spare, p.body);
                 }
             }
@@ -324,7 +324,7 @@ impl<F: OwnedFrame> Broker<F> {
     }
 
     /// Tells every worker to go (they register again with the next broker).
-    pub fn shutdown(&mut self, out: &mut impl Outbox<F>) {
+    pub fn shutdown(&mut self, out: &mut impl Transmit<F>) {
         for (_, w) in self.workers.iter() {
             disconnect(out, &w.identity, w.dialect);
         }
@@ -360,7 +360,7 @@ impl<F: OwnedFrame> Broker<F> {
         sid: usize,
         mut pending: Pending<F>,
         front: bool,
-        out: &mut impl Outbox<F>,
+        out: &mut impl Transmit<F>,
     ) {
         while let Some(wid) = self.services[sid].idle.pop_front() {
             match self.dispatch(wid, pending, out) {
@@ -373,7 +373,7 @@ impl<F: OwnedFrame> Broker<F> {
         }
         let service = &mut self.services[sid];
         if service.queue.len() >= self.queue_limit {
-            self.metrics.queue_overflow += 1;
+            self.counters.queue_overflow += 1;
             recycle(&mut self.spare, pending.body);
             return;
         }
@@ -391,7 +391,7 @@ impl<F: OwnedFrame> Broker<F> {
         &mut self,
         wid: usize,
         pending: Pending<F>,
-        out: &mut impl Outbox<F>,
+        out: &mut impl Transmit<F>,
     ) -> Result<(), Pending<F>> {
         let Pending { client, dialect, mut body, deadline, redelivered } = pending;
         let worker = &self.workers[wid];
@@ -412,16 +412,16 @@ impl<F: OwnedFrame> Broker<F> {
         }
         recycle(&mut self.spare, body);
         self.workers[wid].job = Some(Job { client, dialect, copy, redelivered, deadline });
-        self.metrics.dispatched += 1;
+        self.counters.dispatched += 1;
         Ok(())
     }
 
     /// A worker is free: give it the oldest live queued request, or park it.
-    fn worker_ready(&mut self, now: Instant, wid: usize, out: &mut impl Outbox<F>) {
+    fn worker_ready(&mut self, now: Instant, wid: usize, out: &mut impl Transmit<F>) {
         let sid = self.workers[wid].service;
         while let Some(pending) = self.services[sid].queue.pop_front() {
             if pending.deadline <= now {
-                self.metrics.expired += 1;
+                self.counters.expired += 1;
                 recycle(&mut self.spare, pending.body);
                 continue;
             }
@@ -443,7 +443,7 @@ impl<F: OwnedFrame> Broker<F> {
         wid: usize,
         kind: ReplyKind,
         body: impl Iterator<Item = F>,
-        out: &mut impl Outbox<F>,
+        out: &mut impl Transmit<F>,
     ) {
         let worker = &mut self.workers[wid];
         let Some(job) = worker.job.as_ref() else { return };
@@ -451,15 +451,15 @@ impl<F: OwnedFrame> Broker<F> {
         match mdp::client_reply(job.dialect, kind, Some(&service.name)) {
             Ok(envelope) => {
                 if out.send(job.client.bytes(), envelope.frames(), body).is_err() {
-                    self.metrics.unroutable += 1;
+                    self.counters.unroutable += 1;
                 }
                 match kind {
-                    ReplyKind::Final => self.metrics.replies += 1,
-                    ReplyKind::Partial => self.metrics.partials += 1,
+                    ReplyKind::Final => self.counters.replies += 1,
+                    ReplyKind::Partial => self.counters.partials += 1,
                 }
             }
             // Only RFC 7 clients cannot take a PARTIAL: they get the FINAL alone.
-            Err(_) => self.metrics.partials_dropped_rfc7 += 1,
+            Err(_) => self.counters.partials_dropped_rfc7 += 1,
         }
         if kind == ReplyKind::Final {
             if let Some(Job { copy: Some(copy), .. }) = worker.job.take() {
@@ -469,22 +469,22 @@ impl<F: OwnedFrame> Broker<F> {
         }
     }
 
-    fn remove_worker(&mut self, now: Instant, wid: usize, why: Removal, out: &mut impl Outbox<F>) {
+    fn remove_worker(&mut self, now: Instant, wid: usize, why: Removal, out: &mut impl Transmit<F>) {
         let worker = self.workers.remove(wid);
         self.worker_ids.remove(&worker.identity);
         let service = &mut self.services[worker.service];
         service.workers -= 1;
         service.idle.retain(|&id| id != wid);
         *match why {
-            Removal::Expired => &mut self.metrics.workers_expired,
-            Removal::Left => &mut self.metrics.workers_left,
-            Removal::Violation => &mut self.metrics.violations,
-            Removal::Unroutable => &mut self.metrics.unroutable,
+            Removal::Expired => &mut self.counters.workers_expired,
+            Removal::Left => &mut self.counters.workers_left,
+            Removal::Violation => &mut self.counters.violations,
+            Removal::Unroutable => &mut self.counters.unroutable,
         } += 1;
         let Some(job) = worker.job else { return };
         match job.copy {
             Some(body) if !job.redelivered => {
-                self.metrics.redelivered += 1;
+                self.counters.redelivered += 1;
                 let pending = Pending {
                     client: job.client,
                     dialect: job.dialect,
@@ -495,7 +495,7 @@ impl<F: OwnedFrame> Broker<F> {
                 self.submit(now, worker.service, pending, true, out);
             }
             copy => {
-                self.metrics.lost_in_flight += 1;
+                self.counters.lost_in_flight += 1;
                 if let Some(copy) = copy {
                     recycle(&mut self.spare, copy);
                 }
@@ -503,7 +503,7 @@ impl<F: OwnedFrame> Broker<F> {
         }
     }
 
-    fn violation(&mut self, now: Instant, wid: usize, out: &mut impl Outbox<F>) {
+    fn violation(&mut self, now: Instant, wid: usize, out: &mut impl Transmit<F>) {
         let worker = &self.workers[wid];
         disconnect(out, &worker.identity, worker.dialect);
         self.remove_worker(now, wid, Removal::Violation, out);
@@ -511,8 +511,8 @@ impl<F: OwnedFrame> Broker<F> {
 
     /// A worker command from a peer we do not know, most often a worker that
     /// outlived a broker restart: DISCONNECT makes it register again.
-    fn unknown_worker(&mut self, peer: &[u8], dialect: Dialect, out: &mut impl Outbox<F>) {
-        self.metrics.unknown_workers += 1;
+    fn unknown_worker(&mut self, peer: &[u8], dialect: Dialect, out: &mut impl Transmit<F>) {
+        self.counters.unknown_workers += 1;
         disconnect(out, peer, dialect);
     }
 
@@ -547,7 +547,7 @@ impl<F: OwnedFrame> Broker<F> {
                 serde_json::Value::Object(services).to_string().into_bytes()
             }
             mmi::Request::Metrics => {
-                let mut metrics = self.metrics.to_json();
+                let mut metrics = self.counters.to_json();
                 metrics["workers"] = json!(self.workers.len());
                 metrics["services"] = json!(self.services.len());
                 metrics["queued"] = json!(self.services.iter().map(|(_, s)| s.queue.len()).sum::<usize>());
@@ -600,7 +600,7 @@ pub struct Census {
     pub services: usize,
 }
 
-fn disconnect<F>(out: &mut impl Outbox<F>, peer: &[u8], dialect: Dialect) {
+fn disconnect<F>(out: &mut impl Transmit<F>, peer: &[u8], dialect: Dialect) {
     let envelope = mdp::worker_disconnect(dialect, false);
     let _ = out.send(peer, envelope.frames(), std::iter::empty());
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use proto::mdp::{self, Dialect, FromBroker, ReplyKind, ToBroker};
 
-use super::core::{Broker, Outbox};
+use super::core::{Broker, Transmit};
 use crate::config::BrokerConfig;
 
 type Frames = Vec<Vec<u8>>;
@@ -18,7 +18,7 @@ struct Recorder {
     gone: HashSet<Vec<u8>>,
 }
 
-impl Outbox<Vec<u8>> for Recorder {
+impl Transmit<Vec<u8>> for Recorder {
     fn send<B: Iterator<Item = Vec<u8>>>(&mut self, to: &[u8], head: &[&[u8]], body: B) -> Result<(), B> {
         if self.gone.contains(to) {
             return Err(body);
@@ -159,7 +159,7 @@ fn partials_stream_to_clients_that_can_take_them() {
             (ReplyKind::Final, vec!["f".to_string()])
         ]
     );
-    assert_eq!(rig.broker.metrics().partials, 2);
+    assert_eq!(rig.broker.counters().partials, 2);
 }
 
 #[test]
@@ -173,7 +173,7 @@ fn rfc7_clients_get_the_final_part_only() {
     let replies = rig.out.to("C7");
     assert_eq!(replies.len(), 1);
     assert_eq!(decoded_reply(&replies[0]).3, vec!["f1", "f2"]);
-    assert_eq!(rig.broker.metrics().partials_dropped_rfc7, 1);
+    assert_eq!(rig.broker.counters().partials_dropped_rfc7, 1);
 }
 
 #[test]
@@ -213,7 +213,7 @@ fn full_queue_drops_and_counts() {
         rig.request("C", Dialect::Rfc7, "s", &[&i.to_string()]);
     }
     assert_eq!(rig.broker.census().queued, 3);
-    assert_eq!(rig.broker.metrics().queue_overflow, 2);
+    assert_eq!(rig.broker.counters().queue_overflow, 2);
     rig.ready("W", Dialect::Rfc7, "s");
     // The oldest three were kept.
     assert_eq!(rig.request_at("W").1, vec![b"0".to_vec()]);
@@ -227,7 +227,7 @@ fn queued_requests_expire_and_are_counted() {
     rig.request("C", Dialect::Rfc7, "s", &["new"]);
     assert!(rig.broker.next_deadline() <= rig.now + Duration::from_millis(50));
     rig.advance(Duration::from_millis(60));
-    assert_eq!(rig.broker.metrics().expired, 1);
+    assert_eq!(rig.broker.counters().expired, 1);
     rig.ready("W", Dialect::Rfc7, "s");
     assert_eq!(rig.request_at("W").1, vec![b"new".to_vec()]);
 }
@@ -257,7 +257,7 @@ fn silent_workers_are_purged_and_talking_ones_kept() {
         rig.send("CHATTY", Dialect::Rfc7, ToBroker::Heartbeat);
     }
     assert_eq!(rig.broker.census().workers, 1);
-    assert_eq!(rig.broker.metrics().workers_expired, 1);
+    assert_eq!(rig.broker.counters().workers_expired, 1);
     assert!(rig.out.to("QUIET").iter().any(is_disconnect));
     rig.out.take();
     rig.send("CHATTY", Dialect::Rfc7, ToBroker::Heartbeat);
@@ -274,7 +274,7 @@ fn unknown_workers_are_told_to_reconnect() {
     }
     rig.reply("GHOST", Dialect::Rfc7, ReplyKind::Final, "C", &["x"]);
     assert!(rig.out.to("GHOST").iter().any(is_disconnect));
-    assert_eq!(rig.broker.metrics().unknown_workers, 5);
+    assert_eq!(rig.broker.counters().unknown_workers, 5);
 }
 
 #[test]
@@ -292,7 +292,7 @@ fn protocol_violations_disconnect_the_worker() {
     rig.ready("W3", Dialect::Rfc18, "s");
     rig.raw("W3", vec![b"MDPW02".to_vec(), b"\x09".to_vec()]);
     assert!(rig.out.to("W3").iter().any(is_disconnect));
-    assert_eq!(rig.broker.metrics().violations, 3);
+    assert_eq!(rig.broker.counters().violations, 3);
     assert_eq!(rig.broker.census().workers, 0);
 }
 
@@ -301,7 +301,7 @@ fn mmi_names_are_refused_to_workers() {
     let mut rig = Rig::new(|_| {});
     rig.ready("W", Dialect::Rfc7, "mmi.service");
     assert!(rig.out.to("W").iter().any(is_disconnect));
-    assert_eq!(rig.broker.metrics().mmi_workers_refused, 1);
+    assert_eq!(rig.broker.counters().mmi_workers_refused, 1);
     assert_eq!(rig.broker.census().workers, 0);
 }
 
@@ -312,20 +312,20 @@ fn redelivery_is_once_and_only_for_opted_in_services() {
     rig.request("C", Dialect::Rfc7, "safe", &["job"]);
     rig.request_at("A");
     rig.send("A", Dialect::Rfc7, ToBroker::Disconnect);
-    assert_eq!(rig.broker.metrics().redelivered, 1);
+    assert_eq!(rig.broker.counters().redelivered, 1);
     rig.ready("B", Dialect::Rfc18, "safe");
     assert_eq!(rig.request_at("B"), (b"C".to_vec(), vec![b"job".to_vec()]));
     // Dies again: the request was already redelivered once.
     rig.send("B", Dialect::Rfc18, ToBroker::Disconnect);
-    assert_eq!(rig.broker.metrics().lost_in_flight, 1);
+    assert_eq!(rig.broker.counters().lost_in_flight, 1);
     assert_eq!(rig.broker.census().queued, 0);
 
     rig.ready("X", Dialect::Rfc7, "unsafe");
     rig.request("C", Dialect::Rfc7, "unsafe", &["job"]);
     rig.request_at("X");
     rig.advance(HB * 4); // X falls silent and is purged.
-    assert_eq!(rig.broker.metrics().lost_in_flight, 2);
-    assert_eq!(rig.broker.metrics().redelivered, 1);
+    assert_eq!(rig.broker.counters().lost_in_flight, 2);
+    assert_eq!(rig.broker.counters().redelivered, 1);
 }
 
 #[test]
@@ -343,7 +343,7 @@ fn a_redelivered_request_keeps_its_deadline_so_the_queue_still_expires() {
     rig.now += Duration::from_millis(100);
     rig.send("A", Dialect::Rfc7, ToBroker::Disconnect); // "first" back at the front
     rig.advance(Duration::from_millis(950)); // t+1550: both are past their deadlines
-    assert_eq!(rig.broker.metrics().expired, 2);
+    assert_eq!(rig.broker.counters().expired, 2);
     assert_eq!(rig.broker.census().queued, 0);
 }
 
@@ -372,7 +372,7 @@ fn unreachable_worker_is_dropped_and_the_request_goes_to_the_next() {
     rig.request("C", Dialect::Rfc7, "s", &["job"]);
     assert_eq!(rig.request_at("B").1, vec![b"job".to_vec()]);
     assert_eq!(rig.broker.census().workers, 1);
-    assert_eq!(rig.broker.metrics().unroutable, 1);
+    assert_eq!(rig.broker.counters().unroutable, 1);
 }
 
 #[test]
@@ -413,7 +413,7 @@ fn garbage_is_counted_per_reason_and_harms_nobody() {
     rig.raw("EVIL", vec![b"junk".to_vec()]);
     rig.raw("EVIL", vec![]);
     rig.raw("EVIL", vec![b"MDPC02".to_vec(), b"\x01".to_vec(), b"".to_vec()]);
-    let m = rig.broker.metrics().clone();
+    let m = rig.broker.counters().clone();
     assert_eq!(m.malformed[mdp::DecodeError::MissingService.index()], 1);
     assert_eq!(m.malformed[mdp::DecodeError::UnknownHeader.index()], 1);
     assert_eq!(m.malformed[mdp::DecodeError::Empty.index()], 1);
@@ -433,11 +433,11 @@ fn service_and_worker_limits_hold() {
     rig.request("C", Dialect::Rfc7, "a", &[]);
     rig.request("C", Dialect::Rfc7, "b", &[]);
     rig.request("C", Dialect::Rfc7, "c", &[]);
-    assert_eq!(rig.broker.metrics().services_refused, 1);
+    assert_eq!(rig.broker.counters().services_refused, 1);
     rig.ready("W1", Dialect::Rfc7, "a");
     rig.ready("W2", Dialect::Rfc7, "b");
     rig.ready("W3", Dialect::Rfc7, "a");
-    assert_eq!(rig.broker.metrics().workers_refused, 1);
+    assert_eq!(rig.broker.counters().workers_refused, 1);
     assert!(rig.out.to("W3").iter().any(is_disconnect));
 }
 
@@ -508,7 +508,7 @@ proptest! {
             }
             rig.out.take();
         }
-        let m = rig.broker.metrics();
+        let m = rig.broker.counters();
         prop_assert!(m.dispatched <= m.requests + m.redelivered);
     }
 }

@@ -5,7 +5,7 @@ use proto::mdp::DecodeError;
 use serde_json::{json, Map, Value};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Metrics {
+pub struct BrokerCounters {
     /// Client requests accepted for a service (MMI excluded).
     pub requests: u64,
     /// Requests to `mmi.*`, answered by the broker itself.
@@ -49,7 +49,7 @@ pub struct Metrics {
     pub malformed: [u64; DecodeError::ALL.len()],
 }
 
-impl Metrics {
+impl BrokerCounters {
     pub fn malformed_total(&self) -> u64 {
         self.malformed.iter().sum()
     }

@@ -6,16 +6,16 @@
 //! Steady-state routing allocates nothing beyond what libzmq needs.
 
 pub mod core;
-pub mod metrics;
+pub mod counters;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use transport::frames::{recv_frames, send_frames, Received};
-use transport::Signal;
+use transport::ShutdownWatch;
 
-pub use self::core::{Broker, Census, Outbox, OwnedFrame};
-pub use self::metrics::Metrics;
+pub use self::core::{Broker, Census, OwnedFrame, Transmit};
+pub use self::counters::BrokerCounters;
 use crate::config::BrokerConfig;
 
 /// Messages handled per poll wake-up before timers get a look in.
@@ -29,7 +29,7 @@ pub const BROKER_INPROC: &str = "inproc://hub.broker";
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(500);
 
 /// The broker's counters and live state, as last published by its thread.
-pub type Snapshot = Arc<Mutex<(Metrics, Census)>>;
+pub type Snapshot = Arc<Mutex<(BrokerCounters, Census)>>;
 
 impl OwnedFrame for zmq::Message {
     fn copy_from(bytes: &[u8]) -> Self {
@@ -38,11 +38,11 @@ impl OwnedFrame for zmq::Message {
 }
 
 /// Sends on the ROUTER without ever blocking the routing thread.
-struct RouterOutbox<'a> {
+struct RouterTransmit<'a> {
     socket: &'a zmq::Socket,
 }
 
-impl Outbox<zmq::Message> for RouterOutbox<'_> {
+impl Transmit<zmq::Message> for RouterTransmit<'_> {
     fn send<B: Iterator<Item = zmq::Message>>(
         &mut self,
         to: &[u8],
@@ -90,7 +90,7 @@ impl BrokerServer {
                 .bind(endpoint)
                 .map_err(|source| BrokerError::Bind { endpoint: endpoint.into(), source })?;
         }
-        let snapshot = Arc::new(Mutex::new((Metrics::default(), Census::default())));
+        let snapshot = Arc::new(Mutex::new((BrokerCounters::default(), Census::default())));
         Ok(BrokerServer { socket, config: config.clone(), snapshot })
     }
 
@@ -109,9 +109,9 @@ impl BrokerServer {
     }
 
     /// Routes until `shutdown` is set, then tells workers to go. Returns the final counters.
-    pub fn run(self, shutdown: &Signal) -> Result<Metrics, BrokerError> {
+    pub fn run(self, shutdown: &ShutdownWatch) -> Result<BrokerCounters, BrokerError> {
         let mut core = Broker::new(&self.config, Instant::now());
-        let mut out = RouterOutbox { socket: &self.socket };
+        let mut out = RouterTransmit { socket: &self.socket };
         let mut frames = Vec::with_capacity(16);
         log::info!("broker routing on {}", self.endpoint());
         let mut next_snapshot = Instant::now();
@@ -120,7 +120,7 @@ impl BrokerServer {
             core.tick(now, &mut out);
             if now >= next_snapshot {
                 if let Ok(mut snapshot) = self.snapshot.lock() {
-                    *snapshot = (core.metrics().clone(), core.census());
+                    *snapshot = (core.counters().clone(), core.census());
                 }
                 next_snapshot = now + SNAPSHOT_EVERY;
             }
@@ -139,7 +139,7 @@ impl BrokerServer {
             for _ in 0..BATCH {
                 match recv_frames(&self.socket, &mut frames, self.config.max_frames, zmq::DONTWAIT) {
                     Ok(Received::Message) => core.handle(now, &mut frames, &mut out),
-                    Ok(Received::TooManyFrames) => core.metrics_mut().too_many_frames += 1,
+                    Ok(Received::TooManyFrames) => core.counters_mut().too_many_frames += 1,
                     Ok(Received::WouldBlock) | Err(zmq::Error::EINTR) => break,
                     Err(e) => return Err(e.into()),
                 }
@@ -147,7 +147,7 @@ impl BrokerServer {
         }
         log::info!("broker stopping: telling {} worker(s) to reconnect", core.census().workers);
         core.shutdown(&mut out);
-        Ok(core.metrics().clone())
+        Ok(core.counters().clone())
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use transport::frames::{recv_frames, send_frames, Received};
-use transport::Signal;
+use transport::ShutdownWatch;
 
 use self::recorder::Recorder;
 use crate::config::BusConfig;
@@ -131,7 +131,7 @@ impl Bus {
     }
 
     /// Forwards both ways until `shutdown` is set.
-    pub fn run(mut self, shutdown: &Signal) -> Result<(), BusError> {
+    pub fn run(mut self, shutdown: &ShutdownWatch) -> Result<(), BusError> {
         log::info!(
             "bus '{}': publishers → {}, subscribers → {}",
             self.config.name,

@@ -2,6 +2,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use argh::FromArgs;
+use proto::mdp::worker::WorkerTiming;
 use proto::mdp::Dialect;
 use transport::{Shutdown, Worker, WorkerOptions};
 
@@ -43,17 +44,15 @@ pub fn run(args: EchoWorkerArgs) -> CmdResult {
     }
     let shutdown = Shutdown::new();
     shutdown.on_termination_signals()?;
-    let options = WorkerOptions {
-        dialect: args.dialect,
-        heartbeat_interval: Duration::from_millis(args.heartbeat),
-        ..WorkerOptions::default()
-    };
+    let timing =
+        WorkerTiming { heartbeat_interval: Duration::from_millis(args.heartbeat), ..Default::default() };
+    let options = WorkerOptions { dialect: args.dialect, timing, ..WorkerOptions::default() };
     let ctx = zmq::Context::new();
     let worker = Worker::new(&ctx, &args.broker, &args.service, options);
     log::info!("echo worker for '{}' on {} ({})", args.service, args.broker, args.dialect);
     let stream = args.stream;
     worker.run(
-        &shutdown.signal()?,
+        &shutdown.watch()?,
         move |body: Vec<zmq::Message>, replier: &mut transport::Replier<'_>| {
             if stream {
                 for frame in &body {

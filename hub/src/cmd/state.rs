@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 use proto::mdp::Dialect;
+use proto::state::{Op, Request};
 use serde_json::{json, Value};
 use transport::{Client, ClientError, ClientOptions};
 
@@ -107,7 +108,7 @@ struct Health {}
 pub fn run(args: StateArgs) -> CmdResult {
     let scope = || args.scope.clone().ok_or("this operation needs --scope SCOPE (plantd's \"service\")");
     let (op, request) = match &args.op {
-        StateOp::Get(g) => ("state-get", json!({"service": scope()?, "key": g.key})),
+        StateOp::Get(g) => (Op::Get, Request::key(&scope()?, &g.key)),
         StateOp::Set(s) => {
             let value = if s.json {
                 serde_json::from_str::<Value>(&s.value)
@@ -115,21 +116,21 @@ pub fn run(args: StateArgs) -> CmdResult {
             } else {
                 json!(s.value)
             };
-            ("state-set", json!({"service": scope()?, "key": s.key, "value": value}))
+            (Op::Set, Request::set(&scope()?, &s.key, value))
         }
-        StateOp::Delete(d) => ("delete", json!({"service": scope()?, "key": d.key})),
-        StateOp::ListKeys(_) => ("list-keys", json!({"service": scope()?})),
-        StateOp::ListScopes(_) => ("list-scopes", json!({})),
-        StateOp::CreateScope(_) => ("create-scope", json!({"service": scope()?})),
-        StateOp::DeleteScope(_) => ("delete-scope", json!({"service": scope()?})),
-        StateOp::Health(_) => ("health", json!({})),
+        StateOp::Delete(d) => (Op::Delete, Request::key(&scope()?, &d.key)),
+        StateOp::ListKeys(_) => (Op::ListKeys, Request::scope(&scope()?)),
+        StateOp::ListScopes(_) => (Op::ListScopes, Request::default()),
+        StateOp::CreateScope(_) => (Op::CreateScope, Request::scope(&scope()?)),
+        StateOp::DeleteScope(_) => (Op::DeleteScope, Request::scope(&scope()?)),
+        StateOp::Health(_) => (Op::Health, Request::default()),
     };
     let ctx = zmq::Context::new();
     let options =
         ClientOptions { dialect: Dialect::Rfc7, timeout: Duration::from_millis(args.timeout), retries: 0 };
     let mut client = Client::new(&ctx, &args.broker, options);
-    let request = request.to_string();
-    let reply = match client.request("org.plantd.State", &[op.as_bytes(), request.as_bytes()]) {
+    let [op, request] = request.frames(op);
+    let reply = match client.request(proto::state::SERVICE, &[&op, &request]) {
         Ok(reply) => reply,
         Err(e @ ClientError::Timeout { .. }) => {
             eprintln!("hub: {e}");
@@ -145,6 +146,5 @@ pub fn run(args: StateArgs) -> CmdResult {
     } else {
         println!("{value}");
     }
-    let ok = value["success"] == json!(true);
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if proto::state::succeeded(&value) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::bus::Framing;
-use transport::{Publisher, Signal, Worker, WorkerError, WorkerOptions};
+use transport::{Publisher, ShutdownWatch, Worker, WorkerError, WorkerOptions};
 
 use self::store::Store;
 use crate::broker::BROKER_INPROC;
@@ -62,15 +62,16 @@ impl StateService {
     }
 
     /// One worker: serves requests until shutdown. Run several on their own threads.
-    pub fn serve(&self, ctx: &zmq::Context, signal: &Signal) -> Result<(), StateError> {
+    pub fn serve(&self, ctx: &zmq::Context, signal: &ShutdownWatch) -> Result<(), StateError> {
         let publisher = Publisher::connect(ctx, &self.events, Framing::TwoFrame)?;
         let store = self.store.clone();
-        let worker = Worker::new(ctx, BROKER_INPROC, ops::SERVICE, self.worker.clone());
+        let worker = Worker::new(ctx, BROKER_INPROC, proto::state::SERVICE, self.worker.clone());
         worker.run(signal, move |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
             let (reply, event) = ops::handle(&store, &body);
             if let Some(event) = event {
                 // PUB drops rather than blocks; a lost event never fails the write.
-                let _ = publisher.publish(event.topic().as_bytes(), event.payload().to_string().as_bytes());
+                let payload = serde_json::to_vec(&event).expect("an event serialises");
+                let _ = publisher.publish(event.topic().as_bytes(), &payload);
             }
             vec![zmq::Message::from(reply.to_string().as_bytes())]
         })?;
@@ -79,7 +80,7 @@ impl StateService {
 
     /// Flushes every interval, bounding how long an acknowledged write can be
     /// lost to a crash; flushes once more on shutdown.
-    pub fn flush_loop(&self, signal: &Signal) -> Result<(), StateError> {
+    pub fn flush_loop(&self, signal: &ShutdownWatch) -> Result<(), StateError> {
         if self.flush_interval.is_zero() {
             return Ok(()); // every write is flushed before its reply
         }

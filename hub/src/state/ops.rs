@@ -6,45 +6,15 @@
 //! - `list-scopes` with no scopes returns `[]` (plantd returned `null`);
 //! - values may be any JSON value, returned unchanged (plantd took strings only).
 
-use serde_json::{json, Map, Value};
+use proto::state::{failure, success, Event, EventOp, Op, Request};
+use proto::Frame;
+use serde_json::{json, Value};
 
 use super::store::Store;
-use proto::Frame;
 
-pub const SERVICE: &str = "org.plantd.State";
-
-/// A successful change, published on the state bus.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Event {
-    pub scope: String,
-    pub key: Option<String>,
-    /// "set", "delete", "create-scope" or "delete-scope".
-    pub op: &'static str,
-    pub value: Option<Value>,
-}
-
-impl Event {
-    pub fn topic(&self) -> String {
-        format!("{SERVICE}.{}", self.scope)
-    }
-
-    pub fn payload(&self) -> Value {
-        json!({
-            "scope": self.scope,
-            "key": self.key,
-            "op": self.op,
-            "value": self.value,
-            "ts": jiff::Timestamp::now().to_string(),
-        })
-    }
-}
-
-fn success(data: Value) -> Value {
-    json!({"success": true, "data": data})
-}
-
-fn failure(message: impl Into<String>) -> Value {
-    json!({"success": false, "error": message.into()})
+fn event(scope: &str, key: Option<&str>, op: EventOp, value: Option<Value>) -> Event {
+    let ts = jiff::Timestamp::now().to_string();
+    Event { scope: scope.into(), key: key.map(Into::into), op, value, ts }
 }
 
 /// Handles one request: `body` is `[operation, json]`.
@@ -52,20 +22,11 @@ pub fn handle<F: Frame>(store: &Store, body: &[F]) -> (Value, Option<Event>) {
     let [op, request, ..] = body else {
         return (json!({"error": "Invalid message format"}), None);
     };
-    // plantd's callback names: the old `get`/`set` and the newer `state-*` share one.
-    let op = match op.bytes() {
-        b"create-scope" => "create-scope",
-        b"delete-scope" => "delete-scope",
-        b"state-set" | b"set" => "set",
-        b"state-get" | b"get" => "get",
-        b"delete" => "delete",
-        b"list-keys" => "list-keys",
-        b"list-scopes" => "list-scopes",
-        b"health" => "health",
-        _ => return (json!({"error": "Invalid operation"}), None),
+    let Some(op) = Op::parse(op.bytes()) else {
+        return (json!({"error": "Invalid operation"}), None);
     };
     let request = match serde_json::from_slice::<Value>(request.bytes()) {
-        Ok(Value::Object(map)) => map,
+        Ok(object @ Value::Object(_)) => serde_json::from_value::<Request>(object).unwrap_or_default(),
         Ok(other) => {
             return (failure(format!("Invalid request format: expected a JSON object, got {other}")), None)
         }
@@ -74,51 +35,48 @@ pub fn handle<F: Frame>(store: &Store, body: &[F]) -> (Value, Option<Event>) {
     match run(store, op, &request) {
         Ok(outcome) => outcome,
         Err(e) => {
-            log::error!("state store failed on {op}: {e}");
-            (failure(format!("Failed to {op}: storage error: {e}")), None)
+            let name = op.short_name();
+            log::error!("state store failed on {name}: {e}");
+            (failure(format!("Failed to {name}: storage error: {e}")), None)
         }
     }
 }
 
 type Outcome = (Value, Option<Event>);
 
-fn field<'a>(request: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
-    request.get(name).and_then(Value::as_str)
-}
-
-fn run(store: &Store, op: &'static str, request: &Map<String, Value>) -> super::store::Result<Outcome> {
+fn run(store: &Store, op: Op, request: &Request) -> super::store::Result<Outcome> {
     // These two take no scope (health reports on one if given).
     match op {
-        "list-scopes" => {
+        Op::ListScopes => {
             let scopes = store.list_scopes()?;
             return Ok((success(json!({"scopes": scopes, "count": scopes.len()})), None));
         }
-        "health" => return Ok((health(store, field(request, "service"))?, None)),
+        Op::Health => return Ok((health(store, request.scope.as_deref())?, None)),
         _ => {}
     }
-    let Some(scope) = field(request, "service") else {
-        return Ok((failure(format!("Service scope required for {op} request")), None));
+    let Some(scope) = request.scope.as_deref() else {
+        return Ok((failure(format!("Service scope required for {} request", op.short_name())), None));
     };
     Ok(match op {
-        "create-scope" => {
+        Op::CreateScope => {
             if scope.is_empty() {
                 (failure("Service scope cannot be empty"), None)
             } else if !store.create_scope(scope)? {
                 (failure(format!("Scope '{scope}' already exists")), None)
             } else {
-                let event = Event { scope: scope.into(), key: None, op: "create-scope", value: None };
+                let event = event(scope, None, EventOp::CreateScope, None);
                 (success(json!({"scope": scope, "status": "created"})), Some(event))
             }
         }
-        "delete-scope" => {
+        Op::DeleteScope => {
             if !store.delete_scope(scope)? {
                 (failure(format!("Scope '{scope}' does not exist")), None)
             } else {
-                let event = Event { scope: scope.into(), key: None, op: "delete-scope", value: None };
+                let event = event(scope, None, EventOp::DeleteScope, None);
                 (success(json!({"scope": scope, "status": "deleted"})), Some(event))
             }
         }
-        "list-keys" => {
+        Op::ListKeys => {
             if scope.is_empty() {
                 (failure("Service scope cannot be empty"), None)
             } else if !store.has_scope(scope)? {
@@ -133,17 +91,12 @@ fn run(store: &Store, op: &'static str, request: &Map<String, Value>) -> super::
     })
 }
 
-fn keyed(
-    store: &Store,
-    op: &'static str,
-    scope: &str,
-    request: &Map<String, Value>,
-) -> super::store::Result<Outcome> {
-    let Some(key) = field(request, "key") else {
-        return Ok((failure(format!("Key required for {op} request")), None));
+fn keyed(store: &Store, op: Op, scope: &str, request: &Request) -> super::store::Result<Outcome> {
+    let Some(key) = request.key.as_deref() else {
+        return Ok((failure(format!("Key required for {} request", op.short_name())), None));
     };
-    let value = request.get("value");
-    if op == "set" && value.is_none() {
+    let value = request.value.as_ref();
+    if op == Op::Set && value.is_none() {
         return Ok((failure("Value required for set request"), None));
     }
     if scope.is_empty() {
@@ -153,16 +106,15 @@ fn keyed(
         return Ok((failure("Key cannot be empty"), None));
     }
     Ok(match (op, value) {
-        ("set", Some(value)) => {
+        (Op::Set, Some(value)) => {
             store.set(scope, key, value)?;
-            let event =
-                Event { scope: scope.into(), key: Some(key.into()), op: "set", value: Some(value.clone()) };
+            let event = event(scope, Some(key), EventOp::Set, Some(value.clone()));
             (success(json!({"scope": scope, "key": key, "value": value, "status": "set"})), Some(event))
         }
-        ("get", _) if !store.has_scope(scope)? => {
+        (Op::Get, _) if !store.has_scope(scope)? => {
             (failure(format!("Failed to get key: scope `{scope}` doesn't exist")), None)
         }
-        ("get", _) => {
+        (Op::Get, _) => {
             let value = store.get(scope, key)?.unwrap_or(json!(""));
             (success(json!({"scope": scope, "key": key, "value": value})), None)
         }
@@ -171,12 +123,7 @@ fn keyed(
         }
         _ => {
             let existed = store.delete(scope, key)?;
-            let event = existed.then(|| Event {
-                scope: scope.into(),
-                key: Some(key.into()),
-                op: "delete",
-                value: None,
-            });
+            let event = existed.then(|| event(scope, Some(key), EventOp::Delete, None));
             (success(json!({"scope": scope, "key": key, "status": "deleted"})), event)
         }
     })
@@ -185,7 +132,7 @@ fn keyed(
 fn health(store: &Store, scope: Option<&str>) -> super::store::Result<Value> {
     let mut data = json!({
         "status": "healthy",
-        "service": SERVICE,
+        "service": proto::state::SERVICE,
         "store_available": true,
         "scopes": store.scope_count(),
         "writes": store.writes(),

@@ -11,8 +11,10 @@
 //! part of them. Decoding borrows from the frames and never allocates, so the
 //! broker can move body frames on without copying them.
 
+pub mod client;
 mod decode;
 mod encode;
+pub mod worker;
 
 pub use decode::{decode_from_broker, decode_to_broker, DecodeError};
 pub use encode::{

@@ -40,7 +40,7 @@ fn scope_lifecycle() {
     );
     let (reply, event) = r.call("create-scope", json!({"service": "plant"}));
     assert_eq!(reply, json!({"success": true, "data": {"scope": "plant", "status": "created"}}));
-    assert_eq!(event.unwrap().op, "create-scope");
+    assert_eq!(event.unwrap().op, EventOp::CreateScope);
     assert_eq!(r.reply("create-scope", json!({"service": "plant"})), err("Scope 'plant' already exists"));
     assert_eq!(
         r.reply("list-scopes", json!({})),
@@ -48,7 +48,7 @@ fn scope_lifecycle() {
     );
     let (reply, event) = r.call("delete-scope", json!({"service": "plant"}));
     assert_eq!(reply, json!({"success": true, "data": {"scope": "plant", "status": "deleted"}}));
-    assert_eq!(event.unwrap().op, "delete-scope");
+    assert_eq!(event.unwrap().op, EventOp::DeleteScope);
     assert_eq!(r.reply("delete-scope", json!({"service": "plant"})), err("Scope 'plant' does not exist"));
 }
 
@@ -65,7 +65,7 @@ fn set_get_delete_with_both_operation_names() {
         let event = event.unwrap();
         assert_eq!(
             (event.topic().as_str(), event.op, event.key.as_deref()),
-            ("org.plantd.State.s", "set", Some("k"))
+            ("org.plantd.State.s", EventOp::Set, Some("k"))
         );
         assert_eq!(event.value, Some(json!("v1")));
         assert_eq!(
@@ -79,7 +79,7 @@ fn set_get_delete_with_both_operation_names() {
     );
     let (reply, event) = r.call("delete", json!({"service": "s", "key": "k"}));
     assert_eq!(reply, json!({"success": true, "data": {"scope": "s", "key": "k", "status": "deleted"}}));
-    assert_eq!(event.unwrap().op, "delete");
+    assert_eq!(event.unwrap().op, EventOp::Delete);
     let (_, event) = r.call("delete", json!({"service": "s", "key": "k"}));
     assert!(event.is_none(), "deleting a missing key changes nothing and publishes nothing");
 }
@@ -163,8 +163,8 @@ fn health_reports_the_store_and_an_optional_scope() {
 
 #[test]
 fn event_payloads_carry_scope_key_op_value_and_time() {
-    let event = Event { scope: "s".into(), key: Some("k".into()), op: "set", value: Some(json!("v")) };
-    let payload = event.payload();
+    let (_, event) = Rig::new().call("state-set", json!({"service": "s", "key": "k", "value": "v"}));
+    let payload = serde_json::to_value(event.unwrap()).unwrap();
     assert_eq!(
         (payload["scope"].clone(), payload["key"].clone(), payload["op"].clone()),
         (json!("s"), json!("k"), json!("set"))

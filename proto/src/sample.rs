@@ -1,0 +1,153 @@
+//! Telemetry samples: the value model, and the JSON that subscribers read on
+//! the metric bus (`org.plantd.Metric.<agent>.<channel>`).
+//!
+//! A sample is keyed by (agent, boot epoch, sequence number): the epoch tells
+//! one run of an agent from every other, the sequence counts up within it.
+//! The hub deduplicates on that key.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value as Json};
+
+/// Topic prefix of telemetry on the metric bus: `org.plantd.Metric.<agent>.<channel>`.
+pub const TOPIC_PREFIX: &str = "org.plantd.Metric.";
+
+/// A sampled value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    Number(f64),
+    Integer(i64),
+    Bool(bool),
+    Text(String),
+}
+
+impl Value {
+    pub fn to_json(&self) -> Json {
+        match self {
+            // JSON has no NaN or infinity: those become null rather than invalid JSON.
+            Value::Number(n) => serde_json::Number::from_f64(*n).map_or(Json::Null, Json::Number),
+            Value::Integer(i) => json!(i),
+            Value::Bool(b) => json!(b),
+            Value::Text(t) => json!(t),
+        }
+    }
+}
+
+/// How much to trust a sample (OPC UA's three classes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Quality {
+    Good,
+    Uncertain,
+    Bad,
+}
+
+impl Quality {
+    pub fn name(self) -> &'static str {
+        match self {
+            Quality::Good => "good",
+            Quality::Uncertain => "uncertain",
+            Quality::Bad => "bad",
+        }
+    }
+}
+
+/// One reading of one channel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub channel: String,
+    /// Boot epoch: the agent's persisted start counter.
+    pub epoch: u32,
+    /// Per agent, per epoch, counting from 1.
+    pub seq: u64,
+    /// Wall-clock time, nanoseconds since the Unix epoch (may jump: Pis have no RTC).
+    pub wall_ns: i64,
+    /// Monotonic time since the agent started, nanoseconds (never jumps).
+    pub mono_ns: u64,
+    /// Whether the wall clock was synchronised (NTP) when sampled.
+    pub clock_synced: bool,
+    pub value: Value,
+    pub unit: String,
+    pub quality: Quality,
+}
+
+impl Sample {
+    pub fn topic(&self, agent: &str) -> String {
+        format!("{TOPIC_PREFIX}{agent}.{}", self.channel)
+    }
+
+    /// The JSON published on the metric bus: live (best-effort) by the agent,
+    /// or after ingest (durable) by the hub. Durable and best-effort samples
+    /// count their `seq` separately; `durable` says which count a `seq` is in.
+    pub fn to_json(&self, agent: &str, durable: bool, historical: bool) -> Json {
+        let ts = jiff::Timestamp::from_nanosecond(self.wall_ns as i128).map(|t| t.to_string()).ok();
+        let mut j = json!({
+            "agent": agent,
+            "channel": self.channel,
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "ts": ts,
+            "wall_ns": self.wall_ns,
+            "mono_ns": self.mono_ns,
+            "clock_synced": self.clock_synced,
+            "value": self.value.to_json(),
+            "unit": self.unit,
+            "quality": self.quality.name(),
+            "durable": durable,
+        });
+        if historical {
+            j["historical"] = json!(true);
+        }
+        j
+    }
+}
+
+/// Samples for tests, here and in the crates that store and send them.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub fn sample(seq: u64, value: Value) -> Sample {
+        Sample {
+            channel: "temp".into(),
+            epoch: 3,
+            seq,
+            wall_ns: 1_790_000_000_000_000_000,
+            mono_ns: 42,
+            clock_synced: true,
+            value,
+            unit: "degC".into(),
+            quality: Quality::Good,
+        }
+    }
+
+    /// Any value that equals itself (no NaN).
+    pub fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<f64>().prop_filter("NaN never equals itself", |f| !f.is_nan()).prop_map(Value::Number),
+            any::<i64>().prop_map(Value::Integer),
+            any::<bool>().prop_map(Value::Bool),
+            ".{0,20}".prop_map(Value::Text),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::sample;
+    use super::*;
+
+    #[test]
+    fn json_is_what_subscribers_read() {
+        let j = sample(7, Value::Number(21.5)).to_json("pi-1", true, true);
+        assert_eq!(j["agent"], "pi-1");
+        assert_eq!(j["seq"], 7);
+        assert_eq!(j["value"], 21.5);
+        assert_eq!(j["quality"], "good");
+        assert_eq!(j["historical"], true);
+        assert!(j["ts"].as_str().unwrap().starts_with("2026-"));
+        assert!(sample(1, Value::Bool(true)).to_json("a", false, false).get("historical").is_none());
+        assert_eq!(j["durable"], true);
+        assert_eq!(sample(1, Value::Number(f64::NAN)).to_json("a", false, false)["value"], Json::Null);
+        assert_eq!(sample(1, Value::Integer(3)).topic("pi-1"), "org.plantd.Metric.pi-1.temp");
+    }
+}

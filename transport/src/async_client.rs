@@ -1,0 +1,84 @@
+//! The Majordomo client for smol tasks: the same lazy-pirate decisions as
+//! [`Client`](crate::Client) (`proto`'s [`ClientCore`]), awaiting instead of
+//! blocking. PARTIAL replies are dropped; the final reply is returned.
+
+use std::time::Instant;
+
+use proto::mdp::client::{ClientCore, Send, Timeout};
+use proto::mdp::ReplyKind;
+
+use crate::async_socket::AsyncSocket;
+use crate::client::{ClientError, ClientOptions, Reply, ReplyHead, MAX_REPLY_FRAMES};
+use crate::frames::Received;
+use crate::socket;
+
+pub struct AsyncClient {
+    ctx: zmq::Context,
+    endpoint: String,
+    core: ClientCore,
+    socket: Option<AsyncSocket>,
+    frames: Vec<zmq::Message>,
+}
+
+impl AsyncClient {
+    pub fn new(ctx: &zmq::Context, endpoint: &str, options: ClientOptions) -> Self {
+        AsyncClient {
+            ctx: ctx.clone(),
+            endpoint: endpoint.to_string(),
+            core: ClientCore::new(options),
+            socket: None,
+            frames: Vec::new(),
+        }
+    }
+
+    /// Sends `body` to `service`; returns the final reply's body frames.
+    pub async fn request(&mut self, service: &str, body: &[&[u8]]) -> Result<Vec<zmq::Message>, ClientError> {
+        let result = self.exchange(service, body).await;
+        if result.is_err() {
+            self.core.on_failure();
+            self.socket = None;
+        }
+        result
+    }
+
+    async fn exchange(&mut self, service: &str, body: &[&[u8]]) -> Result<Vec<zmq::Message>, ClientError> {
+        let mut send = self.core.start(Instant::now(), service.as_bytes());
+        loop {
+            if send == Send::FreshSocket || self.socket.is_none() {
+                // Dropping the old socket drops any late reply with it.
+                self.socket = None;
+                self.socket = Some(AsyncSocket::new(socket::dealer(&self.ctx, &self.endpoint)?)?);
+            }
+            let socket = self.socket.as_ref().expect("just made");
+            socket.send(self.core.envelope().expect("a request is in flight").frames(), body).await?;
+            loop {
+                let Some(deadline) = self.core.deadline() else { unreachable!("a request is in flight") };
+                let left = deadline.saturating_duration_since(Instant::now());
+                match socket.recv_timeout(&mut self.frames, MAX_REPLY_FRAMES, left).await? {
+                    Received::Message => {}
+                    Received::TooManyFrames => continue,
+                    Received::WouldBlock if Instant::now() < deadline => continue,
+                    Received::WouldBlock => match self.core.on_timeout(Instant::now()) {
+                        Timeout::Resend => {
+                            log::debug!("no reply from {service}: retrying on a fresh socket");
+                            send = Send::FreshSocket;
+                            break;
+                        }
+                        Timeout::GiveUp { attempts } => {
+                            let options = self.core.options();
+                            return Err(ClientError::timeout(service, &self.endpoint, attempts, options));
+                        }
+                    },
+                }
+                let Some(head) = self.core.on_message(Instant::now(), &self.frames).map(ReplyHead::from)
+                else {
+                    continue;
+                };
+                let reply = Reply::take(&mut self.frames, head);
+                if reply.kind == ReplyKind::Final {
+                    return Ok(reply.body);
+                }
+            }
+        }
+    }
+}
