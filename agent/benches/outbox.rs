@@ -10,11 +10,7 @@ use agent::outbox::record;
 use agent::outbox::Outbox;
 use agent::store::Store;
 use proto::sample::{Quality, Sample, Value};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(default)
-}
+use testkit::bench::Args;
 
 fn sample(seq: u64) -> Sample {
     Sample {
@@ -93,8 +89,8 @@ fn churn(cycles: u64, live: u64) -> (u64, u64, f64) {
 }
 
 fn main() {
-    let n = arg("--samples", 200_000);
-    let cycles = arg("--cycles", 1_000_000);
+    let n = Args::from_env().get("--samples", 200_000u64);
+    let cycles = Args::from_env().get("--cycles", 1_000_000u64);
     let fsync_n = (n / 20).max(1000);
     println!("outbox benchmark: {n} samples ({} bytes encoded each)", record::encode(&sample(1)).len());
     let ours = outbox_appends(n);

@@ -7,52 +7,15 @@
 //! subscriber on the metric bus counts until every sample has arrived. The
 //! agent's resident memory is sampled idle and while it drains.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agent::outbox::Outbox;
 use agent::store::Store;
 use proto::sample::{Quality, Sample, Value};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(default)
-}
-
-fn free_endpoint() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    format!("tcp://127.0.0.1:{port}")
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The hub binary, built with this bench's profile next to the agent's.
-fn hub_binary() -> PathBuf {
-    let agent = Path::new(env!("CARGO_BIN_EXE_agent"));
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "-p", "hub", "--bin", "hub"])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap())
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building hub failed");
-    agent.with_file_name("hub")
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
-}
+use testkit::bench::{rss_kib, Args};
+use testkit::{bin, free_endpoint, Proc};
 
 fn prefill(data: &Path, n: u64) {
     let store = Store::open(&data.join("store"), 8 << 20).unwrap();
@@ -77,19 +40,16 @@ fn prefill(data: &Path, n: u64) {
 }
 
 fn main() {
-    let backlog = arg("--backlog", 100_000);
-    let hub = hub_binary();
+    let backlog = Args::from_env().get("--backlog", 100_000u64);
+    // Built with this bench's profile, next to the agent.
+    let hub = bin("hub");
     let dir = tempfile::tempdir().unwrap();
     let (broker, front, back) = (free_endpoint(), free_endpoint(), free_endpoint());
-    let _hub = Killed(
-        Command::new(&hub)
-            .args(["serve", "--broker", &broker, "--http", "off", "--no-state"])
-            .args(["--bus", &format!("metric={front},{back}"), "--data-dir"])
-            .arg(dir.path().join("hub"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut cmd = Command::new(&hub);
+    cmd.args(["serve", "--broker", &broker, "--http", "off", "--no-state"])
+        .args(["--bus", &format!("metric={front},{back}"), "--data-dir"])
+        .arg(dir.path().join("hub"));
+    let _hub = Proc::spawn("hub", cmd);
     let ctx = zmq::Context::new();
     let sub = ctx.socket(zmq::SUB).unwrap();
     sub.set_rcvhwm(0).unwrap();
@@ -98,27 +58,24 @@ fn main() {
 
     // Idle: the sim board's default channels, nothing queued.
     let idle_data = dir.path().join("idle");
-    let idle = Killed(
-        Command::new(env!("CARGO_BIN_EXE_agent"))
-            .args([
-                "run",
-                "--board",
-                "sim",
-                "--id",
-                "idle",
-                "--hub-broker",
-                &broker,
-                "--hub-bus",
-                &front,
-                "--data-dir",
-            ])
-            .arg(&idle_data)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));
+    cmd.args([
+        "run",
+        "--board",
+        "sim",
+        "--id",
+        "idle",
+        "--hub-broker",
+        &broker,
+        "--hub-bus",
+        &front,
+        "--data-dir",
+    ])
+    .arg(&idle_data);
+    let idle = Proc::spawn("idle agent", cmd);
+    // Idle means settled: measured after five seconds of running, not as a synchronisation.
     std::thread::sleep(Duration::from_secs(5));
-    let idle_rss = rss_kib(idle.0.id());
+    let idle_rss = rss_kib(idle.pid());
     drop(idle);
 
     // Replay: a prefilled outbox, one slow channel so the backlog is all there is.
@@ -134,15 +91,9 @@ fn main() {
     )
     .unwrap();
     let started = Instant::now();
-    let agent = Killed(
-        Command::new(env!("CARGO_BIN_EXE_agent"))
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));
+    cmd.arg("run").arg("--config").arg(&config);
+    let agent = Proc::spawn("agent", cmd);
     let mut received = 0u64;
     let mut first = None;
     let mut peak_rss = 0;
@@ -151,7 +102,7 @@ fn main() {
     while received < backlog {
         assert!(Instant::now() < deadline, "replay stalled at {received} of {backlog}");
         if sub.poll(zmq::POLLIN, 100).unwrap() == 0 {
-            peak_rss = peak_rss.max(rss_kib(agent.0.id()));
+            peak_rss = peak_rss.max(rss_kib(agent.pid()));
             continue;
         }
         while sub.recv(&mut msg, zmq::DONTWAIT).is_ok() {
@@ -161,7 +112,7 @@ fn main() {
             }
         }
         if received % 10_000 < 100 {
-            peak_rss = peak_rss.max(rss_kib(agent.0.id()));
+            peak_rss = peak_rss.max(rss_kib(agent.pid()));
         }
     }
     let first = first.unwrap();

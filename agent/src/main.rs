@@ -38,19 +38,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
-    transport::process::init(args.verbose);
-    let result = match args.command {
+    plumbing::main("agent", args.verbose, || match args.command {
         Command::Run(a) => cmd::run::run(a),
         Command::Check(a) => cmd::check::run(a),
         Command::Once(a) => cmd::once::run(a),
         Command::Status(a) => cmd::status::run(a),
         Command::Store(a) => cmd::store::run(a),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("agent: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }

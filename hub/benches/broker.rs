@@ -12,14 +12,16 @@
 //! Everything runs on 127.0.0.1 (BENCH_TRANSPORT=ipc: over ipc:// instead). Figures are ratios against the baseline of
 //! the same run, so a busy machine skews both sides alike.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 mod common;
-use common::{free_endpoint, named, process_cpu_time, us, HubChild};
+use common::{endpoint, HubChild};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
+use testkit::bench::{named, process_cpu_time, us, Args};
+use testkit::Proc;
 
 use proto::mdp::Dialect;
 use transport::{Client, ClientOptions, PipelinedClient, Shutdown, Worker, WorkerOptions};
@@ -38,28 +40,15 @@ struct Options {
 }
 
 fn options() -> Options {
-    let mut o =
-        Options { clients: 2, workers: 2, window: 64, seconds: 3.0, latency_samples: 20_000, only: None };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = args.get(i + 1).and_then(|v| v.parse::<f64>().ok());
-        match (args[i].as_str(), value) {
-            ("--clients", Some(v)) => o.clients = v as usize,
-            ("--workers", Some(v)) => o.workers = v as usize,
-            ("--window", Some(v)) => o.window = v as usize,
-            ("--seconds", Some(v)) => o.seconds = v,
-            ("--samples", Some(v)) => o.latency_samples = v as usize,
-            ("--only", _) if i + 1 < args.len() => o.only = Some(args[i + 1].clone()),
-            // `cargo bench` passes --bench; ignore what we do not know.
-            _ => {
-                i += 1;
-                continue;
-            }
-        }
-        i += 2;
+    let args = Args::from_env();
+    Options {
+        clients: args.get("--clients", 2),
+        workers: args.get("--workers", 2),
+        window: args.get("--window", 64),
+        seconds: args.get("--seconds", 3.0),
+        latency_samples: args.get("--samples", 20_000),
+        only: args.text("--only").map(String::from),
     }
-    o
 }
 
 /// Runs `clients` pipelined clients against `endpoint` for `seconds` after a
@@ -130,7 +119,7 @@ fn raw_echo_server(ctx: &zmq::Context, endpoint: &str, stop: Arc<AtomicBool>) ->
 /// service, body] in MDP, so the raw client sends frames of the same sizes.
 fn raw_throughput(o: &Options) -> f64 {
     let ctx = zmq::Context::new();
-    let endpoint = free_endpoint();
+    let endpoint = endpoint();
     let stop = Arc::new(AtomicBool::new(false));
     let server = raw_echo_server(&ctx, &endpoint, stop.clone());
     // An RFC 7 request is [ "", MDPC01, service, body ]; the ROUTER echoes it,
@@ -219,7 +208,7 @@ fn latencies(samples: usize, mut round_trip: impl FnMut()) -> (Duration, Duratio
 fn raw_latency(samples: usize) -> (Duration, Duration) {
     // Client and server get a context (an I/O thread) each, as two processes would.
     let (ctx, server_ctx) = (zmq::Context::new(), zmq::Context::new());
-    let endpoint = free_endpoint();
+    let endpoint = endpoint();
     let rep = server_ctx.socket(zmq::REP).unwrap();
     rep.bind(&endpoint).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -269,22 +258,18 @@ fn majortomo_throughput(o: &Options) -> Option<(f64, f64)> {
         eprintln!("(majortomo comparison skipped: no {}; run scripts/setup.sh)", python.display());
         return None;
     }
-    let endpoint = free_endpoint();
-    let mut child = Command::new(python)
-        .args(["-m", "majortomo.broker", "--bind-url", &endpoint])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
+    let endpoint = endpoint();
+    let mut cmd = Command::new(python);
+    cmd.args(["-m", "majortomo.broker", "--bind-url", &endpoint]);
+    let child = Proc::spawn("majortomo broker", cmd);
     let shutdown = Shutdown::new();
     let workers = start_workers(&endpoint, o.workers, Dialect::Majortomo, &shutdown);
     wait_for_service(&endpoint, Dialect::Majortomo);
-    let cpu_before = process_cpu_time(child.id());
+    let cpu_before = process_cpu_time(child.pid());
     let (rate, replies) = pipelined_load(&endpoint, Dialect::Majortomo, o);
-    let cpu = process_cpu_time(child.id()) - cpu_before;
+    let cpu = process_cpu_time(child.pid()) - cpu_before;
     Running { shutdown, threads: workers }.stop();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     Some((rate, us(cpu) / replies.max(1) as f64))
 }
 

@@ -12,18 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_endpoint, named, us, HubChild, TempDir};
+use common::{endpoint, HubChild};
+use testkit::bench::{named, us, Args};
 
 const MESSAGE: [u8; 64] = *b"bench.topic.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
-
-fn messages_arg() -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == "--messages")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000_000)
-}
 
 /// Publishes `n` messages on `publish_to` (bound if `bind`, else connected)
 /// and waits until every subscriber on `subscribe_at` has them all. Returns
@@ -81,17 +73,17 @@ fn run(publish_to: &str, bind: bool, subscribe_at: &str, subscribers: usize, n: 
 }
 
 fn direct(subscribers: usize, n: usize) -> f64 {
-    let endpoint = free_endpoint();
+    let endpoint = endpoint();
     run(&endpoint, true, &endpoint, subscribers, n)
 }
 
 /// Through `hub serve`'s bus; returns the rate and the hub process's CPU per delivered message.
 fn through_hub(subscribers: usize, n: usize) -> (f64, f64) {
-    let dir = TempDir::new();
-    let (frontend, backend) = (free_endpoint(), free_endpoint());
-    let config = dir.0.join("hub.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let (frontend, backend) = (endpoint(), endpoint());
+    let config = dir.path().join("hub.toml");
     let text = format!(
-        "[[bus]]\nname = \"bench\"\nfrontend = \"{frontend}\"\nbackend = \"{backend}\"\nhwm = 0\n\n[state]\nenabled = false\n\n[http]\nlisten = \"off\"\n"
+        "[[bus]]\nname = \"bench\"\nfrontend = \"{frontend}\"\nbackend = \"{backend}\"\nhwm = 0\n\n[state]\nenabled = false\n\n[ingest]\nenabled = false\n\n[http]\nlisten = \"off\"\n"
     );
     std::fs::write(&config, text).unwrap();
     let hub = HubChild::start_with(&["--config", config.to_str().unwrap()]);
@@ -102,7 +94,7 @@ fn through_hub(subscribers: usize, n: usize) -> (f64, f64) {
 }
 
 fn main() {
-    let n = messages_arg();
+    let n = Args::from_env().get("--messages", 2_000_000);
     println!("bus benchmark: 1 publisher, {n} messages of {} bytes, 127.0.0.1", MESSAGE.len());
     println!();
     println!("subscribers   direct PUB->SUB msg/s   through hub msg/s   ratio   hub CPU per delivery");

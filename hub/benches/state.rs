@@ -14,7 +14,8 @@ use serde_json::json;
 use transport::PipelinedClient;
 
 mod common;
-use common::{free_endpoint, named, us, HubChild, TempDir};
+use common::{endpoint, HubChild};
+use testkit::bench::{named, us, Args};
 
 struct Options {
     clients: usize,
@@ -25,26 +26,14 @@ struct Options {
 }
 
 fn options() -> Options {
-    let mut o = Options { clients: 4, window: 32, workers: 2, flush_ms: 100, seconds: 3.0 };
-    let args: Vec<String> = std::env::args().collect();
-    let value =
-        |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse::<f64>().ok());
-    if let Some(v) = value("--clients") {
-        o.clients = v as usize;
+    let args = Args::from_env();
+    Options {
+        clients: args.get("--clients", 4),
+        window: args.get("--window", 32),
+        workers: args.get("--workers", 2),
+        flush_ms: args.get("--flush-ms", 100),
+        seconds: args.get("--seconds", 3.0),
     }
-    if let Some(v) = value("--window") {
-        o.window = v as usize;
-    }
-    if let Some(v) = value("--workers") {
-        o.workers = v as usize;
-    }
-    if let Some(v) = value("--flush-ms") {
-        o.flush_ms = v as u64;
-    }
-    if let Some(v) = value("--seconds") {
-        o.seconds = v;
-    }
-    o
 }
 
 /// The i-th request: even ones set, odd ones get.
@@ -59,8 +48,8 @@ fn request(i: usize) -> (&'static str, String) {
 
 /// The same operations on the store directly, one thread, for `seconds`.
 fn bare_store(o: &Options) -> f64 {
-    let dir = TempDir::new();
-    let store = Store::open(&dir.0, 16 << 20, o.flush_ms == 0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 16 << 20, o.flush_ms == 0).unwrap();
     let deadline = Instant::now() + Duration::from_secs_f64(o.seconds);
     let started = Instant::now();
     let mut done = 0;
@@ -75,12 +64,12 @@ fn bare_store(o: &Options) -> f64 {
 }
 
 fn through_broker(o: &Options) -> (f64, f64) {
-    let dir = TempDir::new();
-    let config = dir.0.join("hub.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hub.toml");
     let text = format!(
-        "[[bus]]\nname = \"state\"\nfrontend = \"{}\"\nbackend = \"{}\"\n\n[state]\nworkers = {}\nflush_interval_ms = {}\n\n[http]\nlisten = \"off\"\n",
-        free_endpoint(),
-        free_endpoint(),
+        "[[bus]]\nname = \"state\"\nfrontend = \"{}\"\nbackend = \"{}\"\n\n[state]\nworkers = {}\nflush_interval_ms = {}\n\n[ingest]\nenabled = false\n\n[http]\nlisten = \"off\"\n",
+        endpoint(),
+        endpoint(),
         o.workers,
         o.flush_ms
     );

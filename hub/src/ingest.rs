@@ -26,7 +26,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use proto::bus::Framing;
+use proto::bus::{Framing, Subscription};
 use proto::ingest::{Batch, Reply};
 use transport::bus::publish_on;
 use transport::{ShutdownWatch, Worker, WorkerError, WorkerOptions};
@@ -222,8 +222,7 @@ impl IngestService {
     }
 }
 
-/// Topic prefixes subscribed on the bus, as the XPUB reports them
-/// (`\x01prefix` to subscribe, `\x00prefix` to unsubscribe).
+/// Topic prefixes subscribed on the bus, as the XPUB reports them.
 #[derive(Default)]
 struct Subscriptions {
     prefixes: HashSet<Vec<u8>>,
@@ -232,14 +231,14 @@ struct Subscriptions {
 impl Subscriptions {
     fn update(&mut self, xpub: &zmq::Socket) {
         while let Ok(message) = xpub.recv_bytes(zmq::DONTWAIT) {
-            match message.split_first() {
-                Some((1, prefix)) => {
+            match Subscription::parse(&message) {
+                Some(Subscription::Subscribe(prefix)) => {
                     self.prefixes.insert(prefix.to_vec());
                 }
-                Some((0, prefix)) => {
+                Some(Subscription::Unsubscribe(prefix)) => {
                     self.prefixes.remove(prefix);
                 }
-                _ => {}
+                None => {}
             }
         }
     }

@@ -39,20 +39,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
-    transport::process::init(args.verbose);
-    let result = match args.command {
+    plumbing::main("hub", args.verbose, || match args.command {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Call(a) => cmd::call::run(a),
         Command::State(a) => cmd::state::run(a),
         Command::Tap(a) => cmd::tap::run(a),
         Command::Publish(a) => cmd::publish::run(a),
         Command::EchoWorker(a) => cmd::echo::run(a),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("hub: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }

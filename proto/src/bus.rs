@@ -32,6 +32,26 @@ pub fn split<F: Frame>(frames: &[F]) -> Option<(&[u8], &[u8])> {
     }
 }
 
+/// A subscription message, as subscribers send it up a bus and an XPUB
+/// socket reports it: `\x01` then the topic prefix to subscribe, `\x00`
+/// then the prefix to unsubscribe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subscription<'a> {
+    Subscribe(&'a [u8]),
+    Unsubscribe(&'a [u8]),
+}
+
+impl<'a> Subscription<'a> {
+    /// `None` for anything else (an XPUB also passes on messages that are not subscriptions).
+    pub fn parse(message: &'a [u8]) -> Option<Subscription<'a>> {
+        match message.split_first()? {
+            (1, prefix) => Some(Subscription::Subscribe(prefix)),
+            (0, prefix) => Some(Subscription::Unsubscribe(prefix)),
+            _ => None,
+        }
+    }
+}
+
 /// The frames a publisher sends for `topic` and `payload`.
 pub fn encode(framing: Framing, topic: &[u8], payload: &[u8]) -> Vec<Vec<u8>> {
     match framing {
@@ -57,6 +77,14 @@ mod tests {
         assert_eq!(split(&bare), Some((&b"just.a.topic"[..], &b""[..])));
         let none: [Vec<u8>; 0] = [];
         assert_eq!(split(&none), None);
+    }
+
+    #[test]
+    fn subscriptions_parse() {
+        assert_eq!(Subscription::parse(b"\x01org."), Some(Subscription::Subscribe(b"org.")));
+        assert_eq!(Subscription::parse(b"\x00"), Some(Subscription::Unsubscribe(b"")));
+        assert_eq!(Subscription::parse(b"\x02x"), None);
+        assert_eq!(Subscription::parse(b""), None);
     }
 
     proptest! {

@@ -6,10 +6,9 @@
 
 mod agent;
 mod hub;
-mod process;
 mod python;
 
 pub use agent::*;
 pub use hub::*;
-pub use process::*;
 pub use python::*;
+pub use testkit::*;

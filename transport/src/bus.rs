@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use proto::bus::{self, Framing};
+use proto::bus::{self, Framing, Subscription};
 
 use crate::frames::{recv_frames, Received};
 
@@ -73,8 +73,8 @@ pub fn publish_once(
             break;
         }
         let sub = socket.recv_bytes(0)?;
-        // Subscription messages: 0x01 then the topic prefix.
-        covered = sub.first() == Some(&1) && topic.starts_with(&sub[1..]);
+        covered =
+            matches!(Subscription::parse(&sub), Some(Subscription::Subscribe(p)) if topic.starts_with(p));
     }
     publish_on(&socket, framing, topic, payload)?;
     Ok(covered)

@@ -11,7 +11,6 @@ pub mod async_socket;
 pub mod bus;
 pub mod client;
 pub mod frames;
-pub mod process;
 pub mod shutdown;
 pub mod socket;
 pub mod worker;

@@ -54,25 +54,6 @@ impl Shutdown {
         wakers.push(write);
         Ok(ShutdownWatch { read, shutdown: self.clone() })
     }
-
-    /// Triggers on SIGINT or SIGTERM; a second signal exits at once, for an
-    /// operator whose first Ctrl-C is stuck behind a slow shutdown.
-    pub fn on_termination_signals(&self) -> io::Result<()> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-        let shutdown = self.clone();
-        std::thread::Builder::new().name("signals".into()).spawn(move || {
-            for signal in signals.forever() {
-                if shutdown.is_triggered() {
-                    log::warn!("second termination signal: exiting now");
-                    std::process::exit(128 + signal);
-                }
-                log::info!("termination signal {signal}: shutting down");
-                shutdown.trigger();
-            }
-        })?;
-        Ok(())
-    }
 }
 
 /// One loop's view of a [`Shutdown`].

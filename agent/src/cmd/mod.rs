@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use agent::config::Config;
 
-pub type CmdResult = Result<std::process::ExitCode, Box<dyn std::error::Error>>;
+pub use plumbing::CmdResult;
 
 /// Builds the effective config from the shared flags.
 pub fn load(

@@ -24,7 +24,7 @@ config_flags! {
 pub fn run(args: RunArgs) -> CmdResult {
     let config = args.load()?;
     let shutdown = Shutdown::new();
-    shutdown.on_termination_signals()?;
+    plumbing::stop_on_termination_signals(&shutdown)?;
     agent::run::run(&config, shutdown)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -43,7 +43,7 @@ pub fn run(args: EchoWorkerArgs) -> CmdResult {
         );
     }
     let shutdown = Shutdown::new();
-    shutdown.on_termination_signals()?;
+    plumbing::stop_on_termination_signals(&shutdown)?;
     let timing =
         WorkerTiming { heartbeat_interval: Duration::from_millis(args.heartbeat), ..Default::default() };
     let options = WorkerOptions { dialect: args.dialect, timing, ..WorkerOptions::default() };

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 /// The broker endpoint clients and workers use unless told otherwise.
 pub const DEFAULT_BROKER: &str = "tcp://127.0.0.1:9797";
 
-pub type CmdResult = Result<std::process::ExitCode, Box<dyn std::error::Error>>;
+pub use plumbing::CmdResult;
 
 /// Which end of a bus a command talks to.
 pub enum BusSide {

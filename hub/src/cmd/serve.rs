@@ -85,7 +85,7 @@ pub fn run(args: ServeArgs) -> CmdResult {
     }
 
     let shutdown = Shutdown::new();
-    shutdown.on_termination_signals()?;
+    plumbing::stop_on_termination_signals(&shutdown)?;
     let ctx = zmq::Context::new();
     let hub = Hub::start(&ctx, &config, shutdown)?;
     log::info!(

@@ -44,7 +44,7 @@ pub struct TapArgs {
 pub fn run(args: TapArgs) -> CmdResult {
     let endpoint = bus_endpoint(args.bus, args.name, args.config.as_ref(), BusSide::Backend)?;
     let shutdown = Shutdown::new();
-    shutdown.on_termination_signals()?;
+    plumbing::stop_on_termination_signals(&shutdown)?;
     let ctx = zmq::Context::new();
     let prefixes: Vec<&[u8]> = args.prefixes.iter().map(|p| p.as_bytes()).collect();
     let mut subscriber = Subscriber::connect(&ctx, &endpoint, &prefixes)?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// The workspace's top directory.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit/ sits in the workspace").to_path_buf()
 }
 
 /// The directory this test binary's profile builds into (`target/debug`, ...).
