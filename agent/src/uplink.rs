@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use proto::breaker::Breaker;
 use proto::ingest::{Batch, Reply, Sent};
+use proto::rate::TokenBucket;
 use smol::channel::Receiver;
 use smol::future::FutureExt;
 use transport::{AsyncClient, ClientOptions};
@@ -20,32 +21,6 @@ use transport::{AsyncClient, ClientOptions};
 use crate::clock;
 use crate::config::UplinkConfig;
 use crate::status::{LinkState, Shared};
-
-/// A token bucket: `rate` samples a second, bursts up to one second's worth.
-pub struct Pace {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Pace {
-    pub fn new(rate: u64, now: Instant) -> Pace {
-        Pace { rate: rate.max(1) as f64, tokens: rate.max(1) as f64, last: now }
-    }
-
-    /// Takes `n` tokens; returns how long to wait before sending them.
-    pub fn take(&mut self, n: usize, now: Instant) -> Duration {
-        self.tokens =
-            (self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
-        self.last = now;
-        self.tokens -= n as f64;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
-        }
-    }
-}
 
 pub async fn run(
     shared: Arc<Shared>,
@@ -62,7 +37,9 @@ pub async fn run(
         Duration::from_millis(cfg.backoff_min_ms),
         Duration::from_millis(cfg.backoff_max_ms),
     );
-    let mut pace = Pace::new(cfg.replay_rate, Instant::now());
+    // Replay pacing: `replay_rate` samples a second, bursts up to one second's worth.
+    let rate = cfg.replay_rate.max(1) as f64;
+    let mut pace = TokenBucket::new(rate, rate, Instant::now());
     let live_window_ns = cfg.live_window_ms * 1_000_000;
     loop {
         let records = shared.outbox.stats().records as usize;
@@ -104,7 +81,7 @@ pub async fn run(
                 continue;
             }
         };
-        let wait = pace.take(batch.len(), Instant::now());
+        let wait = pace.take(batch.len() as f64, Instant::now());
         if !wait.is_zero() {
             smol::Timer::after(wait).await;
         }
@@ -152,10 +129,11 @@ pub async fn run(
                 note(&shared, LinkState::Up, format!("hub asks to retry: {reason}"));
                 smol::Timer::after(Duration::from_millis(after_ms.into())).await;
             }
-            Ok(Reply::Malformed { reason }) => {
+            Ok(Reply::Malformed { reason } | Reply::Refused { reason }) => {
                 shared.outbox.not_sent();
-                // Resending will not help, but the samples are kept: an upgraded hub may take them.
-                log::error!("hub rejects our batches as malformed: {reason}");
+                // Resending soon will not help, but the samples are kept: an
+                // upgraded or reconfigured hub may take them.
+                log::error!("hub rejects our batches: {reason}");
                 note(&shared, LinkState::Up, format!("hub rejects batches: {reason}"));
                 smol::Timer::after(Duration::from_secs(30)).await;
             }
@@ -184,27 +162,4 @@ fn set_breaker(shared: &Shared, breaker: &Breaker) {
     let mut link = shared.link();
     link.breaker = breaker.state();
     link.breaker_opened = breaker.opened;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pace_allows_a_second_of_burst_then_the_rate() {
-        let t0 = Instant::now();
-        let mut pace = Pace::new(1000, t0);
-        assert_eq!(pace.take(1000, t0), Duration::ZERO);
-        let wait = pace.take(500, t0);
-        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6, "{wait:?}");
-        // After waiting, the deficit is paid off.
-        assert_eq!(pace.take(0, t0 + wait), Duration::ZERO);
-        // Over a long run the rate holds: 10 000 samples take about 10 s.
-        let mut pace = Pace::new(1000, t0);
-        let mut t = t0;
-        for _ in 0..100 {
-            t += pace.take(100, t);
-        }
-        assert!((t - t0).as_secs_f64() > 8.9 && (t - t0).as_secs_f64() < 9.1, "{:?}", t - t0);
-    }
 }

@@ -8,7 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use hub::state::store::Store;
+use hub::state::ops::Caller;
+use hub::state::store::{Limits, Store};
 use proto::mdp::Dialect;
 use serde_json::json;
 use transport::PipelinedClient;
@@ -49,15 +50,15 @@ fn request(i: usize) -> (&'static str, String) {
 /// The same operations on the store directly, one thread, for `seconds`.
 fn bare_store(o: &Options) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), 16 << 20, o.flush_ms == 0).unwrap();
+    let store = Store::open(dir.path(), 16 << 20, o.flush_ms == 0, Limits::default()).unwrap();
     let deadline = Instant::now() + Duration::from_secs_f64(o.seconds);
     let started = Instant::now();
     let mut done = 0;
     while Instant::now() < deadline {
         let (op, body) = request(done);
         let frames = [op.as_bytes().to_vec(), body.into_bytes()];
-        let (reply, _) = hub::state::ops::handle(&store, &frames);
-        assert_eq!(reply["success"], true);
+        let outcome = hub::state::ops::handle(&store, &Caller::TRUSTED, &frames);
+        assert_eq!(outcome.reply["success"], true);
         done += 1;
     }
     done as f64 / started.elapsed().as_secs_f64()

@@ -7,11 +7,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::security::SecurityConfig;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where the hub keeps its data.
     pub data_dir: PathBuf,
+    /// Run without `[security]` on addresses other than loopback. Everyone who
+    /// can reach the hub may then do anything: a warning is logged at every start.
+    pub insecure: bool,
     pub broker: BrokerConfig,
     /// The message buses (`[[bus]]` in TOML). Listing any replaces all the defaults.
     #[serde(rename = "bus")]
@@ -19,17 +24,22 @@ pub struct Config {
     pub state: StateConfig,
     pub ingest: IngestConfig,
     pub http: HttpConfig,
+    /// CURVE, the allow-list and roles; absent, the hub binds loopback only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security: Option<SecurityConfig>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("./data/hub"),
+            insecure: false,
             broker: BrokerConfig::default(),
             buses: BusConfig::defaults(),
             state: StateConfig::default(),
             ingest: IngestConfig::default(),
             http: HttpConfig::default(),
+            security: None,
         }
     }
 }
@@ -48,9 +58,19 @@ pub struct BusConfig {
     /// (a slow subscriber never stalls the others), and per publisher inbound.
     #[serde(default = "default_bus_hwm")]
     pub hwm: i32,
-    /// Largest frame accepted from publishers (ZMQ_MAXMSGSIZE).
+    /// Largest frame accepted on any of the bus's sockets (ZMQ_MAXMSGSIZE):
+    /// a peer that sends more is disconnected.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: i64,
+    /// Subscriptions one subscriber connection may hold; more are not applied (and counted).
+    #[serde(default = "default_max_subscriptions")]
+    pub max_subscriptions: usize,
+    /// Longest topic prefix a subscription may have.
+    #[serde(default = "default_max_subscription_bytes")]
+    pub max_subscription_bytes: usize,
+    /// Subscriptions all subscribers of the bus may hold together.
+    #[serde(default = "default_max_total_subscriptions")]
+    pub max_total_subscriptions: usize,
     /// Appends every forwarded message to a JSON-lines file, for audits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<RecordConfig>,
@@ -64,6 +84,18 @@ fn default_max_message_bytes() -> i64 {
     1 << 20
 }
 
+fn default_max_subscriptions() -> usize {
+    1_000
+}
+
+fn default_max_subscription_bytes() -> usize {
+    256
+}
+
+fn default_max_total_subscriptions() -> usize {
+    100_000
+}
+
 impl BusConfig {
     pub fn new(name: &str, frontend: &str, backend: &str, capture: Option<&str>) -> Self {
         BusConfig {
@@ -73,6 +105,9 @@ impl BusConfig {
             capture: capture.map(Into::into),
             hwm: default_bus_hwm(),
             max_message_bytes: default_max_message_bytes(),
+            max_subscriptions: default_max_subscriptions(),
+            max_subscription_bytes: default_max_subscription_bytes(),
+            max_total_subscriptions: default_max_total_subscriptions(),
             record: None,
         }
     }
@@ -139,6 +174,8 @@ pub struct StateConfig {
     pub cache_bytes: u64,
     /// The bus that carries change events.
     pub bus: String,
+    /// Bounds on what clients may store (values, keys and bytes per scope, scopes).
+    pub limits: crate::state::store::Limits,
 }
 
 impl Default for StateConfig {
@@ -149,6 +186,7 @@ impl Default for StateConfig {
             flush_interval_ms: 100,
             cache_bytes: 16 << 20,
             bus: "state".into(),
+            limits: crate::state::store::Limits::default(),
         }
     }
 }
@@ -203,6 +241,18 @@ pub struct BrokerConfig {
     pub heartbeat_liveness: u32,
     /// Requests queued per service while no worker is free; more are dropped and counted.
     pub queue_limit: usize,
+    /// Bytes of request bodies queued per service; more are dropped and counted.
+    pub max_queued_bytes_per_service: usize,
+    /// Bytes of request bodies queued for all services together.
+    pub max_queued_bytes: usize,
+    /// With security: requests one identity may have open (queued or with a
+    /// worker) at once; more are answered 429.
+    pub max_in_flight_per_identity: u32,
+    /// With security: requests per second one identity may send (a token
+    /// bucket, refilled at this rate); more are answered 429.
+    pub rate_per_identity: f64,
+    /// With security: the bucket's size, the burst an identity may send at once.
+    pub burst_per_identity: f64,
     /// Queued requests older than this are dropped and counted.
     pub request_expiry_ms: u64,
     /// Largest frame accepted (ZMQ_MAXMSGSIZE); libzmq disconnects a peer that sends more.
@@ -227,6 +277,12 @@ impl Default for BrokerConfig {
             heartbeat_interval_ms: 2500,
             heartbeat_liveness: 3,
             queue_limit: 10_000,
+            // A 1 GB hub: a quarter of it for queued requests at most.
+            max_queued_bytes_per_service: 64 << 20,
+            max_queued_bytes: 256 << 20,
+            max_in_flight_per_identity: 1_000,
+            rate_per_identity: 2_000.0,
+            burst_per_identity: 4_000.0,
             request_expiry_ms: 30_000,
             max_message_bytes: 1 << 20,
             max_frames: 64,
@@ -266,6 +322,24 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config: `{field}` {problem}")]
     Invalid { field: &'static str, problem: String },
+    #[error(
+        "refusing to bind {endpoints} without security: anyone who can reach it could read and control \
+         the plant. Make keys and an allow-list (`hub keygen hub --dir /etc/plantd/keys`, then \
+         [security] server_cert and clients_dir: see \"Secure a site\" in the README), bind loopback \
+         only, or accept the risk with --insecure (insecure = true)"
+    )]
+    Insecure { endpoints: String },
+}
+
+/// Whether a ZeroMQ endpoint can only be reached from this machine.
+pub fn is_local(endpoint: &str) -> bool {
+    let Some(rest) = endpoint.strip_prefix("tcp://") else {
+        // ipc:// and inproc:// never leave the machine.
+        return endpoint.starts_with("ipc://") || endpoint.starts_with("inproc://");
+    };
+    let host = rest.rsplit_once(':').map_or(rest, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Config {
@@ -278,8 +352,22 @@ impl Config {
         Ok(config)
     }
 
+    /// The ZeroMQ endpoints the hub binds that other machines could reach.
+    pub fn exposed_endpoints(&self) -> Vec<&str> {
+        let buses = self.buses.iter().flat_map(|b| [Some(&b.frontend), Some(&b.backend), b.capture.as_ref()]);
+        std::iter::once(&self.broker.endpoint)
+            .chain(buses.flatten())
+            .map(String::as_str)
+            .filter(|e| !is_local(e))
+            .collect()
+    }
+
     /// Checks values serde cannot: ranges and relations between fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let exposed = self.exposed_endpoints();
+        if self.security.is_none() && !self.insecure && !exposed.is_empty() {
+            return Err(ConfigError::Insecure { endpoints: exposed.join(", ") });
+        }
         let b = &self.broker;
         let invalid = |field, problem: &str| Err(ConfigError::Invalid { field, problem: problem.into() });
         if b.endpoint.trim().is_empty() {
@@ -293,6 +381,18 @@ impl Config {
         }
         if b.queue_limit == 0 {
             return invalid("broker.queue_limit", "must be at least 1");
+        }
+        if b.max_queued_bytes_per_service == 0 || b.max_queued_bytes < b.max_queued_bytes_per_service {
+            return invalid(
+                "broker.max_queued_bytes",
+                "must be at least max_queued_bytes_per_service, which must be at least 1",
+            );
+        }
+        if b.max_in_flight_per_identity == 0 || b.rate_per_identity <= 0.0 || b.burst_per_identity < 1.0 {
+            return invalid(
+                "broker.max_in_flight_per_identity/rate_per_identity/burst_per_identity",
+                "must be at least 1 (rate: more than 0)",
+            );
         }
         if b.max_message_bytes < 64 {
             return invalid("broker.max_message_bytes", "must be at least 64");
@@ -348,6 +448,25 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, String> {
         toml::from_str::<Config>(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn only_loopback_without_security_unless_insecure() {
+        for local in
+            ["tcp://127.0.0.1:9797", "tcp://localhost:1", "tcp://[::1]:5", "ipc:///tmp/x", "inproc://a"]
+        {
+            assert!(is_local(local), "{local}");
+        }
+        for exposed in ["tcp://*:9797", "tcp://0.0.0.0:1", "tcp://10.0.0.5:1", "tcp://eth0:1"] {
+            assert!(!is_local(exposed), "{exposed}");
+        }
+        let mut c = Config::default();
+        c.validate().unwrap();
+        c.buses[2].backend = "tcp://*:13001".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("tcp://*:13001") && err.contains("hub keygen"), "{err}");
+        c.insecure = true;
+        c.validate().unwrap();
     }
 
     #[test]
@@ -410,7 +529,7 @@ mod tests {
     #[test]
     fn the_seeds_bus_layout_is_expressible() {
         let c = parse(
-            "[[bus]]\nname = \"metric\"\nfrontend = \"tcp://*:11000\"\nbackend = \"tcp://*:11001\"\ncapture = \"tcp://*:11002\"\n\n[state]\nenabled = false\n",
+            "insecure = true\n[[bus]]\nname = \"metric\"\nfrontend = \"tcp://*:11000\"\nbackend = \"tcp://*:11001\"\ncapture = \"tcp://*:11002\"\n\n[state]\nenabled = false\n",
         )
         .unwrap();
         assert_eq!(

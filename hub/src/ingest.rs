@@ -33,6 +33,7 @@ use transport::{ShutdownWatch, Worker, WorkerError, WorkerOptions};
 
 use crate::broker::BROKER_INPROC;
 use crate::config::IngestConfig;
+use crate::security::{Kind, Security};
 
 /// Ingest counters, shared with the metrics endpoint.
 #[derive(Debug, Default)]
@@ -43,16 +44,19 @@ pub struct IngestCounters {
     pub malformed: AtomicU64,
     /// Batches answered "retry": no subscriber, or a storage failure.
     pub retries: AtomicU64,
+    /// Batches refused: an identity sending for another agent.
+    pub refused: AtomicU64,
 }
 
 impl IngestCounters {
-    pub fn snapshot(&self) -> [(&'static str, u64); 5] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
         [
             ("batches", self.batches.load(Relaxed)),
             ("samples_accepted", self.accepted.load(Relaxed)),
             ("samples_duplicate", self.duplicates.load(Relaxed)),
             ("batches_malformed", self.malformed.load(Relaxed)),
             ("batches_retried", self.retries.load(Relaxed)),
+            ("batches_refused", self.refused.load(Relaxed)),
         ]
     }
 }
@@ -77,6 +81,9 @@ pub struct IngestService {
     worker: WorkerOptions,
     /// Serialises batches across the worker threads.
     one_at_a_time: Arc<Mutex<()>>,
+    /// With security, requests start with the caller's identity (the broker
+    /// adds it), and an agent may send only its own batches.
+    security: Option<Arc<Security>>,
 }
 
 /// The watermark key: agent, NUL, epoch (big-endian).
@@ -95,6 +102,7 @@ impl IngestService {
         config: &IngestConfig,
         bus: String,
         worker: WorkerOptions,
+        security: Option<Arc<Security>>,
     ) -> Result<IngestService, IngestError> {
         let path = data_dir.join("ingest");
         let open = || -> sled::Result<(sled::Db, sled::Tree)> {
@@ -111,6 +119,7 @@ impl IngestService {
             bus,
             worker,
             one_at_a_time: Arc::default(),
+            security,
         })
     }
 
@@ -128,19 +137,26 @@ impl IngestService {
         let worker = Worker::new(ctx, BROKER_INPROC, proto::ingest::SERVICE, self.worker.clone());
         worker.run(signal, |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
             subscriptions.update(&publisher);
-            let reply =
-                self.handle(body.first().map_or(&[][..], |f| &f[..]), &subscriptions, |topic, json| {
-                    // XPUB with no HWM never blocks; it only sends where someone subscribed.
-                    let _ = publish_on(&publisher, Framing::TwoFrame, topic, json);
-                });
+            let frame = |i: usize| body.get(i).map_or(&[][..], |f| &f[..]);
+            let (caller, batch) = match self.security {
+                Some(_) => (frame(0), frame(1)),
+                None => (&[][..], frame(0)),
+            };
+            let caller = String::from_utf8_lossy(caller);
+            let reply = self.handle(&caller, batch, &subscriptions, |topic, json| {
+                // XPUB with no HWM never blocks; it only sends where someone subscribed.
+                let _ = publish_on(&publisher, Framing::TwoFrame, topic, json);
+            });
             vec![zmq::Message::from(reply.encode())]
         })?;
         Ok(())
     }
 
-    /// Handles one request body; `publish(topic, json)` sends on the bus.
+    /// Handles one batch from `caller` (an identity, or empty for the hub
+    /// itself and with security off); `publish(topic, json)` sends on the bus.
     fn handle(
         &self,
+        caller: &str,
         body: &[u8],
         subscriptions: &Subscriptions,
         mut publish: impl FnMut(&[u8], &[u8]),
@@ -153,6 +169,19 @@ impl IngestService {
             Ok(_) => return self.malformed("agent id is empty or contains NUL".into()),
             Err(e) => return self.malformed(e.to_string()),
         };
+        if !caller.is_empty() && batch.agent != caller {
+            c.refused.fetch_add(1, Relaxed);
+            if let Some(security) = &self.security {
+                security.denials.record(caller, Kind::Ingest, || {
+                    format!("a batch for agent '{}' from identity '{caller}'", batch.agent)
+                });
+            }
+            let reason = format!(
+                "identity '{caller}' may send batches only for agent '{caller}', not '{}'",
+                batch.agent
+            );
+            return Reply::Refused { reason };
+        }
         let covered = batch.samples.iter().any(|s| subscriptions.covers(&s.sample.topic(&batch.agent)));
         if self.require_subscriber && !batch.samples.is_empty() && !covered {
             c.retries.fetch_add(1, Relaxed);
@@ -257,7 +286,10 @@ mod tests {
     fn service(require_subscriber: bool) -> (IngestService, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let config = IngestConfig { require_subscriber, ..IngestConfig::default() };
-        (IngestService::open(dir.path(), &config, String::new(), WorkerOptions::default()).unwrap(), dir)
+        (
+            IngestService::open(dir.path(), &config, String::new(), WorkerOptions::default(), None).unwrap(),
+            dir,
+        )
     }
 
     fn batch(agent: &str, epoch: u32, seqs: &[u64]) -> Vec<u8> {
@@ -287,7 +319,8 @@ mod tests {
 
     fn run(svc: &IngestService, body: &[u8], subs: &Subscriptions) -> (Reply, Vec<serde_json::Value>) {
         let mut published = Vec::new();
-        let reply = svc.handle(body, subs, |_, json| published.push(serde_json::from_slice(json).unwrap()));
+        let reply =
+            svc.handle("", body, subs, |_, json| published.push(serde_json::from_slice(json).unwrap()));
         (reply, published)
     }
 
@@ -326,7 +359,13 @@ mod tests {
     fn watermarks_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let open = || {
-            IngestService::open(dir.path(), &IngestConfig::default(), String::new(), WorkerOptions::default())
+            IngestService::open(
+                dir.path(),
+                &IngestConfig::default(),
+                String::new(),
+                WorkerOptions::default(),
+                None,
+            )
         };
         let svc = open().unwrap();
         run(&svc, &batch("pi", 1, &[1, 2]), &everything());
@@ -350,6 +389,19 @@ mod tests {
         assert!(matches!(run(&svc, &batch("pi", 1, &[1]), &this_one).0, Reply::Ack { accepted: 1, .. }));
         let (svc, _dir) = service(false);
         assert!(matches!(run(&svc, &batch("pi", 1, &[1]), &Subscriptions::default()).0, Reply::Ack { .. }));
+    }
+
+    #[test]
+    fn an_identity_sends_batches_only_for_itself() {
+        let (svc, _dir) = service(true);
+        let mut published = 0;
+        // The attack: another agent poisons pump-1's watermark with seq = u64::MAX.
+        let poison =
+            svc.handle("pump-2", &batch("pump-1", 1, &[u64::MAX]), &everything(), |_, _| published += 1);
+        assert!(matches!(poison, Reply::Refused { .. }), "{poison:?}");
+        assert_eq!((published, svc.counters.refused.load(Relaxed)), (0, 1));
+        let own = svc.handle("pump-1", &batch("pump-1", 1, &[1, 2]), &everything(), |_, _| published += 1);
+        assert_eq!(own, Reply::Ack { accepted: 2, duplicates: 0 }, "the victim's samples still count");
     }
 
     #[test]

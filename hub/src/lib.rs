@@ -7,5 +7,6 @@ pub mod bus;
 pub mod config;
 pub mod http;
 pub mod ingest;
+pub mod security;
 pub mod serve;
 pub mod state;

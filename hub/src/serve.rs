@@ -1,6 +1,7 @@
 //! `hub serve`: start every component on its own thread and stop them all
 //! together on shutdown.
 
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use transport::Shutdown;
@@ -10,6 +11,8 @@ use crate::bus::{Bus, BusError};
 use crate::config::{Config, ConfigError};
 use crate::http::{HttpError, HttpServer, Sources};
 use crate::ingest::{IngestError, IngestService};
+use crate::security::zap::ZapHandler;
+use crate::security::{Security, SecurityError};
 use crate::state::{StateError, StateService};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,10 @@ pub enum ServeError {
     Ingest(#[from] IngestError),
     #[error(transparent)]
     Http(#[from] HttpError),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    #[error("cannot start the ZAP handler: {0}")]
+    Zap(zmq::Error),
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
     #[error("{0} thread panicked")]
@@ -41,6 +48,10 @@ pub struct Hub {
     broker_endpoint: String,
     http_address: Option<String>,
     threads: Vec<(String, JoinHandle<Result<(), ServeError>>)>,
+    security: Option<Arc<Security>>,
+    /// The ZAP handler, stopped only after every other component: libzmq
+    /// admits anyone while no handler is bound.
+    zap: Option<(Shutdown, JoinHandle<Result<(), ServeError>>)>,
 }
 
 impl Hub {
@@ -52,18 +63,54 @@ impl Hub {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| ServeError::DataDir { path: config.data_dir.clone(), source })?;
 
-        let mut hub =
-            Hub { shutdown, broker_endpoint: String::new(), http_address: None, threads: Vec::new() };
+        if config.insecure && config.security.is_none() {
+            log::warn!(
+                "running INSECURE: no [security], so anyone who can reach {} may do anything",
+                config.exposed_endpoints().join(", ")
+            );
+        }
+        let security = match &config.security {
+            Some(settings) => Some(Arc::new(Security::load(settings)?)),
+            None => None,
+        };
+        let mut hub = Hub {
+            shutdown,
+            broker_endpoint: String::new(),
+            http_address: None,
+            threads: Vec::new(),
+            security: security.clone(),
+            zap: None,
+        };
+        if let Some(security) = &security {
+            // Before any CURVE socket binds.
+            let zap = ZapHandler::bind(ctx, security.clone()).map_err(ServeError::Zap)?;
+            let stop = Shutdown::new();
+            let watch = stop.watch().map_err(ServeError::Thread)?;
+            // A failing handler stops the hub: without one libzmq would admit any key.
+            let hub_shutdown = hub.shutdown.clone();
+            let thread = std::thread::Builder::new()
+                .name("zap".into())
+                .spawn(move || {
+                    let result = zap.run(&watch).map_err(ServeError::Zap);
+                    if let Err(e) = &result {
+                        log::error!("ZAP handler failed: {e}");
+                        hub_shutdown.trigger();
+                    }
+                    result
+                })
+                .map_err(ServeError::Thread)?;
+            hub.zap = Some((stop, thread));
+        }
         let mut bus_counters = Vec::new();
         for bus_config in &config.buses {
-            let bus = Bus::bind(ctx, bus_config)?;
+            let bus = Bus::bind(ctx, bus_config, security.clone())?;
             bus_counters.push((bus.name().to_string(), bus.counters()));
             hub.spawn(format!("bus-{}", bus_config.name), move |signal| {
                 bus.run(&signal).map_err(ServeError::from)
             })?;
         }
 
-        let broker = BrokerServer::bind(ctx, &config.broker)?;
+        let broker = BrokerServer::bind(ctx, &config.broker, security.clone())?;
         hub.broker_endpoint = broker.endpoint();
         let broker_snapshot = broker.snapshot();
         hub.spawn("broker".into(), move |signal| broker.run(&signal).map(|_| ()).map_err(ServeError::from))?;
@@ -80,6 +127,7 @@ impl Hub {
                 &config.state,
                 bus.inproc_frontend(),
                 config.broker.worker_options(),
+                security.clone(),
             )?;
             state_store = Some(state.store());
             for i in 0..config.state.workers {
@@ -101,8 +149,13 @@ impl Hub {
                 .find(|b| b.name == config.ingest.bus)
                 .expect("validated: the ingest bus exists");
             let worker = config.broker.worker_options();
-            let ingest =
-                IngestService::open(&config.data_dir, &config.ingest, bus.inproc_frontend(), worker)?;
+            let ingest = IngestService::open(
+                &config.data_dir,
+                &config.ingest,
+                bus.inproc_frontend(),
+                worker,
+                security.clone(),
+            )?;
             ingest_counters = Some(ingest.counters());
             for i in 0..config.ingest.workers {
                 let (ingest, ctx) = (ingest.clone(), ctx.clone());
@@ -167,14 +220,28 @@ impl Hub {
         &self.broker_endpoint
     }
 
+    /// The security context, when `[security]` is configured.
+    pub fn security(&self) -> Option<&Arc<Security>> {
+        self.security.as_ref()
+    }
+
     /// Waits for every component to stop (after shutdown is triggered); the
-    /// first error wins.
+    /// first error wins. The ZAP handler stops last.
     pub fn wait(self) -> Result<(), ServeError> {
         let mut result = Ok(());
+        let zap = self.zap.map(|(stop, thread)| ("zap".to_string(), thread, stop));
         for (name, thread) in self.threads {
             let outcome = thread.join().unwrap_or(Err(ServeError::Panicked(name)));
             if let Err(e) = outcome {
                 self.shutdown.trigger();
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        if let Some((name, thread, stop)) = zap {
+            stop.trigger();
+            if let Err(e) = thread.join().unwrap_or(Err(ServeError::Panicked(name))) {
                 if result.is_ok() {
                     result = Err(e);
                 }

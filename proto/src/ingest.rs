@@ -38,6 +38,9 @@ pub enum Reply {
     Retry { reason: String, after_ms: u32 },
     /// The batch cannot be decoded; resending it will not help.
     Malformed { reason: String },
+    /// This sender may not send this batch (with security: batches for
+    /// another agent's id). Keep the samples; the operator must act.
+    Refused { reason: String },
 }
 
 impl Batch {

@@ -7,13 +7,16 @@
 pub mod backoff;
 pub mod breaker;
 pub mod bus;
+pub mod cert;
 pub mod codec;
 pub mod heartbeat;
 pub mod ingest;
 pub mod mdp;
 pub mod mmi;
+pub mod rate;
 pub mod sample;
 pub mod state;
+pub mod zap;
 
 use std::ops::Deref;
 

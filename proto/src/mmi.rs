@@ -46,12 +46,17 @@ impl<'a> Request<'a> {
     }
 }
 
-/// The status codes RFC 8 defines.
+/// The status codes RFC 8 defines, and the two a hub with security answers a
+/// refused request with, in the same style.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
     Ok,
     NotFound,
     NotImplemented,
+    /// The caller's identity may not make this request.
+    Forbidden,
+    /// The caller is over its request rate or in-flight limit: try later.
+    TooManyRequests,
 }
 
 impl Status {
@@ -60,6 +65,8 @@ impl Status {
             Status::Ok => b"200",
             Status::NotFound => b"404",
             Status::NotImplemented => b"501",
+            Status::Forbidden => b"403",
+            Status::TooManyRequests => b"429",
         }
     }
 
@@ -68,6 +75,8 @@ impl Status {
             b"200" => Some(Status::Ok),
             b"404" => Some(Status::NotFound),
             b"501" => Some(Status::NotImplemented),
+            b"403" => Some(Status::Forbidden),
+            b"429" => Some(Status::TooManyRequests),
             _ => None,
         }
     }

@@ -10,21 +10,21 @@ use proto::mdp::ReplyKind;
 use crate::async_socket::AsyncSocket;
 use crate::client::{ClientError, ClientOptions, Reply, ReplyHead, MAX_REPLY_FRAMES};
 use crate::frames::Received;
-use crate::socket;
+use crate::socket::{self, Endpoint};
 
 pub struct AsyncClient {
     ctx: zmq::Context,
-    endpoint: String,
+    endpoint: Endpoint,
     core: ClientCore,
     socket: Option<AsyncSocket>,
     frames: Vec<zmq::Message>,
 }
 
 impl AsyncClient {
-    pub fn new(ctx: &zmq::Context, endpoint: &str, options: ClientOptions) -> Self {
+    pub fn new(ctx: &zmq::Context, endpoint: impl Into<Endpoint>, options: ClientOptions) -> Self {
         AsyncClient {
             ctx: ctx.clone(),
-            endpoint: endpoint.to_string(),
+            endpoint: endpoint.into(),
             core: ClientCore::new(options),
             socket: None,
             frames: Vec::new(),
@@ -66,7 +66,12 @@ impl AsyncClient {
                         }
                         Timeout::GiveUp { attempts } => {
                             let options = self.core.options();
-                            return Err(ClientError::timeout(service, &self.endpoint, attempts, options));
+                            return Err(ClientError::timeout(
+                                service,
+                                &self.endpoint.address,
+                                attempts,
+                                options,
+                            ));
                         }
                     },
                 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use proto::bus::{self, Framing, Subscription};
 
 use crate::frames::{recv_frames, Received};
+use crate::socket::{self, Endpoint};
 
 /// Frames in one bus message; the layouts we read use one or two.
 const MAX_FRAMES: usize = 16;
@@ -25,10 +26,8 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn connect(ctx: &zmq::Context, frontend: &str, framing: Framing) -> zmq::Result<Self> {
-        let socket = ctx.socket(zmq::PUB)?;
-        socket.set_linger(1000)?;
-        socket.connect(frontend)?;
+    pub fn connect(ctx: &zmq::Context, frontend: impl Into<Endpoint>, framing: Framing) -> zmq::Result<Self> {
+        let socket = socket::connect(ctx, zmq::PUB, &frontend.into(), |s| s.set_linger(1000))?;
         Ok(Publisher { socket, framing })
     }
 
@@ -56,15 +55,13 @@ pub fn publish_on(socket: &zmq::Socket, framing: Framing, topic: &[u8], payload:
 /// `topic`, then sends. Returns whether a subscriber was known to be there.
 pub fn publish_once(
     ctx: &zmq::Context,
-    frontend: &str,
+    frontend: impl Into<Endpoint>,
     framing: Framing,
     topic: &[u8],
     payload: &[u8],
     wait: Duration,
 ) -> zmq::Result<bool> {
-    let socket = ctx.socket(zmq::XPUB)?;
-    socket.set_linger(2000)?;
-    socket.connect(frontend)?;
+    let socket = socket::connect(ctx, zmq::XPUB, &frontend.into(), |s| s.set_linger(2000))?;
     let deadline = Instant::now() + wait;
     let mut covered = false;
     while !covered {
@@ -89,16 +86,18 @@ pub struct Subscriber {
 
 impl Subscriber {
     /// Subscribes to every topic starting with one of `prefixes` (all topics if none).
-    pub fn connect(ctx: &zmq::Context, backend: &str, prefixes: &[&[u8]]) -> zmq::Result<Self> {
-        let socket = ctx.socket(zmq::SUB)?;
-        socket.set_linger(0)?;
-        if prefixes.is_empty() {
-            socket.set_subscribe(b"")?;
-        }
-        for prefix in prefixes {
-            socket.set_subscribe(prefix)?;
-        }
-        socket.connect(backend)?;
+    pub fn connect(
+        ctx: &zmq::Context,
+        backend: impl Into<Endpoint>,
+        prefixes: &[&[u8]],
+    ) -> zmq::Result<Self> {
+        let socket = socket::connect(ctx, zmq::SUB, &backend.into(), |s| {
+            s.set_linger(0)?;
+            if prefixes.is_empty() {
+                s.set_subscribe(b"")?;
+            }
+            prefixes.iter().try_for_each(|prefix| s.set_subscribe(prefix))
+        })?;
         Ok(Subscriber { socket, frames: Vec::new() })
     }
 

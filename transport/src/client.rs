@@ -16,7 +16,7 @@ use proto::mdp::{self, Dialect, ReplyKind};
 pub use proto::mdp::client::ClientOptions;
 
 use crate::frames::{recv_frames, send_frames, Received};
-use crate::socket;
+use crate::socket::{self, Endpoint};
 
 /// Frames in one reply part; more would be a broken or hostile broker.
 pub(crate) const MAX_REPLY_FRAMES: usize = 1024;
@@ -81,17 +81,17 @@ impl ClientError {
 /// Synchronous lazy-pirate client.
 pub struct Client {
     ctx: zmq::Context,
-    endpoint: String,
+    endpoint: Endpoint,
     core: ClientCore,
     socket: Option<zmq::Socket>,
     frames: Vec<zmq::Message>,
 }
 
 impl Client {
-    pub fn new(ctx: &zmq::Context, endpoint: &str, options: ClientOptions) -> Self {
+    pub fn new(ctx: &zmq::Context, endpoint: impl Into<Endpoint>, options: ClientOptions) -> Self {
         Client {
             ctx: ctx.clone(),
-            endpoint: endpoint.to_string(),
+            endpoint: endpoint.into(),
             core: ClientCore::new(options),
             socket: None,
             frames: Vec::new(),
@@ -151,7 +151,7 @@ impl Client {
                             self.socket = None;
                             return Err(ClientError::timeout(
                                 service,
-                                &self.endpoint,
+                                &self.endpoint.address,
                                 attempts,
                                 self.core.options(),
                             ));
@@ -185,8 +185,9 @@ pub struct PipelinedClient {
 }
 
 impl PipelinedClient {
-    pub fn connect(ctx: &zmq::Context, endpoint: &str, dialect: Dialect) -> zmq::Result<Self> {
-        Ok(PipelinedClient { socket: socket::dealer(ctx, endpoint)?, dialect, frames: Vec::new() })
+    pub fn connect(ctx: &zmq::Context, endpoint: impl Into<Endpoint>, dialect: Dialect) -> zmq::Result<Self> {
+        let socket = socket::dealer(ctx, &endpoint.into())?;
+        Ok(PipelinedClient { socket, dialect, frames: Vec::new() })
     }
 
     /// Queues one request; never waits for a reply.

@@ -1,15 +1,80 @@
 //! Every socket the libraries connect is made here, so what applies to all of
-//! them is set in one place; and the one bounded wait they share.
+//! them (CURVE keys, linger) is set in one place; and the one bounded wait
+//! they share.
 
+use std::fmt;
 use std::time::Instant;
+
+use crate::curve::{self, ClientKeys};
+
+/// Where a client connects, and with which keys when the server wants CURVE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: String,
+    pub curve: Option<ClientKeys>,
+}
+
+impl Endpoint {
+    pub fn plain(address: &str) -> Endpoint {
+        Endpoint { address: address.into(), curve: None }
+    }
+
+    pub fn curve(address: &str, keys: ClientKeys) -> Endpoint {
+        Endpoint { address: address.into(), curve: Some(keys) }
+    }
+}
+
+impl From<&str> for Endpoint {
+    fn from(address: &str) -> Self {
+        Endpoint::plain(address)
+    }
+}
+
+impl From<&String> for Endpoint {
+    fn from(address: &String) -> Self {
+        Endpoint::plain(address)
+    }
+}
+
+impl From<String> for Endpoint {
+    fn from(address: String) -> Self {
+        Endpoint { address, curve: None }
+    }
+}
+
+impl From<&Endpoint> for Endpoint {
+    fn from(endpoint: &Endpoint) -> Self {
+        endpoint.clone()
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.address)
+    }
+}
+
+/// A socket of `kind` connected to `endpoint`, CURVE set up if it has keys.
+/// `configure` sets whatever else the caller needs before the connect.
+pub fn connect(
+    ctx: &zmq::Context,
+    kind: zmq::SocketType,
+    endpoint: &Endpoint,
+    configure: impl FnOnce(&zmq::Socket) -> zmq::Result<()>,
+) -> zmq::Result<zmq::Socket> {
+    let socket = ctx.socket(kind)?;
+    if let Some(keys) = &endpoint.curve {
+        curve::make_client(&socket, keys)?;
+    }
+    configure(&socket)?;
+    socket.connect(&endpoint.address)?;
+    Ok(socket)
+}
 
 /// A DEALER connected to `endpoint`, for clients and workers. Linger 0: what
 /// is unsent when it closes (a request nobody took) is dropped, never waited on.
-pub fn dealer(ctx: &zmq::Context, endpoint: &str) -> zmq::Result<zmq::Socket> {
-    let socket = ctx.socket(zmq::DEALER)?;
-    socket.set_linger(0)?;
-    socket.connect(endpoint)?;
-    Ok(socket)
+pub fn dealer(ctx: &zmq::Context, endpoint: &Endpoint) -> zmq::Result<zmq::Socket> {
+    connect(ctx, zmq::DEALER, endpoint, |s| s.set_linger(0))
 }
 
 /// Waits until `socket` has a message to read (true) or `deadline` passes
@@ -25,5 +90,28 @@ pub fn wait_readable(socket: &zmq::Socket, deadline: Instant) -> zmq::Result<boo
             Ok(_) | Err(zmq::Error::EINTR) => continue,
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Puts an XPUB in manual mode (`ZMQ_XPUB_MANUAL`, which the `zmq` crate does
+/// not wrap): a subscription takes effect only when the owner sets it with
+/// `set_subscribe` right after receiving it.
+pub fn set_xpub_manual(socket: &mut zmq::Socket) -> zmq::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket, and an int option passed by pointer and size as
+    // zmq_setsockopt(3) documents.
+    let rc = unsafe {
+        zmq_sys::zmq_setsockopt(
+            socket.as_mut_ptr(),
+            zmq_sys::ZMQ_XPUB_MANUAL as libc::c_int,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        // SAFETY: reads libzmq's thread-local errno.
+        Err(zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() }))
     }
 }

@@ -15,7 +15,7 @@ use proto::mdp::{self, Dialect, ReplyKind};
 
 use crate::frames::{recv_frames, send_frames, Received};
 use crate::shutdown::ShutdownWatch;
-use crate::socket;
+use crate::socket::{self, Endpoint};
 
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
@@ -80,7 +80,7 @@ where
 
 pub struct Worker {
     ctx: zmq::Context,
-    endpoint: String,
+    endpoint: Endpoint,
     service: String,
     options: WorkerOptions,
 }
@@ -92,7 +92,12 @@ enum SessionEnd {
 }
 
 impl Worker {
-    pub fn new(ctx: &zmq::Context, endpoint: &str, service: &str, options: WorkerOptions) -> Self {
+    pub fn new(
+        ctx: &zmq::Context,
+        endpoint: impl Into<Endpoint>,
+        service: &str,
+        options: WorkerOptions,
+    ) -> Self {
         Worker { ctx: ctx.clone(), endpoint: endpoint.into(), service: service.into(), options }
     }
 

@@ -6,8 +6,11 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use proto::mdp::{self, Dialect, FromBroker, ReplyKind, ToBroker};
 
-use super::core::{Broker, Transmit};
+use super::core::{Broker, Origin, Transmit};
 use crate::config::BrokerConfig;
+use crate::security::{testing, Kind, Security};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 type Frames = Vec<Vec<u8>>;
 
@@ -46,24 +49,54 @@ struct Rig {
     broker: Broker<Vec<u8>>,
     out: Recorder,
     now: Instant,
+    /// Peers that connected with an identity (secure rigs); peers named
+    /// `hub...` are the hub's own, in process; the rest are remote, anonymous.
+    identities: HashMap<String, String>,
+    security: Option<Arc<Security>>,
 }
 
 const HB: Duration = Duration::from_millis(100);
 
 impl Rig {
     fn new(configure: impl FnOnce(&mut BrokerConfig)) -> Self {
+        Self::with(None, configure)
+    }
+
+    fn with(security: Option<Arc<Security>>, configure: impl FnOnce(&mut BrokerConfig)) -> Self {
         let mut config =
             BrokerConfig { heartbeat_interval_ms: 100, request_expiry_ms: 1000, ..BrokerConfig::default() };
         configure(&mut config);
         let now = Instant::now();
-        Rig { broker: Broker::new(&config, now), out: Recorder::default(), now }
+        let broker = Broker::new(&config, security.clone(), now);
+        Rig { broker, out: Recorder::default(), now, identities: HashMap::new(), security }
+    }
+
+    /// A broker with security: `peers` are (peer, identity), `roles` (identity pattern, role).
+    fn secure(
+        peers: &[(&str, &str)],
+        roles: &[(&str, &str)],
+        configure: impl FnOnce(&mut BrokerConfig),
+    ) -> Self {
+        let names: Vec<&str> = peers.iter().map(|(_, id)| *id).collect();
+        let mut rig = Rig::with(Some(Arc::new(testing::security(&names, roles))), configure);
+        rig.identities = peers.iter().map(|(p, id)| (p.to_string(), id.to_string())).collect();
+        rig
     }
 
     fn raw(&mut self, from: &str, frames: Frames) {
         let mut all = vec![from.as_bytes().to_vec()];
         all.extend(frames);
-        self.broker.handle(self.now, &mut all, &mut self.out);
+        let origin = match self.identities.get(from) {
+            Some(id) => Origin { user_id: Some(id), remote: true },
+            None if from.starts_with("hub") => Origin::HUB,
+            None => Origin { user_id: None, remote: true },
+        };
+        self.broker.handle(self.now, origin, &mut all, &mut self.out);
         self.broker.check_invariants();
+    }
+
+    fn denials(&self, identity: &str, kind: Kind) -> u64 {
+        self.security.as_ref().expect("a secure rig").denials.count(identity, kind)
     }
 
     fn send(&mut self, from: &str, dialect: Dialect, msg: ToBroker<'_, Vec<u8>>) {
@@ -396,8 +429,11 @@ fn mmi_answers() {
     assert_eq!(ask("mmi.service", &["missing"], Dialect::Plantd), "404");
     assert_eq!(ask("mmi.services", &[], Dialect::Majortomo), r#"["echo"]"#);
     let workers: serde_json::Value = serde_json::from_str(&ask("mmi.workers", &[], Dialect::Rfc7)).unwrap();
-    assert_eq!(workers["echo"], serde_json::json!({"workers": 1, "idle": 1, "queued": 0}));
-    assert_eq!(workers["nobody"], serde_json::json!({"workers": 0, "idle": 0, "queued": 1}));
+    assert_eq!(workers["echo"], serde_json::json!({"workers": 1, "idle": 1, "queued": 0, "queued_bytes": 0}));
+    assert_eq!(
+        workers["nobody"],
+        serde_json::json!({"workers": 0, "idle": 0, "queued": 1, "queued_bytes": 1})
+    );
     let metrics: serde_json::Value = serde_json::from_str(&ask("mmi.metrics", &[], Dialect::Rfc7)).unwrap();
     assert_eq!(metrics["workers_registered"], 1);
     assert_eq!(metrics["queued"], 1);
@@ -448,6 +484,142 @@ fn unused_services_are_forgotten() {
     assert_eq!(rig.broker.census().services, 1);
     rig.advance(HB * 2);
     assert_eq!(rig.broker.census().services, 0);
+}
+
+// ---- security: identities, grants and bounds -----------------------------------
+
+const PEERS: [(&str, &str); 4] = [("P1", "pump-1"), ("P2", "pump-2"), ("V", "grafana"), ("O", "ops")];
+const ROLES: [(&str, &str); 3] = [("pump-*", "agent"), ("grafana", "viewer"), ("ops", "operator")];
+
+fn secure_rig() -> Rig {
+    Rig::secure(&PEERS, &ROLES, |_| {})
+}
+
+#[test]
+fn only_the_hub_provides_ingest_and_state() {
+    let mut rig = secure_rig();
+    rig.ready("P1", Dialect::Rfc7, "org.plantd.Ingest");
+    rig.ready("O", Dialect::Rfc7, "org.plantd.State");
+    assert!(rig.out.to("P1").iter().any(is_disconnect));
+    assert!(rig.out.to("O").iter().any(is_disconnect), "not even an operator");
+    assert_eq!((rig.denials("pump-1", Kind::Provide), rig.denials("ops", Kind::Provide)), (1, 1));
+    rig.ready("hub-ingest", Dialect::Rfc7, "org.plantd.Ingest");
+    // An agent's batch reaches the hub's own worker, named after its sender.
+    rig.request("P1", Dialect::Rfc7, "org.plantd.Ingest", &["batch"]);
+    let (_, body) = rig.request_at("hub-ingest");
+    assert_eq!(s(&body), ["pump-1", "batch"]);
+}
+
+#[test]
+fn agents_provide_only_their_own_service_once() {
+    let mut rig = secure_rig();
+    rig.ready("P1", Dialect::Rfc7, "org.plantd.Agent.pump-2");
+    assert!(rig.out.to("P1").iter().any(is_disconnect), "not another agent's service");
+    rig.ready("P1", Dialect::Rfc7, "org.plantd.Agent.pump-1");
+    assert!(rig.out.to("P1").is_empty());
+    // A second live registration (a cloned controller) is refused.
+    rig.identities.insert("P1-clone".into(), "pump-1".into());
+    rig.ready("P1-clone", Dialect::Rfc7, "org.plantd.Agent.pump-1");
+    assert!(rig.out.to("P1-clone").iter().any(is_disconnect));
+    assert_eq!(rig.denials("pump-1", Kind::Duplicate), 1);
+    assert_eq!(rig.broker.counters().duplicate_workers, 1);
+    rig.out.take();
+    // Once the first is gone (it restarted), the new one takes over.
+    rig.out.gone.insert(b"P1".to_vec());
+    rig.ready("P1-clone", Dialect::Rfc7, "org.plantd.Agent.pump-1");
+    assert!(rig.out.to("P1-clone").is_empty(), "accepted");
+    assert_eq!(rig.broker.census().workers, 1);
+}
+
+#[test]
+fn agent_commands_need_the_right_role_and_refusals_answer_in_dialect() {
+    let mut rig = secure_rig();
+    rig.ready("P1", Dialect::Rfc7, "org.plantd.Agent.pump-1");
+    rig.request("V", Dialect::Rfc7, "org.plantd.Agent.pump-1", &["write", "pump_relay", "true"]);
+    assert_eq!(decoded_reply(&rig.out.to("V")[0]).3, ["403"]);
+    rig.request("V", Dialect::Plantd, "org.plantd.Agent.pump-1", &["config"]);
+    let refusal: serde_json::Value = serde_json::from_str(&decoded_reply(&rig.out.to("V")[0]).3[0]).unwrap();
+    assert_eq!(refusal["success"], false);
+    assert!(refusal["error"].as_str().unwrap().starts_with("forbidden"));
+    assert!(rig.out.to("P1").is_empty(), "nothing reached the agent");
+    assert_eq!(rig.denials("grafana", Kind::Call), 2);
+    rig.request("V", Dialect::Rfc7, "org.plantd.Agent.pump-1", &["status"]);
+    rig.request_at("P1");
+    rig.request("O", Dialect::Rfc7, "org.plantd.Agent.pump-1", &["write", "pump_relay", "true"]);
+    assert_eq!(rig.broker.census().queued, 1, "an operator's write waits for the busy agent");
+    rig.request("P2", Dialect::Rfc7, "org.plantd.Agent.pump-1", &["status"]);
+    assert_eq!(decoded_reply(&rig.out.to("P2")[0]).3, ["403"], "agents do not call each other");
+}
+
+#[test]
+fn strangers_and_unauthenticated_peers_get_nothing() {
+    let mut rig = Rig::secure(&[("S", "stranger")], &ROLES, |_| {});
+    rig.ready("hub-echo", Dialect::Rfc7, "echo");
+    rig.request("S", Dialect::Rfc7, "echo", &["x"]);
+    assert_eq!(decoded_reply(&rig.out.to("S")[0]).3, ["403"]);
+    rig.request("ANON", Dialect::Rfc7, "echo", &["x"]);
+    rig.ready("ANON", Dialect::Rfc7, "echo");
+    assert!(rig.out.to("ANON").is_empty(), "dropped, unanswered");
+    assert!(rig.out.to("hub-echo").is_empty(), "nothing through");
+    assert_eq!(rig.denials(crate::security::denials::UNKNOWN, Kind::Unauthenticated), 2);
+}
+
+#[test]
+fn rate_and_in_flight_limits_per_identity() {
+    let mut rig = Rig::secure(&PEERS, &ROLES, |c| {
+        c.rate_per_identity = 10.0;
+        c.burst_per_identity = 3.0;
+        c.max_in_flight_per_identity = 2;
+    });
+    for _ in 0..3 {
+        rig.request("O", Dialect::Rfc7, "nobody-home", &["x"]);
+    }
+    assert_eq!(decoded_reply(&rig.out.to("O")[0]).3, ["429"], "two in flight at most");
+    assert_eq!(rig.denials("ops", Kind::InFlight), 1);
+    rig.request("O", Dialect::Rfc7, "mmi.service", &["x"]);
+    assert_eq!(decoded_reply(&rig.out.to("O")[0]).3, ["429"], "the burst of three is spent");
+    assert_eq!(rig.denials("ops", Kind::Rate), 1);
+    rig.advance(Duration::from_millis(100));
+    rig.request("O", Dialect::Rfc7, "mmi.service", &["x"]);
+    assert_eq!(decoded_reply(&rig.out.to("O")[0]).3, ["404"], "a token came back");
+    // Expired requests are no longer in flight.
+    rig.advance(Duration::from_millis(1000));
+    rig.advance(Duration::from_millis(200));
+    rig.request("O", Dialect::Rfc7, "nobody-home", &["x"]);
+    assert!(rig.out.to("O").is_empty(), "queued, not refused");
+}
+
+#[test]
+fn queued_bytes_are_bounded_per_service_and_in_all() {
+    let mut rig = Rig::new(|c| {
+        c.max_queued_bytes_per_service = 10;
+        c.max_queued_bytes = 15;
+    });
+    rig.request("C", Dialect::Rfc7, "a", &["123456"]);
+    rig.request("C", Dialect::Rfc7, "a", &["123456"]);
+    assert_eq!(rig.broker.counters().queue_bytes_overflow, 1, "a: 12 bytes would pass 10");
+    rig.request("C", Dialect::Rfc7, "b", &["1234567890"]);
+    assert_eq!(rig.broker.counters().queue_bytes_overflow, 2, "6 + 10 would pass 15 in all");
+    rig.request("C", Dialect::Rfc7, "b", &["1234"]);
+    assert_eq!(rig.broker.census().queued_bytes, 10);
+    rig.ready("W", Dialect::Rfc7, "a");
+    assert_eq!(rig.broker.census().queued_bytes, 4, "dispatched bytes leave the queue");
+}
+
+#[test]
+fn a_removed_identity_loses_its_workers_and_its_calls() {
+    let mut rig = secure_rig();
+    rig.ready("P1", Dialect::Rfc7, "org.plantd.Agent.pump-1");
+    let security = rig.security.clone().unwrap();
+    let keep: Vec<_> =
+        ["pump-2", "grafana", "ops"].iter().map(|n| security.allow_list().key_of(n).unwrap()).collect();
+    let names = ["pump-2", "grafana", "ops"].map(String::from);
+    security.replace(crate::security::AllowList::new(keep.into_iter().zip(names)));
+    rig.advance(Duration::from_millis(1));
+    assert!(rig.out.to("P1").iter().any(is_disconnect));
+    assert_eq!(rig.broker.counters().workers_revoked, 1);
+    rig.request("P1", Dialect::Rfc7, "org.plantd.Ingest", &["batch"]);
+    assert_eq!(decoded_reply(&rig.out.to("P1")[0]).3, ["403"]);
 }
 
 // ---- property: any sequence of events keeps the core consistent -------------

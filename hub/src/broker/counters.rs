@@ -20,6 +20,9 @@ pub struct BrokerCounters {
     pub partials_dropped_rfc7: u64,
     /// Requests dropped because their service's queue was full.
     pub queue_overflow: u64,
+    /// Requests dropped because they would take a queue past its byte bound
+    /// (`max_queued_bytes_per_service`, or `max_queued_bytes` for all).
+    pub queue_bytes_overflow: u64,
     /// Queued requests dropped after waiting longer than the request expiry.
     pub expired: u64,
     /// In-flight requests queued again after their worker died (opt-in services).
@@ -39,6 +42,12 @@ pub struct BrokerCounters {
     pub mmi_workers_refused: u64,
     /// Workers refused because `max_workers` were registered.
     pub workers_refused: u64,
+    /// READYs for an agent's service that already had a live worker.
+    pub duplicate_workers: u64,
+    /// Workers dropped because their identity may no longer provide the service.
+    pub workers_revoked: u64,
+    /// Requests and registrations refused for their identity (per identity: `denials`).
+    pub denied: u64,
     /// Requests or registrations refused because `max_services` existed.
     pub services_refused: u64,
     /// Messages libzmq would not queue: the peer is gone or its queue is full.
@@ -67,6 +76,7 @@ impl BrokerCounters {
             "partials": self.partials,
             "partials_dropped_rfc7": self.partials_dropped_rfc7,
             "queue_overflow": self.queue_overflow,
+            "queue_bytes_overflow": self.queue_bytes_overflow,
             "expired": self.expired,
             "redelivered": self.redelivered,
             "lost_in_flight": self.lost_in_flight,
@@ -77,6 +87,9 @@ impl BrokerCounters {
             "unknown_workers": self.unknown_workers,
             "mmi_workers_refused": self.mmi_workers_refused,
             "workers_refused": self.workers_refused,
+            "duplicate_workers": self.duplicate_workers,
+            "workers_revoked": self.workers_revoked,
+            "denied": self.denied,
             "services_refused": self.services_refused,
             "unroutable": self.unroutable,
             "too_many_frames": self.too_many_frames,

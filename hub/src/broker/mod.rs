@@ -12,11 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use transport::frames::{recv_frames, send_frames, Received};
+use transport::peer::{self, Connections};
 use transport::ShutdownWatch;
 
-pub use self::core::{Broker, Census, OwnedFrame, Transmit};
+pub use self::core::{Broker, Census, Origin, OwnedFrame, Transmit};
 pub use self::counters::BrokerCounters;
 use crate::config::BrokerConfig;
+use crate::security::{Security, SocketRole};
 
 /// Messages handled per poll wake-up before timers get a look in.
 const BATCH: usize = 256;
@@ -27,6 +29,9 @@ pub const BROKER_INPROC: &str = "inproc://hub.broker";
 
 /// How often the metrics snapshot for the HTTP endpoint is refreshed.
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(500);
+
+/// The longest the routing loop sleeps, so it sees a reload within this.
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
 /// The broker's counters and live state, as last published by its thread.
 pub type Snapshot = Arc<Mutex<(BrokerCounters, Census)>>;
@@ -73,12 +78,21 @@ pub struct BrokerServer {
     socket: zmq::Socket,
     config: BrokerConfig,
     snapshot: Snapshot,
+    security: Option<Arc<Security>>,
 }
 
 impl BrokerServer {
-    /// Binds the ROUTER socket with the configured limits.
-    pub fn bind(ctx: &zmq::Context, config: &BrokerConfig) -> Result<Self, BrokerError> {
+    /// Binds the ROUTER socket with the configured limits; a CURVE server
+    /// when `security` is given (in-process peers need no handshake).
+    pub fn bind(
+        ctx: &zmq::Context,
+        config: &BrokerConfig,
+        security: Option<Arc<Security>>,
+    ) -> Result<Self, BrokerError> {
         let socket = ctx.socket(zmq::ROUTER)?;
+        if let Some(security) = &security {
+            transport::curve::make_server(&socket, &security.server, &SocketRole::Broker.domain())?;
+        }
         socket.set_router_mandatory(true)?;
         socket.set_maxmsgsize(config.max_message_bytes)?;
         socket.set_sndhwm(config.hwm)?;
@@ -91,7 +105,7 @@ impl BrokerServer {
                 .map_err(|source| BrokerError::Bind { endpoint: endpoint.into(), source })?;
         }
         let snapshot = Arc::new(Mutex::new((BrokerCounters::default(), Census::default())));
-        Ok(BrokerServer { socket, config: config.clone(), snapshot })
+        Ok(BrokerServer { socket, config: config.clone(), snapshot, security })
     }
 
     /// Counters for the metrics endpoint, refreshed by the running broker.
@@ -110,21 +124,36 @@ impl BrokerServer {
 
     /// Routes until `shutdown` is set, then tells workers to go. Returns the final counters.
     pub fn run(self, shutdown: &ShutdownWatch) -> Result<BrokerCounters, BrokerError> {
-        let mut core = Broker::new(&self.config, Instant::now());
+        let mut core = Broker::new(&self.config, self.security.clone(), Instant::now());
         let mut out = RouterTransmit { socket: &self.socket };
         let mut frames = Vec::with_capacity(16);
+        let mut user_id = String::new();
+        let mut connections = Connections::default();
+        let mut generation = self.security.as_ref().map(|s| s.generation());
         log::info!("broker routing on {}", self.endpoint());
         let mut next_snapshot = Instant::now();
         while !shutdown.is_set() {
             let now = Instant::now();
             core.tick(now, &mut out);
+            if let Some(security) = &self.security {
+                if generation != Some(security.generation()) {
+                    generation = Some(security.generation());
+                    let allow = security.allow_list();
+                    let closed = connections.close_unless(|id| allow.contains_identity(id));
+                    if closed > 0 {
+                        log::info!("broker: closed {closed} connection(s) of removed identities");
+                    }
+                }
+            }
             if now >= next_snapshot {
                 if let Ok(mut snapshot) = self.snapshot.lock() {
                     *snapshot = (core.counters().clone(), core.census());
                 }
                 next_snapshot = now + SNAPSHOT_EVERY;
             }
-            let wait = core.next_deadline().min(next_snapshot).saturating_duration_since(now);
+            // Wake at least every second, so a reload is acted on promptly.
+            let wait =
+                core.next_deadline().min(next_snapshot).saturating_duration_since(now).min(RELOAD_CHECK);
             // Round up so we never wake a hair early and spin.
             let timeout = wait.as_millis() as i64 + 1;
             let mut items = [self.socket.as_poll_item(zmq::POLLIN), shutdown.poll_item()];
@@ -138,7 +167,16 @@ impl BrokerServer {
             let now = Instant::now();
             for _ in 0..BATCH {
                 match recv_frames(&self.socket, &mut frames, self.config.max_frames, zmq::DONTWAIT) {
-                    Ok(Received::Message) => core.handle(now, &mut frames, &mut out),
+                    Ok(Received::Message) => {
+                        // The routing id frame has no properties after a poll; the next one does.
+                        let Some(first) = frames.get_mut(1) else { continue };
+                        let from = peer::origin(first, &mut user_id);
+                        let user_id = from.has_user_id.then_some(user_id.as_str());
+                        if let (Some(fd), Some(id)) = (from.fd, user_id) {
+                            connections.note(fd, id);
+                        }
+                        core.handle(now, Origin { user_id, remote: from.remote() }, &mut frames, &mut out)
+                    }
                     Ok(Received::TooManyFrames) => core.counters_mut().too_many_frames += 1,
                     Ok(Received::WouldBlock) | Err(zmq::Error::EINTR) => break,
                     Err(e) => return Err(e.into()),

@@ -18,11 +18,12 @@ use transport::{Publisher, ShutdownWatch, Worker, WorkerError, WorkerOptions};
 use self::store::Store;
 use crate::broker::BROKER_INPROC;
 use crate::config::StateConfig;
+use crate::security::{Kind, Security};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot open the state store in {path}: {source} (is another hub using this --data-dir?)")]
-    Open { path: std::path::PathBuf, source: sled::Error },
+    Open { path: std::path::PathBuf, source: store::StoreError },
     #[error("state worker: {0}")]
     Worker(#[from] WorkerError),
     #[error("state worker: {0}")]
@@ -35,6 +36,9 @@ pub struct StateService {
     flush_interval: Duration,
     events: String,
     worker: WorkerOptions,
+    /// With security, each request starts with the caller's identity (the
+    /// broker adds it), whose grants decide which scopes it may touch.
+    security: Option<Arc<Security>>,
 }
 
 impl StateService {
@@ -45,15 +49,17 @@ impl StateService {
         config: &StateConfig,
         events: String,
         worker: WorkerOptions,
+        security: Option<Arc<Security>>,
     ) -> Result<StateService, StateError> {
         let path = data_dir.join("state");
-        let store = Store::open(&path, config.cache_bytes, config.flush_interval_ms == 0)
+        let store = Store::open(&path, config.cache_bytes, config.flush_interval_ms == 0, config.limits)
             .map_err(|source| StateError::Open { path, source })?;
         Ok(StateService {
             store: Arc::new(store),
             flush_interval: Duration::from_millis(config.flush_interval_ms),
             events,
             worker,
+            security,
         })
     }
 
@@ -67,13 +73,21 @@ impl StateService {
         let store = self.store.clone();
         let worker = Worker::new(ctx, BROKER_INPROC, proto::state::SERVICE, self.worker.clone());
         worker.run(signal, move |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
-            let (reply, event) = ops::handle(&store, &body);
-            if let Some(event) = event {
+            let (caller, body) = match (&self.security, body.split_first()) {
+                (Some(_), Some((caller, rest))) => (String::from_utf8_lossy(caller).into_owned(), rest),
+                _ => (String::new(), &body[..]),
+            };
+            let grants = self.security.as_ref().filter(|_| !caller.is_empty()).map(|s| s.grants(&caller));
+            let outcome = ops::handle(&store, &ops::Caller { name: &caller, grants }, body);
+            if let (Some(why), Some(security)) = (&outcome.refused, &self.security) {
+                security.denials.record(&caller, Kind::State, || why.clone());
+            }
+            if let Some(event) = outcome.event {
                 // PUB drops rather than blocks; a lost event never fails the write.
                 let payload = serde_json::to_vec(&event).expect("an event serialises");
                 let _ = publisher.publish(event.topic().as_bytes(), &payload);
             }
-            vec![zmq::Message::from(reply.to_string().as_bytes())]
+            vec![zmq::Message::from(outcome.reply.to_string().as_bytes())]
         })?;
         Ok(())
     }

@@ -6,125 +6,202 @@
 //! - `list-scopes` with no scopes returns `[]` (plantd returned `null`);
 //! - values may be any JSON value, returned unchanged (plantd took strings only).
 
+use std::sync::Arc;
+
 use proto::state::{failure, success, Event, EventOp, Op, Request};
 use proto::Frame;
 use serde_json::{json, Value};
 
-use super::store::Store;
+use super::store::{Store, StoreError};
+use crate::security::Grants;
+
+/// Who is asking.
+pub struct Caller<'a> {
+    /// The identity (owner of the scopes it creates); empty for the hub
+    /// itself, and with security off.
+    pub name: &'a str,
+    /// What it may do; `None` (anything) for the hub itself and with security off.
+    pub grants: Option<Arc<Grants>>,
+}
+
+impl Caller<'_> {
+    /// The hub itself, or anyone with security off.
+    pub const TRUSTED: Caller<'static> = Caller { name: "", grants: None };
+
+    fn may_read(&self, scope: &str) -> bool {
+        self.grants.as_ref().is_none_or(|g| g.may_read_state(scope))
+    }
+
+    fn may_write(&self, scope: &str) -> bool {
+        self.grants.as_ref().is_none_or(|g| g.may_write_state(scope))
+    }
+}
+
+/// A handled request: the reply, the change to announce, and what was
+/// refused (for the denial count), if anything.
+pub struct Outcome {
+    pub reply: Value,
+    pub event: Option<Event>,
+    pub refused: Option<String>,
+}
+
+impl Outcome {
+    fn answer(reply: Value) -> Outcome {
+        Outcome { reply, event: None, refused: None }
+    }
+
+    fn changed(reply: Value, event: Event) -> Outcome {
+        Outcome { reply, event: Some(event), refused: None }
+    }
+
+    fn refused(message: String) -> Outcome {
+        Outcome { reply: failure(message.clone()), event: None, refused: Some(message) }
+    }
+}
 
 fn event(scope: &str, key: Option<&str>, op: EventOp, value: Option<Value>) -> Event {
     let ts = jiff::Timestamp::now().to_string();
     Event { scope: scope.into(), key: key.map(Into::into), op, value, ts }
 }
 
-/// Handles one request: `body` is `[operation, json]`.
-pub fn handle<F: Frame>(store: &Store, body: &[F]) -> (Value, Option<Event>) {
+/// Handles one request from `caller`: `body` is `[operation, json]`.
+pub fn handle<F: Frame>(store: &Store, caller: &Caller<'_>, body: &[F]) -> Outcome {
     let [op, request, ..] = body else {
-        return (json!({"error": "Invalid message format"}), None);
+        return Outcome::answer(json!({"error": "Invalid message format"}));
     };
     let Some(op) = Op::parse(op.bytes()) else {
-        return (json!({"error": "Invalid operation"}), None);
+        return Outcome::answer(json!({"error": "Invalid operation"}));
     };
     let request = match serde_json::from_slice::<Value>(request.bytes()) {
         Ok(object @ Value::Object(_)) => serde_json::from_value::<Request>(object).unwrap_or_default(),
         Ok(other) => {
-            return (failure(format!("Invalid request format: expected a JSON object, got {other}")), None)
+            return Outcome::answer(failure(format!(
+                "Invalid request format: expected a JSON object, got {other}"
+            )))
         }
-        Err(e) => return (failure(format!("Invalid request format: {e}")), None),
+        Err(e) => return Outcome::answer(failure(format!("Invalid request format: {e}"))),
     };
-    match run(store, op, &request) {
+    if let Some(scope) = request.scope.as_deref() {
+        let (allowed, access) = match op {
+            Op::Get | Op::ListKeys | Op::Health => (caller.may_read(scope), "read"),
+            Op::ListScopes => (true, "list"),
+            _ => (caller.may_write(scope), "change"),
+        };
+        if !allowed {
+            return Outcome::refused(format!(
+                "Permission denied: {} may not {access} scope '{scope}'",
+                caller.name
+            ));
+        }
+    }
+    match run(store, caller, op, &request) {
         Ok(outcome) => outcome,
+        Err(StoreError::Quota(why)) => Outcome::refused(format!("Quota exceeded: {why}")),
         Err(e) => {
             let name = op.short_name();
             log::error!("state store failed on {name}: {e}");
-            (failure(format!("Failed to {name}: storage error: {e}")), None)
+            Outcome::answer(failure(format!("Failed to {name}: storage error: {e}")))
         }
     }
 }
 
-type Outcome = (Value, Option<Event>);
-
-fn run(store: &Store, op: Op, request: &Request) -> super::store::Result<Outcome> {
+fn run(store: &Store, caller: &Caller<'_>, op: Op, request: &Request) -> super::store::Result<Outcome> {
     // These two take no scope (health reports on one if given).
     match op {
         Op::ListScopes => {
-            let scopes = store.list_scopes()?;
-            return Ok((success(json!({"scopes": scopes, "count": scopes.len()})), None));
+            let mut scopes = store.list_scopes()?;
+            scopes.retain(|scope| caller.may_read(scope));
+            return Ok(Outcome::answer(success(json!({"scopes": scopes, "count": scopes.len()}))));
         }
-        Op::Health => return Ok((health(store, request.scope.as_deref())?, None)),
+        Op::Health => return Ok(Outcome::answer(health(store, request.scope.as_deref())?)),
         _ => {}
     }
     let Some(scope) = request.scope.as_deref() else {
-        return Ok((failure(format!("Service scope required for {} request", op.short_name())), None));
+        return Ok(Outcome::answer(failure(format!(
+            "Service scope required for {} request",
+            op.short_name()
+        ))));
     };
     Ok(match op {
         Op::CreateScope => {
             if scope.is_empty() {
-                (failure("Service scope cannot be empty"), None)
-            } else if !store.create_scope(scope)? {
-                (failure(format!("Scope '{scope}' already exists")), None)
+                Outcome::answer(failure("Service scope cannot be empty"))
+            } else if !store.create_scope(scope, caller.name)? {
+                Outcome::answer(failure(format!("Scope '{scope}' already exists")))
             } else {
                 let event = event(scope, None, EventOp::CreateScope, None);
-                (success(json!({"scope": scope, "status": "created"})), Some(event))
+                Outcome::changed(success(json!({"scope": scope, "status": "created"})), event)
             }
         }
         Op::DeleteScope => {
             if !store.delete_scope(scope)? {
-                (failure(format!("Scope '{scope}' does not exist")), None)
+                Outcome::answer(failure(format!("Scope '{scope}' does not exist")))
             } else {
                 let event = event(scope, None, EventOp::DeleteScope, None);
-                (success(json!({"scope": scope, "status": "deleted"})), Some(event))
+                Outcome::changed(success(json!({"scope": scope, "status": "deleted"})), event)
             }
         }
         Op::ListKeys => {
             if scope.is_empty() {
-                (failure("Service scope cannot be empty"), None)
+                Outcome::answer(failure("Service scope cannot be empty"))
             } else if !store.has_scope(scope)? {
-                (failure(format!("Scope '{scope}' does not exist")), None)
+                Outcome::answer(failure(format!("Scope '{scope}' does not exist")))
             } else {
                 let keys = store.list_keys(scope)?;
-                (success(json!({"scope": scope, "keys": keys, "count": keys.len()})), None)
+                Outcome::answer(success(json!({"scope": scope, "keys": keys, "count": keys.len()})))
             }
         }
         // get, set, delete
-        _ => keyed(store, op, scope, request)?,
+        _ => keyed(store, caller, op, scope, request)?,
     })
 }
 
-fn keyed(store: &Store, op: Op, scope: &str, request: &Request) -> super::store::Result<Outcome> {
+fn keyed(
+    store: &Store,
+    caller: &Caller<'_>,
+    op: Op,
+    scope: &str,
+    request: &Request,
+) -> super::store::Result<Outcome> {
     let Some(key) = request.key.as_deref() else {
-        return Ok((failure(format!("Key required for {} request", op.short_name())), None));
+        return Ok(Outcome::answer(failure(format!("Key required for {} request", op.short_name()))));
     };
     let value = request.value.as_ref();
     if op == Op::Set && value.is_none() {
-        return Ok((failure("Value required for set request"), None));
+        return Ok(Outcome::answer(failure("Value required for set request")));
     }
     if scope.is_empty() {
-        return Ok((failure("Service scope cannot be empty"), None));
+        return Ok(Outcome::answer(failure("Service scope cannot be empty")));
     }
     if key.is_empty() {
-        return Ok((failure("Key cannot be empty"), None));
+        return Ok(Outcome::answer(failure("Key cannot be empty")));
     }
     Ok(match (op, value) {
         (Op::Set, Some(value)) => {
-            store.set(scope, key, value)?;
+            store.set(scope, key, value, caller.name)?;
             let event = event(scope, Some(key), EventOp::Set, Some(value.clone()));
-            (success(json!({"scope": scope, "key": key, "value": value, "status": "set"})), Some(event))
+            Outcome::changed(
+                success(json!({"scope": scope, "key": key, "value": value, "status": "set"})),
+                event,
+            )
         }
         (Op::Get, _) if !store.has_scope(scope)? => {
-            (failure(format!("Failed to get key: scope `{scope}` doesn't exist")), None)
+            Outcome::answer(failure(format!("Failed to get key: scope `{scope}` doesn't exist")))
         }
         (Op::Get, _) => {
             let value = store.get(scope, key)?.unwrap_or(json!(""));
-            (success(json!({"scope": scope, "key": key, "value": value})), None)
+            Outcome::answer(success(json!({"scope": scope, "key": key, "value": value})))
         }
         _ if !store.has_scope(scope)? => {
-            (failure(format!("Failed to delete key: scope `{scope}` doesn't exist")), None)
+            Outcome::answer(failure(format!("Failed to delete key: scope `{scope}` doesn't exist")))
         }
         _ => {
             let existed = store.delete(scope, key)?;
-            let event = existed.then(|| event(scope, Some(key), EventOp::Delete, None));
-            (success(json!({"scope": scope, "key": key, "status": "deleted"})), event)
+            let reply = success(json!({"scope": scope, "key": key, "status": "deleted"}));
+            match existed {
+                true => Outcome::changed(reply, event(scope, Some(key), EventOp::Delete, None)),
+                false => Outcome::answer(reply),
+            }
         }
     })
 }

@@ -5,19 +5,88 @@
 //! the window is measurable rather than assumed: `durable_writes` catches up
 //! with `writes` within one flush interval.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Mutex, MutexGuard};
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-pub type Result<T> = std::result::Result<T, sled::Error>;
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Storage(#[from] sled::Error),
+    /// A write that would take the store past a bound; nothing was written.
+    #[error("{0}")]
+    Quota(String),
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Storage(e),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The bounds on what the state service keeps, so no client can fill the
+/// hub's disk or memory through it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest value, as JSON text.
+    pub max_value_bytes: usize,
+    /// Keys in one scope.
+    pub max_keys_per_scope: usize,
+    /// Bytes of values in one scope.
+    pub max_scope_bytes: usize,
+    /// Scopes in the store.
+    pub max_scopes: usize,
+    /// Scopes one identity may own (create), with security.
+    pub max_scopes_per_identity: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_value_bytes: 64 << 10,
+            max_keys_per_scope: 10_000,
+            max_scope_bytes: 16 << 20,
+            max_scopes: 10_000,
+            max_scopes_per_identity: 64,
+        }
+    }
+}
+
+/// What each scope holds, and who owns it: the quota accounting, kept in
+/// memory (rebuilt from the store at open) and changed only under its lock,
+/// which also makes every write's check-then-change atomic.
+#[derive(Default)]
+struct Usage {
+    scopes: HashMap<String, ScopeUsage>,
+    owned: HashMap<String, usize>,
+}
+
+#[derive(Default)]
+struct ScopeUsage {
+    owner: String,
+    keys: usize,
+    bytes: usize,
+}
 
 pub struct Store {
     db: sled::Db,
-    /// scope name → empty marker.
+    /// scope name → its owner (the identity that created it; empty for the hub or without security).
     scopes: sled::Tree,
     /// scope_key(scope, key) → JSON text.
     values: sled::Tree,
+    limits: Limits,
+    usage: Mutex<Usage>,
     writes: AtomicU64,
     durable: AtomicU64,
     flush_each_write: bool,
@@ -37,59 +106,123 @@ fn scope_key(scope: &str, key: &str) -> Vec<u8> {
     k
 }
 
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir` with a `cache_bytes` page cache.
     /// With `flush_each_write` every write is on disk before it returns.
-    pub fn open(dir: &Path, cache_bytes: u64, flush_each_write: bool) -> Result<Store> {
+    pub fn open(dir: &Path, cache_bytes: u64, flush_each_write: bool, limits: Limits) -> Result<Store> {
         let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).flush_every_ms(None).open()?;
         let scopes = db.open_tree("scopes")?;
         let values = db.open_tree("values")?;
+        let mut usage = Usage::default();
+        for entry in scopes.iter() {
+            let (name, owner) = entry?;
+            let scope = ScopeUsage { owner: text(&owner), ..ScopeUsage::default() };
+            *usage.owned.entry(scope.owner.clone()).or_default() += 1;
+            usage.scopes.insert(text(&name), scope);
+        }
+        for entry in values.iter() {
+            let (key, value) = entry?;
+            let Some(len) = key.get(..4).map(|l| u32::from_be_bytes(l.try_into().expect("4 bytes")) as usize)
+            else {
+                continue;
+            };
+            if let Some(scope) = key.get(4..4 + len).and_then(|s| usage.scopes.get_mut(&text(s))) {
+                scope.keys += 1;
+                scope.bytes += value.len();
+            }
+        }
         Ok(Store {
             db,
             scopes,
             values,
+            limits,
+            usage: Mutex::new(usage),
             writes: AtomicU64::new(0),
             durable: AtomicU64::new(0),
             flush_each_write,
         })
     }
 
+    fn usage(&self) -> MutexGuard<'_, Usage> {
+        self.usage.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn has_scope(&self, scope: &str) -> Result<bool> {
-        self.scopes.contains_key(scope.as_bytes())
+        Ok(self.scopes.contains_key(scope.as_bytes())?)
     }
 
-    /// Creates `scope`; false if it already existed.
-    pub fn create_scope(&self, scope: &str) -> Result<bool> {
-        let created = self.scopes.insert(scope.as_bytes(), &[])?.is_none();
-        self.wrote()?;
-        Ok(created)
+    /// The identity that created `scope` (empty: the hub, or security off).
+    pub fn owner(&self, scope: &str) -> Option<String> {
+        self.usage().scopes.get(scope).map(|s| s.owner.clone())
     }
 
-    /// Deletes `scope` and its keys; false if it did not exist.
-    pub fn delete_scope(&self, scope: &str) -> Result<bool> {
-        if self.scopes.remove(scope.as_bytes())?.is_none() {
+    /// Room for one more scope, owned by `owner`?
+    fn check_new_scope(&self, usage: &Usage, owner: &str) -> Result<()> {
+        if usage.scopes.len() >= self.limits.max_scopes {
+            return Err(StoreError::Quota(format!(
+                "the store holds {} scopes, its limit",
+                self.limits.max_scopes
+            )));
+        }
+        let owned = usage.owned.get(owner).copied().unwrap_or(0);
+        if !owner.is_empty() && owned >= self.limits.max_scopes_per_identity {
+            return Err(StoreError::Quota(format!(
+                "{owner} owns {owned} scopes, its limit (max_scopes_per_identity)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates `scope`, owned by `owner`; false if it already existed.
+    pub fn create_scope(&self, scope: &str, owner: &str) -> Result<bool> {
+        let mut usage = self.usage();
+        if usage.scopes.contains_key(scope) {
             return Ok(false);
         }
-        let mut batch = sled::Batch::default();
-        for entry in self.values.scan_prefix(scope_prefix(scope)) {
-            batch.remove(entry?.0);
+        self.check_new_scope(&usage, owner)?;
+        self.scopes.insert(scope.as_bytes(), owner.as_bytes())?;
+        usage.scopes.insert(scope.into(), ScopeUsage { owner: owner.into(), ..ScopeUsage::default() });
+        *usage.owned.entry(owner.into()).or_default() += 1;
+        drop(usage);
+        self.wrote()?;
+        Ok(true)
+    }
+
+    /// Deletes `scope` and its keys, atomically; false if it did not exist.
+    pub fn delete_scope(&self, scope: &str) -> Result<bool> {
+        let mut usage = self.usage();
+        let Some(gone) = usage.scopes.get(scope) else { return Ok(false) };
+        let owner = gone.owner.clone();
+        // Writes hold the usage lock, so no key can be added between this scan and the transaction.
+        let keys = self.values.scan_prefix(scope_prefix(scope)).keys().collect::<sled::Result<Vec<_>>>()?;
+        (&self.scopes, &self.values).transaction(|(scopes, values)| {
+            scopes.remove(scope.as_bytes())?;
+            for key in &keys {
+                values.remove(key)?;
+            }
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
+        usage.scopes.remove(scope);
+        if let Some(n) = usage.owned.get_mut(&owner) {
+            *n -= 1;
         }
-        self.values.apply_batch(batch)?;
+        drop(usage);
         self.wrote()?;
         Ok(true)
     }
 
     pub fn list_scopes(&self) -> Result<Vec<String>> {
-        self.scopes.iter().keys().map(|k| k.map(|k| String::from_utf8_lossy(&k).into_owned())).collect()
+        Ok(self.scopes.iter().keys().map(|k| k.map(|k| text(&k))).collect::<sled::Result<_>>()?)
     }
 
     pub fn list_keys(&self, scope: &str) -> Result<Vec<String>> {
         let prefix = scope_prefix(scope);
-        self.values
-            .scan_prefix(&prefix)
-            .keys()
-            .map(|k| k.map(|k| String::from_utf8_lossy(&k[prefix.len()..]).into_owned()))
-            .collect()
+        let keys = self.values.scan_prefix(&prefix).keys().map(|k| k.map(|k| text(&k[prefix.len()..])));
+        Ok(keys.collect::<sled::Result<_>>()?)
     }
 
     pub fn get(&self, scope: &str, key: &str) -> Result<Option<Value>> {
@@ -100,20 +233,66 @@ impl Store {
         }))
     }
 
-    /// Sets `key` in `scope`, creating the scope if needed.
-    pub fn set(&self, scope: &str, key: &str, value: &Value) -> Result<()> {
-        self.scopes.insert(scope.as_bytes(), &[])?;
-        self.values.insert(scope_key(scope, key), value.to_string().into_bytes())?;
+    /// Sets `key` in `scope`, creating the scope (owned by `owner`) if
+    /// needed, atomically, within the bounds.
+    pub fn set(&self, scope: &str, key: &str, value: &Value, owner: &str) -> Result<()> {
+        let text = value.to_string();
+        let l = &self.limits;
+        if text.len() > l.max_value_bytes {
+            return Err(StoreError::Quota(format!(
+                "a value of {} bytes is over the limit of {}",
+                text.len(),
+                l.max_value_bytes
+            )));
+        }
+        let mut usage = self.usage();
+        let new_scope = !usage.scopes.contains_key(scope);
+        if new_scope {
+            self.check_new_scope(&usage, owner)?;
+        }
+        let k = scope_key(scope, key);
+        let previous = self.values.get(&k)?;
+        let (existed, old) = (previous.is_some(), previous.map_or(0, |v| v.len()));
+        let held = usage.scopes.get(scope);
+        let (keys, bytes) = held.map_or((0, 0), |s| (s.keys, s.bytes));
+        if !existed && keys >= l.max_keys_per_scope {
+            return Err(StoreError::Quota(format!("scope '{scope}' holds {keys} keys, its limit")));
+        }
+        if bytes - old + text.len() > l.max_scope_bytes {
+            return Err(StoreError::Quota(format!(
+                "scope '{scope}' would hold more than {} bytes",
+                l.max_scope_bytes
+            )));
+        }
+        (&self.scopes, &self.values).transaction(|(scopes, values)| {
+            if new_scope {
+                scopes.insert(scope.as_bytes(), owner.as_bytes())?;
+            }
+            values.insert(k.as_slice(), text.as_bytes())?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
+        if new_scope {
+            usage.scopes.insert(scope.into(), ScopeUsage { owner: owner.into(), ..ScopeUsage::default() });
+            *usage.owned.entry(owner.into()).or_default() += 1;
+        }
+        let held = usage.scopes.get_mut(scope).expect("present");
+        held.keys += usize::from(!existed);
+        held.bytes = held.bytes - old + text.len();
+        drop(usage);
         self.wrote()
     }
 
     /// Deletes `key`; false if it was not there.
     pub fn delete(&self, scope: &str, key: &str) -> Result<bool> {
-        let existed = self.values.remove(scope_key(scope, key))?.is_some();
-        if existed {
-            self.wrote()?;
+        let mut usage = self.usage();
+        let Some(old) = self.values.remove(scope_key(scope, key))? else { return Ok(false) };
+        if let Some(held) = usage.scopes.get_mut(scope) {
+            held.keys -= 1;
+            held.bytes -= old.len();
         }
-        Ok(existed)
+        drop(usage);
+        self.wrote()?;
+        Ok(true)
     }
 
     fn wrote(&self) -> Result<()> {
@@ -143,7 +322,7 @@ impl Store {
     }
 
     pub fn scope_count(&self) -> usize {
-        self.scopes.len()
+        self.usage().scopes.len()
     }
 }
 
@@ -155,9 +334,9 @@ mod tests {
     #[test]
     fn scopes_keep_their_keys_apart() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path(), 1 << 20, false).unwrap();
-        s.set("ab", "c", &json!("1")).unwrap();
-        s.set("a", "bc", &json!("2")).unwrap();
+        let s = Store::open(dir.path(), 1 << 20, false, Limits::default()).unwrap();
+        s.set("ab", "c", &json!("1"), "").unwrap();
+        s.set("a", "bc", &json!("2"), "").unwrap();
         assert_eq!(s.list_keys("a").unwrap(), vec!["bc"]);
         assert_eq!(s.list_keys("ab").unwrap(), vec!["c"]);
         assert_eq!(s.get("a", "bc").unwrap(), Some(json!("2")));
@@ -167,24 +346,68 @@ mod tests {
     }
 
     #[test]
+    fn bounds_hold_and_usage_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_value_bytes: 10,
+            max_keys_per_scope: 2,
+            max_scope_bytes: 12,
+            max_scopes: 3,
+            max_scopes_per_identity: 1,
+        };
+        let quota = |r: Result<()>| matches!(r, Err(StoreError::Quota(_)));
+        {
+            let s = Store::open(dir.path(), 1 << 20, false, limits).unwrap();
+            assert!(quota(s.set("a", "k", &json!("0123456789"), "")), "value over 10 bytes");
+            s.set("a", "k1", &json!("12345"), "pump-1").unwrap();
+            s.set("a", "k1", &json!("1234567"), "pump-1").unwrap();
+            assert!(quota(s.set("a", "k2", &json!("12345"), "pump-1")), "scope over 12 bytes");
+            s.set("a", "k2", &json!("1"), "pump-1").unwrap();
+            assert!(quota(s.set("a", "k3", &json!(1), "pump-1")), "a third key");
+            assert!(quota(s.set("b", "k", &json!(1), "pump-1")), "a second scope for pump-1");
+            assert_eq!(s.owner("a").as_deref(), Some("pump-1"));
+            s.flush().unwrap();
+        }
+        let s = Store::open(dir.path(), 1 << 20, false, limits).unwrap();
+        assert!(quota(s.set("a", "k3", &json!(1), "pump-1")), "the count survived reopening");
+        assert!(s.delete("a", "k2").unwrap());
+        s.set("a", "k3", &json!(1), "pump-1").unwrap();
+        assert!(s.delete_scope("a").unwrap());
+        s.set("b", "k", &json!(1), "pump-1").unwrap();
+        s.create_scope("c", "").unwrap();
+        s.create_scope("d", "").unwrap();
+        assert!(quota(s.create_scope("e", "").map(|_| ())), "three scopes in all");
+    }
+
+    #[test]
+    fn a_deleted_scope_keeps_no_keys_when_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 20, false, Limits::default()).unwrap();
+        s.set("plant", "old", &json!(1), "").unwrap();
+        assert!(s.delete_scope("plant").unwrap());
+        s.create_scope("plant", "").unwrap();
+        assert!(s.list_keys("plant").unwrap().is_empty());
+    }
+
+    #[test]
     fn flushed_writes_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = Store::open(dir.path(), 1 << 20, false).unwrap();
-            s.set("plant", "mode", &json!({"auto": true})).unwrap();
+            let s = Store::open(dir.path(), 1 << 20, false, Limits::default()).unwrap();
+            s.set("plant", "mode", &json!({"auto": true}), "").unwrap();
             assert_eq!((s.writes(), s.durable_writes()), (1, 0));
             s.flush().unwrap();
             assert_eq!(s.durable_writes(), 1);
         }
-        let s = Store::open(dir.path(), 1 << 20, false).unwrap();
+        let s = Store::open(dir.path(), 1 << 20, false, Limits::default()).unwrap();
         assert_eq!(s.get("plant", "mode").unwrap(), Some(json!({"auto": true})));
     }
 
     #[test]
     fn flush_each_write_is_durable_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path(), 1 << 20, true).unwrap();
-        s.set("p", "k", &json!("v")).unwrap();
+        let s = Store::open(dir.path(), 1 << 20, true, Limits::default()).unwrap();
+        s.set("p", "k", &json!("v"), "").unwrap();
         assert_eq!(s.durable_writes(), s.writes());
     }
 }

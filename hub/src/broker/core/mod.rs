@@ -18,15 +18,19 @@
 //!   once more when its worker dies.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::mdp::{self, Dialect, ReplyKind, ToBroker};
 use proto::{mmi, Frame};
 use slab::Slab;
 
+use self::access::{Callers, Owner};
 use super::counters::BrokerCounters;
 use crate::config::BrokerConfig;
+use crate::security::{Security, Sender};
 
+mod access;
 mod own_service;
 
 /// A frame the core can own and copy (copies are made only for redelivery
@@ -52,11 +56,28 @@ pub trait Transmit<F> {
 /// Body buffers kept for reuse, so steady-state routing does not allocate.
 const SPARE_BODIES: usize = 1024;
 
+/// Where a message came from, as the shell read it off the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin<'a> {
+    /// The identity the ZAP handler gave the connection.
+    pub user_id: Option<&'a str>,
+    /// Over the network; in-process peers (the hub's own services) are not.
+    pub remote: bool,
+}
+
+impl Origin<'_> {
+    /// An in-process peer with no identity: one of the hub's own services.
+    pub const HUB: Origin<'static> = Origin { user_id: None, remote: false };
+}
+
 /// A request waiting for a worker.
 struct Pending<F> {
     client: F,
     dialect: Dialect,
     body: Vec<F>,
+    /// The body's size, counted against the queue's byte bounds.
+    bytes: usize,
+    caller: Owner,
     deadline: Instant,
     redelivered: bool,
 }
@@ -65,6 +86,7 @@ struct Pending<F> {
 struct Job<F> {
     client: F,
     dialect: Dialect,
+    caller: Owner,
     /// A copy of the body, kept only for services that redeliver.
     copy: Option<Vec<F>>,
     redelivered: bool,
@@ -77,6 +99,10 @@ struct Worker<F> {
     identity: Box<[u8]>,
     dialect: Dialect,
     service: usize,
+    owner: Owner,
+    /// One of the hub's own services under security: each request reaches it
+    /// with a first frame naming the caller.
+    told_caller: bool,
     expiry: Instant,
     job: Option<Job<F>>,
 }
@@ -84,10 +110,13 @@ struct Worker<F> {
 struct Service<F> {
     name: Box<[u8]>,
     redeliver: bool,
+    /// An agent's service: one live worker at a time.
+    exclusive: bool,
     workers: usize,
     /// Free workers, least recently ready first.
     idle: VecDeque<usize>,
     queue: VecDeque<Pending<F>>,
+    queued_bytes: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,12 +129,17 @@ enum Removal {
     Violation,
     /// libzmq no longer knows the peer.
     Unroutable,
+    /// Its identity may no longer provide the service.
+    Revoked,
 }
 
 pub struct Broker<F> {
     heartbeat_interval: Duration,
     worker_ttl: Duration,
     queue_limit: usize,
+    max_queued_bytes_per_service: usize,
+    max_queued_bytes: usize,
+    queued_bytes: usize,
     request_expiry: Duration,
     max_services: usize,
     max_workers: usize,
@@ -120,15 +154,21 @@ pub struct Broker<F> {
     spare: Vec<Vec<F>>,
     scratch: Vec<usize>,
     counters: BrokerCounters,
+    /// Who may do what; `None` when security is off.
+    security: Option<Arc<Security>>,
+    callers: Callers,
 }
 
 impl<F: OwnedFrame> Broker<F> {
-    pub fn new(config: &BrokerConfig, now: Instant) -> Self {
+    pub fn new(config: &BrokerConfig, security: Option<Arc<Security>>, now: Instant) -> Self {
         let heartbeat_interval = config.heartbeat_interval();
         Broker {
             heartbeat_interval,
             worker_ttl: heartbeat_interval * config.heartbeat_liveness,
             queue_limit: config.queue_limit,
+            max_queued_bytes_per_service: config.max_queued_bytes_per_service,
+            max_queued_bytes: config.max_queued_bytes,
+            queued_bytes: 0,
             request_expiry: config.request_expiry(),
             max_services: config.max_services,
             max_workers: config.max_workers,
@@ -142,6 +182,8 @@ impl<F: OwnedFrame> Broker<F> {
             spare: Vec::new(),
             scratch: Vec::new(),
             counters: BrokerCounters::default(),
+            callers: Callers::new(config, security.as_ref().map(|s| s.generation())),
+            security,
         }
     }
 
@@ -158,9 +200,16 @@ impl<F: OwnedFrame> Broker<F> {
         self.next_sweep
     }
 
-    /// Handles one message. `frames[0]` is the sender's routing identity.
-    /// Frames the core keeps are moved out; the rest are left for the caller.
-    pub fn handle(&mut self, now: Instant, frames: &mut Vec<F>, out: &mut impl Transmit<F>) {
+    /// Handles one message from `origin`. `frames[0]` is the sender's routing
+    /// identity. Frames the core keeps are moved out; the rest are left for the caller.
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        origin: Origin<'_>,
+        frames: &mut Vec<F>,
+        out: &mut impl Transmit<F>,
+    ) {
+        self.refresh(now, out);
         let Some((sender, rest)) = frames.split_first() else { return };
         let sender_worker = self.worker_ids.get(sender.bytes()).copied();
         let (dialect, msg) = match mdp::decode_to_broker(rest) {
@@ -174,6 +223,19 @@ impl<F: OwnedFrame> Broker<F> {
                 return;
             }
         };
+        let owner = match Sender::of(self.security.is_some(), origin.user_id, origin.remote) {
+            Sender::Anyone => Owner::Anyone,
+            Sender::Hub => Owner::Hub,
+            Sender::Identity(name) => {
+                Owner::Identity(self.callers.intern(name, self.security.as_deref(), now))
+            }
+            Sender::Unauthenticated => {
+                self.deny(Owner::Anyone, crate::security::Kind::Unauthenticated, || {
+                    format!("a message from {} without an identity", hex(sender.bytes()))
+                });
+                return;
+            }
+        };
         if let Some(wid) = sender_worker {
             if !matches!(msg, ToBroker::Disconnect) {
                 self.workers[wid].expiry = now + self.worker_ttl;
@@ -181,6 +243,10 @@ impl<F: OwnedFrame> Broker<F> {
         }
         match msg {
             ToBroker::Request { service, body } => {
+                if let Err(refusal) = self.admit(now, owner, service, body) {
+                    self.refuse(sender.bytes(), dialect, service, refusal, out);
+                    return;
+                }
                 if let Some(request) = mmi::Request::parse(service, body) {
                     let answer = self.answer_mmi(request);
                     self.counters.mmi_requests += 1;
@@ -199,12 +265,15 @@ impl<F: OwnedFrame> Broker<F> {
                     return;
                 };
                 self.counters.requests += 1;
+                self.callers.started(owner);
                 let mut body = self.spare.pop().unwrap_or_default();
                 let mut drain = frames.drain(..);
                 let Some(client) = drain.next() else { return };
                 body.extend(drain.skip(body_at - 1));
+                let bytes = body.iter().map(|f| f.bytes().len()).sum();
                 let deadline = now + self.request_expiry;
-                let pending = Pending { client, dialect, body, deadline, redelivered: false };
+                let pending =
+                    Pending { client, dialect, body, bytes, caller: owner, deadline, redelivered: false };
                 self.submit(now, sid, pending, false, out);
             }
             ToBroker::Ready { service } => {
@@ -225,14 +294,31 @@ impl<F: OwnedFrame> Broker<F> {
                     disconnect(out, sender.bytes(), dialect);
                     return;
                 }
+                if !self.may_provide(owner, service) {
+                    disconnect(out, sender.bytes(), dialect);
+                    return;
+                }
                 let Some(sid) = self.service_id(service) else {
                     self.counters.services_refused += 1;
                     disconnect(out, sender.bytes(), dialect);
                     return;
                 };
+                if self.services[sid].exclusive && !self.make_room_for(now, sid, owner, out) {
+                    disconnect(out, sender.bytes(), dialect);
+                    return;
+                }
                 let identity: Box<[u8]> = sender.bytes().into();
                 let expiry = now + self.worker_ttl;
-                let worker = Worker { identity: identity.clone(), dialect, service: sid, expiry, job: None };
+                let told_caller = self.security.is_some() && owner == Owner::Hub;
+                let worker = Worker {
+                    identity: identity.clone(),
+                    dialect,
+                    service: sid,
+                    owner,
+                    told_caller,
+                    expiry,
+                    job: None,
+                };
                 let wid = self.workers.insert(worker);
                 self.worker_ids.insert(identity, wid);
                 self.services[sid].workers += 1;
@@ -271,6 +357,7 @@ impl<F: OwnedFrame> Broker<F> {
     /// and forgets unused services. Cheap to call early: it returns at once
     /// before [`Broker::next_deadline`].
     pub fn tick(&mut self, now: Instant, out: &mut impl Transmit<F>) {
+        self.refresh(now, out);
         if now < self.next_sweep {
             return;
         }
@@ -296,17 +383,20 @@ impl<F: OwnedFrame> Broker<F> {
         }
 
         self.scratch.clear();
-        for (sid, service) in self.services.iter_mut() {
-            while service.queue.front().is_some_and(|p| p.deadline <= now) {
-                if let Some(p) = service.queue.pop_front() {
+        self.scratch.extend(self.services.iter().map(|(sid, _)| sid));
+        for i in 0..self.scratch.len() {
+            let sid = self.scratch[i];
+            while self.services[sid].queue.front().is_some_and(|p| p.deadline <= now) {
+                if let Some(p) = self.dequeue(sid) {
                     self.counters.expired += 1;
-                    recycle(&mut self.spare, p.body);
+                    self.drop_request(p);
                 }
             }
-            if service.workers == 0 && service.queue.is_empty() {
-                self.scratch.push(sid);
-            }
         }
+        self.scratch.clear();
+        self.scratch.extend(
+            self.services.iter().filter(|(_, s)| s.workers == 0 && s.queue.is_empty()).map(|(sid, _)| sid),
+        );
         for &sid in &self.scratch {
             let service = self.services.remove(sid);
             self.service_ids.remove(&service.name);
@@ -341,12 +431,15 @@ impl<F: OwnedFrame> Broker<F> {
         }
         let name: Box<[u8]> = name.into();
         let redeliver = self.redeliver.contains(&name);
+        let exclusive = name.starts_with(crate::security::policy::AGENT_SERVICE_PREFIX.as_bytes());
         let service = Service {
             name: name.clone(),
             redeliver,
+            exclusive,
             workers: 0,
             idle: VecDeque::new(),
             queue: VecDeque::new(),
+            queued_bytes: 0,
         };
         let sid = self.services.insert(service);
         self.service_ids.insert(name, sid);
@@ -375,15 +468,39 @@ impl<F: OwnedFrame> Broker<F> {
         let service = &mut self.services[sid];
         if service.queue.len() >= self.queue_limit {
             self.counters.queue_overflow += 1;
-            recycle(&mut self.spare, pending.body);
+            self.drop_request(pending);
+            return;
+        }
+        if service.queued_bytes + pending.bytes > self.max_queued_bytes_per_service
+            || self.queued_bytes + pending.bytes > self.max_queued_bytes
+        {
+            self.counters.queue_bytes_overflow += 1;
+            self.drop_request(pending);
             return;
         }
         self.next_sweep = self.next_sweep.min(pending.deadline);
+        service.queued_bytes += pending.bytes;
+        self.queued_bytes += pending.bytes;
         if front {
             service.queue.push_front(pending);
         } else {
             service.queue.push_back(pending);
         }
+    }
+
+    /// Takes the oldest request off `sid`'s queue, uncounting its bytes.
+    fn dequeue(&mut self, sid: usize) -> Option<Pending<F>> {
+        let service = &mut self.services[sid];
+        let pending = service.queue.pop_front()?;
+        service.queued_bytes -= pending.bytes;
+        self.queued_bytes -= pending.bytes;
+        Some(pending)
+    }
+
+    /// A request that ends without a reply (expired, overflowed, lost).
+    fn drop_request(&mut self, pending: Pending<F>) {
+        self.callers.finished(pending.caller);
+        recycle(&mut self.spare, pending.body);
     }
 
     /// Sends `pending` to worker `wid`. If the worker is unreachable the
@@ -394,7 +511,7 @@ impl<F: OwnedFrame> Broker<F> {
         pending: Pending<F>,
         out: &mut impl Transmit<F>,
     ) -> Result<(), Pending<F>> {
-        let Pending { client, dialect, mut body, deadline, redelivered } = pending;
+        let Pending { client, dialect, mut body, bytes, caller, deadline, redelivered } = pending;
         let worker = &self.workers[wid];
         let copy = (self.services[worker.service].redeliver && !redelivered).then(|| {
             let mut copy = self.spare.pop().unwrap_or_default();
@@ -402,17 +519,28 @@ impl<F: OwnedFrame> Broker<F> {
             copy
         });
         let envelope = mdp::worker_request(worker.dialect, client.bytes());
-        let sent =
-            out.send(&worker.identity, envelope.frames(), body.drain(..)).map_err(|rest| rest.collect());
+        // The hub's own services learn who calls: one more frame, the caller's
+        // identity, in the envelope (so a failed send gives back the body alone).
+        let mut head = [&[][..]; 8];
+        let mut len = 0;
+        for frame in envelope.frames() {
+            head[len] = frame;
+            len += 1;
+        }
+        if worker.told_caller {
+            head[len] = self.callers.name(caller).as_bytes();
+            len += 1;
+        }
+        let sent = out.send(&worker.identity, &head[..len], body.drain(..)).map_err(|rest| rest.collect());
         if let Err(rest) = sent {
             body = rest;
             if let Some(copy) = copy {
                 recycle(&mut self.spare, copy);
             }
-            return Err(Pending { client, dialect, body, deadline, redelivered });
+            return Err(Pending { client, dialect, body, bytes, caller, deadline, redelivered });
         }
         recycle(&mut self.spare, body);
-        self.workers[wid].job = Some(Job { client, dialect, copy, redelivered, deadline });
+        self.workers[wid].job = Some(Job { client, dialect, caller, copy, redelivered, deadline });
         self.counters.dispatched += 1;
         Ok(())
     }
@@ -420,16 +548,19 @@ impl<F: OwnedFrame> Broker<F> {
     /// A worker is free: give it the oldest live queued request, or park it.
     fn worker_ready(&mut self, now: Instant, wid: usize, out: &mut impl Transmit<F>) {
         let sid = self.workers[wid].service;
-        while let Some(pending) = self.services[sid].queue.pop_front() {
+        while let Some(pending) = self.dequeue(sid) {
             if pending.deadline <= now {
                 self.counters.expired += 1;
-                recycle(&mut self.spare, pending.body);
+                self.drop_request(pending);
                 continue;
             }
             match self.dispatch(wid, pending, out) {
                 Ok(()) => return,
                 Err(back) => {
-                    self.services[sid].queue.push_front(back);
+                    let service = &mut self.services[sid];
+                    service.queued_bytes += back.bytes;
+                    self.queued_bytes += back.bytes;
+                    service.queue.push_front(back);
                     self.remove_worker(now, wid, Removal::Unroutable, out);
                     return;
                 }
@@ -463,8 +594,11 @@ impl<F: OwnedFrame> Broker<F> {
             Err(_) => self.counters.partials_dropped_rfc7 += 1,
         }
         if kind == ReplyKind::Final {
-            if let Some(Job { copy: Some(copy), .. }) = worker.job.take() {
-                recycle(&mut self.spare, copy);
+            if let Some(job) = worker.job.take() {
+                self.callers.finished(job.caller);
+                if let Some(copy) = job.copy {
+                    recycle(&mut self.spare, copy);
+                }
             }
             self.worker_ready(now, wid, out);
         }
@@ -481,6 +615,7 @@ impl<F: OwnedFrame> Broker<F> {
             Removal::Left => &mut self.counters.workers_left,
             Removal::Violation => &mut self.counters.violations,
             Removal::Unroutable => &mut self.counters.unroutable,
+            Removal::Revoked => &mut self.counters.workers_revoked,
         } += 1;
         let Some(job) = worker.job else { return };
         match job.copy {
@@ -489,7 +624,9 @@ impl<F: OwnedFrame> Broker<F> {
                 let pending = Pending {
                     client: job.client,
                     dialect: job.dialect,
+                    bytes: body.iter().map(|f| f.bytes().len()).sum(),
                     body,
+                    caller: job.caller,
                     deadline: job.deadline,
                     redelivered: true,
                 };
@@ -497,6 +634,7 @@ impl<F: OwnedFrame> Broker<F> {
             }
             copy => {
                 self.counters.lost_in_flight += 1;
+                self.callers.finished(job.caller);
                 if let Some(copy) = copy {
                     recycle(&mut self.spare, copy);
                 }
@@ -523,6 +661,7 @@ impl<F: OwnedFrame> Broker<F> {
             workers: self.workers.len(),
             idle: self.services.iter().map(|(_, s)| s.idle.len()).sum(),
             queued: self.services.iter().map(|(_, s)| s.queue.len()).sum(),
+            queued_bytes: self.queued_bytes,
             services: self.services.len(),
         }
     }
@@ -534,6 +673,9 @@ impl<F: OwnedFrame> Broker<F> {
         for (sid, s) in self.services.iter() {
             assert_eq!(self.service_ids.get(&s.name), Some(&sid));
             assert!(s.queue.len() <= self.queue_limit);
+            assert_eq!(s.queued_bytes, s.queue.iter().map(|p| p.bytes).sum::<usize>());
+            assert!(s.queued_bytes <= self.max_queued_bytes_per_service);
+            assert!(!s.exclusive || s.workers <= 1, "an agent's service has one live worker");
             assert_eq!(s.workers, self.workers.iter().filter(|(_, w)| w.service == sid).count());
             for &wid in &s.idle {
                 assert!(seen.insert(wid), "worker {wid} idle twice");
@@ -549,6 +691,12 @@ impl<F: OwnedFrame> Broker<F> {
         assert_eq!(self.worker_ids.len(), self.workers.len());
         assert_eq!(self.service_ids.len(), self.services.len());
         assert!(self.spare.len() <= SPARE_BODIES);
+        assert_eq!(self.queued_bytes, self.services.iter().map(|(_, s)| s.queued_bytes).sum::<usize>());
+        assert!(self.queued_bytes <= self.max_queued_bytes);
+        // Every request a caller has open is queued or with a worker.
+        let queued = self.services.iter().flat_map(|(_, s)| s.queue.iter().map(|p| p.caller));
+        let held = self.workers.iter().filter_map(|(_, w)| w.job.as_ref().map(|j| j.caller));
+        self.callers.check_in_flight(queued.chain(held));
     }
 }
 
@@ -557,6 +705,7 @@ pub struct Census {
     pub workers: usize,
     pub idle: usize,
     pub queued: usize,
+    pub queued_bytes: usize,
     pub services: usize,
 }
 

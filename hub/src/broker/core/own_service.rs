@@ -30,8 +30,12 @@ impl<F: OwnedFrame> Broker<F> {
                     .services
                     .iter()
                     .map(|(_, s)| {
-                        let stats =
-                            json!({"workers": s.workers, "idle": s.idle.len(), "queued": s.queue.len()});
+                        let stats = json!({
+                            "workers": s.workers,
+                            "idle": s.idle.len(),
+                            "queued": s.queue.len(),
+                            "queued_bytes": s.queued_bytes,
+                        });
                         (lossy(&s.name), stats)
                     })
                     .collect();
@@ -42,6 +46,10 @@ impl<F: OwnedFrame> Broker<F> {
                 metrics["workers"] = json!(self.workers.len());
                 metrics["services"] = json!(self.services.len());
                 metrics["queued"] = json!(self.services.iter().map(|(_, s)| s.queue.len()).sum::<usize>());
+                metrics["queued_bytes"] = json!(self.queued_bytes);
+                if let Some(security) = &self.security {
+                    metrics["denials"] = security.denials.to_json();
+                }
                 metrics.to_string().into_bytes()
             }
             mmi::Request::Unknown => mmi::Status::NotImplemented.as_bytes().to_vec(),

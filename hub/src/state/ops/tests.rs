@@ -1,6 +1,7 @@
 use serde_json::{json, Value};
 
 use super::*;
+use crate::state::store::Limits;
 
 struct Rig {
     store: Store,
@@ -10,12 +11,13 @@ struct Rig {
 impl Rig {
     fn new() -> Rig {
         let dir = tempfile::tempdir().unwrap();
-        Rig { store: Store::open(dir.path(), 1 << 20, false).unwrap(), _dir: dir }
+        Rig { store: Store::open(dir.path(), 1 << 20, false, Limits::default()).unwrap(), _dir: dir }
     }
 
     fn raw(&self, frames: &[&[u8]]) -> (Value, Option<Event>) {
         let frames: Vec<Vec<u8>> = frames.iter().map(|f| f.to_vec()).collect();
-        handle(&self.store, &frames)
+        let outcome = handle(&self.store, &Caller::TRUSTED, &frames);
+        (outcome.reply, outcome.event)
     }
 
     fn call(&self, op: &str, request: Value) -> (Value, Option<Event>) {

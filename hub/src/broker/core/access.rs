@@ -1,0 +1,294 @@
+//! Who may do what through the broker: identities, their grants, request
+//! rate and in-flight limits, exclusive agent services, refusals.
+//!
+//! With security off every peer is [`Owner::Anyone`] and nothing here
+//! refuses. With it on, a request or READY is checked against its identity's
+//! grants; requests count against the identity's token bucket and in-flight
+//! limit. Refused requests are answered in the client's dialect (403/429, or
+//! plantd's error JSON); refused READYs get DISCONNECT. Every refusal is
+//! counted in [`Security::denials`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use proto::mdp::{self, Dialect, ReplyKind};
+use proto::mmi::Status;
+use proto::rate::TokenBucket;
+
+use super::{disconnect, hex, lossy, Broker, OwnedFrame, Removal, Transmit};
+use crate::config::BrokerConfig;
+use crate::security::{Grants, Kind, Security};
+
+/// Services only the hub's own in-process workers may provide.
+const RESERVED: [&[u8]; 2] = [proto::state::SERVICE.as_bytes(), proto::ingest::SERVICE.as_bytes()];
+
+/// Who a request or a worker belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Owner {
+    /// Security is off.
+    Anyone,
+    /// One of the hub's own services, in process.
+    Hub,
+    /// An identity, by index into [`Callers`].
+    Identity(usize),
+}
+
+struct Caller {
+    name: Box<str>,
+    grants: Arc<Grants>,
+    bucket: TokenBucket,
+    in_flight: u32,
+}
+
+/// The identities the broker has seen (bounded: only allow-listed identities
+/// get through the ZAP handler), with what each may do and has open.
+pub(super) struct Callers {
+    ids: HashMap<Box<str>, usize>,
+    all: Vec<Caller>,
+    rate: f64,
+    burst: f64,
+    max_in_flight: u32,
+    /// The security generation the grants were read at.
+    generation: Option<u64>,
+}
+
+/// Why a request is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Refusal {
+    Forbidden,
+    TooMany,
+}
+
+impl Callers {
+    pub(super) fn new(config: &BrokerConfig, generation: Option<u64>) -> Callers {
+        Callers {
+            ids: HashMap::new(),
+            all: Vec::new(),
+            rate: config.rate_per_identity,
+            burst: config.burst_per_identity,
+            max_in_flight: config.max_in_flight_per_identity,
+            generation,
+        }
+    }
+
+    /// The index of `name`, added with its grants on first sight.
+    pub(super) fn intern(&mut self, name: &str, security: Option<&Security>, now: Instant) -> usize {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let grants = security.map_or_else(Grants::none, |s| s.grants(name));
+        let caller = Caller {
+            name: name.into(),
+            grants,
+            bucket: TokenBucket::new(self.rate, self.burst, now),
+            in_flight: 0,
+        };
+        self.all.push(caller);
+        self.ids.insert(name.into(), self.all.len() - 1);
+        self.all.len() - 1
+    }
+
+    /// The name a request's caller is passed to the hub's own services under
+    /// (empty for the hub itself, or with security off).
+    pub(super) fn name(&self, owner: Owner) -> &str {
+        match owner {
+            Owner::Identity(id) => &self.all[id].name,
+            Owner::Anyone | Owner::Hub => "",
+        }
+    }
+
+    fn grants(&self, owner: Owner) -> Option<&Grants> {
+        match owner {
+            Owner::Identity(id) => Some(&self.all[id].grants),
+            Owner::Anyone | Owner::Hub => None,
+        }
+    }
+
+    /// A request of `owner`'s was accepted.
+    pub(super) fn started(&mut self, owner: Owner) {
+        if let Owner::Identity(id) = owner {
+            self.all[id].in_flight += 1;
+        }
+    }
+
+    /// A request of `owner`'s ended (answered, expired, dropped, lost).
+    pub(super) fn finished(&mut self, owner: Owner) {
+        if let Owner::Identity(id) = owner {
+            self.all[id].in_flight = self.all[id].in_flight.saturating_sub(1);
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn check_in_flight(&self, open: impl Iterator<Item = Owner>) {
+        let mut counted = vec![0u32; self.all.len()];
+        for owner in open {
+            if let Owner::Identity(id) = owner {
+                counted[id] += 1;
+            }
+        }
+        for (caller, count) in self.all.iter().zip(counted) {
+            assert_eq!(caller.in_flight, count, "{}'s requests in flight", caller.name);
+            assert!(caller.in_flight <= self.max_in_flight);
+        }
+    }
+}
+
+impl<F: OwnedFrame> Broker<F> {
+    /// After a reload: re-reads every identity's grants, and drops workers
+    /// whose identity may no longer provide their service.
+    pub(super) fn refresh(&mut self, now: Instant, out: &mut impl Transmit<F>) {
+        let Some(security) = self.security.clone() else { return };
+        let generation = security.generation();
+        if self.callers.generation == Some(generation) {
+            return;
+        }
+        self.callers.generation = Some(generation);
+        for caller in &mut self.callers.all {
+            caller.grants = security.grants(&caller.name);
+        }
+        self.scratch.clear();
+        for (wid, w) in self.workers.iter() {
+            let allowed =
+                self.callers.grants(w.owner).is_none_or(|g| g.may_provide(&self.services[w.service].name));
+            if !allowed {
+                self.scratch.push(wid);
+            }
+        }
+        for i in 0..self.scratch.len() {
+            let wid = self.scratch[i];
+            let Some(w) = self.workers.get(wid) else { continue };
+            let (name, service) =
+                (self.callers.name(w.owner).to_string(), lossy(&self.services[w.service].name));
+            security
+                .denials
+                .record(&name, Kind::Provide, || format!("revoked: {name} may no longer provide {service}"));
+            disconnect(out, &w.identity, w.dialect);
+            self.remove_worker(now, wid, Removal::Revoked, out);
+        }
+    }
+
+    /// Whether `owner` may send this request now; counts and explains a refusal.
+    pub(super) fn admit(
+        &mut self,
+        now: Instant,
+        owner: Owner,
+        service: &[u8],
+        body: &[F],
+    ) -> Result<(), Refusal> {
+        let Owner::Identity(id) = owner else { return Ok(()) };
+        let command = body.first().map(|f| f.bytes());
+        let caller = &mut self.callers.all[id];
+        let (kind, refusal) = if !caller.grants.may_call(service, command) {
+            (Kind::Call, Refusal::Forbidden)
+        } else if !caller.bucket.try_take(1.0, now) {
+            (Kind::Rate, Refusal::TooMany)
+        } else if !proto::mmi::is_mmi(service) && caller.in_flight >= self.callers.max_in_flight {
+            (Kind::InFlight, Refusal::TooMany)
+        } else {
+            return Ok(());
+        };
+        self.deny(owner, kind, || {
+            let command = command.map(|c| format!(" {}", lossy(c))).unwrap_or_default();
+            format!("request to {}{command}", lossy(service))
+        });
+        Err(refusal)
+    }
+
+    /// Whether `owner` may register for `service` (counted when not).
+    pub(super) fn may_provide(&mut self, owner: Owner, service: &[u8]) -> bool {
+        let allowed = match owner {
+            Owner::Anyone | Owner::Hub => true,
+            Owner::Identity(id) => {
+                !RESERVED.contains(&service) && self.callers.all[id].grants.may_provide(service)
+            }
+        };
+        if !allowed {
+            self.deny(owner, Kind::Provide, || format!("READY for {}", lossy(service)));
+        }
+        allowed
+    }
+
+    /// An agent's service has one live worker. A READY for one already taken
+    /// is refused, unless the present worker is gone (a heartbeat to it
+    /// cannot be routed: the agent restarted), which is then dropped.
+    pub(super) fn make_room_for(
+        &mut self,
+        now: Instant,
+        sid: usize,
+        owner: Owner,
+        out: &mut impl Transmit<F>,
+    ) -> bool {
+        self.scratch.clear();
+        self.scratch.extend(self.workers.iter().filter(|(_, w)| w.service == sid).map(|(wid, _)| wid));
+        for i in 0..self.scratch.len() {
+            let wid = self.scratch[i];
+            let w = &self.workers[wid];
+            let probe = mdp::heartbeat(w.dialect, false);
+            if out.send(&w.identity, probe.frames(), std::iter::empty()).is_err() {
+                self.remove_worker(now, wid, Removal::Unroutable, out);
+            }
+        }
+        if self.services[sid].workers == 0 {
+            return true;
+        }
+        self.counters.duplicate_workers += 1;
+        let service = lossy(&self.services[sid].name);
+        let present = self.workers.iter().find(|(_, w)| w.service == sid).map(|(_, w)| hex(&w.identity));
+        let detail = || {
+            format!(
+                "a second live registration of {service} was refused (the first is worker {}): \
+                 two controllers share one agent id, e.g. cloned from one SD card image",
+                present.unwrap_or_default()
+            )
+        };
+        match &self.security {
+            Some(security) => security.denials.record(self.callers.name(owner), Kind::Duplicate, detail),
+            None => log::error!("{}", detail()),
+        }
+        false
+    }
+
+    /// Counts a refusal (when security is on) and logs it, rate-limited.
+    pub(super) fn deny(&mut self, owner: Owner, kind: Kind, detail: impl FnOnce() -> String) {
+        self.counters.denied += 1;
+        if let Some(security) = &self.security {
+            let name = match owner {
+                Owner::Identity(id) => &self.callers.all[id].name,
+                Owner::Anyone | Owner::Hub => crate::security::denials::UNKNOWN,
+            };
+            security.denials.record(name, kind, detail);
+        }
+    }
+
+    /// Answers a refused request in the client's dialect: plantd's error JSON,
+    /// or an MMI-style status (403, 429).
+    pub(super) fn refuse(
+        &mut self,
+        to: &[u8],
+        dialect: Dialect,
+        service: &[u8],
+        refusal: Refusal,
+        out: &mut impl Transmit<F>,
+    ) {
+        let status = match refusal {
+            Refusal::Forbidden => Status::Forbidden,
+            Refusal::TooMany => Status::TooManyRequests,
+        };
+        let body = match dialect {
+            Dialect::Plantd => {
+                let message = match refusal {
+                    Refusal::Forbidden => "forbidden: this identity may not make this request",
+                    Refusal::TooMany => "too many requests: over this identity's rate or in-flight limit",
+                };
+                proto::state::failure(message).to_string().into_bytes()
+            }
+            _ => status.as_bytes().to_vec(),
+        };
+        if let Ok(envelope) = mdp::client_reply(dialect, ReplyKind::Final, Some(service)) {
+            if out.send(to, envelope.frames(), std::iter::once(F::copy_from(&body))).is_err() {
+                self.counters.unroutable += 1;
+            }
+        }
+    }
+}

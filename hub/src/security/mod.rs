@@ -1,0 +1,247 @@
+//! Who may talk to the hub, and what each may do (the Ironhouse pattern).
+//!
+//! With `[security]` every TCP socket the hub binds is a CURVE server; the
+//! ZAP handler ([`zap`]) admits only the public keys in `clients_dir`, and
+//! names each peer after its certificate file. Every message then carries
+//! that identity (libzmq's `User-Id` property), and each component asks
+//! [`Security::grants`] what the identity may do: deny by default.
+//! In-process peers (the hub's own services) have no identity and are trusted.
+//!
+//! The allow-list is re-read on SIGHUP and `hub keys reload`. A removed key
+//! opens no new connection, every message it still sends is refused, and the
+//! hub closes the connections it still has open (see `transport::peer`).
+
+pub mod allowlist;
+pub mod denials;
+pub mod policy;
+pub mod zap;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use transport::curve::{read_key_pair, CertFileError, ServerKeys};
+
+pub use self::allowlist::AllowList;
+pub use self::denials::{Denials, Kind};
+pub use self::policy::{Grants, Policy, Role, SocketRole};
+
+/// `[security]` in the hub's config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// The hub's own secret certificate (`NAME.key_secret`, from `hub keygen`).
+    pub server_cert: PathBuf,
+    /// The allow-list: peers' public certificates (`*.key`); an identity is a file's stem.
+    pub clients_dir: PathBuf,
+    /// Identity (or a prefix ending in `*`) → its roles.
+    #[serde(default)]
+    pub identities: BTreeMap<String, Vec<String>>,
+    /// Roles beside the built-in `agent`, `viewer` and `operator` (a role of
+    /// the same name replaces the built-in one).
+    #[serde(default)]
+    pub roles: BTreeMap<String, Role>,
+    /// Each identity's denials are logged at most once per this interval (all are counted).
+    #[serde(default = "default_log_interval_ms")]
+    pub log_interval_ms: u64,
+}
+
+fn default_log_interval_ms() -> u64 {
+    10_000
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    #[error("security.server_cert: {0} (make one with `hub keygen hub --dir DIR`)")]
+    ServerCert(#[from] CertFileError),
+    #[error("security.clients_dir {path}: {source} (create it, and put the peers' .key files there)")]
+    ClientsDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Role(#[from] policy::UnknownRole),
+}
+
+/// What a reload found.
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Reload {
+    pub identities: usize,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Files skipped, with why.
+    pub skipped: Vec<String>,
+}
+
+/// The running hub's security: its keys, the allow-list, the policy, the denials.
+pub struct Security {
+    pub server: ServerKeys,
+    clients_dir: PathBuf,
+    policy: Policy,
+    allow: RwLock<Arc<AllowList>>,
+    generation: AtomicU64,
+    pub denials: Denials,
+}
+
+impl Security {
+    /// Reads the hub's certificate and the allow-list named by `config`.
+    pub fn load(config: &SecurityConfig) -> Result<Security, SecurityError> {
+        let server = read_key_pair(&config.server_cert)?;
+        let security = Security::new(server, config, AllowList::default())?;
+        security.reload()?;
+        Ok(security)
+    }
+
+    /// A security context with this allow-list (tests build one without files).
+    pub fn new(
+        server: ServerKeys,
+        config: &SecurityConfig,
+        allow: AllowList,
+    ) -> Result<Security, SecurityError> {
+        Ok(Security {
+            server,
+            clients_dir: config.clients_dir.clone(),
+            policy: Policy::new(&config.identities, &config.roles)?,
+            allow: RwLock::new(Arc::new(allow)),
+            generation: AtomicU64::new(0),
+            denials: Denials::new(Duration::from_millis(config.log_interval_ms)),
+        })
+    }
+
+    /// Re-reads `clients_dir`. Components see the change at their next look at
+    /// [`Security::generation`].
+    pub fn reload(&self) -> Result<Reload, SecurityError> {
+        let (fresh, skipped) = AllowList::load(&self.clients_dir)
+            .map_err(|source| SecurityError::ClientsDir { path: self.clients_dir.clone(), source })?;
+        for s in &skipped {
+            log::warn!("allow-list: skipped {}: {}", s.path.display(), s.why);
+        }
+        let old = self.allow_list();
+        let added =
+            fresh.identities().into_iter().filter(|n| !old.contains_identity(n)).map(String::from).collect();
+        let removed =
+            old.identities().into_iter().filter(|n| !fresh.contains_identity(n)).map(String::from).collect();
+        let report = Reload {
+            identities: fresh.len(),
+            added,
+            removed,
+            skipped: skipped.iter().map(|s| format!("{}: {}", s.path.display(), s.why)).collect(),
+        };
+        self.replace(fresh);
+        log::info!(
+            "allow-list: {} identities ({} added, {} removed)",
+            report.identities,
+            report.added.len(),
+            report.removed.len()
+        );
+        Ok(report)
+    }
+
+    /// Swaps in `allow` and tells the components.
+    pub fn replace(&self, allow: AllowList) {
+        *self.allow.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(allow);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn allow_list(&self) -> Arc<AllowList> {
+        self.allow.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Bumped at every reload: components that cache grants re-read them.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// What `identity` may do now: nothing unless the allow-list still has it.
+    pub fn grants(&self, identity: &str) -> Arc<Grants> {
+        if self.allow_list().contains_identity(identity) {
+            self.policy.grants(identity)
+        } else {
+            Grants::none()
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+}
+
+/// Who sent a message, as a hub component sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sender<'a> {
+    /// Security is off: everyone may do everything (the hub binds loopback only).
+    Anyone,
+    /// One of the hub's own in-process components.
+    Hub,
+    /// A peer admitted by the ZAP handler under this identity.
+    Identity(&'a str),
+    /// A remote peer with no identity while security is on: refused.
+    Unauthenticated,
+}
+
+impl<'a> Sender<'a> {
+    /// Classifies a message by its libzmq properties: `User-Id` (set by our
+    /// ZAP handler) and whether it came over the network (`Peer-Address`:
+    /// in-process messages have none).
+    pub fn of(secure: bool, user_id: Option<&'a str>, remote: bool) -> Sender<'a> {
+        match (secure, user_id, remote) {
+            (false, _, _) => Sender::Anyone,
+            (true, Some(id), _) if !id.is_empty() => Sender::Identity(id),
+            (true, _, false) => Sender::Hub,
+            (true, _, true) => Sender::Unauthenticated,
+        }
+    }
+
+    /// The name denials are counted under.
+    pub fn name(&self) -> &'a str {
+        match self {
+            Sender::Identity(id) => id,
+            Sender::Anyone | Sender::Hub => "(hub)",
+            Sender::Unauthenticated => denials::UNKNOWN,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use transport::curve::generate;
+
+    /// A security context whose allow-list names `identities` (with fresh keys),
+    /// mapped to roles by `roles`.
+    pub fn security(identities: &[&str], roles: &[(&str, &str)]) -> Security {
+        let config = SecurityConfig {
+            server_cert: PathBuf::new(),
+            clients_dir: PathBuf::new(),
+            identities: roles.iter().map(|(who, role)| (who.to_string(), vec![role.to_string()])).collect(),
+            roles: BTreeMap::new(),
+            log_interval_ms: 60_000,
+        };
+        let allow = AllowList::new(identities.iter().map(|n| (generate().unwrap().public, n.to_string())));
+        Security::new(generate().unwrap(), &config, allow).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn senders_are_classified_by_identity_and_origin() {
+        assert_eq!(Sender::of(false, None, true), Sender::Anyone);
+        assert_eq!(Sender::of(true, Some("pump-1"), true), Sender::Identity("pump-1"));
+        assert_eq!(Sender::of(true, None, false), Sender::Hub);
+        assert_eq!(Sender::of(true, None, true), Sender::Unauthenticated);
+        assert_eq!(Sender::of(true, Some(""), true), Sender::Unauthenticated);
+    }
+
+    #[test]
+    fn removed_identities_lose_their_grants() {
+        let security = testing::security(&["pump-1"], &[("pump-*", "agent")]);
+        assert!(security.grants("pump-1").may_call(b"org.plantd.Ingest", None));
+        let generation = security.generation();
+        security.replace(AllowList::default());
+        assert!(security.generation() > generation);
+        assert!(!security.grants("pump-1").may_call(b"org.plantd.Ingest", None));
+    }
+}

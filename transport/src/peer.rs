@@ -1,0 +1,166 @@
+//! Who sent a message, from the properties libzmq attaches to it: the
+//! identity the ZAP handler gave the connection (`User-Id`), and the
+//! connection's descriptor (`__fd`, libzmq's source for `ZMQ_SRCFD`), which
+//! only network connections have.
+//!
+//! libzmq has no call to drop one peer of a socket, so [`Connections`]
+//! remembers which descriptor carries which identity and, when an identity is
+//! revoked, shuts those connections down at the TCP level: libzmq sees the
+//! connection end, drops the peer (its subscriptions with it), and the peer's
+//! reconnect meets the ZAP handler, which refuses it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+/// Where a message came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The connection's descriptor; `None` for in-process peers.
+    pub fd: Option<RawFd>,
+    /// Whether the connection has a `User-Id` (copied into the caller's buffer).
+    pub has_user_id: bool,
+}
+
+impl Origin {
+    /// Over the network (TCP): in-process messages have no descriptor.
+    pub fn remote(&self) -> bool {
+        self.fd.is_some()
+    }
+}
+
+/// Reads `msg`'s origin, copying its `User-Id` into `user_id` (reused, so
+/// the hot path does not allocate). On a ROUTER, ask a frame after the
+/// routing id: libzmq leaves the routing id without properties when a poll
+/// prefetched it.
+pub fn origin(msg: &mut zmq::Message, user_id: &mut String) -> Origin {
+    let fd = msg.gets("__fd").and_then(|f| f.parse().ok());
+    user_id.clear();
+    let has_user_id = match msg.gets("User-Id") {
+        Some(id) if !id.is_empty() => {
+            user_id.push_str(id);
+            true
+        }
+        _ => false,
+    };
+    Origin { fd, has_user_id }
+}
+
+/// The network connections of each identity seen on one socket.
+#[derive(Default)]
+pub struct Connections {
+    by_fd: HashMap<RawFd, (String, Option<SocketAddr>)>,
+}
+
+impl Connections {
+    /// Remembers that `identity` sends on `fd` (cheap when already known).
+    pub fn note(&mut self, fd: RawFd, identity: &str) {
+        if self.by_fd.get(&fd).is_some_and(|(known, _)| known == identity) {
+            return;
+        }
+        self.by_fd.insert(fd, (identity.to_string(), peer_address(fd)));
+    }
+
+    /// Shuts down every remembered connection of an identity `keep` rejects;
+    /// returns how many. A descriptor whose peer changed since it was seen
+    /// (closed, and reused by another connection) is left alone.
+    pub fn close_unless(&mut self, keep: impl Fn(&str) -> bool) -> usize {
+        let mut closed = 0;
+        self.by_fd.retain(|&fd, (identity, seen)| {
+            if keep(identity) {
+                return true;
+            }
+            if seen.is_some() && peer_address(fd) == *seen {
+                // SAFETY: shutdown(2) on a descriptor libzmq owns only ends the
+                // connection; libzmq notices, and closes the descriptor itself.
+                unsafe {
+                    libc::shutdown(fd, libc::SHUT_RDWR);
+                }
+                closed += 1;
+            }
+            false
+        });
+        closed
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_fd.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_fd.is_empty()
+    }
+}
+
+/// The remote address of a connected TCP socket, if `fd` is one.
+fn peer_address(fd: RawFd) -> Option<SocketAddr> {
+    // SAFETY: getpeername writes at most `len` bytes into the storage we own.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        if libc::getpeername(fd, &mut storage as *mut _ as *mut libc::sockaddr, &mut len) != 0 {
+            return None;
+        }
+        match storage.ss_family as libc::c_int {
+            libc::AF_INET => {
+                let a = &*(&storage as *const _ as *const libc::sockaddr_in);
+                let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+                Some(SocketAddr::from((ip, u16::from_be(a.sin_port))))
+            }
+            libc::AF_INET6 => {
+                let a = &*(&storage as *const _ as *const libc::sockaddr_in6);
+                let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+                Some(SocketAddr::from((ip, u16::from_be(a.sin6_port))))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_messages_name_their_connection_and_a_revoked_one_is_shut() {
+        let ctx = zmq::Context::new();
+        let server = ctx.socket(zmq::ROUTER).unwrap();
+        server.monitor("inproc://peer-test-monitor", zmq::SocketEvent::DISCONNECTED as i32).unwrap();
+        let events = ctx.socket(zmq::PAIR).unwrap();
+        events.connect("inproc://peer-test-monitor").unwrap();
+        server.bind("tcp://127.0.0.1:*").unwrap();
+        let endpoint = server.get_last_endpoint().unwrap().unwrap();
+        server.bind("inproc://peer-test").unwrap();
+        let remote = ctx.socket(zmq::DEALER).unwrap();
+        remote.connect(&endpoint).unwrap();
+        let local = ctx.socket(zmq::DEALER).unwrap();
+        local.connect("inproc://peer-test").unwrap();
+        remote.send("r", 0).unwrap();
+        local.send("l", 0).unwrap();
+        let mut user_id = String::new();
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            assert_eq!(server.poll(zmq::POLLIN, 5000).unwrap(), 1);
+            // A ROUTER's routing-id frame carries no properties when it was
+            // prefetched by a poll: the frames after it always do.
+            let _routing_id = server.recv_bytes(0).unwrap();
+            let mut body = zmq::Message::new();
+            server.recv(&mut body, 0).unwrap();
+            let origin = origin(&mut body, &mut user_id);
+            seen.push((body.to_vec(), origin));
+        }
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        assert!(seen[0].1.fd.is_none(), "inproc has no descriptor: {seen:?}");
+        let fd = seen[1].1.fd.expect("tcp has a descriptor");
+        assert!(!seen[1].1.has_user_id, "no ZAP handler, no identity");
+
+        let mut connections = Connections::default();
+        connections.note(fd, "pump-1");
+        connections.note(fd, "pump-1");
+        assert_eq!(connections.len(), 1);
+        assert_eq!(connections.close_unless(|id| id != "pump-1"), 1);
+        assert!(connections.is_empty());
+        // libzmq notices: the monitor reports the disconnection.
+        assert_eq!(events.poll(zmq::POLLIN, 5000).unwrap(), 1, "the connection was dropped");
+    }
+}
