@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use boards::{ChannelConfig, Profile, Resources};
 use serde::{Deserialize, Serialize};
+use transport::Endpoint;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -23,6 +24,7 @@ pub struct Config {
     pub uplink: UplinkConfig,
     pub outbox: OutboxConfig,
     pub store: StoreConfig,
+    pub local_state: LocalStateConfig,
     /// Channels to sample (`[[channel]]`); none means the board's defaults.
     #[serde(rename = "channel")]
     pub channels: Vec<ChannelConfig>,
@@ -39,6 +41,7 @@ impl Default for Config {
             uplink: UplinkConfig::default(),
             outbox: OutboxConfig::default(),
             store: StoreConfig::default(),
+            local_state: LocalStateConfig::default(),
             channels: Vec::new(),
         }
     }
@@ -53,6 +56,14 @@ pub struct HubConfig {
     pub bus: String,
     /// How long to wait for the hub to answer a call.
     pub timeout_ms: u64,
+    /// The hub's public certificate (its `hub.key`). With `client_cert`, every
+    /// connection to the hub is CURVE: the hub must have `[security]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cert: Option<PathBuf>,
+    /// This agent's secret certificate (`agent keygen` makes it); its public
+    /// half goes into the hub's allow-list under this agent's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
 }
 
 impl Default for HubConfig {
@@ -61,6 +72,8 @@ impl Default for HubConfig {
             broker: "tcp://127.0.0.1:9797".into(),
             bus: "tcp://127.0.0.1:13000".into(),
             timeout_ms: 2500,
+            server_cert: None,
+            client_cert: None,
         }
     }
 }
@@ -119,6 +132,25 @@ pub struct StoreConfig {
     pub cache_bytes: Option<u64>,
 }
 
+/// Bounds on the local state (`state-set` through the agent's service), so it
+/// can never fill the SD card under the outbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalStateConfig {
+    pub max_keys: usize,
+    /// Largest value, as JSON text.
+    pub max_value_bytes: usize,
+    /// All values together.
+    pub max_bytes: usize,
+}
+
+impl Default for LocalStateConfig {
+    fn default() -> Self {
+        // A 512 MB controller: a megabyte of settings is plenty.
+        LocalStateConfig { max_keys: 1_000, max_value_bytes: 16 << 10, max_bytes: 1 << 20 }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -127,6 +159,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config: `{field}` {problem}")]
     Invalid { field: String, problem: String },
+    #[error("config: {0}")]
+    Certificate(#[from] transport::curve::CertFileError),
 }
 
 /// The limits in force: the config's, else the board's.
@@ -186,6 +220,18 @@ impl Config {
         Duration::from_millis(self.hub.timeout_ms)
     }
 
+    /// The hub's broker and metric bus, with this agent's CURVE keys when configured.
+    pub fn hub_endpoints(&self) -> Result<(Endpoint, Endpoint), ConfigError> {
+        let h = &self.hub;
+        Ok(match (&h.client_cert, &h.server_cert) {
+            (Some(own), Some(server)) => {
+                let keys = transport::curve::read_client_keys(own, server)?;
+                (Endpoint::curve(&h.broker, keys.clone()), Endpoint::curve(&h.bus, keys))
+            }
+            _ => (Endpoint::plain(&h.broker), Endpoint::plain(&h.bus)),
+        })
+    }
+
     /// Checks what serde cannot; the first problem found, naming its field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid =
@@ -200,6 +246,12 @@ impl Config {
         self.profile()?;
         if self.hub.timeout_ms == 0 {
             return invalid("hub.timeout_ms", "must be at least 1".into());
+        }
+        if self.hub.server_cert.is_some() != self.hub.client_cert.is_some() {
+            return invalid(
+                "hub.server_cert/client_cert",
+                "set both for a hub with security (the hub's public hub.key and this agent's .key_secret), or neither".into(),
+            );
         }
         let u = &self.uplink;
         if u.batch_records == 0 || u.batch_bytes < 1024 {

@@ -9,19 +9,20 @@ use proto::bus::Framing;
 use proto::sample::Sample;
 use smol::channel::Receiver;
 use transport::bus::publish_on;
+use transport::Endpoint;
 
 use crate::status::Shared;
 
 pub async fn run(
     shared: Arc<Shared>,
     ctx: zmq::Context,
-    bus: String,
+    bus: Endpoint,
     samples: Receiver<Sample>,
 ) -> zmq::Result<()> {
-    let socket = ctx.socket(zmq::PUB)?;
-    socket.set_sndhwm(1000)?;
-    socket.set_linger(0)?;
-    socket.connect(&bus)?;
+    let socket = transport::socket::connect(&ctx, zmq::PUB, &bus, |s| {
+        s.set_sndhwm(1000)?;
+        s.set_linger(0)
+    })?;
     while let Ok(sample) = samples.recv().await {
         let topic = sample.topic(&shared.id);
         let json = sample.to_json(&shared.id, false, false).to_string();

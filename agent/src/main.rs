@@ -34,6 +34,7 @@ enum Command {
     Once(cmd::once::OnceArgs),
     Status(cmd::status::StatusArgs),
     Store(cmd::store::StoreArgs),
+    Keygen(cmd::keygen::KeygenArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,5 +45,6 @@ fn main() -> ExitCode {
         Command::Once(a) => cmd::once::run(a),
         Command::Status(a) => cmd::status::run(a),
         Command::Store(a) => cmd::store::run(a),
+        Command::Keygen(a) => cmd::keygen::run(a),
     })
 }

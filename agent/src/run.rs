@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use transport::{AsyncClient, ClientOptions, Shutdown};
+use transport::{AsyncClient, ClientOptions, Endpoint, Shutdown};
 
 use crate::clock::{self, Clock};
 use crate::config::{Config, ConfigError};
@@ -73,7 +73,7 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
         store_errors: AtomicU64::new(0),
     });
     let channels = Arc::new(channels(config)?);
-    let state = LocalState::new(&shared.store);
+    let state = LocalState::new(&shared.store, config.local_state)?;
     log::info!(
         "agent {} (epoch {epoch}, board {}): {} channel(s), hub {}, outbox {} records / {} bytes, flush every {} ms",
         shared.id,
@@ -91,11 +91,15 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
         );
     }
 
+    let (broker, bus) = config.hub_endpoints()?;
+    if broker.curve.is_some() {
+        log::info!("connecting to the hub with CURVE");
+    }
     let ctx = zmq::Context::new();
     let mut threads = Vec::new();
     {
         let (ctx, broker, shared, channels, state) =
-            (ctx.clone(), config.hub.broker.clone(), shared.clone(), channels.clone(), state.clone());
+            (ctx.clone(), broker.clone(), shared.clone(), channels.clone(), state.clone());
         let signal = shutdown.watch()?;
         threads.push(std::thread::Builder::new().name("mdp-service".into()).spawn(move || {
             if let Err(e) = service::serve(&ctx, &broker, shared, channels, state, &signal) {
@@ -132,7 +136,7 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
             .detach();
         }
         ex.spawn({
-            let (shared, ctx, bus) = (shared.clone(), ctx.clone(), config.hub.bus.clone());
+            let (shared, ctx, bus) = (shared.clone(), ctx.clone(), bus.clone());
             async move {
                 if let Err(e) = live::run(shared, ctx, bus, live_rx).await {
                     log::error!("live publisher stopped: {e}");
@@ -143,21 +147,15 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
         ex.spawn(uplink::run(
             shared.clone(),
             ctx.clone(),
-            config.hub.broker.clone(),
+            broker.clone(),
             config.hub_timeout(),
             config.uplink.clone(),
             wake_rx,
         ))
         .detach();
         ex.spawn(flush_loop(shared.clone(), flush_every)).detach();
-        ex.spawn(sync_loop(
-            shared.clone(),
-            ctx.clone(),
-            config.hub.broker.clone(),
-            state.clone(),
-            config.hub_timeout(),
-        ))
-        .detach();
+        ex.spawn(sync_loop(shared.clone(), ctx.clone(), broker.clone(), state.clone(), config.hub_timeout()))
+            .detach();
         ex.run(async {
             let _ = stop.readable().await;
         })
@@ -194,7 +192,7 @@ async fn flush_loop(shared: Arc<Shared>, every: Duration) {
 async fn sync_loop(
     shared: Arc<Shared>,
     ctx: zmq::Context,
-    broker: String,
+    broker: Endpoint,
     state: LocalState,
     timeout: Duration,
 ) {

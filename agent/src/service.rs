@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use boards::{ChannelConfig, Value};
 use serde_json::{json, Value as Json};
-use transport::{ShutdownWatch, Worker, WorkerOptions};
+use transport::{Endpoint, ShutdownWatch, Worker, WorkerOptions};
 
 use crate::sampler::SharedDriver;
 use crate::state::LocalState;
@@ -143,7 +143,7 @@ pub fn parse_value(text: &str) -> Value {
 /// Serves the agent's service through the hub until shutdown (on its own thread).
 pub fn serve(
     ctx: &zmq::Context,
-    broker: &str,
+    broker: &Endpoint,
     shared: Arc<Shared>,
     channels: Arc<Channels>,
     state: LocalState,

@@ -8,12 +8,13 @@
 //! writes that key. A write made while a sync is in flight is synced again.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use proto::state::{Op, Request};
 use serde_json::{json, Value};
 use transport::AsyncClient;
 
+use crate::config::LocalStateConfig;
 use crate::store::{Result, Store, Table};
 
 #[derive(Clone)]
@@ -22,23 +23,66 @@ pub struct LocalState {
     /// key → version of the write not yet synced.
     dirty: Table,
     version: Arc<AtomicU64>,
+    limits: LocalStateConfig,
+    /// Keys and value bytes held, checked against `limits` under this lock
+    /// (which also makes each write's check-then-write atomic).
+    held: Arc<Mutex<(usize, usize)>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetError {
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error("{0} (see [local_state] in the config)")]
+    Full(String),
 }
 
 impl LocalState {
-    pub fn new(store: &Store) -> LocalState {
-        LocalState {
+    pub fn new(store: &Store, limits: LocalStateConfig) -> Result<LocalState> {
+        let (mut keys, mut bytes) = (0, 0);
+        for entry in store.state.iter() {
+            keys += 1;
+            bytes += entry?.1.len();
+        }
+        Ok(LocalState {
             values: store.state.clone(),
             dirty: store.state_dirty.clone(),
             version: Arc::new(AtomicU64::new(0)),
-        }
+            limits,
+            held: Arc::new(Mutex::new((keys, bytes))),
+        })
     }
 
     pub fn get(&self, key: &str) -> Result<Value> {
         Ok(self.values.get(key)?.and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or(json!("")))
     }
 
-    pub fn set(&self, key: &str, value: &Value) -> Result<()> {
-        self.values.insert(key, value.to_string().into_bytes())?;
+    /// Sets `key`, within the bounds: local state never fills the disk under the outbox.
+    pub fn set(&self, key: &str, value: &Value) -> std::result::Result<(), SetError> {
+        let text = value.to_string();
+        let l = &self.limits;
+        if text.len() > l.max_value_bytes {
+            return Err(SetError::Full(format!(
+                "a value of {} bytes is over max_value_bytes {}",
+                text.len(),
+                l.max_value_bytes
+            )));
+        }
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.values.get(key)?;
+        let (keys, bytes) =
+            (held.0 + usize::from(old.is_none()), held.1 - old.as_ref().map_or(0, |o| o.len()) + text.len());
+        if keys > l.max_keys {
+            return Err(SetError::Full(format!("the local state holds {} keys, max_keys", l.max_keys)));
+        }
+        if bytes > l.max_bytes {
+            return Err(SetError::Full(format!(
+                "the local state would hold more than max_bytes {}",
+                l.max_bytes
+            )));
+        }
+        self.values.insert(key, text.into_bytes())?;
+        *held = (keys, bytes);
         let version = self.version.fetch_add(1, Relaxed) + 1;
         self.dirty.insert(key, version.to_be_bytes())?;
         Ok(())
@@ -70,5 +114,34 @@ impl LocalState {
             synced += 1;
         }
         Ok(synced)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_state_stays_within_its_bounds_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = LocalStateConfig { max_keys: 2, max_value_bytes: 8, max_bytes: 13 };
+        {
+            let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
+            let state = LocalState::new(&store, limits).unwrap();
+            assert!(matches!(state.set("a", &json!("123456789")), Err(SetError::Full(_))), "value too big");
+            state.set("a", &json!("12345")).unwrap();
+            state.set("a", &json!("1234")).unwrap();
+            state.set("b", &json!("12345")).unwrap();
+            assert!(
+                matches!(state.set("b", &json!("123456")), Err(SetError::Full(_))),
+                "14 bytes of JSON text in all"
+            );
+            assert!(matches!(state.set("c", &json!(1)), Err(SetError::Full(_))), "a third key");
+            store.flush().unwrap();
+        }
+        let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
+        let state = LocalState::new(&store, limits).unwrap();
+        assert!(matches!(state.set("c", &json!(1)), Err(SetError::Full(_))), "counted again after a restart");
+        assert_eq!(state.get("a").unwrap(), json!("1234"));
     }
 }

@@ -16,7 +16,7 @@ use proto::ingest::{Batch, Reply, Sent};
 use proto::rate::TokenBucket;
 use smol::channel::Receiver;
 use smol::future::FutureExt;
-use transport::{AsyncClient, ClientOptions};
+use transport::{AsyncClient, ClientOptions, Endpoint};
 
 use crate::clock;
 use crate::config::UplinkConfig;
@@ -25,7 +25,7 @@ use crate::status::{LinkState, Shared};
 pub async fn run(
     shared: Arc<Shared>,
     ctx: zmq::Context,
-    broker: String,
+    broker: Endpoint,
     timeout: Duration,
     cfg: UplinkConfig,
     wake: Receiver<()>,

@@ -12,6 +12,7 @@ use crate::broker::Snapshot;
 use crate::bus::BusCounters;
 use crate::config::Config;
 use crate::ingest::IngestCounters;
+use crate::security::Security;
 use crate::state::store::Store;
 
 /// What the endpoint reports on.
@@ -21,6 +22,7 @@ pub struct Sources {
     pub buses: Vec<(String, Arc<BusCounters>)>,
     pub state: Option<Arc<Store>>,
     pub ingest: Option<Arc<IngestCounters>>,
+    pub security: Option<Arc<Security>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +114,12 @@ impl HttpServer {
         out.gauge("plantd_broker_workers", "", census.workers as u64);
         out.gauge("plantd_broker_idle_workers", "", census.idle as u64);
         out.gauge("plantd_broker_queued_requests", "", census.queued as u64);
+        out.gauge("plantd_broker_queued_bytes", "", census.queued_bytes as u64);
+        out.gauge("plantd_broker_max_queued_bytes", "", b.max_queued_bytes as u64);
+        out.gauge("plantd_broker_max_queued_bytes_per_service", "", b.max_queued_bytes_per_service as u64);
+        out.gauge("plantd_broker_max_in_flight_per_identity", "", b.max_in_flight_per_identity.into());
+        out.gauge("plantd_broker_rate_per_identity", "", b.rate_per_identity as u64);
+        out.gauge("plantd_broker_burst_per_identity", "", b.burst_per_identity as u64);
         out.gauge("plantd_broker_services", "", census.services as u64);
         out.gauge("plantd_broker_queue_limit", "", b.queue_limit as u64);
         out.gauge("plantd_broker_max_message_bytes", "", b.max_message_bytes as u64);
@@ -124,7 +132,16 @@ impl HttpServer {
             for (what, value) in counters.snapshot() {
                 out.counter(&format!("plantd_bus_{what}_total"), &format!("bus=\"{name}\""), value);
             }
+            let labels = format!("bus=\"{name}\"");
+            out.gauge(
+                "plantd_bus_subscriptions",
+                &labels,
+                counters.subscriptions.load(std::sync::atomic::Ordering::Relaxed),
+            );
             if let Some(bus) = self.sources.config.buses.iter().find(|b| &b.name == name) {
+                out.gauge("plantd_bus_max_subscriptions", &labels, bus.max_subscriptions as u64);
+                out.gauge("plantd_bus_max_subscription_bytes", &labels, bus.max_subscription_bytes as u64);
+                out.gauge("plantd_bus_max_total_subscriptions", &labels, bus.max_total_subscriptions as u64);
                 out.gauge("plantd_bus_hwm", &format!("bus=\"{name}\""), bus.hwm as u64);
                 out.gauge(
                     "plantd_bus_max_message_bytes",
@@ -142,6 +159,17 @@ impl HttpServer {
         if let Some(ingest) = &self.sources.ingest {
             for (what, value) in ingest.snapshot() {
                 out.counter(&format!("plantd_ingest_{what}_total"), "", value);
+            }
+        }
+        if let Some(security) = &self.sources.security {
+            out.gauge("plantd_security_identities", "", security.allow_list().len() as u64);
+            for (identity, kind, n) in security.denials.snapshot() {
+                let identity = identity.replace('\\', "\\\\").replace('"', "\\\"");
+                out.counter(
+                    "plantd_denials_total",
+                    &format!("identity=\"{identity}\",kind=\"{}\"", kind.name()),
+                    n,
+                );
             }
         }
         out.text

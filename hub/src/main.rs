@@ -16,6 +16,7 @@ use argh::FromArgs;
     example = "hub call mmi.services          # what is registered",
     example = "hub state --scope plant set mode auto",
     example = "hub tap --name state               # watch state changes",
+    example = "hub keygen hub --dir /etc/plantd/keys   # the hub's key pair, for [security]",
     note = "Logging: -v for debug, -vv for trace; RUST_LOG (e.g. RUST_LOG=hub=debug) overrides both."
 )]
 struct Args {
@@ -35,6 +36,8 @@ enum Command {
     Tap(cmd::tap::TapArgs),
     Publish(cmd::publish::PublishArgs),
     EchoWorker(cmd::echo::EchoWorkerArgs),
+    Keygen(cmd::keys::KeygenArgs),
+    Keys(cmd::keys::KeysArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,5 +49,7 @@ fn main() -> ExitCode {
         Command::Tap(a) => cmd::tap::run(a),
         Command::Publish(a) => cmd::publish::run(a),
         Command::EchoWorker(a) => cmd::echo::run(a),
+        Command::Keygen(a) => cmd::keys::keygen(a),
+        Command::Keys(a) => cmd::keys::keys(a),
     })
 }

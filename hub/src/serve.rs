@@ -35,6 +35,8 @@ pub enum ServeError {
     Security(#[from] SecurityError),
     #[error("cannot start the ZAP handler: {0}")]
     Zap(zmq::Error),
+    #[error("control socket: {0} (is another hub using this --data-dir?)")]
+    Control(zmq::Error),
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
     #[error("{0} thread panicked")]
@@ -165,6 +167,17 @@ impl Hub {
             }
         }
 
+        {
+            let (security, data_dir) = (security.clone(), config.data_dir.clone());
+            let ctx = ctx.clone();
+            hub.spawn("control".into(), move |stop| {
+                transport::control::serve(&ctx, &data_dir, &stop, |request| {
+                    control(security.as_deref(), request)
+                })
+                .map_err(ServeError::Control)
+            })?;
+        }
+
         if config.http.listen != "off" {
             let sources = Sources {
                 config: config.clone(),
@@ -172,6 +185,7 @@ impl Hub {
                 buses: bus_counters,
                 state: state_store,
                 ingest: ingest_counters,
+                security: security.clone(),
             };
             let http = HttpServer::bind(&config.http.listen, sources)?;
             hub.http_address = Some(http.address());
@@ -254,4 +268,20 @@ impl Hub {
         self.shutdown.trigger();
         self.wait()
     }
+}
+
+/// Answers a request on the hub's control socket (`hub keys reload`).
+fn control(security: Option<&Security>, request: &[u8]) -> Vec<u8> {
+    let reply = match (request, security) {
+        (b"reload", Some(security)) => match security.reload() {
+            Ok(report) => serde_json::json!({"reloaded": report}),
+            Err(e) => serde_json::json!({"error": e.to_string()}),
+        },
+        (b"reload", None) => {
+            serde_json::json!({"error": "this hub runs without [security]: there is no allow-list"})
+        }
+        (b"ping", _) => serde_json::json!({"pong": true}),
+        _ => serde_json::json!({"error": "unknown request: use reload or ping"}),
+    };
+    reply.to_string().into_bytes()
 }

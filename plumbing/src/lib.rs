@@ -56,3 +56,16 @@ pub fn stop_on_termination_signals(shutdown: &Shutdown) -> std::io::Result<()> {
     })?;
     Ok(())
 }
+
+/// Runs `reload` on its own thread at every SIGHUP (the Unix convention for
+/// "re-read your configuration"), instead of letting the signal end the process.
+pub fn on_hangup(mut reload: impl FnMut() + Send + 'static) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+    std::thread::Builder::new().name("sighup".into()).spawn(move || {
+        for _ in signals.forever() {
+            log::info!("SIGHUP: reloading");
+            reload();
+        }
+    })?;
+    Ok(())
+}

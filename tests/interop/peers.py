@@ -9,6 +9,10 @@ Bus roles: `publish` waits (XPUB) until a subscription covers --topic, then send
 {"seq": i} in --framing one|two; `subscribe` prints one JSON line {"topic", "payload"} per message
 (either layout) until --count.
 
+With --cert and --server-cert (certificate files as pyzmq's zmq.auth writes and reads them),
+every socket is a CURVE client (not the majortomo classes, which make their own sockets).
+`certs --dir D --name N` makes a pair with zmq.auth.create_certificates and prints both paths.
+
 Dialects:
   majortomo  the majortomo package's own Client and Worker classes (PyPI majortomo==0.2.0)
   rfc7       written here from RFC 7: REQ client, DEALER worker
@@ -39,6 +43,28 @@ def timeout():
     sys.exit(3)
 
 
+ARGS = None
+
+
+def socket(kind):
+    """A socket of `kind`, a CURVE client when --cert and --server-cert are given."""
+    sock = zmq.Context.instance().socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    if ARGS.cert:
+        from zmq import auth
+        public, secret = auth.load_certificate(ARGS.cert)
+        server, _ = auth.load_certificate(ARGS.server_cert)
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server
+    return sock
+
+
+def certs(args):
+    from zmq import auth
+    public, secret = auth.create_certificates(args.dir, args.name)
+    print(public, flush=True)
+    print(secret, flush=True)
+
+
 # ---- clients ---------------------------------------------------------------
 
 def client_majortomo(args, body):
@@ -57,9 +83,7 @@ def client_majortomo(args, body):
 
 
 def client_rfc7(args, body):
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
+    sock = socket(zmq.REQ)
     sock.connect(args.broker)
     # REQ adds the empty delimiter frame itself.
     sock.send_multipart([b"MDPC01", args.service.encode()] + body)
@@ -72,9 +96,7 @@ def client_rfc7(args, body):
 
 
 def client_plantd(args, body):
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+    sock = socket(zmq.DEALER)
     sock.connect(args.broker)
     sock.send_multipart([b"", b"MDPC02", b"REQUEST", args.service.encode()] + body)
     partials = []
@@ -115,8 +137,7 @@ class WireWorker:
         self.header = header
         self.cmd = commands
         self.delimited_reply = delimited_reply
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock = socket(zmq.DEALER)
         self.sock.connect(args.broker)
 
     def send(self, command, *frames):
@@ -176,7 +197,7 @@ def worker_plantd(args):
 # ---- bus peers --------------------------------------------------------------
 
 def publish(args):
-    sock = zmq.Context.instance().socket(zmq.XPUB)
+    sock = socket(zmq.XPUB)
     sock.setsockopt(zmq.LINGER, 5000)
     sock.connect(args.broker)
     deadline = time.time() + args.timeout
@@ -197,8 +218,7 @@ def publish(args):
 
 
 def subscribe(args):
-    sock = zmq.Context.instance().socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
+    sock = socket(zmq.SUB)
     sock.setsockopt(zmq.SUBSCRIBE, args.topic.encode())
     sock.connect(args.broker)
     print("ready", flush=True)
@@ -216,9 +236,13 @@ def subscribe(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("role", choices=["client", "worker", "publish", "subscribe"])
+    parser.add_argument("role", choices=["client", "worker", "publish", "subscribe", "certs"])
     parser.add_argument("--dialect", choices=["majortomo", "rfc7", "plantd"])
-    parser.add_argument("--broker", required=True, help="broker endpoint, or the bus endpoint for bus roles")
+    parser.add_argument("--broker", help="broker endpoint, or the bus endpoint for bus roles")
+    parser.add_argument("--cert", help="this peer's secret certificate: be a CURVE client")
+    parser.add_argument("--server-cert", help="the server's public certificate")
+    parser.add_argument("--dir", help="certs: directory to write into")
+    parser.add_argument("--name", help="certs: the pair's name")
     parser.add_argument("--service")
     parser.add_argument("--topic", default="", help="bus roles: topic (publish) or prefix (subscribe)")
     parser.add_argument("--framing", choices=["one", "two"], default="two")
@@ -227,8 +251,12 @@ def main():
     parser.add_argument("--stream", action="store_true", help="worker: send each frame as a PARTIAL first")
     parser.add_argument("frames", nargs="*", help="client: request body frames")
     args = parser.parse_intermixed_args()
+    global ARGS
+    ARGS = args
     body = [f.encode() for f in args.frames]
-    if args.role == "publish":
+    if args.role == "certs":
+        certs(args)
+    elif args.role == "publish":
         publish(args)
     elif args.role == "subscribe":
         subscribe(args)

@@ -68,7 +68,7 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn start(backend: &str, prefix: &str) -> Collector {
+    pub fn start(backend: impl Into<transport::Endpoint>, prefix: &str) -> Collector {
         use std::sync::atomic::Ordering;
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -4,7 +4,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use proto::mdp::Dialect;
-use transport::{Client, ClientOptions};
+use transport::curve::ClientKeys;
+use transport::{Client, ClientOptions, Endpoint};
 
 use crate::{bin, free_endpoint, free_port, output, wait_for, Proc};
 
@@ -24,6 +25,8 @@ pub struct HubProc {
     pub data: tempfile::TempDir,
     pub buses: std::collections::HashMap<String, BusEndpoints>,
     pub http: String,
+    /// With security: the keys the harness's own calls use (an operator's).
+    pub client: Option<ClientKeys>,
 }
 
 /// Free endpoints for the default buses and HTTP, as `hub serve` flags.
@@ -102,7 +105,7 @@ impl HubProc {
         let mut broker = broker.to_string();
         let mut data = data;
         for _ in 0..4 {
-            match Self::try_start(data, &broker, HubPorts::new(), extra) {
+            match Self::try_start(data, &broker, HubPorts::new(), extra, None) {
                 Ok(hub) => return hub,
                 Err(back) => data = back,
             }
@@ -118,8 +121,24 @@ impl HubProc {
         ports: HubPorts,
         extra: &[&str],
     ) -> HubProc {
-        Self::try_start(data, broker, ports, extra)
+        Self::try_start(data, broker, ports, extra, None)
             .unwrap_or_else(|_| panic!("the hub would not start on {broker}"))
+    }
+
+    /// Starts a hub with `--config config` (a file with `[security]`) on free
+    /// ports; the harness calls it as `client`.
+    pub fn start_secure(config: &std::path::Path, client: ClientKeys) -> HubProc {
+        let config = config.to_str().expect("a UTF-8 path");
+        for _ in 0..4 {
+            let data = tempfile::tempdir().expect("temp dir");
+            let broker = free_endpoint();
+            if let Ok(hub) =
+                Self::try_start(data, &broker, HubPorts::new(), &["--config", config], Some(client.clone()))
+            {
+                return hub;
+            }
+        }
+        panic!("the hub would not start on fresh ports four times over");
     }
 
     /// Starts a hub and waits until its broker answers; gives the data
@@ -129,12 +148,13 @@ impl HubProc {
         broker: &str,
         ports: HubPorts,
         extra: &[&str],
+        client: Option<ClientKeys>,
     ) -> Result<HubProc, tempfile::TempDir> {
         let mut cmd = Command::new(bin("hub"));
         cmd.args(["serve", "--broker", broker, "--data-dir"]).arg(data.path()).args(ports.args()).args(extra);
         let proc = Proc::spawn("hub", cmd);
         let mut hub =
-            HubProc { proc, broker: broker.to_string(), data, buses: ports.buses, http: ports.http };
+            HubProc { proc, broker: broker.to_string(), data, buses: ports.buses, http: ports.http, client };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if hub.try_call("mmi.service", &["mmi.service"], Duration::from_millis(200)).is_some() {
@@ -154,7 +174,15 @@ impl HubProc {
 
     /// One request with a short timeout and no retries; `None` on timeout.
     pub fn try_call(&self, service: &str, body: &[&str], timeout: Duration) -> Option<Vec<String>> {
-        call(&self.broker, Dialect::Rfc7, service, body, timeout)
+        call(self.endpoint(&self.broker), Dialect::Rfc7, service, body, timeout)
+    }
+
+    /// `address` (the broker, a bus) as the harness connects to it: with its keys when secure.
+    pub fn endpoint(&self, address: &str) -> Endpoint {
+        match &self.client {
+            Some(keys) => Endpoint::curve(address, keys.clone()),
+            None => Endpoint::plain(address),
+        }
     }
 
     /// Waits until `service` has a registered worker.
@@ -191,7 +219,7 @@ impl HubProc {
 
 /// One MDP request through the Rust client; `None` on timeout.
 pub fn call(
-    broker: &str,
+    broker: impl Into<Endpoint>,
     dialect: Dialect,
     service: &str,
     body: &[&str],

@@ -7,8 +7,10 @@
 mod agent;
 mod hub;
 mod python;
+mod secure;
 
 pub use agent::*;
 pub use hub::*;
 pub use python::*;
+pub use secure::*;
 pub use testkit::*;

@@ -11,21 +11,27 @@ const SECOND: Duration = Duration::from_secs(1);
 const QEMU_CLI: Duration = Duration::from_secs(60);
 
 #[test]
-fn aarch64_agent_under_qemu_serves_the_x86_hub() {
+fn aarch64_agent_under_qemu_serves_the_x86_hub_over_curve() {
     let Some(mut agent) = arm_agent("arm64") else { return };
-    let hub = HubProc::start();
+    let site = Site::new();
+    let (pump, viewer) = (site.identity("pi64"), site.identity("grafana"));
+    let hub = site.hub("\"pi64\" = [\"agent\"]\n\"grafana\" = [\"viewer\"]", "");
     let metric = hub.bus("metric").clone();
-    let collector = Collector::start(&metric.backend, "org.plantd.Metric.pi64.");
+    let collector = Collector::start(site.endpoint(&viewer, &metric.backend), "org.plantd.Metric.pi64.");
     let dir = tempfile::tempdir().unwrap();
-    let body = "[[channel]]\nname = \"temp\"\nperiod_ms = 100\ndriver = { kind = \"sine\" }\n";
-    let config = agent_config(dir.path(), "pi64", &hub.broker, &metric.frontend, body);
+    let body = format!(
+        "{}\n[[channel]]\nname = \"temp\"\nperiod_ms = 100\ndriver = {{ kind = \"sine\" }}\n",
+        site.agent_keys(&pump)
+    );
+    let config = agent_config(dir.path(), "pi64", &hub.broker, &metric.frontend, &body);
 
-    // agent check passes (a clock qemu cannot vouch for is only a warning).
+    // agent check passes, CURVE handshake included (a clock qemu cannot vouch for is only a warning).
     let Some(mut check) = arm_agent("arm64") else { return };
     check.args(["check", "--json", "--config"]).arg(&config);
     let out = run_bounded("arm64 agent check", &mut check, QEMU_CLI);
     let checks: Vec<Value> = serde_json::from_slice(&out.stdout).expect("check prints JSON");
     assert_eq!(out.status.code(), Some(0), "{checks:?}");
+    assert!(checks.iter().any(|c| c["check"] == "hub keys" && c["status"] == "ok"), "{checks:?}");
 
     agent.arg("run").arg("--config").arg(&config);
     let _agent = Proc::spawn("arm64 agent", agent);
@@ -33,8 +39,14 @@ fn aarch64_agent_under_qemu_serves_the_x86_hub() {
         (collector.durable().len() >= 5).then_some(())
     });
     hub.wait_for_service("org.plantd.Agent.pi64");
-    let reply =
-        hub.try_call("org.plantd.Agent.pi64", &["status"], 10 * SECOND).expect("the arm64 agent answers");
+    let reply = call(
+        site.endpoint(&viewer, &hub.broker),
+        proto::mdp::Dialect::Rfc7,
+        "org.plantd.Agent.pi64",
+        &["status"],
+        10 * SECOND,
+    )
+    .expect("the arm64 agent answers");
     let status: Value = serde_json::from_str(&reply[0]).unwrap();
     assert_eq!(status["id"], "pi64");
     assert_eq!(status["link"]["state"], "up");

@@ -8,4 +8,5 @@ mod bus;
 mod cli;
 mod interop;
 mod package;
+mod security;
 mod state;

@@ -10,6 +10,7 @@ pub mod async_client;
 pub mod async_socket;
 pub mod bus;
 pub mod client;
+pub mod control;
 pub mod curve;
 pub mod frames;
 pub mod peer;

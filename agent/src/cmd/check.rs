@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use agent::config::Config;
 use argh::FromArgs;
 use serde_json::json;
+use transport::curve::Handshake;
 use transport::{Client, ClientOptions};
 
 use super::{config_flags, CmdResult};
@@ -165,12 +166,22 @@ fn hub(config: &Config) -> Vec<Check> {
     if tcp.level == Level::Fail {
         return vec![tcp];
     }
+    let broker = match config.hub_endpoints() {
+        Ok((broker, _)) => broker,
+        Err(e) => return vec![tcp, check("hub keys", Level::Fail, e.to_string())],
+    };
     let ctx = zmq::Context::new();
-    let mut client = Client::new(
-        &ctx,
-        &config.hub.broker,
-        ClientOptions { timeout, retries: 0, ..ClientOptions::default() },
-    );
+    let mut out = vec![tcp];
+    if broker.curve.is_some() {
+        let keys = keys(config, &ctx, &broker, timeout);
+        let failed = keys.level == Level::Fail;
+        out.push(keys);
+        if failed {
+            return out;
+        }
+    }
+    let mut client =
+        Client::new(&ctx, broker, ClientOptions { timeout, retries: 0, ..ClientOptions::default() });
     let started = Instant::now();
     let reply = client.request("mmi.service", &[proto::ingest::SERVICE.as_bytes()]);
     let ms = Some(started.elapsed().as_secs_f64() * 1000.0);
@@ -189,7 +200,51 @@ fn hub(config: &Config) -> Vec<Check> {
         },
         Err(e) => check("hub mdp", Level::Fail, e.to_string()),
     };
-    vec![tcp, mdp]
+    out.push(mdp);
+    out
+}
+
+/// The CURVE handshake with the hub, and which key to fix when it fails.
+fn keys(config: &Config, ctx: &zmq::Context, broker: &transport::Endpoint, timeout: Duration) -> Check {
+    let path =
+        |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let (server, own) = (path(&config.hub.server_cert), path(&config.hub.client_cert));
+    let host = broker
+        .address
+        .trim_start_matches("tcp://")
+        .rsplit_once(':')
+        .map_or("the hub", |(h, _)| h)
+        .to_string();
+    let outcome = transport::curve::probe(ctx, broker, timeout);
+    let (level, detail) = match outcome {
+        Ok(Handshake::Succeeded) => (Level::Ok, "CURVE handshake with the hub succeeded".to_string()),
+        Ok(Handshake::WrongServerKey) => (
+            Level::Fail,
+            format!(
+                "the hub dropped the CURVE handshake: {server} is not the hub's public key. Fetch the hub's \
+                 own (scp {host}:/etc/plantd/keys/hub.key {server})"
+            ),
+        ),
+        Ok(Handshake::Refused(code)) => (
+            Level::Fail,
+            format!(
+                "the hub refused this agent's key ({code}): add its public half to the hub's allow-list \
+                 (on the hub: hub keys add agent.key --name {}, with agent.key copied from next to {own})",
+                config.agent_id()
+            ),
+        ),
+        Ok(Handshake::MechanismMismatch) => (
+            Level::Fail,
+            "the hub does not speak CURVE: give it [security], or remove server_cert/client_cert from [hub]"
+                .to_string(),
+        ),
+        Ok(Handshake::Failed(code)) => {
+            (Level::Fail, format!("the CURVE handshake failed (protocol error {code:#x})"))
+        }
+        Ok(Handshake::NoAnswer) => (Level::Fail, format!("no CURVE handshake within {timeout:?}")),
+        Err(e) => (Level::Fail, e.to_string()),
+    };
+    check("hub keys", level, detail)
 }
 
 fn clock(config: &Config) -> Vec<Check> {

@@ -1,6 +1,7 @@
 //! One module per subcommand; `ConfigArgs` are the flags they share.
 
 pub mod check;
+pub mod keygen;
 pub mod once;
 pub mod run;
 pub mod status;

@@ -94,7 +94,8 @@ impl BrokerServer {
             transport::curve::make_server(&socket, &security.server, &SocketRole::Broker.domain())?;
         }
         socket.set_router_mandatory(true)?;
-        socket.set_maxmsgsize(config.max_message_bytes)?;
+        let overhead = if security.is_some() { transport::curve::FRAME_OVERHEAD } else { 0 };
+        socket.set_maxmsgsize(config.max_message_bytes + overhead)?;
         socket.set_sndhwm(config.hwm)?;
         socket.set_rcvhwm(config.hwm)?;
         // On shutdown, give the DISCONNECTs a moment to leave, but never hang.

@@ -124,10 +124,12 @@ impl Bus {
             None => Ok(()),
         };
         let name = config.name.as_str();
+        let overhead = if security.is_some() { transport::curve::FRAME_OVERHEAD } else { 0 };
+        let max_message_bytes = config.max_message_bytes + overhead;
         let frontend = ctx.socket(zmq::XSUB)?;
         secure(&frontend, SocketRole::BusFrontend(name))?;
         frontend.set_rcvhwm(config.hwm)?;
-        frontend.set_maxmsgsize(config.max_message_bytes)?;
+        frontend.set_maxmsgsize(max_message_bytes)?;
         frontend.set_linger(0)?;
         let frontend_events = monitor(ctx, &frontend, &format!("inproc://bus.{name}.frontend.events"))?;
         bind(&frontend, &config.frontend)?;
@@ -137,7 +139,7 @@ impl Bus {
         secure(&backend, SocketRole::BusBackend(name))?;
         backend.set_sndhwm(config.hwm)?;
         // Subscribers send only subscriptions: they are never large.
-        backend.set_maxmsgsize(config.max_message_bytes)?;
+        backend.set_maxmsgsize(max_message_bytes)?;
         backend.set_linger(0)?;
         transport::socket::set_xpub_manual(&mut backend)?;
         let backend_events = monitor(ctx, &backend, &format!("inproc://bus.{name}.backend.events"))?;
@@ -148,7 +150,7 @@ impl Bus {
                 let socket = ctx.socket(zmq::PUB)?;
                 secure(&socket, SocketRole::Capture(name))?;
                 socket.set_sndhwm(config.hwm)?;
-                socket.set_maxmsgsize(config.max_message_bytes)?;
+                socket.set_maxmsgsize(max_message_bytes)?;
                 socket.set_linger(0)?;
                 bind(&socket, endpoint)?;
                 Some(socket)

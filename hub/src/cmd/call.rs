@@ -1,3 +1,4 @@
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -6,7 +7,7 @@ use proto::mdp::Dialect;
 use transport::frames::display_frame;
 use transport::{Client, ClientError, ClientOptions};
 
-use super::{CmdResult, DEFAULT_BROKER};
+use super::{client_endpoint, CmdResult, DEFAULT_BROKER};
 
 /// Send one request to a service and print the reply frames, one per line
 /// (partial replies first, as they arrive).
@@ -22,6 +23,12 @@ use super::{CmdResult, DEFAULT_BROKER};
     error_code(3, "no reply within the timeout, after every retry")
 )]
 pub struct CallArgs {
+    /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// the hub's public certificate, for a hub with security (default: $PLANTD_SERVER_CERT)
+    #[argh(option)]
+    server_cert: Option<PathBuf>,
     /// broker endpoint (default tcp://127.0.0.1:9797)
     #[argh(option, default = "DEFAULT_BROKER.to_string()")]
     broker: String,
@@ -49,7 +56,7 @@ pub fn run(args: CallArgs) -> CmdResult {
         timeout: Duration::from_millis(args.timeout),
         retries: args.retries,
     };
-    let mut client = Client::new(&ctx, &args.broker, options);
+    let mut client = Client::new(&ctx, client_endpoint(&args.broker, args.cert, args.server_cert)?, options);
     let body: Vec<&[u8]> = args.frames.iter().map(|f| f.as_bytes()).collect();
     let print = |frames: &[zmq::Message]| {
         for frame in frames {

@@ -1,3 +1,4 @@
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -6,7 +7,7 @@ use proto::mdp::worker::WorkerTiming;
 use proto::mdp::Dialect;
 use transport::{Shutdown, Worker, WorkerOptions};
 
-use super::{CmdResult, DEFAULT_BROKER};
+use super::{client_endpoint, CmdResult, DEFAULT_BROKER};
 
 /// Run an echo worker: it answers every request with the request's own
 /// frames. For demos, smoke tests and benchmarks.
@@ -19,6 +20,12 @@ use super::{CmdResult, DEFAULT_BROKER};
     note = "--stream (not with rfc7) sends each request frame back as a PARTIAL reply before the FINAL one."
 )]
 pub struct EchoWorkerArgs {
+    /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// the hub's public certificate, for a hub with security (default: $PLANTD_SERVER_CERT)
+    #[argh(option)]
+    server_cert: Option<PathBuf>,
     /// broker endpoint (default tcp://127.0.0.1:9797)
     #[argh(option, default = "DEFAULT_BROKER.to_string()")]
     broker: String,
@@ -48,7 +55,12 @@ pub fn run(args: EchoWorkerArgs) -> CmdResult {
         WorkerTiming { heartbeat_interval: Duration::from_millis(args.heartbeat), ..Default::default() };
     let options = WorkerOptions { dialect: args.dialect, timing, ..WorkerOptions::default() };
     let ctx = zmq::Context::new();
-    let worker = Worker::new(&ctx, &args.broker, &args.service, options);
+    let worker = Worker::new(
+        &ctx,
+        client_endpoint(&args.broker, args.cert, args.server_cert)?,
+        &args.service,
+        options,
+    );
     log::info!("echo worker for '{}' on {} ({})", args.service, args.broker, args.dialect);
     let stream = args.stream;
     worker.run(

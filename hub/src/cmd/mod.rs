@@ -3,6 +3,7 @@
 
 pub mod call;
 pub mod echo;
+pub mod keys;
 pub mod publish;
 pub mod serve;
 pub mod state;
@@ -14,6 +15,28 @@ use std::path::PathBuf;
 pub const DEFAULT_BROKER: &str = "tcp://127.0.0.1:9797";
 
 pub use plumbing::CmdResult;
+
+/// Where a client command connects: `address`, as a CURVE client when
+/// certificates are given (flags, else `PLANTD_CERT` and `PLANTD_SERVER_CERT`).
+pub fn client_endpoint(
+    address: &str,
+    cert: Option<PathBuf>,
+    server_cert: Option<PathBuf>,
+) -> Result<transport::Endpoint, Box<dyn std::error::Error>> {
+    let from_env = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let cert = cert.or_else(|| from_env("PLANTD_CERT"));
+    let server_cert = server_cert.or_else(|| from_env("PLANTD_SERVER_CERT"));
+    match (cert, server_cert) {
+        (None, None) => Ok(transport::Endpoint::plain(address)),
+        (Some(cert), Some(server)) => {
+            let keys = transport::curve::read_client_keys(&cert, &server)?;
+            Ok(transport::Endpoint::curve(address, keys))
+        }
+        _ => Err("a hub with security needs both --cert (this client's NAME.key_secret) and \
+                  --server-cert (the hub's public .key), or PLANTD_CERT and PLANTD_SERVER_CERT"
+            .into()),
+    }
+}
 
 /// Which end of a bus a command talks to.
 pub enum BusSide {

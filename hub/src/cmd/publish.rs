@@ -5,7 +5,7 @@ use std::time::Duration;
 use argh::FromArgs;
 use proto::bus::Framing;
 
-use super::{bus_endpoint, BusSide, CmdResult};
+use super::{bus_endpoint, client_endpoint, BusSide, CmdResult};
 
 /// Publish one message on a bus. Waits (up to --wait) until a subscriber to
 /// the topic is known, because a message nobody has subscribed to is dropped.
@@ -17,6 +17,12 @@ use super::{bus_endpoint, BusSide, CmdResult};
     example = "hub publish --bus tcp://127.0.0.1:13000 --one-frame org.plantd.Metric.x '{{\"v\":2}}'"
 )]
 pub struct PublishArgs {
+    /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// the hub's public certificate, for a hub with security (default: $PLANTD_SERVER_CERT)
+    #[argh(option)]
+    server_cert: Option<PathBuf>,
     /// bus frontend (publisher) endpoint
     #[argh(option)]
     bus: Option<String>,
@@ -46,7 +52,7 @@ pub fn run(args: PublishArgs) -> CmdResult {
     let ctx = zmq::Context::new();
     let heard = transport::bus::publish_once(
         &ctx,
-        &endpoint,
+        client_endpoint(&endpoint, args.cert, args.server_cert)?,
         framing,
         args.topic.as_bytes(),
         args.payload.as_bytes(),

@@ -46,7 +46,37 @@ pub struct ServeArgs {
     /// print the effective configuration as TOML and exit
     #[argh(switch)]
     print_config: bool,
+    /// allow binding non-loopback endpoints without [security] (anyone who can
+    /// reach the hub may then do anything; a warning is logged)
+    #[argh(switch)]
+    insecure: bool,
 }
+
+/// Printed after the config when it has no `[security]`, to show the shape.
+const SECURITY_EXAMPLE: &str = r#"
+# No [security]: the hub binds loopback only (or everything, with insecure = true).
+# To expose it, give it a key pair and an allow-list (see "Secure a site" in the README):
+#
+# [security]
+# server_cert = "/etc/plantd/keys/hub.key_secret"   # from `hub keygen hub --dir /etc/plantd/keys`
+# clients_dir = "/etc/plantd/clients"               # peers' NAME.key files; NAME is the identity
+# log_interval_ms = 10000                           # denials are logged at most this often per identity
+#
+# [security.identities]          # identity, or a prefix ending in *, -> roles
+# "pump-*" = ["agent"]           # built in: provides org.plantd.Agent.<id>, sends its own ingest, publishes its metrics
+# "grafana" = ["viewer"]         # built in: mmi.*, state reads, agent status/read, subscribes to everything
+# "ops-*" = ["operator"]         # built in: calls anything, agent write/config, state writes, capture
+#
+# [security.roles.recipes]       # a role of your own ({id} is the identity's name)
+# provide = ["org.plantd.Recipes"]
+# call = ["org.plantd.State"]
+# agent_ops = []                 # status, read, write, config, state-get, state-set
+# publish = { event = ["org.plantd.Recipes."] }
+# subscribe = { metric = ["org.plantd.Metric."] }
+# capture = []                   # buses whose capture endpoint it may use
+# state_read = ["recipes"]
+# state_write = ["recipes"]
+"#;
 
 /// The config `serve` would run with: file (or defaults), then flags.
 pub fn effective_config(
@@ -78,9 +108,13 @@ pub fn run(args: ServeArgs) -> CmdResult {
     if let Some(listen) = args.http {
         config.http.listen = listen;
     }
+    config.insecure |= args.insecure;
     config.validate()?;
     if args.print_config {
         print!("{}", config.to_toml());
+        if config.security.is_none() {
+            print!("{SECURITY_EXAMPLE}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -88,6 +122,13 @@ pub fn run(args: ServeArgs) -> CmdResult {
     plumbing::stop_on_termination_signals(&shutdown)?;
     let ctx = zmq::Context::new();
     let hub = Hub::start(&ctx, &config, shutdown)?;
+    if let Some(security) = hub.security().cloned() {
+        plumbing::on_hangup(move || {
+            if let Err(e) = security.reload() {
+                log::error!("reload failed, keeping the previous allow-list: {e}");
+            }
+        })?;
+    }
     log::info!(
         "hub up: broker {}, {} bus(es), state service {}, http {}, data in {}",
         hub.broker_endpoint(),

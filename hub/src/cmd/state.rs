@@ -1,4 +1,5 @@
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use proto::state::{Op, Request};
 use serde_json::{json, Value};
 use transport::{Client, ClientError, ClientOptions};
 
-use super::{CmdResult, DEFAULT_BROKER};
+use super::{client_endpoint, CmdResult, DEFAULT_BROKER};
 
 /// Read and change state in the hub's state service (org.plantd.State).
 /// Prints the service's JSON reply (pretty on a terminal).
@@ -25,6 +26,12 @@ use super::{CmdResult, DEFAULT_BROKER};
     error_code(3, "no reply within the timeout")
 )]
 pub struct StateArgs {
+    /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// the hub's public certificate, for a hub with security (default: $PLANTD_SERVER_CERT)
+    #[argh(option)]
+    server_cert: Option<PathBuf>,
     /// broker endpoint (default tcp://127.0.0.1:9797)
     #[argh(option, default = "DEFAULT_BROKER.to_string()")]
     broker: String,
@@ -128,7 +135,11 @@ pub fn run(args: StateArgs) -> CmdResult {
     let ctx = zmq::Context::new();
     let options =
         ClientOptions { dialect: Dialect::Rfc7, timeout: Duration::from_millis(args.timeout), retries: 0 };
-    let mut client = Client::new(&ctx, &args.broker, options);
+    let mut client = Client::new(
+        &ctx,
+        client_endpoint(&args.broker, args.cert.clone(), args.server_cert.clone())?,
+        options,
+    );
     let [op, request] = request.frames(op);
     let reply = match client.request(proto::state::SERVICE, &[&op, &request]) {
         Ok(reply) => reply,

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use transport::frames::display_frame;
 use transport::{Shutdown, Subscriber};
 
-use super::{bus_endpoint, BusSide, CmdResult};
+use super::{bus_endpoint, client_endpoint, BusSide, CmdResult};
 
 /// Print live messages from a bus, one line each: the topic, then the payload
 /// (as JSON when it parses). Runs until interrupted, or until --count messages.
@@ -21,6 +21,12 @@ use super::{bus_endpoint, BusSide, CmdResult};
     note = "Both layouts are understood: a topic frame then a payload frame, or plantd's single frame."
 )]
 pub struct TapArgs {
+    /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// the hub's public certificate, for a hub with security (default: $PLANTD_SERVER_CERT)
+    #[argh(option)]
+    server_cert: Option<PathBuf>,
     /// bus backend (subscriber) endpoint
     #[argh(option)]
     bus: Option<String>,
@@ -47,7 +53,8 @@ pub fn run(args: TapArgs) -> CmdResult {
     plumbing::stop_on_termination_signals(&shutdown)?;
     let ctx = zmq::Context::new();
     let prefixes: Vec<&[u8]> = args.prefixes.iter().map(|p| p.as_bytes()).collect();
-    let mut subscriber = Subscriber::connect(&ctx, &endpoint, &prefixes)?;
+    let mut subscriber =
+        Subscriber::connect(&ctx, client_endpoint(&endpoint, args.cert, args.server_cert)?, &prefixes)?;
     log::info!("tapping {endpoint}");
     let mut seen = 0;
     while !shutdown.is_triggered() && args.count.is_none_or(|n| seen < n) {
