@@ -8,6 +8,8 @@
 //!    raw REQ/REP, p50 and p99.
 //! 3. The same throughput load through majortomo's Python broker, if the
 //!    interop venv exists (scripts/setup.sh makes it).
+//! 4. The same throughput load through the hub with `[security]`: CURVE on
+//!    every connection, against the plaintext figure of step 1.
 //!
 //! Everything runs on 127.0.0.1 (BENCH_TRANSPORT=ipc: over ipc:// instead). Figures are ratios against the baseline of
 //! the same run, so a busy machine skews both sides alike.
@@ -15,7 +17,7 @@
 use std::process::Command;
 
 mod common;
-use common::{endpoint, HubChild};
+use common::{endpoint, HubChild, Secure};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -24,7 +26,7 @@ use testkit::bench::{named, process_cpu_time, us, Args};
 use testkit::Proc;
 
 use proto::mdp::Dialect;
-use transport::{Client, ClientOptions, PipelinedClient, Shutdown, Worker, WorkerOptions};
+use transport::{Client, ClientOptions, Endpoint, PipelinedClient, Shutdown, Worker, WorkerOptions};
 
 const BODY: [u8; 64] = [7; 64];
 const SERVICE: &str = "echo";
@@ -54,14 +56,15 @@ fn options() -> Options {
 /// Runs `clients` pipelined clients against `endpoint` for `seconds` after a
 /// warm-up; returns completed requests per second in the measured window, and
 /// all replies received (warm-up included).
-fn pipelined_load(endpoint: &str, dialect: Dialect, o: &Options) -> (f64, u64) {
+fn pipelined_load(endpoint: impl Into<Endpoint>, dialect: Dialect, o: &Options) -> (f64, u64) {
+    let endpoint = endpoint.into();
     let ctx = zmq::Context::new();
     let warmup = Duration::from_millis(500);
     let measure = Duration::from_secs_f64(o.seconds);
     let start = Arc::new(Barrier::new(o.clients));
     let threads: Vec<_> = (0..o.clients)
         .map(|_| {
-            let (ctx, endpoint, start, window) = (ctx.clone(), endpoint.to_string(), start.clone(), o.window);
+            let (ctx, endpoint, start, window) = (ctx.clone(), endpoint.clone(), start.clone(), o.window);
             named("client", move || {
                 let mut client = PipelinedClient::connect(&ctx, &endpoint, dialect).unwrap();
                 start.wait();
@@ -72,9 +75,11 @@ fn pipelined_load(endpoint: &str, dialect: Dialect, o: &Options) -> (f64, u64) {
                 }
                 let (mut done, mut all) = (0u64, 0u64);
                 loop {
-                    let Some(_reply) = client.recv(Duration::from_secs(5)).unwrap() else {
+                    let Some(reply) = client.recv(Duration::from_secs(5)).unwrap() else {
                         panic!("no reply for 5 s: the load stalled");
                     };
+                    // An echo, not a refusal (a 403 or 429 would be fast, and wrong).
+                    assert_eq!(reply.body.first().map(|f| &f[..]), Some(&BODY[..]), "not an echo");
                     all += 1;
                     let now = Instant::now();
                     if now >= until {
@@ -145,7 +150,7 @@ impl Running {
 }
 
 fn start_workers(
-    endpoint: &str,
+    endpoint: &Endpoint,
     workers: usize,
     dialect: Dialect,
     shutdown: &Shutdown,
@@ -155,7 +160,7 @@ fn start_workers(
         .map(|_| {
             let stop = shutdown.watch().unwrap();
             let options = WorkerOptions { dialect, ..WorkerOptions::default() };
-            let worker = Worker::new(&ctx, endpoint, SERVICE, options);
+            let worker = Worker::new(&ctx, endpoint.clone(), SERVICE, options);
             named("worker", move || worker.run(&stop, |body, _: &mut transport::Replier<'_>| body).unwrap())
         })
         .collect()
@@ -164,21 +169,36 @@ fn start_workers(
 /// Our broker under the pipelined load: throughput and its process's CPU per request.
 fn hub_throughput(o: &Options) -> (f64, f64) {
     let hub = HubChild::start();
+    let endpoint = Endpoint::plain(&hub.endpoint);
+    run_through(&hub, &endpoint, o)
+}
+
+/// The same through a hub with `[security]`: every connection CURVE.
+fn curve_throughput(o: &Options) -> (f64, f64) {
+    // One identity sends all of the load: lift its per-identity bounds.
+    let secure = Secure::new(
+        "[broker]\nrate_per_identity = 1e9\nburst_per_identity = 1e9\nmax_in_flight_per_identity = 1000000\n",
+    );
+    let hub = HubChild::start_with(&["--config", secure.config.to_str().unwrap()]);
+    run_through(&hub, &secure.endpoint(&hub.endpoint), o)
+}
+
+fn run_through(hub: &HubChild, endpoint: &Endpoint, o: &Options) -> (f64, f64) {
     let shutdown = Shutdown::new();
-    let workers = start_workers(&hub.endpoint, o.workers, Dialect::Rfc7, &shutdown);
-    wait_for_service(&hub.endpoint, Dialect::Rfc7);
+    let workers = start_workers(endpoint, o.workers, Dialect::Rfc7, &shutdown);
+    wait_for_service(endpoint, Dialect::Rfc7);
     let cpu_before = hub.cpu();
-    let (rate, replies) = pipelined_load(&hub.endpoint, Dialect::Rfc7, o);
+    let (rate, replies) = pipelined_load(endpoint.clone(), Dialect::Rfc7, o);
     let cpu = hub.cpu() - cpu_before;
     Running { shutdown, threads: workers }.stop();
     (rate, us(cpu) / replies.max(1) as f64)
 }
 
-fn wait_for_service(endpoint: &str, dialect: Dialect) {
+fn wait_for_service(endpoint: &Endpoint, dialect: Dialect) {
     let ctx = zmq::Context::new();
     let options = ClientOptions { dialect, timeout: Duration::from_millis(500), retries: 0 };
     for _ in 0..60 {
-        let mut client = Client::new(&ctx, endpoint, options);
+        let mut client = Client::new(&ctx, endpoint.clone(), options);
         if client.request(SERVICE, &[b"ping"]).is_ok() {
             return;
         }
@@ -235,8 +255,9 @@ fn raw_latency(samples: usize) -> (Duration, Duration) {
 fn broker_latency(samples: usize) -> (Duration, Duration) {
     let hub = HubChild::start();
     let shutdown = Shutdown::new();
-    let worker = start_workers(&hub.endpoint, 1, Dialect::Rfc7, &shutdown);
-    wait_for_service(&hub.endpoint, Dialect::Rfc7);
+    let endpoint = Endpoint::plain(&hub.endpoint);
+    let worker = start_workers(&endpoint, 1, Dialect::Rfc7, &shutdown);
+    wait_for_service(&endpoint, Dialect::Rfc7);
     let ctx = zmq::Context::new();
     let options = ClientOptions { timeout: Duration::from_secs(5), retries: 0, ..ClientOptions::default() };
     let mut client = Client::new(&ctx, &hub.endpoint, options);
@@ -263,10 +284,11 @@ fn majortomo_throughput(o: &Options) -> Option<(f64, f64)> {
     cmd.args(["-m", "majortomo.broker", "--bind-url", &endpoint]);
     let child = Proc::spawn("majortomo broker", cmd);
     let shutdown = Shutdown::new();
+    let endpoint = Endpoint::plain(&endpoint);
     let workers = start_workers(&endpoint, o.workers, Dialect::Majortomo, &shutdown);
     wait_for_service(&endpoint, Dialect::Majortomo);
     let cpu_before = process_cpu_time(child.pid());
-    let (rate, replies) = pipelined_load(&endpoint, Dialect::Majortomo, o);
+    let (rate, replies) = pipelined_load(endpoint, Dialect::Majortomo, o);
     let cpu = process_cpu_time(child.pid()) - cpu_before;
     Running { shutdown, threads: workers }.stop();
     drop(child);
@@ -291,7 +313,8 @@ fn main() {
             "hub" => println!("hub: {:?} (req/s, us CPU/request)", hub_throughput(&o)),
             "majortomo" => println!("majortomo: {:?} (req/s, us CPU/request)", majortomo_throughput(&o)),
             "latency" => println!("hub p50/p99: {:?}, raw: {:?}", broker_latency(1000), raw_latency(1000)),
-            other => println!("unknown part {other}: use raw, hub, majortomo or latency"),
+            "curve" => println!("plain: {:?}, curve: {:?}", hub_throughput(&o), curve_throughput(&o)),
+            other => println!("unknown part {other}: use raw, hub, majortomo, latency or curve"),
         }
         return;
     }
@@ -300,6 +323,7 @@ fn main() {
     let (broker_p50, broker_p99) = broker_latency(o.latency_samples);
     let (raw_p50, raw_p99) = raw_latency(o.latency_samples);
     let majortomo = majortomo_throughput(&o);
+    let (curve, curve_cpu) = curve_throughput(&o);
 
     println!();
     println!("throughput                          req/s      ratio");
@@ -322,6 +346,10 @@ fn main() {
             mt_cpu / cpu_per_request
         );
     }
+    println!();
+    println!("security: the same load with [security], CURVE on every connection");
+    println!("  plaintext                  {ours:>12.0} req/s  {cpu_per_request:>7.2} us CPU/request");
+    println!("  CURVE                      {curve:>12.0} req/s  {curve_cpu:>7.2} us CPU/request   {:.2} of plaintext", curve / ours);
     println!();
     println!("latency, 1 sync client            p50          p99");
     println!("  raw REQ/REP               {:>9.1} us {:>9.1} us", us(raw_p50), us(raw_p99));

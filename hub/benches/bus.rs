@@ -12,32 +12,35 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{endpoint, HubChild};
+use common::{endpoint, HubChild, Secure};
 use testkit::bench::{named, us, Args};
+use transport::Endpoint;
 
 const MESSAGE: [u8; 64] = *b"bench.topic.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
 
 /// Publishes `n` messages on `publish_to` (bound if `bind`, else connected)
 /// and waits until every subscriber on `subscribe_at` has them all. Returns
 /// messages per second delivered to the slowest subscriber.
-fn run(publish_to: &str, bind: bool, subscribe_at: &str, subscribers: usize, n: usize) -> f64 {
+fn run(publish_to: &Endpoint, bind: bool, subscribe_at: &Endpoint, subscribers: usize, n: usize) -> f64 {
     let ctx = zmq::Context::new();
-    let publisher = ctx.socket(zmq::PUB).unwrap();
-    publisher.set_sndhwm(0).unwrap();
-    if bind {
-        publisher.bind(publish_to).unwrap();
+    let publisher = if bind {
+        let socket = ctx.socket(zmq::PUB).unwrap();
+        socket.set_sndhwm(0).unwrap();
+        socket.bind(&publish_to.address).unwrap();
+        socket
     } else {
-        publisher.connect(publish_to).unwrap();
-    }
+        transport::socket::connect(&ctx, zmq::PUB, publish_to, |s| s.set_sndhwm(0)).unwrap()
+    };
     let warmed = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..subscribers)
         .map(|_| {
-            let (ctx, endpoint, warmed) = (zmq::Context::new(), subscribe_at.to_string(), warmed.clone());
+            let (ctx, endpoint, warmed) = (zmq::Context::new(), subscribe_at.clone(), warmed.clone());
             named("subscriber", move || {
-                let sub = ctx.socket(zmq::SUB).unwrap();
-                sub.set_rcvhwm(0).unwrap();
-                sub.set_subscribe(b"").unwrap();
-                sub.connect(&endpoint).unwrap();
+                let sub = transport::socket::connect(&ctx, zmq::SUB, &endpoint, |s| {
+                    s.set_rcvhwm(0)?;
+                    s.set_subscribe(b"")
+                })
+                .unwrap();
                 let mut msg = zmq::Message::new();
                 // Warm-up messages until the path is wired, then the measured ones.
                 loop {
@@ -73,22 +76,25 @@ fn run(publish_to: &str, bind: bool, subscribe_at: &str, subscribers: usize, n: 
 }
 
 fn direct(subscribers: usize, n: usize) -> f64 {
-    let endpoint = endpoint();
+    let endpoint = Endpoint::plain(&endpoint());
     run(&endpoint, true, &endpoint, subscribers, n)
 }
 
-/// Through `hub serve`'s bus; returns the rate and the hub process's CPU per delivered message.
-fn through_hub(subscribers: usize, n: usize) -> (f64, f64) {
-    let dir = tempfile::tempdir().unwrap();
+/// Through `hub serve`'s bus, with CURVE on every connection when `curve`;
+/// returns the rate and the hub process's CPU per delivered message.
+fn through_hub(subscribers: usize, n: usize, curve: bool) -> (f64, f64) {
     let (frontend, backend) = (endpoint(), endpoint());
-    let config = dir.path().join("hub.toml");
-    let text = format!(
+    let bus = format!(
         "[[bus]]\nname = \"bench\"\nfrontend = \"{frontend}\"\nbackend = \"{backend}\"\nhwm = 0\n\n[state]\nenabled = false\n\n[ingest]\nenabled = false\n\n[http]\nlisten = \"off\"\n"
     );
-    std::fs::write(&config, text).unwrap();
-    let hub = HubChild::start_with(&["--config", config.to_str().unwrap()]);
+    let secure = Secure::new(&bus);
+    if !curve {
+        std::fs::write(&secure.config, &bus).unwrap();
+    }
+    let hub = HubChild::start_with(&["--config", secure.config.to_str().unwrap()]);
+    let at = |address: &str| if curve { secure.endpoint(address) } else { Endpoint::plain(address) };
     let before = hub.cpu();
-    let rate = run(&frontend, false, &backend, subscribers, n);
+    let rate = run(&at(&frontend), false, &at(&backend), subscribers, n);
     let cpu = hub.cpu() - before;
     (rate, us(cpu) / (n * subscribers) as f64)
 }
@@ -98,9 +104,18 @@ fn main() {
     println!("bus benchmark: 1 publisher, {n} messages of {} bytes, 127.0.0.1", MESSAGE.len());
     println!();
     println!("subscribers   direct PUB->SUB msg/s   through hub msg/s   ratio   hub CPU per delivery");
+    let mut plain_one = 0.0;
     for subscribers in [1, 4] {
         let direct = direct(subscribers, n);
-        let (hub, cpu) = through_hub(subscribers, n);
+        let (hub, cpu) = through_hub(subscribers, n, false);
+        plain_one = if subscribers == 1 { hub } else { plain_one };
         println!("{subscribers:>11}   {direct:>21.0}   {hub:>17.0}   {:>5.2}   {cpu:>8.3} us", hub / direct);
     }
+    let (curve, cpu) = through_hub(1, n, true);
+    println!();
+    println!("with [security], CURVE on the publisher's and the subscriber's connections, 1 subscriber:");
+    println!(
+        "  {curve:.0} msg/s, {:.2} of plaintext through the hub, {cpu:.3} us hub CPU per delivery",
+        curve / plain_one
+    );
 }

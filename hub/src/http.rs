@@ -155,6 +155,12 @@ impl HttpServer {
             out.counter("plantd_state_durable_writes_total", "", store.durable_writes());
             out.gauge("plantd_state_flush_interval_ms", "", self.sources.config.state.flush_interval_ms);
             out.gauge("plantd_state_cache_bytes", "", self.sources.config.state.cache_bytes);
+            let l = &self.sources.config.state.limits;
+            out.gauge("plantd_state_max_value_bytes", "", l.max_value_bytes as u64);
+            out.gauge("plantd_state_max_keys_per_scope", "", l.max_keys_per_scope as u64);
+            out.gauge("plantd_state_max_scope_bytes", "", l.max_scope_bytes as u64);
+            out.gauge("plantd_state_max_scopes", "", l.max_scopes as u64);
+            out.gauge("plantd_state_max_scopes_per_identity", "", l.max_scopes_per_identity as u64);
         }
         if let Some(ingest) = &self.sources.ingest {
             for (what, value) in ingest.snapshot() {

@@ -63,6 +63,7 @@ fn check_unit(root: &Path, name: &str, binary: &str) {
         &format!("StateDirectory={name}"),
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",
+        "LoadCredential=",
     ] {
         assert!(text.contains(line), "{name}.service lacks {line}");
     }
@@ -95,6 +96,10 @@ fn check_enabled_on_install(deb: &Path, name: &str) {
     assert!(
         postinst.contains("deb-systemd-helper") && postinst.contains(&format!("{name}.service")),
         "{postinst}"
+    );
+    assert!(
+        postinst.contains("keygen") && postinst.contains("key_secret"),
+        "the host gets its key pair: {postinst}"
     );
     let conffiles = std::fs::read_to_string(dir.path().join("conffiles")).unwrap_or_default();
     assert!(conffiles.contains("/etc/plantd/"), "the config is a conffile: {conffiles}");

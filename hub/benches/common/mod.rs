@@ -44,3 +44,36 @@ impl HubChild {
         process_cpu_time(self.proc.pid())
     }
 }
+
+/// A hub config with `[security]`: a fresh key pair for the hub and one
+/// identity, `bench`, allowed everything; `extra` TOML goes first.
+pub struct Secure {
+    pub dir: tempfile::TempDir,
+    pub config: std::path::PathBuf,
+    pub client: transport::curve::ClientKeys,
+}
+
+impl Secure {
+    pub fn new(extra: &str) -> Secure {
+        use transport::curve::{read_client_keys, write_new_pair};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (clients, keys) = (dir.path().join("clients"), dir.path().join("keys"));
+        std::fs::create_dir_all(&clients).unwrap();
+        let (hub_public, hub_secret) = write_new_pair(&keys, "hub", "bench").unwrap();
+        let (bench_public, bench_secret) = write_new_pair(&keys, "bench", "bench").unwrap();
+        std::fs::copy(&bench_public, clients.join("bench.key")).unwrap();
+        let config = dir.path().join("hub.toml");
+        let text = format!(
+            "{extra}\n[security]\nserver_cert = \"{}\"\nclients_dir = \"{}\"\n\n[security.identities]\nbench = [\"everything\"]\n\n[security.roles.everything]\nprovide = [\"*\"]\ncall = [\"*\"]\npublish = {{ \"*\" = [\"\"] }}\nsubscribe = {{ \"*\" = [\"\"] }}\n",
+            hub_secret.display(),
+            clients.display()
+        );
+        std::fs::write(&config, text).unwrap();
+        let client = read_client_keys(&bench_secret, &hub_public).unwrap();
+        Secure { dir, config, client }
+    }
+
+    pub fn endpoint(&self, address: &str) -> transport::Endpoint {
+        transport::Endpoint::curve(address, self.client.clone())
+    }
+}
