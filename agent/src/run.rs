@@ -57,7 +57,7 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
     std::fs::create_dir_all(data_dir)
         .map_err(|source| RunError::DataDir { path: data_dir.clone(), source })?;
     let store = Arc::new(Store::open(&data_dir.join("store"), limits.cache_bytes)?);
-    let epoch = store.next_epoch()?;
+    let epoch = u64::from(store.next_epoch()?);
     let outbox = Arc::new(Outbox::open(&store, limits.outbox_records, limits.outbox_bytes)?);
     let shared = Arc::new(Shared {
         id: config.agent_id(),

@@ -69,7 +69,7 @@ impl Default for LinkStatus {
 
 pub struct Shared {
     pub id: String,
-    pub epoch: u32,
+    pub epoch: u64,
     pub clock: Clock,
     pub config_toml: String,
     pub store: Arc<Store>,

@@ -204,13 +204,25 @@ pub struct IngestConfig {
     /// is enough: holding an agent's whole queue back for one unwatched
     /// channel would fill its outbox.)
     pub require_subscriber: bool,
-    /// Worker threads.
+    /// Worker threads: batches of different agents are handled at once.
     pub workers: usize,
+    /// Boot epochs whose watermarks are kept per agent (the least recently
+    /// used are retired): bounds the store as agents reboot.
+    pub epochs_kept: usize,
+    /// Agents the hub keeps watermarks for; batches of further ones are refused.
+    pub max_agents: usize,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        IngestConfig { enabled: true, bus: "metric".into(), require_subscriber: true, workers: 1 }
+        IngestConfig {
+            enabled: true,
+            bus: "metric".into(),
+            require_subscriber: true,
+            workers: 2,
+            epochs_kept: 64,
+            max_agents: 10_000,
+        }
     }
 }
 

@@ -104,9 +104,11 @@ impl Hub {
             hub.zap = Some((stop, thread));
         }
         let mut bus_counters = Vec::new();
+        let mut listeners = std::collections::HashMap::new();
         for bus_config in &config.buses {
             let bus = Bus::bind(ctx, bus_config, security.clone())?;
             bus_counters.push((bus.name().to_string(), bus.counters()));
+            listeners.insert(bus.name().to_string(), bus.subscribers());
             hub.spawn(format!("bus-{}", bus_config.name), move |signal| {
                 bus.run(&signal).map_err(ServeError::from)
             })?;
@@ -155,6 +157,7 @@ impl Hub {
                 &config.data_dir,
                 &config.ingest,
                 bus.inproc_frontend(),
+                listeners.remove(&bus.name).unwrap_or_default(),
                 worker,
                 security.clone(),
             )?;

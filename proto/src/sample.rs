@@ -54,8 +54,10 @@ impl Quality {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     pub channel: String,
-    /// Boot epoch: the agent's persisted start counter.
-    pub epoch: u32,
+    /// Boot epoch: tells this run of the agent from every other one, so
+    /// (agent, epoch, seq) names one sample forever. At most 2^53, so it is
+    /// exact in JSON numbers read by JavaScript.
+    pub epoch: u64,
     /// Per agent, per epoch, counting from 1.
     pub seq: u64,
     /// Wall-clock time, nanoseconds since the Unix epoch (may jump: Pis have no RTC).

@@ -217,7 +217,7 @@ fn a_damaged_record_is_quarantined_counted_and_the_rest_delivered() {
     // Damage one record's bytes, as bit rot or a torn write would.
     {
         let store = agent::store::Store::open_as_is(&data.join("store"), 1 << 20).unwrap();
-        let key = agent::outbox::key(epoch as u32, 5);
+        let key = agent::outbox::key(epoch, 5);
         let mut bytes = store.outbox.get(key).unwrap().expect("record 5").to_vec();
         bytes[8] ^= 0x55;
         store.outbox.insert(key, bytes).unwrap();

@@ -18,18 +18,18 @@ use crate::store::{Result, Store, Table};
 pub mod record;
 
 /// Outbox key: epoch then sequence, big-endian, so the store keeps send order.
-pub type Key = [u8; 12];
+pub type Key = [u8; 16];
 
-pub fn key(epoch: u32, seq: u64) -> Key {
-    let mut k = [0u8; 12];
-    k[..4].copy_from_slice(&epoch.to_be_bytes());
-    k[4..].copy_from_slice(&seq.to_be_bytes());
+pub fn key(epoch: u64, seq: u64) -> Key {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&epoch.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
-pub fn unkey(k: &[u8]) -> Option<(u32, u64)> {
+pub fn unkey(k: &[u8]) -> Option<(u64, u64)> {
     let k: &Key = k.try_into().ok()?;
-    Some((u32::from_be_bytes(k[..4].try_into().ok()?), u64::from_be_bytes(k[4..].try_into().ok()?)))
+    Some((u64::from_be_bytes(k[..8].try_into().ok()?), u64::from_be_bytes(k[8..].try_into().ok()?)))
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -43,8 +43,8 @@ pub struct OutboxStats {
     /// Damaged records set aside.
     pub quarantined: u64,
     /// The last (epoch, seq) appended, and the last known to be on disk.
-    pub last_appended: Option<(u32, u64)>,
-    pub durable: Option<(u32, u64)>,
+    pub last_appended: Option<(u64, u64)>,
+    pub durable: Option<(u64, u64)>,
 }
 
 /// What the uplink has sent and awaits an answer for.
@@ -281,7 +281,7 @@ mod tests {
     use super::*;
     use proto::sample::{Quality, Value};
 
-    fn sample(epoch: u32, seq: u64) -> Sample {
+    fn sample(epoch: u64, seq: u64) -> Sample {
         Sample {
             channel: "c".into(),
             epoch,

@@ -197,6 +197,11 @@ impl Bus {
         self.counters.clone()
     }
 
+    /// Who really listens on this bus (the ingest service's gate).
+    pub fn subscribers(&self) -> subscriptions::Subscribers {
+        self.ledger.subscribers()
+    }
+
     pub fn name(&self) -> &str {
         &self.config.name
     }

@@ -16,6 +16,31 @@
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
+use std::sync::{Arc, RwLock};
+
+/// The prefixes real subscribers hold, readable from other threads: the
+/// ingest service accepts a batch only when someone is there to hear it.
+/// The proxy's own subscription (for a capture or a recording) and those of
+/// the hub's in-process components do not count.
+#[derive(Clone, Default)]
+pub struct Subscribers(Arc<RwLock<HashMap<Box<[u8]>, u32>>>);
+
+impl Subscribers {
+    /// Whether some real subscriber's prefix covers `topic`.
+    pub fn covers(&self, topic: &[u8]) -> bool {
+        let held = self.0.read().unwrap_or_else(|e| e.into_inner());
+        held.keys().any(|prefix| topic.starts_with(prefix))
+    }
+
+    fn change(&self, prefix: &[u8], by: i64) {
+        let mut held = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let count = held.entry(prefix.into()).or_default();
+        *count = (*count as i64 + by).max(0) as u32;
+        if *count == 0 {
+            held.remove(prefix);
+        }
+    }
+}
 
 /// Which subscriber connection a subscription came on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -47,11 +72,23 @@ pub struct Ledger {
     conns: HashMap<Conn, HashMap<Box<[u8]>, u32>>,
     upstream: HashMap<Box<[u8]>, u32>,
     total: usize,
+    real: Subscribers,
 }
 
 impl Ledger {
     pub fn new(limits: Limits) -> Ledger {
-        Ledger { limits, conns: HashMap::new(), upstream: HashMap::new(), total: 0 }
+        Ledger {
+            limits,
+            conns: HashMap::new(),
+            upstream: HashMap::new(),
+            total: 0,
+            real: Subscribers::default(),
+        }
+    }
+
+    /// What real subscribers hold, shared.
+    pub fn subscribers(&self) -> Subscribers {
+        self.real.clone()
     }
 
     /// Records an allowed subscription if it is within bounds. `Ok(true)`
@@ -71,6 +108,9 @@ impl Ledger {
         }
         *self.conns.entry(conn).or_default().entry(prefix.into()).or_default() += 1;
         self.total += 1;
+        if conn != Conn::Local {
+            self.real.change(prefix, 1);
+        }
         let upstream = self.upstream.entry(prefix.into()).or_default();
         *upstream += 1;
         Ok(*upstream == 1)
@@ -89,6 +129,9 @@ impl Ledger {
         if subs.is_empty() {
             self.conns.remove(&conn);
         }
+        if conn != Conn::Local {
+            self.real.change(prefix, -1);
+        }
         Some(self.release(prefix, 1))
     }
 
@@ -96,6 +139,9 @@ impl Ledger {
     /// prefixes now gone upstream.
     pub fn closed(&mut self, fd: RawFd) -> Vec<Box<[u8]>> {
         let Some(subs) = self.conns.remove(&Conn::Tcp(fd)) else { return Vec::new() };
+        for (prefix, n) in &subs {
+            self.real.change(prefix, -i64::from(*n));
+        }
         subs.into_iter().filter(|(prefix, n)| self.release(prefix, *n)).map(|(prefix, _)| prefix).collect()
     }
 
@@ -146,6 +192,18 @@ mod tests {
             Ok(true),
             "the hub's own are not bounded"
         );
+    }
+
+    #[test]
+    fn only_real_subscribers_count_as_listeners() {
+        let mut l = Ledger::new(Limits { per_connection: 10, prefix_bytes: 64, total: 10 });
+        let real = l.subscribers();
+        l.subscribe(Conn::Local, b"").unwrap();
+        assert!(!real.covers(b"org.plantd.Metric.pi.t"), "a capture's subscribe-all is nobody listening");
+        l.subscribe(Conn::Tcp(4), b"org.plantd.Metric.pi.").unwrap();
+        assert!(real.covers(b"org.plantd.Metric.pi.t"));
+        l.closed(4);
+        assert!(!real.covers(b"org.plantd.Metric.pi.t"));
     }
 
     #[test]

@@ -11,29 +11,39 @@
 //! carries (agent, epoch, seq) so consumers can drop the repeat.
 //!
 //! With `require_subscriber` (the default) a batch is accepted only when a
-//! subscriber on the metric bus covers some of its samples' topics: while
-//! nobody listens (a hub just restarted, its consumers not yet back) data
-//! stays in the agent's outbox instead of vanishing from a PUB socket. A
-//! batch is not held back for a channel nobody subscribes to while others
+//! real subscriber on the metric bus covers some of its samples' topics (the
+//! bus's own subscription for a capture or a recording does not count):
+//! while nobody listens (a hub just restarted, its consumers not yet back)
+//! data stays in the agent's outbox instead of vanishing from a PUB socket.
+//! A batch is not held back for a channel nobody subscribes to while others
 //! are watched: the outbox is one ordered queue, and holding the whole agent
 //! back for one unwatched channel would fill it.
 //!
-//! Batches are handled one at a time across all ingest workers (a lock), so
-//! two workers never race on one agent's watermark.
+//! Batches of different agents are handled at once, by as many workers as
+//! configured; one agent's batches one at a time (a lock per agent, from a
+//! fixed set), so two workers never race on one agent's watermarks.
 
-use std::collections::HashSet;
+mod watermarks;
+
+use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use proto::bus::{Framing, Subscription};
+use proto::bus::Framing;
 use proto::ingest::{Batch, Reply};
 use transport::bus::publish_on;
 use transport::{ShutdownWatch, Worker, WorkerError, WorkerOptions};
 
+use self::watermarks::{WatermarkError, Watermarks};
 use crate::broker::BROKER_INPROC;
+use crate::bus::subscriptions::Subscribers;
 use crate::config::IngestConfig;
 use crate::security::{Kind, Security};
+
+/// Locks for agents' batches: an agent hashes to one. Fixed, so a stream of
+/// made-up agent ids cannot grow it.
+const AGENT_LOCKS: usize = 64;
 
 /// Ingest counters, shared with the metrics endpoint.
 #[derive(Debug, Default)]
@@ -44,8 +54,11 @@ pub struct IngestCounters {
     pub malformed: AtomicU64,
     /// Batches answered "retry": no subscriber, or a storage failure.
     pub retries: AtomicU64,
-    /// Batches refused: an identity sending for another agent.
+    /// Batches refused: an identity sending for another agent, or a new
+    /// agent past `max_agents`.
     pub refused: AtomicU64,
+    /// Agents with watermarks (a gauge).
+    pub agents: AtomicU64,
 }
 
 impl IngestCounters {
@@ -73,52 +86,42 @@ pub enum IngestError {
 
 #[derive(Clone)]
 pub struct IngestService {
-    db: sled::Db,
-    watermarks: sled::Tree,
+    watermarks: Arc<Watermarks>,
     counters: Arc<IngestCounters>,
-    require_subscriber: bool,
+    config: IngestConfig,
+    /// Real subscribers on the bus: the gate.
+    listeners: Subscribers,
     bus: String,
     worker: WorkerOptions,
-    /// Serialises batches across the worker threads.
-    one_at_a_time: Arc<Mutex<()>>,
+    locks: Arc<Vec<Mutex<()>>>,
     /// With security, requests start with the caller's identity (the broker
     /// adds it), and an agent may send only its own batches.
     security: Option<Arc<Security>>,
 }
 
-/// The watermark key: agent, NUL, epoch (big-endian).
-fn key(agent: &str, epoch: u32) -> Vec<u8> {
-    let mut k = agent.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(&epoch.to_be_bytes());
-    k
-}
-
 impl IngestService {
     /// Opens the watermark store under `data_dir/ingest`; publishes to `bus`
-    /// (the metric bus's in-process frontend).
+    /// (the metric bus's in-process frontend), whose real subscribers are `listeners`.
     pub fn open(
         data_dir: &Path,
         config: &IngestConfig,
         bus: String,
+        listeners: Subscribers,
         worker: WorkerOptions,
         security: Option<Arc<Security>>,
     ) -> Result<IngestService, IngestError> {
         let path = data_dir.join("ingest");
-        let open = || -> sled::Result<(sled::Db, sled::Tree)> {
-            let db = sled::Config::new().path(&path).cache_capacity(4 << 20).flush_every_ms(None).open()?;
-            let tree = db.open_tree("watermarks")?;
-            Ok((db, tree))
-        };
-        let (db, watermarks) = open().map_err(|source| IngestError::Open { path: path.clone(), source })?;
+        let watermarks = Watermarks::open(&path).map_err(|source| IngestError::Open { path, source })?;
+        let counters = IngestCounters::default();
+        counters.agents.store(watermarks.agents() as u64, Relaxed);
         Ok(IngestService {
-            db,
-            watermarks,
-            counters: Arc::default(),
-            require_subscriber: config.require_subscriber,
+            watermarks: Arc::new(watermarks),
+            counters: Arc::new(counters),
+            config: config.clone(),
+            listeners,
             bus,
             worker,
-            one_at_a_time: Arc::default(),
+            locks: Arc::new((0..AGENT_LOCKS).map(|_| Mutex::new(())).collect()),
             security,
         })
     }
@@ -127,41 +130,43 @@ impl IngestService {
         self.counters.clone()
     }
 
-    /// One worker: serves batches until shutdown.
+    /// One worker: serves batches until shutdown. Run several for several agents at once.
     pub fn serve(&self, ctx: &zmq::Context, signal: &ShutdownWatch) -> Result<(), IngestError> {
-        // An XPUB (not a PUB) so we hear which topics have subscribers.
-        let publisher = ctx.socket(zmq::XPUB)?;
+        let publisher = ctx.socket(zmq::PUB)?;
+        // In process, to the bus proxy: never drop an accepted sample here.
         publisher.set_sndhwm(0)?;
         publisher.connect(&self.bus)?;
-        let mut subscriptions = Subscriptions::default();
         let worker = Worker::new(ctx, BROKER_INPROC, proto::ingest::SERVICE, self.worker.clone());
         worker.run(signal, |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
-            subscriptions.update(&publisher);
             let frame = |i: usize| body.get(i).map_or(&[][..], |f| &f[..]);
             let (caller, batch) = match self.security {
                 Some(_) => (frame(0), frame(1)),
                 None => (&[][..], frame(0)),
             };
             let caller = String::from_utf8_lossy(caller);
-            let reply = self.handle(&caller, batch, &subscriptions, |topic, json| {
-                // XPUB with no HWM never blocks; it only sends where someone subscribed.
-                let _ = publish_on(&publisher, Framing::TwoFrame, topic, json);
-            });
+            let reply = self.handle(
+                &caller,
+                batch,
+                |topic| self.listeners.covers(topic),
+                |topic, json| {
+                    let _ = publish_on(&publisher, Framing::TwoFrame, topic, json);
+                },
+            );
             vec![zmq::Message::from(reply.encode())]
         })?;
         Ok(())
     }
 
     /// Handles one batch from `caller` (an identity, or empty for the hub
-    /// itself and with security off); `publish(topic, json)` sends on the bus.
+    /// itself and with security off). `heard(topic)` says whether a real
+    /// subscriber covers a topic; `publish(topic, json)` sends on the bus.
     fn handle(
         &self,
         caller: &str,
         body: &[u8],
-        subscriptions: &Subscriptions,
+        heard: impl Fn(&[u8]) -> bool,
         mut publish: impl FnMut(&[u8], &[u8]),
     ) -> Reply {
-        let _one_at_a_time = self.one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
         let c = &self.counters;
         c.batches.fetch_add(1, Relaxed);
         let batch = match Batch::decode(body) {
@@ -169,73 +174,87 @@ impl IngestService {
             Ok(_) => return self.malformed("agent id is empty or contains NUL".into()),
             Err(e) => return self.malformed(e.to_string()),
         };
-        if !caller.is_empty() && batch.agent != caller {
+        let agent = batch.agent.as_str();
+        if !caller.is_empty() && agent != caller {
             c.refused.fetch_add(1, Relaxed);
             if let Some(security) = &self.security {
                 security.denials.record(caller, Kind::Ingest, || {
-                    format!("a batch for agent '{}' from identity '{caller}'", batch.agent)
+                    format!("a batch for agent '{agent}' from identity '{caller}'")
                 });
             }
-            let reason = format!(
-                "identity '{caller}' may send batches only for agent '{caller}', not '{}'",
-                batch.agent
-            );
+            let reason =
+                format!("identity '{caller}' may send batches only for agent '{caller}', not '{agent}'");
             return Reply::Refused { reason };
         }
-        let covered = batch.samples.iter().any(|s| subscriptions.covers(&s.sample.topic(&batch.agent)));
-        if self.require_subscriber && !batch.samples.is_empty() && !covered {
+        // Topics are per channel: check each channel once, not each sample.
+        let mut channels: Vec<&str> = batch.samples.iter().map(|s| s.sample.channel.as_str()).collect();
+        channels.sort_unstable();
+        channels.dedup();
+        let topics: Vec<String> =
+            channels.iter().map(|ch| format!("{}{agent}.{ch}", proto::sample::TOPIC_PREFIX)).collect();
+        if self.config.require_subscriber && !topics.is_empty() && !topics.iter().any(|t| heard(t.as_bytes()))
+        {
             c.retries.fetch_add(1, Relaxed);
-            let topic = batch.samples[0].sample.topic(&batch.agent);
             return Reply::Retry {
-                reason: format!("no subscriber for {topic} on the metric bus"),
+                reason: format!("no subscriber for {} on the metric bus", topics[0]),
                 after_ms: 1000,
             };
         }
-        // Every watermark this batch touches, read before anything is published,
-        // so a storage error cannot leave half a batch published.
-        let mut marks: Vec<(u32, u64)> = Vec::new();
-        for sent in &batch.samples {
-            let epoch = sent.sample.epoch;
-            if !marks.iter().any(|m| m.0 == epoch) {
-                match self.watermarks.get(key(&batch.agent, epoch)) {
-                    Ok(v) => marks.push((
-                        epoch,
-                        v.and_then(|v| v.as_ref().try_into().ok()).map_or(0, u64::from_be_bytes),
-                    )),
-                    Err(e) => return self.storage_failure(e),
-                }
-            }
+
+        let _this_agent = self.lock(agent);
+        let mut marks = match self.watermarks.get(agent) {
+            Ok(marks) => marks,
+            Err(e) => return self.storage_failure(e),
+        };
+        if marks.0.is_empty() && c.agents.load(Relaxed) >= self.config.max_agents as u64 {
+            c.refused.fetch_add(1, Relaxed);
+            return Reply::Refused {
+                reason: format!(
+                    "the hub keeps watermarks for {} agents, its max_agents",
+                    self.config.max_agents
+                ),
+            };
         }
-        let stored = marks.clone();
+        let new_agent = marks.0.is_empty();
+        let before = marks.clone();
         let (mut accepted, mut duplicates) = (0u32, 0u32);
+        // Samples come in epoch runs: look the watermark up once per run.
+        let mut current: Option<(u64, u64)> = None;
         for sent in &batch.samples {
             let s = &sent.sample;
-            let Some(mark) = marks.iter_mut().find(|m| m.0 == s.epoch) else { continue };
-            if s.seq <= mark.1 {
+            let (epoch, mark) = match current {
+                Some((epoch, mark)) if epoch == s.epoch => (epoch, mark),
+                _ => (s.epoch, marks.of(s.epoch)),
+            };
+            if s.seq <= mark {
                 duplicates += 1;
+                current = Some((epoch, mark));
                 continue;
             }
-            let json = s.to_json(&batch.agent, true, sent.historical).to_string();
-            publish(s.topic(&batch.agent).as_bytes(), json.as_bytes());
-            mark.1 = s.seq;
+            let json = s.to_json(agent, true, sent.historical).to_string();
+            publish(s.topic(agent).as_bytes(), json.as_bytes());
+            marks.raise(epoch, s.seq, self.config.epochs_kept);
+            current = Some((epoch, s.seq));
             accepted += 1;
         }
-        // Watermarks only rise: a sample at or below one was a duplicate.
-        for (mark, before) in marks.iter().zip(&stored) {
-            if mark.1 > before.1 {
-                if let Err(e) = self.watermarks.insert(key(&batch.agent, mark.0), &mark.1.to_be_bytes()) {
-                    return self.storage_failure(e);
-                }
-            }
-        }
-        if accepted > 0 {
-            if let Err(e) = self.db.flush() {
+        if marks != before {
+            if let Err(e) = self.watermarks.put(agent, &marks).and_then(|_| self.watermarks.flush()) {
                 return self.storage_failure(e);
+            }
+            if new_agent {
+                c.agents.fetch_add(1, Relaxed);
             }
         }
         c.accepted.fetch_add(accepted.into(), Relaxed);
         c.duplicates.fetch_add(duplicates.into(), Relaxed);
         Reply::Ack { accepted, duplicates }
+    }
+
+    fn lock(&self, agent: &str) -> std::sync::MutexGuard<'_, ()> {
+        let mut hash = std::collections::hash_map::DefaultHasher::new();
+        agent.hash(&mut hash);
+        let lock = &self.locks[hash.finish() as usize % self.locks.len()];
+        lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn malformed(&self, reason: String) -> Reply {
@@ -244,36 +263,10 @@ impl IngestService {
         Reply::Malformed { reason }
     }
 
-    fn storage_failure(&self, e: sled::Error) -> Reply {
+    fn storage_failure(&self, e: WatermarkError) -> Reply {
         self.counters.retries.fetch_add(1, Relaxed);
-        log::error!("ingest: watermark store failed: {e}");
+        log::error!("ingest: {e}");
         Reply::Retry { reason: format!("hub storage error: {e}"), after_ms: 1000 }
-    }
-}
-
-/// Topic prefixes subscribed on the bus, as the XPUB reports them.
-#[derive(Default)]
-struct Subscriptions {
-    prefixes: HashSet<Vec<u8>>,
-}
-
-impl Subscriptions {
-    fn update(&mut self, xpub: &zmq::Socket) {
-        while let Ok(message) = xpub.recv_bytes(zmq::DONTWAIT) {
-            match Subscription::parse(&message) {
-                Some(Subscription::Subscribe(prefix)) => {
-                    self.prefixes.insert(prefix.to_vec());
-                }
-                Some(Subscription::Unsubscribe(prefix)) => {
-                    self.prefixes.remove(prefix);
-                }
-                None => {}
-            }
-        }
-    }
-
-    fn covers(&self, topic: &str) -> bool {
-        self.prefixes.iter().any(|p| topic.as_bytes().starts_with(p))
     }
 }
 
@@ -286,13 +279,15 @@ mod tests {
     fn service(require_subscriber: bool) -> (IngestService, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let config = IngestConfig { require_subscriber, ..IngestConfig::default() };
-        (
-            IngestService::open(dir.path(), &config, String::new(), WorkerOptions::default(), None).unwrap(),
-            dir,
-        )
+        (open(dir.path(), &config), dir)
     }
 
-    fn batch(agent: &str, epoch: u32, seqs: &[u64]) -> Vec<u8> {
+    fn open(dir: &Path, config: &IngestConfig) -> IngestService {
+        let listeners = Subscribers::default();
+        IngestService::open(dir, config, String::new(), listeners, WorkerOptions::default(), None).unwrap()
+    }
+
+    fn batch(agent: &str, epoch: u64, seqs: &[u64]) -> Vec<u8> {
         let samples = seqs
             .iter()
             .map(|&seq| Sent {
@@ -313,14 +308,21 @@ mod tests {
         Batch { agent: agent.into(), samples }.encode()
     }
 
-    fn everything() -> Subscriptions {
-        Subscriptions { prefixes: [b"".to_vec()].into() }
+    /// Topic prefixes real subscribers hold.
+    type Listening = Vec<Vec<u8>>;
+
+    fn everything() -> Listening {
+        vec![b"".to_vec()]
     }
 
-    fn run(svc: &IngestService, body: &[u8], subs: &Subscriptions) -> (Reply, Vec<serde_json::Value>) {
+    fn run(svc: &IngestService, body: &[u8], subs: &Listening) -> (Reply, Vec<serde_json::Value>) {
         let mut published = Vec::new();
-        let reply =
-            svc.handle("", body, subs, |_, json| published.push(serde_json::from_slice(json).unwrap()));
+        let reply = svc.handle(
+            "",
+            body,
+            |t| subs.iter().any(|p| t.starts_with(p)),
+            |_, json| published.push(serde_json::from_slice(json).unwrap()),
+        );
         (reply, published)
     }
 
@@ -358,19 +360,10 @@ mod tests {
     #[test]
     fn watermarks_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || {
-            IngestService::open(
-                dir.path(),
-                &IngestConfig::default(),
-                String::new(),
-                WorkerOptions::default(),
-                None,
-            )
-        };
-        let svc = open().unwrap();
+        let svc = open(dir.path(), &IngestConfig::default());
         run(&svc, &batch("pi", 1, &[1, 2]), &everything());
         drop(svc);
-        let svc = open().unwrap();
+        let svc = open(dir.path(), &IngestConfig::default());
         assert_eq!(
             run(&svc, &batch("pi", 1, &[1, 2, 3]), &everything()).0,
             Reply::Ack { accepted: 1, duplicates: 2 }
@@ -380,15 +373,15 @@ mod tests {
     #[test]
     fn no_subscriber_means_retry_and_nothing_published() {
         let (svc, _dir) = service(true);
-        let only_other = Subscriptions { prefixes: [b"org.plantd.Metric.other.".to_vec()].into() };
+        let only_other = vec![b"org.plantd.Metric.other.".to_vec()];
         let (reply, published) = run(&svc, &batch("pi", 1, &[1]), &only_other);
         assert!(matches!(reply, Reply::Retry { .. }), "{reply:?}");
         assert!(published.is_empty());
         // One watched channel is enough: the agent's queue is not held back for the others.
-        let this_one = Subscriptions { prefixes: [b"org.plantd.Metric.pi.t".to_vec()].into() };
+        let this_one = vec![b"org.plantd.Metric.pi.t".to_vec()];
         assert!(matches!(run(&svc, &batch("pi", 1, &[1]), &this_one).0, Reply::Ack { accepted: 1, .. }));
         let (svc, _dir) = service(false);
-        assert!(matches!(run(&svc, &batch("pi", 1, &[1]), &Subscriptions::default()).0, Reply::Ack { .. }));
+        assert!(matches!(run(&svc, &batch("pi", 1, &[1]), &Vec::new()).0, Reply::Ack { .. }));
     }
 
     #[test]
@@ -396,12 +389,34 @@ mod tests {
         let (svc, _dir) = service(true);
         let mut published = 0;
         // The attack: another agent poisons pump-1's watermark with seq = u64::MAX.
-        let poison =
-            svc.handle("pump-2", &batch("pump-1", 1, &[u64::MAX]), &everything(), |_, _| published += 1);
+        let all = |_: &[u8]| true;
+        let poison = svc.handle("pump-2", &batch("pump-1", 1, &[u64::MAX]), all, |_, _| published += 1);
         assert!(matches!(poison, Reply::Refused { .. }), "{poison:?}");
         assert_eq!((published, svc.counters.refused.load(Relaxed)), (0, 1));
-        let own = svc.handle("pump-1", &batch("pump-1", 1, &[1, 2]), &everything(), |_, _| published += 1);
+        let own = svc.handle("pump-1", &batch("pump-1", 1, &[1, 2]), all, |_, _| published += 1);
         assert_eq!(own, Reply::Ack { accepted: 2, duplicates: 0 }, "the victim's samples still count");
+    }
+
+    #[test]
+    fn old_epochs_retire_and_new_agents_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = IngestConfig { epochs_kept: 2, max_agents: 2, ..IngestConfig::default() };
+        let svc = open(dir.path(), &config);
+        for epoch in [10, 11, 12] {
+            assert_eq!(
+                run(&svc, &batch("pi", epoch, &[1]), &everything()).0,
+                Reply::Ack { accepted: 1, duplicates: 0 }
+            );
+        }
+        let marks = svc.watermarks.get("pi").unwrap();
+        assert_eq!(marks.0.iter().map(|m| m.epoch).collect::<Vec<_>>(), [12, 11], "epoch 10 retired");
+        assert_eq!(
+            run(&svc, &batch("pi", 12, &[1]), &everything()).0,
+            Reply::Ack { accepted: 0, duplicates: 1 }
+        );
+        run(&svc, &batch("pi-2", 1, &[1]), &everything());
+        assert!(matches!(run(&svc, &batch("pi-3", 1, &[1]), &everything()).0, Reply::Refused { .. }));
+        assert_eq!(svc.counters.agents.load(Relaxed), 2);
     }
 
     #[test]
