@@ -76,13 +76,12 @@ impl HttpServer {
 
     fn health(&self) -> String {
         let census = self.sources.broker.lock().map(|s| s.1).unwrap_or_default();
-        let state = self
-            .sources
-            .state
-            .as_ref()
-            .map(|s| json!({"writes": s.writes(), "durable_writes": s.durable_writes()}));
+        let state = self.sources.state.as_ref().map(
+            |s| json!({"writes": s.writes(), "durable_writes": s.durable_writes(), "error": s.failure()}),
+        );
+        let degraded = self.sources.state.as_ref().is_some_and(|s| s.failure().is_some());
         json!({
-            "status": "ok",
+            "status": if degraded { "degraded" } else { "ok" },
             "broker": {"endpoint": self.sources.config.broker.endpoint, "workers": census.workers, "services": census.services, "queued": census.queued},
             "buses": self.sources.buses.iter().map(|(name, _)| name).collect::<Vec<_>>(),
             "state": state,
@@ -153,6 +152,7 @@ impl HttpServer {
         if let Some(store) = &self.sources.state {
             out.counter("plantd_state_writes_total", "", store.writes());
             out.counter("plantd_state_durable_writes_total", "", store.durable_writes());
+            out.gauge("plantd_state_store_available", "", store.failure().is_none().into());
             out.gauge("plantd_state_flush_interval_ms", "", self.sources.config.state.flush_interval_ms);
             out.gauge("plantd_state_cache_bytes", "", self.sources.config.state.cache_bytes);
             let l = &self.sources.config.state.limits;

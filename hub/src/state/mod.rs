@@ -100,9 +100,8 @@ impl StateService {
         }
         loop {
             let stopping = signal.sleep(self.flush_interval);
-            if let Err(e) = self.store.flush() {
-                log::error!("state store flush failed: {e}");
-            }
+            // A failure is logged once and stops writes (see Store::flush).
+            let _ = self.store.flush();
             if stopping {
                 return Ok(());
             }

@@ -97,6 +97,10 @@ pub fn handle<F: Frame>(store: &Store, caller: &Caller<'_>, body: &[F]) -> Outco
     match run(store, caller, op, &request) {
         Ok(outcome) => outcome,
         Err(StoreError::Quota(why)) => Outcome::refused(format!("Quota exceeded: {why}")),
+        // Logged once, when the flush failed; every write until a restart lands here.
+        Err(e @ StoreError::Failed(_)) => {
+            Outcome::answer(failure(format!("Failed to {}: {e}", op.short_name())))
+        }
         Err(e) => {
             let name = op.short_name();
             log::error!("state store failed on {name}: {e}");
@@ -207,10 +211,12 @@ fn keyed(
 }
 
 fn health(store: &Store, scope: Option<&str>) -> super::store::Result<Value> {
+    let failure = store.failure();
     let mut data = json!({
-        "status": "healthy",
+        "status": if failure.is_none() { "healthy" } else { "degraded" },
         "service": proto::state::SERVICE,
-        "store_available": true,
+        "store_available": failure.is_none(),
+        "store_error": failure,
         "scopes": store.scope_count(),
         "writes": store.writes(),
         "durable_writes": store.durable_writes(),

@@ -21,6 +21,10 @@ pub enum StoreError {
     /// A write that would take the store past a bound; nothing was written.
     #[error("{0}")]
     Quota(String),
+    /// A flush failed: acknowledged writes may not be on disk, so no more are
+    /// taken (sled keeps failing after an I/O error; a restart reopens it).
+    #[error("the store failed to flush ({0}): it takes no writes until the hub restarts")]
+    Failed(String),
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -90,6 +94,8 @@ pub struct Store {
     writes: AtomicU64,
     durable: AtomicU64,
     flush_each_write: bool,
+    /// Why the last flush failed, while it does.
+    failure: Mutex<Option<String>>,
 }
 
 /// `len(scope) as u32 BE ++ scope ++ key`: a scope's keys share a prefix no
@@ -144,11 +150,26 @@ impl Store {
             writes: AtomicU64::new(0),
             durable: AtomicU64::new(0),
             flush_each_write,
+            failure: Mutex::new(None),
         })
     }
 
+    /// The usage accounting, locked: every write holds it, and refuses to
+    /// start while the store is failing.
     fn usage(&self) -> MutexGuard<'_, Usage> {
         self.usage.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn writable(&self) -> Result<MutexGuard<'_, Usage>> {
+        if let Some(why) = self.failure() {
+            return Err(StoreError::Failed(why));
+        }
+        Ok(self.usage())
+    }
+
+    /// Why the store takes no writes, if it does not.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn has_scope(&self, scope: &str) -> Result<bool> {
@@ -179,7 +200,7 @@ impl Store {
 
     /// Creates `scope`, owned by `owner`; false if it already existed.
     pub fn create_scope(&self, scope: &str, owner: &str) -> Result<bool> {
-        let mut usage = self.usage();
+        let mut usage = self.writable()?;
         if usage.scopes.contains_key(scope) {
             return Ok(false);
         }
@@ -194,7 +215,7 @@ impl Store {
 
     /// Deletes `scope` and its keys, atomically; false if it did not exist.
     pub fn delete_scope(&self, scope: &str) -> Result<bool> {
-        let mut usage = self.usage();
+        let mut usage = self.writable()?;
         let Some(gone) = usage.scopes.get(scope) else { return Ok(false) };
         let owner = gone.owner.clone();
         // Writes hold the usage lock, so no key can be added between this scan and the transaction.
@@ -245,7 +266,7 @@ impl Store {
                 l.max_value_bytes
             )));
         }
-        let mut usage = self.usage();
+        let mut usage = self.writable()?;
         let new_scope = !usage.scopes.contains_key(scope);
         if new_scope {
             self.check_new_scope(&usage, owner)?;
@@ -284,7 +305,7 @@ impl Store {
 
     /// Deletes `key`; false if it was not there.
     pub fn delete(&self, scope: &str, key: &str) -> Result<bool> {
-        let mut usage = self.usage();
+        let mut usage = self.writable()?;
         let Some(old) = self.values.remove(scope_key(scope, key))? else { return Ok(false) };
         if let Some(held) = usage.scopes.get_mut(scope) {
             held.keys -= 1;
@@ -303,10 +324,18 @@ impl Store {
         Ok(())
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write so far durable. A failure stops the store taking
+    /// writes (they could not be made durable either).
     pub fn flush(&self) -> Result<()> {
         let writes = self.writes.load(SeqCst);
-        self.db.flush()?;
+        if let Err(e) = self.db.flush() {
+            let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+            if failure.is_none() {
+                log::error!("state store: flush failed ({e}); refusing writes until the hub restarts");
+            }
+            *failure = Some(e.to_string());
+            return Err(e.into());
+        }
         self.durable.fetch_max(writes, SeqCst);
         Ok(())
     }
