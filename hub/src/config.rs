@@ -257,6 +257,9 @@ pub struct BrokerConfig {
     pub max_queued_bytes_per_service: usize,
     /// Bytes of request bodies queued for all services together.
     pub max_queued_bytes: usize,
+    /// With security: bytes of one identity's requests queued at once; more
+    /// are answered 429 (so one peer cannot fill a service's queue).
+    pub max_queued_bytes_per_identity: usize,
     /// With security: requests one identity may have open (queued or with a
     /// worker) at once; more are answered 429.
     pub max_in_flight_per_identity: u32,
@@ -292,6 +295,7 @@ impl Default for BrokerConfig {
             // A 1 GB hub: a quarter of it for queued requests at most.
             max_queued_bytes_per_service: 64 << 20,
             max_queued_bytes: 256 << 20,
+            max_queued_bytes_per_identity: 16 << 20,
             max_in_flight_per_identity: 1_000,
             rate_per_identity: 2_000.0,
             burst_per_identity: 4_000.0,
@@ -398,6 +402,12 @@ impl Config {
             return invalid(
                 "broker.max_queued_bytes",
                 "must be at least max_queued_bytes_per_service, which must be at least 1",
+            );
+        }
+        if b.max_queued_bytes_per_identity < b.max_message_bytes.max(1) as usize {
+            return invalid(
+                "broker.max_queued_bytes_per_identity",
+                "must be at least max_message_bytes, or no request of that size could ever queue",
             );
         }
         if b.max_in_flight_per_identity == 0 || b.rate_per_identity <= 0.0 || b.burst_per_identity < 1.0 {

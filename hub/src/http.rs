@@ -116,6 +116,7 @@ impl HttpServer {
         out.gauge("plantd_broker_queued_bytes", "", census.queued_bytes as u64);
         out.gauge("plantd_broker_max_queued_bytes", "", b.max_queued_bytes as u64);
         out.gauge("plantd_broker_max_queued_bytes_per_service", "", b.max_queued_bytes_per_service as u64);
+        out.gauge("plantd_broker_max_queued_bytes_per_identity", "", b.max_queued_bytes_per_identity as u64);
         out.gauge("plantd_broker_max_in_flight_per_identity", "", b.max_in_flight_per_identity.into());
         out.gauge("plantd_broker_rate_per_identity", "", b.rate_per_identity as u64);
         out.gauge("plantd_broker_burst_per_identity", "", b.burst_per_identity as u64);

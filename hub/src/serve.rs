@@ -93,12 +93,11 @@ impl Hub {
             let thread = std::thread::Builder::new()
                 .name("zap".into())
                 .spawn(move || {
-                    let result = zap.run(&watch).map_err(ServeError::Zap);
-                    if let Err(e) = &result {
+                    let failed = |e: &zmq::Error| {
                         log::error!("ZAP handler failed: {e}");
                         hub_shutdown.trigger();
-                    }
-                    result
+                    };
+                    zap.serve(&watch, failed).map_err(ServeError::Zap)
                 })
                 .map_err(ServeError::Thread)?;
             hub.zap = Some((stop, thread));

@@ -10,6 +10,7 @@ pub mod bus;
 pub mod cert;
 pub mod codec;
 pub mod heartbeat;
+pub mod identity;
 pub mod ingest;
 pub mod mdp;
 pub mod mmi;

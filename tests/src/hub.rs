@@ -128,12 +128,21 @@ impl HubProc {
     /// Starts a hub with `--config config` (a file with `[security]`) on free
     /// ports; the harness calls it as `client`.
     pub fn start_secure(config: &std::path::Path, client: ClientKeys) -> HubProc {
+        Self::start_secure_on(config, client, HubPorts::new)
+    }
+
+    /// [`HubProc::start_secure`] on the buses `ports` makes (fresh ones per attempt).
+    pub fn start_secure_on(
+        config: &std::path::Path,
+        client: ClientKeys,
+        ports: impl Fn() -> HubPorts,
+    ) -> HubProc {
         let config = config.to_str().expect("a UTF-8 path");
         for _ in 0..4 {
             let data = tempfile::tempdir().expect("temp dir");
             let broker = free_endpoint();
             if let Ok(hub) =
-                Self::try_start(data, &broker, HubPorts::new(), &["--config", config], Some(client.clone()))
+                Self::try_start(data, &broker, ports(), &["--config", config], Some(client.clone()))
             {
                 return hub;
             }
@@ -214,6 +223,24 @@ impl HubProc {
     pub fn metrics(&self) -> serde_json::Value {
         let reply = self.try_call("mmi.metrics", &[], Duration::from_secs(2)).expect("mmi.metrics answers");
         serde_json::from_str(&reply[0]).expect("mmi.metrics is JSON")
+    }
+
+    /// Denials of `kind` counted for `identity` (security on).
+    pub fn denials(&self, identity: &str, kind: &str) -> u64 {
+        self.metrics()["denials"][identity][kind].as_u64().unwrap_or(0)
+    }
+
+    /// Waits for a denial of `kind` for `identity`.
+    pub fn wait_denied(&self, identity: &str, kind: &str) {
+        wait_for(&format!("a {kind} denial of {identity}"), Duration::from_secs(20), || {
+            (self.denials(identity, kind) > 0).then_some(())
+        });
+    }
+
+    /// A bus counter from `/metrics` (`plantd_bus_{what}_total`).
+    pub fn bus_counter(&self, bus: &str, what: &str) -> u64 {
+        let text = http_get(&self.http, "/metrics").1;
+        prometheus_value(&text, &format!("plantd_bus_{what}_total{{bus=\"{bus}\"}}")).unwrap_or(0)
     }
 }
 

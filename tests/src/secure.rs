@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use transport::curve::{read_client_keys, write_new_pair, ClientKeys};
 use transport::Endpoint;
 
-use crate::HubProc;
+use crate::{HubPorts, HubProc};
 
 /// One identity's certificate files.
 #[derive(Clone, Debug)]
@@ -80,6 +80,11 @@ impl Site {
 
     /// Starts a hub with this site's security; the harness calls it as `ops` (an operator).
     pub fn hub(&self, roles: &str, extra: &str) -> HubProc {
+        self.hub_on(roles, extra, HubPorts::new)
+    }
+
+    /// [`Site::hub`] on the buses `ports` makes.
+    pub fn hub_on(&self, roles: &str, extra: &str, ports: impl Fn() -> HubPorts) -> HubProc {
         let ops = if self.clients_dir().join("ops.key").exists() {
             Identity {
                 name: "ops".into(),
@@ -90,7 +95,7 @@ impl Site {
             self.identity("ops")
         };
         let config = self.config(roles, extra);
-        HubProc::start_secure(&config, self.keys(&ops))
+        HubProc::start_secure_on(&config, self.keys(&ops), ports)
     }
 
     /// `[hub]` lines for an agent config: this site's hub key, `identity`'s

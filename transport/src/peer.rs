@@ -7,10 +7,11 @@
 //! remembers which descriptor carries which identity and, when an identity is
 //! revoked, shuts those connections down at the TCP level: libzmq sees the
 //! connection end, drops the peer (its subscriptions with it), and the peer's
-//! reconnect meets the ZAP handler, which refuses it.
+//! reconnect meets the ZAP handler, which refuses it. A descriptor outlives
+//! its connection in our tables (libzmq reuses numbers), so what must tell
+//! two connections apart ([`ConnId`]) also carries the socket's inode.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 /// Where a message came from.
@@ -47,37 +48,39 @@ pub fn origin(msg: &mut zmq::Message, user_id: &mut String) -> Origin {
 }
 
 /// The network connections of each identity seen on one socket.
+///
+/// Keyed by descriptor: a descriptor reused by a later connection keeps the
+/// entry until that connection sends (and is noted under its own identity).
+/// So a revocation shuts every descriptor last seen with a revoked identity;
+/// at worst that is a stranger's reused descriptor, which reconnects.
 #[derive(Default)]
 pub struct Connections {
-    by_fd: HashMap<RawFd, (String, Option<SocketAddr>)>,
+    by_fd: HashMap<RawFd, String>,
 }
 
 impl Connections {
     /// Remembers that `identity` sends on `fd` (cheap when already known).
     pub fn note(&mut self, fd: RawFd, identity: &str) {
-        if self.by_fd.get(&fd).is_some_and(|(known, _)| known == identity) {
+        if self.by_fd.get(&fd).is_some_and(|known| known == identity) {
             return;
         }
-        self.by_fd.insert(fd, (identity.to_string(), peer_address(fd)));
+        self.by_fd.insert(fd, identity.to_string());
     }
 
-    /// Shuts down every remembered connection of an identity `keep` rejects;
-    /// returns how many. A descriptor whose peer changed since it was seen
-    /// (closed, and reused by another connection) is left alone.
-    pub fn close_unless(&mut self, keep: impl Fn(&str) -> bool) -> usize {
+    /// Forgets `fd` (its connection closed).
+    pub fn closed(&mut self, fd: RawFd) {
+        self.by_fd.remove(&fd);
+    }
+
+    /// Shuts down every remembered connection of an identity `revoked`
+    /// names; returns how many.
+    pub fn close_if(&mut self, revoked: impl Fn(&str) -> bool) -> usize {
         let mut closed = 0;
-        self.by_fd.retain(|&fd, (identity, seen)| {
-            if keep(identity) {
+        self.by_fd.retain(|&fd, identity| {
+            if !revoked(identity) {
                 return true;
             }
-            if seen.is_some() && peer_address(fd) == *seen {
-                // SAFETY: shutdown(2) on a descriptor libzmq owns only ends the
-                // connection; libzmq notices, and closes the descriptor itself.
-                unsafe {
-                    libc::shutdown(fd, libc::SHUT_RDWR);
-                }
-                closed += 1;
-            }
+            closed += usize::from(shut(fd));
             false
         });
         closed
@@ -92,28 +95,40 @@ impl Connections {
     }
 }
 
-/// The remote address of a connected TCP socket, if `fd` is one.
-fn peer_address(fd: RawFd) -> Option<SocketAddr> {
-    // SAFETY: getpeername writes at most `len` bytes into the storage we own.
-    unsafe {
-        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        if libc::getpeername(fd, &mut storage as *mut _ as *mut libc::sockaddr, &mut len) != 0 {
-            return None;
-        }
-        match storage.ss_family as libc::c_int {
-            libc::AF_INET => {
-                let a = &*(&storage as *const _ as *const libc::sockaddr_in);
-                let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
-                Some(SocketAddr::from((ip, u16::from_be(a.sin_port))))
+/// Ends the connection on `fd` at the TCP (or Unix socket) level; true if
+/// it was an open socket. libzmq notices, drops the peer (its subscriptions
+/// with it) and closes the descriptor itself.
+pub fn shut(fd: RawFd) -> bool {
+    // SAFETY: shutdown(2) on a descriptor only ends a connection; on anything
+    // but a socket it fails with ENOTSOCK and does nothing.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) == 0 }
+}
+
+/// One connection, told apart from a later one that reuses its descriptor by
+/// its socket's inode number (unique among open sockets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub fd: RawFd,
+    inode: u64,
+}
+
+impl ConnId {
+    /// The connection open on `fd` now, if `fd` is a socket.
+    pub fn of(fd: RawFd) -> Option<ConnId> {
+        // SAFETY: fstat writes into the struct we own; a closed descriptor fails.
+        let stat = unsafe {
+            let mut stat: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd, &mut stat) != 0 {
+                return None;
             }
-            libc::AF_INET6 => {
-                let a = &*(&storage as *const _ as *const libc::sockaddr_in6);
-                let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
-                Some(SocketAddr::from((ip, u16::from_be(a.sin6_port))))
-            }
-            _ => None,
-        }
+            stat
+        };
+        (stat.st_mode & libc::S_IFMT == libc::S_IFSOCK).then_some(ConnId { fd, inode: stat.st_ino as u64 })
+    }
+
+    /// Whether this connection is still the one open on its descriptor.
+    pub fn is_open(&self) -> bool {
+        ConnId::of(self.fd) == Some(*self)
     }
 }
 
@@ -154,13 +169,20 @@ mod tests {
         let fd = seen[1].1.fd.expect("tcp has a descriptor");
         assert!(!seen[1].1.has_user_id, "no ZAP handler, no identity");
 
+        let conn = ConnId::of(fd).expect("a socket");
+        assert!(conn.is_open());
         let mut connections = Connections::default();
         connections.note(fd, "pump-1");
         connections.note(fd, "pump-1");
         assert_eq!(connections.len(), 1);
-        assert_eq!(connections.close_unless(|id| id != "pump-1"), 1);
+        assert_eq!(connections.close_if(|id| id == "pump-1"), 1);
         assert!(connections.is_empty());
         // libzmq notices: the monitor reports the disconnection.
         assert_eq!(events.poll(zmq::POLLIN, 5000).unwrap(), 1, "the connection was dropped");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while conn.is_open() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!conn.is_open(), "libzmq closed the descriptor: the connection is told apart");
     }
 }

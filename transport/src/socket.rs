@@ -97,14 +97,23 @@ pub fn wait_readable(socket: &zmq::Socket, deadline: Instant) -> zmq::Result<boo
 /// not wrap): a subscription takes effect only when the owner sets it with
 /// `set_subscribe` right after receiving it.
 pub fn set_xpub_manual(socket: &mut zmq::Socket) -> zmq::Result<()> {
-    let on: libc::c_int = 1;
+    set_int(socket, zmq_sys::ZMQ_XPUB_MANUAL, 1)
+}
+
+/// Makes an XPUB pass on every unsubscription, not just a prefix's last
+/// (`ZMQ_XPUB_VERBOSER`, which the `zmq` crate does not wrap).
+pub fn set_xpub_verboser(socket: &mut zmq::Socket) -> zmq::Result<()> {
+    set_int(socket, zmq_sys::ZMQ_XPUB_VERBOSER, 1)
+}
+
+fn set_int(socket: &mut zmq::Socket, option: u32, value: libc::c_int) -> zmq::Result<()> {
     // SAFETY: a valid socket, and an int option passed by pointer and size as
     // zmq_setsockopt(3) documents.
     let rc = unsafe {
         zmq_sys::zmq_setsockopt(
             socket.as_mut_ptr(),
-            zmq_sys::ZMQ_XPUB_MANUAL as libc::c_int,
-            &on as *const libc::c_int as *const libc::c_void,
+            option as libc::c_int,
+            &value as *const libc::c_int as *const libc::c_void,
             std::mem::size_of::<libc::c_int>(),
         )
     };
@@ -114,4 +123,12 @@ pub fn set_xpub_manual(socket: &mut zmq::Socket) -> zmq::Result<()> {
         // SAFETY: reads libzmq's thread-local errno.
         Err(zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() }))
     }
+}
+
+/// Whether libzmq's XPUB manual mode is safe to use: before 4.3.5 a
+/// subscription can be applied to a connection that already closed (a
+/// use-after-free, libzmq commit 2df7ab6).
+pub fn xpub_manual_is_safe() -> bool {
+    let (major, minor, patch) = zmq::version();
+    (major, minor, patch) >= (4, 3, 5)
 }

@@ -113,9 +113,15 @@ impl Rig {
         self.send(worker, dialect, ToBroker::Ready { service: service.as_bytes() });
     }
 
+    /// `worker` replies to `client`'s request: with the token it was given
+    /// for it, if it holds that request, else with `client` as the address.
     fn reply(&mut self, worker: &str, dialect: Dialect, kind: ReplyKind, client: &str, body: &[&str]) {
         let body: Frames = body.iter().map(|b| b.as_bytes().to_vec()).collect();
-        self.send(worker, dialect, ToBroker::Reply { kind, client: client.as_bytes(), body: &body });
+        let address = match self.broker.job_of(worker.as_bytes()) {
+            Some((held, token)) if held == client.as_bytes() => token,
+            _ => client.as_bytes().to_vec(),
+        };
+        self.send(worker, dialect, ToBroker::Reply { kind, client: &address, body: &body });
     }
 
     fn advance(&mut self, by: Duration) {
@@ -124,13 +130,19 @@ impl Rig {
         self.broker.check_invariants();
     }
 
-    /// The one request `worker` was sent (heartbeats aside): (client address, body).
+    /// The one request `worker` was sent (heartbeats aside): (the client it
+    /// came from, body). The worker itself sees only the request's token.
     fn request_at(&mut self, worker: &str) -> (Vec<u8>, Frames) {
         let mut msgs = self.out.to(worker);
         msgs.retain(|m| !matches!(mdp::decode_from_broker(m), Ok((_, FromBroker::Heartbeat))));
         assert_eq!(msgs.len(), 1, "expected one message to {worker}, got {msgs:?}");
         match mdp::decode_from_broker(&msgs[0]).unwrap() {
-            (_, FromBroker::Request { client, body }) => (client.to_vec(), body.to_vec()),
+            (_, FromBroker::Request { client: token, body }) => {
+                let (client, held) = self.broker.job_of(worker.as_bytes()).expect("the worker holds it");
+                assert_eq!(token, held, "the worker knows the request by its token");
+                assert_ne!(token, client, "and never sees the client's routing id");
+                (client, body.to_vec())
+            }
             other => panic!("expected a request, got {other:?}"),
         }
     }
@@ -158,10 +170,7 @@ fn each_peer_is_answered_in_its_own_dialect() {
             let mut rig = Rig::new(|_| {});
             rig.ready("W", worker_dialect, "echo");
             rig.request("C", client_dialect, "echo", &["a", "b"]);
-            let msgs = rig.out.to("W");
-            let (d, msg) = mdp::decode_from_broker(&msgs[0]).unwrap();
-            assert_eq!(d, worker_dialect);
-            assert_eq!(msg, FromBroker::Request { client: b"C", body: &[b"a".to_vec(), b"b".to_vec()][..] });
+            assert_eq!(rig.request_at("W"), (b"C".to_vec(), vec![b"a".to_vec(), b"b".to_vec()]));
 
             rig.reply("W", worker_dialect, ReplyKind::Final, "C", &["x"]);
             let replies = rig.out.to("C");
@@ -620,6 +629,53 @@ fn a_removed_identity_loses_its_workers_and_its_calls() {
     assert_eq!(rig.broker.counters().workers_revoked, 1);
     rig.request("P1", Dialect::Rfc7, "org.plantd.Ingest", &["batch"]);
     assert_eq!(decoded_reply(&rig.out.to("P1")[0]).3, ["403"]);
+}
+
+#[test]
+fn a_peer_that_takes_a_dead_workers_routing_id_gets_none_of_its_rights() {
+    let mut rig = secure_rig();
+    rig.ready("P1", Dialect::Rfc7, "org.plantd.Agent.pump-1");
+    rig.request("O", Dialect::Rfc7, "org.plantd.Agent.pump-1", &["status"]);
+    let token = rig.broker.job_of(b"P1").unwrap().1;
+    rig.out.take();
+    // pump-1's connection died; pump-2 connects with the same explicit routing
+    // id and answers the request it saw no token for, guessing one.
+    rig.identities.insert("P1".into(), "pump-2".into());
+    let body = vec![b"forged".to_vec()];
+    rig.send("P1", Dialect::Rfc7, ToBroker::Reply { kind: ReplyKind::Final, client: &token, body: &body });
+    assert!(rig.out.to("O").is_empty(), "no forged reply reaches the operator");
+    assert_eq!(rig.broker.census().workers, 0, "the dead worker is gone");
+}
+
+#[test]
+fn one_identity_cannot_fill_a_queue_for_everyone() {
+    let mut rig = Rig::secure(&PEERS, &ROLES, |c| c.max_queued_bytes_per_identity = 10);
+    rig.ready("P1", Dialect::Rfc7, "org.plantd.Agent.pump-1");
+    rig.request("O", Dialect::Rfc7, "org.plantd.Agent.pump-1", &["status"]);
+    rig.request("O", Dialect::Rfc7, "org.plantd.Agent.pump-1", &["read", "ab"]);
+    assert_eq!(rig.broker.census().queued_bytes, 6, "one with the worker, one queued");
+    rig.request("O", Dialect::Rfc7, "org.plantd.Agent.pump-1", &["status"]);
+    assert_eq!(decoded_reply(&rig.out.to("O")[0]).3, ["429"], "6 + 6 bytes would pass 10");
+    rig.request("V", Dialect::Rfc7, "org.plantd.Agent.pump-1", &["status"]);
+    assert!(rig.out.to("V").is_empty(), "another identity still queues");
+    assert_eq!(rig.broker.census().queued, 2);
+}
+
+#[test]
+fn a_revocation_drops_the_revoked_callers_queued_requests() {
+    let mut rig = secure_rig();
+    rig.ready("P1", Dialect::Rfc7, "org.plantd.Agent.pump-1");
+    for caller in ["V", "V", "O"] {
+        rig.request(caller, Dialect::Rfc7, "org.plantd.Agent.pump-1", &["status"]);
+    }
+    assert_eq!(rig.broker.census().queued, 2);
+    let security = rig.security.clone().unwrap();
+    let allow = security.allow_list();
+    let keep = ["pump-1", "pump-2", "ops"].map(|n| (allow.key_of(n).unwrap(), n.to_string()));
+    security.replace(crate::security::AllowList::new(keep));
+    rig.advance(Duration::from_millis(1));
+    assert_eq!(rig.broker.census().queued, 1, "grafana's queued request went, the operator's stays");
+    assert_eq!(rig.broker.counters().revoked_requests, 1);
 }
 
 // ---- property: any sequence of events keeps the core consistent -------------

@@ -46,6 +46,8 @@ pub struct BrokerCounters {
     pub duplicate_workers: u64,
     /// Workers dropped because their identity may no longer provide the service.
     pub workers_revoked: u64,
+    /// Queued requests dropped because their caller may no longer make them.
+    pub revoked_requests: u64,
     /// Requests and registrations refused for their identity (per identity: `denials`).
     pub denied: u64,
     /// Requests or registrations refused because `max_services` existed.
@@ -89,6 +91,7 @@ impl BrokerCounters {
             "workers_refused": self.workers_refused,
             "duplicate_workers": self.duplicate_workers,
             "workers_revoked": self.workers_revoked,
+            "revoked_requests": self.revoked_requests,
             "denied": self.denied,
             "services_refused": self.services_refused,
             "unroutable": self.unroutable,

@@ -137,12 +137,12 @@ impl BrokerServer {
             let now = Instant::now();
             core.tick(now, &mut out);
             if let Some(security) = &self.security {
-                if generation != Some(security.generation()) {
+                if let Some(seen) = generation.filter(|&g| g != security.generation()) {
                     generation = Some(security.generation());
-                    let allow = security.allow_list();
-                    let closed = connections.close_unless(|id| allow.contains_identity(id));
+                    let revoked = security.revoked_since(seen);
+                    let closed = connections.close_if(|id| revoked.contains(id));
                     if closed > 0 {
-                        log::info!("broker: closed {closed} connection(s) of removed identities");
+                        log::info!("broker: closed {closed} connection(s) of revoked identities");
                     }
                 }
             }

@@ -6,30 +6,32 @@
 //! Each direction is counted. The XPUB drops for a subscriber whose queue is
 //! full, so a slow subscriber never stalls the proxy or the others.
 //!
-//! Subscriptions are the proxy's to apply (the XPUB runs in manual mode):
-//! only allowed ones within bounds take effect ([`subscriptions`]). With
-//! security, every message down is checked against its publisher's grants.
+//! Only allowed subscriptions within bounds take effect ([`subscriptions`],
+//! [`upstream`]). With security, every message down is checked against its
+//! publisher's grants.
 //!
 //! With a capture endpoint or a recording, the proxy subscribes to everything
 //! itself, so the copy is complete even for topics nobody subscribed to.
 
 mod recorder;
 pub mod subscriptions;
+mod upstream;
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use proto::bus::{self, Subscription};
+use proto::bus;
 use transport::frames::{recv_frames, send_frames, Received};
-use transport::peer::{self, Connections};
+use transport::peer::{self, Connections, Origin};
 use transport::ShutdownWatch;
 
 use self::recorder::Recorder;
-use self::subscriptions::{Conn, Ledger, Limits, Over};
+use self::subscriptions::{Conn, Ledger, Limits};
+use self::upstream::Mode;
 use crate::config::BusConfig;
-use crate::security::{Grants, Kind, Security, SocketRole};
+use crate::security::{Grants, Kind, Security, Sender, SocketRole};
 
 /// Messages handled per wake-up before the other direction gets a turn.
 const BATCH: usize = 512;
@@ -55,12 +57,18 @@ pub struct BusCounters {
     pub publish_denied: AtomicU64,
     /// Subscriptions not applied: not allowed, or over a bound.
     pub subscribe_denied: AtomicU64,
+    /// Messages from subscribers that were not a subscription (the sender is
+    /// disconnected: a SUB never sends one).
+    pub malformed_up: AtomicU64,
+    /// Subscriber connections closed by the proxy (refused, malformed, or
+    /// asked to subscribe again; see `upstream`).
+    pub subscribers_closed: AtomicU64,
     /// Subscriptions applied now, over all subscribers (a gauge).
     pub subscriptions: AtomicU64,
 }
 
 impl BusCounters {
-    pub fn snapshot(&self) -> [(&'static str, u64); 9] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 11] {
         [
             ("messages_down", self.messages_down.load(Relaxed)),
             ("bytes_down", self.bytes_down.load(Relaxed)),
@@ -71,6 +79,8 @@ impl BusCounters {
             ("record_errors", self.record_errors.load(Relaxed)),
             ("publish_denied", self.publish_denied.load(Relaxed)),
             ("subscribe_denied", self.subscribe_denied.load(Relaxed)),
+            ("malformed_up", self.malformed_up.load(Relaxed)),
+            ("subscribers_closed", self.subscribers_closed.load(Relaxed)),
         ]
     }
 }
@@ -90,20 +100,53 @@ pub struct Bus {
     config: BusConfig,
     frontend: zmq::Socket,
     backend: zmq::Socket,
-    /// Socket monitors reporting closed publisher and subscriber connections.
-    frontend_events: zmq::Socket,
+    /// The backend's monitor, reporting closed subscriber connections.
     backend_events: zmq::Socket,
+    /// How the backend applies subscriptions (libzmq's version decides).
+    mode: Mode,
+    /// An XPUB, so the proxy learns who connects (and can close them).
     capture: Option<zmq::Socket>,
     recorder: Option<Recorder>,
     counters: Arc<BusCounters>,
     security: Option<Arc<Security>>,
     ledger: Ledger,
-    /// Publishers' grants by connection, read once per connection.
-    publishers: HashMap<RawFd, Option<Arc<Grants>>>,
+    /// Grants by identity, read once per identity and reload.
+    grants: GrantCache,
     /// The identities on each connection, to close those of revoked ones.
     connections: Connections,
     generation: Option<u64>,
     user_id: String,
+}
+
+/// Grants by identity (bounded: only allow-listed identities get in).
+#[derive(Default)]
+struct GrantCache(HashMap<String, Arc<Grants>>);
+
+impl GrantCache {
+    fn get(&mut self, security: &Security, identity: &str) -> &Grants {
+        if !self.0.contains_key(identity) {
+            self.0.insert(identity.to_string(), security.grants(identity));
+        }
+        &self.0[identity]
+    }
+}
+
+/// Whether the sender of a message (its `origin`, and `user_id` as read
+/// with it) passes `check`. Without security, or for the hub's own
+/// in-process peers, anything goes.
+fn permitted(
+    security: Option<&Security>,
+    grants: &mut GrantCache,
+    origin: Origin,
+    user_id: &str,
+    check: impl FnOnce(&Grants) -> bool,
+) -> bool {
+    let Some(security) = security else { return true };
+    match Sender::of(true, origin.has_user_id.then_some(user_id), origin.remote()) {
+        Sender::Anyone | Sender::Hub => true,
+        Sender::Identity(id) => check(grants.get(security, id)),
+        Sender::Unauthenticated => false,
+    }
 }
 
 impl Bus {
@@ -125,33 +168,36 @@ impl Bus {
         };
         let name = config.name.as_str();
         let overhead = if security.is_some() { transport::curve::FRAME_OVERHEAD } else { 0 };
-        let max_message_bytes = config.max_message_bytes + overhead;
         let frontend = ctx.socket(zmq::XSUB)?;
         secure(&frontend, SocketRole::BusFrontend(name))?;
         frontend.set_rcvhwm(config.hwm)?;
-        frontend.set_maxmsgsize(max_message_bytes)?;
+        frontend.set_maxmsgsize(config.max_message_bytes + overhead)?;
         frontend.set_linger(0)?;
-        let frontend_events = monitor(ctx, &frontend, &format!("inproc://bus.{name}.frontend.events"))?;
         bind(&frontend, &config.frontend)?;
         bind(&frontend, &config.inproc_frontend())?;
 
+        // Subscribers send only subscriptions: a larger message is an attack,
+        // and libzmq drops its sender.
+        let max_subscription_message = (config.max_subscription_bytes + 1) as i64 + overhead;
         let mut backend = ctx.socket(zmq::XPUB)?;
         secure(&backend, SocketRole::BusBackend(name))?;
         backend.set_sndhwm(config.hwm)?;
-        // Subscribers send only subscriptions: they are never large.
-        backend.set_maxmsgsize(max_message_bytes)?;
+        backend.set_maxmsgsize(max_subscription_message)?;
         backend.set_linger(0)?;
-        transport::socket::set_xpub_manual(&mut backend)?;
+        let mode = Mode::set_up(&mut backend)?;
         let backend_events = monitor(ctx, &backend, &format!("inproc://bus.{name}.backend.events"))?;
         bind(&backend, &config.backend)?;
 
         let capture = match &config.capture {
             Some(endpoint) => {
-                let socket = ctx.socket(zmq::PUB)?;
+                let mut socket = ctx.socket(zmq::XPUB)?;
                 secure(&socket, SocketRole::Capture(name))?;
                 socket.set_sndhwm(config.hwm)?;
-                socket.set_maxmsgsize(max_message_bytes)?;
+                socket.set_maxmsgsize(max_subscription_message)?;
                 socket.set_linger(0)?;
+                // Every subscription comes to the proxy: it notes who is connected.
+                socket.set_xpub_verbose(true)?;
+                transport::socket::set_xpub_verboser(&mut socket)?;
                 bind(&socket, endpoint)?;
                 Some(socket)
             }
@@ -179,15 +225,15 @@ impl Bus {
             config: config.clone(),
             frontend,
             backend,
-            frontend_events,
             backend_events,
+            mode,
             capture,
             recorder,
             counters: Arc::default(),
             generation: security.as_ref().map(|s| s.generation()),
             security,
             ledger,
-            publishers: HashMap::new(),
+            grants: GrantCache::default(),
             connections: Connections::default(),
             user_id: String::new(),
         })
@@ -219,7 +265,6 @@ impl Bus {
             let mut items = [
                 self.frontend.as_poll_item(zmq::POLLIN),
                 self.backend.as_poll_item(zmq::POLLIN),
-                self.frontend_events.as_poll_item(zmq::POLLIN),
                 self.backend_events.as_poll_item(zmq::POLLIN),
                 shutdown.poll_item(),
             ];
@@ -228,14 +273,11 @@ impl Bus {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
-            let ready: Vec<bool> = items.iter().take(4).map(|i| i.is_readable()).collect();
+            let (down, events) = (items[0].is_readable(), items[2].is_readable());
+            // Who is on the capture first, so a reload closes them all.
+            self.note_capture()?;
             self.check_reload();
-            if ready[2] {
-                for fd in closed_connections(&self.frontend_events)? {
-                    self.publishers.remove(&fd);
-                }
-            }
-            if ready[3] {
+            if events {
                 for fd in closed_connections(&self.backend_events)? {
                     for prefix in self.ledger.closed(fd) {
                         self.send_up(false, &prefix)?;
@@ -243,11 +285,11 @@ impl Bus {
                 }
                 self.counters.subscriptions.store(self.ledger.total() as u64, Relaxed);
             }
-            if ready[0] {
+            // Subscriptions always before messages: with libzmq applying them
+            // itself (see `upstream`), a refused one is closed before more is sent.
+            self.forward_up()?;
+            if down {
                 self.forward_down(&mut frames)?;
-            }
-            if ready[1] {
-                self.forward_up(&mut frames)?;
             }
             if let Some(recorder) = &mut self.recorder {
                 if recorder.flush_if_due().is_err() {
@@ -262,37 +304,17 @@ impl Bus {
     }
 
     /// After a reload: forget cached grants, and close the connections of
-    /// identities no longer allowed.
+    /// revoked identities.
     fn check_reload(&mut self) {
         let Some(security) = &self.security else { return };
-        if self.generation == Some(security.generation()) {
-            return;
-        }
+        let Some(seen) = self.generation.filter(|&g| g != security.generation()) else { return };
         self.generation = Some(security.generation());
-        self.publishers.clear();
-        let allow = security.allow_list();
-        let closed = self.connections.close_unless(|id| allow.contains_identity(id));
+        self.grants.0.clear();
+        let revoked = security.revoked_since(seen);
+        let closed = self.connections.close_if(|id| revoked.contains(id));
         if closed > 0 {
-            log::info!("bus '{}': closed {closed} connection(s) of removed identities", self.config.name);
+            log::info!("bus '{}': closed {closed} connection(s) of revoked identities", self.config.name);
         }
-    }
-
-    /// The grants of whoever sent `first` (a frame of a message from the
-    /// frontend or backend); `None` means anything goes (security off, or
-    /// the hub itself), `Some(None)` that the sender has no identity.
-    fn sender_grants(&mut self, first: &mut zmq::Message) -> Option<Option<Arc<Grants>>> {
-        let security = self.security.as_ref()?;
-        let origin = peer::origin(first, &mut self.user_id);
-        let fd = origin.fd?;
-        if let Some(cached) = self.publishers.get(&fd) {
-            return Some(cached.clone());
-        }
-        let grants = origin.has_user_id.then(|| {
-            self.connections.note(fd, &self.user_id);
-            security.grants(&self.user_id)
-        });
-        self.publishers.insert(fd, grants.clone());
-        Some(grants)
     }
 
     fn forward_down(&mut self, frames: &mut Vec<zmq::Message>) -> Result<(), BusError> {
@@ -312,11 +334,18 @@ impl Bus {
                     break;
                 }
             }
-            if let Some(grants) = self.sender_grants(&mut frames[0]) {
+            if let Some(security) = self.security.as_deref() {
+                let origin = peer::origin(&mut frames[0], &mut self.user_id);
+                if let (Some(fd), true) = (origin.fd, origin.has_user_id) {
+                    self.connections.note(fd, &self.user_id);
+                }
                 let topic = bus::split(frames).map_or(&[][..], |(topic, _)| topic);
-                if !grants.as_ref().is_some_and(|g| g.may_publish(&self.config.name, topic)) {
+                let bus = &self.config.name;
+                if !permitted(Some(security), &mut self.grants, origin, &self.user_id, |g| {
+                    g.may_publish(bus, topic)
+                }) {
                     self.deny(Kind::Publish, &self.counters.publish_denied, || {
-                        format!("publish {} on bus {}", String::from_utf8_lossy(topic), self.config.name)
+                        format!("publish {} on bus {bus}", String::from_utf8_lossy(topic))
                     });
                     continue;
                 }
@@ -342,79 +371,6 @@ impl Bus {
         result
     }
 
-    /// Subscriptions from subscribers: applied (manual mode) and passed up to
-    /// the publishers only when allowed and within bounds.
-    fn forward_up(&mut self, frames: &mut Vec<zmq::Message>) -> Result<(), BusError> {
-        for _ in 0..BATCH {
-            match recv_frames(&self.backend, frames, MAX_FRAMES, zmq::DONTWAIT)? {
-                Received::WouldBlock => break,
-                Received::TooManyFrames => continue,
-                Received::Message => {}
-            }
-            let bytes: usize = frames.iter().map(|f| f.len()).sum();
-            self.counters.messages_up.fetch_add(1, Relaxed);
-            self.counters.bytes_up.fetch_add(bytes as u64, Relaxed);
-            let Some(subscription) = Subscription::parse(&frames[0]).map(owned) else { continue };
-            let origin = peer::origin(&mut frames[0], &mut self.user_id);
-            let conn = origin.fd.map_or(Conn::Local, Conn::Tcp);
-            match subscription {
-                (true, prefix) => self.subscribe(conn, &mut frames[0], &prefix)?,
-                (false, prefix) => {
-                    // Unsubscriptions libzmq makes for a closed connection
-                    // come from no connection: the monitor handles those.
-                    if let Some(gone_upstream) = self.ledger.unsubscribe(conn, &prefix) {
-                        self.backend.set_unsubscribe(&prefix)?;
-                        if gone_upstream {
-                            self.send_up(false, &prefix)?;
-                        }
-                    }
-                }
-            }
-        }
-        self.counters.subscriptions.store(self.ledger.total() as u64, Relaxed);
-        Ok(())
-    }
-
-    fn subscribe(&mut self, conn: Conn, first: &mut zmq::Message, prefix: &[u8]) -> Result<(), BusError> {
-        if conn != Conn::Local {
-            if let Some(grants) = self.sender_grants(first) {
-                if !grants.as_ref().is_some_and(|g| g.may_subscribe(&self.config.name, prefix)) {
-                    self.deny(Kind::Subscribe, &self.counters.subscribe_denied, || {
-                        format!(
-                            "subscribe to '{}' on bus {}",
-                            String::from_utf8_lossy(prefix),
-                            self.config.name
-                        )
-                    });
-                    return Ok(());
-                }
-            }
-        }
-        match self.ledger.subscribe(conn, prefix) {
-            Ok(new_upstream) => {
-                // Manual mode: this applies it to the connection it came on.
-                self.backend.set_subscribe(prefix)?;
-                if new_upstream {
-                    self.send_up(true, prefix)?;
-                }
-            }
-            Err(over) => {
-                let (bus, limit) = (
-                    &self.config.name,
-                    match over {
-                        Over::Count => format!("{} per connection", self.config.max_subscriptions),
-                        Over::Length => format!("{} bytes per prefix", self.config.max_subscription_bytes),
-                        Over::Total => format!("{} on the bus", self.config.max_total_subscriptions),
-                    },
-                );
-                self.deny(Kind::Subscribe, &self.counters.subscribe_denied, || {
-                    format!("a subscription on bus {bus} over the bound of {limit}")
-                });
-            }
-        }
-        Ok(())
-    }
-
     /// Sends a subscription (or unsubscription) up to the publishers.
     fn send_up(&self, subscribe: bool, prefix: &[u8]) -> Result<(), BusError> {
         let mut message = Vec::with_capacity(prefix.len() + 1);
@@ -431,13 +387,6 @@ impl Bus {
             let who = if self.user_id.is_empty() { crate::security::denials::UNKNOWN } else { &self.user_id };
             security.denials.record(who, kind, detail);
         }
-    }
-}
-
-fn owned(subscription: Subscription<'_>) -> (bool, Vec<u8>) {
-    match subscription {
-        Subscription::Subscribe(prefix) => (true, prefix.to_vec()),
-        Subscription::Unsubscribe(prefix) => (false, prefix.to_vec()),
     }
 }
 

@@ -26,20 +26,18 @@ pub struct KeygenArgs {
     /// directory to write into (default: the current one)
     #[argh(option, default = "PathBuf::from(\".\")")]
     dir: PathBuf,
-    /// the pair's name: letters, digits, '.', '-' and '_'
+    /// the pair's name: letters, digits, '-' and '_'
     #[argh(positional)]
     name: String,
 }
 
-/// Checks a certificate or identity name: it becomes a file name.
+/// Checks a certificate or identity name: it becomes a file name, and an
+/// identity in topics and service names.
 pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if ok {
+    if proto::identity::is_valid(name) {
         Ok(())
     } else {
-        Err(format!("'{name}' is not a usable name: use letters, digits, '.', '-' and '_' (not first '.')"))
+        Err(format!("'{name}' is not a usable name: use {}", proto::identity::RULE))
     }
 }
 

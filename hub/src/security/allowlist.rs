@@ -1,16 +1,18 @@
 //! The allow-list: the public certificates in `clients_dir` (czmq's
 //! `zcertstore` layout, as pyzmq and czmq tools write it). A peer's identity
-//! is its file's stem: `pump-station-1.key` is `pump-station-1`.
+//! is its file's stem: `pump-station-1.key` is `pump-station-1`, and must
+//! be a valid name (`proto::identity`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use transport::curve::{read_certificate, Key};
 
-/// Public key → identity.
+/// Public key → identity, and back (one key per identity).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AllowList {
     by_key: HashMap<Key, String>,
+    by_name: HashMap<String, Key>,
 }
 
 /// A file in the directory that could not be used (it is skipped, and said).
@@ -22,7 +24,21 @@ pub struct Skipped {
 
 impl AllowList {
     pub fn new(entries: impl IntoIterator<Item = (Key, String)>) -> AllowList {
-        AllowList { by_key: entries.into_iter().collect() }
+        let mut list = AllowList::default();
+        for (key, name) in entries {
+            list.insert(key, name);
+        }
+        list
+    }
+
+    /// Adds `name` with `key`, unless either is listed already; true if added.
+    pub fn insert(&mut self, key: Key, name: String) -> bool {
+        if self.by_key.contains_key(&key) || self.by_name.contains_key(&name) {
+            return false;
+        }
+        self.by_name.insert(name.clone(), key);
+        self.by_key.insert(key, name);
+        true
     }
 
     /// Reads every `*.key` in `dir`. Unreadable or malformed files, and a key
@@ -35,17 +51,19 @@ impl AllowList {
         entries.sort();
         let (mut list, mut skipped) = (AllowList::default(), Vec::new());
         for path in entries {
-            let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else {
-                skipped.push(Skipped { path, why: "the file name is not UTF-8".into() });
+            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+            if !proto::identity::is_valid(&name) {
+                let why = format!("the name is not a valid identity ({})", proto::identity::RULE);
+                skipped.push(Skipped { path, why });
                 continue;
-            };
+            }
             match read_certificate(&path) {
                 Ok(cert) => {
                     if let Some(other) = list.by_key.get(&cert.public) {
                         let why = format!("the same key as {other}.key: one key, one identity");
                         skipped.push(Skipped { path, why });
                     } else {
-                        list.by_key.insert(cert.public, name);
+                        list.insert(cert.public, name);
                     }
                 }
                 Err(e) => skipped.push(Skipped { path, why: e.to_string() }),
@@ -59,11 +77,11 @@ impl AllowList {
     }
 
     pub fn key_of(&self, identity: &str) -> Option<Key> {
-        self.by_key.iter().find(|(_, n)| *n == identity).map(|(k, _)| *k)
+        self.by_name.get(identity).copied()
     }
 
     pub fn contains_identity(&self, identity: &str) -> bool {
-        self.by_key.values().any(|n| n == identity)
+        self.by_name.contains_key(identity)
     }
 
     pub fn identities(&self) -> Vec<&str> {
@@ -92,9 +110,12 @@ mod tests {
         // A secret certificate lying around is not an allow-list entry.
         std::fs::write(dir.path().join("broken.key"), "curve\n    public-key = \"nope\"\n").unwrap();
         std::fs::copy(&public, dir.path().join("clone.key")).unwrap();
+        // A '.' would let "pump" publish under "pump.x"'s topics.
+        transport::curve::write_new_pair(dir.path(), "pump.x", "test").unwrap();
         let (list, skipped) = AllowList::load(dir.path()).unwrap();
         assert_eq!(list.identities(), ["clone"], "files are read in name order; the copy comes first");
-        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert_eq!(skipped.len(), 3, "{skipped:?}");
+        assert!(skipped.iter().any(|s| s.why.contains("not a valid identity")), "{skipped:?}");
         let key = read_certificate(&public).unwrap().public;
         assert_eq!(list.identity(&key), Some("clone"));
         assert!(AllowList::load(&dir.path().join("missing")).is_err());

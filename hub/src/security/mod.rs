@@ -9,17 +9,18 @@
 //!
 //! The allow-list is re-read on SIGHUP and `hub keys reload`. A removed key
 //! opens no new connection, every message it still sends is refused, and the
-//! hub closes the connections it still has open (see `transport::peer`).
+//! hub closes the connections it still has open (see `transport::peer`); so
+//! does a name given a new key (the old key's connections go).
 
 pub mod allowlist;
 pub mod denials;
 pub mod policy;
 pub mod zap;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -69,9 +70,31 @@ pub struct Reload {
     pub identities: usize,
     pub added: Vec<String>,
     pub removed: Vec<String>,
+    /// Names now with another key: the old key's connections are closed.
+    pub rekeyed: Vec<String>,
     /// Files skipped, with why.
     pub skipped: Vec<String>,
 }
+
+/// Identities whose open connections must close, since some generation.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Revoked {
+    Names(HashSet<String>),
+    /// Too many reloads ago to tell: every identity's.
+    All,
+}
+
+impl Revoked {
+    pub fn contains(&self, identity: &str) -> bool {
+        match self {
+            Revoked::Names(names) => names.contains(identity),
+            Revoked::All => true,
+        }
+    }
+}
+
+/// Reloads whose revocations are kept for components that look rarely.
+const REVOCATIONS_KEPT: usize = 64;
 
 /// The running hub's security: its keys, the allow-list, the policy, the denials.
 pub struct Security {
@@ -80,6 +103,8 @@ pub struct Security {
     policy: Policy,
     allow: RwLock<Arc<AllowList>>,
     generation: AtomicU64,
+    /// (generation, identities revoked by the reload that made it).
+    revocations: Mutex<VecDeque<(u64, Vec<String>)>>,
     pub denials: Denials,
 }
 
@@ -104,43 +129,76 @@ impl Security {
             policy: Policy::new(&config.identities, &config.roles)?,
             allow: RwLock::new(Arc::new(allow)),
             generation: AtomicU64::new(0),
+            revocations: Mutex::default(),
             denials: Denials::new(Duration::from_millis(config.log_interval_ms)),
         })
     }
 
     /// Re-reads `clients_dir`. Components see the change at their next look at
-    /// [`Security::generation`].
+    /// [`Security::generation`]. A file that cannot be read now keeps the
+    /// identity's previous key (a half-written file does not lock a peer out;
+    /// deleting the file is how a key is removed).
     pub fn reload(&self) -> Result<Reload, SecurityError> {
-        let (fresh, skipped) = AllowList::load(&self.clients_dir)
+        let (mut fresh, skipped) = AllowList::load(&self.clients_dir)
             .map_err(|source| SecurityError::ClientsDir { path: self.clients_dir.clone(), source })?;
-        for s in &skipped {
-            log::warn!("allow-list: skipped {}: {}", s.path.display(), s.why);
-        }
         let old = self.allow_list();
-        let added =
-            fresh.identities().into_iter().filter(|n| !old.contains_identity(n)).map(String::from).collect();
-        let removed =
-            old.identities().into_iter().filter(|n| !fresh.contains_identity(n)).map(String::from).collect();
-        let report = Reload {
-            identities: fresh.len(),
-            added,
-            removed,
-            skipped: skipped.iter().map(|s| format!("{}: {}", s.path.display(), s.why)).collect(),
-        };
-        self.replace(fresh);
+        let mut report = Reload::default();
+        for s in &skipped {
+            let name = s.path.file_stem().and_then(|n| n.to_str()).unwrap_or_default();
+            let kept = old.key_of(name).is_some_and(|key| fresh.insert(key, name.to_string()));
+            let kept = if kept { "; its previous key stays in use" } else { "" };
+            log::warn!("allow-list: skipped {}: {}{kept}", s.path.display(), s.why);
+            report.skipped.push(format!("{}: {}{kept}", s.path.display(), s.why));
+        }
+        let changes = self.replace(fresh);
+        report.identities = changes.identities;
+        report.added = changes.added;
+        report.removed = changes.removed;
+        report.rekeyed = changes.rekeyed;
         log::info!(
-            "allow-list: {} identities ({} added, {} removed)",
+            "allow-list: {} identities ({} added, {} removed, {} with a new key)",
             report.identities,
             report.added.len(),
-            report.removed.len()
+            report.removed.len(),
+            report.rekeyed.len()
         );
         Ok(report)
     }
 
-    /// Swaps in `allow` and tells the components.
-    pub fn replace(&self, allow: AllowList) {
-        *self.allow.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(allow);
-        self.generation.fetch_add(1, Ordering::SeqCst);
+    /// Swaps in `allow`, records what it revokes, and tells the components.
+    pub fn replace(&self, allow: AllowList) -> Reload {
+        let mut guard = self.allow.write().unwrap_or_else(|e| e.into_inner());
+        let old = guard.clone();
+        let names = |list: &AllowList, keep: &dyn Fn(&str) -> bool| -> Vec<String> {
+            list.identities().into_iter().filter(|n| keep(n)).map(String::from).collect()
+        };
+        let changes = Reload {
+            identities: allow.len(),
+            added: names(&allow, &|n| !old.contains_identity(n)),
+            removed: names(&old, &|n| !allow.contains_identity(n)),
+            rekeyed: names(&old, &|n| allow.key_of(n).is_some_and(|k| old.key_of(n) != Some(k))),
+            skipped: Vec::new(),
+        };
+        *guard = Arc::new(allow);
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let revoked = changes.removed.iter().chain(&changes.rekeyed).cloned().collect();
+        let mut revocations = self.revocations.lock().unwrap_or_else(|e| e.into_inner());
+        revocations.push_back((generation, revoked));
+        if revocations.len() > REVOCATIONS_KEPT {
+            revocations.pop_front();
+        }
+        changes
+    }
+
+    /// The identities revoked after generation `seen`: their connections
+    /// must close.
+    pub fn revoked_since(&self, seen: u64) -> Revoked {
+        let revocations = self.revocations.lock().unwrap_or_else(|e| e.into_inner());
+        if revocations.front().is_some_and(|(oldest, _)| *oldest > seen + 1) {
+            return Revoked::All;
+        }
+        let names = revocations.iter().filter(|(g, _)| *g > seen).flat_map(|(_, names)| names.clone());
+        Revoked::Names(names.collect())
     }
 
     pub fn allow_list(&self) -> Arc<AllowList> {
@@ -243,5 +301,48 @@ mod tests {
         security.replace(AllowList::default());
         assert!(security.generation() > generation);
         assert!(!security.grants("pump-1").may_call(b"org.plantd.Ingest", None));
+        assert!(security.revoked_since(generation).contains("pump-1"));
+    }
+
+    #[test]
+    fn a_new_key_revokes_the_old_keys_connections() {
+        let security = testing::security(&["pump-1", "pump-2"], &[]);
+        let start = security.generation();
+        let allow = security.allow_list();
+        let pump_2 = allow.key_of("pump-2").unwrap();
+        let new_key = transport::curve::generate().unwrap().public;
+        let changes =
+            security.replace(AllowList::new([(new_key, "pump-1".into()), (pump_2, "pump-2".into())]));
+        assert_eq!((changes.rekeyed, changes.removed), (vec!["pump-1".to_string()], vec![]));
+        let revoked = security.revoked_since(start);
+        assert!(revoked.contains("pump-1") && !revoked.contains("pump-2"));
+        assert_eq!(security.revoked_since(security.generation()), Revoked::Names(HashSet::new()));
+        for _ in 0..REVOCATIONS_KEPT + 1 {
+            security.replace(security.allow_list().as_ref().clone());
+        }
+        assert_eq!(security.revoked_since(start), Revoked::All, "too long ago to tell");
+    }
+
+    #[test]
+    fn an_unreadable_file_keeps_the_previous_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, server_cert) = transport::curve::write_new_pair(dir.path(), "hub", "test").unwrap();
+        let clients = dir.path().join("clients");
+        let (public, _) = transport::curve::write_new_pair(&clients, "pump-1", "test").unwrap();
+        std::fs::remove_file(clients.join("pump-1.key_secret")).unwrap();
+        let config = SecurityConfig {
+            server_cert,
+            clients_dir: clients.clone(),
+            identities: BTreeMap::new(),
+            roles: BTreeMap::new(),
+            log_interval_ms: 1000,
+        };
+        let security = Security::load(&config).unwrap();
+        std::fs::write(&public, "half-written").unwrap();
+        let report = security.reload().unwrap();
+        assert!(report.removed.is_empty() && report.skipped[0].contains("previous key"), "{report:?}");
+        assert!(security.allow_list().contains_identity("pump-1"));
+        std::fs::remove_file(&public).unwrap();
+        assert_eq!(security.reload().unwrap().removed, ["pump-1"]);
     }
 }

@@ -86,11 +86,13 @@ enum Pattern {
 }
 
 impl Pattern {
+    /// Exact or prefix is the pattern's, decided before `{id}` is replaced:
+    /// an identity cannot turn an exact grant into a prefix (nor can it hold
+    /// a '*': see `proto::identity`).
     fn new(pattern: &str, id: &str) -> Pattern {
-        let pattern = pattern.replace("{id}", id);
         match pattern.strip_suffix('*') {
-            Some(prefix) => Pattern::Prefix(prefix.to_string()),
-            None => Pattern::Exact(pattern),
+            Some(prefix) => Pattern::Prefix(prefix.replace("{id}", id)),
+            None => Pattern::Exact(pattern.replace("{id}", id)),
         }
     }
 
@@ -132,8 +134,9 @@ impl Topics {
 #[derive(Clone, Debug, Default)]
 pub struct Grants {
     provide: Vec<Pattern>,
-    call: Vec<Pattern>,
-    agent_ops: Vec<String>,
+    /// Each role's callable services with that role's agent commands: a
+    /// command is granted on the services of the role that grants it only.
+    call: Vec<(Pattern, Arc<[String]>)>,
     publish: Topics,
     subscribe: Topics,
     capture: Vec<Pattern>,
@@ -153,8 +156,8 @@ impl Grants {
     fn add(&mut self, role: &Role, id: &str) {
         let compile = |list: &[String]| list.iter().map(|p| Pattern::new(p, id)).collect::<Vec<_>>();
         self.provide.extend(compile(&role.provide));
-        self.call.extend(compile(&role.call));
-        self.agent_ops.extend(role.agent_ops.iter().cloned());
+        let ops: Arc<[String]> = role.agent_ops.clone().into();
+        self.call.extend(compile(&role.call).into_iter().map(|p| (p, ops.clone())));
         self.publish.add(&role.publish, id);
         self.subscribe.add(&role.subscribe, id);
         self.capture.extend(compile(&role.capture));
@@ -168,13 +171,11 @@ impl Grants {
 
     /// May call `service`; for an agent's service, with `command` (the first body frame).
     pub fn may_call(&self, service: &[u8], command: Option<&[u8]>) -> bool {
-        if !any(&self.call, service) {
-            return false;
-        }
-        if !service.starts_with(AGENT_SERVICE_PREFIX.as_bytes()) {
-            return true;
-        }
-        command.is_some_and(|c| self.agent_ops.iter().any(|op| op.as_bytes() == c))
+        let agent = service.starts_with(AGENT_SERVICE_PREFIX.as_bytes());
+        self.call
+            .iter()
+            .filter(|(pattern, _)| pattern.matches(service))
+            .any(|(_, ops)| !agent || command.is_some_and(|c| ops.iter().any(|op| op.as_bytes() == c)))
     }
 
     pub fn may_publish(&self, bus: &str, topic: &[u8]) -> bool {
@@ -377,6 +378,34 @@ mod tests {
         assert!(!recipes.may_publish("metric", b"org.plantd.Recipes.changed"));
         let identities = BTreeMap::from([("x".to_string(), vec!["nope".to_string()])]);
         assert!(Policy::new(&identities, &BTreeMap::new()).is_err());
+    }
+
+    #[test]
+    fn agent_commands_are_granted_per_role() {
+        // One role may write to pump-1, another only read every agent: the
+        // pair may not write to pump-2.
+        let fitter = Role {
+            call: vec!["org.plantd.Agent.pump-1".into()],
+            agent_ops: vec!["write".into()],
+            ..Role::default()
+        };
+        let roles = BTreeMap::from([("fitter".to_string(), fitter)]);
+        let identities =
+            BTreeMap::from([("kim".to_string(), vec!["fitter".to_string(), "viewer".to_string()])]);
+        let kim = Policy::new(&identities, &roles).unwrap().grants("kim");
+        assert!(kim.may_call(b"org.plantd.Agent.pump-1", Some(b"write")));
+        assert!(kim.may_call(b"org.plantd.Agent.pump-2", Some(b"read")));
+        assert!(!kim.may_call(b"org.plantd.Agent.pump-2", Some(b"write")));
+    }
+
+    #[test]
+    fn an_identity_cannot_widen_an_exact_grant() {
+        // Identities with '*' are refused when the allow-list loads; even so,
+        // "{id}" never turns an exact pattern into a prefix.
+        let p = policy();
+        let odd = p.grants("pump-*");
+        assert!(odd.may_provide(b"org.plantd.Agent.pump-*"));
+        assert!(!odd.may_provide(b"org.plantd.Agent.pump-1"));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! It admits a key in the allow-list, as that identity, to a socket where the
 //! identity's grants could do something; everything else is refused (and
 //! counted). It must be bound before any CURVE socket, and outlive them:
-//! libzmq admits everyone when no handler is bound.
+//! libzmq admits everyone when no handler is bound. So the socket is never
+//! closed early: not when the handler fails (it waits for the hub to stop),
+//! and not by a panic (the process aborts first; see [`ZapHandler::serve`]).
 
 use std::sync::Arc;
 
@@ -37,8 +39,29 @@ impl ZapHandler {
         Ok(ZapHandler { socket, security })
     }
 
+    /// Runs the handler on this thread until `stop`. If it fails,
+    /// `failed` is called (to stop the hub) and the socket stays bound,
+    /// unanswered (connections wait, none is admitted) until `stop`. A panic
+    /// aborts the process with the socket still bound.
+    pub fn serve(self, stop: &ShutdownWatch, failed: impl FnOnce(&zmq::Error)) -> zmq::Result<()> {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(stop)));
+        let result = match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                log::error!("ZAP handler panicked: the hub stops at once rather than admit unchecked peers");
+                std::process::abort();
+            }
+        };
+        if let Err(e) = &result {
+            failed(e);
+            while !stop.sleep(std::time::Duration::from_secs(1)) {}
+        }
+        drop(self);
+        result
+    }
+
     /// Answers requests until `stop`.
-    pub fn run(self, stop: &ShutdownWatch) -> zmq::Result<()> {
+    fn run(&self, stop: &ShutdownWatch) -> zmq::Result<()> {
         let mut frames = Vec::with_capacity(8);
         while !stop.is_set() {
             let mut items = [self.socket.as_poll_item(zmq::POLLIN), stop.poll_item()];

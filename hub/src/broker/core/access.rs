@@ -3,8 +3,9 @@
 //!
 //! With security off every peer is [`Owner::Anyone`] and nothing here
 //! refuses. With it on, a request or READY is checked against its identity's
-//! grants; requests count against the identity's token bucket and in-flight
-//! limit. Refused requests are answered in the client's dialect (403/429, or
+//! grants; requests count against the identity's token bucket, in-flight
+//! limit and queued-bytes limit (so one identity cannot fill a service's
+//! queue for everyone). Refused requests are answered in the client's dialect (403/429, or
 //! plantd's error JSON); refused READYs get DISCONNECT. Every refusal is
 //! counted in [`Security::denials`].
 
@@ -39,6 +40,8 @@ struct Caller {
     grants: Arc<Grants>,
     bucket: TokenBucket,
     in_flight: u32,
+    /// Bytes of its requests waiting in queues.
+    queued_bytes: usize,
 }
 
 /// The identities the broker has seen (bounded: only allow-listed identities
@@ -49,6 +52,7 @@ pub(super) struct Callers {
     rate: f64,
     burst: f64,
     max_in_flight: u32,
+    max_queued_bytes: usize,
     /// The security generation the grants were read at.
     generation: Option<u64>,
 }
@@ -68,6 +72,7 @@ impl Callers {
             rate: config.rate_per_identity,
             burst: config.burst_per_identity,
             max_in_flight: config.max_in_flight_per_identity,
+            max_queued_bytes: config.max_queued_bytes_per_identity,
             generation,
         }
     }
@@ -83,6 +88,7 @@ impl Callers {
             grants,
             bucket: TokenBucket::new(self.rate, self.burst, now),
             in_flight: 0,
+            queued_bytes: 0,
         };
         self.all.push(caller);
         self.ids.insert(name.into(), self.all.len() - 1);
@@ -95,13 +101,6 @@ impl Callers {
         match owner {
             Owner::Identity(id) => &self.all[id].name,
             Owner::Anyone | Owner::Hub => "",
-        }
-    }
-
-    fn grants(&self, owner: Owner) -> Option<&Grants> {
-        match owner {
-            Owner::Identity(id) => Some(&self.all[id].grants),
-            Owner::Anyone | Owner::Hub => None,
         }
     }
 
@@ -119,40 +118,70 @@ impl Callers {
         }
     }
 
+    /// `bytes` of `owner`'s requests were queued (or, negative, left a queue).
+    pub(super) fn queued(&mut self, owner: Owner, bytes: isize) {
+        if let Owner::Identity(id) = owner {
+            let caller = &mut self.all[id];
+            caller.queued_bytes = caller.queued_bytes.saturating_add_signed(bytes);
+        }
+    }
+
+    /// Checks the counts against what is really open: (caller, queued bytes)
+    /// per request, 0 bytes for those with a worker.
     #[cfg(test)]
-    pub(super) fn check_in_flight(&self, open: impl Iterator<Item = Owner>) {
-        let mut counted = vec![0u32; self.all.len()];
-        for owner in open {
+    pub(super) fn check_open(&self, open: impl Iterator<Item = (Owner, usize)>) {
+        let mut counted = vec![(0u32, 0usize); self.all.len()];
+        for (owner, bytes) in open {
             if let Owner::Identity(id) = owner {
-                counted[id] += 1;
+                counted[id].0 += 1;
+                counted[id].1 += bytes;
             }
         }
-        for (caller, count) in self.all.iter().zip(counted) {
-            assert_eq!(caller.in_flight, count, "{}'s requests in flight", caller.name);
+        for (caller, (requests, bytes)) in self.all.iter().zip(counted) {
+            assert_eq!(caller.in_flight, requests, "{}'s requests in flight", caller.name);
+            assert_eq!(caller.queued_bytes, bytes, "{}'s queued bytes", caller.name);
             assert!(caller.in_flight <= self.max_in_flight);
         }
     }
 }
 
 impl<F: OwnedFrame> Broker<F> {
-    /// After a reload: re-reads every identity's grants, and drops workers
-    /// whose identity may no longer provide their service.
+    /// After a reload: re-reads every identity's grants, drops the workers of
+    /// revoked identities and of those no longer allowed their service, and
+    /// drops queued requests their callers may no longer make.
     pub(super) fn refresh(&mut self, now: Instant, out: &mut impl Transmit<F>) {
         let Some(security) = self.security.clone() else { return };
         let generation = security.generation();
-        if self.callers.generation == Some(generation) {
-            return;
-        }
+        let Some(seen) = self.callers.generation.filter(|&g| g != generation) else { return };
         self.callers.generation = Some(generation);
+        let revoked = security.revoked_since(seen);
         for caller in &mut self.callers.all {
             caller.grants = security.grants(&caller.name);
         }
+        let callers = &self.callers;
+        let allowed = |owner: Owner, may: &dyn Fn(&Grants) -> bool| match owner {
+            Owner::Identity(id) => !revoked.contains(&callers.all[id].name) && may(&callers.all[id].grants),
+            Owner::Anyone | Owner::Hub => true,
+        };
         self.scratch.clear();
         for (wid, w) in self.workers.iter() {
-            let allowed =
-                self.callers.grants(w.owner).is_none_or(|g| g.may_provide(&self.services[w.service].name));
-            if !allowed {
+            if !allowed(w.owner, &|g| g.may_provide(&self.services[w.service].name)) {
                 self.scratch.push(wid);
+            }
+        }
+        let mut purged = Vec::new();
+        for (sid, service) in self.services.iter() {
+            for (i, p) in service.queue.iter().enumerate() {
+                let command = p.body.first().map(|f| f.bytes());
+                if !allowed(p.caller, &|g| g.may_call(&service.name, command)) {
+                    purged.push((sid, i));
+                }
+            }
+        }
+        for &(sid, i) in purged.iter().rev() {
+            if let Some(p) = self.unqueue(sid, i) {
+                self.counters.revoked_requests += 1;
+                self.drop_request(p);
             }
         }
         for i in 0..self.scratch.len() {
@@ -178,12 +207,17 @@ impl<F: OwnedFrame> Broker<F> {
     ) -> Result<(), Refusal> {
         let Owner::Identity(id) = owner else { return Ok(()) };
         let command = body.first().map(|f| f.bytes());
+        let bytes: usize = body.iter().map(|f| f.bytes().len()).sum();
         let caller = &mut self.callers.all[id];
+        let mmi = proto::mmi::is_mmi(service);
         let (kind, refusal) = if !caller.grants.may_call(service, command) {
             (Kind::Call, Refusal::Forbidden)
         } else if !caller.bucket.try_take(1.0, now) {
             (Kind::Rate, Refusal::TooMany)
-        } else if !proto::mmi::is_mmi(service) && caller.in_flight >= self.callers.max_in_flight {
+        } else if !mmi && caller.in_flight >= self.callers.max_in_flight {
+            (Kind::InFlight, Refusal::TooMany)
+        } else if !mmi && caller.queued_bytes + bytes > self.callers.max_queued_bytes {
+            // Its requests already fill its share of the queues.
             (Kind::InFlight, Refusal::TooMany)
         } else {
             return Ok(());

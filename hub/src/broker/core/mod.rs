@@ -16,6 +16,10 @@
 //!   workers get DISCONNECT, which makes a worker register again.
 //! - A service listed in `redeliver` gets its in-flight request delivered
 //!   once more when its worker dies.
+//! - Workers never see a client's routing id: each request reaches its worker
+//!   under an opaque token, which the reply must echo. libzmq makes routing
+//!   ids `0x00` + a counter and aborts if a peer already took the next one by
+//!   choosing it explicitly, so a worker that learned ids could crash the hub.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -85,6 +89,8 @@ struct Pending<F> {
 /// A request a worker is handling.
 struct Job<F> {
     client: F,
+    /// What the worker knows the request by (see the module doc).
+    token: [u8; 8],
     dialect: Dialect,
     caller: Owner,
     /// A copy of the body, kept only for services that redeliver.
@@ -153,6 +159,7 @@ pub struct Broker<F> {
     next_sweep: Instant,
     spare: Vec<Vec<F>>,
     scratch: Vec<usize>,
+    next_token: u64,
     counters: BrokerCounters,
     /// Who may do what; `None` when security is off.
     security: Option<Arc<Security>>,
@@ -181,6 +188,7 @@ impl<F: OwnedFrame> Broker<F> {
             next_sweep: now + heartbeat_interval,
             spare: Vec::new(),
             scratch: Vec::new(),
+            next_token: 0,
             counters: BrokerCounters::default(),
             callers: Callers::new(config, security.as_ref().map(|s| s.generation())),
             security,
@@ -235,6 +243,17 @@ impl<F: OwnedFrame> Broker<F> {
                 });
                 return;
             }
+        };
+        let sender_worker = match sender_worker {
+            // libzmq gives a routing id to one live connection at a time: under
+            // another identity, the worker's connection is gone and this is a
+            // new peer that chose the same id. It gets none of the worker's rights.
+            Some(wid) if self.workers[wid].owner != owner => {
+                log::debug!("worker {} replaced by a peer of another identity", hex(sender.bytes()));
+                self.remove_worker(now, wid, Removal::Unroutable, out);
+                None
+            }
+            found => found,
         };
         if let Some(wid) = sender_worker {
             if !matches!(msg, ToBroker::Disconnect) {
@@ -331,7 +350,7 @@ impl<F: OwnedFrame> Broker<F> {
                     self.unknown_worker(sender.bytes(), dialect, out);
                     return;
                 };
-                let expected = self.workers[wid].job.as_ref().is_some_and(|job| job.client.bytes() == client);
+                let expected = self.workers[wid].job.as_ref().is_some_and(|job| job.token == client);
                 if !expected {
                     log::debug!("worker {} replied to a request it does not hold", hex(sender.bytes()));
                     self.violation(now, wid, out);
@@ -479,8 +498,16 @@ impl<F: OwnedFrame> Broker<F> {
             return;
         }
         self.next_sweep = self.next_sweep.min(pending.deadline);
+        self.enqueue(sid, pending, front);
+    }
+
+    /// Queues `pending` on `sid`, counting its bytes (for the service, all
+    /// services, and its caller).
+    fn enqueue(&mut self, sid: usize, pending: Pending<F>, front: bool) {
+        let service = &mut self.services[sid];
         service.queued_bytes += pending.bytes;
         self.queued_bytes += pending.bytes;
+        self.callers.queued(pending.caller, pending.bytes as isize);
         if front {
             service.queue.push_front(pending);
         } else {
@@ -490,10 +517,16 @@ impl<F: OwnedFrame> Broker<F> {
 
     /// Takes the oldest request off `sid`'s queue, uncounting its bytes.
     fn dequeue(&mut self, sid: usize) -> Option<Pending<F>> {
+        self.unqueue(sid, 0)
+    }
+
+    /// Takes request `i` off `sid`'s queue, uncounting its bytes.
+    fn unqueue(&mut self, sid: usize, i: usize) -> Option<Pending<F>> {
         let service = &mut self.services[sid];
-        let pending = service.queue.pop_front()?;
+        let pending = service.queue.remove(i)?;
         service.queued_bytes -= pending.bytes;
         self.queued_bytes -= pending.bytes;
+        self.callers.queued(pending.caller, -(pending.bytes as isize));
         Some(pending)
     }
 
@@ -518,7 +551,9 @@ impl<F: OwnedFrame> Broker<F> {
             copy.extend(body.iter().map(|f| F::copy_from(f.bytes())));
             copy
         });
-        let envelope = mdp::worker_request(worker.dialect, client.bytes());
+        self.next_token = self.next_token.wrapping_add(1);
+        let token = self.next_token.to_be_bytes();
+        let envelope = mdp::worker_request(worker.dialect, &token);
         // The hub's own services learn who calls: one more frame, the caller's
         // identity, in the envelope (so a failed send gives back the body alone).
         let mut head = [&[][..]; 8];
@@ -540,7 +575,7 @@ impl<F: OwnedFrame> Broker<F> {
             return Err(Pending { client, dialect, body, bytes, caller, deadline, redelivered });
         }
         recycle(&mut self.spare, body);
-        self.workers[wid].job = Some(Job { client, dialect, caller, copy, redelivered, deadline });
+        self.workers[wid].job = Some(Job { client, token, dialect, caller, copy, redelivered, deadline });
         self.counters.dispatched += 1;
         Ok(())
     }
@@ -557,10 +592,7 @@ impl<F: OwnedFrame> Broker<F> {
             match self.dispatch(wid, pending, out) {
                 Ok(()) => return,
                 Err(back) => {
-                    let service = &mut self.services[sid];
-                    service.queued_bytes += back.bytes;
-                    self.queued_bytes += back.bytes;
-                    service.queue.push_front(back);
+                    self.enqueue(sid, back, true);
                     self.remove_worker(now, wid, Removal::Unroutable, out);
                     return;
                 }
@@ -694,9 +726,16 @@ impl<F: OwnedFrame> Broker<F> {
         assert_eq!(self.queued_bytes, self.services.iter().map(|(_, s)| s.queued_bytes).sum::<usize>());
         assert!(self.queued_bytes <= self.max_queued_bytes);
         // Every request a caller has open is queued or with a worker.
-        let queued = self.services.iter().flat_map(|(_, s)| s.queue.iter().map(|p| p.caller));
-        let held = self.workers.iter().filter_map(|(_, w)| w.job.as_ref().map(|j| j.caller));
-        self.callers.check_in_flight(queued.chain(held));
+        let queued = self.services.iter().flat_map(|(_, s)| s.queue.iter().map(|p| (p.caller, p.bytes)));
+        let held = self.workers.iter().filter_map(|(_, w)| w.job.as_ref().map(|j| (j.caller, 0)));
+        self.callers.check_open(queued.chain(held));
+    }
+
+    /// The request `worker` holds: its client's routing id and the token the worker was given.
+    #[cfg(test)]
+    pub(crate) fn job_of(&self, worker: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+        let job = self.workers[*self.worker_ids.get(worker)?].job.as_ref()?;
+        Some((job.client.bytes().to_vec(), job.token.to_vec()))
     }
 }
 
