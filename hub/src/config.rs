@@ -17,6 +17,9 @@ pub struct Config {
     /// Run without `[security]` on addresses other than loopback. Everyone who
     /// can reach the hub may then do anything: a warning is logged at every start.
     pub insecure: bool,
+    /// `info`, `debug`, ... or env_logger directives (`info,hub::broker=debug`).
+    /// RUST_LOG and `-v` take precedence; SIGHUP re-reads it.
+    pub log_level: String,
     pub broker: BrokerConfig,
     /// The message buses (`[[bus]]` in TOML). Listing any replaces all the defaults.
     #[serde(rename = "bus")]
@@ -34,6 +37,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("./data/hub"),
             insecure: false,
+            log_level: "info".into(),
             broker: BrokerConfig::default(),
             buses: BusConfig::defaults(),
             state: StateConfig::default(),

@@ -51,6 +51,8 @@ pub struct Hub {
     http_address: Option<String>,
     threads: Vec<(String, JoinHandle<Result<(), ServeError>>)>,
     security: Option<Arc<Security>>,
+    /// The state store, flushed by [`Hub::flush`].
+    state_store: Option<Arc<crate::state::store::Store>>,
     /// The ZAP handler, stopped only after every other component: libzmq
     /// admits anyone while no handler is bound.
     zap: Option<(Shutdown, JoinHandle<Result<(), ServeError>>)>,
@@ -81,6 +83,7 @@ impl Hub {
             http_address: None,
             threads: Vec::new(),
             security: security.clone(),
+            state_store: None,
             zap: None,
         };
         if let Some(security) = &security {
@@ -133,6 +136,7 @@ impl Hub {
                 security.clone(),
             )?;
             state_store = Some(state.store());
+            hub.state_store = state_store.clone();
             for i in 0..config.state.workers {
                 let (state, ctx) = (state.clone(), ctx.clone());
                 hub.spawn(format!("state-{i}"), move |signal| {
@@ -210,7 +214,7 @@ impl Hub {
     where
         F: FnOnce(transport::ShutdownWatch) -> Result<(), ServeError> + Send + 'static,
     {
-        let signal = self.shutdown.watch().map_err(ServeError::Thread)?;
+        let signal = self.shutdown.watch_as(&name).map_err(ServeError::Thread)?;
         let shutdown = self.shutdown.clone();
         let thread_name = name.clone();
         let thread = std::thread::Builder::new()
@@ -234,6 +238,21 @@ impl Hub {
     /// The broker's bound endpoint.
     pub fn broker_endpoint(&self) -> &str {
         &self.broker_endpoint
+    }
+
+    /// Makes what the stores took durable now (the last thing done when a
+    /// second termination signal cuts a graceful stop short). Ingest
+    /// watermarks are durable before every acknowledgement already.
+    pub fn flusher(&self) -> impl Fn() + Send + 'static {
+        let store = self.state_store.clone();
+        move || {
+            if let Some(store) = &store {
+                match store.flush() {
+                    Ok(()) => log::info!("state store flushed"),
+                    Err(e) => log::error!("state store flush failed: {e}"),
+                }
+            }
+        }
     }
 
     /// The security context, when `[security]` is configured.

@@ -1,8 +1,13 @@
 //! What the `hub` and `agent` binaries need from the process they run in:
-//! logging, the default SIGPIPE, and turning termination signals into a
-//! graceful [`Shutdown`]. Libraries never do this; binaries do it once, first.
+//! logging (with a level that can change while running), the default
+//! SIGPIPE, termination signals turned into a graceful [`Shutdown`], and
+//! systemd's notifications ([`systemd`]). Libraries never do this; binaries
+//! do it once, first.
+
+pub mod systemd;
 
 use std::process::ExitCode;
+use std::sync::{OnceLock, RwLock};
 
 use transport::Shutdown;
 
@@ -22,39 +27,104 @@ pub fn main(name: &str, verbose: u8, command: impl FnOnce() -> CmdResult) -> Exi
 
 /// Restores the default SIGPIPE (so `tool | head` ends quietly, like any
 /// Unix tool) and starts logging: `-v` is debug, `-vv` trace, and RUST_LOG
-/// overrides both.
+/// overrides both (and any level a config file sets: [`set_log_level`]).
 pub fn init(verbose: u8) {
     // SAFETY: restoring a signal's default disposition, before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let level = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
+    let from_flags = match verbose {
+        0 => None,
+        1 => Some("debug"),
+        _ => Some("trace"),
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp_millis()
-        .init();
+    let fixed = std::env::var("RUST_LOG").ok().filter(|f| !f.is_empty()).or(from_flags.map(String::from));
+    let logger =
+        LOGGER.get_or_init(|| Reloadable { fixed: fixed.is_some(), inner: RwLock::new(build("info")) });
+    if let Some(filter) = &fixed {
+        logger.replace(filter);
+    }
+    log::set_max_level(logger.read().filter());
+    let _ = log::set_logger(logger);
 }
 
-/// Triggers `shutdown` on SIGINT or SIGTERM; a second signal exits at once,
-/// for an operator whose first Ctrl-C is stuck behind a slow shutdown.
-pub fn stop_on_termination_signals(shutdown: &Shutdown) -> std::io::Result<()> {
+/// Applies a config file's log level (`info`, `debug`, or env_logger
+/// directives like `info,hub::broker=debug`), unless RUST_LOG or `-v` chose
+/// one; `None` goes back to `info`. Called at start and at every reload.
+pub fn set_log_level(level: Option<&str>) {
+    let Some(logger) = LOGGER.get() else { return };
+    if logger.fixed {
+        return;
+    }
+    let level = level.unwrap_or("info");
+    logger.replace(level);
+    log::set_max_level(logger.read().filter());
+    log::info!("log level: {level}");
+}
+
+static LOGGER: OnceLock<Reloadable> = OnceLock::new();
+
+/// env_logger, swappable: a reload changes the filter of a running process.
+struct Reloadable {
+    /// RUST_LOG or `-v` set the filter: the config's does not apply.
+    fixed: bool,
+    inner: RwLock<env_logger::Logger>,
+}
+
+impl Reloadable {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, env_logger::Logger> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn replace(&self, filter: &str) {
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = build(filter);
+    }
+}
+
+fn build(filter: &str) -> env_logger::Logger {
+    env_logger::Builder::new().parse_filters(filter).format_timestamp_millis().build()
+}
+
+impl log::Log for Reloadable {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.read().enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        self.read().log(record)
+    }
+
+    fn flush(&self) {
+        self.read().flush()
+    }
+}
+
+/// Triggers `shutdown` on SIGINT or SIGTERM (and tells systemd it is
+/// stopping). A second signal runs `last_words` (flush what must not be
+/// lost) and exits at once, for an operator whose first Ctrl-C is stuck
+/// behind a slow shutdown.
+pub fn on_termination(shutdown: &Shutdown, last_words: impl Fn() + Send + 'static) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     let shutdown = shutdown.clone();
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         for signal in signals.forever() {
             if shutdown.is_triggered() {
-                log::warn!("second termination signal: exiting now");
+                log::warn!("second termination signal: flushing, and exiting now");
+                last_words();
                 std::process::exit(128 + signal);
             }
             log::info!("termination signal {signal}: shutting down");
+            systemd::notify("STOPPING=1");
             shutdown.trigger();
         }
     })?;
     Ok(())
+}
+
+/// [`on_termination`] with nothing to flush.
+pub fn stop_on_termination_signals(shutdown: &Shutdown) -> std::io::Result<()> {
+    on_termination(shutdown, || {})
 }
 
 /// Runs `reload` on its own thread at every SIGHUP (the Unix convention for

@@ -11,3 +11,4 @@ mod package;
 mod security;
 mod state;
 mod subscribers;
+mod supervision;

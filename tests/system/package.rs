@@ -64,6 +64,9 @@ fn check_unit(root: &Path, name: &str, binary: &str) {
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",
         "LoadCredential=",
+        "Type=notify",
+        "WatchdogSec=",
+        "SystemCallFilter=@system-service",
     ] {
         assert!(text.contains(line), "{name}.service lacks {line}");
     }
@@ -84,7 +87,23 @@ fn check_unit(root: &Path, name: &str, binary: &str) {
             out.status.success() && said.trim().is_empty(),
             "systemd-analyze verify {name}.service:\n{said}"
         );
+        let exposure = exposure(&copy);
+        assert!(exposure <= 2.0, "systemd-analyze security rates {name}.service {exposure} (at most 2.0)");
     }
+}
+
+/// `systemd-analyze security --offline=true`'s overall exposure (0 safest, 10 worst).
+fn exposure(unit: &Path) -> f64 {
+    let out = output(Command::new("systemd-analyze").args(["security", "--offline=true"]).arg(unit));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_else(|| {
+        panic!(
+            "no exposure level in systemd-analyze's output:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let value = line.rsplit(':').next().and_then(|rest| rest.split_whitespace().next());
+    value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("unreadable exposure: {line}"))
 }
 
 /// Installing enables the unit: postinst carries cargo-deb's deb-systemd-helper calls.

@@ -3,12 +3,17 @@
 //! Each loop takes its own [`ShutdownWatch`]: a socket that becomes readable when
 //! shutdown is triggered, so a libzmq poll loop (or an async task) wakes at
 //! once instead of polling a flag on a timer.
+//!
+//! A loop checks its watch every turn, so the watch also counts the turns:
+//! [`Shutdown::turns`] lets a watchdog see that every loop still turns (and
+//! name the one that does not). A loop must therefore wake at least every
+//! few seconds, which every loop here does to see reloads and deadlines anyway.
 
 use std::io::{self, Write};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 #[derive(Clone, Default)]
@@ -20,6 +25,17 @@ pub struct Shutdown {
 struct Inner {
     triggered: AtomicBool,
     wakers: Mutex<Vec<UnixStream>>,
+    /// Each live watch's name and turn count.
+    turns: Mutex<Vec<(String, Weak<AtomicU64>)>>,
+}
+
+/// One loop's turns so far, as [`Shutdown::turns`] reports them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Turns {
+    /// Tells watches of the same name apart.
+    pub id: usize,
+    pub name: String,
+    pub count: u64,
 }
 
 impl Shutdown {
@@ -41,8 +57,28 @@ impl Shutdown {
         self.inner.triggered.load(Ordering::SeqCst)
     }
 
-    /// A new readable-on-shutdown handle for one loop.
+    /// A new readable-on-shutdown handle for one loop, named after the
+    /// current thread.
     pub fn watch(&self) -> io::Result<ShutdownWatch> {
+        let name = std::thread::current().name().unwrap_or("unnamed").to_string();
+        self.watch_as(&name)
+    }
+
+    /// How many times each live watch was checked (dropped ones are left out).
+    pub fn turns(&self) -> Vec<Turns> {
+        let mut all = self.inner.turns.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|(_, turns)| turns.strong_count() > 0);
+        all.iter()
+            .filter_map(|(name, turns)| {
+                let turns = turns.upgrade()?;
+                let id = Arc::as_ptr(&turns) as usize;
+                Some(Turns { id, name: name.clone(), count: turns.load(Ordering::Relaxed) })
+            })
+            .collect()
+    }
+
+    /// [`Shutdown::watch`] for the loop called `name` (in [`Shutdown::turns`]).
+    pub fn watch_as(&self, name: &str) -> io::Result<ShutdownWatch> {
         let (read, write) = UnixStream::pair()?;
         read.set_nonblocking(true)?;
         write.set_nonblocking(true)?;
@@ -52,7 +88,10 @@ impl Shutdown {
             let _ = (&write).write(&[1]);
         }
         wakers.push(write);
-        Ok(ShutdownWatch { read, shutdown: self.clone() })
+        let turns = Arc::new(AtomicU64::new(0));
+        let mut all = self.inner.turns.lock().unwrap_or_else(|e| e.into_inner());
+        all.push((name.to_string(), Arc::downgrade(&turns)));
+        Ok(ShutdownWatch { read, shutdown: self.clone(), turns })
     }
 }
 
@@ -60,10 +99,13 @@ impl Shutdown {
 pub struct ShutdownWatch {
     read: UnixStream,
     shutdown: Shutdown,
+    turns: Arc<AtomicU64>,
 }
 
 impl ShutdownWatch {
+    /// Whether shutdown was triggered; also counts one turn of this loop.
     pub fn is_set(&self) -> bool {
+        self.turns.fetch_add(1, Ordering::Relaxed);
         self.shutdown.is_triggered()
     }
 
@@ -74,13 +116,20 @@ impl ShutdownWatch {
 
     /// Sleeps for `duration` or until shutdown, whichever comes first.
     /// Returns true if shutdown was triggered.
+    /// Counts as turning meanwhile (it wakes every second to say so).
     pub fn sleep(&self, duration: Duration) -> bool {
-        if self.is_set() {
-            return true;
+        let deadline = std::time::Instant::now() + duration;
+        loop {
+            if self.is_set() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let mut items = [self.poll_item()];
+            let _ = zmq::poll(&mut items, left.min(Duration::from_secs(1)).as_millis() as i64 + 1);
         }
-        let mut items = [self.poll_item()];
-        let _ = zmq::poll(&mut items, duration.as_millis().min(i64::MAX as u128) as i64);
-        self.is_set()
     }
 }
 
@@ -121,5 +170,20 @@ mod tests {
         let mut items = [watch.poll_item()];
         assert_eq!(zmq::poll(&mut items, 0).unwrap(), 1);
         assert!(watch.is_set());
+    }
+
+    #[test]
+    fn turns_are_counted_per_live_watch() {
+        let shutdown = Shutdown::new();
+        let a = shutdown.watch_as("broker").unwrap();
+        let b = shutdown.watch_as("bus").unwrap();
+        a.is_set();
+        a.is_set();
+        let counts: Vec<_> = shutdown.turns().into_iter().map(|t| (t.name, t.count)).collect();
+        assert_eq!(counts, [("broker".to_string(), 2), ("bus".to_string(), 0)]);
+        drop(b);
+        assert_eq!(shutdown.turns().len(), 1, "a dropped watch is no loop to watch");
+        assert!(!a.sleep(Duration::from_millis(1)));
+        assert!(shutdown.turns()[0].count > 2, "sleeping counts as turning");
     }
 }

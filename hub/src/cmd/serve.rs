@@ -97,6 +97,23 @@ pub fn effective_config(
     Ok(config)
 }
 
+/// SIGHUP: what a running hub can take from its config without a restart,
+/// the log level, and the allow-list.
+fn reload(file: Option<&std::path::Path>, security: Option<&hub::security::Security>) {
+    if let Some(path) = file {
+        match Config::load(path) {
+            Ok(config) => plumbing::set_log_level(Some(&config.log_level)),
+            Err(e) => log::error!("reload: {e}; keeping the running settings"),
+        }
+    }
+    if let Some(security) = security {
+        if let Err(e) = security.reload() {
+            log::error!("reload failed, keeping the previous allow-list: {e}");
+        }
+    }
+    log::info!("reloaded the log level and the allow-list; other settings take a restart");
+}
+
 pub fn run(args: ServeArgs) -> CmdResult {
     let mut config = effective_config(args.config.as_ref(), args.broker, &args.bus)?;
     if let Some(dir) = args.data_dir {
@@ -118,17 +135,15 @@ pub fn run(args: ServeArgs) -> CmdResult {
         return Ok(ExitCode::SUCCESS);
     }
 
+    plumbing::set_log_level(Some(&config.log_level));
     let shutdown = Shutdown::new();
-    plumbing::stop_on_termination_signals(&shutdown)?;
     let ctx = zmq::Context::new();
-    let hub = Hub::start(&ctx, &config, shutdown)?;
-    if let Some(security) = hub.security().cloned() {
-        plumbing::on_hangup(move || {
-            if let Err(e) = security.reload() {
-                log::error!("reload failed, keeping the previous allow-list: {e}");
-            }
-        })?;
-    }
+    let hub = Hub::start(&ctx, &config, shutdown.clone())?;
+    plumbing::on_termination(&shutdown, hub.flusher())?;
+    let (security, file) = (hub.security().cloned(), args.config.clone());
+    plumbing::on_hangup(move || reload(file.as_deref(), security.as_deref()))?;
+    plumbing::systemd::start_watchdog(&shutdown)?;
+    plumbing::systemd::notify("READY=1");
     log::info!(
         "hub up: broker {}, {} bus(es), state service {}, http {}, data in {}",
         hub.broker_endpoint(),

@@ -65,7 +65,8 @@ impl ZapHandler {
         let mut frames = Vec::with_capacity(8);
         while !stop.is_set() {
             let mut items = [self.socket.as_poll_item(zmq::POLLIN), stop.poll_item()];
-            match zmq::poll(&mut items, -1) {
+            // Wakes every second, so the watchdog sees this loop turn.
+            match zmq::poll(&mut items, 1000) {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
                 Err(e) => return Err(e),
             }
