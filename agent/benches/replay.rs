@@ -20,7 +20,6 @@ use testkit::{bin, free_endpoint, Proc};
 fn prefill(data: &Path, n: u64) {
     let store = Store::open(&data.join("store"), 8 << 20).unwrap();
     let outbox = Outbox::open(&store, u64::MAX, u64::MAX).unwrap();
-    store.next_epoch().unwrap(); // the run below is epoch 2: all of these are late
     for seq in 1..=n {
         outbox
             .append(&Sample {

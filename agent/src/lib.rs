@@ -4,6 +4,7 @@
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod epoch;
 pub mod live;
 pub mod outbox;
 pub mod run;

@@ -1,4 +1,4 @@
-//! `agent run`: open the store, bump the boot epoch, start every task, run
+//! `agent run`: open the store, draw a boot epoch, start every task, run
 //! until SIGINT/SIGTERM, flush.
 //!
 //! smol runs the many slow concurrent tasks on one thread: a sampler per
@@ -57,7 +57,11 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
     std::fs::create_dir_all(data_dir)
         .map_err(|source| RunError::DataDir { path: data_dir.clone(), source })?;
     let store = Arc::new(Store::open(&data_dir.join("store"), limits.cache_bytes)?);
-    let epoch = u64::from(store.next_epoch()?);
+    let epoch = crate::epoch::boot_epoch().map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot draw a boot epoch from /dev/urandom: {e}"))
+    })?;
+    // For `agent store status` only: epochs are drawn, never derived from this.
+    store.put_u64("epoch", epoch)?;
     let outbox = Arc::new(Outbox::open(&store, limits.outbox_records, limits.outbox_bytes)?);
     let shared = Arc::new(Shared {
         id: config.agent_id(),

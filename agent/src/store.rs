@@ -1,5 +1,5 @@
 //! All of the agent's sled use, behind one small module so the store can be
-//! swapped: the boot epoch and counters (`meta`), the outbox, quarantined
+//! swapped: counters (`meta`), the outbox, quarantined
 //! records, and the local key-value state. Nothing outside this file names
 //! sled: the rest of the agent sees [`Table`]s of byte keys in order.
 //!
@@ -86,9 +86,6 @@ impl Table {
 
 pub struct Store {
     db: sled::Db,
-    /// A copy of the boot epoch outside sled (`<data_dir>/epoch`), which
-    /// survives the store being moved aside.
-    epoch_file: PathBuf,
     pub meta: Table,
     pub outbox: Table,
     pub quarantine: Table,
@@ -122,9 +119,7 @@ impl Store {
     /// Opens the store without recovery (for `agent store` on a stopped agent).
     pub fn open_as_is(dir: &Path, cache_bytes: u64) -> Result<Store> {
         let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).flush_every_ms(None).open()?;
-        let epoch_file = dir.parent().unwrap_or(Path::new(".")).join("epoch");
         Ok(Store {
-            epoch_file,
             meta: Table(db.open_tree("meta")?),
             outbox: Table(db.open_tree("outbox")?),
             quarantine: Table(db.open_tree("quarantine")?),
@@ -138,29 +133,6 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
-    }
-
-    /// Bumps and returns the boot epoch, durably: samples of this run are
-    /// told apart from those of every earlier run, and the hub deduplicates on
-    /// it, so an epoch must never come round again. It is kept in sled and in
-    /// a file beside the store (so a store moved aside after damage does not
-    /// take it along), and it is never lower than the minutes since 2024 by
-    /// the wall clock (so even a wiped data directory does not reuse one,
-    /// unless the clock is wrong too).
-    pub fn next_epoch(&self) -> Result<u32> {
-        let stored = self.get_u64("epoch")?.unwrap_or(0);
-        let in_file = std::fs::read_to_string(&self.epoch_file)
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        let by_clock = (crate::clock::wall_ns() / 1_000_000_000 - EPOCH_CLOCK_ORIGIN).max(0) as u64 / 60;
-        let epoch = (stored.max(in_file) + 1).max(by_clock).min(u32::MAX.into()) as u32;
-        self.put_u64("epoch", epoch.into())?;
-        self.flush()?;
-        if let Err(e) = write_atomically(&self.epoch_file, epoch.to_string().as_bytes()) {
-            log::warn!("cannot keep the boot epoch in {}: {e}", self.epoch_file.display());
-        }
-        Ok(epoch)
     }
 
     pub fn get_u64(&self, key: &str) -> Result<Option<u64>> {
@@ -178,19 +150,6 @@ impl Store {
     }
 }
 
-/// 2024-01-01T00:00:00Z: epochs derived from the clock count minutes from here.
-const EPOCH_CLOCK_ORIGIN: i64 = 1_704_067_200;
-
-/// Replaces `path` with `bytes` so a crash leaves the old or the new content, never half.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 fn aside_path(dir: &Path) -> PathBuf {
     let mut name = dir.as_os_str().to_owned();
     name.push(format!(".damaged-{}", jiff::Timestamp::now().as_second()));
@@ -202,25 +161,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn epochs_only_go_up_across_opens() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store");
-        let first = Store::open(&path, 1 << 20).unwrap().next_epoch().unwrap();
-        let second = Store::open(&path, 1 << 20).unwrap().next_epoch().unwrap();
-        assert!(second > first, "{first} then {second}");
-        // Even with the clock before 2024 the count goes on from the stored value.
-        assert!(first >= 1);
-    }
-
-    #[test]
     fn a_store_that_will_not_open_is_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");
-        let before = {
+        {
             let store = Store::open(&path, 1 << 20).unwrap();
-            store.next_epoch().unwrap();
-            store.next_epoch().unwrap()
-        };
+            store.put_u64("x", 1).unwrap();
+            store.flush().unwrap();
+        }
         // Replace sled's files with garbage.
         for entry in std::fs::read_dir(&path).unwrap().flatten() {
             if entry.path().is_file() {
@@ -230,7 +178,6 @@ mod tests {
         let store = Store::open(&path, 1 << 20).unwrap();
         let aside = store.recovered_from.clone().expect("recovered");
         assert!(aside.exists());
-        // A fresh store, but not a reused epoch: the hub has seen the old ones.
-        assert!(store.next_epoch().unwrap() > before);
+        assert_eq!(store.get_u64("x").unwrap(), None, "a fresh store");
     }
 }
