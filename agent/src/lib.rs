@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod epoch;
 pub mod live;
+pub mod lock;
 pub mod outbox;
 pub mod run;
 pub mod sampler;

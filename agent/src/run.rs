@@ -29,6 +29,10 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error("data directory {path}: {source} (choose another with --data-dir)")]
     DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
+    #[error(transparent)]
+    Open(#[from] crate::store::OpenError),
     #[error("store: {0}")]
     Store(#[from] crate::store::Error),
     #[error("{0}")]
@@ -56,6 +60,8 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
     let data_dir = &config.data_dir;
     std::fs::create_dir_all(data_dir)
         .map_err(|source| RunError::DataDir { path: data_dir.clone(), source })?;
+    // Before anything in the directory is touched: one agent per data directory.
+    let _lock = crate::lock::lock(data_dir)?;
     let store = Arc::new(Store::open(&data_dir.join("store"), limits.cache_bytes)?);
     let epoch = crate::epoch::boot_epoch().map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot draw a boot epoch from /dev/urandom: {e}"))

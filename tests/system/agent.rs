@@ -365,3 +365,88 @@ fn the_agent_is_controlled_through_the_hub_and_syncs_its_state() {
     assert_eq!(status["id"], "k9");
     drop(data);
 }
+
+/// `agent run` as a process that cannot override file permissions: the
+/// tests run as root on CI, and root reads a chmod 000 directory anyway, so
+/// there the capabilities that allow it are dropped first (setpriv, util-linux).
+fn agent_run_without_dac_override(config: &Path) -> std::process::Output {
+    let agent = system_tests::bin("agent");
+    // SAFETY: geteuid has no preconditions.
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--bounding-set", "-dac_override,-dac_read_search"]).arg(agent);
+        cmd
+    } else {
+        std::process::Command::new(agent)
+    };
+    cmd.arg("run").arg("--config").arg(config);
+    output(&mut cmd)
+}
+
+fn set_aside_copies(data: &Path) -> Vec<String> {
+    std::fs::read_dir(data)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("store.damaged-"))
+        .collect()
+}
+
+#[test]
+fn a_store_the_agent_may_not_read_stops_it_and_is_left_in_place() {
+    let setup = Setup::new("k10", &free_endpoint(), &free_endpoint(), &channels(1, 100));
+    let data = setup.data("k10");
+    std::fs::create_dir_all(&data).unwrap();
+    {
+        let store = agent::store::Store::open(&data.join("store"), 1 << 20).unwrap();
+        store.put_u64("kept", 7).unwrap();
+        store.flush().unwrap();
+    }
+    let store = data.join("store");
+    std::fs::set_permissions(&store, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let out = agent_run_without_dac_override(&setup.config);
+    std::fs::set_permissions(&store, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the agent must not start: {stderr}");
+    assert!(stderr.contains("permission denied") && stderr.contains("left in place"), "{stderr}");
+    assert!(set_aside_copies(&data).is_empty(), "a store it may not read is not damaged");
+    let store = agent::store::Store::open_as_is(&store, 1 << 20).unwrap();
+    assert_eq!(store.get_u64("kept").unwrap(), Some(7), "the store is untouched");
+}
+
+#[test]
+fn a_second_agent_on_the_same_data_dir_is_refused_with_the_first_ones_pid() {
+    let setup = Setup::new("k11", &free_endpoint(), &free_endpoint(), &channels(1, 100));
+    let data = setup.data("k11");
+    let first = agent_run(&setup.config);
+    wait_for_status(&data, "the first agent", 20 * SECOND, |s| (s["id"] == "k11").then_some(()));
+    let second = agent_cli(&["run", "--config", setup.config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another agent is running") && stderr.contains(&format!("pid {}", first.pid())),
+        "{stderr}"
+    );
+    assert!(agent_status(&data).is_some(), "the first agent is unharmed");
+}
+
+#[test]
+fn a_corrupt_store_is_set_aside_and_the_agent_starts_afresh() {
+    let setup = Setup::new("k12", &free_endpoint(), &free_endpoint(), &channels(1, 100));
+    let data = setup.data("k12");
+    let mut agent = agent_run(&setup.config);
+    wait_for_status(&data, "the agent", 20 * SECOND, |s| (s["id"] == "k12").then_some(()));
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait_exit(10 * SECOND).is_some_and(|s| s.success()));
+    for entry in std::fs::read_dir(data.join("store")).unwrap().flatten() {
+        if entry.path().is_file() {
+            std::fs::write(entry.path(), b"\xde\xad\xbe\xef garbage, as after a bad power cut").unwrap();
+        }
+    }
+    let _agent = agent_run(&setup.config);
+    let status = wait_for_status(&data, "the agent on a fresh store", 20 * SECOND, |s| {
+        s["store_recovered_from"].as_str().map(|_| s.clone())
+    });
+    assert!(status["store_recovered_from"].as_str().unwrap().contains("store.damaged-1-"), "{status}");
+    assert_eq!(set_aside_copies(&data).len(), 1);
+}
