@@ -1,6 +1,6 @@
 //! All of the agent's sled use, behind one small module so the store can be
-//! swapped: counters (`meta`), the outbox, quarantined
-//! records, and the local key-value state. Nothing outside this file names
+//! swapped: counters (`meta`) and the local key-value state. (The outbox is
+//! a log of its own, [`crate::outbox`].) Nothing outside this file names
 //! sled: the rest of the agent sees [`Table`]s of byte keys in order.
 //!
 //! If sled finds the store damaged (corruption after a power cut, say), the
@@ -16,6 +16,12 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Error(#[from] sled::Error);
+
+impl Error {
+    pub fn sled(&self) -> &sled::Error {
+        &self.0
+    }
+}
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -89,8 +95,6 @@ impl Table {
 pub struct Store {
     db: sled::Db,
     pub meta: Table,
-    pub outbox: Table,
-    pub quarantine: Table,
     pub state: Table,
     pub state_dirty: Table,
     /// Where a store that would not open was moved, if that happened at this start.
@@ -185,8 +189,6 @@ impl Store {
         let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).flush_every_ms(None).open()?;
         Ok(Store {
             meta: Table(db.open_tree("meta")?),
-            outbox: Table(db.open_tree("outbox")?),
-            quarantine: Table(db.open_tree("quarantine")?),
             state: Table(db.open_tree("state")?),
             state_dirty: Table(db.open_tree("state_dirty")?),
             db,
@@ -206,6 +208,37 @@ impl Store {
     pub fn put_u64(&self, key: &str, value: u64) -> Result<()> {
         self.meta.insert(key, value.to_be_bytes())?;
         Ok(())
+    }
+
+    /// Hands every record of the outbox an earlier agent kept in sled (its
+    /// own format: CRC-32 LE of the rest, then the encoded sample), oldest
+    /// first, to `each`, then deletes it: the outbox is a log of its own now.
+    /// Damaged records are skipped and counted; returns (moved, damaged).
+    pub fn take_legacy_outbox(
+        &self,
+        mut each: impl FnMut(&proto::sample::Sample) -> std::io::Result<()>,
+    ) -> std::result::Result<(u64, u64), Box<dyn std::error::Error>> {
+        if !self.db.tree_names().iter().any(|n| n.as_ref() == b"outbox") {
+            return Ok((0, 0));
+        }
+        let (mut moved, mut damaged) = (0, 0);
+        for entry in self.db.open_tree("outbox")?.iter() {
+            let (_, v) = entry?;
+            let decoded = (v.len() > 4 && crc32fast::hash(&v[4..]).to_le_bytes() == v[..4])
+                .then(|| proto::codec::decode::<proto::sample::Sample>(&v[4..]).ok())
+                .flatten();
+            match decoded {
+                Some(sample) => {
+                    each(&sample)?;
+                    moved += 1;
+                }
+                None => damaged += 1,
+            }
+        }
+        self.db.drop_tree("outbox")?;
+        let _ = self.db.drop_tree("quarantine");
+        self.db.flush()?;
+        Ok((moved, damaged))
     }
 
     /// Bytes on disk under the store directory.

@@ -214,14 +214,29 @@ fn a_damaged_record_is_quarantined_counted_and_the_rest_delivered() {
     agent.signal(libc::SIGTERM);
     assert!(agent.wait_exit(10 * SECOND).is_some_and(|s| s.success()));
 
-    // Damage one record's bytes, as bit rot or a torn write would.
+    // Damage one record's bytes, as bit rot would: the fifth record of the
+    // outbox log is seq 5 (one durable channel).
     {
-        let store = agent::store::Store::open_as_is(&data.join("store"), 1 << 20).unwrap();
-        let key = agent::outbox::key(epoch, 5);
-        let mut bytes = store.outbox.get(key).unwrap().expect("record 5").to_vec();
-        bytes[8] ^= 0x55;
-        store.outbox.insert(key, bytes).unwrap();
-        store.flush().unwrap();
+        use agent::outbox::record::{self, Parsed};
+        let outbox = data.join("outbox");
+        let segment = std::fs::read_dir(&outbox)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .min()
+            .expect("a segment");
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let mut at = 0;
+        for _ in 0..4 {
+            let Parsed::Record { len, .. } = record::parse(&bytes[at..]) else { panic!("record at {at}") };
+            at += len;
+        }
+        let Parsed::Record { len, .. } = record::parse(&bytes[at..]) else { panic!("record 5") };
+        let sample = record::decode(&bytes[at + record::HEADER..at + len]).unwrap();
+        assert_eq!((sample.epoch, sample.seq), (epoch, 5));
+        bytes[at + record::HEADER + 3] ^= 0x55;
+        std::fs::write(&segment, bytes).unwrap();
     }
     let config = setup.config.to_str().unwrap();
     let verify = agent_cli(&["store", "--config", config, "verify"]);
