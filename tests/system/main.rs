@@ -10,3 +10,4 @@ mod interop;
 mod package;
 mod security;
 mod state;
+mod storage;

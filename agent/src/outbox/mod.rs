@@ -12,7 +12,8 @@
 //! Appends are durable at the next flush; `durable` tells which sample that
 //! covers. A write that fails (a full disk) loses the buffered samples it
 //! held, counts them (`store_errors`), leaves no partial record behind, and
-//! marks the store unhealthy until a flush succeeds again: nothing latches.
+//! marks the store unhealthy until a flush succeeds again with some room
+//! left ([`HEALTHY_FREE_BYTES`]): nothing latches.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -31,6 +32,11 @@ pub type Key = u64;
 pub type Result<T> = std::io::Result<T>;
 
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 32 << 20;
+
+/// After a failure the store counts as working again at a flush that
+/// succeeds with at least this much free (a small write can still fit into
+/// the last, partly used block of a full disk).
+pub const HEALTHY_FREE_BYTES: u64 = log::WRITE_CHUNK as u64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutboxOptions {
@@ -83,7 +89,7 @@ pub struct OutboxStats {
 }
 
 /// Whether the outbox can write: the last error and since when (wall-clock
-/// ns), cleared by the next flush that writes and syncs.
+/// ns), cleared by the next flush that writes and syncs with room to spare.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Health {
     pub error: Option<String>,
@@ -405,7 +411,10 @@ impl Outbox {
         match (written, synced) {
             (Ok(()), Ok(())) => {
                 g.durable = tag;
-                g.healthy();
+                // A write squeezed into the last free bytes is no recovery.
+                if g.free_bytes.is_none_or(|free| free >= HEALTHY_FREE_BYTES) {
+                    g.healthy();
+                }
                 Ok(())
             }
             (written, synced) => {
