@@ -349,4 +349,52 @@ mod tests {
         assert!(err.to_string().contains("another agent"), "{err}");
         assert!(asides(&path).unwrap().is_empty(), "nothing set aside");
     }
+
+    #[test]
+    fn an_outbox_an_earlier_agent_kept_in_sled_is_moved_once() {
+        use proto::sample::{Quality, Sample, Value};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let sample = |seq: u64| Sample {
+            channel: "c".into(),
+            epoch: 3,
+            seq,
+            wall_ns: 0,
+            mono_ns: 0,
+            clock_synced: false,
+            value: Value::Number(seq as f64),
+            unit: "u".into(),
+            quality: Quality::Good,
+        };
+        {
+            // The old layout: key epoch then seq (big-endian), value CRC-32 LE then the sample.
+            let db = sled::open(&path).unwrap();
+            let tree = db.open_tree("outbox").unwrap();
+            for seq in 1..=5u64 {
+                let body = proto::codec::encode(&sample(seq));
+                let mut value = crc32fast::hash(&body).to_le_bytes().to_vec();
+                value.extend(body);
+                if seq == 4 {
+                    value[6] ^= 0xff;
+                }
+                let mut key = 3u64.to_be_bytes().to_vec();
+                key.extend(seq.to_be_bytes());
+                tree.insert(key, value).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let store = Store::open(&path, 1 << 20).unwrap();
+        let mut moved = Vec::new();
+        assert_eq!(
+            store
+                .take_legacy_outbox(|s| {
+                    moved.push(s.seq);
+                    Ok(())
+                })
+                .unwrap(),
+            (4, 1)
+        );
+        assert_eq!(moved, [1, 2, 3, 5]);
+        assert_eq!(store.take_legacy_outbox(|_| panic!("moved twice")).unwrap(), (0, 0));
+    }
 }
