@@ -360,20 +360,35 @@ impl Log {
                     len - torn
                 );
             }
-            if scan.damage.is_empty() {
+            let fixed = if scan.damage.is_empty() {
                 let torn = scan.torn_at.expect("torn");
-                let file = OpenOptions::new().write(true).open(&path)?;
-                file.set_len(torn)?;
-                file.sync_all()?;
+                OpenOptions::new().write(true).open(&path).and_then(|f| {
+                    f.set_len(torn)?;
+                    f.sync_all()
+                })
             } else {
-                rewrite(&self.dir, first, &mut reader, len, start_last)?;
                 self.dir_dirty = true;
+                rewrite(&self.dir, first, &mut reader, len, start_last)
+            };
+            match fixed {
+                Ok(()) => {
+                    // Read it again as it now is.
+                    *prev_last = start_last;
+                    reader = Reader::open(&path)?;
+                    len = reader.file.metadata()?.len();
+                    scan = scan_clean(&mut reader, len, self.head, prev_last)?;
+                }
+                // A full disk, say: go on with the segment as it is (reads
+                // skip the damage) rather than refuse to start.
+                Err(e) => {
+                    log::error!("outbox segment {}: cannot repair it now: {e}", segment_name(first));
+                    if let Some(torn) = scan.torn_at {
+                        len = torn;
+                        // Appends go where the torn record began; cut the rest first.
+                        self.truncate_tail |= is_last;
+                    }
+                }
             }
-            // Read it again as it now is.
-            *prev_last = start_last;
-            reader = Reader::open(&path)?;
-            len = reader.file.metadata()?.len();
-            scan = scan_clean(&mut reader, len, self.head, prev_last)?;
         } else if let Some(torn) = scan.torn_at {
             len = torn;
         }
