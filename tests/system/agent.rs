@@ -465,3 +465,71 @@ fn a_corrupt_store_is_set_aside_and_the_agent_starts_afresh() {
     assert!(status["store_recovered_from"].as_str().unwrap().contains("store.damaged-1-"), "{status}");
     assert_eq!(set_aside_copies(&data).len(), 1);
 }
+
+#[test]
+fn the_store_tools_read_and_repair_the_outbox_log_of_a_stopped_agent() {
+    let setup = Setup::new("k13", &free_endpoint(), &free_endpoint(), &channels(1, 10));
+    let data = setup.data("k13");
+    let config = setup.config.to_str().unwrap();
+    let mut agent = agent_run(&setup.config);
+    let epoch = wait_for_status(&data, "50 durable samples", 20 * SECOND, |s| {
+        let (epoch, seq) = seq_of(s, "durable")?;
+        (seq >= 50).then_some(epoch)
+    });
+    let busy = agent_cli(&["store", "--config", config, "status"]);
+    assert!(!busy.status.success(), "the running agent holds the data directory");
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("another agent is running"));
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait_exit(10 * SECOND).is_some_and(|s| s.success()));
+
+    let json = |args: &[&str]| {
+        let out = agent_cli(&[&["store", "--config", config][..], args].concat());
+        (out.status.code(), serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null))
+    };
+    let (code, status) = json(&["status"]);
+    assert_eq!(code, Some(0));
+    let records = status["outbox"]["records"].as_u64().unwrap();
+    assert!(records >= 50, "{status}");
+    assert_eq!(status["last_epoch"], epoch);
+    let dump = agent_cli(&["store", "--config", config, "dump", "--limit", "3"]);
+    let seqs: Vec<u64> = String::from_utf8_lossy(&dump.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+
+    // Damage the tenth record: verify reports it and changes nothing, repair sets it aside.
+    let segment = std::fs::read_dir(data.join("outbox"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .min()
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut at = 0;
+    for _ in 0..9 {
+        let agent::outbox::record::Parsed::Record { len, .. } = agent::outbox::record::parse(&bytes[at..])
+        else {
+            panic!("a record at {at}")
+        };
+        at += len;
+    }
+    bytes[at + agent::outbox::record::HEADER + 1] ^= 0x10;
+    std::fs::write(&segment, &bytes).unwrap();
+    let (code, verified) = json(&["verify"]);
+    assert_eq!((code, verified["damaged"].as_u64()), (Some(1), Some(1)), "{verified}");
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes, "verify changes nothing");
+    let (code, repaired) = json(&["repair"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        (repaired["quarantined_now"].as_u64(), repaired["quarantined_total"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let (code, verified) = json(&["verify"]);
+    assert_eq!(
+        (code, verified["damaged"].as_u64(), verified["intact"].as_u64()),
+        (Some(0), Some(0), Some(records - 1))
+    );
+    assert!(data.join("outbox/quarantine").exists());
+}
