@@ -1,14 +1,13 @@
-//! Outbox benchmark: append rate against plain file appends measured in the
-//! same run, and disk use under a long append/retire churn.
+//! Outbox benchmark: append rate against plain file appends of the same
+//! framed records measured in the same run, and disk use under a long
+//! append/retire churn.
 //!
 //!   cargo bench -p agent --bench outbox [-- --samples 200000 --cycles 1000000]
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use agent::outbox::record;
-use agent::outbox::Outbox;
-use agent::store::Store;
+use agent::outbox::{record, Outbox, OutboxOptions};
 use proto::sample::{Quality, Sample, Value};
 use testkit::bench::Args;
 
@@ -31,18 +30,17 @@ const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// Appends `n` samples, flushing every 200 ms (the agent's default window).
 fn outbox_appends(n: u64) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store"), 8 << 20).unwrap();
-    let outbox = Outbox::open(&store, u64::MAX, u64::MAX).unwrap();
+    let outbox = Outbox::open(&dir.path().join("outbox"), OutboxOptions::unbounded()).unwrap();
     let started = Instant::now();
     let mut last_flush = started;
     for seq in 1..=n {
         outbox.append(&sample(seq)).unwrap();
         if last_flush.elapsed() >= FLUSH_EVERY {
-            outbox.flush(&store).unwrap();
+            outbox.flush().unwrap();
             last_flush = Instant::now();
         }
     }
-    outbox.flush(&store).unwrap();
+    outbox.flush().unwrap();
     n as f64 / started.elapsed().as_secs_f64()
 }
 
@@ -53,10 +51,11 @@ fn file_appends(n: u64, fsync_each: bool) -> f64 {
         std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("log")).unwrap();
     let started = Instant::now();
     let mut last_sync = started;
+    let mut framed = Vec::new();
     for seq in 1..=n {
-        let record = record::encode(&sample(seq));
-        file.write_all(&(record.len() as u32).to_le_bytes()).unwrap();
-        file.write_all(&record).unwrap();
+        framed.clear();
+        record::frame(seq, &record::payload(&sample(seq)), &mut framed);
+        file.write_all(&framed).unwrap();
         if fsync_each || last_sync.elapsed() >= FLUSH_EVERY {
             file.sync_data().unwrap();
             last_sync = Instant::now();
@@ -70,35 +69,44 @@ fn file_appends(n: u64, fsync_each: bool) -> f64 {
 /// the largest and the final size on disk.
 fn churn(cycles: u64, live: u64) -> (u64, u64, f64) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store"), 8 << 20).unwrap();
-    let outbox = Outbox::open(&store, u64::MAX, u64::MAX).unwrap();
+    let path = dir.path().join("outbox");
+    let outbox = Outbox::open(&path, OutboxOptions::unbounded()).unwrap();
     let mut largest = 0;
     let started = Instant::now();
     for seq in 1..=cycles {
+        // A fresh log: the record index is the seq.
         outbox.append(&sample(seq)).unwrap();
         if seq > live && seq % 100 == 0 {
-            outbox.retire(&agent::outbox::key(1, seq - live)).unwrap();
+            outbox.retire(seq - live).unwrap();
         }
         if seq % 50_000 == 0 {
-            outbox.flush(&store).unwrap();
-            largest = largest.max(store.disk_bytes());
+            outbox.flush().unwrap();
+            largest = largest.max(dir_bytes(&path));
         }
     }
-    outbox.flush(&store).unwrap();
-    (largest, store.disk_bytes(), cycles as f64 / started.elapsed().as_secs_f64())
+    outbox.flush().unwrap();
+    (largest, dir_bytes(&path), cycles as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Bytes of the files in `dir`, as `du --apparent-size` counts them.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir).unwrap().flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()
 }
 
 fn main() {
     let n = Args::from_env().get("--samples", 200_000u64);
     let cycles = Args::from_env().get("--cycles", 1_000_000u64);
     let fsync_n = (n / 20).max(1000);
-    println!("outbox benchmark: {n} samples ({} bytes encoded each)", record::encode(&sample(1)).len());
+    println!(
+        "outbox benchmark: {n} samples ({} bytes framed each)",
+        record::HEADER + record::payload(&sample(1)).len()
+    );
     let ours = outbox_appends(n);
     let batched = file_appends(n, false);
     let each = file_appends(fsync_n, true);
     println!();
     println!("append                                          samples/s   outbox is");
-    println!("  outbox (sled), flushed every 200 ms        {ours:>12.0}");
+    println!("  outbox (segment log), flushed every 200 ms {ours:>12.0}");
     println!("  plain file, fsync every 200 ms             {batched:>12.0}   {:.2}x of it", ours / batched);
     println!("  plain file, fsync after every record       {each:>12.0}   {:.1}x of it", ours / each);
     let live = 1000;

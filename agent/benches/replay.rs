@@ -2,25 +2,25 @@
 //!
 //!   cargo bench -p agent --bench replay [-- --backlog 100000]
 //!
-//! A backlog is written into an agent's outbox (with the agent's own store
+//! A backlog is written into an agent's outbox (with the agent's own outbox
 //! code), then the real `hub serve` and `agent run` are started and a
 //! subscriber on the metric bus counts until every sample has arrived. The
-//! agent's resident memory is sampled idle and while it drains.
+//! agent's memory is sampled idle and while it drains: RSS, and PSS (shared
+//! library pages divided among the processes that map them) from
+//! /proc/<pid>/smaps_rollup.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use agent::outbox::Outbox;
-use agent::store::Store;
+use agent::outbox::{Outbox, OutboxOptions};
 use proto::sample::{Quality, Sample, Value};
 use testkit::bench::{rss_kib, Args};
 use testkit::{bin, free_endpoint, Proc};
 
 fn prefill(data: &Path, n: u64) {
-    let store = Store::open(&data.join("store"), 8 << 20).unwrap();
-    let outbox = Outbox::open(&store, u64::MAX, u64::MAX).unwrap();
-    store.next_epoch().unwrap(); // the run below is epoch 2: all of these are late
+    // An earlier run's samples: a different epoch from the agent's, so all of these are late.
+    let outbox = Outbox::open(&data.join("outbox"), OutboxOptions::unbounded()).unwrap();
     for seq in 1..=n {
         outbox
             .append(&Sample {
@@ -36,7 +36,16 @@ fn prefill(data: &Path, n: u64) {
             })
             .unwrap();
     }
-    outbox.flush(&store).unwrap();
+    outbox.flush().unwrap();
+}
+
+/// A process's proportional set size (Pss in smaps_rollup), in KiB; 0 if it is gone.
+fn pss_kib(pid: u32) -> u64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:")?.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn main() {
@@ -75,7 +84,7 @@ fn main() {
     let idle = Proc::spawn("idle agent", cmd);
     // Idle means settled: measured after five seconds of running, not as a synchronisation.
     std::thread::sleep(Duration::from_secs(5));
-    let idle_rss = rss_kib(idle.pid());
+    let (idle_rss, idle_pss) = (rss_kib(idle.pid()), pss_kib(idle.pid()));
     drop(idle);
 
     // Replay: a prefilled outbox, one slow channel so the backlog is all there is.
@@ -96,13 +105,14 @@ fn main() {
     let agent = Proc::spawn("agent", cmd);
     let mut received = 0u64;
     let mut first = None;
-    let mut peak_rss = 0;
+    let (mut peak_rss, mut peak_pss) = (0, 0);
     let mut msg = zmq::Message::new();
     let deadline = Instant::now() + Duration::from_secs(300);
     while received < backlog {
         assert!(Instant::now() < deadline, "replay stalled at {received} of {backlog}");
         if sub.poll(zmq::POLLIN, 100).unwrap() == 0 {
             peak_rss = peak_rss.max(rss_kib(agent.pid()));
+            peak_pss = peak_pss.max(pss_kib(agent.pid()));
             continue;
         }
         while sub.recv(&mut msg, zmq::DONTWAIT).is_ok() {
@@ -113,18 +123,28 @@ fn main() {
         }
         if received % 10_000 < 100 {
             peak_rss = peak_rss.max(rss_kib(agent.pid()));
+            peak_pss = peak_pss.max(pss_kib(agent.pid()));
         }
     }
     let first = first.unwrap();
     let replay = first.elapsed();
     let to_first = first - started;
-    let store_before = dir_bytes(&data.join("store"));
+    let outbox_after = dir_bytes(&data.join("outbox"));
     println!("replay benchmark: {backlog} durable samples waiting in the outbox, hub and agent as processes");
     println!();
     println!("  acked replay through the hub      {:>10.0} samples/s ({backlog} in {replay:.2?}; first sample {to_first:.2?} after start)", backlog as f64 / replay.as_secs_f64());
-    println!("  agent RSS, idle (sim board)       {:>10.1} MiB", idle_rss as f64 / 1024.0);
-    println!("  agent RSS, draining the backlog   {:>10.1} MiB (peak sampled)", peak_rss as f64 / 1024.0);
-    println!("  store on disk after the drain     {:>10.1} MiB", store_before as f64 / 1048576.0);
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "  agent RSS, idle (sim board)       {:>10.1} MiB (PSS {:.1} MiB)",
+        mib(idle_rss),
+        mib(idle_pss)
+    );
+    println!(
+        "  agent RSS, draining the backlog   {:>10.1} MiB (PSS {:.1} MiB; peaks sampled)",
+        mib(peak_rss),
+        mib(peak_pss)
+    );
+    println!("  outbox on disk after the drain    {:>10.1} MiB", outbox_after as f64 / 1048576.0);
 }
 
 fn dir_bytes(path: &Path) -> u64 {

@@ -123,6 +123,11 @@ pub struct OutboxConfig {
     /// Durability window: appended samples reach disk within this many
     /// milliseconds (batched so SD cards are not worn out by one fsync per sample).
     pub flush_interval_ms: Option<u64>,
+    /// Size at which a segment file of the outbox log is closed and the next begun.
+    pub segment_bytes: Option<u64>,
+    /// Free space the outbox leaves on its file system: below it (checked at
+    /// each flush) the outbox stops growing and each new sample drops the oldest.
+    pub min_free_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -170,9 +175,13 @@ pub struct Limits {
     pub outbox_bytes: u64,
     pub cache_bytes: u64,
     pub flush_interval_ms: u64,
+    pub segment_bytes: u64,
+    pub min_free_bytes: u64,
 }
 
 pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 200;
+pub const DEFAULT_SEGMENT_BYTES: u64 = crate::outbox::log::DEFAULT_SEGMENT_BYTES;
+pub const DEFAULT_MIN_FREE_BYTES: u64 = crate::outbox::DEFAULT_MIN_FREE_BYTES;
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -204,7 +213,25 @@ impl Config {
             outbox_bytes: self.outbox.max_bytes.unwrap_or(outbox_bytes),
             cache_bytes: self.store.cache_bytes.unwrap_or(cache_bytes),
             flush_interval_ms: self.outbox.flush_interval_ms.unwrap_or(DEFAULT_FLUSH_INTERVAL_MS),
+            segment_bytes: self.outbox.segment_bytes.unwrap_or(DEFAULT_SEGMENT_BYTES),
+            min_free_bytes: self.outbox.min_free_bytes.unwrap_or(DEFAULT_MIN_FREE_BYTES),
         })
+    }
+
+    /// The outbox's options from the limits in force.
+    pub fn outbox_options(&self) -> Result<crate::outbox::OutboxOptions, ConfigError> {
+        let l = self.limits()?;
+        Ok(crate::outbox::OutboxOptions {
+            max_records: l.outbox_records,
+            max_bytes: l.outbox_bytes,
+            segment_bytes: l.segment_bytes,
+            min_free_bytes: l.min_free_bytes,
+        })
+    }
+
+    /// Where the outbox log lives.
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.data_dir.join("outbox")
     }
 
     /// The channels to sample: configured, else the board's defaults.
@@ -275,6 +302,9 @@ impl Config {
                 "outbox.max_records/max_bytes",
                 "must allow at least 1 record and 4096 bytes".into(),
             );
+        }
+        if !(4096..=(64 << 20)).contains(&limits.segment_bytes) {
+            return invalid("outbox.segment_bytes", "must be from 4096 to 67108864".into());
         }
         let mut names = std::collections::HashSet::new();
         for (i, c) in self.effective_channels()?.iter().enumerate() {
@@ -358,6 +388,13 @@ mod tests {
         assert_eq!(c.effective_channels().unwrap()[0].name, "soc_temp");
         let c = parse("id = \"x\"\n[outbox]\nmax_records = 10\n").unwrap();
         assert_eq!(c.limits().unwrap().outbox_records, 10);
+        assert_eq!(limits.segment_bytes, 1 << 20, "about a megabyte: SD-card friendly");
+        assert_eq!(limits.min_free_bytes, 32 << 20);
+        let c = parse("id = \"x\"\n[outbox]\nsegment_bytes = 65536\nmin_free_bytes = 0\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.limits().unwrap().segment_bytes, c.limits().unwrap().min_free_bytes), (65536, 0));
+        let c = parse("id = \"x\"\n[outbox]\nsegment_bytes = 100\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("outbox.segment_bytes"));
     }
 
     #[test]

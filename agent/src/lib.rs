@@ -4,7 +4,9 @@
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod epoch;
 pub mod live;
+pub mod lock;
 pub mod outbox;
 pub mod run;
 pub mod sampler;

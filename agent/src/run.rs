@@ -1,4 +1,4 @@
-//! `agent run`: open the store, bump the boot epoch, start every task, run
+//! `agent run`: open the store, draw a boot epoch, start every task, run
 //! until SIGINT/SIGTERM, flush.
 //!
 //! smol runs the many slow concurrent tasks on one thread: a sampler per
@@ -29,13 +29,23 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error("data directory {path}: {source} (choose another with --data-dir)")]
     DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
+    #[error(transparent)]
+    Open(#[from] crate::store::OpenError),
     #[error("store: {0}")]
     Store(#[from] crate::store::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("zmq: {0}")]
     Zmq(#[from] zmq::Error),
+    /// The agent stopped while its store could not write: samples were lost.
+    #[error("stopped with the store failing: {0}")]
+    StoreFailing(String),
 }
+
+/// The exit status of `agent run` that stopped with its store failing (sysexits' EX_IOERR).
+pub const EX_IOERR: u8 = 74;
 
 /// Everything `run` builds before it starts the tasks; `agent once` uses the channels alone.
 pub fn channels(config: &Config) -> Result<Channels, ConfigError> {
@@ -56,9 +66,19 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
     let data_dir = &config.data_dir;
     std::fs::create_dir_all(data_dir)
         .map_err(|source| RunError::DataDir { path: data_dir.clone(), source })?;
+    // Before anything in the directory is touched: one agent per data directory.
+    let _lock = crate::lock::lock(data_dir)?;
     let store = Arc::new(Store::open(&data_dir.join("store"), limits.cache_bytes)?);
-    let epoch = u64::from(store.next_epoch()?);
-    let outbox = Arc::new(Outbox::open(&store, limits.outbox_records, limits.outbox_bytes)?);
+    let epoch = crate::epoch::boot_epoch().map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot draw a boot epoch from /dev/urandom: {e}"))
+    })?;
+    // For `agent store status` only: epochs are drawn, never derived from this.
+    store.put_u64("epoch", epoch)?;
+    let outbox_dir = config.outbox_dir();
+    let outbox = Arc::new(Outbox::open(&outbox_dir, config.outbox_options()?).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot open the outbox at {}: {e}", outbox_dir.display()))
+    })?);
+    migrate_legacy_outbox(&store, &outbox);
     let shared = Arc::new(Shared {
         id: config.agent_id(),
         epoch,
@@ -70,7 +90,7 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
         channels: Default::default(),
         live_published: AtomicU64::new(0),
         live_dropped: AtomicU64::new(0),
-        store_errors: AtomicU64::new(0),
+        local_store: Default::default(),
     });
     let channels = Arc::new(channels(config)?);
     let state = LocalState::new(&shared.store, config.local_state)?;
@@ -168,23 +188,45 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
         let _ = thread.join();
     }
     log::info!("agent stopping: flushing the outbox ({} records)", shared.outbox.stats().records);
-    shared.outbox.flush(&shared.store)?;
-    Ok(())
+    let flushed = shared.outbox.flush();
+    let state_flushed = shared.store.flush();
+    let health = shared.outbox.health();
+    match (flushed, state_flushed, health.error) {
+        (Ok(()), Ok(()), None) => Ok(()),
+        (Err(e), _, _) => Err(RunError::StoreFailing(format!("the outbox's last flush failed: {e}"))),
+        (_, Err(e), _) => Err(RunError::StoreFailing(format!("the local state's last flush failed: {e}"))),
+        (_, _, Some(e)) => Err(RunError::StoreFailing(e)),
+    }
 }
 
-/// Flushes the store every interval: the durability window of appended samples.
+/// Moves a backlog an earlier agent kept in sled into the outbox log, once.
+fn migrate_legacy_outbox(store: &Store, outbox: &Outbox) {
+    match store.take_legacy_outbox(|sample| outbox.append(sample)) {
+        Ok((0, 0)) => {}
+        Ok((moved, damaged)) => {
+            log::info!("moved {moved} sample(s) from the old sled outbox to the outbox log ({damaged} damaged, dropped)");
+            if let Err(e) = outbox.flush() {
+                log::error!("flushing the moved samples failed: {e}");
+            }
+        }
+        Err(e) => log::error!("cannot move the old sled outbox to the outbox log: {e} (left in sled)"),
+    }
+}
+
+/// Flushes the outbox (the durability window of appended samples) and the
+/// local state every interval. Failures are counted and shown in status by
+/// the outbox itself; the next tick tries again.
 async fn flush_loop(shared: Arc<Shared>, every: Duration) {
     loop {
         smol::Timer::after(every).await;
         let s = shared.clone();
-        let result = smol::unblock(move || {
-            s.store.put_u64("last_wall_ns", clock::wall_ns().max(0) as u64)?;
-            s.outbox.flush(&s.store)
+        smol::unblock(move || {
+            let _ = s.outbox.flush();
+            let state =
+                s.store.put_u64("last_wall_ns", clock::wall_ns().max(0) as u64).and_then(|_| s.store.flush());
+            s.note_local_store(state.err().map(|e| e.to_string()));
         })
         .await;
-        if let Err(e) = result {
-            log::error!("store flush failed: {e}");
-        }
     }
 }
 

@@ -94,15 +94,12 @@ pub fn sample_once(
 
 fn deliver(shared: &Shared, channel: &ChannelConfig, sample: Sample, sinks: &Sinks) {
     match channel.delivery {
-        Delivery::Durable => match shared.outbox.append(&sample) {
-            Ok(()) => {
+        // A failed append is counted and reported by the outbox itself.
+        Delivery::Durable => {
+            if shared.outbox.append(&sample).is_ok() {
                 let _ = sinks.wake_uplink.try_send(());
             }
-            Err(e) => {
-                shared.store_errors.fetch_add(1, Relaxed);
-                log::error!("outbox append failed: {e}");
-            }
-        },
+        }
         Delivery::BestEffort => {
             if sinks.live.try_send(sample).is_err() {
                 shared.live_dropped.fetch_add(1, Relaxed);

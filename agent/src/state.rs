@@ -44,10 +44,17 @@ impl LocalState {
             keys += 1;
             bytes += entry?.1.len();
         }
+        // Versions of unsynced writes are persisted: new ones must count on
+        // from the highest, or a write after a restart could get the version
+        // a sync in flight holds, and that sync would clear its flag.
+        let mut highest = 0;
+        for entry in store.state_dirty.iter() {
+            highest = highest.max(version_of(&entry?.1));
+        }
         Ok(LocalState {
             values: store.state.clone(),
             dirty: store.state_dirty.clone(),
-            version: Arc::new(AtomicU64::new(0)),
+            version: Arc::new(AtomicU64::new(highest)),
             limits,
             held: Arc::new(Mutex::new((keys, bytes))),
         })
@@ -92,12 +99,26 @@ impl LocalState {
         self.dirty.len()
     }
 
+    /// The unsynced keys and the version of their latest write.
+    pub fn unsynced(&self) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for entry in self.dirty.iter() {
+            let (key, version) = entry?;
+            out.push((String::from_utf8_lossy(&key).into_owned(), version_of(&version)));
+        }
+        Ok(out)
+    }
+
+    /// `key` as of write `version` reached the hub: clears its flag, unless a
+    /// newer write came in meanwhile (that one is synced next time).
+    pub fn synced(&self, key: &str, version: u64) -> Result<bool> {
+        self.dirty.remove_if(key, version.to_be_bytes())
+    }
+
     /// Pushes every unsynced key to the hub; stops at the first failure.
     pub async fn sync(&self, client: &mut AsyncClient, scope: &str) -> std::result::Result<usize, String> {
         let mut synced = 0;
-        for entry in self.dirty.iter() {
-            let (key, version) = entry.map_err(|e| e.to_string())?;
-            let key_text = String::from_utf8_lossy(&key).into_owned();
+        for (key_text, version) in self.unsynced().map_err(|e| e.to_string())? {
             let value = self.get(&key_text).map_err(|e| e.to_string())?;
             let [op, request] = Request::set(scope, &key_text, value).frames(Op::Set);
             let reply =
@@ -109,12 +130,15 @@ impl LocalState {
             if !ok {
                 return Err(format!("the hub's state service refused key {key_text}"));
             }
-            // Clear the flag only if no newer write came in meanwhile.
-            self.dirty.remove_if(&key, &version).map_err(|e| e.to_string())?;
+            self.synced(&key_text, version).map_err(|e| e.to_string())?;
             synced += 1;
         }
         Ok(synced)
     }
+}
+
+fn version_of(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -143,5 +167,33 @@ mod tests {
         let state = LocalState::new(&store, limits).unwrap();
         assert!(matches!(state.set("c", &json!(1)), Err(SetError::Full(_))), "counted again after a restart");
         assert_eq!(state.get("a").unwrap(), json!("1234"));
+    }
+
+    #[test]
+    fn a_write_after_a_restart_is_not_cleared_by_a_sync_of_an_older_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let limits = LocalStateConfig::default();
+        {
+            let store = Store::open(&path, 1 << 20).unwrap();
+            let state = LocalState::new(&store, limits).unwrap();
+            state.set("mode", &json!("auto")).unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(&path, 1 << 20).unwrap();
+        let state = LocalState::new(&store, limits).unwrap();
+        // A sync picks up the write from before the restart...
+        let in_flight = state.unsynced().unwrap();
+        assert_eq!(in_flight.len(), 1);
+        // ...a new write of the same key comes in while it is on the wire...
+        state.set("mode", &json!("manual")).unwrap();
+        // ...and the hub's answer to the old one must not clear the new one.
+        let (key, version) = &in_flight[0];
+        assert!(!state.synced(key, *version).unwrap());
+        assert_eq!(state.pending(), 1, "the newer write is still to be synced");
+        let (_, newer) = state.unsynced().unwrap()[0].clone();
+        assert!(newer > *version);
+        assert!(state.synced("mode", newer).unwrap());
+        assert_eq!(state.pending(), 0);
     }
 }

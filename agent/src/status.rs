@@ -79,7 +79,8 @@ pub struct Shared {
     pub live_published: AtomicU64,
     /// Best-effort samples the live queue could not take.
     pub live_dropped: AtomicU64,
-    pub store_errors: AtomicU64,
+    /// The local state's store (sled): the last flush error, if the last flush failed.
+    pub local_store: Mutex<crate::outbox::Health>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -93,6 +94,41 @@ impl Shared {
 
     pub fn channels(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ChannelStatus>> {
         lock(&self.channels)
+    }
+
+    /// Records the outcome of a flush of the local state's store.
+    pub fn note_local_store(&self, error: Option<String>) {
+        let mut h = lock(&self.local_store);
+        match error {
+            Some(e) => {
+                if h.error.is_none() {
+                    log::error!("local state flush failed: {e}");
+                    h.since_wall_ns = Some(clock::wall_ns());
+                }
+                h.errors += 1;
+                h.error = Some(e);
+            }
+            None => {
+                if h.error.take().is_some() {
+                    log::info!("local state flushes work again");
+                }
+                h.since_wall_ns = None;
+            }
+        }
+    }
+
+    /// The store's health: the outbox's and the local state's, the first error shown.
+    pub fn store_json(&self) -> Json {
+        let outbox = self.outbox.health();
+        let local = lock(&self.local_store).clone();
+        let failing = if outbox.ok() { &local } else { &outbox };
+        let since = failing.since_wall_ns.and_then(|ns| jiff::Timestamp::from_nanosecond(ns.into()).ok());
+        json!({
+            "ok": outbox.ok() && local.ok(),
+            "error": failing.error,
+            "since": since.map(|t| t.to_string()),
+            "errors": outbox.errors + local.errors,
+        })
     }
 
     pub fn to_json(&self) -> Json {
@@ -135,13 +171,22 @@ impl Shared {
                 "max_bytes": outbox.max_bytes,
                 "oldest_age_s": oldest_age_s,
                 "dropped": outbox.dropped,
+                "dropped_for_space": outbox.dropped_for_space,
                 "quarantined": outbox.quarantined,
+                "quarantined_bytes": outbox.quarantined_bytes,
                 "last_appended": outbox.last_appended,
                 "durable": outbox.durable,
-                "disk_bytes": self.store.disk_bytes(),
+                "segments": outbox.segments,
+                "disk_bytes": outbox.disk_bytes,
+                "free_bytes": outbox.free_bytes,
+                "min_free_bytes": outbox.min_free_bytes,
+                "space_low": outbox.space_low,
             },
+            "store": self.store_json(),
             "store_recovered_from": self.store.recovered_from,
-            "store_errors": self.store_errors.load(Relaxed),
+            "store_disk_bytes": self.store.disk_bytes(),
+            // Samples lost to failed outbox writes since the start.
+            "store_errors": outbox.store_errors,
             "live": {
                 "published": self.live_published.load(Relaxed),
                 "dropped": self.live_dropped.load(Relaxed),

@@ -106,7 +106,7 @@ pub async fn run(
         match reply {
             Ok(Reply::Ack { .. }) => {
                 breaker.success();
-                if let Err(e) = shared.outbox.retire(&last_key) {
+                if let Err(e) = shared.outbox.retire(last_key) {
                     log::error!("outbox retire failed: {e}");
                 }
                 let mut link = shared.link();

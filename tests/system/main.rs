@@ -10,5 +10,6 @@ mod interop;
 mod package;
 mod security;
 mod state;
+mod storage;
 mod subscribers;
 mod supervision;

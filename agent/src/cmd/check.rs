@@ -116,25 +116,41 @@ fn data_dir(config: &Config) -> Check {
 
 fn store(config: &Config) -> Check {
     let path = config.data_dir.join("store");
-    if !path.exists() {
+    let outbox = config.outbox_dir();
+    if !path.exists() && !outbox.exists() {
         return check("store", Level::Ok, "none yet (created on first run)");
     }
     if agent::control::ask_status(&config.data_dir, Duration::from_millis(500)).is_ok() {
         return check("store", Level::Ok, "in use by the running agent");
     }
     let cache = config.limits().map(|l| l.cache_bytes).unwrap_or(1 << 20);
-    match agent::store::Store::open_as_is(&path, cache) {
-        Ok(store) => match agent::outbox::Outbox::open(&store, u64::MAX, u64::MAX).and_then(|o| o.verify()) {
-            Ok((intact, 0)) => check("store", Level::Ok, format!("{intact} outbox record(s), all intact")),
-            Ok((intact, damaged)) => check(
-                "store",
-                Level::Warn,
-                format!("{intact} intact, {damaged} damaged record(s): the agent quarantines them; `agent store repair` does it now"),
-            ),
-            Err(e) => check("store", Level::Fail, format!("{e}")),
-        },
-        Err(e) => check("store", Level::Fail, format!("{}: {e} (the agent will move it aside and start afresh)", path.display())),
+    if path.exists() {
+        if let Err(e) = agent::store::Store::open_as_is(&path, cache) {
+            let what = if agent::store::is_damage(e.sled()) {
+                "the agent will move it aside and start afresh"
+            } else {
+                "the agent will not start until this is fixed"
+            };
+            return check("store", Level::Fail, format!("{}: {e} ({what})", path.display()));
+        }
     }
+    match agent::outbox::Outbox::inspect(&outbox).and_then(|o| Ok((o.verify()?, o.stats()))) {
+        Ok(((intact, 0), s)) => check(
+            "store",
+            Level::Ok,
+            format!("{intact} outbox record(s), all intact; {} free on its file system", free(s.free_bytes)),
+        ),
+        Ok(((intact, damaged), _)) => check(
+            "store",
+            Level::Warn,
+            format!("{intact} intact, {damaged} damaged stretch(es): the agent quarantines them; `agent store repair` does it now"),
+        ),
+        Err(e) => check("store", Level::Fail, format!("{}: {e}", outbox.display())),
+    }
+}
+
+fn free(bytes: Option<u64>) -> String {
+    bytes.map_or("unknown".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
 }
 
 /// `tcp://host:port` → a TCP connect with timing.

@@ -16,7 +16,8 @@ config_flags! {
         example = "agent run --board sim --id demo",
         example = "agent run --config /etc/plantd/agent.toml",
         example = "agent run --board rpi4 --hub-broker tcp://10.0.0.5:9797 --hub-bus tcp://10.0.0.5:13000",
-        note = "Durable samples survive link outages, hub restarts and agent restarts; see `agent status` for the outbox."
+        note = "Durable samples survive link outages, hub restarts and agent restarts; see `agent status` for the outbox.",
+        error_code(74, "it stopped while its store was failing (a full disk, say): samples were lost")
     )]
     pub struct RunArgs {}
 }
@@ -25,6 +26,13 @@ pub fn run(args: RunArgs) -> CmdResult {
     let config = args.load()?;
     let shutdown = Shutdown::new();
     plumbing::stop_on_termination_signals(&shutdown)?;
-    agent::run::run(&config, shutdown)?;
-    Ok(ExitCode::SUCCESS)
+    match agent::run::run(&config, shutdown) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e @ agent::run::RunError::StoreFailing(_)) => {
+            log::error!("{e}");
+            eprintln!("agent: error: {e}");
+            Ok(ExitCode::from(agent::run::EX_IOERR))
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -8,7 +8,8 @@ use serde_json::json;
 use super::{config_flags, CmdResult};
 
 config_flags! {
-    /// Inspect or repair a stopped agent's store (the running agent holds it locked).
+    /// Inspect or repair a stopped agent's store: the outbox log and the local
+    /// state (the running agent holds the data directory locked).
     #[derive(FromArgs)]
     #[argh(
         subcommand,
@@ -33,12 +34,12 @@ pub enum Action {
     Repair(Repair),
 }
 
-/// records, bytes, drops, quarantine, epoch, disk use
+/// records, bytes, drops, quarantine, last epoch, disk use
 #[derive(FromArgs)]
 #[argh(subcommand, name = "status")]
 pub struct Status {}
 
-/// check every outbox record's checksum
+/// check every outbox record's checksum (exit 1 on damage)
 #[derive(FromArgs)]
 #[argh(subcommand, name = "verify")]
 pub struct Verify {}
@@ -60,48 +61,70 @@ pub struct Repair {}
 pub fn run(args: StoreArgs) -> CmdResult {
     let config = args.load()?;
     let limits = config.limits()?;
-    let path = config.data_dir.join("store");
-    if !path.exists() {
-        return Err(format!("no store at {} (is --data-dir right?)", path.display()).into());
+    let dir = config.outbox_dir();
+    let state_path = config.data_dir.join("store");
+    if !dir.exists() && !state_path.exists() {
+        return Err(format!("no store in {} (is --data-dir right?)", config.data_dir.display()).into());
     }
-    let store = Store::open_as_is(&path, limits.cache_bytes).map_err(|e| {
-        format!("cannot open the store at {}: {e} (if the agent is running, stop it first: it holds the store locked)", path.display())
-    })?;
-    let outbox = Outbox::open(&store, limits.outbox_records, limits.outbox_bytes)?;
+    // The running agent holds this lock; a store is looked at or repaired only when it is stopped.
+    let _lock = agent::lock::lock(&config.data_dir)?;
+    let state = || {
+        Store::open_as_is(&state_path, limits.cache_bytes)
+            .map_err(|e| format!("cannot open the local state at {}: {e}", state_path.display()))
+    };
     match args.action {
         Action::Status(_) => {
+            let outbox = Outbox::inspect(&dir)?;
             let s = outbox.stats();
             let age = outbox.oldest_wall_ns().map(|w| (agent::clock::wall_ns() - w) as f64 / 1e9);
+            let store = state().ok();
             println!(
                 "{}",
                 json!({
-                    "path": path,
-                    "epoch": store.get_u64("epoch")?,
+                    "outbox_path": dir,
                     "outbox": s,
                     "oldest_age_s": age,
-                    "quarantine": store.quarantine.len(),
-                    "local_state_keys": store.state.len(),
-                    "unsynced_state_keys": store.state_dirty.len(),
-                    "disk_bytes": store.disk_bytes(),
+                    "recovery_needed": outbox.recovery(),
+                    "state_path": state_path,
+                    "last_epoch": store.as_ref().and_then(|s| s.get_u64("epoch").ok().flatten()),
+                    "local_state_keys": store.as_ref().map(|s| s.state.len()),
+                    "unsynced_state_keys": store.as_ref().map(|s| s.state_dirty.len()),
+                    "state_disk_bytes": store.as_ref().map(|s| s.disk_bytes()),
                 })
             );
             Ok(ExitCode::SUCCESS)
         }
         Action::Verify(_) => {
+            let outbox = Outbox::inspect(&dir)?;
             let (ok, damaged) = outbox.verify()?;
-            println!("{}", json!({"intact": ok, "damaged": damaged, "quarantined": store.quarantine.len()}));
+            let torn = outbox.recovery().torn_bytes;
+            println!(
+                "{}",
+                json!({"intact": ok, "damaged": damaged, "torn_tail_bytes": torn, "quarantined": outbox.stats().quarantined})
+            );
             Ok(if damaged == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Action::Dump(d) => {
-            for sample in outbox.dump(d.limit)? {
+            for sample in Outbox::inspect(&dir)?.dump(d.limit)? {
                 println!("{}", sample.to_json(&config.agent_id(), true, false));
             }
             Ok(ExitCode::SUCCESS)
         }
         Action::Repair(_) => {
-            let moved = outbox.repair()?;
-            store.flush()?;
-            println!("{}", json!({"quarantined_now": moved, "quarantined_total": store.quarantine.len()}));
+            // Opening repairs: torn tails cut, damage quarantined and the segments rewritten.
+            let outbox = Outbox::open(&dir, config.outbox_options()?)?;
+            let at_open = outbox.recovery();
+            let now = outbox.repair()?;
+            outbox.flush()?;
+            println!(
+                "{}",
+                json!({
+                    "quarantined_now": at_open.damaged + now,
+                    "torn_tail_bytes_cut": at_open.torn_bytes,
+                    "quarantined_total": outbox.stats().quarantined,
+                    "quarantine_file": dir.join("quarantine"),
+                })
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

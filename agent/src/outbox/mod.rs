@@ -1,35 +1,62 @@
 //! The outbox: every durable sample is appended here first, sent to the hub
-//! in order, and removed only when the hub has acknowledged it.
+//! in order, and retired only when the hub has acknowledged it.
 //!
-//! Bounded by records and by bytes (encoded records, keys excluded); when
-//! full the oldest telemetry is dropped and counted, so sampling never waits
-//! on the network. Records carry a CRC-32; one that fails it is moved to the
-//! quarantine tree and counted, never decoded into a wrong sample and never
-//! a reason to stop. Writes become durable at the next flush; `durable`
-//! tells which sample that covers.
+//! It is an append-only segmented log ([`log`]) under `<data_dir>/outbox/`,
+//! ordered by a record index that rises by one per append (never by the boot
+//! epoch). Bounded by records and by bytes (framed records); when full the
+//! oldest telemetry is dropped and counted, so sampling never waits on the
+//! network. While the file system has less than `min_free_bytes` free (as
+//! seen at the last flush) the outbox does not grow: each append drops the
+//! oldest, counted apart (`dropped_for_space`).
+//!
+//! Appends are durable at the next flush; `durable` tells which sample that
+//! covers. A write that fails (a full disk) loses the buffered samples it
+//! held, counts them (`store_errors`), leaves no partial record behind, and
+//! marks the store unhealthy until a flush succeeds again with some room
+//! left ([`HEALTHY_FREE_BYTES`]): nothing latches.
 
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use proto::sample::Sample;
 use serde::Serialize;
 
-use crate::store::{Result, Store, Table};
-
+pub mod log;
 pub mod record;
 
-/// Outbox key: epoch then sequence, big-endian, so the store keeps send order.
-pub type Key = [u8; 16];
+use self::log::{Counters, Log, WriteError};
 
-pub fn key(epoch: u64, seq: u64) -> Key {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&epoch.to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
-    k
+/// A record's place in the outbox: its log index.
+pub type Key = u64;
+
+pub type Result<T> = std::io::Result<T>;
+
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 32 << 20;
+
+/// After a failure the store counts as working again at a flush that
+/// succeeds with at least this much free (a small write can still fit into
+/// the last, partly used block of a full disk).
+pub const HEALTHY_FREE_BYTES: u64 = log::WRITE_CHUNK as u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutboxOptions {
+    pub max_records: u64,
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+    /// Free space on the file system below which the outbox stops growing.
+    pub min_free_bytes: u64,
 }
 
-pub fn unkey(k: &[u8]) -> Option<(u64, u64)> {
-    let k: &Key = k.try_into().ok()?;
-    Some((u64::from_be_bytes(k[..8].try_into().ok()?), u64::from_be_bytes(k[8..].try_into().ok()?)))
+impl OutboxOptions {
+    /// No bounds (tools and benchmarks).
+    pub fn unbounded() -> OutboxOptions {
+        OutboxOptions {
+            max_records: u64::MAX,
+            max_bytes: u64::MAX,
+            segment_bytes: log::DEFAULT_SEGMENT_BYTES,
+            min_free_bytes: 0,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -38,13 +65,43 @@ pub struct OutboxStats {
     pub bytes: u64,
     pub max_records: u64,
     pub max_bytes: u64,
-    /// Samples dropped because the outbox was full (since the store was created).
+    /// Samples dropped because the outbox was full (since the outbox was created).
     pub dropped: u64,
-    /// Damaged records set aside.
+    /// Samples dropped because the disk was short of `min_free_bytes`.
+    pub dropped_for_space: u64,
+    /// Damaged stretches set aside (each may have held more than one record), and their bytes.
     pub quarantined: u64,
+    pub quarantined_bytes: u64,
+    /// Samples lost to failed writes since the agent started.
+    pub store_errors: u64,
+    pub segments: u64,
+    pub disk_bytes: u64,
+    /// Free space on the outbox's file system at the last flush.
+    pub free_bytes: Option<u64>,
+    pub min_free_bytes: u64,
+    pub space_low: bool,
+    /// Every record below `head` is retired; the next append gets `next`.
+    pub head: u64,
+    pub next: u64,
     /// The last (epoch, seq) appended, and the last known to be on disk.
     pub last_appended: Option<(u64, u64)>,
     pub durable: Option<(u64, u64)>,
+}
+
+/// Whether the outbox can write: the last error and since when (wall-clock
+/// ns), cleared by the next flush that writes and syncs with room to spare.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Health {
+    pub error: Option<String>,
+    pub since_wall_ns: Option<i64>,
+    /// Failed operations since the agent started.
+    pub errors: u64,
+}
+
+impl Health {
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+    }
 }
 
 /// What the uplink has sent and awaits an answer for.
@@ -52,360 +109,360 @@ pub struct OutboxStats {
 struct InFlight {
     /// The last key of the batch on the wire.
     through: Option<Key>,
-    /// Records of that batch dropped from the store while it was on the wire:
-    /// counted as dropped unless the hub acknowledges the batch.
+    /// Records of that batch dropped while it was on the wire: counted as
+    /// dropped unless the hub acknowledges the batch.
     dropped: u64,
+    dropped_for_space: u64,
+}
+
+#[derive(Clone, Copy)]
+enum Why {
+    Full,
+    Space,
+}
+
+struct Inner {
+    log: Log,
+    opts: OutboxOptions,
+    flight: InFlight,
+    last_appended: Option<(u64, u64)>,
+    durable: Option<(u64, u64)>,
+    free_bytes: Option<u64>,
+    space_low: bool,
+    health: Health,
 }
 
 pub struct Outbox {
-    tree: Table,
-    quarantine: Table,
-    meta: Table,
-    state: Mutex<(OutboxStats, InFlight)>,
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+    /// One flush at a time (the periodic one may still run when the last one starts).
+    flushing: Mutex<()>,
+}
+
+fn write_error(e: WriteError) -> std::io::Error {
+    std::io::Error::new(e.source.kind(), e.to_string())
+}
+
+impl Inner {
+    fn drop_oldest(&mut self, why: Why) -> Result<bool> {
+        let Some((index, _)) = self.log.pop_front()? else { return Ok(false) };
+        let in_flight = self.flight.through.is_some_and(|t| index <= t);
+        match why {
+            Why::Full => {
+                self.log.counters.dropped += 1;
+                self.flight.dropped += u64::from(in_flight);
+            }
+            Why::Space => {
+                self.log.counters.dropped_for_space += 1;
+                self.flight.dropped_for_space += u64::from(in_flight);
+            }
+        }
+        Ok(true)
+    }
+
+    fn failed(&mut self, what: &str, e: &std::io::Error) {
+        self.health.errors += 1;
+        if self.health.error.is_none() {
+            ::log::error!("outbox {what} failed: {e} (samples are dropped and counted until it works again)");
+            self.health.since_wall_ns = Some(crate::clock::wall_ns());
+        }
+        self.health.error = Some(format!("{what}: {e}"));
+    }
+
+    fn healthy(&mut self) {
+        if self.health.error.take().is_some() {
+            ::log::info!("outbox writes work again");
+            self.health.since_wall_ns = None;
+        }
+    }
+
+    fn space(&mut self, free: std::io::Result<u64>) {
+        match free {
+            Ok(free) => {
+                let low = free < self.opts.min_free_bytes;
+                if low != self.space_low {
+                    if low {
+                        ::log::warn!(
+                            "{free} bytes free, under the reserve of {} (min_free_bytes): the outbox stops growing, each new sample drops the oldest",
+                            self.opts.min_free_bytes
+                        );
+                    } else {
+                        ::log::info!("{free} bytes free again: the outbox grows again");
+                    }
+                }
+                self.space_low = low;
+                self.free_bytes = Some(free);
+            }
+            Err(e) => ::log::warn!("cannot read the free space of the outbox's file system: {e}"),
+        }
+    }
 }
 
 impl Outbox {
-    /// Opens the outbox in `store`, counting what is already there.
-    pub fn open(store: &Store, max_records: u64, max_bytes: u64) -> Result<Outbox> {
-        let (mut records, mut bytes, mut last) = (0, 0, None);
-        for entry in store.outbox.iter() {
-            let (k, v) = entry?;
-            records += 1;
-            bytes += v.len() as u64;
-            last = unkey(&k);
+    /// Opens (creating) the outbox in `dir`, recovering what a crash or
+    /// damage left: torn tails cut off, damaged stretches quarantined.
+    pub fn open(dir: &Path, opts: OutboxOptions) -> Result<Outbox> {
+        let log = Log::open(dir, opts.segment_bytes)?;
+        Self::with(dir, log, opts)
+    }
+
+    /// Opens the outbox of a stopped agent to look at it, changing nothing.
+    pub fn inspect(dir: &Path) -> Result<Outbox> {
+        let log = Log::inspect(dir)?;
+        Self::with(dir, log, OutboxOptions::unbounded())
+    }
+
+    fn with(dir: &Path, mut log: Log, opts: OutboxOptions) -> Result<Outbox> {
+        let last = log.last_payload()?.and_then(|p| record::decode(&p).ok()).map(|s| (s.epoch, s.seq));
+        log.set_written_tag(last);
+        let recovery = log.recovery;
+        if recovery.damaged > 0 {
+            ::log::error!(
+                "outbox: {} damaged stretch(es), {} bytes, found at open",
+                recovery.damaged,
+                recovery.damaged_bytes
+            );
         }
-        let stats = OutboxStats {
-            records,
-            bytes,
-            max_records,
-            max_bytes,
-            dropped: store.get_u64("outbox.dropped")?.unwrap_or(0),
-            quarantined: store.quarantine.len() as u64,
+        let mut inner = Inner {
+            log,
+            opts,
+            flight: InFlight::default(),
             last_appended: last,
             // What survived the last run is on disk by definition.
             durable: last,
+            free_bytes: None,
+            space_low: false,
+            health: Health::default(),
         };
-        Ok(Outbox {
-            tree: store.outbox.clone(),
-            quarantine: store.quarantine.clone(),
-            meta: store.meta.clone(),
-            state: Mutex::new((stats, InFlight::default())),
-        })
+        if dir.exists() {
+            inner.space(log::free_bytes(dir));
+        }
+        Ok(Outbox { dir: dir.to_path_buf(), inner: Mutex::new(inner), flushing: Mutex::new(()) })
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, (OutboxStats, InFlight)> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What opening found: damage and torn tails.
+    pub fn recovery(&self) -> log::Recovery {
+        self.inner().log.recovery
     }
 
     pub fn stats(&self) -> OutboxStats {
-        self.state().0
+        let g = self.inner();
+        let Counters { dropped, dropped_for_space } = g.log.counters;
+        let (quarantined, quarantined_bytes) = g.log.quarantined();
+        OutboxStats {
+            records: g.log.records(),
+            bytes: g.log.bytes(),
+            max_records: g.opts.max_records,
+            max_bytes: g.opts.max_bytes,
+            dropped,
+            dropped_for_space,
+            quarantined,
+            quarantined_bytes,
+            store_errors: g.log.lost(),
+            segments: g.log.segments() as u64,
+            disk_bytes: g.log.disk_bytes(),
+            free_bytes: g.free_bytes,
+            min_free_bytes: g.opts.min_free_bytes,
+            space_low: g.space_low,
+            head: g.log.head(),
+            next: g.log.next_index(),
+            last_appended: g.last_appended,
+            durable: g.durable,
+        }
     }
 
-    /// Appends a sample, dropping the oldest ones first if it would not fit.
+    pub fn health(&self) -> Health {
+        self.inner().health.clone()
+    }
+
+    /// Appends a sample, dropping the oldest first if it would not fit (or
+    /// the disk is short of its reserve).
     pub fn append(&self, sample: &Sample) -> Result<()> {
-        let record = record::encode(sample);
-        let mut guard = self.state();
-        let (s, flight) = &mut *guard;
-        while s.records > 0 && (s.records + 1 > s.max_records || s.bytes + record.len() as u64 > s.max_bytes)
-        {
-            match self.tree.pop_first()? {
-                Some((k, old)) => {
-                    s.records = s.records.saturating_sub(1);
-                    s.bytes = s.bytes.saturating_sub(old.len() as u64);
-                    s.dropped += 1;
-                    if flight.through.is_some_and(|t| k.as_ref() <= t.as_slice()) {
-                        flight.dropped += 1;
-                    }
-                }
-                None => break,
+        let payload = record::payload(sample);
+        let len = (record::HEADER + payload.len()) as u64;
+        let mut guard = self.inner();
+        let g = &mut *guard;
+        let result = (|| {
+            if g.space_low && g.log.records() > 0 {
+                g.drop_oldest(Why::Space)?;
             }
+            while g.log.records() > 0
+                && (g.log.records() + 1 > g.opts.max_records || g.log.bytes() + len > g.opts.max_bytes)
+            {
+                if !g.drop_oldest(Why::Full)? {
+                    break;
+                }
+            }
+            g.log.append(&payload, (sample.epoch, sample.seq)).map_err(write_error)?;
+            g.last_appended = Some((sample.epoch, sample.seq));
+            if g.log.pending_bytes() >= log::WRITE_CHUNK {
+                g.log.write_out().map_err(write_error)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = &result {
+            g.failed("append", e);
         }
-        // A key already present (an epoch reused after a lost store) is replaced, not double-counted.
-        if let Some(old) = self.tree.insert(key(sample.epoch, sample.seq), record.as_slice())? {
-            s.records = s.records.saturating_sub(1);
-            s.bytes = s.bytes.saturating_sub(old.len() as u64);
-        }
-        s.records += 1;
-        s.bytes += record.len() as u64;
-        s.last_appended = Some((sample.epoch, sample.seq));
-        Ok(())
+        result
     }
 
     /// The uplink sent a batch ending at `through` and awaits the answer.
     pub fn sending(&self, through: Key) {
-        self.state().1 = InFlight { through: Some(through), dropped: 0 };
+        self.inner().flight = InFlight { through: Some(through), ..InFlight::default() };
     }
 
     /// No answer came for the batch in flight: whatever was dropped from it is lost.
     pub fn not_sent(&self) {
-        self.state().1 = InFlight::default();
+        self.inner().flight = InFlight::default();
     }
 
-    /// Recounts records and bytes from the store (after an inconsistency).
+    /// Recounts records and bytes from the files (after an inconsistency).
     pub fn resync(&self) -> Result<()> {
-        let (mut records, mut bytes) = (0, 0);
-        for entry in self.tree.iter() {
-            records += 1;
-            bytes += entry?.1.len() as u64;
+        let mut g = self.inner();
+        let result = g.log.recount();
+        if let Err(e) = &result {
+            g.failed("recount", e);
         }
-        let mut state = self.state();
-        state.0.records = records;
-        state.0.bytes = bytes;
-        Ok(())
+        result
     }
 
-    /// The oldest samples, up to `max_records` and about `max_bytes`. Damaged
-    /// records met on the way are quarantined.
+    /// The oldest samples, up to `max_records` and about `max_bytes` (at
+    /// least one). Damage met at the head is quarantined and counted.
     pub fn peek(&self, max_records: usize, max_bytes: usize) -> Result<Vec<(Key, Sample)>> {
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        for entry in self.tree.iter() {
-            let (k, v) = entry?;
-            if batch.len() >= max_records || (bytes > 0 && bytes + v.len() > max_bytes) {
-                break;
-            }
-            match (k.as_ref().try_into(), record::decode(&v)) {
-                (Ok(k), Ok(sample)) => {
-                    bytes += v.len();
-                    batch.push((k, sample));
+        let mut g = self.inner();
+        loop {
+            let (mut batch, mut bytes, mut undecodable) = (Vec::new(), 0, false);
+            let result = g.log.read(false, |index, payload| {
+                if batch.len() >= max_records || (bytes > 0 && bytes + payload.len() > max_bytes) {
+                    return false;
                 }
-                (_, Err(e)) => self.set_aside(&k, &v, &e.to_string())?,
-                (Err(_), _) => self.set_aside(&k, &v, "malformed key")?,
+                match record::decode(payload) {
+                    Ok(sample) => {
+                        bytes += payload.len();
+                        batch.push((index, sample));
+                        true
+                    }
+                    Err(_) => {
+                        undecodable = batch.is_empty();
+                        false
+                    }
+                }
+            });
+            if let Err(e) = result {
+                g.failed("read", &e);
+                return Err(e);
             }
+            if !undecodable {
+                return Ok(batch);
+            }
+            g.log.set_aside_front()?;
         }
-        Ok(batch)
     }
 
-    fn set_aside(&self, k: &[u8], v: &[u8], why: &str) -> Result<()> {
-        log::error!("outbox record {:?} is damaged ({why}): quarantined", unkey(k));
-        self.quarantine.insert(k, v)?;
-        let removed = self.tree.remove(k)?;
-        let mut state = self.state();
-        let s = &mut state.0;
-        if let Some(old) = removed {
-            s.records = s.records.saturating_sub(1);
-            s.bytes = s.bytes.saturating_sub(old.len() as u64);
-        }
-        s.quarantined += 1;
-        Ok(())
-    }
-
-    /// Removes every record up to and including `through`: the hub has them.
+    /// Retires every record up to and including `through`: the hub has them.
     /// Records of that batch the outbox dropped while it was on the wire were
     /// delivered after all, so they no longer count as dropped.
-    pub fn retire(&self, through: &Key) -> Result<usize> {
-        let mut removed = 0;
-        let mut freed = 0;
-        while let Some((k, v)) = self.tree.first()? {
-            if k.as_ref() > through.as_slice() {
-                break;
-            }
-            if self.tree.remove(&k)?.is_some() {
-                removed += 1;
-                freed += v.len() as u64;
+    pub fn retire(&self, through: Key) -> Result<usize> {
+        let mut guard = self.inner();
+        let g = &mut *guard;
+        let removed = g.log.retire(through);
+        if g.flight.through.is_some_and(|t| t <= through) {
+            let c = &mut g.log.counters;
+            c.dropped = c.dropped.saturating_sub(g.flight.dropped);
+            c.dropped_for_space = c.dropped_for_space.saturating_sub(g.flight.dropped_for_space);
+            g.flight = InFlight::default();
+        }
+        match removed {
+            Ok(n) => Ok(n as usize),
+            Err(e) => {
+                g.failed("retire", &e);
+                Err(e)
             }
         }
-        let mut guard = self.state();
-        let (s, flight) = &mut *guard;
-        s.records = s.records.saturating_sub(removed);
-        s.bytes = s.bytes.saturating_sub(freed);
-        if flight.through.is_some_and(|t| t.as_slice() <= through.as_slice()) {
-            s.dropped = s.dropped.saturating_sub(flight.dropped);
-            *flight = InFlight::default();
-        }
-        Ok(removed as usize)
     }
 
-    /// Makes everything appended so far durable (and the drop counter with it).
-    pub fn flush(&self, store: &Store) -> Result<()> {
-        let (appended, dropped) = {
-            let s = self.stats();
-            (s.last_appended, s.dropped)
+    /// Writes and syncs everything appended so far, persists the head and
+    /// the counters, and checks the free space. The syncs run outside the
+    /// lock, so appends do not wait on the disk.
+    pub fn flush(&self) -> Result<()> {
+        let _one = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        let (written, job, tag) = {
+            let mut g = self.inner();
+            let (written, job) = g.log.prepare_flush();
+            if let Err(e) = &written {
+                let e = std::io::Error::new(e.source.kind(), e.to_string());
+                g.failed("write", &e);
+            }
+            (written, job, g.log.written_tag())
         };
-        self.meta.insert("outbox.dropped", dropped.to_be_bytes())?;
-        store.flush()?;
-        self.state().0.durable = appended;
-        Ok(())
+        let synced = job.run();
+        let free = log::free_bytes(&self.dir);
+        let mut g = self.inner();
+        g.log.finish_flush(job, synced.is_ok());
+        g.space(free);
+        match (written, synced) {
+            (Ok(()), Ok(())) => {
+                g.durable = tag;
+                // A write squeezed into the last free bytes is no recovery.
+                if g.free_bytes.is_none_or(|free| free >= HEALTHY_FREE_BYTES) {
+                    g.healthy();
+                }
+                Ok(())
+            }
+            (written, synced) => {
+                if let Err(e) = &synced {
+                    g.failed("sync", e);
+                } else {
+                    g.durable = tag;
+                }
+                Err(synced.err().unwrap_or_else(|| write_error(written.expect_err("one failed"))))
+            }
+        }
     }
 
     /// The oldest sample's wall time, if any.
     pub fn oldest_wall_ns(&self) -> Option<i64> {
-        let (_, v) = self.tree.first().ok()??;
-        record::decode(&v).ok().map(|s| s.wall_ns)
+        let front = self.inner().log.front().ok()??;
+        record::decode(&front.payload).ok().map(|s| s.wall_ns)
     }
 
-    /// Counts intact and damaged records (`agent store verify`).
+    /// Counts intact records and damaged stretches (`agent store verify`).
     pub fn verify(&self) -> Result<(u64, u64)> {
-        let (mut ok, mut damaged) = (0, 0);
-        for entry in self.tree.iter() {
-            let (_, v) = entry?;
-            if record::decode(&v).is_ok() {
-                ok += 1;
-            } else {
-                damaged += 1;
-            }
-        }
-        Ok((ok, damaged))
+        let mut g = self.inner();
+        let (intact, damaged) = g.log.verify()?;
+        let mut undecodable = 0;
+        g.log.read(true, |_, payload| {
+            undecodable += u64::from(record::decode(payload).is_err());
+            true
+        })?;
+        Ok((intact - undecodable, damaged + undecodable))
     }
 
-    /// Quarantines every damaged record (`agent store repair`); returns how many.
+    /// Quarantines every damaged stretch now (`agent store repair`); returns how many.
     pub fn repair(&self) -> Result<u64> {
-        let mut moved = 0;
-        for entry in self.tree.iter() {
-            let (k, v) = entry?;
-            if let Err(e) = record::decode(&v) {
-                self.set_aside(&k, &v, &e.to_string())?;
-                moved += 1;
-            }
-        }
-        Ok(moved)
+        self.inner().log.repair()
     }
 
     /// Every intact record, oldest first, up to `limit` (`agent store dump`).
     pub fn dump(&self, limit: usize) -> Result<Vec<Sample>> {
         let mut out = Vec::new();
-        for entry in self.tree.iter() {
-            if out.len() >= limit {
-                break;
-            }
-            if let Ok(sample) = record::decode(&entry?.1) {
+        self.inner().log.read(true, |_, payload| {
+            if let Ok(sample) = record::decode(payload) {
                 out.push(sample);
             }
-        }
+            out.len() < limit
+        })?;
         Ok(out)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proto::sample::{Quality, Value};
-
-    fn sample(epoch: u64, seq: u64) -> Sample {
-        Sample {
-            channel: "c".into(),
-            epoch,
-            seq,
-            wall_ns: seq as i64,
-            mono_ns: seq,
-            clock_synced: true,
-            value: Value::Number(seq as f64),
-            unit: "u".into(),
-            quality: Quality::Good,
-        }
-    }
-
-    fn rig(max_records: u64, max_bytes: u64) -> (Store, Outbox, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
-        let outbox = Outbox::open(&store, max_records, max_bytes).unwrap();
-        (store, outbox, dir)
-    }
-
-    #[test]
-    fn keeps_order_and_retires_through_a_key() {
-        let (_store, outbox, _dir) = rig(100, 1 << 20);
-        for seq in 1..=5 {
-            outbox.append(&sample(1, seq)).unwrap();
-        }
-        outbox.append(&sample(2, 1)).unwrap();
-        let batch = outbox.peek(4, 1 << 20).unwrap();
-        assert_eq!(
-            batch.iter().map(|(_, s)| (s.epoch, s.seq)).collect::<Vec<_>>(),
-            [(1, 1), (1, 2), (1, 3), (1, 4)]
-        );
-        assert_eq!(outbox.retire(&batch[3].0).unwrap(), 4);
-        let rest: Vec<_> =
-            outbox.peek(10, 1 << 20).unwrap().into_iter().map(|(_, s)| (s.epoch, s.seq)).collect();
-        assert_eq!(rest, [(1, 5), (2, 1)]);
-        assert_eq!(outbox.stats().records, 2);
-    }
-
-    #[test]
-    fn full_outbox_drops_the_oldest_and_counts_exactly() {
-        let (_store, outbox, _dir) = rig(10, 1 << 20);
-        for seq in 1..=25 {
-            outbox.append(&sample(1, seq)).unwrap();
-        }
-        let s = outbox.stats();
-        assert_eq!((s.records, s.dropped), (10, 15));
-        assert_eq!(outbox.peek(100, 1 << 20).unwrap()[0].1.seq, 16);
-        // The byte bound holds too.
-        let one = record::encode(&sample(1, 1)).len() as u64;
-        let (_store, outbox, _dir) = rig(1000, one * 3 + 1);
-        for seq in 1..=7 {
-            outbox.append(&sample(1, seq)).unwrap();
-        }
-        let s = outbox.stats();
-        assert_eq!((s.records, s.dropped), (3, 4));
-        assert!(s.bytes <= s.max_bytes);
-    }
-
-    #[test]
-    fn drops_from_a_batch_the_hub_then_acknowledges_are_not_counted() {
-        let (_store, outbox, _dir) = rig(5, 1 << 20);
-        for seq in 1..=5 {
-            outbox.append(&sample(1, seq)).unwrap();
-        }
-        let batch = outbox.peek(5, 1 << 20).unwrap();
-        outbox.sending(batch[4].0);
-        for seq in 6..=7 {
-            outbox.append(&sample(1, seq)).unwrap(); // drops 1 and 2, which are on the wire
-        }
-        assert_eq!(outbox.stats().dropped, 2);
-        outbox.retire(&batch[4].0).unwrap(); // the hub had them
-        assert_eq!(outbox.stats(), OutboxStats { records: 2, dropped: 0, ..outbox.stats() });
-        // Without an answer they stay counted.
-        let batch = outbox.peek(5, 1 << 20).unwrap();
-        outbox.sending(batch[1].0);
-        for seq in 8..=11 {
-            outbox.append(&sample(1, seq)).unwrap();
-        }
-        outbox.not_sent();
-        assert_eq!(outbox.stats().dropped, 1);
-    }
-
-    #[test]
-    fn a_reused_key_replaces_instead_of_double_counting() {
-        let (_store, outbox, _dir) = rig(100, 1 << 20);
-        outbox.append(&sample(1, 1)).unwrap();
-        outbox.append(&sample(1, 1)).unwrap();
-        let s = outbox.stats();
-        assert_eq!((s.records, s.bytes), (1, record::encode(&sample(1, 1)).len() as u64));
-    }
-
-    #[test]
-    fn damaged_records_are_quarantined_and_counted() {
-        let (store, outbox, _dir) = rig(100, 1 << 20);
-        for seq in 1..=3 {
-            outbox.append(&sample(1, seq)).unwrap();
-        }
-        let mut bad = record::encode(&sample(1, 2));
-        bad[10] ^= 0xff;
-        store.outbox.insert(key(1, 2), bad).unwrap();
-        assert_eq!(outbox.verify().unwrap(), (2, 1));
-        let seqs: Vec<u64> = outbox.peek(10, 1 << 20).unwrap().into_iter().map(|(_, s)| s.seq).collect();
-        assert_eq!(seqs, [1, 3]);
-        let s = outbox.stats();
-        assert_eq!((s.records, s.quarantined), (2, 1));
-        assert_eq!(store.quarantine.len(), 1);
-    }
-
-    #[test]
-    fn counts_and_drops_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store");
-        {
-            let store = Store::open(&path, 1 << 20).unwrap();
-            let outbox = Outbox::open(&store, 5, 1 << 20).unwrap();
-            for seq in 1..=8 {
-                outbox.append(&sample(1, seq)).unwrap();
-            }
-            outbox.flush(&store).unwrap();
-            assert_eq!(outbox.stats().durable, Some((1, 8)));
-        }
-        let store = Store::open(&path, 1 << 20).unwrap();
-        let s = Outbox::open(&store, 5, 1 << 20).unwrap().stats();
-        assert_eq!((s.records, s.dropped, s.last_appended), (5, 3, Some((1, 8))));
-    }
-}
+mod tests;
