@@ -13,7 +13,9 @@ use transport::Endpoint;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// This agent's id: topics are `org.plantd.Metric.<id>.<channel>` and its
-    /// service `org.plantd.Agent.<id>`. Defaults to the hostname.
+    /// service `org.plantd.Agent.<id>`. Defaults to the hostname and a
+    /// suffix from this machine's hardware serial (or machine id), so
+    /// controllers cloned from one SD card image still differ.
     pub id: Option<String>,
     /// Board profile: sim, linux, rpi-zero2w, rpi3, rpi4, rpi5.
     pub board: String,
@@ -25,6 +27,9 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub store: StoreConfig,
     pub local_state: LocalStateConfig,
+    /// `info`, `debug`, ... or env_logger directives; RUST_LOG and `-v` take
+    /// precedence; SIGHUP re-reads it.
+    pub log_level: String,
     /// Channels to sample (`[[channel]]`); none means the board's defaults.
     #[serde(rename = "channel")]
     pub channels: Vec<ChannelConfig>,
@@ -42,6 +47,7 @@ impl Default for Config {
             outbox: OutboxConfig::default(),
             store: StoreConfig::default(),
             local_state: LocalStateConfig::default(),
+            log_level: "info".into(),
             channels: Vec::new(),
         }
     }
@@ -201,9 +207,9 @@ impl Config {
         })
     }
 
-    /// The agent id: configured, else the hostname.
+    /// The agent id: configured, else [`default_id`].
     pub fn agent_id(&self) -> String {
-        self.id.clone().unwrap_or_else(hostname)
+        self.id.clone().unwrap_or_else(|| default_id(&self.board_root))
     }
 
     pub fn limits(&self) -> Result<Limits, ConfigError> {
@@ -267,7 +273,7 @@ impl Config {
         if !valid_name(&id) {
             return invalid(
                 "id",
-                format!("'{id}' must be letters, digits, '-' or '_' (it becomes part of bus topics)"),
+                format!("'{id}' must be {} (it becomes part of bus topics)", proto::identity::RULE),
             );
         }
         self.profile()?;
@@ -333,11 +339,30 @@ impl Config {
     }
 }
 
-/// Names that end up in topics and service names.
+/// Names that end up in topics and service names (and, with security, are
+/// the agent's identity): one rule, `proto::identity`.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    proto::identity::is_valid(name)
+}
+
+/// The default id: the hostname, and 6 hex digits from the hardware serial
+/// (Raspberry Pi: the device tree's `serial-number`) or else the machine id,
+/// under `root`. Hostnames repeat across controllers cloned from one image;
+/// serials never do, and a machine id differs unless the image was cloned
+/// after first boot. Stable across restarts and upgrades (CRC-32 of the text).
+pub fn default_id(root: &Path) -> String {
+    let host = hostname();
+    let sources = ["sys/firmware/devicetree/base/serial-number", "etc/machine-id"];
+    let unique = sources.iter().find_map(|p| {
+        let text = std::fs::read(root.join(p)).ok()?;
+        let text: Vec<u8> = text.into_iter().filter(|b| !b.is_ascii_whitespace() && *b != 0).collect();
+        (!text.is_empty()).then(|| format!("{:06x}", crc32fast::hash(&text) & 0xff_ffff))
+    });
+    match unique {
+        // Within the 64 characters an id may have.
+        Some(suffix) => format!("{}-{suffix}", &host[..host.len().min(proto::identity::MAX_LEN - 7)]),
+        None => host,
+    }
 }
 
 fn redact(value: &mut toml::Value) {
@@ -428,5 +453,25 @@ mod tests {
     #[test]
     fn hostname_is_a_valid_id() {
         assert!(valid_name(&hostname()));
+    }
+
+    #[test]
+    fn the_default_id_tells_cloned_controllers_apart() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let serial = "sys/firmware/devicetree/base/serial-number";
+        for (dir, text) in [(&a, "10000000abcdef01\0"), (&b, "10000000abcdef02\0")] {
+            std::fs::create_dir_all(dir.path().join(serial).parent().unwrap()).unwrap();
+            std::fs::write(dir.path().join(serial), text).unwrap();
+            std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+            std::fs::write(dir.path().join("etc/machine-id"), "same-image-id\n").unwrap();
+        }
+        let (id_a, id_b) = (default_id(a.path()), default_id(b.path()));
+        assert_ne!(id_a, id_b, "same hostname and machine id, different boards");
+        assert!(id_a.starts_with(&hostname()) && valid_name(&id_a), "{id_a}");
+        assert_eq!(default_id(a.path()), id_a, "stable");
+        std::fs::remove_file(a.path().join(serial)).unwrap();
+        assert_ne!(default_id(a.path()), id_a, "falls back to the machine id");
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(default_id(empty.path()), hostname(), "nothing unique known: the hostname");
     }
 }

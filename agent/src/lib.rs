@@ -14,4 +14,5 @@ pub mod service;
 pub mod state;
 pub mod status;
 pub mod store;
+pub mod supervise;
 pub mod uplink;

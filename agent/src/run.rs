@@ -3,8 +3,11 @@
 //!
 //! smol runs the many slow concurrent tasks on one thread: a sampler per
 //! channel, the uplink, the live publisher, the outbox flusher and the state
-//! sync. The Majordomo service and the local control socket are plain poll
-//! loops on threads of their own.
+//! sync. Whatever may block (driver reads, disk) runs on smol's blocking
+//! pool. The Majordomo service and the local control socket are plain poll
+//! loops on threads of their own. Every part that can fail is restarted
+//! (`supervise`); one task turns a shutdown watch every second, so the
+//! systemd watchdog sees the executor run.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -60,7 +63,14 @@ pub fn channels(config: &Config) -> Result<Channels, ConfigError> {
     Ok(Channels { by_name })
 }
 
-pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
+/// Runs the agent until `shutdown`. Once its stores are open and its tasks
+/// start, `started` gets a function that flushes the stores (for a second
+/// termination signal's last words).
+pub fn run(
+    config: &Config,
+    shutdown: Shutdown,
+    started: impl FnOnce(Box<dyn Fn() + Send + Sync>),
+) -> Result<(), RunError> {
     config.validate()?;
     let limits = config.limits()?;
     let data_dir = &config.data_dir;
@@ -91,6 +101,8 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
         live_published: AtomicU64::new(0),
         live_dropped: AtomicU64::new(0),
         local_store: Default::default(),
+        tasks: Default::default(),
+        service: Default::default(),
     });
     let channels = Arc::new(channels(config)?);
     let state = LocalState::new(&shared.store, config.local_state)?;
@@ -120,24 +132,25 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
     {
         let (ctx, broker, shared, channels, state) =
             (ctx.clone(), broker.clone(), shared.clone(), channels.clone(), state.clone());
-        let signal = shutdown.watch()?;
+        let signal = shutdown.watch_as("mdp-service")?;
         threads.push(std::thread::Builder::new().name("mdp-service".into()).spawn(move || {
-            if let Err(e) = service::serve(&ctx, &broker, shared, channels, state, &signal) {
-                log::error!("agent service stopped: {e}");
-            }
+            crate::supervise::on_thread("mdp-service", &shared.tasks, &signal, || {
+                service::serve(&ctx, &broker, shared.clone(), channels.clone(), state.clone(), &signal)
+            });
         })?);
     }
     {
         let (ctx, dir, shared) = (ctx.clone(), data_dir.clone(), shared.clone());
-        let signal = shutdown.watch()?;
+        let signal = shutdown.watch_as("control")?;
         threads.push(std::thread::Builder::new().name("control".into()).spawn(move || {
-            if let Err(e) = control::serve(&ctx, &dir, shared, &signal) {
-                log::error!("control socket stopped: {e} (agent status will not answer)");
-            }
+            crate::supervise::on_thread("control", &shared.tasks, &signal, || {
+                control::serve(&ctx, &dir, shared.clone(), &signal)
+            });
         })?);
     }
 
-    let stop = smol::Async::new(shutdown.watch()?)?;
+    let stop = smol::Async::new(shutdown.waiter()?)?;
+    let executor = shutdown.watch_as("executor")?;
     let flush_every = Duration::from_millis(limits.flush_interval_ms.max(1));
     smol::block_on(async {
         let ex = smol::LocalExecutor::new();
@@ -158,9 +171,11 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
         ex.spawn({
             let (shared, ctx, bus) = (shared.clone(), ctx.clone(), bus.clone());
             async move {
-                if let Err(e) = live::run(shared, ctx, bus, live_rx).await {
-                    log::error!("live publisher stopped: {e}");
-                }
+                let tasks = &shared.tasks;
+                crate::supervise::on_executor("live-publisher", tasks, || {
+                    live::run(shared.clone(), ctx.clone(), bus.clone(), live_rx.clone())
+                })
+                .await
             }
         })
         .detach();
@@ -176,6 +191,15 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
         ex.spawn(flush_loop(shared.clone(), flush_every)).detach();
         ex.spawn(sync_loop(shared.clone(), ctx.clone(), broker.clone(), state.clone(), config.hub_timeout()))
             .detach();
+        ex.spawn(vitals(shared.clone(), executor)).detach();
+        started(Box::new({
+            let shared = shared.clone();
+            move || {
+                let outbox = shared.outbox.flush();
+                let state = shared.store.flush();
+                log::info!("flushed the outbox ({outbox:?}) and the local state ({state:?})");
+            }
+        }));
         ex.run(async {
             let _ = stop.readable().await;
         })
@@ -227,6 +251,33 @@ async fn flush_loop(shared: Arc<Shared>, every: Duration) {
             s.note_local_store(state.err().map(|e| e.to_string()));
         })
         .await;
+    }
+}
+
+/// Every second: turns the executor's watch (the systemd watchdog's sign
+/// that the executor runs), and says so when the hub keeps refusing this
+/// agent's service (another controller has its id).
+async fn vitals(shared: Arc<Shared>, executor: transport::ShutdownWatch) {
+    let mut warned = false;
+    loop {
+        executor.is_set();
+        let refused = shared
+            .service
+            .lock()
+            .ok()
+            .and_then(|s| s.clone())
+            .map_or(0, |s| s.refused_in_a_row.load(std::sync::atomic::Ordering::Relaxed));
+        if refused >= 3 && !warned {
+            log::error!(
+                "the hub refuses {} to this agent: another controller is serving it. Two \
+                 controllers share the id '{}' (an SD card image cloned after setting `id`?): \
+                 give each its own id",
+                service::service_name(&shared.id),
+                shared.id
+            );
+        }
+        warned = refused >= 3;
+        smol::Timer::after(Duration::from_secs(1)).await;
     }
 }
 

@@ -40,22 +40,39 @@ pub async fn run(
     let mut ticks = smol::Timer::interval(Duration::from_millis(channel.period_ms));
     loop {
         ticks.next().await;
-        if let Some(sample) = sample_once(&shared, &channel, &driver, &seqs) {
+        // A read may block (a DS18B20's conversion takes ~750 ms in the
+        // kernel): on a blocking-pool thread, so the executor's other tasks
+        // (other channels, the uplink) carry on meanwhile.
+        let (driver, t) = (driver.clone(), shared.clock.elapsed());
+        let reading = smol::unblock(move || read(&driver, t)).await;
+        if let Some(sample) = record(&shared, &channel, reading, &seqs) {
             deliver(&shared, &channel, sample, &sinks);
         }
     }
 }
 
-/// Reads the channel once; records the outcome in the status. A failed read
-/// produces no sample: the fault shows in status until the next good read.
+fn read(driver: &SharedDriver, t: Duration) -> Result<boards::Value, boards::DriverError> {
+    driver.lock().unwrap_or_else(|e| e.into_inner()).read(t)
+}
+
+/// Reads the channel once, here and now (`agent once`); see [`record`].
 pub fn sample_once(
     shared: &Shared,
     channel: &ChannelConfig,
     driver: &SharedDriver,
     seqs: &Sequences,
 ) -> Option<Sample> {
-    let t = shared.clock.elapsed();
-    let reading = driver.lock().unwrap_or_else(|e| e.into_inner()).read(t);
+    record(shared, channel, read(driver, shared.clock.elapsed()), seqs)
+}
+
+/// Records a reading in the status and makes it a sample. A failed read
+/// produces no sample: the fault shows in status until the next good read.
+fn record(
+    shared: &Shared,
+    channel: &ChannelConfig,
+    reading: Result<boards::Value, boards::DriverError>,
+    seqs: &Sequences,
+) -> Option<Sample> {
     let mut channels = shared.channels();
     let status = channels.entry(channel.name.clone()).or_default();
     let value = match reading {

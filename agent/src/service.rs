@@ -150,6 +150,7 @@ pub fn serve(
     signal: &ShutdownWatch,
 ) -> Result<(), transport::WorkerError> {
     let worker = Worker::new(ctx, broker, &service_name(&shared.id), WorkerOptions::default());
+    shared.set_service(worker.stats());
     worker.run(signal, move |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
         let reply = handle(&shared, &channels, &state, &body);
         vec![zmq::Message::from(reply.to_string().as_bytes())]

@@ -81,6 +81,10 @@ pub struct Shared {
     pub live_dropped: AtomicU64,
     /// The local state's store (sled): the last flush error, if the last flush failed.
     pub local_store: Mutex<crate::outbox::Health>,
+    /// The parts that are restarted when they fail, and how often they were.
+    pub tasks: crate::supervise::Tasks,
+    /// The Majordomo service's sessions with the hub (its current worker's).
+    pub service: Mutex<Option<Arc<transport::WorkerStats>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -115,6 +119,22 @@ impl Shared {
                 h.since_wall_ns = None;
             }
         }
+    }
+
+    /// Shows `stats` as the service's (a restarted service has a new worker).
+    pub fn set_service(&self, stats: Arc<transport::WorkerStats>) {
+        *lock(&self.service) = Some(stats);
+    }
+
+    /// The service's sessions: whether the hub keeps refusing it.
+    pub fn service_json(&self) -> Json {
+        let Some(stats) = lock(&self.service).clone() else { return Json::Null };
+        json!({
+            "sessions": stats.sessions.load(Relaxed),
+            "requests": stats.requests.load(Relaxed),
+            "refused": stats.refused.load(Relaxed),
+            "refused_in_a_row": stats.refused_in_a_row.load(Relaxed),
+        })
     }
 
     /// The store's health: the outbox's and the local state's, the first error shown.
@@ -192,6 +212,8 @@ impl Shared {
                 "dropped": self.live_dropped.load(Relaxed),
             },
             "clock": {"synced": clock::synced(), "wall_ns": now},
+            "service": self.service_json(),
+            "tasks": self.tasks.to_json(),
             "channels": channels,
         })
     }

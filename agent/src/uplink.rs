@@ -64,7 +64,10 @@ pub async fn run(
             continue;
         }
         set_breaker(&shared, &breaker);
-        let batch = match shared.outbox.peek(cfg.batch_records, cfg.batch_bytes) {
+        // Reading the log may wait on the SD card: off the executor.
+        let outbox = shared.outbox.clone();
+        let (records, bytes) = (cfg.batch_records, cfg.batch_bytes);
+        let batch = match smol::unblock(move || outbox.peek(records, bytes)).await {
             Ok(batch) if !batch.is_empty() => batch,
             Ok(_) => {
                 // The counters said records were there but none are: recount, and

@@ -102,6 +102,20 @@ impl Driver for Output {
     }
 }
 
+/// A sensor that takes `read_ms` to read, as a DS18B20 blocks ~750 ms in the
+/// kernel for each conversion: the value is the time the read finished.
+/// For testing that a slow sensor stalls nothing else.
+pub struct Slow {
+    pub read_ms: u64,
+}
+
+impl Driver for Slow {
+    fn read(&mut self, t: Duration) -> Result<Value, DriverError> {
+        std::thread::sleep(Duration::from_millis(self.read_ms));
+        Ok(Value::Number((t + Duration::from_millis(self.read_ms)).as_secs_f64()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

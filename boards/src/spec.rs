@@ -94,6 +94,7 @@ defaults! {
     temp1: String = "temp1_input".into();
     gpiochip0: String = "gpiochip0".into();
     initial_false: Initial = Initial::Bool(false);
+    thousand: u64 = 1000;
 }
 
 /// A driver and its parameters (`kind` selects it).
@@ -139,6 +140,11 @@ pub enum DriverSpec {
     SimOutput {
         #[serde(default = "initial_false")]
         initial: Initial,
+    },
+    /// Blocks `read_ms` per read, like a DS18B20's conversion.
+    Slow {
+        #[serde(default = "thousand")]
+        read_ms: u64,
     },
     // Any Linux.
     ThermalZone {
@@ -215,6 +221,7 @@ impl DriverSpec {
             }
             DriverSpec::Toggle { every_s } => Box::new(sim::Toggle { every_s: *every_s }),
             DriverSpec::SimOutput { initial } => Box::new(sim::Output { value: initial.into() }),
+            DriverSpec::Slow { read_ms } => Box::new(sim::Slow { read_ms: *read_ms }),
             DriverSpec::ThermalZone { zone } => Box::new(linux::ThermalZone::new(root, *zone)),
             DriverSpec::SocTemp {} => Box::new(linux::ThermalZone::new(root, 0)),
             DriverSpec::Hwmon { chip, input } => {

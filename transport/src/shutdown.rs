@@ -77,8 +77,18 @@ impl Shutdown {
             .collect()
     }
 
+    /// A watch only to wait on (an async task awaiting shutdown), not a
+    /// loop: left out of [`Shutdown::turns`].
+    pub fn waiter(&self) -> io::Result<ShutdownWatch> {
+        self.make_watch(None)
+    }
+
     /// [`Shutdown::watch`] for the loop called `name` (in [`Shutdown::turns`]).
     pub fn watch_as(&self, name: &str) -> io::Result<ShutdownWatch> {
+        self.make_watch(Some(name))
+    }
+
+    fn make_watch(&self, name: Option<&str>) -> io::Result<ShutdownWatch> {
         let (read, write) = UnixStream::pair()?;
         read.set_nonblocking(true)?;
         write.set_nonblocking(true)?;
@@ -89,8 +99,10 @@ impl Shutdown {
         }
         wakers.push(write);
         let turns = Arc::new(AtomicU64::new(0));
-        let mut all = self.inner.turns.lock().unwrap_or_else(|e| e.into_inner());
-        all.push((name.to_string(), Arc::downgrade(&turns)));
+        if let Some(name) = name {
+            let mut all = self.inner.turns.lock().unwrap_or_else(|e| e.into_inner());
+            all.push((name.to_string(), Arc::downgrade(&turns)));
+        }
         Ok(ShutdownWatch { read, shutdown: self.clone(), turns })
     }
 }

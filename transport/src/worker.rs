@@ -8,7 +8,9 @@
 //! a handler that takes longer than `interval × liveness` gets the worker
 //! purged by the broker. Keep handlers short or hand the work off.
 
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use proto::mdp::worker::{Due, Incoming, WorkerCore, WorkerTiming};
 use proto::mdp::{self, Dialect, ReplyKind};
@@ -83,6 +85,21 @@ pub struct Worker {
     endpoint: Endpoint,
     service: String,
     options: WorkerOptions,
+    stats: Arc<WorkerStats>,
+}
+
+/// How a worker's sessions with the broker went, for status output.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// READYs sent (one per session).
+    pub sessions: AtomicU64,
+    /// Sessions the broker ended with DISCONNECT before anything else: it
+    /// refused the registration (a service only one worker may hold, taken).
+    pub refused: AtomicU64,
+    /// Refusals since the last accepted session.
+    pub refused_in_a_row: AtomicU64,
+    /// Requests served.
+    pub requests: AtomicU64,
 }
 
 /// Why a session with the broker ended.
@@ -98,7 +115,13 @@ impl Worker {
         service: &str,
         options: WorkerOptions,
     ) -> Self {
-        Worker { ctx: ctx.clone(), endpoint: endpoint.into(), service: service.into(), options }
+        let stats = Arc::default();
+        Worker { ctx: ctx.clone(), endpoint: endpoint.into(), service: service.into(), options, stats }
+    }
+
+    /// How its sessions went so far (shared: it keeps counting while running).
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
     }
 
     /// Serves requests until `stop` is set; then says DISCONNECT and returns.
@@ -131,10 +154,15 @@ impl Worker {
         let socket = socket::dealer(&self.ctx, &self.endpoint)?;
         send_frames(&socket, core.begin_session(Instant::now()).frames(), [""; 0], 0)?;
         log::debug!("{}: READY sent to {} ({})", self.service, self.endpoint, o.dialect);
+        self.stats.sessions.fetch_add(1, Relaxed);
+        // Until the broker says anything but DISCONNECT, it may yet refuse us.
+        let mut accepted = false;
 
         let mut frames = Vec::new();
         loop {
-            let wait = core.next_deadline().saturating_duration_since(Instant::now());
+            // At least every second, so a watchdog sees this loop turn.
+            let wait =
+                core.next_deadline().saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
             let mut items = [socket.as_poll_item(zmq::POLLIN), stop.poll_item()];
             match zmq::poll(&mut items, wait.as_millis() as i64 + 1) {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
@@ -157,18 +185,34 @@ impl Worker {
                     }
                     Received::Message => {}
                 }
-                let (client, body_len) = match core.on_message(Instant::now(), &frames) {
+                let incoming = core.on_message(Instant::now(), &frames);
+                if !accepted && matches!(incoming, Incoming::Request { .. } | Incoming::Heartbeat) {
+                    accepted = true;
+                    self.stats.refused_in_a_row.store(0, Relaxed);
+                }
+                let (client, body_len) = match incoming {
                     Incoming::Request { client, body } => (client.to_vec(), body.len()),
                     Incoming::Heartbeat => continue,
                     Incoming::Malformed => {
                         log::warn!("{}: dropped a malformed message from the broker", self.service);
                         continue;
                     }
+                    Incoming::Reconnect if !accepted => {
+                        self.stats.refused.fetch_add(1, Relaxed);
+                        let n = self.stats.refused_in_a_row.fetch_add(1, Relaxed) + 1;
+                        log::warn!(
+                            "{}: the broker refused the registration ({n} time(s) in a row): \
+                             another worker may hold a service only one may have",
+                            self.service
+                        );
+                        return Ok(SessionEnd::Reconnect);
+                    }
                     Incoming::Reconnect => {
                         log::info!("{}: broker sent DISCONNECT", self.service);
                         return Ok(SessionEnd::Reconnect);
                     }
                 };
+                self.stats.requests.fetch_add(1, Relaxed);
                 let body = frames.split_off(frames.len() - body_len);
                 let mut replier = Replier { socket: &socket, dialect: o.dialect, client: &client };
                 let reply = handler.handle(body, &mut replier);

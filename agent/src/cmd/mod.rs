@@ -58,7 +58,7 @@ macro_rules! config_flags {
             /// the hub's metric bus frontend (default tcp://127.0.0.1:13000)
             #[argh(option)]
             pub hub_bus: Option<String>,
-            /// agent id (default: the hostname)
+            /// agent id (default: the hostname and a hardware serial suffix)
             #[argh(option)]
             pub id: Option<String>,
             /// board profile: sim, linux, rpi-zero2w, rpi3, rpi4, rpi5 (default sim)

@@ -1,4 +1,5 @@
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 
 use argh::FromArgs;
 use transport::Shutdown;
@@ -24,9 +25,24 @@ config_flags! {
 
 pub fn run(args: RunArgs) -> CmdResult {
     let config = args.load()?;
+    plumbing::set_log_level(Some(&config.log_level));
     let shutdown = Shutdown::new();
-    plumbing::stop_on_termination_signals(&shutdown)?;
-    match agent::run::run(&config, shutdown) {
+    // A second signal's last words flush the stores, once they are open.
+    let flush: Arc<OnceLock<Box<dyn Fn() + Send + Sync>>> = Arc::default();
+    plumbing::on_termination(&shutdown, {
+        let flush = flush.clone();
+        move || flush.get().map_or((), |f| f())
+    })?;
+    let file = args.config.clone();
+    plumbing::on_hangup(move || reload(file.as_deref()))?;
+    let started = |flusher| {
+        let _ = flush.set(flusher);
+        if let Err(e) = plumbing::systemd::start_watchdog(&shutdown) {
+            log::error!("cannot start the watchdog thread: {e}");
+        }
+        plumbing::systemd::notify("READY=1");
+    };
+    match agent::run::run(&config, shutdown.clone(), started) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e @ agent::run::RunError::StoreFailing(_)) => {
             log::error!("{e}");
@@ -34,5 +50,15 @@ pub fn run(args: RunArgs) -> CmdResult {
             Ok(ExitCode::from(agent::run::EX_IOERR))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// SIGHUP: the log level is what a running agent takes from its config
+/// without a restart.
+fn reload(file: Option<&std::path::Path>) {
+    match file.map(agent::config::Config::load) {
+        Some(Ok(config)) => plumbing::set_log_level(Some(&config.log_level)),
+        Some(Err(e)) => log::error!("reload: {e}; keeping the running settings"),
+        None => log::info!("reload: no --config file to re-read"),
     }
 }
