@@ -122,6 +122,30 @@ fn hub_killed_and_restarted_loses_no_durable_sample() {
 }
 
 #[test]
+fn a_wiped_data_dir_gets_a_fresh_epoch_and_the_hub_takes_every_new_sample() {
+    let hub = HubProc::start();
+    let metric = hub.bus("metric").clone();
+    let collector = Collector::start(&metric.backend, "org.plantd.Metric.w1.");
+    let setup = Setup::new("w1", &hub.broker, &metric.frontend, &channels(1, 20));
+    let data = setup.data("w1");
+    let mut epochs = Vec::new();
+    for _ in 0..2 {
+        let mut agent = agent_run(&setup.config);
+        let epoch = wait_for_status(&data, "the agent's epoch", 20 * SECOND, |s| s["epoch"].as_u64());
+        wait_complete(&collector, epoch, 30);
+        agent.signal(libc::SIGTERM);
+        agent.wait_exit(20 * SECOND).expect("the agent stops");
+        // Everything the agent knew is gone: store, outbox, local state.
+        std::fs::remove_dir_all(&data).unwrap();
+        epochs.push(epoch);
+    }
+    assert_ne!(epochs[0], epochs[1], "an epoch came round again");
+    // The second run's samples 1..=30 were all taken: none mistaken for repeats.
+    let text = http_get(&hub.http, "/metrics").1;
+    assert_eq!(prometheus_value(&text, "plantd_ingest_samples_duplicate_total"), Some(0), "{text}");
+}
+
+#[test]
 fn after_an_outage_the_backlog_is_replayed_in_full_and_paced() {
     let ports = HubPorts::new();
     let broker = free_endpoint();
