@@ -130,7 +130,8 @@ pub async fn run(
                 // The hub is there but not taking data now (no subscriber, storage trouble).
                 breaker.success();
                 note(&shared, LinkState::Up, format!("hub asks to retry: {reason}"));
-                smol::Timer::after(Duration::from_millis(after_ms.into())).await;
+                // Obeyed up to a minute: a hub (or an impostor) cannot park the uplink.
+                smol::Timer::after(Duration::from_millis(after_ms.min(60_000).into())).await;
             }
             Ok(Reply::Malformed { reason } | Reply::Refused { reason }) => {
                 shared.outbox.not_sent();
