@@ -141,6 +141,11 @@ impl BusConfig {
     pub fn inproc_frontend(&self) -> String {
         format!("inproc://bus.{}.frontend", self.name)
     }
+
+    /// Where the hub's own views (the web view) subscribe, in process.
+    pub fn inproc_tap(&self) -> String {
+        format!("inproc://bus.{}.tap", self.name)
+    }
 }
 
 /// Recording of a bus to JSON lines, rotated by size.
@@ -236,12 +241,43 @@ impl Default for IngestConfig {
 pub struct HttpConfig {
     /// `host:port`, or "off".
     pub listen: String,
+    /// A file holding the token every path but /healthz and /readyz needs
+    /// (required when `listen` is not loopback, unless `insecure`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Request line and headers, in bytes.
+    pub max_header_bytes: usize,
+    /// Time a client has to send its headers (and the longest idle keep-alive).
+    pub header_timeout_ms: u64,
+    /// Live event streams (the web view's) open at once.
+    pub max_streams: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        // plantd's health port, on loopback.
-        HttpConfig { listen: "127.0.0.1:8081".into() }
+        let limits = httpd::Limits::default();
+        HttpConfig {
+            // plantd's health port, on loopback.
+            listen: "127.0.0.1:8081".into(),
+            token_file: None,
+            max_connections: limits.max_connections,
+            max_header_bytes: limits.max_header_bytes,
+            header_timeout_ms: limits.header_timeout.as_millis() as u64,
+            max_streams: limits.max_streams,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn limits(&self) -> httpd::Limits {
+        httpd::Limits {
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_header_bytes,
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            max_streams: self.max_streams,
+        }
     }
 }
 
@@ -390,6 +426,22 @@ impl Config {
         }
         let b = &self.broker;
         let invalid = |field, problem: &str| Err(ConfigError::Invalid { field, problem: problem.into() });
+        let h = &self.http;
+        let http_exposed = h.listen != "off" && !is_local(&format!("tcp://{}", h.listen));
+        if http_exposed && h.token_file.is_none() && !self.insecure {
+            return invalid(
+                "http.token_file",
+                "the HTTP endpoint listens beyond loopback, and its metrics and web view name every \
+                 identity and agent: set token_file (a file with a long random token, e.g. \
+                 `openssl rand -hex 32 > /etc/plantd/http.token`), or listen on 127.0.0.1",
+            );
+        }
+        if h.max_connections == 0 || h.max_streams == 0 || h.header_timeout_ms == 0 {
+            return invalid("http.max_connections/max_streams/header_timeout_ms", "must be at least 1");
+        }
+        if h.max_header_bytes < 1024 {
+            return invalid("http.max_header_bytes", "must be at least 1024");
+        }
         if b.endpoint.trim().is_empty() {
             return invalid("broker.endpoint", "must not be empty (e.g. \"tcp://127.0.0.1:9797\")");
         }

@@ -9,8 +9,10 @@ use transport::Shutdown;
 use crate::broker::{BrokerError, BrokerServer};
 use crate::bus::{Bus, BusError};
 use crate::config::{Config, ConfigError};
+use crate::http::web::{Feeds, Watcher};
 use crate::http::{HttpError, HttpServer, Sources};
 use crate::ingest::{IngestError, IngestService};
+use crate::metrics::{Families, Registry};
 use crate::security::zap::ZapHandler;
 use crate::security::{Security, SecurityError};
 use crate::state::{StateError, StateService};
@@ -39,6 +41,8 @@ pub enum ServeError {
     Control(zmq::Error),
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error("web view: {0}")]
+    Web(String),
     #[error("{0} thread panicked")]
     Panicked(String),
 }
@@ -53,6 +57,8 @@ pub struct Hub {
     security: Option<Arc<Security>>,
     /// The state store, flushed by [`Hub::flush`].
     state_store: Option<Arc<crate::state::store::Store>>,
+    /// Every component's metrics.
+    registry: Arc<Registry>,
     /// The ZAP handler, stopped only after every other component: libzmq
     /// admits anyone while no handler is bound.
     zap: Option<(Shutdown, JoinHandle<Result<(), ServeError>>)>,
@@ -84,6 +90,7 @@ impl Hub {
             threads: Vec::new(),
             security: security.clone(),
             state_store: None,
+            registry: Arc::default(),
             zap: None,
         };
         if let Some(security) = &security {
@@ -105,10 +112,20 @@ impl Hub {
                 .map_err(ServeError::Thread)?;
             hub.zap = Some((stop, thread));
         }
+        let registry = Arc::new(Registry::default());
+        if let Some(security) = &security {
+            let security = security.clone();
+            registry.register("security", Arc::new(move |out: &mut Families| security.collect(out)));
+        }
         let mut bus_counters = Vec::new();
         let mut listeners = std::collections::HashMap::new();
         for bus_config in &config.buses {
             let bus = Bus::bind(ctx, bus_config, security.clone())?;
+            let (counters, bounds) = (bus.counters(), bus_config.clone());
+            registry.register(
+                "bus",
+                Arc::new(move |out: &mut Families| crate::bus::collect(&bounds, &counters, out)),
+            );
             bus_counters.push((bus.name().to_string(), bus.counters()));
             listeners.insert(bus.name().to_string(), bus.subscribers());
             hub.spawn(format!("bus-{}", bus_config.name), move |signal| {
@@ -116,7 +133,7 @@ impl Hub {
             })?;
         }
 
-        let broker = BrokerServer::bind(ctx, &config.broker, security.clone())?;
+        let broker = BrokerServer::bind(ctx, &config.broker, security.clone(), registry.clone())?;
         hub.broker_endpoint = broker.endpoint();
         let broker_snapshot = broker.snapshot();
         hub.spawn("broker".into(), move |signal| broker.run(&signal).map(|_| ()).map_err(ServeError::from))?;
@@ -137,6 +154,11 @@ impl Hub {
             )?;
             state_store = Some(state.store());
             hub.state_store = state_store.clone();
+            let (store, bounds) = (state.store(), config.state.clone());
+            registry.register(
+                "state",
+                Arc::new(move |out: &mut Families| crate::state::collect(&bounds, &store, out)),
+            );
             for i in 0..config.state.workers {
                 let (state, ctx) = (state.clone(), ctx.clone());
                 hub.spawn(format!("state-{i}"), move |signal| {
@@ -164,7 +186,12 @@ impl Hub {
                 worker,
                 security.clone(),
             )?;
-            ingest_counters = Some(ingest.counters());
+            ingest_counters = Some((ingest.counters(), ingest.agents()));
+            let (counters, agents, bounds) = (ingest.counters(), ingest.agents(), config.ingest.clone());
+            registry.register(
+                "ingest",
+                Arc::new(move |out: &mut Families| crate::ingest::collect(&bounds, &counters, &agents, out)),
+            );
             for i in 0..config.ingest.workers {
                 let (ingest, ctx) = (ingest.clone(), ctx.clone());
                 hub.spawn(format!("ingest-{i}"), move |signal| {
@@ -185,21 +212,30 @@ impl Hub {
         }
 
         if config.http.listen != "off" {
+            let feeds = Feeds::new(bus_counters);
+            let tap_of = |name: &str| config.buses.iter().find(|b| b.name == name).map(|b| b.inproc_tap());
+            let watcher = Watcher::new(feeds.clone(), tap_of(&config.state.bus), tap_of(&config.ingest.bus));
+            let ctx_for_web = ctx.clone();
+            hub.spawn("web-watcher".into(), move |signal| {
+                watcher.run(&ctx_for_web, &signal).map_err(|e| ServeError::Web(e.to_string()))
+            })?;
             let sources = Sources {
                 config: config.clone(),
+                registry: registry.clone(),
                 broker: broker_snapshot,
-                buses: bus_counters,
+                shutdown: hub.shutdown.clone(),
                 state: state_store,
                 ingest: ingest_counters,
                 security: security.clone(),
+                web: feeds,
             };
-            let http = HttpServer::bind(&config.http.listen, sources)?;
+            let http = HttpServer::bind(&config.http, sources)?;
             hub.http_address = Some(http.address());
             hub.spawn("http".into(), move |signal| {
-                http.run(&signal);
-                Ok(())
+                http.run(&signal).map_err(|e| ServeError::Web(e.to_string()))
             })?;
         }
+        hub.registry = registry;
         Ok(hub)
     }
 

@@ -6,11 +6,9 @@
 //! The protocol is one datagram per message to the socket named in
 //! `$NOTIFY_SOCKET` (a leading '@' names an abstract socket): no library needed.
 
-use std::collections::HashMap;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use transport::shutdown::Turns;
 use transport::Shutdown;
 
 /// Sends `state` (e.g. `READY=1`) to systemd. Returns false when not
@@ -54,10 +52,9 @@ pub fn start_watchdog(shutdown: &Shutdown) -> std::io::Result<()> {
     let Some(interval) = watchdog_interval() else { return Ok(()) };
     let shutdown = shutdown.clone();
     std::thread::Builder::new().name("watchdog".into()).spawn(move || {
-        let mut loops = Loops::new(interval / 2);
         let mut complained = false;
         while !shutdown.is_triggered() {
-            let stale = loops.stale(&shutdown.turns(), Instant::now());
+            let stale = shutdown.stuck(interval / 2);
             if stale.is_empty() {
                 notify("WATCHDOG=1");
                 complained = false;
@@ -72,34 +69,6 @@ pub fn start_watchdog(shutdown: &Shutdown) -> std::io::Result<()> {
         }
     })?;
     Ok(())
-}
-
-/// When each loop's turn count last changed.
-struct Loops {
-    stale_after: Duration,
-    seen: HashMap<usize, (u64, Instant)>,
-}
-
-impl Loops {
-    fn new(stale_after: Duration) -> Loops {
-        Loops { stale_after, seen: HashMap::new() }
-    }
-
-    /// The loops whose count has not changed for `stale_after`, given the counts now.
-    fn stale(&mut self, turns: &[Turns], now: Instant) -> Vec<String> {
-        self.seen.retain(|id, _| turns.iter().any(|t| t.id == *id));
-        let mut stale = Vec::new();
-        for t in turns {
-            let (count, changed) = self.seen.entry(t.id).or_insert((t.count, now));
-            if *count != t.count {
-                *count = t.count;
-                *changed = now;
-            } else if now.duration_since(*changed) > self.stale_after {
-                stale.push(t.name.clone());
-            }
-        }
-        stale
-    }
 }
 
 #[cfg(test)]
@@ -120,24 +89,5 @@ mod tests {
         assert_eq!(&buf[..n], b"READY=1");
         std::env::remove_var("NOTIFY_SOCKET");
         assert!(!notify("READY=1"), "outside systemd: nothing to do");
-    }
-
-    #[test]
-    fn a_loop_that_stops_turning_is_named() {
-        let shutdown = Shutdown::new();
-        let (broker, bus) = (shutdown.watch_as("broker").unwrap(), shutdown.watch_as("bus").unwrap());
-        let mut loops = Loops::new(Duration::from_secs(10));
-        let start = Instant::now();
-        assert!(loops.stale(&shutdown.turns(), start).is_empty());
-        broker.is_set();
-        bus.is_set();
-        assert!(loops.stale(&shutdown.turns(), start + Duration::from_secs(5)).is_empty());
-        broker.is_set();
-        assert_eq!(loops.stale(&shutdown.turns(), start + Duration::from_secs(16)), ["bus"]);
-        drop(bus);
-        assert!(
-            loops.stale(&shutdown.turns(), start + Duration::from_secs(17)).is_empty(),
-            "gone, not stuck"
-        );
     }
 }

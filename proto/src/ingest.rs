@@ -1,8 +1,11 @@
 //! The agent → hub ingest protocol (the `org.plantd.Ingest` MDP service).
 //!
-//! One request frame, an encoded [`Batch`] of durable samples; one reply
-//! frame, an encoded [`Reply`]; both in [`codec`](crate::codec)'s versioned
-//! postcard. The hub deduplicates on (agent, epoch, seq), so an agent may send
+//! One request frame, an encoded [`Batch`] of durable samples, optionally
+//! followed by a frame with the agent's [`Report`] (hubs that predate it
+//! ignore it); one reply frame, an encoded [`Reply`]; all in
+//! [`codec`](crate::codec)'s versioned postcard. An agent with nothing to
+//! send sends an empty batch with its report now and then, so the hub knows
+//! it is there. The hub deduplicates on (agent, epoch, seq), so an agent may send
 //! a batch again (after a timeout, a restart, a hub restart) without the
 //! samples being published twice.
 
@@ -26,6 +29,35 @@ pub struct Sent {
 pub struct Batch {
     pub agent: String,
     pub samples: Vec<Sent>,
+}
+
+/// How an agent is doing, as it says with its batches (for `hub agents`
+/// and the web view).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Its boot epoch.
+    pub epoch: u64,
+    /// Durable samples in its outbox, not yet acknowledged.
+    pub backlog: u64,
+    /// Age of the oldest of them, in ms: how far behind the hub is.
+    pub oldest_age_ms: u64,
+    /// Samples its outbox dropped (full, or short of disk space).
+    pub dropped: u64,
+    /// Whether its store writes.
+    pub store_ok: bool,
+    pub uptime_s: u64,
+    /// The agent's version.
+    pub version: String,
+}
+
+impl Report {
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Report, WireError> {
+        codec::decode(bytes)
+    }
 }
 
 /// The hub's answer to a batch.

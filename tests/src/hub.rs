@@ -225,9 +225,19 @@ impl HubProc {
         serde_json::from_str(&reply[0]).expect("mmi.metrics is JSON")
     }
 
+    /// One unlabelled value from `mmi.metrics`, e.g. `plantd_broker_requests_total` (0 if absent).
+    pub fn metric(&self, name: &str) -> u64 {
+        self.metrics()[name].as_u64().unwrap_or(0)
+    }
+
+    /// A labelled value from `mmi.metrics`: the sample with these labels (0 if absent).
+    pub fn metric_with(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        labelled(&self.metrics(), name, labels)
+    }
+
     /// Denials of `kind` counted for `identity` (security on).
     pub fn denials(&self, identity: &str, kind: &str) -> u64 {
-        self.metrics()["denials"][identity][kind].as_u64().unwrap_or(0)
+        self.metric_with("plantd_denials_total", &[("identity", identity), ("kind", kind)])
     }
 
     /// Waits for a denial of `kind` for `identity`.
@@ -242,6 +252,14 @@ impl HubProc {
         let text = http_get(&self.http, "/metrics").1;
         prometheus_value(&text, &format!("plantd_bus_{what}_total{{bus=\"{bus}\"}}")).unwrap_or(0)
     }
+}
+
+/// The sample of labelled family `name` in `mmi.metrics` JSON `metrics` that
+/// has these labels (0 if none).
+pub fn labelled(metrics: &serde_json::Value, name: &str, labels: &[(&str, &str)]) -> u64 {
+    let samples = metrics[name].as_array().map(Vec::as_slice).unwrap_or_default();
+    let sample = samples.iter().find(|s| labels.iter().all(|(k, v)| s[*k] == *v));
+    sample.and_then(|s| s["value"].as_u64()).unwrap_or(0)
 }
 
 /// One MDP request through the Rust client; `None` on timeout.

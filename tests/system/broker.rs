@@ -42,7 +42,7 @@ fn hub_call_prints_partials_then_the_final_reply() {
     // An RFC 7 client gets the final reply alone.
     let out = hub_cli(&["call", "--broker", &hub.broker, "stream", "a", "b"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "a\nb\n");
-    assert_eq!(hub.metrics()["partials_dropped_rfc7"], 2);
+    assert_eq!(hub.metric("plantd_broker_partials_dropped_rfc7_total"), 2);
 }
 
 #[test]
@@ -113,7 +113,7 @@ fn dead_workers_are_purged_after_the_liveness_window() {
     hub.wait_for_service("echo");
     worker.signal(libc::SIGKILL);
     hub.wait_for_no_service("echo", 5 * SECOND);
-    assert_eq!(hub.metrics()["workers_expired"], 1);
+    assert_eq!(hub.metric("plantd_broker_workers_expired_total"), 1);
 }
 
 /// A worker that takes a request and leaves without answering: the broker
@@ -139,7 +139,7 @@ fn in_flight_requests_are_redelivered_once_for_opted_in_services() {
 
     let _worker = echo_worker(&hub.broker, "jobs", &[]);
     assert_eq!(client.join().unwrap(), Some(vec!["payload".into()]));
-    assert_eq!(hub.metrics()["redelivered"], 1);
+    assert_eq!(hub.metric("plantd_broker_redelivered_total"), 1);
 }
 
 /// Garbage, oversized and over-framed messages are dropped and counted;
@@ -161,13 +161,21 @@ fn bad_peers_are_counted_and_harm_nobody() {
     let many: Vec<&[u8]> = std::iter::repeat_n(&b"x"[..], 100).collect();
     evil.send_multipart(many, 0).unwrap();
 
+    let malformed = |m: &serde_json::Value, reason: &str| {
+        labelled(m, "plantd_broker_malformed_total", &[("reason", reason)])
+    };
     let metrics = wait_for("malformed messages to be counted", 5 * SECOND, || {
         let m = hub.metrics();
-        (m["malformed_total"] == 3 && m["too_many_frames"] == 1).then_some(m)
+        let total: u64 =
+            m["plantd_broker_malformed_total"].as_array()?.iter().filter_map(|s| s["value"].as_u64()).sum();
+        (total == 3 && m["plantd_broker_too_many_frames_total"] == 1).then_some(m)
     });
-    assert_eq!(metrics["malformed"]["unknown_header"], 1);
-    assert_eq!(metrics["malformed"]["missing_service"], 1);
-    assert_eq!(metrics["unknown_workers"], 0, "an undecodable message is not a worker command");
+    assert_eq!(malformed(&metrics, "unknown_header"), 1);
+    assert_eq!(malformed(&metrics, "missing_service"), 1);
+    assert_eq!(
+        metrics["plantd_broker_unknown_workers_total"], 0,
+        "an undecodable message is not a worker command"
+    );
 
     // An oversized frame makes libzmq drop that peer's connection.
     let big = ctx.socket(zmq::DEALER).unwrap();

@@ -282,7 +282,10 @@ fn bus_counters_show_in_metrics_and_health() {
     assert_eq!(status, 200);
     let health: Value = serde_json::from_str(&health).unwrap();
     assert_eq!(health["status"], "ok");
-    let mut buses: Vec<String> = serde_json::from_value(health["buses"].clone()).unwrap();
-    buses.sort();
-    assert_eq!(buses, ["event", "metric", "state"]);
+    let (status, ready) = http_get(&hub.http, "/readyz");
+    assert_eq!(status, 200, "{ready}");
+    let ready: Value = serde_json::from_str(&ready).unwrap();
+    for bus in ["event", "metric", "state"] {
+        assert_eq!(ready["components"][format!("loop:bus-{bus}")]["ok"], true, "{ready}");
+    }
 }

@@ -214,7 +214,7 @@ fn two_controllers_with_one_id_cannot_both_serve_it() {
     }
     assert_eq!(clone.served.load(Ordering::SeqCst), 0);
     assert_eq!(first.served.load(Ordering::SeqCst), 10);
-    assert!(hub.metrics()["duplicate_workers"].as_u64().unwrap() >= 1);
+    assert!(hub.metric("plantd_broker_duplicate_workers_total") >= 1);
 }
 
 #[test]
@@ -382,15 +382,14 @@ fn floods_are_bounded_in_bytes_and_subscriptions() {
         flood.send(b"nobody-home", [&mib[..]]).unwrap();
     }
     wait_for("the flood to be counted", 60 * SECOND, || {
-        let m = hub.metrics();
-        (m["requests"].as_u64()? >= 300).then_some(())
+        (hub.metric("plantd_broker_requests_total") >= 300).then_some(())
     });
     let started = Instant::now();
     assert_eq!(as_(&site, &viewer, &hub, "mmi.service", &["nobody-home"]).unwrap(), ["404"]);
     assert!(started.elapsed() < 2 * SECOND, "another client is still served at once");
     let m = hub.metrics();
-    assert!(m["queued_bytes"].as_u64().unwrap() <= 16 << 20, "{m}");
-    assert!(m["queue_bytes_overflow"].as_u64().unwrap() >= 280, "{m}");
+    assert!(m["plantd_broker_queued_bytes"].as_u64().unwrap() <= 16 << 20, "{m}");
+    assert!(m["plantd_broker_queue_bytes_overflow_total"].as_u64().unwrap() >= 280, "{m}");
     let after_flood = rss();
     assert!(after_flood < before + 80, "hub RSS went from {before} to {after_flood} MiB");
 

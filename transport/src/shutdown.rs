@@ -13,8 +13,8 @@ use std::io::{self, Write};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Default)]
 pub struct Shutdown {
@@ -25,17 +25,30 @@ pub struct Shutdown {
 struct Inner {
     triggered: AtomicBool,
     wakers: Mutex<Vec<UnixStream>>,
-    /// Each live watch's name and turn count.
-    turns: Mutex<Vec<(String, Weak<AtomicU64>)>>,
+    /// Each live watch's name and turns.
+    turns: Mutex<Vec<(String, Weak<Turning>)>>,
+}
+
+/// A loop's turns: how many, and the last one's time (ms since [`epoch`]).
+#[derive(Default)]
+struct Turning {
+    count: AtomicU64,
+    last_ms: AtomicU64,
+}
+
+/// The clock turns are timed by: one process-wide start.
+fn epoch() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
 }
 
 /// One loop's turns so far, as [`Shutdown::turns`] reports them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Turns {
-    /// Tells watches of the same name apart.
-    pub id: usize,
     pub name: String,
     pub count: u64,
+    /// Since its last turn (or since it was made, if it never turned).
+    pub idle: Duration,
 }
 
 impl Shutdown {
@@ -64,17 +77,25 @@ impl Shutdown {
         self.watch_as(&name)
     }
 
-    /// How many times each live watch was checked (dropped ones are left out).
+    /// How often, and how long ago, each live watch was checked (dropped
+    /// ones are left out).
     pub fn turns(&self) -> Vec<Turns> {
+        let now_ms = epoch().elapsed().as_millis() as u64;
         let mut all = self.inner.turns.lock().unwrap_or_else(|e| e.into_inner());
         all.retain(|(_, turns)| turns.strong_count() > 0);
         all.iter()
             .filter_map(|(name, turns)| {
                 let turns = turns.upgrade()?;
-                let id = Arc::as_ptr(&turns) as usize;
-                Some(Turns { id, name: name.clone(), count: turns.load(Ordering::Relaxed) })
+                let last = turns.last_ms.load(Ordering::Relaxed);
+                let idle = Duration::from_millis(now_ms.saturating_sub(last));
+                Some(Turns { name: name.clone(), count: turns.count.load(Ordering::Relaxed), idle })
             })
             .collect()
+    }
+
+    /// The loops that have not turned for `longer_than`.
+    pub fn stuck(&self, longer_than: Duration) -> Vec<String> {
+        self.turns().into_iter().filter(|t| t.idle > longer_than).map(|t| t.name).collect()
     }
 
     /// A watch only to wait on (an async task awaiting shutdown), not a
@@ -98,7 +119,8 @@ impl Shutdown {
             let _ = (&write).write(&[1]);
         }
         wakers.push(write);
-        let turns = Arc::new(AtomicU64::new(0));
+        let turns = Arc::new(Turning::default());
+        turns.last_ms.store(epoch().elapsed().as_millis() as u64, Ordering::Relaxed);
         if let Some(name) = name {
             let mut all = self.inner.turns.lock().unwrap_or_else(|e| e.into_inner());
             all.push((name.to_string(), Arc::downgrade(&turns)));
@@ -111,13 +133,14 @@ impl Shutdown {
 pub struct ShutdownWatch {
     read: UnixStream,
     shutdown: Shutdown,
-    turns: Arc<AtomicU64>,
+    turns: Arc<Turning>,
 }
 
 impl ShutdownWatch {
     /// Whether shutdown was triggered; also counts one turn of this loop.
     pub fn is_set(&self) -> bool {
-        self.turns.fetch_add(1, Ordering::Relaxed);
+        self.turns.count.fetch_add(1, Ordering::Relaxed);
+        self.turns.last_ms.store(epoch().elapsed().as_millis() as u64, Ordering::Relaxed);
         self.shutdown.is_triggered()
     }
 
@@ -193,6 +216,9 @@ mod tests {
         a.is_set();
         let counts: Vec<_> = shutdown.turns().into_iter().map(|t| (t.name, t.count)).collect();
         assert_eq!(counts, [("broker".to_string(), 2), ("bus".to_string(), 0)]);
+        std::thread::sleep(Duration::from_millis(30));
+        a.is_set();
+        assert_eq!(shutdown.stuck(Duration::from_millis(20)), ["bus"], "the bus loop has not turned since");
         drop(b);
         assert_eq!(shutdown.turns().len(), 1, "a dropped watch is no loop to watch");
         assert!(!a.sleep(Duration::from_millis(1)));

@@ -444,8 +444,10 @@ fn mmi_answers() {
         serde_json::json!({"workers": 0, "idle": 0, "queued": 1, "queued_bytes": 1})
     );
     let metrics: serde_json::Value = serde_json::from_str(&ask("mmi.metrics", &[], Dialect::Rfc7)).unwrap();
-    assert_eq!(metrics["workers_registered"], 1);
-    assert_eq!(metrics["queued"], 1);
+    assert_eq!(metrics["plantd_broker_workers_registered_total"], 1);
+    assert_eq!(metrics["plantd_broker_queued_requests"], 1);
+    let nobody = metrics["plantd_broker_service_queued_requests"].as_array().unwrap();
+    assert!(nobody.contains(&serde_json::json!({"service": "nobody", "value": 1})), "{nobody:?}");
     assert_eq!(ask("mmi.status", &[], Dialect::Rfc7), "501");
 }
 

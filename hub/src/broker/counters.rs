@@ -1,8 +1,9 @@
-//! The broker's counters. Plain integers bumped on the routing thread and
-//! read by `mmi.metrics` (and the HTTP metrics endpoint) as JSON.
+//! The broker's counters: plain integers bumped on the routing thread,
+//! collected into the hub's metrics registry (`crate::metrics`).
 
 use proto::mdp::DecodeError;
-use serde_json::{json, Map, Value};
+
+use crate::metrics::Families;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BrokerCounters {
@@ -65,39 +66,79 @@ impl BrokerCounters {
         self.malformed.iter().sum()
     }
 
-    pub fn to_json(&self) -> Value {
-        let malformed: Map<String, Value> = DecodeError::ALL
-            .iter()
-            .map(|e| (e.reason().to_string(), json!(self.malformed[e.index()])))
-            .collect();
-        json!({
-            "requests": self.requests,
-            "mmi_requests": self.mmi_requests,
-            "dispatched": self.dispatched,
-            "replies": self.replies,
-            "partials": self.partials,
-            "partials_dropped_rfc7": self.partials_dropped_rfc7,
-            "queue_overflow": self.queue_overflow,
-            "queue_bytes_overflow": self.queue_bytes_overflow,
-            "expired": self.expired,
-            "redelivered": self.redelivered,
-            "lost_in_flight": self.lost_in_flight,
-            "workers_registered": self.workers_registered,
-            "workers_expired": self.workers_expired,
-            "workers_left": self.workers_left,
-            "violations": self.violations,
-            "unknown_workers": self.unknown_workers,
-            "mmi_workers_refused": self.mmi_workers_refused,
-            "workers_refused": self.workers_refused,
-            "duplicate_workers": self.duplicate_workers,
-            "workers_revoked": self.workers_revoked,
-            "revoked_requests": self.revoked_requests,
-            "denied": self.denied,
-            "services_refused": self.services_refused,
-            "unroutable": self.unroutable,
-            "too_many_frames": self.too_many_frames,
-            "malformed": malformed,
-            "malformed_total": self.malformed_total(),
-        })
+    /// Adds every counter to `out` (`plantd_broker_<name>_total`).
+    pub fn collect(&self, out: &mut Families) {
+        let counters: [(&str, &'static str, u64); 24] = [
+            ("requests", "Client requests accepted for a service (MMI excluded).", self.requests),
+            ("mmi_requests", "Requests to mmi.*, answered by the broker itself.", self.mmi_requests),
+            ("dispatched", "Requests handed to a worker.", self.dispatched),
+            ("replies", "Final replies forwarded to clients.", self.replies),
+            ("partials", "Partial replies forwarded to clients.", self.partials),
+            (
+                "partials_dropped_rfc7",
+                "Partial replies not sent: the client speaks RFC 7.",
+                self.partials_dropped_rfc7,
+            ),
+            ("queue_overflow", "Requests dropped: their service's queue was full.", self.queue_overflow),
+            (
+                "queue_bytes_overflow",
+                "Requests dropped: over a queued-bytes bound.",
+                self.queue_bytes_overflow,
+            ),
+            ("expired", "Queued requests dropped after the request expiry.", self.expired),
+            ("redelivered", "In-flight requests queued again after their worker died.", self.redelivered),
+            ("lost_in_flight", "In-flight requests lost with their worker.", self.lost_in_flight),
+            ("workers_registered", "Workers registered.", self.workers_registered),
+            ("workers_expired", "Workers purged after heartbeat silence.", self.workers_expired),
+            ("workers_left", "Workers that said DISCONNECT.", self.workers_left),
+            ("violations", "Workers disconnected for breaking the protocol.", self.violations),
+            ("unknown_workers", "Worker commands from peers that never registered.", self.unknown_workers),
+            (
+                "mmi_workers_refused",
+                "Workers refused for registering an mmi.* service.",
+                self.mmi_workers_refused,
+            ),
+            ("workers_refused", "Workers refused: max_workers registered.", self.workers_refused),
+            (
+                "duplicate_workers",
+                "READYs for an agent's service that had a live worker.",
+                self.duplicate_workers,
+            ),
+            (
+                "workers_revoked",
+                "Workers dropped: their identity may no longer provide the service.",
+                self.workers_revoked,
+            ),
+            (
+                "revoked_requests",
+                "Queued requests dropped: their caller may no longer make them.",
+                self.revoked_requests,
+            ),
+            ("denied", "Requests and registrations refused for their identity.", self.denied),
+            (
+                "services_refused",
+                "Requests or registrations refused: max_services existed.",
+                self.services_refused,
+            ),
+            ("unroutable", "Messages libzmq would not queue (peer gone or full).", self.unroutable),
+        ];
+        for (name, help, value) in counters {
+            out.counter(&format!("broker_{name}"), help, vec![], value);
+        }
+        out.counter(
+            "broker_too_many_frames",
+            "Messages dropped: more than max_frames.",
+            vec![],
+            self.too_many_frames,
+        );
+        for e in DecodeError::ALL {
+            let labels = vec![("reason", e.reason().to_string())];
+            out.counter(
+                "broker_malformed",
+                "Malformed messages dropped, per reason.",
+                labels,
+                self.malformed[e.index()],
+            );
+        }
     }
 }

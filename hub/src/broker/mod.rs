@@ -15,9 +15,10 @@ use transport::frames::{recv_frames, send_frames, Received};
 use transport::peer::{self, Connections};
 use transport::ShutdownWatch;
 
-pub use self::core::{Broker, Census, Origin, OwnedFrame, Transmit};
+pub use self::core::{Broker, Census, Origin, OwnedFrame, ServiceRow, Transmit};
 pub use self::counters::BrokerCounters;
 use crate::config::BrokerConfig;
+use crate::metrics::{Families, Registry};
 use crate::security::{Security, SocketRole};
 
 /// Messages handled per poll wake-up before timers get a look in.
@@ -33,8 +34,51 @@ const SNAPSHOT_EVERY: Duration = Duration::from_millis(500);
 /// The longest the routing loop sleeps, so it sees a reload within this.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
-/// The broker's counters and live state, as last published by its thread.
-pub type Snapshot = Arc<Mutex<(BrokerCounters, Census)>>;
+/// The broker's metrics and live state, as last published by its thread.
+#[derive(Clone, Debug)]
+pub struct BrokerSnapshot {
+    pub families: Families,
+    pub census: Census,
+    pub services: Vec<ServiceRow>,
+    /// When the routing loop published it: a stale one means a stuck loop.
+    pub at: Instant,
+}
+
+pub type Snapshot = Arc<Mutex<BrokerSnapshot>>;
+
+/// Every configured bound, as gauges.
+fn collect_bounds(b: &BrokerConfig, out: &mut Families) {
+    let bounds: [(&str, &'static str, u64); 13] = [
+        ("queue_limit", "Requests queued per service, at most.", b.queue_limit as u64),
+        ("max_queued_bytes", "Request bytes queued in all, at most.", b.max_queued_bytes as u64),
+        (
+            "max_queued_bytes_per_service",
+            "Request bytes queued per service, at most.",
+            b.max_queued_bytes_per_service as u64,
+        ),
+        (
+            "max_queued_bytes_per_identity",
+            "Request bytes one identity may have queued.",
+            b.max_queued_bytes_per_identity as u64,
+        ),
+        (
+            "max_in_flight_per_identity",
+            "Requests one identity may have open.",
+            b.max_in_flight_per_identity.into(),
+        ),
+        ("rate_per_identity", "Requests per second per identity (token bucket).", b.rate_per_identity as u64),
+        ("burst_per_identity", "The per-identity token bucket's size.", b.burst_per_identity as u64),
+        ("request_expiry_ms", "Queued requests older than this are dropped.", b.request_expiry_ms),
+        ("max_message_bytes", "Largest frame accepted.", b.max_message_bytes as u64),
+        ("max_frames", "Frames per message, at most.", b.max_frames as u64),
+        ("max_services", "Services known at once, at most.", b.max_services as u64),
+        ("max_workers", "Workers registered at once, at most.", b.max_workers as u64),
+        ("hwm", "Per-peer high-water mark, in messages.", b.hwm as u64),
+    ];
+    for (name, help, value) in bounds {
+        out.gauge(&format!("broker_{name}"), help, vec![], value);
+    }
+}
 
 impl OwnedFrame for zmq::Message {
     fn copy_from(bytes: &[u8]) -> Self {
@@ -79,6 +123,7 @@ pub struct BrokerServer {
     config: BrokerConfig,
     snapshot: Snapshot,
     security: Option<Arc<Security>>,
+    registry: Arc<Registry>,
 }
 
 impl BrokerServer {
@@ -88,6 +133,7 @@ impl BrokerServer {
         ctx: &zmq::Context,
         config: &BrokerConfig,
         security: Option<Arc<Security>>,
+        registry: Arc<Registry>,
     ) -> Result<Self, BrokerError> {
         let socket = ctx.socket(zmq::ROUTER)?;
         if let Some(security) = &security {
@@ -105,8 +151,22 @@ impl BrokerServer {
                 .bind(endpoint)
                 .map_err(|source| BrokerError::Bind { endpoint: endpoint.into(), source })?;
         }
-        let snapshot = Arc::new(Mutex::new((BrokerCounters::default(), Census::default())));
-        Ok(BrokerServer { socket, config: config.clone(), snapshot, security })
+        let snapshot = Arc::new(Mutex::new(BrokerSnapshot {
+            families: Families::default(),
+            census: Census::default(),
+            services: Vec::new(),
+            at: Instant::now(),
+        }));
+        let published = snapshot.clone();
+        registry.register(
+            "broker",
+            Arc::new(move |out: &mut Families| {
+                out.extend(&published.lock().unwrap_or_else(|e| e.into_inner()).families)
+            }),
+        );
+        let bounds = config.clone();
+        registry.register("broker_bounds", Arc::new(move |out: &mut Families| collect_bounds(&bounds, out)));
+        Ok(BrokerServer { socket, config: config.clone(), snapshot, security, registry })
     }
 
     /// Counters for the metrics endpoint, refreshed by the running broker.
@@ -126,6 +186,7 @@ impl BrokerServer {
     /// Routes until `shutdown` is set, then tells workers to go. Returns the final counters.
     pub fn run(self, shutdown: &ShutdownWatch) -> Result<BrokerCounters, BrokerError> {
         let mut core = Broker::new(&self.config, self.security.clone(), Instant::now());
+        core.set_registry(self.registry.clone());
         let mut out = RouterTransmit { socket: &self.socket };
         let mut frames = Vec::with_capacity(16);
         let mut user_id = String::new();
@@ -147,8 +208,15 @@ impl BrokerServer {
                 }
             }
             if now >= next_snapshot {
+                let mut families = Families::default();
+                core.collect(&mut families);
                 if let Ok(mut snapshot) = self.snapshot.lock() {
-                    *snapshot = (core.counters().clone(), core.census());
+                    *snapshot = BrokerSnapshot {
+                        families,
+                        census: core.census(),
+                        services: core.services(),
+                        at: now,
+                    };
                 }
                 next_snapshot = now + SNAPSHOT_EVERY;
             }

@@ -12,6 +12,10 @@
 //!
 //! With a capture endpoint or a recording, the proxy subscribes to everything
 //! itself, so the copy is complete even for topics nobody subscribed to.
+//!
+//! The hub's own views (the web view) subscribe on an in-process tap, an
+//! XPUB fed only while something subscribes there; their subscriptions are
+//! the proxy's own holds upstream, and no real subscriber for the ingest gate.
 
 mod recorder;
 pub mod subscriptions;
@@ -106,6 +110,9 @@ pub struct Bus {
     mode: Mode,
     /// An XPUB, so the proxy learns who connects (and can close them).
     capture: Option<zmq::Socket>,
+    /// The in-process tap, and how many subscriptions it holds.
+    tap: zmq::Socket,
+    tap_holds: usize,
     recorder: Option<Recorder>,
     counters: Arc<BusCounters>,
     security: Option<Arc<Security>>,
@@ -203,6 +210,12 @@ impl Bus {
             }
             None => None,
         };
+        let mut tap = ctx.socket(zmq::XPUB)?;
+        tap.set_sndhwm(config.hwm)?;
+        tap.set_linger(0)?;
+        tap.set_xpub_verbose(true)?;
+        transport::socket::set_xpub_verboser(&mut tap)?;
+        tap.bind(&config.inproc_tap())?;
         let recorder = match &config.record {
             Some(record) => Some(Recorder::open(record).map_err(|source| BusError::Record {
                 bus: config.name.clone(),
@@ -228,6 +241,8 @@ impl Bus {
             backend_events,
             mode,
             capture,
+            tap,
+            tap_holds: 0,
             recorder,
             counters: Arc::default(),
             generation: security.as_ref().map(|s| s.generation()),
@@ -276,6 +291,7 @@ impl Bus {
             let (down, events) = (items[0].is_readable(), items[2].is_readable());
             // Who is on the capture first, so a reload closes them all.
             self.note_capture()?;
+            self.tap_subscriptions()?;
             self.check_reload();
             if events {
                 for fd in closed_connections(&self.backend_events)? {
@@ -358,6 +374,11 @@ impl Bus {
                     self.counters.capture_dropped.fetch_add(1, Relaxed);
                 }
             }
+            if self.tap_holds > 0 {
+                // Only while the hub's own views watch: a copy, filtered by the tap.
+                let copy = frames.iter().map(|f| zmq::Message::from(&f[..]));
+                let _ = send_frames(&self.tap, &[], copy, zmq::DONTWAIT);
+            }
             if let Some(recorder) = &mut self.recorder {
                 if recorder.record(frames).is_err() {
                     self.counters.record_errors.fetch_add(1, Relaxed);
@@ -387,6 +408,38 @@ impl Bus {
             let who = if self.user_id.is_empty() { crate::security::denials::UNKNOWN } else { &self.user_id };
             security.denials.record(who, kind, detail);
         }
+    }
+}
+
+/// A bus's metrics (labelled `bus`) and bounds.
+pub fn collect(config: &BusConfig, counters: &BusCounters, out: &mut crate::metrics::Families) {
+    let labels = || vec![("bus", config.name.clone())];
+    for (name, value) in counters.snapshot() {
+        out.counter(&format!("bus_{name}"), "A bus's traffic and refusals.", labels(), value);
+    }
+    out.gauge(
+        "bus_subscriptions",
+        "Subscriptions applied now.",
+        labels(),
+        counters.subscriptions.load(Relaxed),
+    );
+    let bounds: [(&str, &'static str, u64); 5] = [
+        ("max_subscriptions", "Subscriptions per connection, at most.", config.max_subscriptions as u64),
+        (
+            "max_subscription_bytes",
+            "Bytes of one subscription prefix, at most.",
+            config.max_subscription_bytes as u64,
+        ),
+        (
+            "max_total_subscriptions",
+            "Subscriptions on the bus, at most.",
+            config.max_total_subscriptions as u64,
+        ),
+        ("hwm", "Per-subscriber queue, in messages.", config.hwm as u64),
+        ("max_message_bytes", "Largest message.", config.max_message_bytes as u64),
+    ];
+    for (name, help, value) in bounds {
+        out.gauge(&format!("bus_{name}"), help, labels(), value);
     }
 }
 

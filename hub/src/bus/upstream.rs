@@ -239,4 +239,34 @@ impl Bus {
         }
         Ok(())
     }
+
+    /// The hub's own views' subscriptions on the tap: held upstream as the
+    /// proxy's own (not real subscribers), released when they unsubscribe.
+    pub(super) fn tap_subscriptions(&mut self) -> Result<(), BusError> {
+        for _ in 0..BATCH {
+            let message = match self.tap.recv_bytes(zmq::DONTWAIT) {
+                Ok(message) => message,
+                Err(zmq::Error::EAGAIN) => break,
+                Err(e) => return Err(e.into()),
+            };
+            match Subscription::parse(&message) {
+                Some(Subscription::Subscribe(prefix)) => {
+                    self.tap_holds += 1;
+                    if self.ledger.subscribe(Conn::Local, prefix) == Ok(true) {
+                        self.send_up(true, prefix)?;
+                    }
+                }
+                Some(Subscription::Unsubscribe(prefix)) => {
+                    if let Some(gone_upstream) = self.ledger.unsubscribe(Conn::Local, prefix) {
+                        self.tap_holds = self.tap_holds.saturating_sub(1);
+                        if gone_upstream {
+                            self.send_up(false, prefix)?;
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
 }

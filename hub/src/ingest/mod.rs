@@ -23,6 +23,7 @@
 //! configured; one agent's batches one at a time (a lock per agent, from a
 //! fixed set), so two workers never race on one agent's watermarks.
 
+pub mod agents;
 mod watermarks;
 
 use std::hash::{Hash, Hasher};
@@ -31,10 +32,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use proto::bus::Framing;
-use proto::ingest::{Batch, Reply};
+use proto::ingest::{Batch, Reply, Report};
 use transport::bus::publish_on;
 use transport::{ShutdownWatch, Worker, WorkerError, WorkerOptions};
 
+use self::agents::{Agents, Heard};
 use self::watermarks::{WatermarkError, Watermarks};
 use crate::broker::BROKER_INPROC;
 use crate::bus::subscriptions::Subscribers;
@@ -44,6 +46,16 @@ use crate::security::{Kind, Security};
 /// Locks for agents' batches: an agent hashes to one. Fixed, so a stream of
 /// made-up agent ids cannot grow it.
 const AGENT_LOCKS: usize = 64;
+
+/// Now, in nanoseconds since the Unix epoch.
+pub fn wall_ns() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    since.as_nanos() as i64
+}
+
+/// An agent reports at least every 10 s (`proto::ingest`): after three
+/// missed reports it shows as silent.
+const SILENT_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Ingest counters, shared with the metrics endpoint.
 #[derive(Debug, Default)]
@@ -59,6 +71,8 @@ pub struct IngestCounters {
     pub refused: AtomicU64,
     /// Agents with watermarks (a gauge).
     pub agents: AtomicU64,
+    /// Why batches cannot be stored now (the watermark store fails), while it lasts.
+    pub failing: Mutex<Option<String>>,
 }
 
 impl IngestCounters {
@@ -97,6 +111,7 @@ pub struct IngestService {
     /// With security, requests start with the caller's identity (the broker
     /// adds it), and an agent may send only its own batches.
     security: Option<Arc<Security>>,
+    agents: Arc<Agents>,
 }
 
 impl IngestService {
@@ -123,7 +138,13 @@ impl IngestService {
             worker,
             locks: Arc::new((0..AGENT_LOCKS).map(|_| Mutex::new(())).collect()),
             security,
+            agents: Arc::new(Agents::new(config.max_agents, SILENT_AFTER)),
         })
+    }
+
+    /// The agents heard from, for `hub agents`, the web view and metrics.
+    pub fn agents(&self) -> Arc<Agents> {
+        self.agents.clone()
     }
 
     pub fn counters(&self) -> Arc<IngestCounters> {
@@ -138,15 +159,17 @@ impl IngestService {
         publisher.connect(&self.bus)?;
         let worker = Worker::new(ctx, BROKER_INPROC, proto::ingest::SERVICE, self.worker.clone());
         worker.run(signal, |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
-            let frame = |i: usize| body.get(i).map_or(&[][..], |f| &f[..]);
-            let (caller, batch) = match self.security {
-                Some(_) => (frame(0), frame(1)),
-                None => (&[][..], frame(0)),
-            };
+            let frame = |i: usize| body.get(i).map(|f| &f[..]);
+            // [caller (with security)], batch, [report]
+            let first = usize::from(self.security.is_some());
+            let caller = if first == 1 { frame(0).unwrap_or_default() } else { &[] };
+            let (batch, report) = (frame(first).unwrap_or_default(), frame(first + 1));
             let caller = String::from_utf8_lossy(caller);
+            let report = report.and_then(|r| Report::decode(r).ok());
             let reply = self.handle(
                 &caller,
                 batch,
+                report,
                 |topic| self.listeners.covers(topic),
                 |topic, json| {
                     let _ = publish_on(&publisher, Framing::TwoFrame, topic, json);
@@ -164,6 +187,7 @@ impl IngestService {
         &self,
         caller: &str,
         body: &[u8],
+        report: Option<Report>,
         heard: impl Fn(&[u8]) -> bool,
         mut publish: impl FnMut(&[u8], &[u8]),
     ) -> Reply {
@@ -192,8 +216,10 @@ impl IngestService {
         channels.dedup();
         let topics: Vec<String> =
             channels.iter().map(|ch| format!("{}{agent}.{ch}", proto::sample::TOPIC_PREFIX)).collect();
+        let now = (std::time::Instant::now(), wall_ns());
         if self.config.require_subscriber && !topics.is_empty() && !topics.iter().any(|t| heard(t.as_bytes()))
         {
+            self.agents.record(agent, Heard { report, ..Heard::default() }, now.0, now.1);
             c.retries.fetch_add(1, Relaxed);
             return Reply::Retry {
                 reason: format!("no subscriber for {} on the metric bus", topics[0]),
@@ -218,6 +244,8 @@ impl IngestService {
         let new_agent = marks.0.is_empty();
         let before = marks.clone();
         let (mut accepted, mut duplicates) = (0u32, 0u32);
+        let newest = batch.samples.iter().map(|s| s.sample.wall_ns).max();
+        let epoch = batch.samples.last().map(|s| s.sample.epoch);
         // Samples come in epoch runs: look the watermark up once per run.
         let mut current: Option<(u64, u64)> = None;
         for sent in &batch.samples {
@@ -239,7 +267,11 @@ impl IngestService {
         }
         if marks != before {
             if let Err(e) = self.watermarks.put(agent, &marks).and_then(|_| self.watermarks.flush()) {
+                self.agents.record(agent, Heard { report, ..Heard::default() }, now.0, now.1);
                 return self.storage_failure(e);
+            }
+            if let Some(why) = c.failing.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                log::info!("ingest: storing watermarks works again (it failed: {why})");
             }
             if new_agent {
                 c.agents.fetch_add(1, Relaxed);
@@ -247,6 +279,9 @@ impl IngestService {
         }
         c.accepted.fetch_add(accepted.into(), Relaxed);
         c.duplicates.fetch_add(duplicates.into(), Relaxed);
+        let channels = channels.iter().map(|c| c.to_string()).collect();
+        let heard = Heard { epoch, accepted, duplicates, newest_sample_wall_ns: newest, report, channels };
+        self.agents.record(agent, heard, now.0, now.1);
         Reply::Ack { accepted, duplicates }
     }
 
@@ -266,8 +301,27 @@ impl IngestService {
     fn storage_failure(&self, e: WatermarkError) -> Reply {
         self.counters.retries.fetch_add(1, Relaxed);
         log::error!("ingest: {e}");
+        *self.counters.failing.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
         Reply::Retry { reason: format!("hub storage error: {e}"), after_ms: 1000 }
     }
+}
+
+/// Ingest's metrics: totals, each agent's, and the bounds.
+pub fn collect(
+    config: &IngestConfig,
+    counters: &IngestCounters,
+    agents: &Agents,
+    out: &mut crate::metrics::Families,
+) {
+    for (name, value) in counters.snapshot() {
+        out.counter(&format!("ingest_{name}"), "Ingest's batches and samples.", vec![], value);
+    }
+    out.gauge("ingest_agents", "Agents with watermarks.", vec![], counters.agents.load(Relaxed));
+    let failing = counters.failing.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+    out.gauge("ingest_store_available", "1 while watermarks can be stored.", vec![], (!failing).into());
+    out.gauge("ingest_max_agents", "Agents with watermarks, at most.", vec![], config.max_agents as u64);
+    out.gauge("ingest_epochs_kept", "Boot epochs kept per agent.", vec![], config.epochs_kept as u64);
+    agents.collect(std::time::Instant::now(), out);
 }
 
 #[cfg(test)]
@@ -320,6 +374,7 @@ mod tests {
         let reply = svc.handle(
             "",
             body,
+            None,
             |t| subs.iter().any(|p| t.starts_with(p)),
             |_, json| published.push(serde_json::from_slice(json).unwrap()),
         );
@@ -390,10 +445,10 @@ mod tests {
         let mut published = 0;
         // The attack: another agent poisons pump-1's watermark with seq = u64::MAX.
         let all = |_: &[u8]| true;
-        let poison = svc.handle("pump-2", &batch("pump-1", 1, &[u64::MAX]), all, |_, _| published += 1);
+        let poison = svc.handle("pump-2", &batch("pump-1", 1, &[u64::MAX]), None, all, |_, _| published += 1);
         assert!(matches!(poison, Reply::Refused { .. }), "{poison:?}");
         assert_eq!((published, svc.counters.refused.load(Relaxed)), (0, 1));
-        let own = svc.handle("pump-1", &batch("pump-1", 1, &[1, 2]), all, |_, _| published += 1);
+        let own = svc.handle("pump-1", &batch("pump-1", 1, &[1, 2]), None, all, |_, _| published += 1);
         assert_eq!(own, Reply::Ack { accepted: 2, duplicates: 0 }, "the victim's samples still count");
     }
 

@@ -105,6 +105,8 @@ pub struct Security {
     generation: AtomicU64,
     /// (generation, identities revoked by the reload that made it).
     revocations: Mutex<VecDeque<(u64, Vec<String>)>>,
+    /// Why the last reload failed (the allow-list before it stays in force).
+    last_reload_error: Mutex<Option<String>>,
     pub denials: Denials,
 }
 
@@ -130,6 +132,7 @@ impl Security {
             allow: RwLock::new(Arc::new(allow)),
             generation: AtomicU64::new(0),
             revocations: Mutex::default(),
+            last_reload_error: Mutex::default(),
             denials: Denials::new(Duration::from_millis(config.log_interval_ms)),
         })
     }
@@ -139,8 +142,11 @@ impl Security {
     /// identity's previous key (a half-written file does not lock a peer out;
     /// deleting the file is how a key is removed).
     pub fn reload(&self) -> Result<Reload, SecurityError> {
-        let (mut fresh, skipped) = AllowList::load(&self.clients_dir)
-            .map_err(|source| SecurityError::ClientsDir { path: self.clients_dir.clone(), source })?;
+        let loaded = AllowList::load(&self.clients_dir)
+            .map_err(|source| SecurityError::ClientsDir { path: self.clients_dir.clone(), source });
+        *self.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()) =
+            loaded.as_ref().err().map(|e| e.to_string());
+        let (mut fresh, skipped) = loaded?;
         let old = self.allow_list();
         let mut report = Reload::default();
         for s in &skipped {
@@ -216,6 +222,25 @@ impl Security {
             self.policy.grants(identity)
         } else {
             Grants::none()
+        }
+    }
+
+    /// Why the last reload failed, if it did.
+    pub fn last_reload_error(&self) -> Option<String> {
+        self.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Adds its metrics: identities allowed, denials per identity and kind.
+    pub fn collect(&self, out: &mut crate::metrics::Families) {
+        out.gauge(
+            "security_identities",
+            "Identities in the allow-list.",
+            vec![],
+            self.allow_list().len() as u64,
+        );
+        for (identity, kind, n) in self.denials.snapshot() {
+            let labels = vec![("identity", identity), ("kind", kind.name().to_string())];
+            out.counter("denials", "Refusals, per identity and kind.", labels, n);
         }
     }
 

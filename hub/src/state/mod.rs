@@ -108,3 +108,40 @@ impl StateService {
         }
     }
 }
+
+/// The state store's metrics and bounds.
+pub fn collect(config: &crate::config::StateConfig, store: &Store, out: &mut crate::metrics::Families) {
+    out.counter("state_writes", "Writes acknowledged.", vec![], store.writes());
+    out.counter("state_durable_writes", "Writes flushed to disk.", vec![], store.durable_writes());
+    out.gauge(
+        "state_store_available",
+        "1 while the store takes writes.",
+        vec![],
+        store.failure().is_none().into(),
+    );
+    out.gauge(
+        "state_durability_lag_ms",
+        "How long the oldest unflushed write has waited.",
+        vec![],
+        store.durability_lag().as_millis() as u64,
+    );
+    out.gauge("state_scopes", "Scopes in the store.", vec![], store.scope_count() as u64);
+    out.gauge(
+        "state_flush_interval_ms",
+        "Writes are flushed at least this often.",
+        vec![],
+        config.flush_interval_ms,
+    );
+    out.gauge("state_cache_bytes", "The store's cache.", vec![], config.cache_bytes);
+    let l = &config.limits;
+    let bounds: [(&str, &'static str, usize); 5] = [
+        ("max_value_bytes", "Largest value.", l.max_value_bytes),
+        ("max_keys_per_scope", "Keys in one scope, at most.", l.max_keys_per_scope),
+        ("max_scope_bytes", "Value bytes in one scope, at most.", l.max_scope_bytes),
+        ("max_scopes", "Scopes, at most.", l.max_scopes),
+        ("max_scopes_per_identity", "Scopes one identity may own.", l.max_scopes_per_identity),
+    ];
+    for (name, help, value) in bounds {
+        out.gauge(&format!("state_{name}"), help, vec![], value as u64);
+    }
+}

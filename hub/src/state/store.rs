@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -96,6 +97,8 @@ pub struct Store {
     flush_each_write: bool,
     /// Why the last flush failed, while it does.
     failure: Mutex<Option<String>>,
+    /// When the oldest write not yet flushed was made.
+    pending_since: Mutex<Option<Instant>>,
 }
 
 /// `len(scope) as u32 BE ++ scope ++ key`: a scope's keys share a prefix no
@@ -151,6 +154,7 @@ impl Store {
             durable: AtomicU64::new(0),
             flush_each_write,
             failure: Mutex::new(None),
+            pending_since: Mutex::new(None),
         })
     }
 
@@ -318,6 +322,7 @@ impl Store {
 
     fn wrote(&self) -> Result<()> {
         self.writes.fetch_add(1, SeqCst);
+        self.pending_since.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Instant::now);
         if self.flush_each_write {
             self.flush()?;
         }
@@ -337,7 +342,17 @@ impl Store {
             return Err(e.into());
         }
         self.durable.fetch_max(writes, SeqCst);
+        let mut pending = self.pending_since.lock().unwrap_or_else(|e| e.into_inner());
+        if self.writes.load(SeqCst) == writes {
+            *pending = None;
+        }
         Ok(())
+    }
+
+    /// How long the oldest write not yet durable has waited (zero if none).
+    pub fn durability_lag(&self) -> Duration {
+        let pending = self.pending_since.lock().unwrap_or_else(|e| e.into_inner());
+        pending.map_or(Duration::ZERO, |since| since.elapsed())
     }
 
     /// Writes acknowledged since start.

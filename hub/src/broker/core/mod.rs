@@ -37,6 +37,8 @@ use crate::security::{Security, Sender};
 mod access;
 mod own_service;
 
+pub use self::own_service::ServiceRow;
+
 /// A frame the core can own and copy (copies are made only for redelivery
 /// and for the broker's own small replies).
 pub trait OwnedFrame: Frame + Sized {
@@ -123,6 +125,18 @@ struct Service<F> {
     idle: VecDeque<usize>,
     queue: VecDeque<Pending<F>>,
     queued_bytes: usize,
+    /// Counted for metrics while the service is known (it is forgotten, and
+    /// its counts with it, once it has neither workers nor queued requests).
+    stats: ServiceStats,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    pub requests: u64,
+    pub replies: u64,
+    pub expired: u64,
+    pub overflowed: u64,
+    pub redelivered: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,6 +178,8 @@ pub struct Broker<F> {
     /// Who may do what; `None` when security is off.
     security: Option<Arc<Security>>,
     callers: Callers,
+    /// The hub's metrics, for `mmi.metrics`; `None` answers with the broker's own.
+    registry: Option<Arc<crate::metrics::Registry>>,
 }
 
 impl<F: OwnedFrame> Broker<F> {
@@ -192,7 +208,14 @@ impl<F: OwnedFrame> Broker<F> {
             counters: BrokerCounters::default(),
             callers: Callers::new(config, security.as_ref().map(|s| s.generation())),
             security,
+            registry: None,
         }
+    }
+
+    /// Answers `mmi.metrics` with the whole hub's `registry` (its "broker"
+    /// part replaced by this broker's live counters).
+    pub fn set_registry(&mut self, registry: Arc<crate::metrics::Registry>) {
+        self.registry = Some(registry);
     }
 
     pub fn counters(&self) -> &BrokerCounters {
@@ -284,6 +307,7 @@ impl<F: OwnedFrame> Broker<F> {
                     return;
                 };
                 self.counters.requests += 1;
+                self.services[sid].stats.requests += 1;
                 self.callers.started(owner);
                 let mut body = self.spare.pop().unwrap_or_default();
                 let mut drain = frames.drain(..);
@@ -408,6 +432,7 @@ impl<F: OwnedFrame> Broker<F> {
             while self.services[sid].queue.front().is_some_and(|p| p.deadline <= now) {
                 if let Some(p) = self.dequeue(sid) {
                     self.counters.expired += 1;
+                    self.services[sid].stats.expired += 1;
                     self.drop_request(p);
                 }
             }
@@ -459,6 +484,7 @@ impl<F: OwnedFrame> Broker<F> {
             idle: VecDeque::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
+            stats: ServiceStats::default(),
         };
         let sid = self.services.insert(service);
         self.service_ids.insert(name, sid);
@@ -487,6 +513,7 @@ impl<F: OwnedFrame> Broker<F> {
         let service = &mut self.services[sid];
         if service.queue.len() >= self.queue_limit {
             self.counters.queue_overflow += 1;
+            service.stats.overflowed += 1;
             self.drop_request(pending);
             return;
         }
@@ -494,6 +521,7 @@ impl<F: OwnedFrame> Broker<F> {
             || self.queued_bytes + pending.bytes > self.max_queued_bytes
         {
             self.counters.queue_bytes_overflow += 1;
+            service.stats.overflowed += 1;
             self.drop_request(pending);
             return;
         }
@@ -586,6 +614,7 @@ impl<F: OwnedFrame> Broker<F> {
         while let Some(pending) = self.dequeue(sid) {
             if pending.deadline <= now {
                 self.counters.expired += 1;
+                self.services[sid].stats.expired += 1;
                 self.drop_request(pending);
                 continue;
             }
@@ -611,14 +640,17 @@ impl<F: OwnedFrame> Broker<F> {
     ) {
         let worker = &mut self.workers[wid];
         let Some(job) = worker.job.as_ref() else { return };
-        let service = &self.services[worker.service];
+        let service = &mut self.services[worker.service];
         match mdp::client_reply(job.dialect, kind, Some(&service.name)) {
             Ok(envelope) => {
                 if out.send(job.client.bytes(), envelope.frames(), body).is_err() {
                     self.counters.unroutable += 1;
                 }
                 match kind {
-                    ReplyKind::Final => self.counters.replies += 1,
+                    ReplyKind::Final => {
+                        self.counters.replies += 1;
+                        service.stats.replies += 1;
+                    }
                     ReplyKind::Partial => self.counters.partials += 1,
                 }
             }
@@ -653,6 +685,7 @@ impl<F: OwnedFrame> Broker<F> {
         match job.copy {
             Some(body) if !job.redelivered => {
                 self.counters.redelivered += 1;
+                self.services[worker.service].stats.redelivered += 1;
                 let pending = Pending {
                     client: job.client,
                     dialect: job.dialect,

@@ -5,6 +5,7 @@ use proto::mmi;
 use serde_json::json;
 
 use super::{lossy, Broker, OwnedFrame};
+use crate::metrics::Families;
 
 impl<F: OwnedFrame> Broker<F> {
     pub(super) fn answer_mmi(&self, request: mmi::Request<'_>) -> Vec<u8> {
@@ -42,17 +43,111 @@ impl<F: OwnedFrame> Broker<F> {
                 serde_json::Value::Object(services).to_string().into_bytes()
             }
             mmi::Request::Metrics => {
-                let mut metrics = self.counters.to_json();
-                metrics["workers"] = json!(self.workers.len());
-                metrics["services"] = json!(self.services.len());
-                metrics["queued"] = json!(self.services.iter().map(|(_, s)| s.queue.len()).sum::<usize>());
-                metrics["queued_bytes"] = json!(self.queued_bytes);
-                if let Some(security) = &self.security {
-                    metrics["denials"] = security.denials.to_json();
-                }
-                metrics.to_string().into_bytes()
+                // The whole hub's registry, with the broker's own part live.
+                let mut mine = Families::default();
+                self.collect(&mut mine);
+                let all = match &self.registry {
+                    Some(registry) => registry.collect_with("broker", &mine),
+                    None => mine,
+                };
+                all.to_json().to_string().into_bytes()
             }
             mmi::Request::Unknown => mmi::Status::NotImplemented.as_bytes().to_vec(),
         }
     }
+
+    /// The broker's metrics from its live state: counters, totals now, and
+    /// each service's.
+    pub fn collect(&self, out: &mut Families) {
+        self.counters.collect(out);
+        let census = self.census();
+        out.gauge("broker_workers", "Workers registered now.", vec![], census.workers as u64);
+        out.gauge("broker_idle_workers", "Workers waiting for a request.", vec![], census.idle as u64);
+        out.gauge("broker_queued_requests", "Requests waiting for a worker.", vec![], census.queued as u64);
+        out.gauge(
+            "broker_queued_bytes",
+            "Bytes of requests waiting for a worker.",
+            vec![],
+            census.queued_bytes as u64,
+        );
+        out.gauge("broker_services", "Services known now.", vec![], census.services as u64);
+        for (_, s) in self.services.iter() {
+            let labels = || vec![("service", lossy(&s.name))];
+            out.gauge("broker_service_workers", "A service's workers.", labels(), s.workers as u64);
+            out.gauge(
+                "broker_service_idle_workers",
+                "A service's idle workers.",
+                labels(),
+                s.idle.len() as u64,
+            );
+            out.gauge(
+                "broker_service_queued_requests",
+                "A service's queued requests.",
+                labels(),
+                s.queue.len() as u64,
+            );
+            out.gauge(
+                "broker_service_queued_bytes",
+                "A service's queued bytes.",
+                labels(),
+                s.queued_bytes as u64,
+            );
+            let st = s.stats;
+            out.counter("broker_service_requests", "A service's requests.", labels(), st.requests);
+            out.counter("broker_service_replies", "A service's final replies.", labels(), st.replies);
+            out.counter(
+                "broker_service_expired",
+                "A service's requests expired in its queue.",
+                labels(),
+                st.expired,
+            );
+            out.counter(
+                "broker_service_overflowed",
+                "A service's requests dropped by its queue's bounds.",
+                labels(),
+                st.overflowed,
+            );
+            out.counter(
+                "broker_service_redelivered",
+                "A service's requests redelivered.",
+                labels(),
+                st.redelivered,
+            );
+        }
+    }
+
+    /// Each service, for the web view.
+    pub fn services(&self) -> Vec<ServiceRow> {
+        let mut rows: Vec<ServiceRow> = self
+            .services
+            .iter()
+            .map(|(_, s)| ServiceRow {
+                service: lossy(&s.name),
+                workers: s.workers,
+                idle: s.idle.len(),
+                queued: s.queue.len(),
+                queued_bytes: s.queued_bytes,
+                requests: s.stats.requests,
+                replies: s.stats.replies,
+                expired: s.stats.expired,
+                overflowed: s.stats.overflowed,
+            })
+            .collect();
+        rows.sort_by(|a, b| a.service.cmp(&b.service));
+        rows
+    }
+}
+
+/// One service as the web view shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceRow {
+    pub service: String,
+    pub workers: usize,
+    pub idle: usize,
+    pub queued: usize,
+    pub queued_bytes: usize,
+    pub requests: u64,
+    pub replies: u64,
+    pub expired: u64,
+    pub overflowed: u64,
 }

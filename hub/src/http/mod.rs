@@ -1,0 +1,144 @@
+//! The hub's HTTP endpoint, on the bounded server (`httpd`):
+//!
+//! | path | what |
+//! | --- | --- |
+//! | `/healthz` | the process answers (liveness) |
+//! | `/readyz` | every component works (readiness: 503 and which one, if not) |
+//! | `/metrics` | the metrics registry, Prometheus text |
+//! | `/`, `/api/*` | the live web view and what it reads ([`web`]) |
+//!
+//! Everything but the two health checks needs the token, when one is set.
+
+pub mod ready;
+pub mod web;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use httpd::{Get, Reply};
+use serde_json::json;
+use transport::{Shutdown, ShutdownWatch};
+
+use crate::broker::Snapshot;
+use crate::config::{Config, HttpConfig};
+use crate::ingest::agents::Agents;
+use crate::ingest::IngestCounters;
+use crate::metrics::{Families, Registry};
+use crate::security::Security;
+use crate::state::store::Store;
+
+/// What the endpoint reports on.
+pub struct Sources {
+    pub config: Config,
+    pub registry: Arc<Registry>,
+    pub broker: Snapshot,
+    /// The hub's shutdown, whose watches say whether each loop still turns.
+    pub shutdown: Shutdown,
+    pub state: Option<Arc<Store>>,
+    pub ingest: Option<(Arc<IngestCounters>, Arc<Agents>)>,
+    pub security: Option<Arc<Security>>,
+    pub web: web::Feeds,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error(transparent)]
+    Bind(#[from] httpd::BindError),
+    #[error(
+        "http.token_file {path}: {source} (write a long random token there, e.g. `openssl rand -hex 32`)"
+    )]
+    Token { path: std::path::PathBuf, source: std::io::Error },
+    #[error("http.token_file {0} is empty: write a long random token there")]
+    EmptyToken(std::path::PathBuf),
+}
+
+pub struct HttpServer {
+    server: httpd::Server,
+    sources: Arc<Sources>,
+    started: Instant,
+}
+
+impl HttpServer {
+    pub fn bind(config: &HttpConfig, sources: Sources) -> Result<HttpServer, HttpError> {
+        let token = match &config.token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| HttpError::Token { path: path.clone(), source })?;
+                let token = text.trim().to_string();
+                if token.is_empty() {
+                    return Err(HttpError::EmptyToken(path.clone()));
+                }
+                Some(token)
+            }
+            None => None,
+        };
+        let server = httpd::Server::bind(&config.listen, config.limits(), token)?;
+        let counters = server.counters();
+        let limits = config.limits();
+        sources.registry.register(
+            "http",
+            Arc::new(move |out: &mut Families| {
+                for (name, value, gauge) in counters.snapshot() {
+                    let name = format!("http_{}", name.trim_end_matches("_total"));
+                    if gauge {
+                        out.gauge(&name, "The HTTP endpoint's connections and streams now.", vec![], value);
+                    } else {
+                        out.counter(
+                            &name,
+                            "The HTTP endpoint's connections, requests and refusals.",
+                            vec![],
+                            value,
+                        );
+                    }
+                }
+                out.gauge(
+                    "http_max_connections",
+                    "HTTP connections open at once, at most.",
+                    vec![],
+                    limits.max_connections as u64,
+                );
+                out.gauge(
+                    "http_max_streams",
+                    "Live streams open at once, at most.",
+                    vec![],
+                    limits.max_streams as u64,
+                );
+                out.gauge(
+                    "http_max_header_bytes",
+                    "HTTP request header bytes, at most.",
+                    vec![],
+                    limits.max_header_bytes as u64,
+                );
+            }),
+        );
+        Ok(HttpServer { server, sources: Arc::new(sources), started: Instant::now() })
+    }
+
+    /// The bound address (resolves port 0).
+    pub fn address(&self) -> String {
+        self.server.address().to_string()
+    }
+
+    pub fn run(self, shutdown: &ShutdownWatch) -> std::io::Result<()> {
+        let (sources, started) = (self.sources, self.started);
+        self.server.run(shutdown, move |get: &Get<'_>| route(&sources, started, get))
+    }
+}
+
+fn route(sources: &Sources, started: Instant, get: &Get<'_>) -> Reply {
+    match get.path {
+        "/healthz" => {
+            Reply::json(200, json!({"status": "ok", "uptime_s": started.elapsed().as_secs_f64()}).to_string())
+        }
+        "/readyz" => {
+            let verdict = ready::assess(&ready::Inputs::gather(sources));
+            Reply::json(if verdict.ready { 200 } else { 503 }, verdict.to_json().to_string())
+        }
+        "/metrics" => Reply::Body {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: sources.registry.prometheus().into_bytes(),
+        },
+        _ => web::route(sources, get),
+    }
+}

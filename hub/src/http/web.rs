@@ -1,0 +1,324 @@
+//! The live web view and the JSON it reads. The page is plain HTML, JS and
+//! CSS built into the binary (no build step, nothing fetched from elsewhere:
+//! plant networks are offline).
+//!
+//! | path | what |
+//! | --- | --- |
+//! | `/`, `/app.js`, `/app.css` | the page |
+//! | `/api/overview` | services and workers, agents, buses, recent state changes, channels |
+//! | `/api/events` | the overview again every second, as server-sent events |
+//! | `/api/samples?topic=T` | one channel: its recent samples, then each new one, as events |
+//!
+//! What the page shows of the buses comes from their in-process taps
+//! ([`Watcher`]): the state bus always (recent changes), the metric bus only
+//! for the channels someone is charting, with the last minutes kept.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use httpd::{Get, Reply};
+use serde_json::{json, Value};
+use transport::ShutdownWatch;
+
+use super::Sources;
+use crate::broker::ServiceRow;
+use crate::bus::BusCounters;
+
+/// Points kept per charted channel, and for how long after its last viewer.
+const POINTS: usize = 1200;
+const KEEP_AFTER_VIEW: Duration = Duration::from_secs(600);
+/// Channels charted at once, at most.
+const MAX_CHARTS: usize = 64;
+/// State changes kept.
+const STATE_CHANGES: usize = 50;
+
+const INDEX_HTML: &str = include_str!("web/index.html");
+const APP_JS: &str = include_str!("web/app.js");
+const APP_CSS: &str = include_str!("web/app.css");
+
+/// One sample as the chart draws it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Point {
+    /// Receive order, so a stream knows what it has sent.
+    pub n: u64,
+    pub wall_ns: i64,
+    pub value: Value,
+}
+
+#[derive(Default)]
+struct Chart {
+    points: VecDeque<Point>,
+    next: u64,
+    viewers: usize,
+    last_viewed: Option<Instant>,
+}
+
+/// What the web view reads besides the components' own state.
+#[derive(Clone, Default)]
+pub struct Feeds {
+    pub buses: Vec<(String, Arc<BusCounters>)>,
+    state_changes: Arc<Mutex<VecDeque<Value>>>,
+    charts: Arc<Mutex<HashMap<String, Chart>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Feeds {
+    /// Feeds for these buses' counters.
+    pub fn new(buses: Vec<(String, Arc<BusCounters>)>) -> Feeds {
+        Feeds { buses, ..Feeds::default() }
+    }
+
+    /// Starts charting `topic` (or counts one more viewer); false if
+    /// `MAX_CHARTS` other channels are charted.
+    fn view(&self, topic: &str) -> bool {
+        let mut charts = lock(&self.charts);
+        if !charts.contains_key(topic) && charts.len() >= MAX_CHARTS {
+            return false;
+        }
+        let chart = charts.entry(topic.to_string()).or_default();
+        chart.viewers += 1;
+        chart.last_viewed = Some(Instant::now());
+        true
+    }
+
+    fn unview(&self, topic: &str) {
+        if let Some(chart) = lock(&self.charts).get_mut(topic) {
+            chart.viewers = chart.viewers.saturating_sub(1);
+            chart.last_viewed = Some(Instant::now());
+        }
+    }
+
+    /// Points of `topic` after `n`.
+    fn points_after(&self, topic: &str, n: Option<u64>) -> Vec<Point> {
+        let charts = lock(&self.charts);
+        let Some(chart) = charts.get(topic) else { return Vec::new() };
+        chart.points.iter().filter(|p| n.is_none_or(|n| p.n > n)).cloned().collect()
+    }
+
+    fn record(&self, topic: &str, wall_ns: i64, value: Value) {
+        let mut charts = lock(&self.charts);
+        let Some(chart) = charts.get_mut(topic) else { return };
+        chart.next += 1;
+        chart.points.push_back(Point { n: chart.next, wall_ns, value });
+        if chart.points.len() > POINTS {
+            chart.points.pop_front();
+        }
+    }
+
+    /// Topics charted now (subscribed on the metric tap), after dropping
+    /// those nobody has viewed for a while.
+    fn charted(&self) -> BTreeSet<String> {
+        let mut charts = lock(&self.charts);
+        charts.retain(|_, c| c.viewers > 0 || c.last_viewed.is_some_and(|t| t.elapsed() < KEEP_AFTER_VIEW));
+        charts.keys().cloned().collect()
+    }
+}
+
+/// Follows the buses' taps for the web view, on its own thread: every state
+/// change, and the samples of the channels being charted.
+pub struct Watcher {
+    feeds: Feeds,
+    state_tap: Option<String>,
+    metric_tap: Option<String>,
+}
+
+impl Watcher {
+    pub fn new(feeds: Feeds, state_tap: Option<String>, metric_tap: Option<String>) -> Watcher {
+        Watcher { feeds, state_tap, metric_tap }
+    }
+
+    pub fn run(self, ctx: &zmq::Context, stop: &ShutdownWatch) -> zmq::Result<()> {
+        let connect = |tap: &Option<String>| -> zmq::Result<Option<zmq::Socket>> {
+            let Some(endpoint) = tap else { return Ok(None) };
+            let socket = ctx.socket(zmq::SUB)?;
+            socket.set_rcvhwm(10_000)?;
+            socket.connect(endpoint)?;
+            Ok(Some(socket))
+        };
+        let (state, metric) = (connect(&self.state_tap)?, connect(&self.metric_tap)?);
+        if let Some(state) = &state {
+            state.set_subscribe(proto::state::TOPIC_PREFIX.as_bytes())?;
+        }
+        let mut subscribed = BTreeSet::new();
+        while !stop.is_set() {
+            if let Some(metric) = &metric {
+                let wanted = self.feeds.charted();
+                for topic in subscribed.difference(&wanted) {
+                    metric.set_unsubscribe(topic.as_bytes())?;
+                }
+                for topic in wanted.difference(&subscribed) {
+                    metric.set_subscribe(topic.as_bytes())?;
+                }
+                subscribed = wanted;
+            }
+            let mut items: Vec<zmq::PollItem<'_>> =
+                state.iter().chain(metric.iter()).map(|s| s.as_poll_item(zmq::POLLIN)).collect();
+            items.push(stop.poll_item());
+            match zmq::poll(&mut items, 250) {
+                Ok(_) | Err(zmq::Error::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+            if let Some(state) = &state {
+                while let Ok(frames) = state.recv_multipart(zmq::DONTWAIT) {
+                    self.state_change(&frames);
+                }
+            }
+            if let Some(metric) = &metric {
+                while let Ok(frames) = metric.recv_multipart(zmq::DONTWAIT) {
+                    self.sample(&frames);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn state_change(&self, frames: &[Vec<u8>]) {
+        let Some((_, payload)) = proto::bus::split(frames) else { return };
+        let Ok(event) = serde_json::from_slice::<Value>(payload) else { return };
+        let mut changes = lock(&self.feeds.state_changes);
+        changes.push_front(event);
+        changes.truncate(STATE_CHANGES);
+    }
+
+    fn sample(&self, frames: &[Vec<u8>]) {
+        let Some((topic, payload)) = proto::bus::split(frames) else { return };
+        let Ok(sample) = serde_json::from_slice::<Value>(payload) else { return };
+        let wall_ns = sample["wall_ns"].as_i64().unwrap_or_else(crate::ingest::wall_ns);
+        // A chart of one channel: the exact topic, not everything under it.
+        let topic = String::from_utf8_lossy(topic);
+        self.feeds.record(&topic, wall_ns, sample["value"].clone());
+    }
+}
+
+pub fn route(sources: &Sources, get: &Get<'_>) -> Reply {
+    let asset =
+        |content_type, body: &str| Reply::Body { status: 200, content_type, body: body.as_bytes().to_vec() };
+    match get.path {
+        "/" | "/index.html" => asset("text/html; charset=utf-8", INDEX_HTML),
+        "/app.js" => asset("text/javascript; charset=utf-8", APP_JS),
+        "/app.css" => asset("text/css; charset=utf-8", APP_CSS),
+        "/api/overview" => Reply::json(200, overview(sources).to_string()),
+        "/api/events" => {
+            let sources = Overview::from(sources);
+            let ticks = smol::stream::unfold((sources, true), |(sources, first)| async move {
+                if !first {
+                    smol::Timer::after(Duration::from_secs(1)).await;
+                }
+                let json = sources.json().to_string();
+                Some((json, (sources, false)))
+            });
+            Reply::Events(Box::pin(ticks))
+        }
+        "/api/samples" => {
+            let Some(topic) = get.param("topic").filter(|t| t.starts_with(proto::sample::TOPIC_PREFIX))
+            else {
+                return Reply::text(
+                    400,
+                    format!("give ?topic={}<agent>.<channel>\n", proto::sample::TOPIC_PREFIX),
+                );
+            };
+            let feeds = sources.web.clone();
+            if !feeds.view(&topic) {
+                return Reply::text(
+                    503,
+                    format!("{MAX_CHARTS} channels are charted already: try again later\n"),
+                );
+            }
+            Reply::Events(Box::pin(samples(feeds, topic)))
+        }
+        _ => Reply::not_found(),
+    }
+}
+
+/// `{"points": [...]}` at once (what is kept), then every 250 ms what is new.
+fn samples(feeds: Feeds, topic: String) -> impl smol::stream::Stream<Item = String> + Send {
+    struct Viewing {
+        feeds: Feeds,
+        topic: String,
+        last: Option<u64>,
+    }
+    impl Drop for Viewing {
+        fn drop(&mut self) {
+            self.feeds.unview(&self.topic);
+        }
+    }
+    let viewing = Viewing { feeds, topic, last: None };
+    smol::stream::unfold(viewing, |mut v| async move {
+        loop {
+            if v.last.is_some() {
+                smol::Timer::after(Duration::from_millis(250)).await;
+            }
+            let points = v.feeds.points_after(&v.topic, v.last);
+            let first = v.last.is_none();
+            if let Some(p) = points.last() {
+                v.last = Some(p.n);
+            } else if first {
+                v.last = Some(0);
+            }
+            if first || !points.is_empty() {
+                let points: Vec<Value> =
+                    points.iter().map(|p| json!({"wall_ns": p.wall_ns, "value": p.value})).collect();
+                let event = json!({"topic": v.topic, "points": points}).to_string();
+                return Some((event, v));
+            }
+        }
+    })
+}
+
+/// What the overview is made from, owned (an event stream outlives the request).
+struct Overview {
+    broker: crate::broker::Snapshot,
+    agents: Option<Arc<crate::ingest::agents::Agents>>,
+    feeds: Feeds,
+    security: bool,
+    started: Instant,
+}
+
+impl Overview {
+    fn from(sources: &Sources) -> Overview {
+        Overview {
+            broker: sources.broker.clone(),
+            agents: sources.ingest.as_ref().map(|(_, agents)| agents.clone()),
+            feeds: sources.web.clone(),
+            security: sources.security.is_some(),
+            started: Instant::now(),
+        }
+    }
+
+    fn json(&self) -> Value {
+        let services: Vec<ServiceRow> = self.broker.lock().map(|s| s.services.clone()).unwrap_or_default();
+        let agents =
+            self.agents.as_ref().map_or(json!([]), |a| a.to_json(Instant::now(), crate::ingest::wall_ns()));
+        let buses: Vec<Value> = self
+            .feeds
+            .buses
+            .iter()
+            .map(|(name, counters)| {
+                let mut bus: serde_json::Map<String, Value> =
+                    counters.snapshot().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+                bus.insert("bus".into(), json!(name));
+                bus.insert(
+                    "subscriptions".into(),
+                    json!(counters.subscriptions.load(std::sync::atomic::Ordering::Relaxed)),
+                );
+                Value::Object(bus)
+            })
+            .collect();
+        let changes: Vec<Value> = lock(&self.feeds.state_changes).iter().cloned().collect();
+        json!({
+            "hub": {"version": env!("CARGO_PKG_VERSION"), "security": self.security, "stream_s": self.started.elapsed().as_secs_f64()},
+            "services": services,
+            "agents": agents,
+            "buses": buses,
+            "state_changes": changes,
+        })
+    }
+}
+
+fn overview(sources: &Sources) -> Value {
+    Overview::from(sources).json()
+}
