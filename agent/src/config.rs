@@ -102,6 +102,9 @@ pub struct UplinkConfig {
     pub backoff_max_ms: u64,
     /// Failed calls in a row that open the circuit breaker.
     pub breaker_failures: u32,
+    /// With nothing to send, an empty batch carrying the agent's report
+    /// goes this often, so the hub knows the agent is there (`hub agents`).
+    pub report_interval_ms: u64,
 }
 
 impl Default for UplinkConfig {
@@ -115,6 +118,7 @@ impl Default for UplinkConfig {
             backoff_min_ms: 100,
             backoff_max_ms: 5000,
             breaker_failures: 3,
+            report_interval_ms: 10_000,
         }
     }
 }

@@ -6,13 +6,15 @@
 //! dead hub costs one call per backoff period and a returning one is found
 //! within `backoff_max_ms`. Replay is paced at `replay_rate` samples a second
 //! so a long backlog does not swamp the link; samples older than
-//! `live_window_ms` when sent are marked historical.
+//! `live_window_ms` when sent are marked historical. Every batch carries the
+//! agent's report (backlog, lag, health); with nothing to send, an empty
+//! batch carries it every `report_interval_ms`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::breaker::Breaker;
-use proto::ingest::{Batch, Reply, Sent};
+use proto::ingest::{Batch, Reply, Report, Sent};
 use proto::rate::TokenBucket;
 use smol::channel::Receiver;
 use smol::future::FutureExt;
@@ -41,9 +43,12 @@ pub async fn run(
     let rate = cfg.replay_rate.max(1) as f64;
     let mut pace = TokenBucket::new(rate, rate, Instant::now());
     let live_window_ns = cfg.live_window_ms * 1_000_000;
+    let report_every = Duration::from_millis(cfg.report_interval_ms.max(1000));
+    let mut last_sent: Option<Instant> = None;
     loop {
         let records = shared.outbox.stats().records as usize;
-        if records == 0 {
+        let report_due = last_sent.is_none_or(|t| t.elapsed() >= report_every);
+        if records == 0 && !report_due {
             let _ = wake
                 .recv()
                 .or(async {
@@ -53,7 +58,7 @@ pub async fn run(
                 .await;
             continue;
         }
-        if records < cfg.batch_records {
+        if records > 0 && records < cfg.batch_records {
             // Gather a little more before sending a small batch.
             smol::Timer::after(Duration::from_millis(cfg.linger_ms)).await;
         }
@@ -68,7 +73,7 @@ pub async fn run(
         let outbox = shared.outbox.clone();
         let (records, bytes) = (cfg.batch_records, cfg.batch_bytes);
         let batch = match smol::unblock(move || outbox.peek(records, bytes)).await {
-            Ok(batch) if !batch.is_empty() => batch,
+            Ok(batch) if !batch.is_empty() || report_due => batch,
             Ok(_) => {
                 // The counters said records were there but none are: recount, and
                 // yield rather than spin on this thread.
@@ -89,7 +94,7 @@ pub async fn run(
             smol::Timer::after(wait).await;
         }
         let now_mono = shared.clock.mono_ns();
-        let last_key = batch.last().expect("not empty").0;
+        let last_key = batch.last().map(|(key, _)| *key);
         let count = batch.len();
         let samples = batch
             .into_iter()
@@ -100,8 +105,12 @@ pub async fn run(
             })
             .collect();
         let body = Batch { agent: shared.id.clone(), samples }.encode();
-        shared.outbox.sending(last_key);
-        let reply = client.request(proto::ingest::SERVICE, &[&body]).await;
+        let report = report(&shared).encode();
+        if let Some(key) = last_key {
+            shared.outbox.sending(key);
+        }
+        last_sent = Some(Instant::now());
+        let reply = client.request(proto::ingest::SERVICE, &[&body, &report]).await;
         let reply = reply.map_err(|e| e.to_string()).and_then(|frames| {
             let first = frames.first().map(|f| f.to_vec()).unwrap_or_default();
             Reply::decode(&first).map_err(|e| format!("undecodable reply from the hub: {e}"))
@@ -109,7 +118,7 @@ pub async fn run(
         match reply {
             Ok(Reply::Ack { .. }) => {
                 breaker.success();
-                if let Err(e) = shared.outbox.retire(last_key) {
+                if let Some(Err(e)) = last_key.map(|key| shared.outbox.retire(key)) {
                     log::error!("outbox retire failed: {e}");
                 }
                 let mut link = shared.link();
@@ -153,6 +162,21 @@ pub async fn run(
                 link.last_error = Some(e);
             }
         }
+    }
+}
+
+/// How the agent is doing, for the hub (`hub agents`, the web view).
+fn report(shared: &Shared) -> Report {
+    let stats = shared.outbox.stats();
+    let oldest = shared.outbox.oldest_wall_ns();
+    Report {
+        epoch: shared.epoch,
+        backlog: stats.records,
+        oldest_age_ms: oldest.map_or(0, |w| ((clock::wall_ns() - w).max(0) / 1_000_000) as u64),
+        dropped: stats.dropped + stats.dropped_for_space,
+        store_ok: shared.outbox.health().ok(),
+        uptime_s: shared.clock.elapsed().as_secs(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
     }
 }
 

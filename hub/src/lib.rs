@@ -10,4 +10,5 @@ pub mod ingest;
 pub mod metrics;
 pub mod security;
 pub mod serve;
+pub mod service;
 pub mod state;

@@ -15,6 +15,7 @@ use argh::FromArgs;
     example = "hub call echo hello            # prints: hello",
     example = "hub call mmi.services          # what is registered",
     example = "hub state --scope plant set mode auto",
+    example = "hub agents                     # every agent: link, last seen, backlog, lag",
     example = "hub tap --name state               # watch state changes",
     example = "hub keygen hub --dir /etc/plantd/keys   # the hub's key pair, for [security]",
     note = "Logging: -v for debug, -vv for trace; RUST_LOG (e.g. RUST_LOG=hub=debug) overrides both."
@@ -31,7 +32,9 @@ struct Args {
 #[argh(subcommand)]
 enum Command {
     Serve(cmd::serve::ServeArgs),
+    CheckConfig(cmd::check::CheckConfigArgs),
     Call(cmd::call::CallArgs),
+    Agents(cmd::agents::AgentsArgs),
     State(cmd::state::StateArgs),
     Tap(cmd::tap::TapArgs),
     Publish(cmd::publish::PublishArgs),
@@ -44,7 +47,9 @@ fn main() -> ExitCode {
     let args: Args = argh::from_env();
     plumbing::main("hub", args.verbose, || match args.command {
         Command::Serve(a) => cmd::serve::run(a),
+        Command::CheckConfig(a) => cmd::check::run(a),
         Command::Call(a) => cmd::call::run(a),
+        Command::Agents(a) => cmd::agents::run(a),
         Command::State(a) => cmd::state::run(a),
         Command::Tap(a) => cmd::tap::run(a),
         Command::Publish(a) => cmd::publish::run(a),

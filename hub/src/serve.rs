@@ -43,6 +43,8 @@ pub enum ServeError {
     Thread(std::io::Error),
     #[error("web view: {0}")]
     Web(String),
+    #[error("the hub's own service: {0}")]
+    Service(#[from] transport::WorkerError),
     #[error("{0} thread panicked")]
     Panicked(String),
 }
@@ -200,6 +202,17 @@ impl Hub {
             }
         }
 
+        {
+            let service = crate::service::HubService {
+                agents: ingest_counters.as_ref().map(|(_, agents)| agents.clone()),
+                worker: config.broker.worker_options(),
+                secure: security.is_some(),
+            };
+            let ctx = ctx.clone();
+            hub.spawn("hub-service".into(), move |signal| {
+                service.serve(&ctx, &signal).map_err(ServeError::Service)
+            })?;
+        }
         {
             let (security, data_dir) = (security.clone(), config.data_dir.clone());
             let ctx = ctx.clone();

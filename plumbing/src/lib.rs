@@ -14,6 +14,16 @@ use transport::Shutdown;
 /// What a subcommand returns: its exit code, or an error for the user.
 pub type CmdResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
+/// The exit status of a check that found the configuration invalid
+/// (sysexits' EX_CONFIG), so scripts and package hooks can tell it apart.
+pub const EX_CONFIG: u8 = 78;
+
+/// Reports an invalid configuration: `NAME: invalid config: ...` on stderr, exit 78.
+pub fn config_invalid(name: &str, error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("{name}: {error}");
+    ExitCode::from(EX_CONFIG)
+}
+
 /// A binary's `main` after parsing its arguments: sets up the process
 /// ([`init`]), runs the command, and turns an error into `NAME: error: ...`
 /// on stderr and a failing exit code.

@@ -7,6 +7,7 @@ mod broker;
 mod bus;
 mod cli;
 mod interop;
+mod operations;
 mod package;
 mod security;
 mod state;

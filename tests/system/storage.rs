@@ -17,19 +17,6 @@ use system_tests::*;
 
 const SECOND: Duration = Duration::from_secs(1);
 
-/// Fails (never skips) when the namespaces the test needs cannot be made.
-fn require_unshare() {
-    let out = output(Command::new("unshare").args(["-Urmpf", "--kill-child", "true"]));
-    assert!(
-        out.status.success(),
-        "`unshare -Urmpf true` fails here ({}): the disk-full test needs unprivileged user, mount and pid \
-         namespaces. Install util-linux, and allow them (sysctl kernel.unprivileged_userns_clone=1, \
-         user.max_user_namespaces > 0; in a container, e.g. docker --security-opt seccomp=unconfined), \
-         or run the tests as root. This test is not skipped: the disk-full handling would go untested.",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-}
-
 struct Rig {
     _dir: tempfile::TempDir,
     data: PathBuf,

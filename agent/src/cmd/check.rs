@@ -21,13 +21,39 @@ config_flags! {
         name = "check",
         example = "agent check",
         example = "agent check --config /etc/plantd/agent.toml --json",
-        error_code(1, "at least one check failed")
+        example = "agent check --config-only /etc/plantd/agent.toml   # the file alone, nothing else touched",
+        error_code(1, "at least one check failed"),
+        error_code(78, "--config-only: the file is not a valid config (the message names the field)")
     )]
     pub struct CheckArgs {
         /// print the results as a JSON array
         #[argh(switch)]
-        json: bool,
+        json: [bool],
+        /// only validate this config file (and the certificates it names): touch no store, call no hub
+        #[argh(option)]
+        config_only: [Option<std::path::PathBuf>],
     }
+}
+
+/// `--config-only`: parse, validate, and read the certificates it names.
+fn config_only(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => return plumbing::config_invalid("agent", &e),
+    };
+    let checked = config.validate().and_then(|()| config.hub_endpoints().map(|_| ()));
+    if let Err(e) = checked {
+        return plumbing::config_invalid("agent", &e);
+    }
+    let channels = config.effective_channels().map(|c| c.len()).unwrap_or(0);
+    println!(
+        "config ok: id {}, board {}, {channels} channel(s), hub {}{}",
+        config.agent_id(),
+        config.board,
+        config.hub.broker,
+        if config.hub.client_cert.is_some() { " with CURVE" } else { "" }
+    );
+    ExitCode::SUCCESS
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -49,6 +75,9 @@ fn check(name: &'static str, level: Level, detail: impl Into<String>) -> Check {
 }
 
 pub fn run(args: CheckArgs) -> CmdResult {
+    if let Some(path) = &args.config_only {
+        return Ok(config_only(path));
+    }
     let config = args.load()?;
     let checks = run_checks(&config);
     let failed = checks.iter().any(|c| c.level == Level::Fail);

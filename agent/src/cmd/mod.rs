@@ -44,9 +44,11 @@ pub fn load(
     Ok(c)
 }
 
-/// Declares the shared config flags on a subcommand's arguments.
+/// Declares the shared config flags on a subcommand's arguments. A field of
+/// its own is written `name: [Type],` (its type in brackets, passed on as
+/// written so argh sees `Option<...>` for what it is).
 macro_rules! config_flags {
-    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* $field:ident : $ty:tt,)* }) => {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* $field:ident : [$($ty:tt)+],)* }) => {
         $(#[$meta])*
         pub struct $name {
             /// TOML config file
@@ -67,7 +69,7 @@ macro_rules! config_flags {
             /// data directory (default ./data/agent)
             #[argh(option)]
             pub data_dir: Option<std::path::PathBuf>,
-            $($(#[$fmeta])* pub $field: $ty,)*
+            $($(#[$fmeta])* pub $field: $($ty)+,)*
         }
 
         impl $name {

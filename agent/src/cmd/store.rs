@@ -21,7 +21,7 @@ config_flags! {
     )]
     pub struct StoreArgs {
         #[argh(subcommand)]
-        action: Action,
+        action: [Action],
     }
 }
 

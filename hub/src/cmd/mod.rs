@@ -1,7 +1,9 @@
 //! One module per subcommand. Each has its arguments (whose doc comments are
 //! the `--help` text) and a `run` that returns the process exit code.
 
+pub mod agents;
 pub mod call;
+pub mod check;
 pub mod echo;
 pub mod keys;
 pub mod publish;

@@ -22,7 +22,8 @@ use crate::config::BrokerConfig;
 use crate::security::{Grants, Kind, Security};
 
 /// Services only the hub's own in-process workers may provide.
-const RESERVED: [&[u8]; 2] = [proto::state::SERVICE.as_bytes(), proto::ingest::SERVICE.as_bytes()];
+const RESERVED: [&[u8]; 3] =
+    [proto::state::SERVICE.as_bytes(), proto::ingest::SERVICE.as_bytes(), crate::service::SERVICE.as_bytes()];
 
 /// Who a request or a worker belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

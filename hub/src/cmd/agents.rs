@@ -1,0 +1,126 @@
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use argh::FromArgs;
+use serde_json::Value;
+use transport::{Client, ClientError, ClientOptions};
+
+use super::{client_endpoint, CmdResult, DEFAULT_BROKER};
+
+/// List the agents the hub has heard from: link state, when last seen, the
+/// backlog and lag in their outboxes as they last reported, their boot
+/// epoch, and the durable samples the hub accepted from them and dropped as
+/// repeats. Asks the hub's own service, org.plantd.Hub.
+#[derive(FromArgs)]
+#[argh(
+    subcommand,
+    name = "agents",
+    example = "hub agents",
+    example = "hub agents --json | jq '.[] | select(.link != \"up\")'",
+    note = "An agent reports every 10 s even with nothing to send; one not heard from for 30 s is shown as silent.",
+    note = "The list is the hub's memory since it started: a restarted hub shows each agent again at its next report.",
+    error_code(3, "the hub did not answer within the timeout")
+)]
+pub struct AgentsArgs {
+    /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// the hub's public certificate, for a hub with security (default: $PLANTD_SERVER_CERT)
+    #[argh(option)]
+    server_cert: Option<PathBuf>,
+    /// broker endpoint (default tcp://127.0.0.1:9797)
+    #[argh(option, default = "DEFAULT_BROKER.to_string()")]
+    broker: String,
+    /// milliseconds to wait for the reply (default 2500)
+    #[argh(option, default = "2500")]
+    timeout: u64,
+    /// print the JSON the hub sent instead of a table
+    #[argh(switch)]
+    json: bool,
+}
+
+pub fn run(args: AgentsArgs) -> CmdResult {
+    let ctx = zmq::Context::new();
+    let options =
+        ClientOptions { timeout: Duration::from_millis(args.timeout), retries: 1, ..Default::default() };
+    let mut client = Client::new(&ctx, client_endpoint(&args.broker, args.cert, args.server_cert)?, options);
+    let reply = match client.request(hub::service::SERVICE, &[b"agents"]) {
+        Ok(reply) => reply,
+        Err(e @ ClientError::Timeout { .. }) => {
+            eprintln!("hub: {e} (is the hub running, at this --broker?)");
+            return Ok(ExitCode::from(3));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let text = reply.first().map(|f| String::from_utf8_lossy(f).into_owned()).unwrap_or_default();
+    let agents: Value =
+        serde_json::from_str(&text).map_err(|e| format!("the hub sent no JSON ({e}): {text}"))?;
+    if let Some(error) = agents["error"].as_str() {
+        return Err(error.into());
+    }
+    if args.json {
+        let pretty = std::io::stdout().is_terminal();
+        println!("{}", if pretty { serde_json::to_string_pretty(&agents)? } else { agents.to_string() });
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", table(agents.as_array().map(Vec::as_slice).unwrap_or_default()));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per agent, columns aligned.
+fn table(agents: &[Value]) -> String {
+    let header = ["AGENT", "LINK", "LAST SEEN", "BACKLOG", "LAG", "EPOCH", "ACCEPTED", "DUPLICATES"];
+    let seconds = |v: &Value| v.as_f64().map_or("-".to_string(), |s| format!("{s:.0}s"));
+    let number = |v: &Value| v.as_u64().map_or("-".to_string(), |n| n.to_string());
+    let rows: Vec<[String; 8]> = agents
+        .iter()
+        .map(|a| {
+            [
+                a["agent"].as_str().unwrap_or("?").to_string(),
+                a["link"].as_str().unwrap_or("?").to_string(),
+                seconds(&a["last_seen_s"]),
+                number(&a["backlog"]),
+                seconds(&a["lag_s"]),
+                number(&a["epoch"]),
+                number(&a["accepted"]),
+                number(&a["duplicates"]),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(header.to_vec());
+    for row in &rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    if rows.is_empty() {
+        out.push_str("(no agent has reported yet)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_aligns_and_says_what_is_unknown() {
+        let agents = serde_json::json!([
+            {"agent": "pump-1", "link": "up", "last_seen_s": 1.2, "backlog": 0, "lag_s": 0.0, "epoch": 7, "accepted": 12, "duplicates": 0},
+            {"agent": "pump-22", "link": "silent", "last_seen_s": 95.0, "backlog": null, "lag_s": null, "epoch": 9, "accepted": 3, "duplicates": 1}
+        ]);
+        let text = table(agents.as_array().unwrap());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "AGENT    LINK    LAST SEEN  BACKLOG  LAG  EPOCH  ACCEPTED  DUPLICATES");
+        assert_eq!(lines[1], "pump-1   up      1s         0        0s   7      12        0");
+        assert_eq!(lines[2], "pump-22  silent  95s        -        -    9      3         1");
+        assert!(table(&[]).contains("no agent has reported yet"));
+    }
+}
