@@ -6,10 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages: libzmq with CURVE (linked instead of the bundled copy, see
-# .cargo/config.toml), pkg-config, venv for the Python interop peers, and
+# .cargo/config.toml), pkg-config, venv for the Python interop peers,
 # qemu-user to run the ARM builds (scripts/cross-build.sh installs the cross
-# compilers it needs itself).
-packages=(libzmq3-dev pkg-config python3-venv qemu-user)
+# compilers it needs itself), and Debian's chromium, the headless browser
+# tests/system/web.rs drives the hub's web view in.
+packages=(libzmq3-dev pkg-config python3-venv qemu-user chromium)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -14,3 +14,4 @@ mod state;
 mod storage;
 mod subscribers;
 mod supervision;
+mod web;

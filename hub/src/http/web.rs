@@ -201,6 +201,7 @@ pub fn route(sources: &Sources, get: &Get<'_>) -> Reply {
         "/" | "/index.html" => asset("text/html; charset=utf-8", INDEX_HTML),
         "/app.js" => asset("text/javascript; charset=utf-8", APP_JS),
         "/app.css" => asset("text/css; charset=utf-8", APP_CSS),
+        "/favicon.svg" => asset("image/svg+xml", include_str!("web/favicon.svg")),
         "/api/overview" => Reply::json(200, overview(sources).to_string()),
         "/api/events" => {
             let sources = Overview::from(sources);
