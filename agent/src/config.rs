@@ -27,6 +27,7 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub store: StoreConfig,
     pub local_state: LocalStateConfig,
+    pub http: HttpConfig,
     /// `info`, `debug`, ... or env_logger directives; RUST_LOG and `-v` take
     /// precedence; SIGHUP re-reads it.
     pub log_level: String,
@@ -47,6 +48,7 @@ impl Default for Config {
             outbox: OutboxConfig::default(),
             store: StoreConfig::default(),
             local_state: LocalStateConfig::default(),
+            http: HttpConfig::default(),
             log_level: "info".into(),
             channels: Vec::new(),
         }
@@ -166,6 +168,26 @@ impl Default for LocalStateConfig {
     }
 }
 
+/// The agent's own `/healthz` and `/metrics`. Off by default: the listener
+/// and its thread cost memory a small controller may want back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `host:port`, or "off".
+    pub listen: String,
+    /// A file holding the token `/metrics` needs (required beyond loopback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Connections open at once.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: "off".into(), token_file: None, max_connections: 16 }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -281,6 +303,23 @@ impl Config {
             );
         }
         self.profile()?;
+        let h = &self.http;
+        let loopback = |listen: &str| {
+            let host = listen.rsplit_once(':').map_or(listen, |(host, _)| host);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        };
+        if h.listen != "off" && !loopback(&h.listen) && h.token_file.is_none() {
+            return invalid(
+                "http.token_file",
+                "the agent's HTTP endpoint listens beyond loopback: set token_file (a file with a long \
+                 random token), or listen on 127.0.0.1"
+                    .into(),
+            );
+        }
+        if h.max_connections == 0 {
+            return invalid("http.max_connections", "must be at least 1".into());
+        }
         if self.hub.timeout_ms == 0 {
             return invalid("hub.timeout_ms", "must be at least 1".into());
         }

@@ -5,6 +5,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod epoch;
+pub mod http;
 pub mod live;
 pub mod lock;
 pub mod outbox;

@@ -139,6 +139,15 @@ pub fn run(
             });
         })?);
     }
+    if config.http.listen != "off" {
+        let (http, shared) = (config.http.clone(), shared.clone());
+        let signal = shutdown.watch_as("http")?;
+        threads.push(std::thread::Builder::new().name("http".into()).spawn(move || {
+            crate::supervise::on_thread("http", &shared.tasks, &signal, || {
+                crate::http::serve(&http, shared.clone(), &signal)
+            });
+        })?);
+    }
     {
         let (ctx, dir, shared) = (ctx.clone(), data_dir.clone(), shared.clone());
         let signal = shutdown.watch_as("control")?;

@@ -217,4 +217,68 @@ impl Shared {
             "channels": channels,
         })
     }
+
+    /// The agent's metrics, from its live state (`plantd_agent_*`).
+    pub fn collect(&self, out: &mut httpd::metrics::Families) {
+        let o = self.outbox.stats();
+        let gauges: [(&str, &'static str, u64); 9] = [
+            ("outbox_records", "Durable samples waiting for the hub's acknowledgement.", o.records),
+            ("outbox_bytes", "Bytes of them.", o.bytes),
+            ("outbox_max_records", "Records the outbox holds at most.", o.max_records),
+            ("outbox_max_bytes", "Bytes the outbox holds at most.", o.max_bytes),
+            ("outbox_disk_bytes", "The outbox's files.", o.disk_bytes),
+            ("outbox_free_bytes", "Free space where the outbox is (0: unknown).", o.free_bytes.unwrap_or(0)),
+            ("outbox_min_free_bytes", "Free space the outbox leaves.", o.min_free_bytes),
+            ("outbox_segments", "The outbox's segment files.", o.segments),
+            ("store_ok", "1 while the stores write.", self.outbox.health().ok().into()),
+        ];
+        for (name, help, value) in gauges {
+            out.gauge(&format!("agent_{name}"), help, vec![], value);
+        }
+        let counters: [(&str, &'static str, u64); 5] = [
+            ("outbox_dropped", "Samples dropped: the outbox was full.", o.dropped),
+            (
+                "outbox_dropped_for_space",
+                "Samples dropped: the disk was short of space.",
+                o.dropped_for_space,
+            ),
+            ("outbox_quarantined", "Stretches of damaged outbox records set aside.", o.quarantined),
+            ("store_errors", "Samples lost to failed writes.", o.store_errors),
+            (
+                "live_dropped",
+                "Best-effort samples the live queue could not take.",
+                self.live_dropped.load(Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            out.counter(&format!("agent_{name}"), help, vec![], value);
+        }
+        out.counter(
+            "agent_live_published",
+            "Best-effort samples published.",
+            vec![],
+            self.live_published.load(Relaxed),
+        );
+        let link = self.link().clone();
+        out.gauge(
+            "agent_link_up",
+            "1 while the hub answered the last call.",
+            vec![],
+            (link.state == LinkState::Up).into(),
+        );
+        out.gauge(
+            "agent_breaker_open",
+            "1 while the circuit breaker is open.",
+            vec![],
+            (link.breaker != BreakerState::Closed).into(),
+        );
+        out.counter("agent_breaker_opened", "Times the circuit breaker opened.", vec![], link.breaker_opened);
+        out.counter("agent_batches_acked", "Batches the hub acknowledged.", vec![], link.batches_acked);
+        out.counter("agent_samples_acked", "Samples the hub acknowledged.", vec![], link.samples_acked);
+        for (name, c) in self.channels().iter() {
+            let labels = || vec![("channel", name.clone())];
+            out.counter("agent_channel_samples", "Readings of a channel.", labels(), c.samples);
+            out.counter("agent_channel_faults", "Failed readings of a channel.", labels(), c.faults);
+        }
+    }
 }

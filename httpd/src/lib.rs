@@ -13,6 +13,11 @@
 //! Handlers answer GETs synchronously from snapshots ([`Handler`]); a live
 //! view returns an event stream ([`Reply::Events`]) that the server sends as
 //! server-sent events until the client leaves or the server stops.
+//!
+//! [`metrics`] is what the `/metrics` endpoints serve: metric families
+//! collected at scrape time, rendered as Prometheus text (and as JSON).
+
+pub mod metrics;
 
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -7,7 +7,7 @@ pub mod bus;
 pub mod config;
 pub mod http;
 pub mod ingest;
-pub mod metrics;
+pub use httpd::metrics;
 pub mod security;
 pub mod serve;
 pub mod service;

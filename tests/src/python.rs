@@ -32,3 +32,25 @@ pub fn python_peer(name: &str, args: &[&str]) -> Proc {
 pub fn python_run(args: &[&str]) -> Output {
     output(Command::new(python()).arg(workspace_root().join("tests/interop/peers.py")).args(args))
 }
+
+/// `/metrics` text as Prometheus's own Python parser reads it: `{family:
+/// {"type", "samples": [[name, labels, value], ...]}}`. Panics, with the
+/// parser's complaint, if it refuses the text.
+pub fn prometheus_parse(text: &str) -> serde_json::Value {
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+families = {f.name: f for f in text_string_to_metric_families(open(sys.argv[1]).read())}
+print(json.dumps({name: {"type": f.type, "samples": [[s.name, s.labels, s.value] for s in f.samples]}
+                  for name, f in families.items()}))
+"#;
+    let file = tempfile::NamedTempFile::new().expect("a temp file");
+    std::fs::write(file.path(), text).expect("write the exposition");
+    let out = output(Command::new(python()).args(["-c", script]).arg(file.path()));
+    assert!(
+        out.status.success(),
+        "the parser refused the exposition: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the parser printed JSON")
+}

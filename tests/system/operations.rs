@@ -90,24 +90,7 @@ fn prometheus_parses_the_metrics_with_types_and_escaped_labels() {
         let text = http_get(&hub.http, "/metrics").1;
         text.contains("plantd_broker_service_queued_requests{").then_some(text)
     });
-    let script = r#"
-import json, sys
-from prometheus_client.parser import text_string_to_metric_families
-families = {f.name: f for f in text_string_to_metric_families(sys.stdin.read())}
-out = {name: {"type": f.type, "samples": [[s.name, s.labels, s.value] for s in f.samples]} for name, f in families.items()}
-print(json.dumps(out))
-"#;
-    let mut python = Command::new(python());
-    python.args(["-c", script]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
-    let mut child = python.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the parser refused the exposition: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let parsed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parsed = prometheus_parse(&text);
     assert_eq!(parsed["plantd_broker_requests"]["type"], "counter");
     assert_eq!(parsed["plantd_broker_queued_requests"]["type"], "gauge");
     assert_eq!(parsed["plantd_broker_queue_limit"]["samples"][0][2], 10_000.0, "bounds are gauges");
@@ -261,6 +244,34 @@ fn abuse_of_the_http_endpoint_leaves_health_answering_and_memory_bounded() {
     assert_eq!(status, 200);
     assert!(asked.elapsed() < SECOND, "healthz took {:?}", asked.elapsed());
     let grown = rss().saturating_sub(before) / 1024;
+    eprintln!("hub RSS: {} MiB before, grew {grown} MiB", before / 1024);
     assert!(grown < 40, "hub RSS grew by {grown} MiB under 500 slow clients and 200 streams");
     drop((slow, streams));
+}
+
+#[test]
+fn the_agent_serves_its_own_health_and_metrics_when_asked() {
+    let hub = HubProc::start();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let metric = hub.bus("metric").frontend.clone();
+    let config =
+        agent_config(dir.path(), "pump-1", &hub.broker, &metric, &format!("[http]\nlisten = \"{listen}\"\n"));
+    let _agent = agent_run(&config);
+    let health = wait_for("the agent's /healthz", 20 * SECOND, || {
+        TcpStream::connect(&listen).ok()?;
+        let (status, body) = http_get(&listen, "/healthz");
+        (status == 200).then(|| serde_json::from_str::<Value>(&body).unwrap())
+    });
+    assert_eq!(health["agent"], "pump-1");
+    let parsed = wait_for("a channel's counters", 20 * SECOND, || {
+        let parsed = prometheus_parse(&http_get(&listen, "/metrics").1);
+        parsed["plantd_agent_channel_samples"]["samples"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty())
+            .then_some(parsed)
+    });
+    assert_eq!(parsed["plantd_agent_outbox_records"]["type"], "gauge");
+    assert_eq!(parsed["plantd_agent_outbox_dropped"]["type"], "counter");
+    assert_eq!(parsed["plantd_agent_breaker_open"]["type"], "gauge");
 }

@@ -1,9 +1,9 @@
-//! The hub's metrics: one registry. Each component collects its families
+//! Metrics: one registry per process. Each component collects its families
 //! (name, help, type, labelled values) from its own state at scrape time;
 //! the registry renders them as Prometheus text for `/metrics`, through
 //! `prometheus-client`'s encoder (which also escapes label values), and as
-//! JSON for `mmi.metrics`. Nothing is written out by hand, and nothing goes
-//! through the other format on the way.
+//! JSON (the hub's `mmi.metrics`). Nothing is written out by hand, and
+//! nothing goes through the other format on the way.
 //!
 //! Names carry the `plantd_` prefix; a counter's name has no `_total` here
 //! (the text encoder adds it; the JSON key has it too).
