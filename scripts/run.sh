@@ -30,4 +30,5 @@ pids+=($!)
 "$bin/agent" run --board sim --id demo-agent &
 pids+=($!)
 echo "hub and a simulated agent are running; telemetry follows (Ctrl-C to stop)" >&2
+echo "the live web view: http://127.0.0.1:8081/   (hub agents: target/release/hub agents)" >&2
 "$bin/hub" tap --name metric
