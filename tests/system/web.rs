@@ -113,6 +113,8 @@ fn wait_step(lines: &Lines, check: &mut Proc, want: &str, timeout: Duration) -> 
 #[test]
 fn the_web_view_shows_agents_counters_and_a_live_chart_and_survives_a_hub_restart() {
     let started = std::time::Instant::now();
+    // First, so a machine without the browser fails at once, saying what to install.
+    let chromium = Chromium::start();
     let hub = HubProc::start();
     let metric = hub.bus("metric").clone();
     // A real consumer: without one, ingest holds the agent's batches back.
@@ -122,7 +124,6 @@ fn the_web_view_shows_agents_counters_and_a_live_chart_and_survives_a_hub_restar
                     [[channel]]\nname = \"pump_current\"\nperiod_ms = 250\ndriver = { kind = \"ramp\" }\n";
     let config = agent_config(dir.path(), "pump-7", &hub.broker, &metric.frontend, channels);
     let _agent = agent_run(&config);
-    let chromium = Chromium::start();
     wait_for("durable samples on the metric bus", 20 * SECOND, || {
         (collector.durable().len() >= 5).then_some(())
     });
