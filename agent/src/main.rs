@@ -38,6 +38,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    plumbing::default_sigpipe();
     let args: Args = argh::from_env();
     plumbing::main("agent", args.verbose, || match args.command {
         Command::Run(a) => cmd::run::run(a),

@@ -177,6 +177,7 @@ fn report(shared: &Shared) -> Report {
         store_ok: shared.outbox.health().ok(),
         uptime_s: shared.clock.elapsed().as_secs(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        channels: shared.channels().keys().cloned().collect(),
     }
 }
 

@@ -44,6 +44,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    plumbing::default_sigpipe();
     let args: Args = argh::from_env();
     plumbing::main("hub", args.verbose, || match args.command {
         Command::Serve(a) => cmd::serve::run(a),

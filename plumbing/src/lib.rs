@@ -35,14 +35,20 @@ pub fn main(name: &str, verbose: u8, command: impl FnOnce() -> CmdResult) -> Exi
     })
 }
 
-/// Restores the default SIGPIPE (so `tool | head` ends quietly, like any
-/// Unix tool) and starts logging: `-v` is debug, `-vv` trace, and RUST_LOG
-/// overrides both (and any level a config file sets: [`set_log_level`]).
-pub fn init(verbose: u8) {
+/// Restores the default SIGPIPE, so `tool | head` ends quietly like any Unix
+/// tool. Call it first in `main`, before parsing arguments (`--help` prints too).
+pub fn default_sigpipe() {
     // SAFETY: restoring a signal's default disposition, before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+}
+
+/// Restores the default SIGPIPE ([`default_sigpipe`]) and starts logging:
+/// `-v` is debug, `-vv` trace, and RUST_LOG overrides both (and any level a
+/// config file sets: [`set_log_level`]).
+pub fn init(verbose: u8) {
+    default_sigpipe();
     let from_flags = match verbose {
         0 => None,
         1 => Some("debug"),

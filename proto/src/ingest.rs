@@ -48,6 +48,8 @@ pub struct Report {
     pub uptime_s: u64,
     /// The agent's version.
     pub version: String,
+    /// Its channels (durable and best-effort), for pickers and listings.
+    pub channels: Vec<String>,
 }
 
 impl Report {

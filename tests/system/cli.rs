@@ -55,3 +55,14 @@ fn bad_config_is_a_clear_error_naming_the_field() {
     let (_, stderr) = text(&hub_cli(&["serve", "--config", "/nonexistent/hub.toml"]));
     assert!(stderr.contains("cannot read config file /nonexistent/hub.toml"), "{stderr}");
 }
+
+#[test]
+fn help_into_a_closed_pipe_ends_quietly() {
+    for bin_name in ["hub", "agent"] {
+        // `true` exits without reading: the help is written into a closed pipe.
+        let script = format!("for i in 1 2 3 4 5; do '{}' --help | true; done", bin(bin_name).display());
+        let out = output(std::process::Command::new("sh").args(["-c", &script]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{bin_name}: {stderr}");
+    }
+}

@@ -9,6 +9,10 @@
 //! | `/api/events` | the overview again every second, as server-sent events |
 //! | `/api/samples?topic=T` | one channel: its recent samples, then each new one, as events |
 //!
+//! The overview's `hub.stream_s` is the seconds since its event stream began
+//! (the page divides counter deltas by its deltas for rates); a samples
+//! event is `{"topic", "unit", "points": [{"wall_ns", "t_ms", "value"}]}`.
+//!
 //! What the page shows of the buses comes from their in-process taps
 //! ([`Watcher`]): the state bus always (recent changes), the metric bus only
 //! for the channels someone is charting, with the last minutes kept.
@@ -48,6 +52,8 @@ pub struct Point {
 
 #[derive(Default)]
 struct Chart {
+    /// The channel's unit, from its samples.
+    unit: String,
     points: VecDeque<Point>,
     next: u64,
     viewers: usize,
@@ -92,16 +98,21 @@ impl Feeds {
         }
     }
 
-    /// Points of `topic` after `n`.
-    fn points_after(&self, topic: &str, n: Option<u64>) -> Vec<Point> {
+    /// Points of `topic` after `n`, and its unit.
+    fn points_after(&self, topic: &str, n: Option<u64>) -> (Vec<Point>, String) {
         let charts = lock(&self.charts);
-        let Some(chart) = charts.get(topic) else { return Vec::new() };
-        chart.points.iter().filter(|p| n.is_none_or(|n| p.n > n)).cloned().collect()
+        let Some(chart) = charts.get(topic) else { return (Vec::new(), String::new()) };
+        (chart.points.iter().filter(|p| n.is_none_or(|n| p.n > n)).cloned().collect(), chart.unit.clone())
     }
 
-    fn record(&self, topic: &str, wall_ns: i64, value: Value) {
+    fn record(&self, topic: &str, wall_ns: i64, value: Value, unit: Option<&str>) {
         let mut charts = lock(&self.charts);
         let Some(chart) = charts.get_mut(topic) else { return };
+        if let Some(unit) = unit {
+            if chart.unit != unit {
+                chart.unit = unit.to_string();
+            }
+        }
         chart.next += 1;
         chart.points.push_back(Point { n: chart.next, wall_ns, value });
         if chart.points.len() > POINTS {
@@ -190,7 +201,7 @@ impl Watcher {
         let wall_ns = sample["wall_ns"].as_i64().unwrap_or_else(crate::ingest::wall_ns);
         // A chart of one channel: the exact topic, not everything under it.
         let topic = String::from_utf8_lossy(topic);
-        self.feeds.record(&topic, wall_ns, sample["value"].clone());
+        self.feeds.record(&topic, wall_ns, sample["value"].clone(), sample["unit"].as_str());
     }
 }
 
@@ -253,7 +264,7 @@ fn samples(feeds: Feeds, topic: String) -> impl smol::stream::Stream<Item = Stri
             if v.last.is_some() {
                 smol::Timer::after(Duration::from_millis(250)).await;
             }
-            let points = v.feeds.points_after(&v.topic, v.last);
+            let (points, unit) = v.feeds.points_after(&v.topic, v.last);
             let first = v.last.is_none();
             if let Some(p) = points.last() {
                 v.last = Some(p.n);
@@ -261,9 +272,12 @@ fn samples(feeds: Feeds, topic: String) -> impl smol::stream::Stream<Item = Stri
                 v.last = Some(0);
             }
             if first || !points.is_empty() {
-                let points: Vec<Value> =
-                    points.iter().map(|p| json!({"wall_ns": p.wall_ns, "value": p.value})).collect();
-                let event = json!({"topic": v.topic, "points": points}).to_string();
+                // t_ms: JavaScript numbers hold milliseconds exactly, not nanoseconds.
+                let points: Vec<Value> = points
+                    .iter()
+                    .map(|p| json!({"wall_ns": p.wall_ns, "t_ms": p.wall_ns / 1_000_000, "value": p.value}))
+                    .collect();
+                let event = json!({"topic": v.topic, "unit": unit, "points": points}).to_string();
                 return Some((event, v));
             }
         }

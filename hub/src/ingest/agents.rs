@@ -83,10 +83,12 @@ impl Agents {
         if heard.newest_sample_wall_ns > entry.newest_sample_wall_ns {
             entry.newest_sample_wall_ns = heard.newest_sample_wall_ns;
         }
+        let reported = heard.report.iter().flat_map(|r| r.channels.clone());
+        let channels: Vec<String> = heard.channels.into_iter().chain(reported).collect();
         if heard.report.is_some() {
             entry.report = heard.report;
         }
-        for channel in heard.channels {
+        for channel in channels {
             if entry.channels.len() < CHANNELS {
                 entry.channels.insert(channel);
             }

@@ -575,6 +575,7 @@
         onMessage(data) {
           opened = true;
           if (data.topic !== undefined && data.topic !== chart.topic) return;
+          if (typeof data.unit === 'string' && data.unit) setText($('chart-title'), chart.topic + ' (' + data.unit + ')');
           addPoints(Array.isArray(data.points) ? data.points : []);
         },
         onState(state, retryAt) {
@@ -621,10 +622,11 @@
   function addPoints(points) {
     let changed = false;
     for (const p of points) {
-      if (!p || !isNum(p.wall_ns)) continue;
+      if (!p || !(isNum(p.t_ms) || isNum(p.wall_ns))) continue;
       chart.received++;
-      // wall_ns is beyond 2^53: milliseconds are what a chart needs anyway.
-      const point = { t: p.wall_ns / 1e6, v: p.value === undefined ? null : p.value };
+      // t_ms is exact; wall_ns (beyond 2^53) only to the nearest 256 ns.
+      const t = isNum(p.t_ms) ? p.t_ms : p.wall_ns / 1e6;
+      const point = { t, v: p.value === undefined ? null : p.value };
       const list = chart.points;
       // Mostly in order; a late (historical) sample goes where it belongs,
       // and one sent again (a hub restart) replaces its copy.
