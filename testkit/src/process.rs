@@ -49,9 +49,39 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A TCP port on 127.0.0.1 that nothing listens on right now.
+/// A TCP port on 127.0.0.1 that nothing listens on right now, and that no
+/// outgoing connection will take before the test binds it.
+///
+/// Tests pick a port, then start a process that binds it, sometimes many
+/// seconds later (a hub restarted where it was). A port from the kernel's
+/// ephemeral range can be taken meanwhile as the local end of any of the
+/// thousands of connections other tests make, so ports come from below that
+/// range, each handed out once per test process.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    if let Some((low, high)) = below_ephemeral_range() {
+        let span = u32::from(high - low);
+        // A per-process start, so that two test processes rarely walk the same ports.
+        let _ = NEXT.compare_exchange(0, 1 + std::process::id() % span, Ordering::Relaxed, Ordering::Relaxed);
+        for _ in 0..span {
+            let port = low + (NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Ports from 20000 up to the start of the kernel's ephemeral range (32768 by
+/// default), or `None` when that range starts too low to leave room.
+fn below_ephemeral_range() -> Option<(u16, u16)> {
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    (first_ephemeral > 21000).then_some((20000, first_ephemeral))
 }
 
 /// A fresh `tcp://127.0.0.1:<port>` endpoint.

@@ -69,13 +69,16 @@ fn hub_call_times_out_with_a_clear_message_and_exit_3() {
 fn mmi_over_the_wire() {
     let hub = HubProc::start();
     let _worker = echo_worker(&hub.broker, "echo", &[]);
-    for service in ["echo", "org.plantd.State", "org.plantd.Ingest"] {
+    for service in ["echo", "org.plantd.Hub", "org.plantd.State", "org.plantd.Ingest"] {
         hub.wait_for_service(service);
     }
     let get = |service: &str, body: &[&str]| hub.try_call(service, body, 2 * SECOND).expect("mmi answers");
     assert_eq!(get("mmi.service", &["echo"]), vec!["200"]);
     assert_eq!(get("mmi.service", &["nope"]), vec!["404"]);
-    assert_eq!(get("mmi.services", &[]), vec![r#"["echo","org.plantd.Ingest","org.plantd.State"]"#]);
+    assert_eq!(
+        get("mmi.services", &[]),
+        vec![r#"["echo","org.plantd.Hub","org.plantd.Ingest","org.plantd.State"]"#]
+    );
     let workers: serde_json::Value = serde_json::from_str(&get("mmi.workers", &[])[0]).unwrap();
     assert_eq!(workers["echo"]["workers"], 1);
     assert_eq!(get("mmi.heartbeat", &[]), vec!["501"]);
