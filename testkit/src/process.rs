@@ -34,6 +34,21 @@ pub fn bin(name: &str) -> PathBuf {
         let mut cargo = Command::new(env!("CARGO"));
         cargo.args(["build", "--quiet", "--bins", "--workspace", "--profile", &profile]);
         cargo.current_dir(workspace_root());
+        // Cargo gives a test process its package's variables (CARGO_PKG_NAME,
+        // CARGO_MANIFEST_DIR, ...). Some build scripts (ring's) rerun when
+        // those differ from the last build's, and everything above them is
+        // rebuilt: a minute per test binary. Build as a shell would.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let per_package =
+                ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_"];
+            if per_package.iter().any(|p| name.starts_with(p))
+                || name == "CARGO_TARGET_TMPDIR"
+                || name == "OUT_DIR"
+            {
+                cargo.env_remove(&*name);
+            }
+        }
         let out = run_bounded("cargo build --bins", &mut cargo, Duration::from_secs(20 * 60));
         if out.status.success() {
             Ok(())
