@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 # .cargo/config.toml), pkg-config, venv for the Python interop peers,
 # qemu-user to run the ARM builds (scripts/cross-build.sh installs the cross
 # compilers it needs itself), and Debian's chromium, the headless browser
-# tests/system/web.rs drives the hub's web view in.
-packages=(libzmq3-dev pkg-config python3-venv qemu-user chromium)
+# tests/system/web.rs drives the hub's web view in, and nats-server (JetStream),
+# the NATS the bridge's tests (tests/system/bridge.rs) export into.
+packages=(libzmq3-dev pkg-config python3-venv qemu-user chromium nats-server)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -30,6 +30,9 @@ pub struct Config {
     /// CURVE, the allow-list and roles; absent, the hub binds loopback only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub security: Option<SecurityConfig>,
+    /// Bridges to other systems (`[bridge.nats]`).
+    #[serde(skip_serializing_if = "crate::bridge::BridgeConfig::is_empty")]
+    pub bridge: crate::bridge::BridgeConfig,
 }
 
 impl Default for Config {
@@ -44,6 +47,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             http: HttpConfig::default(),
             security: None,
+            bridge: crate::bridge::BridgeConfig::default(),
         }
     }
 }
@@ -408,6 +412,11 @@ impl Config {
         Ok(config)
     }
 
+    /// The NATS bridge's settings, if it is configured.
+    pub fn bridge_nats(&self) -> Option<&crate::bridge::NatsConfig> {
+        self.bridge.nats.as_ref()
+    }
+
     /// The ZeroMQ endpoints the hub binds that other machines could reach.
     pub fn exposed_endpoints(&self) -> Vec<&str> {
         let buses = self.buses.iter().flat_map(|b| [Some(&b.frontend), Some(&b.backend), b.capture.as_ref()]);
@@ -435,6 +444,17 @@ impl Config {
                  identity and agent: set token_file (a file with a long random token, e.g. \
                  `openssl rand -hex 32 > /etc/plantd/http.token`), or listen on 127.0.0.1",
             );
+        }
+        if let Some(nats) = self.bridge_nats() {
+            if let Err(problem) = nats.validate() {
+                return Err(ConfigError::Invalid { field: problem.0, problem: problem.1 });
+            }
+            if !self.ingest.enabled || !self.buses.iter().any(|b| b.name == self.ingest.bus) {
+                return invalid(
+                    "bridge.nats",
+                    "exports ingest's samples: needs [ingest] enabled with its bus",
+                );
+            }
         }
         if h.max_connections == 0 || h.max_streams == 0 || h.header_timeout_ms == 0 {
             return invalid("http.max_connections/max_streams/header_timeout_ms", "must be at least 1");

@@ -2,6 +2,7 @@
 //! services and the HTTP endpoint, as a library so tests and benchmarks can
 //! run it in-process; `main.rs` is the command line around it.
 
+pub mod bridge;
 pub mod broker;
 pub mod bus;
 pub mod config;

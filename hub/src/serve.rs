@@ -45,6 +45,8 @@ pub enum ServeError {
     Web(String),
     #[error("the hub's own service: {0}")]
     Service(#[from] transport::WorkerError),
+    #[error(transparent)]
+    Bridge(#[from] crate::bridge::BridgeError),
     #[error("{0} thread panicked")]
     Panicked(String),
 }
@@ -173,6 +175,7 @@ impl Hub {
         }
 
         let mut ingest_counters = None;
+        let mut export = None;
         if config.ingest.enabled {
             let bus = config
                 .buses
@@ -187,8 +190,10 @@ impl Hub {
                 listeners.remove(&bus.name).unwrap_or_default(),
                 worker,
                 security.clone(),
+                crate::bridge::export_config(config.bridge_nats()),
             )?;
             ingest_counters = Some((ingest.counters(), ingest.agents()));
+            export = ingest.export();
             let (counters, agents, bounds) = (ingest.counters(), ingest.agents(), config.ingest.clone());
             registry.register(
                 "ingest",
@@ -202,9 +207,14 @@ impl Hub {
             }
         }
 
+        let bridge = match config.bridge_nats() {
+            Some(nats) => Some(hub.start_bridge(ctx, config, nats, export, &security, &registry)?),
+            None => None,
+        };
         {
             let service = crate::service::HubService {
                 agents: ingest_counters.as_ref().map(|(_, agents)| agents.clone()),
+                bridge,
                 worker: config.broker.worker_options(),
                 secure: security.is_some(),
             };
@@ -250,6 +260,40 @@ impl Hub {
         }
         hub.registry = registry;
         Ok(hub)
+    }
+
+    /// Starts the NATS bridge on its own thread; returns what `hub bridge
+    /// status` shows.
+    fn start_bridge(
+        &mut self,
+        ctx: &zmq::Context,
+        config: &Config,
+        nats: &crate::bridge::NatsConfig,
+        export: Option<crate::ingest::Export>,
+        security: &Option<Arc<Security>>,
+        registry: &Registry,
+    ) -> Result<crate::service::BridgeReport, ServeError> {
+        nats.check_files().map_err(crate::bridge::BridgeError::Config)?;
+        let status = Arc::new(crate::bridge::BridgeStatus::default());
+        let report: crate::service::BridgeReport = {
+            let (status, nats, export) = (status.clone(), nats.clone(), export.clone());
+            Arc::new(move || status.to_json(&nats, export.as_ref()))
+        };
+        {
+            let (status, export) = (status.clone(), export.clone());
+            registry
+                .register("bridge", Arc::new(move |out: &mut Families| status.collect(export.as_ref(), out)));
+        }
+        let bridge = crate::bridge::Bridge {
+            config: nats.clone(),
+            export,
+            status,
+            ctx: ctx.clone(),
+            taps: config.buses.iter().map(|b| b.inproc_tap()).collect(),
+            security: security.clone(),
+        };
+        self.spawn("bridge".into(), move |signal| bridge.run(&signal).map_err(ServeError::from))?;
+        Ok(report)
     }
 
     /// The HTTP health/metrics address, if enabled.

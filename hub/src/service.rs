@@ -5,6 +5,7 @@
 //! | command | reply |
 //! | --- | --- |
 //! | `agents` | every agent ingest has heard from: link, last seen, backlog and lag as reported, epoch, accepted, duplicates |
+//! | `bridge` | the NATS bridge: server, cursor, backlog, acknowledgements, retries, last error |
 //!
 //! Only the hub provides it (a reserved name); `viewer` and `operator` may call it.
 
@@ -19,8 +20,12 @@ use crate::ingest::agents::Agents;
 
 pub const SERVICE: &str = "org.plantd.Hub";
 
+/// The bridge's status as JSON, when a bridge is configured.
+pub type BridgeReport = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 pub struct HubService {
     pub agents: Option<Arc<Agents>>,
+    pub bridge: Option<BridgeReport>,
     pub worker: WorkerOptions,
     /// With security the broker puts the caller's identity first.
     pub secure: bool,
@@ -36,7 +41,11 @@ impl HubService {
                     Some(agents) => agents.to_json(Instant::now(), crate::ingest::wall_ns()),
                     None => json!({"error": "this hub runs without ingest: it hears from no agent"}),
                 },
-                other => json!({"error": format!("unknown command {other:?}: use agents")}),
+                Some("bridge") => match &self.bridge {
+                    Some(report) => report(),
+                    None => json!({"error": "this hub has no [bridge.nats] in its config"}),
+                },
+                other => json!({"error": format!("unknown command {other:?}: use agents or bridge")}),
             };
             vec![zmq::Message::from(reply.to_string().as_bytes())]
         })

@@ -6,11 +6,13 @@
 
 mod agent;
 mod hub;
+mod nats;
 mod python;
 mod secure;
 
 pub use agent::*;
 pub use hub::*;
+pub use nats::*;
 pub use python::*;
 pub use secure::*;
 pub use testkit::*;

@@ -3,6 +3,7 @@
 
 mod agent;
 mod arm;
+mod bridge;
 mod broker;
 mod bus;
 mod cli;

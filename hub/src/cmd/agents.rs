@@ -1,13 +1,10 @@
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use argh::FromArgs;
 use serde_json::Value;
-use transport::{Client, ClientError, ClientOptions};
 
-use super::{client_endpoint, CmdResult, DEFAULT_BROKER};
+use super::{ask_hub, print_json, CmdResult, DEFAULT_BROKER};
 
 /// List the agents the hub has heard from: link state, when last seen, the
 /// backlog and lag in their outboxes as they last reported, their boot
@@ -42,27 +39,11 @@ pub struct AgentsArgs {
 }
 
 pub fn run(args: AgentsArgs) -> CmdResult {
-    let ctx = zmq::Context::new();
-    let options =
-        ClientOptions { timeout: Duration::from_millis(args.timeout), retries: 1, ..Default::default() };
-    let mut client = Client::new(&ctx, client_endpoint(&args.broker, args.cert, args.server_cert)?, options);
-    let reply = match client.request(hub::service::SERVICE, &[b"agents"]) {
-        Ok(reply) => reply,
-        Err(e @ ClientError::Timeout { .. }) => {
-            eprintln!("hub: {e} (is the hub running, at this --broker?)");
-            return Ok(ExitCode::from(3));
-        }
-        Err(e) => return Err(e.into()),
+    let Some(agents) = ask_hub("agents", &args.broker, args.cert, args.server_cert, args.timeout)? else {
+        return Ok(ExitCode::from(3));
     };
-    let text = reply.first().map(|f| String::from_utf8_lossy(f).into_owned()).unwrap_or_default();
-    let agents: Value =
-        serde_json::from_str(&text).map_err(|e| format!("the hub sent no JSON ({e}): {text}"))?;
-    if let Some(error) = agents["error"].as_str() {
-        return Err(error.into());
-    }
     if args.json {
-        let pretty = std::io::stdout().is_terminal();
-        println!("{}", if pretty { serde_json::to_string_pretty(&agents)? } else { agents.to_string() });
+        print_json(&agents)?;
         return Ok(ExitCode::SUCCESS);
     }
     print!("{}", table(agents.as_array().map(Vec::as_slice).unwrap_or_default()));

@@ -58,13 +58,20 @@ pub fn run(args: CheckConfigArgs) -> CmdResult {
             }
         }
     }
+    let bridge = match config.bridge_nats() {
+        Some(nats) => match nats.check_files() {
+            Ok(()) => format!(", bridge to NATS as site {} into stream {}", nats.site, nats.stream),
+            Err(e) => return Ok(plumbing::config_invalid("hub", &e)),
+        },
+        None => String::new(),
+    };
     println!(
-        "config ok: broker {}, {} bus(es), state {}, ingest {}, security {security}, http {}",
+        "config ok: broker {}, {} bus(es), state {}, ingest {}, security {security}, http {}{bridge}",
         config.broker.endpoint,
         config.buses.len(),
         if config.state.enabled { "on" } else { "off" },
         if config.ingest.enabled { "on" } else { "off" },
-        config.http.listen
+        config.http.listen,
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 //! the `--help` text) and a `run` that returns the process exit code.
 
 pub mod agents;
+pub mod bridge;
 pub mod call;
 pub mod check;
 pub mod echo;
@@ -38,6 +39,46 @@ pub fn client_endpoint(
                   --server-cert (the hub's public .key), or PLANTD_CERT and PLANTD_SERVER_CERT"
             .into()),
     }
+}
+
+/// Asks the hub's own service (`org.plantd.Hub`) one `command`; `Ok(None)`
+/// when the hub did not answer in time (the caller exits 3), an error when it
+/// answered with one.
+pub fn ask_hub(
+    command: &str,
+    broker: &str,
+    cert: Option<PathBuf>,
+    server_cert: Option<PathBuf>,
+    timeout_ms: u64,
+) -> Result<Option<serde_json::Value>, Box<dyn std::error::Error>> {
+    use transport::{Client, ClientError, ClientOptions};
+    let ctx = zmq::Context::new();
+    let timeout = std::time::Duration::from_millis(timeout_ms);
+    let options = ClientOptions { timeout, retries: 1, ..Default::default() };
+    let mut client = Client::new(&ctx, client_endpoint(broker, cert, server_cert)?, options);
+    let reply = match client.request(hub::service::SERVICE, &[command.as_bytes()]) {
+        Ok(reply) => reply,
+        Err(e @ ClientError::Timeout { .. }) => {
+            eprintln!("hub: {e} (is the hub running, at this --broker?)");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let text = reply.first().map(|f| String::from_utf8_lossy(f).into_owned()).unwrap_or_default();
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("the hub sent no JSON ({e}): {text}"))?;
+    if let Some(error) = value["error"].as_str() {
+        return Err(error.into());
+    }
+    Ok(Some(value))
+}
+
+/// Prints `value` as JSON: indented for a person at a terminal, one line for a pipe.
+pub fn print_json(value: &serde_json::Value) -> Result<(), serde_json::Error> {
+    use std::io::IsTerminal;
+    let pretty = std::io::stdout().is_terminal();
+    println!("{}", if pretty { serde_json::to_string_pretty(value)? } else { value.to_string() });
+    Ok(())
 }
 
 /// Which end of a bus a command talks to.

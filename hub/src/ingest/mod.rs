@@ -24,6 +24,7 @@
 //! fixed set), so two workers never race on one agent's watermarks.
 
 pub mod agents;
+pub mod journal;
 mod watermarks;
 
 use std::hash::{Hash, Hasher};
@@ -37,6 +38,7 @@ use transport::bus::publish_on;
 use transport::{ShutdownWatch, Worker, WorkerError, WorkerOptions};
 
 use self::agents::{Agents, Heard};
+use self::journal::{Entry, Journal};
 use self::watermarks::{WatermarkError, Watermarks};
 use crate::broker::BROKER_INPROC;
 use crate::bus::subscriptions::Subscribers;
@@ -73,10 +75,12 @@ pub struct IngestCounters {
     pub agents: AtomicU64,
     /// Why batches cannot be stored now (the watermark store fails), while it lasts.
     pub failing: Mutex<Option<String>>,
+    /// Batches answered "retry" because the export backlog for NATS was full.
+    pub export_full: AtomicU64,
 }
 
 impl IngestCounters {
-    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 7] {
         [
             ("batches", self.batches.load(Relaxed)),
             ("samples_accepted", self.accepted.load(Relaxed)),
@@ -84,6 +88,7 @@ impl IngestCounters {
             ("batches_malformed", self.malformed.load(Relaxed)),
             ("batches_retried", self.retries.load(Relaxed)),
             ("batches_refused", self.refused.load(Relaxed)),
+            ("batches_export_full", self.export_full.load(Relaxed)),
         ]
     }
 }
@@ -112,6 +117,25 @@ pub struct IngestService {
     /// adds it), and an agent may send only its own batches.
     security: Option<Arc<Security>>,
     agents: Arc<Agents>,
+    /// With a bridge: every accepted sample also goes here, durably, for it.
+    export: Option<Export>,
+    /// The bus publisher all workers share (see `connect_publisher`).
+    publisher: Arc<Mutex<Option<zmq::Socket>>>,
+}
+
+/// What the NATS bridge takes from ingest.
+#[derive(Clone)]
+pub struct Export {
+    pub journal: Arc<Journal>,
+    /// Topic prefixes the bridge exports: a consumer for the ingest gate.
+    pub prefixes: Vec<String>,
+}
+
+/// The bridge, as ingest is told of it.
+#[derive(Clone, Debug)]
+pub struct ExportConfig {
+    pub limits: journal::Limits,
+    pub prefixes: Vec<String>,
 }
 
 impl IngestService {
@@ -124,9 +148,19 @@ impl IngestService {
         listeners: Subscribers,
         worker: WorkerOptions,
         security: Option<Arc<Security>>,
+        export: Option<ExportConfig>,
     ) -> Result<IngestService, IngestError> {
         let path = data_dir.join("ingest");
-        let watermarks = Watermarks::open(&path).map_err(|source| IngestError::Open { path, source })?;
+        let watermarks =
+            Watermarks::open(&path).map_err(|source| IngestError::Open { path: path.clone(), source })?;
+        let export = match export {
+            Some(e) => {
+                let journal = Journal::open(watermarks.db(), e.limits)
+                    .map_err(|source| IngestError::Open { path: path.clone(), source })?;
+                Some(Export { journal: Arc::new(journal), prefixes: e.prefixes })
+            }
+            None => None,
+        };
         let counters = IngestCounters::default();
         counters.agents.store(watermarks.agents() as u64, Relaxed);
         Ok(IngestService {
@@ -139,7 +173,14 @@ impl IngestService {
             locks: Arc::new((0..AGENT_LOCKS).map(|_| Mutex::new(())).collect()),
             security,
             agents: Arc::new(Agents::new(config.max_agents, SILENT_AFTER)),
+            export,
+            publisher: Arc::default(),
         })
+    }
+
+    /// The export journal and prefixes, when a bridge is configured.
+    pub fn export(&self) -> Option<Export> {
+        self.export.clone()
     }
 
     /// The agents heard from, for `hub agents`, the web view and metrics.
@@ -153,10 +194,7 @@ impl IngestService {
 
     /// One worker: serves batches until shutdown. Run several for several agents at once.
     pub fn serve(&self, ctx: &zmq::Context, signal: &ShutdownWatch) -> Result<(), IngestError> {
-        let publisher = ctx.socket(zmq::PUB)?;
-        // In process, to the bus proxy: never drop an accepted sample here.
-        publisher.set_sndhwm(0)?;
-        publisher.connect(&self.bus)?;
+        self.connect_publisher(ctx)?;
         let worker = Worker::new(ctx, BROKER_INPROC, proto::ingest::SERVICE, self.worker.clone());
         worker.run(signal, |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
             let frame = |i: usize| body.get(i).map(|f| &f[..]);
@@ -172,11 +210,29 @@ impl IngestService {
                 report,
                 |topic| self.listeners.covers(topic),
                 |topic, json| {
-                    let _ = publish_on(&publisher, Framing::TwoFrame, topic, json);
+                    if let Some(publisher) = self.publisher.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+                    {
+                        let _ = publish_on(publisher, Framing::TwoFrame, topic, json);
+                    }
                 },
             );
             vec![zmq::Message::from(reply.encode())]
         })?;
+        Ok(())
+    }
+
+    /// One PUB socket for every worker: the bus proxy reads its publishers
+    /// fairly, not in order, so samples one agent sent in two batches that two
+    /// workers handled would otherwise reach subscribers out of order.
+    fn connect_publisher(&self, ctx: &zmq::Context) -> zmq::Result<()> {
+        let mut shared = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
+        if shared.is_none() {
+            let publisher = ctx.socket(zmq::PUB)?;
+            // In process, to the bus proxy: never drop an accepted sample here.
+            publisher.set_sndhwm(0)?;
+            publisher.connect(&self.bus)?;
+            *shared = Some(publisher);
+        }
         Ok(())
     }
 
@@ -217,7 +273,12 @@ impl IngestService {
         let topics: Vec<String> =
             channels.iter().map(|ch| format!("{}{agent}.{ch}", proto::sample::TOPIC_PREFIX)).collect();
         let now = (std::time::Instant::now(), wall_ns());
-        if self.config.require_subscriber && !topics.is_empty() && !topics.iter().any(|t| heard(t.as_bytes()))
+        // The bridge is a consumer in its own right: what it exports is heard.
+        let exported =
+            |t: &str| self.export.as_ref().is_some_and(|e| e.prefixes.iter().any(|p| t.starts_with(p)));
+        if self.config.require_subscriber
+            && !topics.is_empty()
+            && !topics.iter().any(|t| heard(t.as_bytes()) || exported(t))
         {
             self.agents.record(agent, Heard { report, ..Heard::default() }, now.0, now.1);
             c.retries.fetch_add(1, Relaxed);
@@ -248,6 +309,7 @@ impl IngestService {
         let epoch = batch.samples.last().map(|s| s.sample.epoch);
         // Samples come in epoch runs: look the watermark up once per run.
         let mut current: Option<(u64, u64)> = None;
+        let mut fresh = Vec::new();
         for sent in &batch.samples {
             let s = &sent.sample;
             let (epoch, mark) = match current {
@@ -259,11 +321,38 @@ impl IngestService {
                 current = Some((epoch, mark));
                 continue;
             }
-            let json = s.to_json(agent, true, sent.historical).to_string();
-            publish(s.topic(agent).as_bytes(), json.as_bytes());
+            fresh.push(Entry {
+                topic: s.topic(agent),
+                payload: s.to_json(agent, true, sent.historical).to_string().into_bytes(),
+                agent: agent.to_string(),
+                epoch,
+                seq: s.seq,
+                historical: sent.historical,
+            });
             marks.raise(epoch, s.seq, self.config.epochs_kept);
             current = Some((epoch, s.seq));
             accepted += 1;
+        }
+        if let Some(export) = &self.export {
+            if !export.journal.has_room(fresh.len() as u64, Journal::size_of(&fresh)) {
+                // Before anything is published: the agent keeps the batch, and sends it again.
+                c.export_full.fetch_add(1, Relaxed);
+                self.agents.record(agent, Heard { report, ..Heard::default() }, now.0, now.1);
+                let (records, bytes) = export.journal.backlog();
+                return Reply::Retry {
+                    reason: format!(
+                        "the hub's export backlog for NATS is full ({records} samples, {bytes} bytes): NATS unreachable?"
+                    ),
+                    after_ms: 2000,
+                };
+            }
+        }
+        for entry in &fresh {
+            publish(entry.topic.as_bytes(), &entry.payload);
+        }
+        if let Some(Err(e)) = self.export.as_ref().map(|e| e.journal.append(&fresh)) {
+            self.agents.record(agent, Heard { report, ..Heard::default() }, now.0, now.1);
+            return self.storage_failure(WatermarkError::Storage(e));
         }
         if marks != before {
             if let Err(e) = self.watermarks.put(agent, &marks).and_then(|_| self.watermarks.flush()) {
@@ -338,7 +427,8 @@ mod tests {
 
     fn open(dir: &Path, config: &IngestConfig) -> IngestService {
         let listeners = Subscribers::default();
-        IngestService::open(dir, config, String::new(), listeners, WorkerOptions::default(), None).unwrap()
+        IngestService::open(dir, config, String::new(), listeners, WorkerOptions::default(), None, None)
+            .unwrap()
     }
 
     fn batch(agent: &str, epoch: u64, seqs: &[u64]) -> Vec<u8> {

@@ -72,6 +72,11 @@ impl Watermarks {
         Ok(())
     }
 
+    /// The store itself (the export journal lives in it too).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Agents with watermarks.
     pub fn agents(&self) -> usize {
         self.tree.len()

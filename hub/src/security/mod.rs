@@ -225,6 +225,13 @@ impl Security {
         }
     }
 
+    /// What `identity` may do by the identities table alone, key or no key:
+    /// for an identity that authenticates elsewhere (the NATS bridge's
+    /// `rpc_identity`, which NATS's own credentials admit).
+    pub fn grants_by_policy(&self, identity: &str) -> Arc<Grants> {
+        self.policy.grants(identity)
+    }
+
     /// Why the last reload failed, if it did.
     pub fn last_reload_error(&self) -> Option<String> {
         self.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
