@@ -99,6 +99,27 @@ fn below_ephemeral_range() -> Option<(u16, u16)> {
     (first_ephemeral > 21000).then_some((20000, first_ephemeral))
 }
 
+/// The nats-server binary: `PLANTD_NATS_SERVER`, else on the PATH or in
+/// /usr/sbin (where Debian puts it). Missing, it panics with what to install:
+/// the tests and benchmarks that need it fail, they are not skipped.
+pub fn nats_server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("PLANTD_NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no nats-server: the bridge's tests and benchmark run a real NATS server with JetStream. \
+                 Install it with `apt-get install nats-server` (scripts/setup.sh does, and scripts/test.sh \
+                 runs that), or point PLANTD_NATS_SERVER at a nats-server binary"
+            )
+        })
+}
+
 /// A fresh `tcp://127.0.0.1:<port>` endpoint.
 pub fn free_endpoint() -> String {
     format!("tcp://127.0.0.1:{}", free_port())

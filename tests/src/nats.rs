@@ -2,34 +2,13 @@
 //! tests, alone or as a cluster, and a reader of what a stream holds.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use testkit::{free_port, wait_for, Proc};
+use testkit::{free_port, nats_server_binary, wait_for, Proc};
 
 use crate::http_get;
-
-/// The nats-server binary: `PLANTD_NATS_SERVER`, else on the PATH or in
-/// /usr/sbin (where Debian puts it). A missing server fails the test, with
-/// what to install; it is not skipped.
-pub fn nats_server_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("PLANTD_NATS_SERVER") {
-        return PathBuf::from(path);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|dir| dir.join("nats-server"))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "no nats-server: the bridge tests run a real NATS server with JetStream. Install it with \
-                 `apt-get install nats-server` (scripts/setup.sh does, and scripts/test.sh runs that), or \
-                 point PLANTD_NATS_SERVER at a nats-server binary"
-            )
-        })
-}
 
 /// One nats-server with JetStream on 127.0.0.1, its store in a directory
 /// that outlives restarts; killed when dropped.
@@ -150,21 +129,30 @@ pub fn with_nats<T>(url: &str, f: impl AsyncFnOnce(async_nats::Client) -> T) -> 
     })
 }
 
-/// Every message in `stream`, in stream order (empty if there is no such stream).
+/// Every message in `stream`, in stream order, as a JetStream consumer (an
+/// ordered one, from the first message) reads them; empty if there is no
+/// such stream.
 pub fn read_stream(url: &str, stream: &str) -> Vec<Stored> {
+    use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+    use futures_util::StreamExt;
     with_nats(url, async |client| {
         let js = async_nats::jetstream::new(client);
         let Ok(mut stream) = js.get_stream(stream).await else { return Vec::new() };
-        let info = stream.info().await.expect("stream info");
-        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-        let mut out = Vec::new();
-        if info.state.messages == 0 {
-            return out;
+        let expected = stream.info().await.expect("stream info").state.messages as usize;
+        if expected == 0 {
+            return Vec::new();
         }
-        for seq in first..=last {
-            let Ok(message) = stream.get_raw_message(seq).await else { continue };
+        let config = pull::OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() };
+        let consumer = stream.create_consumer(config).await.expect("a consumer");
+        let mut messages = consumer.messages().await.expect("the consumer's messages");
+        let mut out = Vec::with_capacity(expected);
+        while out.len() < expected {
+            let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
+            let Ok(Some(Ok(message))) = next else {
+                panic!("the consumer stopped after {} of {expected} messages: {next:?}", out.len())
+            };
             let mut headers = HashMap::new();
-            for (name, values) in message.headers.iter() {
+            for (name, values) in message.headers.iter().flat_map(|h| h.iter()) {
                 if let Some(value) = values.first() {
                     headers.insert(name.to_string(), value.to_string());
                 }

@@ -19,7 +19,7 @@ struct Plant {
     hub: Option<HubProc>,
     hub_config: PathBuf,
     broker: String,
-    _agent: Proc,
+    agent: Proc,
     agent_data: PathBuf,
     agent_id: String,
 }
@@ -66,15 +66,7 @@ impl Plant {
         let config = agent_config(dir.path(), agent_id, &broker, &metric, &body);
         let agent = agent_run(&config);
         let agent_data = dir.path().join(format!("{agent_id}-data"));
-        Plant {
-            dir,
-            hub: Some(hub),
-            hub_config,
-            broker,
-            _agent: agent,
-            agent_data,
-            agent_id: agent_id.into(),
-        }
+        Plant { dir, hub: Some(hub), hub_config, broker, agent, agent_data, agent_id: agent_id.into() }
     }
 
     fn hub(&self) -> &HubProc {
@@ -267,6 +259,11 @@ fn a_three_node_cluster_loses_the_node_in_use_and_the_stream_keeps_every_sample_
     site.wait_bridge("exports after the hub's crash", 60 * SECOND, |s| {
         (s["acked"].as_u64()? >= 100).then_some(())
     });
+    cluster[node].restart();
+    let acked = site.bridge()["acked"].as_u64().unwrap();
+    site.wait_bridge("exports with the node back", 60 * SECOND, |s| {
+        (s["acked"].as_u64()? >= acked + 100).then_some(())
+    });
     let survivor = cluster.iter().find(|n| n.port != in_use).unwrap().url();
     let made = site.made_so_far();
     let stored = wait_stream_holds(&survivor, &[(&site, "plant-a", made)], 60 * SECOND);
@@ -325,8 +322,15 @@ fn central_systems_call_site_services_over_nats_with_clear_statuses() {
     let (status, _, body) = nats_request(&url, "plantd.plant-a.rpc.echo", "not json", true);
     assert_eq!(status, "400", "{body}");
 
+    // An agent that is gone: no reply, and a clear timeout.
+    let mut site = site;
+    site.agent.kill();
+    let (status, _, body) = nats_request(&url, "plantd.plant-a.rpc.org.plantd.Agent.pump-1", "status", false);
+    assert_eq!(status, "504", "{body}");
+    assert!(body.contains("no reply from org.plantd.Agent.pump-1 within 500 ms"), "{body}");
+
     let rpc = &site.bridge()["rpc"];
-    assert_eq!((rpc["requests"].as_u64(), rpc["timeouts"].as_u64()), (Some(5), Some(1)), "{rpc}");
+    assert_eq!((rpc["requests"].as_u64(), rpc["timeouts"].as_u64()), (Some(6), Some(2)), "{rpc}");
 }
 
 #[test]

@@ -66,7 +66,8 @@ pub async fn run(
                 let _ = journal.flush();
                 flushed = Instant::now();
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Until something is appended; the cursor is flushed meanwhile.
+            let _ = tokio::time::timeout(FLUSH_EVERY, journal.appended()).await;
             continue;
         }
         let (acked_upto, complete) = publish_window(&js, config, &status, &mut pace, window).await;

@@ -52,6 +52,8 @@ pub struct Journal {
     records: AtomicU64,
     bytes: AtomicU64,
     limits: Limits,
+    /// Woken on every append, so the bridge publishes at once instead of polling.
+    appended: tokio::sync::Notify,
 }
 
 impl Journal {
@@ -75,6 +77,7 @@ impl Journal {
             records: AtomicU64::new(records),
             bytes: AtomicU64::new(bytes),
             limits,
+            appended: tokio::sync::Notify::new(),
         })
     }
 
@@ -106,7 +109,14 @@ impl Journal {
         *next += entries.len() as u64;
         self.records.fetch_add(entries.len() as u64, SeqCst);
         self.bytes.fetch_add(bytes, SeqCst);
+        // A permit is kept when the bridge is not waiting yet: no wake-up is lost.
+        self.appended.notify_one();
         Ok(())
+    }
+
+    /// Resolves after the next append (or at once if one came since the last wait).
+    pub async fn appended(&self) {
+        self.appended.notified().await
     }
 
     /// Up to `max` entries after key `after`, in order. An entry that cannot
