@@ -1,8 +1,8 @@
 //! NATS bridge benchmark: agents' durable samples through ingest, the export
 //! journal and the bridge into a JetStream stream, against the baseline
-//! measured in the same run: the same payloads published straight into a
-//! stream by one async-nats client, acknowledged, with the same number in
-//! flight and the same deduplication ids.
+//! measured in the same run: the same messages (payload, deduplication id
+//! and headers) published straight into a stream by one async-nats client,
+//! acknowledged, with the same number in flight.
 //!
 //!   cargo bench -p hub --bench bridge [-- --samples 100000 --window 256 --rate 5000]
 //!
@@ -58,8 +58,11 @@ struct Nats {
 
 impl Nats {
     fn start() -> Nats {
+        Nats::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Nats {
         let store = tempfile::tempdir().unwrap();
-        let port = free_port();
         let mut cmd = Command::new(nats_server_binary());
         cmd.args(["-a", "127.0.0.1", "-js", "-p", &port.to_string(), "-sd"]).arg(store.path());
         let proc = Proc::spawn("nats-server", cmd);
@@ -107,9 +110,16 @@ fn direct(url: &str, samples: u64, window: usize, rate: Option<u64>) -> (f64, Ve
                 tokio::time::sleep_until(due.into()).await;
             }
             let payload = sample(seq, 0).to_json("pump-0", true, false).to_string();
+            // The same message the bridge sends: payload, id and headers.
             let message = async_nats::jetstream::message::PublishMessage::build()
                 .payload(payload.into())
-                .message_id(format!("{SITE}/pump-0/42/{seq}"));
+                .message_id(format!("{SITE}/pump-0/0/{seq}"))
+                .header("Plantd-Site", SITE)
+                .header("Plantd-Agent", "pump-0")
+                .header("Plantd-Epoch", "0")
+                .header("Plantd-Seq", seq.to_string().as_str())
+                .header("Plantd-Historical", "false")
+                .header("Plantd-Durable", "true");
             let ack = js.send_publish(subject.clone(), message).await.expect("publish");
             pending.push_back((Instant::now(), ack));
             while pending.len() >= window || (rate.is_some() && !pending.is_empty()) {
@@ -137,6 +147,47 @@ fn hub(url: &str, window: usize) -> (HubChild, tempfile::TempDir) {
     );
     std::fs::write(&config, text).unwrap();
     (HubChild::start_with(&["--config", config.to_str().unwrap()]), dir)
+}
+
+/// The export stage alone: `samples` accepted by ingest while NATS is not
+/// there yet (they wait in the journal), then NATS started; samples a second
+/// from the first acknowledgement to the last.
+fn export_only(samples: u64, window: usize) -> f64 {
+    let port = free_port();
+    let (hub, _config) = hub(&format!("nats://127.0.0.1:{port}"), window);
+    let ctx = zmq::Context::new();
+    let options =
+        transport::ClientOptions { timeout: Duration::from_secs(30), retries: 0, ..Default::default() };
+    let mut client = transport::Client::new(&ctx, transport::Endpoint::plain(&hub.endpoint), options);
+    let epoch = next_epoch();
+    let mut seq = 0;
+    while seq < samples {
+        let last = (seq + 200).min(samples);
+        let batch = Batch {
+            agent: "pump-0".into(),
+            samples: (seq + 1..=last).map(|s| Sent { sample: sample(s, epoch), historical: false }).collect(),
+        };
+        seq = last;
+        // The hub may still be starting: its first requests can time out.
+        let reply = client.request(proto::ingest::SERVICE, &[&batch.encode()]).expect("ingest answers");
+        assert!(matches!(Reply::decode(&reply[0]), Ok(Reply::Ack { .. })), "{:?}", Reply::decode(&reply[0]));
+    }
+    let _nats = Nats::start_on(port);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first = None;
+    loop {
+        let done = acked(&mut client);
+        if done > 0 && first.is_none() {
+            first = Some((Instant::now(), done));
+        }
+        if done >= samples {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the bridge did not export {samples} samples in 10 minutes");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (at, from) = first.unwrap();
+    (samples - from) as f64 / at.elapsed().as_secs_f64()
 }
 
 fn acked(client: &mut transport::Client) -> u64 {
@@ -238,6 +289,7 @@ fn through_bridge(
     for s in senders {
         s.join().unwrap();
     }
+    let accepted = started.elapsed();
     let total = per_agent * agents as u64;
     let deadline = Instant::now() + Duration::from_secs(600);
     while acked(&mut status) < total {
@@ -245,6 +297,9 @@ fn through_bridge(
         std::thread::sleep(Duration::from_millis(2));
     }
     let rate_out = total as f64 / started.elapsed().as_secs_f64();
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
+        eprintln!("ingest accepted {total} in {accepted:?}, exported all in {:?}", started.elapsed());
+    }
     let latencies = if rate.is_some() {
         latencies_rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default()
     } else {
@@ -258,16 +313,26 @@ fn main() {
     let samples: u64 = args.get("--samples", 100_000);
     let window: usize = args.get("--window", 256);
     let rate: u64 = args.get("--rate", 5_000);
+    if args.text("--only") == Some("export") {
+        // For profiling the export stage alone.
+        println!("export stage: {:.0} samples/s", export_only(samples, window));
+        return;
+    }
     let nats = Nats::start();
     println!(
         "bridge benchmark: {samples} samples, {window} in flight, nats-server with JetStream on 127.0.0.1"
     );
     println!();
-    println!("throughput            direct JetStream samples/s   through the hub samples/s   ratio");
+    println!("throughput into JetStream          direct samples/s   through the hub samples/s   ratio");
     let (base, _) = direct(&nats.url, samples, window, None);
+    let export = export_only(samples, window);
+    println!("export stage (journal to stream)  {base:>16.0}   {export:>25.0}   {:>5.2}", export / base);
     for agents in [1, 4] {
         let (bridge, _) = through_bridge(&nats.url, samples, agents, 200, window, None);
-        println!("{agents} agent(s), batch 200  {base:>26.0}   {bridge:>25.0}   {:>5.2}", bridge / base);
+        println!(
+            "end to end, {agents} agent(s), batch 200 {base:>16.0}   {bridge:>25.0}   {:>5.2}",
+            bridge / base
+        );
     }
     println!();
     let steady = (rate * 3).min(samples);
@@ -282,7 +347,7 @@ fn main() {
         percentile(&base, 0.99)
     );
     println!(
-        "agent send to stream consumer{:>6.2}   {:>6.2}  ({} samples, batches every 10 ms)",
+        "agent send to stream consumer {:>6.2}   {:>6.2}  ({} samples, batches every 10 ms)",
         percentile(&bridge, 0.5),
         percentile(&bridge, 0.99),
         bridge.len()
