@@ -5,6 +5,9 @@
 //! acknowledged, with the same number in flight.
 //!
 //!   cargo bench -p hub --bench bridge [-- --samples 100000 --window 256 --rate 5000]
+//!   cargo bench -p hub --bench bridge -- --only export   # the export stage alone (for profiling)
+//!
+//! `BENCH_VERBOSE=1` also prints how long ingest took to accept each run.
 //!
 //! Throughput: samples a second into the stream (every one acknowledged).
 //! Latency, at a steady `--rate`: from the agent sending a sample to a
