@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::HubChild;
-use proto::ingest::{Batch, Reply, Sent};
+use common::{send_batch, HubChild};
+use proto::ingest::Sent;
 use proto::sample::{Quality, Sample, Value};
 use testkit::bench::{named, Args};
 use testkit::{free_port, nats_server_binary, Proc};
@@ -166,14 +166,10 @@ fn export_only(samples: u64, window: usize) -> f64 {
     let mut seq = 0;
     while seq < samples {
         let last = (seq + 200).min(samples);
-        let batch = Batch {
-            agent: "pump-0".into(),
-            samples: (seq + 1..=last).map(|s| Sent { sample: sample(s, epoch), historical: false }).collect(),
-        };
+        let samples =
+            (seq + 1..=last).map(|s| Sent { sample: sample(s, epoch), historical: false }).collect();
+        send_batch(&mut client, "pump-0", samples);
         seq = last;
-        // The hub may still be starting: its first requests can time out.
-        let reply = client.request(proto::ingest::SERVICE, &[&batch.encode()]).expect("ingest answers");
-        assert!(matches!(Reply::decode(&reply[0]), Ok(Reply::Ack { .. })), "{:?}", Reply::decode(&reply[0]));
     }
     let _nats = Nats::start_on(port);
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -278,13 +274,7 @@ fn through_bridge(
                         .map(|s| Sent { sample: sample(s, epoch), historical: false })
                         .collect();
                     seq = last;
-                    let body = Batch { agent: agent.clone(), samples }.encode();
-                    let reply = client.request(proto::ingest::SERVICE, &[&body]).expect("ingest answers");
-                    assert!(
-                        matches!(Reply::decode(&reply[0]), Ok(Reply::Ack { .. })),
-                        "{:?}",
-                        Reply::decode(&reply[0])
-                    );
+                    send_batch(&mut client, &agent, samples);
                 }
             })
         })

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{endpoint, HubChild};
+use common::{endpoint, send_batch, HubChild};
 use proto::bus::Framing;
 use proto::ingest::{Batch, Reply, Sent};
 use proto::sample::{Quality, Sample, Value};
@@ -130,13 +130,7 @@ fn through_ingest(agents: usize, per_agent: u64, batch: usize) -> (f64, f64) {
                         .map(|s| Sent { sample: sample("temp", 42, s), historical: false })
                         .collect::<Vec<_>>();
                     seq += samples.len() as u64;
-                    let body = Batch { agent: agent.clone(), samples }.encode();
-                    let reply = client.request(proto::ingest::SERVICE, &[&body]).expect("ingest answers");
-                    assert!(
-                        matches!(Reply::decode(&reply[0]), Ok(Reply::Ack { .. })),
-                        "{:?}",
-                        Reply::decode(&reply[0])
-                    );
+                    send_batch(&mut client, &agent, samples);
                 }
             })
         })

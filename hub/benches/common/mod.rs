@@ -6,8 +6,18 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use proto::ingest::{Batch, Reply, Sent};
 use testkit::bench::process_cpu_time;
 use testkit::Proc;
+
+/// Sends `samples` as one batch from `agent` to the hub's ingest, as an
+/// agent's outbox does, and fails the run unless it is acknowledged.
+pub fn send_batch(client: &mut transport::Client, agent: &str, samples: Vec<Sent>) {
+    let body = Batch { agent: agent.into(), samples }.encode();
+    let reply = client.request(proto::ingest::SERVICE, &[&body]).expect("ingest answers");
+    let reply = Reply::decode(&reply[0]);
+    assert!(matches!(reply, Ok(Reply::Ack { .. })), "{reply:?}");
+}
 
 /// A fresh loopback endpoint; `BENCH_TRANSPORT=ipc` makes it an `ipc://` path instead.
 pub fn endpoint() -> String {
