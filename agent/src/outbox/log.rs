@@ -806,24 +806,7 @@ impl Log {
     fn recount_front(&mut self) -> io::Result<()> {
         let Some(seg) = self.segs.front() else { return Ok(()) };
         let (first, end, off) = (seg.first, seg.len, self.head_off);
-        let head = self.head;
-        let (mut records, mut bytes) = (0, 0);
-        let mut at = off;
-        let reader = self.reader(first)?;
-        loop {
-            match step(reader, at, end)? {
-                Step::Record { index, len, .. } => {
-                    at += len;
-                    if index >= head {
-                        records += 1;
-                        bytes += len;
-                    }
-                }
-                Step::End => break,
-                Step::Damaged { until: Some(until) } => at = until,
-                Step::Damaged { until: None } => break,
-            }
-        }
+        let (records, bytes) = self.count_live(first, off, end)?;
         let pending = if self.segs.len() == 1 { self.pending_records } else { 0 };
         let pending_bytes = if self.segs.len() == 1 { self.pending.len() as u64 } else { 0 };
         let seg = self.segs.front_mut().expect("front");
@@ -834,29 +817,35 @@ impl Log {
         Ok(())
     }
 
+    /// The live records (at or past the head) of segment `first` between
+    /// offsets `from` and `end`, and their bytes, stepping over damage.
+    fn count_live(&mut self, first: u64, from: u64, end: u64) -> io::Result<(u64, u64)> {
+        let head = self.head;
+        let (mut records, mut bytes, mut at) = (0, 0, from);
+        let reader = self.reader(first)?;
+        loop {
+            match step(reader, at, end)? {
+                Step::Record { index, len, .. } => {
+                    at += len;
+                    if index >= head {
+                        records += 1;
+                        bytes += len;
+                    }
+                }
+                Step::End | Step::Damaged { until: None } => return Ok((records, bytes)),
+                Step::Damaged { until: Some(until) } => at = until,
+            }
+        }
+    }
+
     /// Counts the live records again from the files (after an inconsistency).
     pub fn recount(&mut self) -> io::Result<()> {
         self.readable()?;
-        let head = self.head;
         let (mut total, mut total_bytes) = (0, 0);
         for i in 0..self.segs.len() {
             let (first, end) = (self.segs[i].first, self.segs[i].len);
-            let mut at = if i == 0 { self.head_off } else { 0 };
-            let (mut records, mut bytes) = (0, 0);
-            let reader = self.reader(first)?;
-            loop {
-                match step(reader, at, end)? {
-                    Step::Record { index, len, .. } => {
-                        at += len;
-                        if index >= head {
-                            records += 1;
-                            bytes += len;
-                        }
-                    }
-                    Step::End | Step::Damaged { until: None } => break,
-                    Step::Damaged { until: Some(until) } => at = until,
-                }
-            }
+            let from = if i == 0 { self.head_off } else { 0 };
+            let (records, bytes) = self.count_live(first, from, end)?;
             self.segs[i].records = records;
             self.segs[i].bytes = bytes;
             total += records;
