@@ -1,6 +1,8 @@
 //! Fuzzes the Majordomo decoders with arbitrary multipart messages: they must
 //! never panic, and whatever decodes must encode back to the same frames'
-//! meaning in the same dialect.
+//! meaning in the same dialect. READY's credit frame (`credit=N`) is among
+//! what it reaches; `mdp.dict` gives it the protocol's tokens:
+//! `cargo fuzz run mdp_decode -- -dict=mdp.dict`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

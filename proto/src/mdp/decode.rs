@@ -36,10 +36,12 @@ pub enum DecodeError {
     MissingDelimiter,
     #[error("unexpected frames after the command")]
     TrailingFrames,
+    #[error("a READY's credit frame is not credit=N with N from 1 to 65535")]
+    BadCredit,
 }
 
 impl DecodeError {
-    pub const ALL: [DecodeError; 14] = [
+    pub const ALL: [DecodeError; 15] = [
         DecodeError::Empty,
         DecodeError::MissingHeader,
         DecodeError::UnknownHeader,
@@ -54,6 +56,7 @@ impl DecodeError {
         DecodeError::EmptyAddress,
         DecodeError::MissingDelimiter,
         DecodeError::TrailingFrames,
+        DecodeError::BadCredit,
     ];
 
     /// Stable snake_case name, used as a metrics label.
@@ -73,6 +76,7 @@ impl DecodeError {
             DecodeError::EmptyAddress => "empty_address",
             DecodeError::MissingDelimiter => "missing_delimiter",
             DecodeError::TrailingFrames => "trailing_frames",
+            DecodeError::BadCredit => "bad_credit",
         }
     }
 
@@ -252,8 +256,15 @@ fn worker_to_broker<F: Frame>(dialect: Dialect, frames: &[F]) -> Result<ToBroker
     let delimiter = dialect != Dialect::Plantd;
     if command == ready {
         let (service, rest) = split_service(rest)?;
-        no_more(rest)?;
-        Ok(ToBroker::Ready { service })
+        // The credit extension: at most one more frame, `credit=N`.
+        let credit = match rest {
+            [] => 1,
+            [frame] if frame.bytes().starts_with(super::CREDIT_PREFIX) => {
+                super::parse_credit(frame.bytes()).ok_or(DecodeError::BadCredit)?
+            }
+            _ => return Err(DecodeError::TrailingFrames),
+        };
+        Ok(ToBroker::Ready { service, credit })
     } else if command == fin || Some(command) == partial {
         let kind = if command == fin { ReplyKind::Final } else { ReplyKind::Partial };
         let (client, body) = split_address(rest, delimiter)?;

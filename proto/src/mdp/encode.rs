@@ -105,7 +105,7 @@ pub fn client_reply(
     })
 }
 
-/// Worker → broker: READY for `service`.
+/// Worker → broker: READY for `service` (a stock worker: credit 1).
 pub fn worker_ready(dialect: Dialect, service: &[u8]) -> Envelope<'_> {
     let command = match dialect {
         Dialect::Rfc7 => W1_READY,
@@ -113,6 +113,22 @@ pub fn worker_ready(dialect: Dialect, service: &[u8]) -> Envelope<'_> {
         Dialect::Plantd => READY,
     };
     Envelope::new(dialect, true, worker_header(dialect)).push(command).push(service)
+}
+
+/// Worker → broker: READY for `service` announcing `credit` (the
+/// `credit=N` frame, in `buf`; none for credit 1, which is a stock READY).
+pub fn worker_ready_with_credit<'a>(
+    dialect: Dialect,
+    service: &'a [u8],
+    credit: u32,
+    buf: &'a mut [u8; 12],
+) -> Envelope<'a> {
+    let env = worker_ready(dialect, service);
+    if credit <= 1 {
+        env
+    } else {
+        env.push(super::credit_frame(credit, buf))
+    }
 }
 
 /// Worker → broker: a reply part for `client`.
@@ -165,9 +181,10 @@ pub fn encode_to_broker<F: Frame>(
     dialect: Dialect,
     msg: &ToBroker<'_, F>,
 ) -> Result<Vec<Vec<u8>>, EncodeError> {
+    let mut buf = [0; 12];
     let env = match *msg {
         ToBroker::Request { service, .. } => client_request(dialect, service),
-        ToBroker::Ready { service } => worker_ready(dialect, service),
+        ToBroker::Ready { service, credit } => worker_ready_with_credit(dialect, service, credit, &mut buf),
         ToBroker::Reply { kind, client, .. } => worker_reply(dialect, kind, client)?,
         ToBroker::Heartbeat => heartbeat(dialect, true),
         ToBroker::Disconnect => worker_disconnect(dialect, true),

@@ -28,7 +28,12 @@ fn valid_to_broker_vectors() {
             r#"Request { service: [101, 99, 104, 111], body: [[104, 105]] }"#,
         ),
         (&[b"", b"MDPC01", b"echo"], Rfc7, r#"Request { service: [101, 99, 104, 111], body: [] }"#),
-        (&[b"", b"MDPW01", b"\x01", b"echo"], Rfc7, r#"Ready { service: [101, 99, 104, 111] }"#),
+        (&[b"", b"MDPW01", b"\x01", b"echo"], Rfc7, r#"Ready { service: [101, 99, 104, 111], credit: 1 }"#),
+        (
+            &[b"", b"MDPW01", b"\x01", b"echo", b"credit=16"],
+            Rfc7,
+            r#"Ready { service: [101, 99, 104, 111], credit: 16 }"#,
+        ),
         (
             &[b"", b"MDPW01", b"\x03", b"C", b"", b"x"],
             Rfc7,
@@ -42,7 +47,12 @@ fn valid_to_broker_vectors() {
             Rfc18,
             r#"Request { service: [101, 99, 104, 111], body: [[97], [98]] }"#,
         ),
-        (&[b"MDPW02", b"\x01", b"echo"], Rfc18, r#"Ready { service: [101, 99, 104, 111] }"#),
+        (&[b"MDPW02", b"\x01", b"echo"], Rfc18, r#"Ready { service: [101, 99, 104, 111], credit: 1 }"#),
+        (
+            &[b"MDPW02", b"\x01", b"echo", b"credit=1"],
+            Rfc18,
+            r#"Ready { service: [101, 99, 104, 111], credit: 1 }"#,
+        ),
         (
             &[b"MDPW02", b"\x03", b"C", b"", b"p"],
             Rfc18,
@@ -57,7 +67,16 @@ fn valid_to_broker_vectors() {
             Majortomo,
             r#"Request { service: [101, 99, 104, 111], body: [[97]] }"#,
         ),
-        (&[b"", b"MDPW02", b"\x01", b"echo"], Majortomo, r#"Ready { service: [101, 99, 104, 111] }"#),
+        (
+            &[b"", b"MDPW02", b"\x01", b"echo"],
+            Majortomo,
+            r#"Ready { service: [101, 99, 104, 111], credit: 1 }"#,
+        ),
+        (
+            &[b"", b"MDPW02", b"\x01", b"echo", b"credit=65535"],
+            Majortomo,
+            r#"Ready { service: [101, 99, 104, 111], credit: 65535 }"#,
+        ),
         (
             &[b"", b"MDPW02", b"\x04", b"C", b"", b"x"],
             Majortomo,
@@ -70,7 +89,16 @@ fn valid_to_broker_vectors() {
             Plantd,
             r#"Request { service: [101, 99, 104, 111], body: [[97]] }"#,
         ),
-        (&[b"", b"MDPW02", b"READY", b"echo"], Plantd, r#"Ready { service: [101, 99, 104, 111] }"#),
+        (
+            &[b"", b"MDPW02", b"READY", b"echo"],
+            Plantd,
+            r#"Ready { service: [101, 99, 104, 111], credit: 1 }"#,
+        ),
+        (
+            &[b"", b"MDPW02", b"READY", b"echo", b"credit=4"],
+            Plantd,
+            r#"Ready { service: [101, 99, 104, 111], credit: 4 }"#,
+        ),
         (
             &[b"", b"MDPW02", b"FINAL", b"C", b"x"],
             Plantd,
@@ -116,6 +144,16 @@ fn invalid_to_broker_vectors() {
         (&[b"", b"MDPW02", b"READY"], MissingService),
         (&[b"", b"MDPW02", b"READY", b""], EmptyService),
         (&[b"", b"MDPW01", b"\x01", b"echo", b"extra"], TrailingFrames),
+        // the credit extension: one canonical `credit=N` frame, N in 1..=65535
+        (&[b"", b"MDPW01", b"\x01", b"echo", b"credit=2", b"credit=2"], TrailingFrames),
+        (&[b"MDPW02", b"\x01", b"echo", b"credit=0"], BadCredit),
+        (&[b"MDPW02", b"\x01", b"echo", b"credit=08"], BadCredit),
+        (&[b"MDPW02", b"\x01", b"echo", b"credit=65536"], BadCredit),
+        (&[b"MDPW02", b"\x01", b"echo", b"credit=100000"], BadCredit),
+        (&[b"MDPW02", b"\x01", b"echo", b"credit="], BadCredit),
+        (&[b"MDPW02", b"\x01", b"echo", b"credit=+4"], BadCredit),
+        (&[b"", b"MDPW02", b"READY", b"echo", b"credit= 4"], BadCredit),
+        (&[b"MDPW02", b"\x01", b"echo", b"CREDIT=4"], TrailingFrames),
         // unknown commands
         (&[b"", b"MDPW01", b"\x09"], UnknownCommand),
         (&[b"MDPW02", b"\x07"], UnknownCommand),
@@ -216,6 +254,28 @@ fn invalid_from_broker_vectors() {
 }
 
 #[test]
+fn ready_encodes_credit_only_above_one() {
+    let mut buf = [0; 12];
+    let frames = |env: Envelope<'_>| env.frames().iter().map(|f| f.to_vec()).collect::<Frames>();
+    assert_eq!(
+        frames(worker_ready_with_credit(Dialect::Plantd, b"s", 16, &mut buf)),
+        f(&[b"", b"MDPW02", b"READY", b"s", b"credit=16"])
+    );
+    assert_eq!(
+        frames(worker_ready_with_credit(Dialect::Rfc18, b"s", 1, &mut buf)),
+        f(&[b"MDPW02", b"\x01", b"s"])
+    );
+    assert_eq!(
+        frames(worker_ready_with_credit(Dialect::Rfc7, b"s", 1_000_000, &mut buf)),
+        f(&[b"", b"MDPW01", b"\x01", b"s", b"credit=65535"]),
+        "clamped to the most a READY may say"
+    );
+    for n in [1, 7, 10, 99, 100, 1024, 65535] {
+        assert_eq!(parse_credit(credit_frame(n, &mut buf)), Some(n));
+    }
+}
+
+#[test]
 fn rfc7_has_no_partial() {
     assert_eq!(client_reply(Dialect::Rfc7, ReplyKind::Partial, Some(b"s")), Err(EncodeError::PartialInRfc7));
     assert_eq!(worker_reply(Dialect::Rfc7, ReplyKind::Partial, b"c"), Err(EncodeError::PartialInRfc7));
@@ -272,6 +332,7 @@ fn frames() -> impl Strategy<Value = Frames> {
         (1u8..=7).prop_map(|b| vec![b]),
         prop::sample::select(vec!["READY", "REQUEST", "PARTIAL", "FINAL", "HEARTBEAT", "DISCONNECT"])
             .prop_map(|w| w.as_bytes().to_vec()),
+        (0u32..70_000).prop_map(|n| format!("credit={n}").into_bytes()),
         prop::collection::vec(any::<u8>(), 0..300),
     ];
     prop::collection::vec(token, 0..8)
@@ -292,8 +353,8 @@ proptest! {
     }
 
     #[test]
-    fn worker_ready_round_trips(d in dialect(), service in service()) {
-        let msg: ToBroker<'_, Vec<u8>> = ToBroker::Ready { service: &service };
+    fn worker_ready_round_trips(d in dialect(), service in service(), credit in 1..=MAX_CREDIT) {
+        let msg: ToBroker<'_, Vec<u8>> = ToBroker::Ready { service: &service, credit };
         let frames = encode_to_broker(d, &msg).unwrap();
         prop_assert_eq!(decode_to_broker(&frames).unwrap(), (d, msg));
     }

@@ -12,6 +12,12 @@
 //! to [`WorkerCore::on_message`], calls [`WorkerCore::on_tick`] whenever
 //! [`WorkerCore::next_deadline`] passes, and tells [`WorkerCore::sent`] when it
 //! sent a reply (any message counts as a heartbeat).
+//!
+//! A worker made [`WorkerCore::with_credit`] announces its credit in READY
+//! (the extension in [`crate::mdp`]'s module doc). A session that ends before
+//! the broker accepted it (a DISCONNECT before any request or heartbeat, or
+//! silence) makes the next READY take the other form, plain or with credit:
+//! a broker that rejects the credit frame gets a stock worker instead.
 
 use std::time::{Duration, Instant};
 
@@ -52,6 +58,10 @@ pub enum Incoming<'a, F> {
     Malformed,
     /// The broker said DISCONNECT: end the session and reconnect.
     Reconnect,
+    /// The broker said DISCONNECT before it sent anything else: it refused
+    /// the registration (a service only one worker may hold, or a READY form
+    /// it does not take). End the session and reconnect.
+    Refused,
 }
 
 /// What the passing of time asks of the worker.
@@ -70,6 +80,14 @@ pub struct WorkerCore {
     timing: WorkerTiming,
     heartbeat: Heartbeat,
     backoff: Backoff,
+    credit: u32,
+    /// Whether the next READY carries the credit frame.
+    announce: bool,
+    /// Whether this session's READY carried it.
+    announced: bool,
+    /// Whether the broker has sent this session anything but DISCONNECT.
+    accepted: bool,
+    credit_buf: [u8; 12],
 }
 
 impl WorkerCore {
@@ -80,7 +98,39 @@ impl WorkerCore {
             timing,
             heartbeat: Heartbeat::new(now, timing.heartbeat_interval, timing.heartbeat_liveness),
             backoff: Backoff::new(timing.reconnect_min, timing.reconnect_max),
+            credit: 1,
+            announce: false,
+            announced: false,
+            accepted: false,
+            credit_buf: [0; 12],
         }
+    }
+
+    /// A worker that holds up to `credit` requests at once (1 to
+    /// [`super::MAX_CREDIT`]; 1 is a stock worker).
+    pub fn with_credit(mut self, credit: u32) -> Self {
+        self.credit = credit.clamp(1, super::MAX_CREDIT);
+        self.announce = self.credit > 1;
+        self
+    }
+
+    /// The credit this worker was made with.
+    pub fn credit(&self) -> u32 {
+        self.credit
+    }
+
+    /// The credit this session's READY announced: 1 when it was a plain READY.
+    pub fn announced_credit(&self) -> u32 {
+        if self.announced {
+            self.credit
+        } else {
+            1
+        }
+    }
+
+    /// Whether the broker has accepted this session (sent a request or a heartbeat).
+    pub fn accepted(&self) -> bool {
+        self.accepted
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -95,24 +145,41 @@ impl WorkerCore {
     pub fn begin_session(&mut self, now: Instant) -> Envelope<'_> {
         let t = &self.timing;
         self.heartbeat = Heartbeat::new(now, t.heartbeat_interval, t.heartbeat_liveness);
-        super::worker_ready(self.dialect, &self.service)
+        self.accepted = false;
+        self.announced = self.announce;
+        let credit = if self.announced { self.credit } else { 1 };
+        super::worker_ready_with_credit(self.dialect, &self.service, credit, &mut self.credit_buf)
     }
 
     pub fn on_message<'a, F: Frame>(&mut self, now: Instant, frames: &'a [F]) -> Incoming<'a, F> {
         let incoming = match decode_from_broker(frames) {
             Ok((_, FromBroker::Request { client, body })) => Incoming::Request { client, body },
             Ok((_, FromBroker::Heartbeat)) => Incoming::Heartbeat,
-            Ok((_, FromBroker::Disconnect)) => return Incoming::Reconnect,
+            Ok((_, FromBroker::Disconnect)) => {
+                let accepted = self.accepted;
+                self.session_end();
+                return if accepted { Incoming::Reconnect } else { Incoming::Refused };
+            }
             Ok((_, FromBroker::Reply { .. })) | Err(_) => return Incoming::Malformed,
         };
+        self.accepted = true;
         self.heartbeat.heard(now);
         self.backoff.reset();
         incoming
     }
 
+    /// A session ended. Before the broker accepted it, the next READY takes
+    /// the other form (see the module doc); after, the next broker (perhaps a
+    /// newer one) is offered the credit again.
+    fn session_end(&mut self) {
+        self.announce = self.credit > 1 && !(self.announced && !self.accepted);
+        self.accepted = false;
+    }
+
     /// What is due now. A due heartbeat counts as sent.
     pub fn on_tick(&mut self, now: Instant) -> Due {
         if self.heartbeat.peer_expired(now) {
+            self.session_end();
             return Due::Reconnect;
         }
         if self.heartbeat.send_due(now) {
@@ -210,8 +277,52 @@ mod tests {
         let t0 = Instant::now();
         let mut w = core(t0);
         w.begin_session(t0);
-        assert_eq!(w.on_message(t0, &from_broker(FromBroker::Disconnect)), Incoming::Reconnect);
         assert_eq!(w.on_message(t0, &[b"junk".to_vec()]), Incoming::Malformed);
+        assert_eq!(w.on_message(t0, &from_broker(FromBroker::Disconnect)), Incoming::Refused);
+        w.begin_session(t0);
+        assert_eq!(w.on_message(t0, &from_broker(FromBroker::Heartbeat)), Incoming::Heartbeat);
+        assert!(w.accepted());
+        assert_eq!(w.on_message(t0, &from_broker(FromBroker::Disconnect)), Incoming::Reconnect);
+    }
+
+    fn ready_frames(w: &mut WorkerCore, t: Instant) -> Vec<Vec<u8>> {
+        w.begin_session(t).frames().iter().map(|f| f.to_vec()).collect()
+    }
+
+    #[test]
+    fn a_credit_worker_announces_its_credit_and_falls_back_when_refused() {
+        let t0 = Instant::now();
+        let mut w = core(t0).with_credit(16);
+        let with_credit: Vec<Vec<u8>> =
+            [&b""[..], b"MDPW01", b"\x01", b"echo", b"credit=16"].iter().map(|f| f.to_vec()).collect();
+        let plain = with_credit[..4].to_vec();
+        assert_eq!(ready_frames(&mut w, t0), with_credit);
+        assert_eq!(w.announced_credit(), 16);
+        // A strict broker drops that READY, then DISCONNECTs the unknown worker's heartbeat.
+        assert_eq!(w.on_message(t0, &from_broker(FromBroker::Disconnect)), Incoming::Refused);
+        assert_eq!(ready_frames(&mut w, t0), plain, "falls back to a stock READY");
+        assert_eq!(w.announced_credit(), 1);
+        // Refused again (for another reason): the next one tries credit again.
+        assert_eq!(w.on_message(t0, &from_broker(FromBroker::Disconnect)), Incoming::Refused);
+        assert_eq!(ready_frames(&mut w, t0), with_credit);
+        // A broker that stays silent is a refusal too.
+        assert_eq!(w.on_tick(t0 + 300 * MS), Due::Reconnect);
+        assert_eq!(ready_frames(&mut w, t0 + 300 * MS), plain);
+        // Accepted plain; after that session the next broker (a restarted,
+        // perhaps newer one) is offered the credit again.
+        w.on_message(t0 + 300 * MS, &from_broker(FromBroker::Heartbeat));
+        assert_eq!(w.on_message(t0 + 300 * MS, &from_broker(FromBroker::Disconnect)), Incoming::Reconnect);
+        assert_eq!(ready_frames(&mut w, t0 + 300 * MS), with_credit);
+    }
+
+    #[test]
+    fn a_stock_worker_never_sends_the_credit_frame() {
+        let t0 = Instant::now();
+        let mut w = core(t0).with_credit(1);
+        for _ in 0..3 {
+            assert_eq!(ready_frames(&mut w, t0).len(), 4);
+            w.on_message(t0, &from_broker(FromBroker::Disconnect));
+        }
     }
 
     #[test]
