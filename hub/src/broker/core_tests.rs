@@ -110,16 +110,21 @@ impl Rig {
     }
 
     fn ready(&mut self, worker: &str, dialect: Dialect, service: &str) {
-        self.send(worker, dialect, ToBroker::Ready { service: service.as_bytes() });
+        self.ready_credit(worker, dialect, service, 1);
+    }
+
+    fn ready_credit(&mut self, worker: &str, dialect: Dialect, service: &str, credit: u32) {
+        self.send(worker, dialect, ToBroker::Ready { service: service.as_bytes(), credit });
     }
 
     /// `worker` replies to `client`'s request: with the token it was given
     /// for it, if it holds that request, else with `client` as the address.
     fn reply(&mut self, worker: &str, dialect: Dialect, kind: ReplyKind, client: &str, body: &[&str]) {
         let body: Frames = body.iter().map(|b| b.as_bytes().to_vec()).collect();
-        let address = match self.broker.job_of(worker.as_bytes()) {
-            Some((held, token)) if held == client.as_bytes() => token,
-            _ => client.as_bytes().to_vec(),
+        let jobs = self.broker.jobs_of(worker.as_bytes());
+        let address = match jobs.into_iter().find(|j| j.client == client.as_bytes()) {
+            Some(job) => job.token,
+            None => client.as_bytes().to_vec(),
         };
         self.send(worker, dialect, ToBroker::Reply { kind, client: &address, body: &body });
     }
@@ -684,7 +689,7 @@ fn a_revocation_drops_the_revoked_callers_queued_requests() {
 
 #[derive(Clone, Debug)]
 enum Event {
-    Ready(u8, Dialect, u8),
+    Ready(u8, Dialect, u8, u32),
     Request(u8, Dialect, u8),
     Reply(u8, Dialect, bool, u8),
     Heartbeat(u8, Dialect),
@@ -697,7 +702,8 @@ enum Event {
 fn event() -> impl Strategy<Value = Event> {
     let d = prop::sample::select(Dialect::ALL.to_vec());
     prop_oneof![
-        (0..4u8, d.clone(), 0..3u8).prop_map(|(w, d, s)| Event::Ready(w, d, s)),
+        (0..4u8, d.clone(), 0..3u8, prop::sample::select(vec![1, 1, 2, 3]))
+            .prop_map(|(w, d, s, credit)| Event::Ready(w, d, s, credit)),
         (0..4u8, d.clone(), 0..3u8).prop_map(|(c, d, s)| Event::Request(c, d, s)),
         (0..4u8, d.clone(), any::<bool>(), 0..4u8).prop_map(|(w, d, f, c)| Event::Reply(w, d, f, c)),
         (0..4u8, d.clone()).prop_map(|(w, d)| Event::Heartbeat(w, d)),
@@ -721,7 +727,7 @@ proptest! {
         let client = |i: u8| format!("C{i}");
         for event in events {
             match event {
-                Event::Ready(w, d, s) => rig.ready(&worker(w), d, &format!("s{s}")),
+                Event::Ready(w, d, s, credit) => rig.ready_credit(&worker(w), d, &format!("s{s}"), credit),
                 Event::Request(c, d, s) => rig.request(&client(c), d, &format!("s{s}"), &["x"]),
                 Event::Reply(w, d, fin, c) => {
                     let kind = if fin || d == Dialect::Rfc7 { ReplyKind::Final } else { ReplyKind::Partial };
@@ -742,3 +748,5 @@ proptest! {
         prop_assert!(m.dispatched <= m.requests + m.redelivered);
     }
 }
+
+mod credit;

@@ -31,6 +31,8 @@ pub struct BrokerCounters {
     /// In-flight requests lost with their worker (service not opted in, or already redelivered).
     pub lost_in_flight: u64,
     pub workers_registered: u64,
+    /// Workers that registered with a credit above 1 (holding several requests at once).
+    pub credit_workers: u64,
     /// Workers purged after `liveness` heartbeat intervals of silence.
     pub workers_expired: u64,
     /// Workers that said DISCONNECT.
@@ -68,7 +70,7 @@ impl BrokerCounters {
 
     /// Adds every counter to `out` (`plantd_broker_<name>_total`).
     pub fn collect(&self, out: &mut Families) {
-        let counters: [(&str, &'static str, u64); 24] = [
+        let counters: [(&str, &'static str, u64); 25] = [
             ("requests", "Client requests accepted for a service (MMI excluded).", self.requests),
             ("mmi_requests", "Requests to mmi.*, answered by the broker itself.", self.mmi_requests),
             ("dispatched", "Requests handed to a worker.", self.dispatched),
@@ -89,6 +91,7 @@ impl BrokerCounters {
             ("redelivered", "In-flight requests queued again after their worker died.", self.redelivered),
             ("lost_in_flight", "In-flight requests lost with their worker.", self.lost_in_flight),
             ("workers_registered", "Workers registered.", self.workers_registered),
+            ("credit_workers", "Workers registered with a credit above 1.", self.credit_workers),
             ("workers_expired", "Workers purged after heartbeat silence.", self.workers_expired),
             ("workers_left", "Workers that said DISCONNECT.", self.workers_left),
             ("violations", "Workers disconnected for breaking the protocol.", self.violations),

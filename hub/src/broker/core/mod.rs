@@ -9,17 +9,21 @@
 //! Routing rules (RFC 7/18, plus what the notes say plantd and majortomo need):
 //! - Each peer is answered in the dialect it spoke; a request may be served by
 //!   a worker of any dialect. RFC 7 clients get only the FINAL of a stream.
-//! - Workers are served least-recently-ready first. With no free worker,
-//!   requests wait in a bounded per-service queue and expire.
+//! - A worker holds up to its credit of requests at once (1 for stock
+//!   workers; more if its READY said so, see `proto::mdp`). Each request goes
+//!   to the worker with the most free credit, least recently ready among
+//!   equals (for stock workers: least recently ready first). With no free
+//!   credit, requests wait in a bounded per-service queue and expire.
 //! - Every worker command but DISCONNECT proves the worker alive; silent
 //!   workers are purged. Protocol violations and commands from unknown
 //!   workers get DISCONNECT, which makes a worker register again.
-//! - A service listed in `redeliver` gets its in-flight request delivered
-//!   once more when its worker dies.
+//! - A service listed in `redeliver` gets each in-flight request of a worker
+//!   that dies delivered once more.
 //! - Workers never see a client's routing id: each request reaches its worker
 //!   under an opaque token, which the reply must echo. libzmq makes routing
 //!   ids `0x00` + a counter and aborts if a peer already took the next one by
 //!   choosing it explicitly, so a worker that learned ids could crash the hub.
+//!   The token is also what tells apart the requests a credit worker holds.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -35,7 +39,11 @@ use crate::config::BrokerConfig;
 use crate::security::{Security, Sender};
 
 mod access;
+#[cfg(test)]
+mod checks;
+mod dispatch;
 mod own_service;
+mod ready;
 
 pub use self::own_service::ServiceRow;
 
@@ -112,7 +120,12 @@ struct Worker<F> {
     /// with a first frame naming the caller.
     told_caller: bool,
     expiry: Instant,
-    job: Option<Job<F>>,
+    /// How many requests it may hold at once.
+    credit: u32,
+    /// The requests it holds, in token order (tokens only grow).
+    jobs: Vec<Job<F>>,
+    /// Its place in its service's ready heap, or [`ready::NOT_READY`].
+    slot: usize,
 }
 
 struct Service<F> {
@@ -121,8 +134,8 @@ struct Service<F> {
     /// An agent's service: one live worker at a time.
     exclusive: bool,
     workers: usize,
-    /// Free workers, least recently ready first.
-    idle: VecDeque<usize>,
+    /// Workers with free credit, best first.
+    ready: ready::ReadyHeap,
     queue: VecDeque<Pending<F>>,
     queued_bytes: usize,
     /// Counted for metrics while the service is known (it is forgotten, and
@@ -174,6 +187,12 @@ pub struct Broker<F> {
     spare: Vec<Vec<F>>,
     scratch: Vec<usize>,
     next_token: u64,
+    /// Bumped whenever a worker gains credit: orders workers by readiness.
+    next_ready: u64,
+    /// Requests accepted and not yet ended (queued or with a worker).
+    open: usize,
+    /// Requests with a worker.
+    in_flight: usize,
     counters: BrokerCounters,
     /// Who may do what; `None` when security is off.
     security: Option<Arc<Security>>,
@@ -205,6 +224,9 @@ impl<F: OwnedFrame> Broker<F> {
             spare: Vec::new(),
             scratch: Vec::new(),
             next_token: 0,
+            next_ready: 0,
+            open: 0,
+            in_flight: 0,
             counters: BrokerCounters::default(),
             callers: Callers::new(config, security.as_ref().map(|s| s.generation())),
             security,
@@ -309,6 +331,7 @@ impl<F: OwnedFrame> Broker<F> {
                 self.counters.requests += 1;
                 self.services[sid].stats.requests += 1;
                 self.callers.started(owner);
+                self.open += 1;
                 let mut body = self.spare.pop().unwrap_or_default();
                 let mut drain = frames.drain(..);
                 let Some(client) = drain.next() else { return };
@@ -319,7 +342,7 @@ impl<F: OwnedFrame> Broker<F> {
                     Pending { client, dialect, body, bytes, caller: owner, deadline, redelivered: false };
                 self.submit(now, sid, pending, false, out);
             }
-            ToBroker::Ready { service } => {
+            ToBroker::Ready { service, credit } => {
                 if let Some(wid) = sender_worker {
                     log::debug!("worker {} sent a second READY", hex(sender.bytes()));
                     self.violation(now, wid, out);
@@ -353,6 +376,7 @@ impl<F: OwnedFrame> Broker<F> {
                 let identity: Box<[u8]> = sender.bytes().into();
                 let expiry = now + self.worker_ttl;
                 let told_caller = self.security.is_some() && owner == Owner::Hub;
+                let credit = credit.clamp(1, mdp::MAX_BROKER_CREDIT);
                 let worker = Worker {
                     identity: identity.clone(),
                     dialect,
@@ -360,13 +384,22 @@ impl<F: OwnedFrame> Broker<F> {
                     owner,
                     told_caller,
                     expiry,
-                    job: None,
+                    credit,
+                    jobs: Vec::with_capacity(credit as usize),
+                    slot: ready::NOT_READY,
                 };
                 let wid = self.workers.insert(worker);
                 self.worker_ids.insert(identity, wid);
                 self.services[sid].workers += 1;
                 self.counters.workers_registered += 1;
-                log::debug!("worker {} ready for {} ({dialect})", hex(sender.bytes()), lossy(service));
+                if credit > 1 {
+                    self.counters.credit_workers += 1;
+                }
+                log::debug!(
+                    "worker {} ready for {} ({dialect}, credit {credit})",
+                    hex(sender.bytes()),
+                    lossy(service)
+                );
                 self.worker_ready(now, wid, out);
             }
             ToBroker::Reply { kind, client, body } => {
@@ -374,14 +407,14 @@ impl<F: OwnedFrame> Broker<F> {
                     self.unknown_worker(sender.bytes(), dialect, out);
                     return;
                 };
-                let expected = self.workers[wid].job.as_ref().is_some_and(|job| job.token == client);
-                if !expected {
+                let held = self.workers[wid].jobs.binary_search_by(|job| job.token[..].cmp(client));
+                let Ok(at) = held else {
                     log::debug!("worker {} replied to a request it does not hold", hex(sender.bytes()));
                     self.violation(now, wid, out);
                     return;
-                }
+                };
                 let body_at = frames.len() - body.len();
-                self.forward_reply(now, wid, kind, frames.drain(body_at..), out);
+                self.forward_reply(now, wid, at, kind, frames.drain(body_at..), out);
             }
             ToBroker::Heartbeat => {
                 if sender_worker.is_none() {
@@ -481,7 +514,7 @@ impl<F: OwnedFrame> Broker<F> {
             redeliver,
             exclusive,
             workers: 0,
-            idle: VecDeque::new(),
+            ready: ready::ReadyHeap::default(),
             queue: VecDeque::new(),
             queued_bytes: 0,
             stats: ServiceStats::default(),
@@ -489,228 +522,6 @@ impl<F: OwnedFrame> Broker<F> {
         let sid = self.services.insert(service);
         self.service_ids.insert(name, sid);
         Some(sid)
-    }
-
-    /// Hands `pending` to the least recently ready worker, or queues it
-    /// (at the front for a redelivery, which has waited longest).
-    fn submit(
-        &mut self,
-        now: Instant,
-        sid: usize,
-        mut pending: Pending<F>,
-        front: bool,
-        out: &mut impl Transmit<F>,
-    ) {
-        while let Some(wid) = self.services[sid].idle.pop_front() {
-            match self.dispatch(wid, pending, out) {
-                Ok(()) => return,
-                Err(back) => {
-                    pending = back;
-                    self.remove_worker(now, wid, Removal::Unroutable, out);
-                }
-            }
-        }
-        let service = &mut self.services[sid];
-        if service.queue.len() >= self.queue_limit {
-            self.counters.queue_overflow += 1;
-            service.stats.overflowed += 1;
-            self.drop_request(pending);
-            return;
-        }
-        if service.queued_bytes + pending.bytes > self.max_queued_bytes_per_service
-            || self.queued_bytes + pending.bytes > self.max_queued_bytes
-        {
-            self.counters.queue_bytes_overflow += 1;
-            service.stats.overflowed += 1;
-            self.drop_request(pending);
-            return;
-        }
-        self.next_sweep = self.next_sweep.min(pending.deadline);
-        self.enqueue(sid, pending, front);
-    }
-
-    /// Queues `pending` on `sid`, counting its bytes (for the service, all
-    /// services, and its caller).
-    fn enqueue(&mut self, sid: usize, pending: Pending<F>, front: bool) {
-        let service = &mut self.services[sid];
-        service.queued_bytes += pending.bytes;
-        self.queued_bytes += pending.bytes;
-        self.callers.queued(pending.caller, pending.bytes as isize);
-        if front {
-            service.queue.push_front(pending);
-        } else {
-            service.queue.push_back(pending);
-        }
-    }
-
-    /// Takes the oldest request off `sid`'s queue, uncounting its bytes.
-    fn dequeue(&mut self, sid: usize) -> Option<Pending<F>> {
-        self.unqueue(sid, 0)
-    }
-
-    /// Takes request `i` off `sid`'s queue, uncounting its bytes.
-    fn unqueue(&mut self, sid: usize, i: usize) -> Option<Pending<F>> {
-        let service = &mut self.services[sid];
-        let pending = service.queue.remove(i)?;
-        service.queued_bytes -= pending.bytes;
-        self.queued_bytes -= pending.bytes;
-        self.callers.queued(pending.caller, -(pending.bytes as isize));
-        Some(pending)
-    }
-
-    /// A request that ends without a reply (expired, overflowed, lost).
-    fn drop_request(&mut self, pending: Pending<F>) {
-        self.callers.finished(pending.caller);
-        recycle(&mut self.spare, pending.body);
-    }
-
-    /// Sends `pending` to worker `wid`. If the worker is unreachable the
-    /// request comes back untouched.
-    fn dispatch(
-        &mut self,
-        wid: usize,
-        pending: Pending<F>,
-        out: &mut impl Transmit<F>,
-    ) -> Result<(), Pending<F>> {
-        let Pending { client, dialect, mut body, bytes, caller, deadline, redelivered } = pending;
-        let worker = &self.workers[wid];
-        let copy = (self.services[worker.service].redeliver && !redelivered).then(|| {
-            let mut copy = self.spare.pop().unwrap_or_default();
-            copy.extend(body.iter().map(|f| F::copy_from(f.bytes())));
-            copy
-        });
-        self.next_token = self.next_token.wrapping_add(1);
-        let token = self.next_token.to_be_bytes();
-        let envelope = mdp::worker_request(worker.dialect, &token);
-        // The hub's own services learn who calls: one more frame, the caller's
-        // identity, in the envelope (so a failed send gives back the body alone).
-        let mut head = [&[][..]; 8];
-        let mut len = 0;
-        for frame in envelope.frames() {
-            head[len] = frame;
-            len += 1;
-        }
-        if worker.told_caller {
-            head[len] = self.callers.name(caller).as_bytes();
-            len += 1;
-        }
-        let sent = out.send(&worker.identity, &head[..len], body.drain(..)).map_err(|rest| rest.collect());
-        if let Err(rest) = sent {
-            body = rest;
-            if let Some(copy) = copy {
-                recycle(&mut self.spare, copy);
-            }
-            return Err(Pending { client, dialect, body, bytes, caller, deadline, redelivered });
-        }
-        recycle(&mut self.spare, body);
-        self.workers[wid].job = Some(Job { client, token, dialect, caller, copy, redelivered, deadline });
-        self.counters.dispatched += 1;
-        Ok(())
-    }
-
-    /// A worker is free: give it the oldest live queued request, or park it.
-    fn worker_ready(&mut self, now: Instant, wid: usize, out: &mut impl Transmit<F>) {
-        let sid = self.workers[wid].service;
-        while let Some(pending) = self.dequeue(sid) {
-            if pending.deadline <= now {
-                self.counters.expired += 1;
-                self.services[sid].stats.expired += 1;
-                self.drop_request(pending);
-                continue;
-            }
-            match self.dispatch(wid, pending, out) {
-                Ok(()) => return,
-                Err(back) => {
-                    self.enqueue(sid, back, true);
-                    self.remove_worker(now, wid, Removal::Unroutable, out);
-                    return;
-                }
-            }
-        }
-        self.services[sid].idle.push_back(wid);
-    }
-
-    fn forward_reply(
-        &mut self,
-        now: Instant,
-        wid: usize,
-        kind: ReplyKind,
-        body: impl Iterator<Item = F>,
-        out: &mut impl Transmit<F>,
-    ) {
-        let worker = &mut self.workers[wid];
-        let Some(job) = worker.job.as_ref() else { return };
-        let service = &mut self.services[worker.service];
-        match mdp::client_reply(job.dialect, kind, Some(&service.name)) {
-            Ok(envelope) => {
-                if out.send(job.client.bytes(), envelope.frames(), body).is_err() {
-                    self.counters.unroutable += 1;
-                }
-                match kind {
-                    ReplyKind::Final => {
-                        self.counters.replies += 1;
-                        service.stats.replies += 1;
-                    }
-                    ReplyKind::Partial => self.counters.partials += 1,
-                }
-            }
-            // Only RFC 7 clients cannot take a PARTIAL: they get the FINAL alone.
-            Err(_) => self.counters.partials_dropped_rfc7 += 1,
-        }
-        if kind == ReplyKind::Final {
-            if let Some(job) = worker.job.take() {
-                self.callers.finished(job.caller);
-                if let Some(copy) = job.copy {
-                    recycle(&mut self.spare, copy);
-                }
-            }
-            self.worker_ready(now, wid, out);
-        }
-    }
-
-    fn remove_worker(&mut self, now: Instant, wid: usize, why: Removal, out: &mut impl Transmit<F>) {
-        let worker = self.workers.remove(wid);
-        self.worker_ids.remove(&worker.identity);
-        let service = &mut self.services[worker.service];
-        service.workers -= 1;
-        service.idle.retain(|&id| id != wid);
-        *match why {
-            Removal::Expired => &mut self.counters.workers_expired,
-            Removal::Left => &mut self.counters.workers_left,
-            Removal::Violation => &mut self.counters.violations,
-            Removal::Unroutable => &mut self.counters.unroutable,
-            Removal::Revoked => &mut self.counters.workers_revoked,
-        } += 1;
-        let Some(job) = worker.job else { return };
-        match job.copy {
-            Some(body) if !job.redelivered => {
-                self.counters.redelivered += 1;
-                self.services[worker.service].stats.redelivered += 1;
-                let pending = Pending {
-                    client: job.client,
-                    dialect: job.dialect,
-                    bytes: body.iter().map(|f| f.bytes().len()).sum(),
-                    body,
-                    caller: job.caller,
-                    deadline: job.deadline,
-                    redelivered: true,
-                };
-                self.submit(now, worker.service, pending, true, out);
-            }
-            copy => {
-                self.counters.lost_in_flight += 1;
-                self.callers.finished(job.caller);
-                if let Some(copy) = copy {
-                    recycle(&mut self.spare, copy);
-                }
-            }
-        }
-    }
-
-    fn violation(&mut self, now: Instant, wid: usize, out: &mut impl Transmit<F>) {
-        let worker = &self.workers[wid];
-        disconnect(out, &worker.identity, worker.dialect);
-        self.remove_worker(now, wid, Removal::Violation, out);
     }
 
     /// A worker command from a peer we do not know, most often a worker that
@@ -724,58 +535,37 @@ impl<F: OwnedFrame> Broker<F> {
     pub fn census(&self) -> Census {
         Census {
             workers: self.workers.len(),
-            idle: self.services.iter().map(|(_, s)| s.idle.len()).sum(),
+            idle: self.workers.iter().filter(|(_, w)| w.jobs.is_empty()).count(),
+            in_flight: self.in_flight,
+            free_credit: self.workers.iter().map(|(_, w)| (w.credit as usize) - w.jobs.len()).sum(),
             queued: self.services.iter().map(|(_, s)| s.queue.len()).sum(),
             queued_bytes: self.queued_bytes,
             services: self.services.len(),
         }
     }
 
-    /// Internal consistency, checked by the property tests after every step.
-    #[cfg(test)]
-    pub(crate) fn check_invariants(&self) {
-        let mut seen = HashSet::new();
-        for (sid, s) in self.services.iter() {
-            assert_eq!(self.service_ids.get(&s.name), Some(&sid));
-            assert!(s.queue.len() <= self.queue_limit);
-            assert_eq!(s.queued_bytes, s.queue.iter().map(|p| p.bytes).sum::<usize>());
-            assert!(s.queued_bytes <= self.max_queued_bytes_per_service);
-            assert!(!s.exclusive || s.workers <= 1, "an agent's service has one live worker");
-            assert_eq!(s.workers, self.workers.iter().filter(|(_, w)| w.service == sid).count());
-            for &wid in &s.idle {
-                assert!(seen.insert(wid), "worker {wid} idle twice");
-                let w = &self.workers[wid];
-                assert_eq!(w.service, sid);
-                assert!(w.job.is_none(), "idle worker holds a job");
-            }
+    /// Each service's workers: (holding no request, requests held, credit in all), by service id.
+    fn held_per_service(&self) -> HashMap<usize, (usize, usize, usize)> {
+        let mut held: HashMap<usize, (usize, usize, usize)> = HashMap::new();
+        for (_, w) in self.workers.iter() {
+            let entry = held.entry(w.service).or_default();
+            entry.0 += usize::from(w.jobs.is_empty());
+            entry.1 += w.jobs.len();
+            entry.2 += w.credit as usize;
         }
-        for (wid, w) in self.workers.iter() {
-            assert_eq!(self.worker_ids.get(&w.identity), Some(&wid));
-            assert!(self.services.contains(w.service));
-        }
-        assert_eq!(self.worker_ids.len(), self.workers.len());
-        assert_eq!(self.service_ids.len(), self.services.len());
-        assert!(self.spare.len() <= SPARE_BODIES);
-        assert_eq!(self.queued_bytes, self.services.iter().map(|(_, s)| s.queued_bytes).sum::<usize>());
-        assert!(self.queued_bytes <= self.max_queued_bytes);
-        // Every request a caller has open is queued or with a worker.
-        let queued = self.services.iter().flat_map(|(_, s)| s.queue.iter().map(|p| (p.caller, p.bytes)));
-        let held = self.workers.iter().filter_map(|(_, w)| w.job.as_ref().map(|j| (j.caller, 0)));
-        self.callers.check_open(queued.chain(held));
-    }
-
-    /// The request `worker` holds: its client's routing id and the token the worker was given.
-    #[cfg(test)]
-    pub(crate) fn job_of(&self, worker: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
-        let job = self.workers[*self.worker_ids.get(worker)?].job.as_ref()?;
-        Some((job.client.bytes().to_vec(), job.token.to_vec()))
+        held
     }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Census {
     pub workers: usize,
+    /// Workers holding no request.
     pub idle: usize,
+    /// Requests with a worker.
+    pub in_flight: usize,
+    /// Requests workers could take now, in all.
+    pub free_credit: usize,
     pub queued: usize,
     pub queued_bytes: usize,
     pub services: usize,

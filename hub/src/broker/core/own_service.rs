@@ -27,16 +27,24 @@ impl<F: OwnedFrame> Broker<F> {
                 json!(names).to_string().into_bytes()
             }
             mmi::Request::Workers => {
+                let held = self.held_per_service();
                 let services: serde_json::Map<String, serde_json::Value> = self
                     .services
                     .iter()
-                    .map(|(_, s)| {
-                        let stats = json!({
+                    .map(|(sid, s)| {
+                        let (idle, in_flight, credit) = held.get(&sid).copied().unwrap_or_default();
+                        let mut stats = json!({
                             "workers": s.workers,
-                            "idle": s.idle.len(),
+                            "idle": idle,
                             "queued": s.queue.len(),
                             "queued_bytes": s.queued_bytes,
                         });
+                        // Only a service with credit workers says more, so
+                        // readers of the stock answer see it unchanged.
+                        if credit > s.workers {
+                            stats["in_flight"] = json!(in_flight);
+                            stats["credit"] = json!(credit);
+                        }
                         (lossy(&s.name), stats)
                     })
                     .collect();
@@ -62,7 +70,14 @@ impl<F: OwnedFrame> Broker<F> {
         self.counters.collect(out);
         let census = self.census();
         out.gauge("broker_workers", "Workers registered now.", vec![], census.workers as u64);
-        out.gauge("broker_idle_workers", "Workers waiting for a request.", vec![], census.idle as u64);
+        out.gauge("broker_idle_workers", "Workers holding no request.", vec![], census.idle as u64);
+        out.gauge("broker_in_flight_requests", "Requests with a worker.", vec![], census.in_flight as u64);
+        out.gauge(
+            "broker_free_credit",
+            "Requests the workers could take now (a stock worker takes one).",
+            vec![],
+            census.free_credit as u64,
+        );
         out.gauge("broker_queued_requests", "Requests waiting for a worker.", vec![], census.queued as u64);
         out.gauge(
             "broker_queued_bytes",
@@ -71,14 +86,22 @@ impl<F: OwnedFrame> Broker<F> {
             census.queued_bytes as u64,
         );
         out.gauge("broker_services", "Services known now.", vec![], census.services as u64);
-        for (_, s) in self.services.iter() {
+        let held = self.held_per_service();
+        for (sid, s) in self.services.iter() {
+            let (idle, in_flight, _) = held.get(&sid).copied().unwrap_or_default();
             let labels = || vec![("service", lossy(&s.name))];
             out.gauge("broker_service_workers", "A service's workers.", labels(), s.workers as u64);
             out.gauge(
                 "broker_service_idle_workers",
-                "A service's idle workers.",
+                "A service's workers holding no request.",
                 labels(),
-                s.idle.len() as u64,
+                idle as u64,
+            );
+            out.gauge(
+                "broker_service_in_flight_requests",
+                "A service's requests with a worker.",
+                labels(),
+                in_flight as u64,
             );
             out.gauge(
                 "broker_service_queued_requests",
@@ -118,13 +141,14 @@ impl<F: OwnedFrame> Broker<F> {
 
     /// Each service, for the web view.
     pub fn services(&self) -> Vec<ServiceRow> {
+        let held = self.held_per_service();
         let mut rows: Vec<ServiceRow> = self
             .services
             .iter()
-            .map(|(_, s)| ServiceRow {
+            .map(|(sid, s)| ServiceRow {
                 service: lossy(&s.name),
                 workers: s.workers,
-                idle: s.idle.len(),
+                idle: held.get(&sid).map_or(0, |h| h.0),
                 queued: s.queue.len(),
                 queued_bytes: s.queued_bytes,
                 requests: s.stats.requests,
@@ -143,6 +167,7 @@ impl<F: OwnedFrame> Broker<F> {
 pub struct ServiceRow {
     pub service: String,
     pub workers: usize,
+    /// Workers holding no request.
     pub idle: usize,
     pub queued: usize,
     pub queued_bytes: usize,
