@@ -24,4 +24,4 @@ pub use bus::{BusMessage, Publisher, Subscriber};
 pub use client::{Client, ClientError, ClientOptions, PipelinedClient, Reply};
 pub use shutdown::{Shutdown, ShutdownWatch};
 pub use socket::Endpoint;
-pub use worker::{Handler, Replier, Worker, WorkerError, WorkerOptions, WorkerStats};
+pub use worker::{Handler, PoolOptions, Replier, Worker, WorkerError, WorkerOptions, WorkerStats};
