@@ -218,3 +218,51 @@ fn a_second_hub_on_the_same_endpoint_fails_with_advice() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot bind the broker") && err.contains("--broker"), "{err}");
 }
+
+/// Sends `n` requests at once, each from its own client; returns how long
+/// until the last reply, and the replies.
+fn burst(broker: &str, service: &str, n: usize) -> (Duration, Vec<Option<Vec<String>>>) {
+    let start = std::time::Instant::now();
+    let calls: Vec<_> = (0..n)
+        .map(|i| {
+            let broker = broker.to_string();
+            let service = service.to_string();
+            std::thread::spawn(move || call(&broker, Dialect::Rfc7, &service, &[&i.to_string()], 20 * SECOND))
+        })
+        .collect();
+    let replies = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    (start.elapsed(), replies)
+}
+
+/// A worker that announces credit 8 holds eight slow requests at once and
+/// answers them together; a stock worker beside it is still sent one at a time.
+#[test]
+fn a_credit_worker_serves_concurrent_requests_in_about_one_handler_time() {
+    const DELAY_MS: u64 = 500;
+    let hub = HubProc::start();
+    let delay = DELAY_MS.to_string();
+    let _fast = echo_worker(&hub.broker, "slow8", &["--credit", "8", "--delay-ms", &delay]);
+    let _stock = echo_worker(&hub.broker, "slow1", &["--delay-ms", "100"]);
+    hub.wait_for_service("slow8");
+    hub.wait_for_service("slow1");
+    let workers: serde_json::Value =
+        serde_json::from_str(&hub.try_call("mmi.workers", &[], 5 * SECOND).expect("mmi answers")[0]).unwrap();
+    assert_eq!(workers["slow8"]["credit"], 8, "{workers}");
+    assert_eq!(workers["slow1"].get("credit"), None, "a stock worker's row is as before: {workers}");
+
+    let (took, replies) = burst(&hub.broker, "slow8", 8);
+    for (i, reply) in replies.iter().enumerate() {
+        assert_eq!(reply.as_deref(), Some(&[i.to_string()][..]), "request {i}");
+    }
+    // One at a time would take eight delays (4 s); together, one and the
+    // calls' own overhead. Five delays leaves room for a loaded machine.
+    let delay = Duration::from_millis(DELAY_MS);
+    assert!(took < 5 * delay, "8 requests to a credit-8 worker took {took:?}");
+    eprintln!("8 requests, handler {delay:?}, credit 8: {took:?}");
+
+    // The stock worker: the same burst is served one after another.
+    let (took, replies) = burst(&hub.broker, "slow1", 8);
+    assert!(replies.iter().all(Option::is_some), "{replies:?}");
+    assert!(took >= 8 * Duration::from_millis(100), "a stock worker holds one request at a time: {took:?}");
+    assert_eq!(hub.metric("plantd_broker_credit_workers_total"), 1);
+}

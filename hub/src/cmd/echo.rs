@@ -5,7 +5,7 @@ use std::time::Duration;
 use argh::FromArgs;
 use proto::mdp::worker::WorkerTiming;
 use proto::mdp::Dialect;
-use transport::{Shutdown, Worker, WorkerOptions};
+use transport::{PoolOptions, Shutdown, Worker, WorkerOptions};
 
 use super::{client_endpoint, CmdResult, DEFAULT_BROKER};
 
@@ -17,7 +17,9 @@ use super::{client_endpoint, CmdResult, DEFAULT_BROKER};
     name = "echo-worker",
     example = "hub echo-worker",
     example = "hub echo-worker --service echo2 --dialect rfc18 --stream",
-    note = "--stream (not with rfc7) sends each request frame back as a PARTIAL reply before the FINAL one."
+    example = "hub echo-worker --credit 16",
+    note = "--stream (not with rfc7) sends each request frame back as a PARTIAL reply before the FINAL one.",
+    note = "--credit N asks the broker to keep up to N requests at this worker at once (a READY with credit=N; a broker without the extension serves it one at a time). They are handled on N threads (--threads), replies in any order; --threads 0 handles them one after another on the worker's thread."
 )]
 pub struct EchoWorkerArgs {
     /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
@@ -41,7 +43,19 @@ pub struct EchoWorkerArgs {
     /// heartbeat interval in milliseconds (default 2500)
     #[argh(option, default = "2500")]
     heartbeat: u64,
+    /// requests held at once (default 1: a stock worker)
+    #[argh(option, default = "1")]
+    credit: u32,
+    /// handler threads when credit is above 1 (default: the credit; 0: the worker's own thread)
+    #[argh(option)]
+    threads: Option<usize>,
+    /// wait this long before each answer, as a slow handler would (default 0)
+    #[argh(option, default = "0")]
+    delay_ms: u64,
 }
+
+/// Most handler threads an echo worker starts.
+const MAX_THREADS: usize = 256;
 
 pub fn run(args: EchoWorkerArgs) -> CmdResult {
     if args.stream && !args.dialect.supports_partial() {
@@ -53,7 +67,11 @@ pub fn run(args: EchoWorkerArgs) -> CmdResult {
     plumbing::stop_on_termination_signals(&shutdown)?;
     let timing =
         WorkerTiming { heartbeat_interval: Duration::from_millis(args.heartbeat), ..Default::default() };
-    let options = WorkerOptions { dialect: args.dialect, timing, ..WorkerOptions::default() };
+    if args.credit == 0 || args.credit > proto::mdp::MAX_CREDIT {
+        return Err(format!("--credit must be 1 to {}", proto::mdp::MAX_CREDIT).into());
+    }
+    let options =
+        WorkerOptions { dialect: args.dialect, timing, credit: args.credit, ..WorkerOptions::default() };
     let ctx = zmq::Context::new();
     let worker = Worker::new(
         &ctx,
@@ -61,20 +79,40 @@ pub fn run(args: EchoWorkerArgs) -> CmdResult {
         &args.service,
         options,
     );
-    log::info!("echo worker for '{}' on {} ({})", args.service, args.broker, args.dialect);
-    let stream = args.stream;
-    worker.run(
-        &shutdown.watch()?,
-        move |body: Vec<zmq::Message>, replier: &mut transport::Replier<'_>| {
-            if stream {
-                for frame in &body {
-                    if let Err(e) = replier.partial([&frame[..]]) {
-                        log::warn!("partial reply failed: {e}");
-                    }
+    let threads = match args.threads {
+        _ if args.credit == 1 => 0,
+        Some(n) => n.min(MAX_THREADS),
+        None => (args.credit as usize).min(MAX_THREADS),
+    };
+    log::info!(
+        "echo worker for '{}' on {} ({}, credit {}, {threads} handler thread(s))",
+        args.service,
+        args.broker,
+        args.dialect,
+        args.credit
+    );
+    let (stream, delay) = (args.stream, Duration::from_millis(args.delay_ms));
+    let echo = move |body: Vec<zmq::Message>, replier: &mut transport::Replier<'_>| {
+        if stream {
+            for frame in &body {
+                if let Err(e) = replier.partial([&frame[..]]) {
+                    log::warn!("partial reply failed: {e}");
                 }
             }
-            body
-        },
-    )?;
+        }
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        body
+    };
+    let stop = shutdown.watch()?;
+    if threads == 0 {
+        worker.run(&stop, echo)?;
+    } else {
+        // An echo handler needs little stack.
+        let pool =
+            PoolOptions { threads, stack_size: 64 << 10, name: "echo".into(), ..PoolOptions::default() };
+        worker.run_pool(&stop, pool, echo)?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -31,6 +31,7 @@ pub(super) struct ReadyHeap {
 }
 
 impl ReadyHeap {
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -40,6 +41,7 @@ impl ReadyHeap {
         self.entries.first().copied()
     }
 
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter()
     }
