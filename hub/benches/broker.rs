@@ -1,6 +1,7 @@
 //! Broker benchmark: our broker against baselines measured in the same run.
 //!
 //!   cargo bench -p hub --bench broker [-- --clients 2 --workers 2 --window 64 --seconds 3]
+//!       [--credit 16 --credit-workers 2 --credit-threads 0]
 //!
 //! 1. Throughput: N pipelined DEALER clients × M echo workers through the
 //!    broker, 64-byte bodies, versus N DEALER clients on a raw ROUTER echo.
@@ -10,6 +11,11 @@
 //!    interop venv exists (scripts/setup.sh makes it).
 //! 4. The same throughput load through the hub with `[security]`: CURVE on
 //!    every connection, against the plaintext figure of step 1.
+//! 5. The same load through the hub to `--credit-workers` workers that each
+//!    announce `--credit` (the credit extension): they hold that many
+//!    requests at once, so the broker↔worker hop carries batches. Handled on
+//!    the worker's thread, or on `--credit-threads` pool threads.
+//!    `--only credit` runs raw, stock and credit workers alone.
 //!
 //! Everything runs on 127.0.0.1 (BENCH_TRANSPORT=ipc: over ipc:// instead). Figures are ratios against the baseline of
 //! the same run, so a busy machine skews both sides alike.
@@ -26,7 +32,9 @@ use testkit::bench::{named, process_cpu_time, us, Args};
 use testkit::Proc;
 
 use proto::mdp::Dialect;
-use transport::{Client, ClientOptions, Endpoint, PipelinedClient, Shutdown, Worker, WorkerOptions};
+use transport::{
+    Client, ClientOptions, Endpoint, PipelinedClient, PoolOptions, Shutdown, Worker, WorkerOptions,
+};
 
 const BODY: [u8; 64] = [7; 64];
 const SERVICE: &str = "echo";
@@ -37,7 +45,11 @@ struct Options {
     window: usize,
     seconds: f64,
     latency_samples: usize,
-    /// Run one part only: raw, hub, latency or majortomo.
+    /// Credit workers for part 5: how many, their credit, their pool threads (0: none).
+    credit_workers: usize,
+    credit: u32,
+    credit_threads: usize,
+    /// Run one part only: raw, hub, latency, majortomo, curve or credit.
     only: Option<String>,
 }
 
@@ -49,6 +61,9 @@ fn options() -> Options {
         window: args.get("--window", 64),
         seconds: args.get("--seconds", 3.0),
         latency_samples: args.get("--samples", 20_000),
+        credit_workers: args.get("--credit-workers", 2),
+        credit: args.get("--credit", 16),
+        credit_threads: args.get("--credit-threads", 0),
         only: args.text("--only").map(String::from),
     }
 }
@@ -149,28 +164,56 @@ impl Running {
     }
 }
 
+/// Which echo workers a run starts.
+#[derive(Clone, Copy)]
+struct Workers {
+    count: usize,
+    /// 1: stock workers.
+    credit: u32,
+    /// Pool threads per worker; 0 handles on the worker's thread.
+    threads: usize,
+}
+
+impl Workers {
+    fn stock(count: usize) -> Workers {
+        Workers { count, credit: 1, threads: 0 }
+    }
+
+    fn credit(o: &Options) -> Workers {
+        Workers { count: o.credit_workers, credit: o.credit, threads: o.credit_threads }
+    }
+}
+
 fn start_workers(
     endpoint: &Endpoint,
-    workers: usize,
+    workers: Workers,
     dialect: Dialect,
     shutdown: &Shutdown,
 ) -> Vec<thread::JoinHandle<()>> {
     let ctx = zmq::Context::new();
-    (0..workers)
+    (0..workers.count)
         .map(|_| {
             let stop = shutdown.watch().unwrap();
-            let options = WorkerOptions { dialect, ..WorkerOptions::default() };
+            let options = WorkerOptions { dialect, credit: workers.credit, ..WorkerOptions::default() };
             let worker = Worker::new(&ctx, endpoint.clone(), SERVICE, options);
-            named("worker", move || worker.run(&stop, |body, _: &mut transport::Replier<'_>| body).unwrap())
+            let echo = |body, _: &mut transport::Replier<'_>| body;
+            named("worker", move || {
+                if workers.threads == 0 {
+                    worker.run(&stop, echo).unwrap()
+                } else {
+                    let pool = PoolOptions { threads: workers.threads, ..PoolOptions::default() };
+                    worker.run_pool(&stop, pool, echo).unwrap()
+                }
+            })
         })
         .collect()
 }
 
 /// Our broker under the pipelined load: throughput and its process's CPU per request.
-fn hub_throughput(o: &Options) -> (f64, f64) {
+fn hub_throughput(o: &Options, workers: Workers) -> (f64, f64) {
     let hub = HubChild::start();
     let endpoint = Endpoint::plain(&hub.endpoint);
-    run_through(&hub, &endpoint, o)
+    run_through(&hub, &endpoint, workers, o)
 }
 
 /// The same through a hub with `[security]`: every connection CURVE.
@@ -180,12 +223,12 @@ fn curve_throughput(o: &Options) -> (f64, f64) {
         "[broker]\nrate_per_identity = 1e9\nburst_per_identity = 1e9\nmax_in_flight_per_identity = 1000000\n",
     );
     let hub = HubChild::start_with(&["--config", secure.config.to_str().unwrap()]);
-    run_through(&hub, &secure.endpoint(&hub.endpoint), o)
+    run_through(&hub, &secure.endpoint(&hub.endpoint), Workers::stock(o.workers), o)
 }
 
-fn run_through(hub: &HubChild, endpoint: &Endpoint, o: &Options) -> (f64, f64) {
+fn run_through(hub: &HubChild, endpoint: &Endpoint, workers: Workers, o: &Options) -> (f64, f64) {
     let shutdown = Shutdown::new();
-    let workers = start_workers(endpoint, o.workers, Dialect::Rfc7, &shutdown);
+    let workers = start_workers(endpoint, workers, Dialect::Rfc7, &shutdown);
     wait_for_service(endpoint, Dialect::Rfc7);
     let cpu_before = hub.cpu();
     let (rate, replies) = pipelined_load(endpoint.clone(), Dialect::Rfc7, o);
@@ -256,7 +299,7 @@ fn broker_latency(samples: usize) -> (Duration, Duration) {
     let hub = HubChild::start();
     let shutdown = Shutdown::new();
     let endpoint = Endpoint::plain(&hub.endpoint);
-    let worker = start_workers(&endpoint, 1, Dialect::Rfc7, &shutdown);
+    let worker = start_workers(&endpoint, Workers::stock(1), Dialect::Rfc7, &shutdown);
     wait_for_service(&endpoint, Dialect::Rfc7);
     let ctx = zmq::Context::new();
     let options = ClientOptions { timeout: Duration::from_secs(5), retries: 0, ..ClientOptions::default() };
@@ -285,7 +328,7 @@ fn majortomo_throughput(o: &Options) -> Option<(f64, f64)> {
     let child = Proc::spawn("majortomo broker", cmd);
     let shutdown = Shutdown::new();
     let endpoint = Endpoint::plain(&endpoint);
-    let workers = start_workers(&endpoint, o.workers, Dialect::Majortomo, &shutdown);
+    let workers = start_workers(&endpoint, Workers::stock(o.workers), Dialect::Majortomo, &shutdown);
     wait_for_service(&endpoint, Dialect::Majortomo);
     let cpu_before = process_cpu_time(child.pid());
     let (rate, replies) = pipelined_load(endpoint, Dialect::Majortomo, o);
@@ -310,16 +353,31 @@ fn main() {
         // Profiling one part: run it alone and print its figures.
         match part {
             "raw" => println!("raw: {:.0} req/s", raw_throughput(&o)),
-            "hub" => println!("hub: {:?} (req/s, us CPU/request)", hub_throughput(&o)),
+            "hub" => {
+                println!("hub: {:?} (req/s, us CPU/request)", hub_throughput(&o, Workers::stock(o.workers)))
+            }
             "majortomo" => println!("majortomo: {:?} (req/s, us CPU/request)", majortomo_throughput(&o)),
             "latency" => println!("hub p50/p99: {:?}, raw: {:?}", broker_latency(1000), raw_latency(1000)),
-            "curve" => println!("plain: {:?}, curve: {:?}", hub_throughput(&o), curve_throughput(&o)),
-            other => println!("unknown part {other}: use raw, hub, majortomo, latency or curve"),
+            "curve" => {
+                println!(
+                    "plain: {:?}, curve: {:?}",
+                    hub_throughput(&o, Workers::stock(o.workers)),
+                    curve_throughput(&o)
+                )
+            }
+            "credit" => {
+                let raw = raw_throughput(&o);
+                let stock = hub_throughput(&o, Workers::stock(o.workers));
+                let credit = hub_throughput(&o, Workers::credit(&o));
+                print_credit(&o, raw, stock, credit);
+            }
+            other => println!("unknown part {other}: use raw, hub, majortomo, latency, curve or credit"),
         }
         return;
     }
     let raw = raw_throughput(&o);
-    let (ours, cpu_per_request) = hub_throughput(&o);
+    let (ours, cpu_per_request) = hub_throughput(&o, Workers::stock(o.workers));
+    let credit = hub_throughput(&o, Workers::credit(&o));
     let (broker_p50, broker_p99) = broker_latency(o.latency_samples);
     let (raw_p50, raw_p99) = raw_latency(o.latency_samples);
     let majortomo = majortomo_throughput(&o);
@@ -332,6 +390,7 @@ fn main() {
     if let Some((mt, _)) = majortomo {
         println!("  majortomo broker (Python)  {mt:>12.0}      hub is {:.1}x majortomo", ours / mt);
     }
+    print_credit(&o, raw, (ours, cpu_per_request), credit);
     println!();
     println!(
         "broker process CPU per request (routing and its libzmq I/O thread; clients and workers excluded)"
@@ -358,5 +417,32 @@ fn main() {
         "  ratio                     {:>9.2}x   {:>9.2}x",
         us(broker_p50) / us(raw_p50),
         us(broker_p99) / us(raw_p99)
+    );
+}
+
+/// Part 5's figures: credit workers against stock ones and raw, same run.
+fn print_credit(o: &Options, raw: f64, (stock, stock_cpu): (f64, f64), (credit, credit_cpu): (f64, f64)) {
+    let threads = match o.credit_threads {
+        0 => "handled on the worker's thread".to_string(),
+        n => format!("{n} pool threads each"),
+    };
+    println!();
+    println!(
+        "credit workers: {} worker(s) announcing credit {} ({threads}), against {} stock workers",
+        o.credit_workers, o.credit, o.workers
+    );
+    println!("                                    req/s  of raw   us CPU/request (hub process)");
+    println!("  raw DEALER<->ROUTER echo   {raw:>12.0}    1.00");
+    println!(
+        "  hub, {:>3} stock workers    {stock:>12.0}    {:.2}   {stock_cpu:>7.2}",
+        o.workers,
+        stock / raw
+    );
+    println!(
+        "  hub, {:>3} x credit {:<5}   {credit:>12.0}    {:.2}   {credit_cpu:>7.2}   {:.2}x stock",
+        o.credit_workers,
+        o.credit,
+        credit / raw,
+        credit / stock
     );
 }
