@@ -172,7 +172,10 @@ impl WorkerCore {
     /// the other form (see the module doc); after, the next broker (perhaps a
     /// newer one) is offered the credit again.
     fn session_end(&mut self) {
-        self.announce = self.credit > 1 && !(self.announced && !self.accepted);
+        // Refused after announcing: try plain next. Otherwise (accepted, or
+        // refused when plain): offer the credit again.
+        let refused_with_credit = self.announced && !self.accepted;
+        self.announce = self.credit > 1 && !refused_with_credit;
         self.accepted = false;
     }
 
