@@ -365,7 +365,10 @@ impl Worker {
             if extra_ready {
                 mode.extra_ready(&mut io)?;
             }
-            loop {
+            // Bounded, so that under a steady stream (a credit worker's next
+            // request arrives as it answers the last) stop and the heartbeat
+            // timers are still looked at.
+            for _ in 0..MAX_DRAIN {
                 match recv_frames(&socket, &mut frames, o.max_frames, zmq::DONTWAIT)? {
                     Received::WouldBlock => break,
                     Received::TooManyFrames => {
@@ -435,6 +438,9 @@ impl Worker {
         }
     }
 }
+
+/// Most messages read from the broker between two looks at stop and the timers.
+const MAX_DRAIN: usize = 1024;
 
 fn poll(items: &mut [zmq::PollItem<'_>], timeout: i64) -> Result<(), WorkerError> {
     match zmq::poll(items, timeout) {
