@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use boards::{ChannelConfig, Value};
 use serde_json::{json, Value as Json};
-use transport::{Endpoint, ShutdownWatch, Worker, WorkerOptions};
+use transport::{Endpoint, PoolOptions, ShutdownWatch, Worker, WorkerOptions};
 
 use crate::sampler::SharedDriver;
 use crate::state::LocalState;
@@ -140,7 +140,15 @@ pub fn parse_value(text: &str) -> Value {
     }
 }
 
-/// Serves the agent's service through the hub until shutdown (on its own thread).
+/// Requests the service holds at once, each on its own handler thread: a
+/// slow driver read (a DS18B20 blocks ~750 ms) no longer holds up `status`
+/// or a read of another channel. Reads of one channel still take turns, on
+/// its driver's lock.
+const SERVICE_CREDIT: u32 = 4;
+
+/// Serves the agent's service through the hub until shutdown (on its own
+/// thread, with [`SERVICE_CREDIT`] handler threads; a hub without the credit
+/// extension is served one request at a time).
 pub fn serve(
     ctx: &zmq::Context,
     broker: &Endpoint,
@@ -149,9 +157,18 @@ pub fn serve(
     state: LocalState,
     signal: &ShutdownWatch,
 ) -> Result<(), transport::WorkerError> {
-    let worker = Worker::new(ctx, broker, &service_name(&shared.id), WorkerOptions::default());
+    let options = WorkerOptions { credit: SERVICE_CREDIT, ..WorkerOptions::default() };
+    let worker = Worker::new(ctx, broker, &service_name(&shared.id), options);
     shared.set_service(worker.stats());
-    worker.run(signal, move |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
+    // Handlers format JSON and call drivers: 256 KiB of stack each is ample,
+    // and only the pages they touch count against a small Pi's memory.
+    let pool = PoolOptions {
+        threads: SERVICE_CREDIT as usize,
+        stack_size: 256 << 10,
+        name: "agent-service".into(),
+        ..PoolOptions::default()
+    };
+    worker.run_pool(signal, pool, move |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
         let reply = handle(&shared, &channels, &state, &body);
         vec![zmq::Message::from(reply.to_string().as_bytes())]
     })

@@ -405,6 +405,33 @@ fn the_agent_is_controlled_through_the_hub_and_syncs_its_state() {
     drop(data);
 }
 
+/// The agent's service holds several requests at once: `status` is answered
+/// while a slow sensor's read is still under way.
+#[test]
+fn a_slow_read_through_the_hub_does_not_hold_up_status() {
+    let hub = HubProc::start();
+    let slow =
+        "[[channel]]\nname = \"slow\"\nperiod_ms = 3600000\ndriver = { kind = \"slow\", read_ms = 4000 }\n";
+    let setup = Setup::new("s1", &hub.broker, &hub.bus("metric").frontend, slow);
+    let _agent = agent_run(&setup.config);
+    let service = "org.plantd.Agent.s1";
+    hub.wait_for_service(service);
+    let broker = hub.broker.clone();
+    let read = std::thread::spawn(move || {
+        call(&broker, proto::mdp::Dialect::Rfc7, service, &["read", "slow"], 30 * SECOND)
+    });
+    wait_for("the slow read to reach the agent", 10 * SECOND, || {
+        let workers = hub.try_call("mmi.workers", &[], 2 * SECOND)?;
+        let workers: Value = serde_json::from_str(&workers[0]).ok()?;
+        (workers[service]["in_flight"] == 1).then_some(())
+    });
+    let status = hub.try_call(service, &["status"], 3 * SECOND).expect("status while the read runs");
+    assert_eq!(serde_json::from_str::<Value>(&status[0]).unwrap()["id"], "s1");
+    assert!(!read.is_finished(), "status came back before the slow read");
+    let reply = read.join().unwrap().expect("the slow read answers");
+    assert!(serde_json::from_str::<Value>(&reply[0]).unwrap()["value"].as_f64().is_some(), "{reply:?}");
+}
+
 /// `agent run` as a process that cannot override file permissions: the
 /// tests run as root on CI, and root reads a chmod 000 directory anyway, so
 /// there the capabilities that allow it are dropped first (setpriv, util-linux).
