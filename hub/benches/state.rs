@@ -2,7 +2,7 @@
 //! broker to the hub's state service, against the bare store (sled, the same
 //! operations called directly) measured in the same run.
 //!
-//!   cargo bench -p hub --bench state [-- --clients 4 --window 32 --workers 2 --flush-ms 100 --seconds 3]
+//!   cargo bench -p hub --bench state [-- --clients 4 --window 32 --workers 2 --credit 64 --flush-ms 100 --seconds 3]
 //!
 //! Requests alternate set and get over 1000 keys; values are short strings.
 
@@ -22,6 +22,7 @@ struct Options {
     clients: usize,
     window: usize,
     workers: usize,
+    credit: u32,
     flush_ms: u64,
     seconds: f64,
 }
@@ -32,6 +33,7 @@ fn options() -> Options {
         clients: args.get("--clients", 4),
         window: args.get("--window", 32),
         workers: args.get("--workers", 2),
+        credit: args.get("--credit", 64),
         flush_ms: args.get("--flush-ms", 100),
         seconds: args.get("--seconds", 3.0),
     }
@@ -68,20 +70,23 @@ fn through_broker(o: &Options) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("hub.toml");
     let text = format!(
-        "[[bus]]\nname = \"state\"\nfrontend = \"{}\"\nbackend = \"{}\"\n\n[state]\nworkers = {}\nflush_interval_ms = {}\n\n[ingest]\nenabled = false\n\n[http]\nlisten = \"off\"\n",
+        "[[bus]]\nname = \"state\"\nfrontend = \"{}\"\nbackend = \"{}\"\n\n[state]\nworkers = {}\ncredit = {}\nflush_interval_ms = {}\n\n[ingest]\nenabled = false\n\n[http]\nlisten = \"off\"\n",
         endpoint(),
         endpoint(),
         o.workers,
+        o.credit,
         o.flush_ms
     );
     std::fs::write(&config, text).unwrap();
     let hub = HubChild::start_with(&["--config", config.to_str().unwrap()]);
     let ctx = zmq::Context::new();
-    // Wait for the service to answer.
+    // Wait for the service to answer, creating the scope: a get must not
+    // race the set that would create it on another worker.
     let mut probe = PipelinedClient::connect(&ctx, &hub.endpoint, Dialect::Rfc7).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
+    let (op, body) = request(0);
     loop {
-        probe.send(b"org.plantd.State", [&b"health"[..], b"{}"]).unwrap();
+        probe.send(b"org.plantd.State", [op.as_bytes(), body.as_bytes()]).unwrap();
         if probe.recv(Duration::from_millis(200)).unwrap().is_some() {
             break;
         }
@@ -133,8 +138,8 @@ fn through_broker(o: &Options) -> (f64, f64) {
 fn main() {
     let o = options();
     println!(
-        "state benchmark: {} pipelined clients (window {}), {} state workers, durability window {} ms, {} s",
-        o.clients, o.window, o.workers, o.flush_ms, o.seconds
+        "state benchmark: {} pipelined clients (window {}), {} state workers of credit {}, durability window {} ms, {} s",
+        o.clients, o.window, o.workers, o.credit, o.flush_ms, o.seconds
     );
     let bare = bare_store(&o);
     let (ours, cpu) = through_broker(&o);

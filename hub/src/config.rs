@@ -180,6 +180,9 @@ pub struct StateConfig {
     pub enabled: bool,
     /// Worker threads serving requests (sled is safe to share between them).
     pub workers: usize,
+    /// Requests each worker holds at once (its MDP credit): it applies all
+    /// that are waiting and commits them with one flush. 1 is a stock worker.
+    pub credit: u32,
     /// Durability window: acknowledged writes reach disk within this many
     /// milliseconds. 0 flushes every write before it is acknowledged.
     pub flush_interval_ms: u64,
@@ -196,6 +199,7 @@ impl Default for StateConfig {
         StateConfig {
             enabled: true,
             workers: 2,
+            credit: 64,
             flush_interval_ms: 100,
             cache_bytes: 16 << 20,
             bus: "state".into(),
@@ -527,6 +531,9 @@ impl Config {
         if self.state.enabled {
             if self.state.workers == 0 {
                 return invalid("state.workers", "must be at least 1");
+            }
+            if !(1..=proto::mdp::MAX_BROKER_CREDIT).contains(&self.state.credit) {
+                return invalid("state.credit", &format!("must be 1 to {}", proto::mdp::MAX_BROKER_CREDIT));
             }
             if !self.buses.iter().any(|b| b.name == self.state.bus) {
                 return invalid("state.bus", &format!("names no configured bus ('{}')", self.state.bus));

@@ -58,7 +58,7 @@ impl StateService {
             store: Arc::new(store),
             flush_interval: Duration::from_millis(config.flush_interval_ms),
             events,
-            worker,
+            worker: WorkerOptions { credit: config.credit, ..worker },
             security,
         })
     }
@@ -68,28 +68,43 @@ impl StateService {
     }
 
     /// One worker: serves requests until shutdown. Run several on their own threads.
+    ///
+    /// With credit above 1 the broker keeps up to that many requests at this
+    /// worker; it applies every one waiting, in order, commits their writes
+    /// with one flush, and only then answers them, in the order they came.
     pub fn serve(&self, ctx: &zmq::Context, signal: &ShutdownWatch) -> Result<(), StateError> {
         let publisher = Publisher::connect(ctx, &self.events, Framing::TwoFrame)?;
-        let store = self.store.clone();
         let worker = Worker::new(ctx, BROKER_INPROC, proto::state::SERVICE, self.worker.clone());
-        worker.run(signal, move |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
-            let (caller, body) = match (&self.security, body.split_first()) {
-                (Some(_), Some((caller, rest))) => (String::from_utf8_lossy(caller).into_owned(), rest),
-                _ => (String::new(), &body[..]),
-            };
-            let grants = self.security.as_ref().filter(|_| !caller.is_empty()).map(|s| s.grants(&caller));
-            let outcome = ops::handle(&store, &ops::Caller { name: &caller, grants }, body);
-            if let (Some(why), Some(security)) = (&outcome.refused, &self.security) {
-                security.denials.record(&caller, Kind::State, || why.clone());
+        let mut outcomes = Vec::new();
+        worker.run_batched(signal, |batch: &mut [Vec<zmq::Message>]| {
+            outcomes.clear();
+            outcomes.extend(batch.iter().map(|body| self.apply(body)));
+            ops::commit(&self.store, &mut outcomes);
+            for (body, outcome) in batch.iter_mut().zip(outcomes.drain(..)) {
+                if let Some(event) = outcome.event {
+                    // PUB drops rather than blocks; a lost event never fails the write.
+                    let payload = serde_json::to_vec(&event).expect("an event serialises");
+                    let _ = publisher.publish(event.topic().as_bytes(), &payload);
+                }
+                body.clear();
+                body.push(zmq::Message::from(outcome.reply.to_string().as_bytes()));
             }
-            if let Some(event) = outcome.event {
-                // PUB drops rather than blocks; a lost event never fails the write.
-                let payload = serde_json::to_vec(&event).expect("an event serialises");
-                let _ = publisher.publish(event.topic().as_bytes(), &payload);
-            }
-            vec![zmq::Message::from(outcome.reply.to_string().as_bytes())]
         })?;
         Ok(())
+    }
+
+    /// Applies one request (not yet durable), counting a refusal as a denial.
+    fn apply(&self, body: &[zmq::Message]) -> ops::Outcome {
+        let (caller, body) = match (&self.security, body.split_first()) {
+            (Some(_), Some((caller, rest))) => (String::from_utf8_lossy(caller).into_owned(), rest),
+            _ => (String::new(), body),
+        };
+        let grants = self.security.as_ref().filter(|_| !caller.is_empty()).map(|s| s.grants(&caller));
+        let outcome = ops::apply(&self.store, &ops::Caller { name: &caller, grants }, body);
+        if let (Some(why), Some(security)) = (&outcome.refused, &self.security) {
+            security.denials.record(&caller, Kind::State, || why.clone());
+        }
+        outcome
     }
 
     /// Flushes every interval, bounding how long an acknowledged write can be
@@ -133,6 +148,12 @@ pub fn collect(config: &crate::config::StateConfig, store: &Store, out: &mut cra
         config.flush_interval_ms,
     );
     out.gauge("state_cache_bytes", "The store's cache.", vec![], config.cache_bytes);
+    out.gauge(
+        "state_worker_credit",
+        "Requests each state worker holds at once.",
+        vec![],
+        config.credit.into(),
+    );
     let l = &config.limits;
     let bounds: [(&str, &'static str, usize); 5] = [
         ("max_value_bytes", "Largest value.", l.max_value_bytes),

@@ -43,19 +43,21 @@ pub struct Outcome {
     pub reply: Value,
     pub event: Option<Event>,
     pub refused: Option<String>,
+    /// The operation whose write awaits [`commit`]; its reply may not be sent before.
+    uncommitted: Option<Op>,
 }
 
 impl Outcome {
     fn answer(reply: Value) -> Outcome {
-        Outcome { reply, event: None, refused: None }
+        Outcome { reply, event: None, refused: None, uncommitted: None }
     }
 
     fn changed(reply: Value, event: Event) -> Outcome {
-        Outcome { reply, event: Some(event), refused: None }
+        Outcome { reply, event: Some(event), refused: None, uncommitted: None }
     }
 
     fn refused(message: String) -> Outcome {
-        Outcome { reply: failure(message.clone()), event: None, refused: Some(message) }
+        Outcome { reply: failure(message.clone()), event: None, refused: Some(message), uncommitted: None }
     }
 }
 
@@ -64,8 +66,31 @@ fn event(scope: &str, key: Option<&str>, op: EventOp, value: Option<Value>) -> E
     Event { scope: scope.into(), key: key.map(Into::into), op, value, ts }
 }
 
-/// Handles one request from `caller`: `body` is `[operation, json]`.
+/// Handles one request from `caller` and commits its write: the reply may be sent.
 pub fn handle<F: Frame>(store: &Store, caller: &Caller<'_>, body: &[F]) -> Outcome {
+    let mut outcome = [apply(store, caller, body)];
+    commit(store, &mut outcome);
+    let [outcome] = outcome;
+    outcome
+}
+
+/// Makes the writes of a batch of outcomes durable together (one flush, see
+/// [`Store::commit`]). If that fails, each write is answered with the
+/// failure instead and announces nothing: it may not be on disk.
+pub fn commit(store: &Store, outcomes: &mut [Outcome]) {
+    if outcomes.iter().all(|o| o.uncommitted.is_none()) {
+        return;
+    }
+    let result = store.commit();
+    for outcome in outcomes {
+        let (Some(op), Err(e)) = (outcome.uncommitted.take(), &result) else { continue };
+        *outcome = Outcome::answer(failure(format!("Failed to {}: {e}", op.short_name())));
+    }
+}
+
+/// Handles one request from `caller`: `body` is `[operation, json]`. A write
+/// is applied but not yet durable: [`commit`] before replying.
+pub fn apply<F: Frame>(store: &Store, caller: &Caller<'_>, body: &[F]) -> Outcome {
     let [op, request, ..] = body else {
         return Outcome::answer(json!({"error": "Invalid message format"}));
     };
@@ -95,6 +120,7 @@ pub fn handle<F: Frame>(store: &Store, caller: &Caller<'_>, body: &[F]) -> Outco
         }
     }
     match run(store, caller, op, &request) {
+        Ok(outcome) if outcome.event.is_some() => Outcome { uncommitted: Some(op), ..outcome },
         Ok(outcome) => outcome,
         Err(StoreError::Quota(why)) => Outcome::refused(format!("Quota exceeded: {why}")),
         // Logged once, when the flush failed; every write until a restart lands here.

@@ -1,9 +1,11 @@
 //! The state service's storage: scopes of key → JSON value, in sled.
 //!
 //! Durability: sled's own periodic flush is off; the service flushes on its
-//! own clock (or after every write) and counts writes that are on disk, so
-//! the window is measurable rather than assumed: `durable_writes` catches up
-//! with `writes` within one flush interval.
+//! own clock (or, with `flush_each_write`, at every [`Store::commit`]) and
+//! counts writes that are on disk, so the window is measurable rather than
+//! assumed: `durable_writes` catches up with `writes` within one flush
+//! interval. Writes never flush by themselves: the service commits a whole
+//! batch of requests with one flush before it answers any of them.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -121,7 +123,8 @@ fn text(bytes: &[u8]) -> String {
 
 impl Store {
     /// Opens (or creates) the store in `dir` with a `cache_bytes` page cache.
-    /// With `flush_each_write` every write is on disk before it returns.
+    /// With `flush_each_write`, [`Store::commit`] puts every write on disk
+    /// (the service commits before it acknowledges a write).
     pub fn open(dir: &Path, cache_bytes: u64, flush_each_write: bool, limits: Limits) -> Result<Store> {
         let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).flush_every_ms(None).open()?;
         let scopes = db.open_tree("scopes")?;
@@ -213,7 +216,7 @@ impl Store {
         usage.scopes.insert(scope.into(), ScopeUsage { owner: owner.into(), ..ScopeUsage::default() });
         *usage.owned.entry(owner.into()).or_default() += 1;
         drop(usage);
-        self.wrote()?;
+        self.wrote();
         Ok(true)
     }
 
@@ -236,7 +239,7 @@ impl Store {
             *n -= 1;
         }
         drop(usage);
-        self.wrote()?;
+        self.wrote();
         Ok(true)
     }
 
@@ -304,7 +307,8 @@ impl Store {
         held.keys += usize::from(!existed);
         held.bytes = held.bytes - old + text.len();
         drop(usage);
-        self.wrote()
+        self.wrote();
+        Ok(())
     }
 
     /// Deletes `key`; false if it was not there.
@@ -316,17 +320,23 @@ impl Store {
             held.bytes -= old.len();
         }
         drop(usage);
-        self.wrote()?;
+        self.wrote();
         Ok(true)
     }
 
-    fn wrote(&self) -> Result<()> {
+    fn wrote(&self) {
         self.writes.fetch_add(1, SeqCst);
         self.pending_since.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Instant::now);
-        if self.flush_each_write {
-            self.flush()?;
+    }
+
+    /// Ends a group of writes. With `flush_each_write` it flushes them, all
+    /// with one fsync, and fails if they may not be on disk; otherwise the
+    /// flush loop's clock does that.
+    pub fn commit(&self) -> Result<()> {
+        match self.flush_each_write {
+            true => self.flush(),
+            false => Ok(()),
         }
-        Ok(())
     }
 
     /// Makes every write so far durable. A failure stops the store taking
@@ -452,6 +462,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), 1 << 20, true, Limits::default()).unwrap();
         s.set("p", "k", &json!("v"), "").unwrap();
-        assert_eq!(s.durable_writes(), s.writes());
+        s.set("p", "l", &json!("w"), "").unwrap();
+        assert_eq!((s.writes(), s.durable_writes()), (2, 0), "writes wait for the commit");
+        s.commit().unwrap();
+        assert_eq!(s.durable_writes(), 2);
     }
 }

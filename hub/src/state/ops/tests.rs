@@ -174,3 +174,25 @@ fn event_payloads_carry_scope_key_op_value_and_time() {
     assert_eq!(payload["value"], "v");
     assert!(payload["ts"].as_str().unwrap().parse::<jiff::Timestamp>().is_ok());
 }
+
+#[test]
+fn a_batch_is_applied_in_order_and_made_durable_by_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 20, true, Limits::default()).unwrap();
+    let frames = |op: &str, request: Value| vec![op.as_bytes().to_vec(), request.to_string().into_bytes()];
+    let batch = [
+        frames("set", json!({"service": "plant", "key": "mode", "value": "auto"})),
+        frames("get", json!({"service": "plant", "key": "mode"})),
+        frames("delete", json!({"service": "plant", "key": "gone"})),
+        frames("set", json!({"service": "plant", "key": "mode", "value": "manual"})),
+    ];
+    let mut outcomes: Vec<Outcome> = batch.iter().map(|b| apply(&store, &Caller::TRUSTED, b)).collect();
+    // Applied in order (the get sees the set before it), but not yet on disk.
+    assert_eq!(outcomes[1].reply["data"]["value"], "auto");
+    assert_eq!((store.writes(), store.durable_writes()), (2, 0));
+    commit(&store, &mut outcomes);
+    assert_eq!(store.durable_writes(), 2, "one commit makes the whole batch durable");
+    let changed: Vec<bool> = outcomes.iter().map(|o| o.event.is_some()).collect();
+    assert_eq!(changed, [true, false, false, true], "only writes announce a change");
+    assert!(outcomes.iter().all(|o| o.reply["success"] == true), "{:?}", outcomes[2].reply);
+}
