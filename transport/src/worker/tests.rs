@@ -60,6 +60,30 @@ impl FakeBroker {
     }
 }
 
+/// A worker serving on a thread of its own until [`Serving::stop`].
+struct Serving {
+    shutdown: Shutdown,
+    thread: thread::JoinHandle<Result<(), WorkerError>>,
+}
+
+impl Serving {
+    fn start(serve: impl FnOnce(&ShutdownWatch) -> Result<(), WorkerError> + Send + 'static) -> Serving {
+        let shutdown = Shutdown::new();
+        let stop = shutdown.watch().unwrap();
+        Serving { shutdown, thread: thread::spawn(move || serve(&stop)) }
+    }
+
+    /// Stops the worker and checks that it ended cleanly.
+    fn stop(self) {
+        self.shutdown.trigger();
+        self.thread.join().unwrap().unwrap();
+    }
+}
+
+fn echo(body: Vec<zmq::Message>, _: &mut Replier<'_>) -> Vec<zmq::Message> {
+    body
+}
+
 fn options(credit: u32) -> WorkerOptions {
     WorkerOptions { dialect: Dialect::Rfc18, credit, ..WorkerOptions::default() }
 }
@@ -98,14 +122,12 @@ impl Gate {
 fn a_pool_worker_announces_its_credit_and_runs_that_many_handlers_at_once() {
     let ctx = zmq::Context::new();
     let (mut broker, endpoint) = FakeBroker::bind(&ctx, "pool");
-    let shutdown = Shutdown::new();
-    let stop = shutdown.watch().unwrap();
     let worker = Worker::new(&ctx, endpoint, "echo", options(4));
     let gate = Arc::new(Gate { inside: Mutex::new(0), changed: Condvar::new(), want: 4 });
     let handler_gate = gate.clone();
     let pool = PoolOptions { threads: 4, ..PoolOptions::default() };
-    let running = thread::spawn(move || {
-        worker.run_pool(&stop, pool, move |body, replier| {
+    let serving = Serving::start(move |stop| {
+        worker.run_pool(stop, pool, move |body, replier| {
             replier.partial([&b"started"[..]]).unwrap();
             let opened = handler_gate.pass();
             let mut reply = body;
@@ -132,8 +154,7 @@ fn a_pool_worker_announces_its_credit_and_runs_that_many_handlers_at_once() {
         }
     }
     assert_eq!(answered, tokens.into_iter().collect());
-    shutdown.trigger();
-    running.join().unwrap().unwrap();
+    serving.stop();
     let frames = broker.recv();
     assert!(matches!(decode_to_broker(&frames), Ok((_, ToBroker::Disconnect))), "DISCONNECT at shutdown");
 }
@@ -142,8 +163,6 @@ fn a_pool_worker_announces_its_credit_and_runs_that_many_handlers_at_once() {
 fn a_pool_worker_heartbeats_while_a_handler_runs_longer_than_liveness() {
     let ctx = zmq::Context::new();
     let (mut broker, endpoint) = FakeBroker::bind(&ctx, "slow");
-    let shutdown = Shutdown::new();
-    let stop = shutdown.watch().unwrap();
     let timing = WorkerTiming {
         heartbeat_interval: Duration::from_millis(30),
         heartbeat_liveness: 50,
@@ -152,8 +171,8 @@ fn a_pool_worker_heartbeats_while_a_handler_runs_longer_than_liveness() {
     let worker = Worker::new(&ctx, endpoint, "echo", WorkerOptions { timing, ..options(2) });
     let release = Arc::new((Mutex::new(false), Condvar::new()));
     let held = release.clone();
-    let running = thread::spawn(move || {
-        worker.run_pool(&stop, PoolOptions::default(), move |body, _| {
+    let serving = Serving::start(move |stop| {
+        worker.run_pool(stop, PoolOptions::default(), move |body, _| {
             let (open, changed) = &*held;
             let guard = open.lock().unwrap();
             drop(changed.wait_timeout_while(guard, WAIT, |open| !*open).unwrap());
@@ -172,20 +191,16 @@ fn a_pool_worker_heartbeats_while_a_handler_runs_longer_than_liveness() {
     *release.0.lock().unwrap() = true;
     release.1.notify_all();
     assert_eq!(broker.reply(), (b"T".to_vec(), vec![b"x".to_vec()]));
-    shutdown.trigger();
-    running.join().unwrap().unwrap();
+    serving.stop();
 }
 
 #[test]
 fn an_inline_worker_with_credit_answers_each_request_in_order() {
     let ctx = zmq::Context::new();
     let (mut broker, endpoint) = FakeBroker::bind(&ctx, "inline");
-    let shutdown = Shutdown::new();
-    let stop = shutdown.watch().unwrap();
     let worker = Worker::new(&ctx, endpoint, "echo", options(3));
     let stats = worker.stats();
-    let running =
-        thread::spawn(move || worker.run(&stop, |body: Vec<zmq::Message>, _: &mut Replier<'_>| body));
+    let serving = Serving::start(move |stop| worker.run(stop, echo));
     assert_eq!(broker.recv(), ready(Some("credit=3")));
     for i in 0..3u8 {
         broker.request(Dialect::Rfc18, &[i], &[b'a' + i]);
@@ -195,21 +210,18 @@ fn an_inline_worker_with_credit_answers_each_request_in_order() {
     }
     assert_eq!(stats.credit.load(Relaxed), 3);
     assert_eq!(stats.requests.load(Relaxed), 3);
-    shutdown.trigger();
-    running.join().unwrap().unwrap();
+    serving.stop();
 }
 
 #[test]
 fn a_batched_worker_gets_what_waits_and_answers_in_order() {
     let ctx = zmq::Context::new();
     let (mut broker, endpoint) = FakeBroker::bind(&ctx, "batched");
-    let shutdown = Shutdown::new();
-    let stop = shutdown.watch().unwrap();
     let worker = Worker::new(&ctx, endpoint, "echo", options(8));
     let handled = Arc::new(AtomicUsize::new(0));
     let count = handled.clone();
-    let running = thread::spawn(move || {
-        worker.run_batched(&stop, move |bodies| {
+    let serving = Serving::start(move |stop| {
+        worker.run_batched(stop, move |bodies| {
             count.fetch_add(bodies.len(), Relaxed);
             for body in bodies.iter_mut() {
                 body.push(zmq::Message::from("!"));
@@ -224,34 +236,26 @@ fn a_batched_worker_gets_what_waits_and_answers_in_order() {
         assert_eq!(broker.reply(), (vec![i], vec![vec![i], b"!".to_vec()]));
     }
     assert_eq!(handled.load(Relaxed), 8);
-    shutdown.trigger();
-    running.join().unwrap().unwrap();
+    serving.stop();
 }
 
 #[test]
 fn a_stock_worker_sends_a_plain_ready() {
     let ctx = zmq::Context::new();
     let (mut broker, endpoint) = FakeBroker::bind(&ctx, "stock");
-    let shutdown = Shutdown::new();
-    let stop = shutdown.watch().unwrap();
     let worker = Worker::new(&ctx, endpoint, "echo", options(1));
-    let running =
-        thread::spawn(move || worker.run(&stop, |body: Vec<zmq::Message>, _: &mut Replier<'_>| body));
+    let serving = Serving::start(move |stop| worker.run(stop, echo));
     assert_eq!(broker.recv(), ready(None));
-    shutdown.trigger();
-    running.join().unwrap().unwrap();
+    serving.stop();
 }
 
 #[test]
 fn a_worker_refused_with_credit_registers_again_without_it() {
     let ctx = zmq::Context::new();
     let (mut broker, endpoint) = FakeBroker::bind(&ctx, "strict");
-    let shutdown = Shutdown::new();
-    let stop = shutdown.watch().unwrap();
     let worker = Worker::new(&ctx, endpoint, "echo", options(4));
     let stats = worker.stats();
-    let running =
-        thread::spawn(move || worker.run(&stop, |body: Vec<zmq::Message>, _: &mut Replier<'_>| body));
+    let serving = Serving::start(move |stop| worker.run(stop, echo));
     assert_eq!(broker.recv(), ready(Some("credit=4")));
     // What a strict broker does: DISCONNECT, as to an unknown worker.
     let mut disconnect = vec![broker.worker.clone()];
@@ -262,6 +266,5 @@ fn a_worker_refused_with_credit_registers_again_without_it() {
     assert_eq!(broker.reply(), (b"T".to_vec(), vec![b"x".to_vec()]));
     assert_eq!(stats.credit.load(Relaxed), 1);
     assert_eq!(stats.refused.load(Relaxed), 1);
-    shutdown.trigger();
-    running.join().unwrap().unwrap();
+    serving.stop();
 }
