@@ -244,6 +244,13 @@ impl<K: Clone + Eq + std::fmt::Debug> Dispatcher<K> {
             .filter(|p| now_ms.saturating_sub(p.last_heard_ms) > timeout_ms)
             .map(|p| p.key.clone())
             .collect();
+        self.forget(&silent)
+    }
+
+    /// Forgets `gone` receivers (their connection is known to be closed);
+    /// returns the ids they held, to send again.
+    pub fn forget(&mut self, gone: &[K]) -> Vec<u64> {
+        let silent = gone;
         if silent.is_empty() {
             return Vec::new();
         }
@@ -256,6 +263,16 @@ impl<K: Clone + Eq + std::fmt::Debug> Dispatcher<K> {
             self.held.remove(id);
         }
         again
+    }
+
+    /// Whether some receiver has credit (a send would go out now).
+    pub fn has_credit(&self) -> bool {
+        self.peers.iter().any(|p| p.credit > 0)
+    }
+
+    /// Whether `key` is a receiver this sender knows.
+    pub fn knows(&self, key: &K) -> bool {
+        self.find(key).is_some()
     }
 
     /// Messages out with receivers, not yet acknowledged.
