@@ -359,7 +359,7 @@ impl IngestService {
                 let (records, bytes) = export.journal.backlog();
                 return Reply::Retry {
                     reason: format!(
-                        "the hub's export backlog for NATS is full ({records} samples, {bytes} bytes): NATS unreachable?"
+                        "the hub's export backlog is full ({records} samples, {bytes} bytes): NATS unreachable, or a pipeline stuck? (hub bridge status, hub pipeline status)"
                     ),
                     after_ms: 2000,
                 };

@@ -34,7 +34,8 @@ impl Letter {
     fn to_json(&self, id: u64, with_body: bool) -> Value {
         let at = jiff::Timestamp::from_nanosecond(self.at_ns as i128).map(|t| t.to_string()).ok();
         let mut j = json!({
-            "id": id, "pipeline": self.pipeline, "stage": self.stage, "error": self.error,
+            "id": id, "pipeline": self.pipeline, "stage": self.stage, "failure": self.error,
+            // Not "error": that key means the command failed, to `hub` and other clients.
             "attempts": self.attempts, "at": at, "bytes": self.body.len(), "replay": self.replay,
         });
         if with_body {
