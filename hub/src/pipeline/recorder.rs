@@ -54,8 +54,8 @@ impl Recorder {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)?;
             }
+            let size = drop_partial_line(&self.path)?;
             let file = open_append(&self.path)?;
-            let size = file.metadata()?.len();
             self.file = Some((file, size, Instant::now()));
         }
         let (file, size, _) = self.file.as_mut().expect("opened above");
@@ -98,6 +98,39 @@ impl Recorder {
     }
 }
 
+/// A hub killed in the middle of a write can leave half a line at the end of
+/// the file; its message was not acknowledged, so it comes again. The half is
+/// cut off (a whole line is never longer than a message, at most 1 MiB here)
+/// so the next line starts on a line of its own. Returns the size after.
+fn drop_partial_line(path: &Path) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let file = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let size = file.metadata()?.len();
+    if size == 0 {
+        return Ok(0);
+    }
+    let tail = size.min(2 << 20);
+    let mut reader = &file;
+    reader.seek(SeekFrom::Start(size - tail))?;
+    let mut bytes = Vec::with_capacity(tail as usize);
+    reader.take(tail).read_to_end(&mut bytes)?;
+    if bytes.last() == Some(&b'\n') {
+        return Ok(size);
+    }
+    let keep = match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(i) => size - tail + i as u64 + 1,
+        None if tail == size => 0,
+        None => return Ok(size),
+    };
+    log::warn!("recorder: cut {} bytes of a line left unfinished by a crash", size - keep);
+    file.set_len(keep)?;
+    Ok(keep)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +149,17 @@ mod tests {
         let files = |n| std::fs::read_to_string(numbered(&path, n)).unwrap_or_default();
         assert!(!files(1).is_empty() && !files(2).is_empty() && files(3).is_empty(), "keep = 2");
         assert!(std::fs::read_to_string(&path).unwrap().ends_with("{\"i\":39}\n"));
+    }
+
+    #[test]
+    fn half_a_line_left_by_a_crash_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(&path, "{\"a\":1}\n{\"b\":").unwrap();
+        let mut r =
+            Recorder::new(path.clone(), Policy { max_bytes: 1 << 20, max_age: None, keep: 1, retain: None });
+        r.write(b"{\"c\":3}").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"c\":3}\n");
     }
 
     #[test]
