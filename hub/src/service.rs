@@ -44,17 +44,31 @@ pub struct DlqService {
 
 impl DlqService {
     pub fn serve(&self, ctx: &zmq::Context, signal: &ShutdownWatch) -> Result<(), WorkerError> {
-        let worker = Worker::new(ctx, BROKER_INPROC, DLQ_SERVICE, self.worker.clone());
-        worker.run(signal, |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
-            let command = body.get(usize::from(self.secure)).map(|f| String::from_utf8_lossy(f).into_owned());
-            let words: Vec<&str> = command.as_deref().unwrap_or_default().split_whitespace().collect();
-            let reply = match words.first() {
+        answer(ctx, signal, DLQ_SERVICE, &self.worker, self.secure, |command| {
+            let words: Vec<&str> = command.unwrap_or_default().split_whitespace().collect();
+            match words.first() {
                 Some(&"dlq") => (self.report)(&words),
                 _ => json!({"error": "use: dlq list | show ID | replay ID|--all | purge [SECONDS]"}),
-            };
-            vec![zmq::Message::from(reply.to_string().as_bytes())]
+            }
         })
     }
+}
+
+/// Serves `service`: each request is a command frame (after the caller's
+/// identity, with security), each reply `reply(command)` as one frame of JSON.
+fn answer(
+    ctx: &zmq::Context,
+    signal: &ShutdownWatch,
+    service: &str,
+    options: &WorkerOptions,
+    secure: bool,
+    reply: impl Fn(Option<&str>) -> serde_json::Value,
+) -> Result<(), WorkerError> {
+    let worker = Worker::new(ctx, BROKER_INPROC, service, options.clone());
+    worker.run(signal, |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
+        let command = body.get(usize::from(secure)).map(|f| String::from_utf8_lossy(f).into_owned());
+        vec![zmq::Message::from(reply(command.as_deref()).to_string().as_bytes())]
+    })
 }
 
 pub struct HubService {
@@ -68,27 +82,20 @@ pub struct HubService {
 
 impl HubService {
     pub fn serve(&self, ctx: &zmq::Context, signal: &ShutdownWatch) -> Result<(), WorkerError> {
-        let worker = Worker::new(ctx, BROKER_INPROC, SERVICE, self.worker.clone());
-        worker.run(signal, |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
-            let command = body.get(usize::from(self.secure)).map(|f| String::from_utf8_lossy(f).into_owned());
-            let reply = match command.as_deref() {
-                Some("agents") => match &self.agents {
-                    Some(agents) => agents.to_json(Instant::now(), crate::ingest::wall_ns()),
-                    None => json!({"error": "this hub runs without ingest: it hears from no agent"}),
-                },
-                Some("bridge") => match &self.bridge {
-                    Some(report) => report(),
-                    None => json!({"error": "this hub has no [bridge.nats] in its config"}),
-                },
-                Some("pipeline") => match &self.pipelines {
-                    Some(report) => report(&["pipeline"]),
-                    None => json!({"error": "this hub has no [[pipeline]] in its config"}),
-                },
-                other => {
-                    json!({"error": format!("unknown command {other:?}: use agents, bridge or pipeline")})
-                }
-            };
-            vec![zmq::Message::from(reply.to_string().as_bytes())]
+        answer(ctx, signal, SERVICE, &self.worker, self.secure, |command| match command {
+            Some("agents") => match &self.agents {
+                Some(agents) => agents.to_json(Instant::now(), crate::ingest::wall_ns()),
+                None => json!({"error": "this hub runs without ingest: it hears from no agent"}),
+            },
+            Some("bridge") => match &self.bridge {
+                Some(report) => report(),
+                None => json!({"error": "this hub has no [bridge.nats] in its config"}),
+            },
+            Some("pipeline") => match &self.pipelines {
+                Some(report) => report(&["pipeline"]),
+                None => json!({"error": "this hub has no [[pipeline]] in its config"}),
+            },
+            other => json!({"error": format!("unknown command {other:?}: use agents, bridge or pipeline")}),
         })
     }
 }

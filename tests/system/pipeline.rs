@@ -84,6 +84,15 @@ fn seqs(lines: &[Value]) -> BTreeSet<u64> {
     lines.iter().filter_map(|l| l["seq"].as_u64()).collect()
 }
 
+/// A recorder path whose directory is a file: every write fails until that file is removed.
+/// (The file, the recorder's path.)
+fn blocked_recorder(dir: &Path) -> (PathBuf, PathBuf) {
+    let blocked = dir.join("blocked");
+    std::fs::write(&blocked, "not a directory").unwrap();
+    let out = blocked.join("out.jsonl");
+    (blocked, out)
+}
+
 /// `hub pipeline status`'s JSON for pipeline `name`.
 fn status(hub: &HubProc, name: &str) -> Value {
     let reply = hub.try_call("org.plantd.Hub", &["pipeline"], 2 * SECOND).expect("org.plantd.Hub answers");
@@ -191,10 +200,7 @@ fn recorder_rotates_by_time_and_removes_old_files() {
 #[test]
 fn failures_retry_then_dead_letter_and_replay() {
     let dir = tempfile::tempdir().unwrap();
-    // The recorder's directory is a file: every write fails until it is removed.
-    let blocked = dir.path().join("blocked");
-    std::fs::write(&blocked, "not a directory").unwrap();
-    let out = blocked.join("out.jsonl");
+    let (blocked, out) = blocked_recorder(dir.path());
     let hub = start(
         dir.path(),
         &format!(
@@ -262,9 +268,7 @@ path = "{}"
 #[test]
 fn a_stuck_sink_pushes_back_to_ingest_with_memory_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let blocked = dir.path().join("blocked");
-    std::fs::write(&blocked, "not a directory").unwrap();
-    let out = blocked.join("out.jsonl");
+    let (blocked, out) = blocked_recorder(dir.path());
     let hub = start(
         dir.path(),
         &format!(
@@ -352,4 +356,36 @@ fn a_hub_killed_mid_stream_loses_nothing() {
         "at-least-once: a repeat is allowed, told apart by (agent, epoch, seq)"
     );
     assert!(lines.iter().all(|l| l["unit"] == "K"));
+}
+
+#[test]
+fn check_config_names_the_bad_pipeline_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |text: &str| {
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, text).unwrap();
+        hub_cli(&["check-config", path.to_str().unwrap()])
+    };
+    let good = "[[pipeline]]\nname = \"a\"\ningest = true\n[pipeline.record]\npath = \"/tmp/a.jsonl\"\n";
+    let out = check(good);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 pipeline(s)"));
+    let bad = [
+        (good.replace("ingest = true", "ingest = true\nwindow = 0"), "pipeline.window"),
+        (
+            good.replace(
+                "ingest = true",
+                "ingest = true\n[[pipeline.transform.convert]]\nfrom = \"degC\"\nto = \"furlong\"",
+            ),
+            "pipeline.transform.convert",
+        ),
+        (good.replace("ingest = true", "bus = [{ name = \"nope\" }]"), "pipeline.bus.name"),
+        (good.replace("ingest = true", "ingest = true\nworkrs = 2"), "workrs"),
+    ];
+    for (text, field) in bad {
+        let out = check(&text);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{text}: {stderr}");
+        assert!(stderr.contains(field), "names {field}: {stderr}");
+    }
 }

@@ -95,6 +95,15 @@ pub fn print_json(value: &serde_json::Value) -> Result<(), serde_json::Error> {
     Ok(())
 }
 
+/// A JSON value as a summary shows it: text bare, null as "-".
+pub fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(t) => t.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Which end of a bus a command talks to.
 pub enum BusSide {
     /// Where publishers connect.

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use argh::FromArgs;
 use serde_json::Value;
 
-use super::{ask_hub, print_json, CmdResult, DEFAULT_BROKER};
+use super::{ask_hub, print_json, text, CmdResult, DEFAULT_BROKER};
 
 /// The hub's pipelines ([[pipeline]] in its config).
 #[derive(FromArgs)]
@@ -62,14 +62,6 @@ pub fn run(args: PipelineArgs) -> CmdResult {
         print!("{}", summary(&status));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".to_string(),
-        Value::String(t) => t.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// Per pipeline: a source line, then a row per stage.
