@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -54,8 +54,8 @@ pub struct Dlq {
     next: Mutex<u64>,
     /// Entries per pipeline.
     counts: Mutex<HashMap<String, u64>>,
-    /// Set by a replay request: sources look for marked entries.
-    pub replay_requested: AtomicBool,
+    /// Counts replay requests: a source that sees it change looks for marked entries.
+    pub replay_generation: AtomicU64,
     pub undecodable: AtomicU64,
 }
 
@@ -92,7 +92,7 @@ impl Dlq {
             letters,
             next: Mutex::new(next),
             counts: Mutex::new(counts),
-            replay_requested: AtomicBool::new(true),
+            replay_generation: AtomicU64::new(0),
             undecodable: AtomicU64::new(undecodable),
         })
     }
@@ -182,7 +182,7 @@ impl Dlq {
             marked += 1;
         }
         self.db.flush()?;
-        self.replay_requested.store(true, Relaxed);
+        self.replay_generation.fetch_add(1, Relaxed);
         Ok(marked)
     }
 

@@ -81,7 +81,8 @@ pub fn run(
     let mut bus_seq = 0u64;
     let mut frames: Vec<zmq::Message> = Vec::with_capacity(2);
     let mut last_flush = Instant::now();
-    let mut replay_check = Instant::now();
+    // Not the store's: the first turn looks for letters marked before a restart.
+    let (mut seen_generation, mut replays_left) = (u64::MAX, false);
     while !stop.is_set() {
         {
             let mut items = vec![source.socket().as_poll_item(zmq::POLLIN), stop.poll_item()];
@@ -104,16 +105,18 @@ pub fn run(
                 state.out.remove(&id);
             }
         }
-        // Dead letters to replay, first: they wait longest.
-        let requested = feed.dlq.replay_requested.swap(false, Relaxed);
-        if source.ready() && (requested || replay_check.elapsed() >= Duration::from_secs(1)) {
-            replay_check = Instant::now();
+        // Dead letters to replay, first: they wait longest. The store is scanned
+        // only after a replay request, or while marked letters are left over.
+        let generation = feed.dlq.replay_generation.load(Relaxed);
+        if source.ready() && (generation != seen_generation || replays_left) {
+            seen_generation = generation;
             let busy = |id: u64| state.replaying.contains(&id);
             match feed.dlq.marked(&feed.pipeline, hop.window as usize, busy) {
                 Ok(letters) => {
+                    replays_left = letters.len() == hop.window as usize;
                     for (id, letter) in letters {
                         if source.try_send(id | REPLAY, letter.position, letter.body)?.is_err() {
-                            feed.dlq.replay_requested.store(true, Relaxed);
+                            replays_left = true;
                             break;
                         }
                         state.replaying.insert(id);

@@ -60,7 +60,11 @@ pub struct Delivery {
 /// sends it again when its receiver is lost.
 pub struct Source {
     socket: zmq::Socket,
-    dispatch: Dispatcher<Vec<u8>>,
+    /// Receivers by number (so nothing is allocated per message for their routing ids).
+    dispatch: Dispatcher<u32>,
+    numbers: HashMap<Vec<u8>, u32>,
+    routes: HashMap<u32, Vec<u8>>,
+    next_number: u32,
     /// Bodies of the messages receivers hold, for sending again.
     held: HashMap<u64, (u8, Vec<u8>)>,
     /// Held messages whose receiver was lost, to send before anything new.
@@ -86,6 +90,9 @@ impl Source {
         Ok(Source {
             socket,
             dispatch: Dispatcher::new(options.window, options.max_peers),
+            numbers: HashMap::new(),
+            routes: HashMap::new(),
+            next_number: 0,
             held: HashMap::new(),
             again: VecDeque::new(),
             options,
@@ -122,21 +129,24 @@ impl Source {
         }
         let Some(peer) = self.dispatch.next_peer() else { return Ok(Err(body)) };
         self.held.insert(id, (skip, body));
-        self.send_held(&peer, id)?;
+        self.send_held(peer, id)?;
         Ok(Ok(()))
     }
 
-    /// Sends held message `id` to `peer`; a peer whose connection is gone is forgotten.
-    fn send_held(&mut self, peer: &[u8], id: u64) -> zmq::Result<()> {
-        let Some((skip, body)) = self.held.get(&id) else { return Ok(()) };
+    /// Sends held message `id` to receiver `peer`; one whose connection is gone is forgotten.
+    fn send_held(&mut self, peer: u32, id: u64) -> zmq::Result<()> {
+        let (Some((skip, body)), Some(route)) = (self.held.get(&id), self.routes.get(&peer)) else {
+            return Ok(());
+        };
         let head = wire::data_header(id, *skip);
-        match send_frames(&self.socket, &[peer, &head], [&body[..]], zmq::DONTWAIT) {
+        match send_frames(&self.socket, &[route, &head], [&body[..]], zmq::DONTWAIT) {
             Ok(()) => {
-                self.dispatch.sent(&peer.to_vec(), id);
+                self.dispatch.sent(&peer, id);
                 Ok(())
             }
             Err(zmq::Error::EHOSTUNREACH) | Err(zmq::Error::EAGAIN) => {
-                let ids = self.dispatch.forget(&[peer.to_vec()]);
+                let ids = self.dispatch.forget(&[peer]);
+                self.prune();
                 self.again.push_front(id);
                 self.again.extend(ids);
                 Ok(())
@@ -165,6 +175,7 @@ impl Source {
             );
             self.again.extend(lost);
         }
+        self.prune();
         while let Some(&id) = self.again.front() {
             if !self.held.contains_key(&id) {
                 self.again.pop_front();
@@ -172,34 +183,45 @@ impl Source {
             }
             let Some(peer) = self.dispatch.next_peer() else { break };
             self.again.pop_front();
-            self.send_held(&peer, id)?;
+            self.send_held(peer, id)?;
         }
         Ok(())
     }
 
     fn handle(&mut self, acked: &mut impl FnMut(u64)) -> zmq::Result<()> {
         let frames = std::mem::take(&mut self.frames);
-        let (peer, rest) = match frames.split_first() {
-            Some((peer, rest)) => (peer.to_vec(), rest),
-            None => return Ok(()),
-        };
+        let result = self.handle_frames(&frames, acked);
+        self.frames = frames;
+        result
+    }
+
+    fn handle_frames(&mut self, frames: &[zmq::Message], acked: &mut impl FnMut(u64)) -> zmq::Result<()> {
+        let Some((route, rest)) = frames.split_first() else { return Ok(()) };
         let now = self.now_ms();
-        match Wire::decode(rest) {
-            Ok(Wire::Credit(n)) => {
-                if self.dispatch.heard(&peer, now) != wire::Heard::Refused {
+        let known = self.numbers.get(&route[..]).copied();
+        match (Wire::decode(rest), known) {
+            (Ok(Wire::Credit(n)), Some(peer)) => {
+                self.dispatch.heard(&peer, now);
+                self.dispatch.credit(&peer, n);
+            }
+            (Ok(Wire::Credit(n)), None) => {
+                let peer = self.next_number;
+                if self.dispatch.heard(&peer, now) == wire::Heard::New {
+                    self.next_number = self.next_number.wrapping_add(1);
+                    self.numbers.insert(route.to_vec(), peer);
+                    self.routes.insert(peer, route.to_vec());
                     self.dispatch.credit(&peer, n);
                 }
             }
-            Ok(msg) if !self.dispatch.knows(&peer) => {
+            (Ok(_), None) => {
                 // A receiver of a previous run of this sender: it grants its window again.
-                let _ = msg;
                 self.resets += 1;
-                match self.socket.send_multipart([&peer[..], wire::RESET], zmq::DONTWAIT) {
+                match self.socket.send_multipart([&route[..], wire::RESET], zmq::DONTWAIT) {
                     Ok(()) | Err(zmq::Error::EHOSTUNREACH) | Err(zmq::Error::EAGAIN) => {}
                     Err(e) => return Err(e),
                 }
             }
-            Ok(Wire::Ack(ids)) => {
+            (Ok(Wire::Ack(ids)), Some(peer)) => {
                 self.dispatch.heard(&peer, now);
                 for id in wire::acked_ids(ids) {
                     if self.dispatch.acked(&peer, id) {
@@ -208,13 +230,21 @@ impl Source {
                     }
                 }
             }
-            Ok(Wire::Ping) => {
+            (Ok(Wire::Ping), Some(peer)) => {
                 self.dispatch.heard(&peer, now);
             }
-            Ok(Wire::Data { .. }) | Ok(Wire::Reset) | Err(_) => self.malformed += 1,
+            (Ok(Wire::Data { .. }) | Ok(Wire::Reset), Some(_)) | (Err(_), _) => self.malformed += 1,
         }
-        self.frames = frames;
         Ok(())
+    }
+
+    /// Forgets the routing ids of receivers the dispatcher no longer knows.
+    fn prune(&mut self) {
+        if self.routes.len() > self.dispatch.peers() {
+            let dispatch = &self.dispatch;
+            self.routes.retain(|n, _| dispatch.knows(n));
+            self.numbers.retain(|_, n| dispatch.knows(n));
+        }
     }
 
     /// Messages held by receivers or waiting to be sent again.
