@@ -156,6 +156,14 @@ keep = 2
         (stage(&s, "transform")["filtered"] == 2 && stage(&s, "record")["out"] == 3).then_some(())
     });
 
+    let table = hub_cli(&["pipeline", "status", "--broker", &hub.broker]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.starts_with("archive: sent 3, acked 3") || table.starts_with("archive: sent 5, acked 5"),
+        "{table}"
+    );
+    assert!(table.contains("\n  transform 2 ") && table.contains("\n  record "), "{table}");
+
     // Rotation by size, retention by count: ~150 bytes a line, 4 KiB a file, two rotated files kept.
     for chunk in (10..400u64).collect::<Vec<_>>().chunks(130) {
         send_acked(&hub, temps(chunk.iter().copied()));
@@ -312,38 +320,54 @@ fn a_stuck_sink_pushes_back_to_ingest_with_memory_bounded() {
     assert_eq!(seqs(&lines), (1..=accepted).collect::<BTreeSet<_>>());
 }
 
+/// SIGKILL, then a restart on the same data directory and ports.
+fn crash_and_restart(hub: HubProc, args: &[&str]) -> HubProc {
+    let (ports, broker) = (hub.ports(), hub.broker.clone());
+    let HubProc { mut proc, data, .. } = hub;
+    proc.signal(libc::SIGKILL);
+    proc.wait_exit(5 * SECOND).expect("the hub dies on SIGKILL");
+    HubProc::start_with_ports(data, &broker, ports, args)
+}
+
 #[test]
 fn a_hub_killed_mid_stream_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("kept.jsonl");
+    let (blocked, out) = blocked_recorder(dir.path());
     let config = dir.path().join("hub.toml");
     std::fs::write(
         &config,
         format!(
-            "[[pipeline]]\nname = \"kept\"\ningest = true\nworkers = 2\n[pipeline.transform]\nconvert = [{{ from = \"degC\", to = \"K\" }}]\n[pipeline.record]\npath = \"{}\"\n",
+            "[[pipeline]]\nname = \"kept\"\ningest = true\nworkers = 2\nmax_attempts = 1000000\nretry_min_ms = 20\nretry_max_ms = 50\n[pipeline.transform]\nconvert = [{{ from = \"degC\", to = \"K\" }}]\n[pipeline.record]\npath = \"{}\"\n",
             out.display()
         ),
     )
     .unwrap();
     let args = ["--config", config.to_str().unwrap()];
     let mut hub = HubProc::start_with(&args);
-    let total = 2000u64;
-    let mut sent = 0u64;
+
+    // Killed for certain with messages in the stages' hands: the recorder cannot write yet.
+    for from in (1..=1000).step_by(100) {
+        send_acked(&hub, temps(from..from + 100));
+    }
+    wait_for("the stages to hold messages", 5 * SECOND, || {
+        let s = status(&hub, "kept");
+        (s["source"]["in_flight"].as_u64() > Some(0)).then_some(())
+    });
+    hub = crash_and_restart(hub, &args);
+    std::fs::remove_file(&blocked).unwrap();
+
+    // Killed again while lines are being written, right after ingest accepted a batch.
+    let total = 5000u64;
+    let mut sent = 1000u64;
     let mut killed = false;
     while sent < total {
-        let batch = temps(sent + 1..=sent + 100);
-        match send(&hub, batch) {
-            Some(Reply::Ack { .. }) => sent += 100,
+        match send(&hub, temps(sent + 1..=sent + 500)) {
+            Some(Reply::Ack { .. }) => sent += 500,
             _ => continue,
         }
-        if !killed && sent >= total / 2 {
-            // Mid-stream: the pipeline is still working through what ingest accepted.
+        if !killed && sent >= 3000 {
             killed = true;
-            let (ports, broker) = (hub.ports(), hub.broker.clone());
-            let HubProc { mut proc, data, .. } = hub;
-            proc.signal(libc::SIGKILL);
-            proc.wait_exit(5 * SECOND).expect("the hub dies on SIGKILL");
-            hub = HubProc::start_with_ports(data, &broker, ports, &args);
+            hub = crash_and_restart(hub, &args);
         }
     }
     let lines = wait_for("every accepted sample recorded", 20 * SECOND, || {
@@ -355,7 +379,8 @@ fn a_hub_killed_mid_stream_loses_nothing() {
         lines.len() as u64 >= total,
         "at-least-once: a repeat is allowed, told apart by (agent, epoch, seq)"
     );
-    assert!(lines.iter().all(|l| l["unit"] == "K"));
+    assert!(lines.iter().all(|l| l["unit"] == "K"), "each converted once");
+    drop(hub);
 }
 
 #[test]
