@@ -414,3 +414,28 @@ fn check_config_names_the_bad_pipeline_field() {
         assert!(stderr.contains(field), "names {field}: {stderr}");
     }
 }
+
+#[test]
+fn bus_messages_feed_a_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let hub = start(
+        dir.path(),
+        &format!(
+            "[[pipeline]]\nname = \"events\"\nbus = [{{ name = \"event\", prefixes = [\"org.plantd.Event.\"] }}]\n[pipeline.record]\npath = \"{}\"\n",
+            out.display()
+        ),
+    );
+    let ctx = zmq::Context::new();
+    let publisher = ctx.socket(zmq::PUB).unwrap();
+    publisher.connect(&hub.bus("event").frontend).unwrap();
+    // PUB/SUB: publish until the pipeline's subscription has reached the bus (the bus is best effort).
+    let lines = wait_for("an event recorded", 10 * SECOND, || {
+        publisher.send_multipart([&b"org.plantd.Event.door"[..], br#"{"open":true}"#], 0).unwrap();
+        publisher.send_multipart([&b"org.plantd.Other.x"[..], br#"{"skip":true}"#], 0).unwrap();
+        let lines = recorded(&out);
+        (!lines.is_empty()).then_some(lines)
+    });
+    assert_eq!(lines[0], serde_json::json!({"open": true}));
+    assert!(lines.iter().all(|l| l.get("skip").is_none()), "only the prefixes taken");
+}
