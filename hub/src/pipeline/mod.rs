@@ -195,6 +195,7 @@ impl PipelineStats {
                     "stage": name, "workers": workers, "in": get(&st.received), "out": get(&st.out),
                     "filtered": get(&st.filtered), "failed": get(&st.failed), "retried": get(&st.retried),
                     "dead_lettered": get(&st.dead_lettered), "queued": get(&st.queued), "window": self.window,
+                    "malformed": get(&st.malformed),
                 })
             })
             .collect();
@@ -204,6 +205,7 @@ impl PipelineStats {
             "source": {
                 "sent": get(&s.sent), "acked": get(&s.acked), "in_flight": get(&s.in_flight),
                 "waited": get(&s.waited), "replayed": get(&s.replayed), "undecodable": get(&s.undecodable),
+                "malformed": get(&s.malformed),
                 "cursor": get(&s.cursor), "journal_backlog": backlog,
             },
             "stages": stages,
@@ -224,7 +226,7 @@ impl PipelineStats {
         out.counter("pipeline_source_acked", "Messages the pipeline finished with.", p(), get(&s.acked));
         out.counter(
             "pipeline_source_waited",
-            "Source turns with messages to send and no credit.",
+            "Source turns (10 ms at most) with journal entries or dead letters to send and no credit.",
             p(),
             get(&s.waited),
         );
@@ -247,6 +249,12 @@ impl PipelineStats {
                 "Messages given up on, to the dead-letter store.",
                 l(),
                 get(&st.dead_lettered),
+            );
+            out.counter(
+                "pipeline_malformed",
+                "Malformed messages from peers (dropped).",
+                l(),
+                get(&st.malformed),
             );
             out.gauge("pipeline_queue_depth", "Messages in a stage now.", l(), get(&st.queued));
             out.gauge(

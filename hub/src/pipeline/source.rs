@@ -31,8 +31,11 @@ const FLUSH_EVERY: Duration = Duration::from_millis(200);
 pub struct SourceStats {
     pub sent: AtomicU64,
     pub acked: AtomicU64,
-    /// Times the source had something to send and no stage had credit: the backpressure.
+    /// Turns (10 ms at most each) the source had journal entries or dead letters to send
+    /// and no credit: the backpressure.
     pub waited: AtomicU64,
+    /// Malformed messages from the first stage (counted, dropped).
+    pub malformed: AtomicU64,
     pub in_flight: AtomicU64,
     /// Journal entries that could not be decoded (skipped, counted).
     pub undecodable: AtomicU64,
@@ -160,9 +163,13 @@ pub fn run(
                 }
             }
         }
-        if !source.ready() && (feed.journal.is_some() || !taps.is_empty()) {
+        // Backpressure, counted: journal entries or dead letters waiting, and no credit.
+        // (Bus messages waiting are the bus's to count: it drops them for a slow subscriber.)
+        let journal_waiting = feed.journal.as_ref().is_some_and(|(j, _, _)| j.newest() > state.read_after);
+        if !source.ready() && (journal_waiting || replays_left) {
             stats.waited.fetch_add(1, Relaxed);
         }
+        stats.malformed.store(source.malformed(), Relaxed);
         stats.in_flight.store(source.in_flight() as u64, Relaxed);
     }
     if let Some((journal, _, _)) = &feed.journal {

@@ -80,7 +80,7 @@ pub struct StageStats {
     pub dead_lettered: AtomicU64,
     /// Messages in the stage now: being handled or waiting for downstream (a gauge).
     pub queued: AtomicU64,
-    /// Malformed messages from peers (counted, dropped).
+    /// Malformed messages from peers, and deliveries past the credit granted (counted, dropped).
     pub malformed: AtomicU64,
 }
 
@@ -181,6 +181,8 @@ fn io_loop(
     // Results waiting for downstream credit; bounded by what upstream granted.
     let mut waiting: VecDeque<(u64, u8, Vec<u8>)> = VecDeque::new();
     let mut next_key: u64 = session_base();
+    // Deliveries past the credit granted (dropped unacknowledged).
+    let mut overrun = 0u64;
     let mut frames: Vec<zmq::Message> = Vec::with_capacity(3);
     let tick = options.hop.ping_every.min(Duration::from_millis(100)).as_millis() as i64;
     while !stop.is_set() {
@@ -245,12 +247,15 @@ fn io_loop(
                 } else if jobs.try_send(Job { key, body: d.body }).is_err() {
                     // Only a sender ignoring our credit gets here: not acknowledged, it sends again.
                     taken.remove(&key);
-                    stats.malformed.fetch_add(1, Relaxed);
+                    overrun += 1;
                 }
             }
             inlet.flush()?;
         }
         stats.queued.store(taken.len() as u64, Relaxed);
+        let from_peers =
+            inlets.iter().map(Inlet::malformed).sum::<u64>() + outlet.as_ref().map_or(0, |o| o.malformed());
+        stats.malformed.store(from_peers + overrun, Relaxed);
     }
     Ok(())
 }
