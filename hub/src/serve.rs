@@ -334,8 +334,9 @@ impl Hub {
             let pipeline = crate::pipeline::Pipeline::new(p, journal.clone(), &taps, dlq.clone());
             let stats = pipeline.stats.clone();
             {
-                let (stats, dlq) = (stats.clone(), dlq.clone());
-                registry.register("pipeline", Arc::new(move |out: &mut Families| stats.collect(&dlq, out)));
+                let (stats, dlq, journal) = (stats.clone(), dlq.clone(), journal.clone());
+                let collect = move |out: &mut Families| stats.collect(&dlq, journal.as_deref(), out);
+                registry.register("pipeline", Arc::new(collect));
             }
             all.push(stats);
             for (name, part) in pipeline.parts(ctx) {

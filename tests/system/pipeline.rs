@@ -302,6 +302,12 @@ fn a_stuck_sink_pushes_back_to_ingest_with_memory_bounded() {
     assert!(stage(&s, "record")["queued"].as_u64().unwrap() <= 8, "{s}");
     assert!(s["source"]["in_flight"].as_u64().unwrap() <= 8, "{s}");
     assert!(s["source"]["waited"].as_u64().unwrap() > 0, "the source waited: {s}");
+    let metrics = http_get(&hub.http, "/metrics").1;
+    let gauge =
+        |series: &str| prometheus_value(&metrics, series).unwrap_or_else(|| panic!("{series} in {metrics}"));
+    assert_eq!(gauge("plantd_pipeline_max_backlog_records{pipeline=\"slow\"}"), 200, "the bound, visible");
+    assert!(gauge("plantd_pipeline_journal_backlog{pipeline=\"slow\"}") >= 200 - 8);
+    assert!(gauge("plantd_pipeline_queue_depth{pipeline=\"slow\",stage=\"record\"}") <= 8);
     // Keep pushing: nothing more is taken, and the hub's memory stays put.
     let rss = testkit::bench::rss_kib(hub.proc.pid());
     for _ in 0..100 {

@@ -48,6 +48,9 @@ pub fn export_config(pipelines: &[PipelineConfig]) -> Option<ExportConfig> {
 pub struct PipelineStats {
     pub name: String,
     pub window: u32,
+    /// Its bounds beyond the window: journal entries and bytes waiting (when fed by ingest), dead letters.
+    pub max_backlog: Option<(u64, u64)>,
+    pub dlq_max_records: u64,
     pub source: SourceStats,
     /// (stage name, workers, counters), in order.
     pub stages: Vec<(&'static str, usize, StageStats)>,
@@ -96,6 +99,8 @@ impl Pipeline {
         let stats = PipelineStats {
             name: config.name.clone(),
             window: config.window,
+            max_backlog: config.ingest.then_some((config.max_backlog_records, config.max_backlog_bytes)),
+            dlq_max_records: config.dlq_max_records,
             source: SourceStats::default(),
             stages,
         };
@@ -210,13 +215,41 @@ impl PipelineStats {
             },
             "stages": stages,
             "dead_letters": dlq.count(&self.name),
+            "bounds": {
+                "window": self.window,
+                "max_backlog_records": self.max_backlog.map(|b| b.0),
+                "max_backlog_bytes": self.max_backlog.map(|b| b.1),
+                "dlq_max_records": self.dlq_max_records,
+            },
         })
     }
 
-    pub fn collect(&self, dlq: &Dlq, out: &mut Families) {
+    pub fn collect(&self, dlq: &Dlq, journal: Option<&journal::Journal>, out: &mut Families) {
         let get = |c: &AtomicU64| c.load(Relaxed);
         let p = || vec![("pipeline", self.name.clone())];
         let s = &self.source;
+        if let (Some(journal), Some((records, bytes))) = (journal, self.max_backlog) {
+            let backlog = journal.newest().saturating_sub(get(&s.cursor));
+            out.gauge(
+                "pipeline_journal_backlog",
+                "Ingest journal entries past the pipeline's cursor.",
+                p(),
+                backlog,
+            );
+            out.gauge(
+                "pipeline_max_backlog_records",
+                "Journal entries waiting, at most (then ingest says Retry).",
+                p(),
+                records,
+            );
+            out.gauge("pipeline_max_backlog_bytes", "Their bytes, at most.", p(), bytes);
+        }
+        out.gauge(
+            "pipeline_dlq_max_records",
+            "Dead letters kept for the pipeline, at most.",
+            p(),
+            self.dlq_max_records,
+        );
         out.counter(
             "pipeline_source_sent",
             "Messages a pipeline's source sent (replays included).",

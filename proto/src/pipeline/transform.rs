@@ -243,6 +243,17 @@ mod tests {
         assert!(matches!(r.apply(b"[1]"), Err(TransformError::NotAnObject(_))));
     }
 
+    proptest::proptest! {
+        /// Whatever arrives (network or file), the transform answers: a result or an error.
+        #[test]
+        fn any_input_is_transformed_or_refused(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), n in proptest::prelude::any::<f64>()) {
+            let r = rules(json!({"keep": [{"field": "channel", "any": ["t*"]}], "convert": [{"from": "degC", "to": "degF"}], "rename": {"value": "v"}}));
+            let _ = r.apply(&bytes);
+            let sample = json!({"channel": "t", "unit": "degC", "value": n}).to_string();
+            let _ = r.apply(sample.as_bytes());
+        }
+    }
+
     #[test]
     fn unknown_conversions_need_factors() {
         let r = rules(json!({"convert": [{"from": "furlong", "to": "m"}]}));
