@@ -232,3 +232,38 @@ fn a_stage_killed_mid_stream_loses_nothing() {
     assert_eq!(unique.len(), total as usize, "nothing lost");
     assert!(got.len() >= unique.len(), "at-least-once: repeats are allowed ({} received)", got.len());
 }
+
+#[test]
+fn a_restarted_source_is_granted_credit_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("ipc://{}/src", dir.path().display());
+    let ctx = zmq::Context::new();
+    let shutdown = Shutdown::new();
+    let got = Mutex::new(Vec::<String>::new());
+    let stats = StageStats::default();
+    std::thread::scope(|s| {
+        let (stop, sink_ctx, got, stats, at) =
+            (shutdown.watch().unwrap(), ctx.clone(), &got, &stats, &endpoint);
+        s.spawn(move || {
+            let upstream = [at.clone()];
+            let record = |b: &[u8]| {
+                got.lock().unwrap().push(String::from_utf8_lossy(b).into_owned());
+                Ok(None)
+            };
+            let wiring = Wiring { upstream: &upstream, downstream: None };
+            stage::run(&sink_ctx, wiring, &options("sink", 1, 8), record, |_| Ok(()), stats, &stop).unwrap();
+        });
+        // The first run sends half and goes away with messages unacknowledged.
+        {
+            let mut first = Source::bind(&ctx, &endpoint, hop(8)).unwrap();
+            pump(&mut first, 50, Duration::from_secs(10));
+            let _ = first.try_send(1000, 0, b"m1000".to_vec()).unwrap();
+        }
+        // The next run, on the same endpoint, is unknown to the sink: a reset, then credit again.
+        let mut second = Source::bind(&ctx, &endpoint, hop(8)).unwrap();
+        pump(&mut second, 100, Duration::from_secs(10));
+        shutdown.trigger();
+    });
+    let got: BTreeSet<String> = got.into_inner().unwrap().into_iter().collect();
+    assert!((0..100).all(|i| got.contains(&format!("m{i}"))), "{} distinct received", got.len());
+}
