@@ -138,7 +138,8 @@ where
     let results = ctx.socket(zmq::PULL)?;
     results.set_rcvhwm(0)?;
     results.bind(&results_at)?;
-    // At most a window per upstream is ever in the stage: the channel never blocks the I/O thread.
+    // A window per upstream is in the stage, normally; after an upstream's reset (it restarted)
+    // its old messages and a new window can overlap for a while: those wait in `io_loop`.
     let capacity = (options.hop.window as usize * inlets.len()).max(1);
     let (jobs, queue) = mpsc::sync_channel::<Job>(capacity);
     let queue = Arc::new(Mutex::new(queue));
@@ -181,7 +182,10 @@ fn io_loop(
     // Results waiting for downstream credit; bounded by what upstream granted.
     let mut waiting: VecDeque<(u64, u8, Vec<u8>)> = VecDeque::new();
     let mut next_key: u64 = session_base();
-    // Deliveries past the credit granted (dropped unacknowledged).
+    // Jobs the channel has no room for yet (after a reset, see `run`); past
+    // `limit` a sender is ignoring our credit, and its deliveries are dropped, counted.
+    let mut overflow: VecDeque<Job> = VecDeque::new();
+    let limit = 2 * options.hop.window as usize * inlets.len();
     let mut overrun = 0u64;
     let mut frames: Vec<zmq::Message> = Vec::with_capacity(3);
     let tick = options.hop.ping_every.min(Duration::from_millis(100)).as_millis() as i64;
@@ -244,13 +248,24 @@ fn io_loop(
                 // A replayed dead letter passes through the stages before the one that gave up on it.
                 if d.skip > 0 && outlet.is_some() {
                     waiting.push_back((key, d.skip - 1, d.body));
-                } else if jobs.try_send(Job { key, body: d.body }).is_err() {
-                    // Only a sender ignoring our credit gets here: not acknowledged, it sends again.
+                } else if overflow.len() >= limit {
                     taken.remove(&key);
                     overrun += 1;
+                } else {
+                    overflow.push_back(Job { key, body: d.body });
                 }
             }
             inlet.flush()?;
+        }
+        while let Some(job) = overflow.pop_front() {
+            match jobs.try_send(job) {
+                Ok(()) => {}
+                Err(mpsc::TrySendError::Full(job)) => {
+                    overflow.push_front(job);
+                    break;
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => return Ok(()),
+            }
         }
         stats.queued.store(taken.len() as u64, Relaxed);
         let from_peers =
