@@ -107,8 +107,9 @@ fn stage<'a>(status: &'a Value, name: &str) -> &'a Value {
 
 /// `hub dlq ARGS` against `hub`, its JSON output.
 fn dlq(hub: &HubProc, args: &[&str]) -> Value {
-    let mut all = vec!["dlq", "--broker", &hub.broker];
+    let mut all = vec!["dlq"];
     all.extend(args);
+    all.extend(["--broker", &hub.broker]);
     let out = hub_cli(&all);
     assert!(out.status.success(), "hub {all:?}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("hub dlq prints JSON")

@@ -21,8 +21,18 @@ use super::{ask_service, print_json, CmdResult, DEFAULT_BROKER};
     error_code(3, "the hub did not answer within the timeout")
 )]
 pub struct DlqArgs {
-    #[argh(subcommand)]
-    command: DlqCommand,
+    /// list, show ID, replay ID|--all, or purge [--older-than D]
+    #[argh(positional)]
+    action: String,
+    /// the letter's id (from `hub dlq list`), for show and replay
+    #[argh(positional)]
+    id: Option<u64>,
+    /// replay every letter
+    #[argh(switch)]
+    all: bool,
+    /// purge only letters older than this: seconds, or with a unit (90s, 15m, 2h, 7d)
+    #[argh(option)]
+    older_than: Option<String>,
     /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
     #[argh(option)]
     cert: Option<PathBuf>,
@@ -37,63 +47,19 @@ pub struct DlqArgs {
     timeout: u64,
 }
 
-#[derive(FromArgs)]
-#[argh(subcommand)]
-enum DlqCommand {
-    List(ListArgs),
-    Show(ShowArgs),
-    Replay(ReplayArgs),
-    Purge(PurgeArgs),
-}
-
-/// List the dead letters (without their bodies).
-#[derive(FromArgs)]
-#[argh(subcommand, name = "list")]
-pub struct ListArgs {}
-
-/// Show one dead letter, with its body.
-#[derive(FromArgs)]
-#[argh(subcommand, name = "show")]
-pub struct ShowArgs {
-    /// the letter's id (from `hub dlq list`)
-    #[argh(positional)]
-    id: u64,
-}
-
-/// Send dead letters through their pipeline again.
-#[derive(FromArgs)]
-#[argh(subcommand, name = "replay")]
-pub struct ReplayArgs {
-    /// the letter's id
-    #[argh(positional)]
-    id: Option<u64>,
-    /// every letter
-    #[argh(switch)]
-    all: bool,
-}
-
-/// Remove dead letters: all, or those older than a duration.
-#[derive(FromArgs)]
-#[argh(subcommand, name = "purge")]
-pub struct PurgeArgs {
-    /// only letters older than this: seconds, or with a unit (90s, 15m, 2h, 7d)
-    #[argh(option)]
-    older_than: Option<String>,
-}
-
 pub fn run(args: DlqArgs) -> CmdResult {
-    let command = match args.command {
-        DlqCommand::List(_) => "dlq list".to_string(),
-        DlqCommand::Show(a) => format!("dlq show {}", a.id),
-        DlqCommand::Replay(a) => match (a.id, a.all) {
-            (Some(id), false) => format!("dlq replay {id}"),
-            (None, true) => "dlq replay --all".to_string(),
-            _ => return Err("give a letter's id or --all (not both)".into()),
-        },
-        DlqCommand::Purge(a) => match a.older_than {
-            Some(d) => format!("dlq purge {}", seconds(&d)?),
-            None => "dlq purge".to_string(),
-        },
+    let command = match (args.action.as_str(), args.id, args.all, &args.older_than) {
+        ("list", None, false, None) => "dlq list".to_string(),
+        ("show", Some(id), false, None) => format!("dlq show {id}"),
+        ("replay", Some(id), false, None) => format!("dlq replay {id}"),
+        ("replay", None, true, None) => "dlq replay --all".to_string(),
+        ("purge", None, false, Some(d)) => format!("dlq purge {}", seconds(d)?),
+        ("purge", None, false, None) => "dlq purge".to_string(),
+        _ => {
+            return Err(
+                "use: hub dlq list | show ID | replay ID | replay --all | purge [--older-than D]".into()
+            )
+        }
     };
     let service = hub::service::DLQ_SERVICE;
     let Some(reply) =
