@@ -446,3 +446,30 @@ fn bus_messages_feed_a_pipeline() {
     assert_eq!(lines[0], serde_json::json!({"open": true}));
     assert!(lines.iter().all(|l| l.get("skip").is_none()), "only the prefixes taken");
 }
+
+#[test]
+fn with_security_only_an_operator_manages_dead_letters() {
+    let site = Site::new();
+    let viewer = site.identity("grafana");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let pipeline = format!(
+        "[[pipeline]]\nname = \"p\"\ningest = true\n[pipeline.record]\npath = \"{}\"\n",
+        out.display()
+    );
+    let hub = site.hub("\"grafana\" = [\"viewer\"]", &pipeline);
+    let as_viewer = |service: &str, command: &str| {
+        call(site.endpoint(&viewer, &hub.broker), proto::mdp::Dialect::Rfc7, service, &[command], 2 * SECOND)
+    };
+    let status = as_viewer("org.plantd.Hub", "pipeline").expect("the hub answers a viewer");
+    assert!(status[0].contains("\"name\":\"p\""), "a viewer sees the status: {status:?}");
+    assert_eq!(
+        as_viewer("org.plantd.Hub.Dlq", "dlq purge").unwrap(),
+        ["403"],
+        "nor purge nor replay for a viewer"
+    );
+    let reply = hub
+        .try_call("org.plantd.Hub.Dlq", &["dlq list"], 2 * SECOND)
+        .expect("an operator's call is answered");
+    assert_eq!(reply[0], r#"{"letters":[]}"#);
+}
