@@ -310,8 +310,14 @@ fn fastrand_u64() -> u64 {
     x ^ (x >> 31)
 }
 
+/// What [`run`] takes, named once for the functions it hands them to.
+trait Handle: Fn(&[u8]) -> Handled + Sync {}
+impl<T: Fn(&[u8]) -> Handled + Sync> Handle for T {}
+trait Bury: Fn(DeadLetter) -> Result<(), String> + Sync {}
+impl<T: Fn(DeadLetter) -> Result<(), String> + Sync> Bury for T {}
+
 #[allow(clippy::too_many_arguments)]
-fn work<H, D>(
+fn work<H: Handle, D: Bury>(
     ctx: &zmq::Context,
     results_at: &str,
     queue: &Mutex<mpsc::Receiver<Job>>,
@@ -320,11 +326,7 @@ fn work<H, D>(
     options: &StageOptions,
     stats: &StageStats,
     stop: &ShutdownWatch,
-) -> zmq::Result<()>
-where
-    H: Fn(&[u8]) -> Handled + Sync,
-    D: Fn(DeadLetter) -> Result<(), String> + Sync,
-{
+) -> zmq::Result<()> {
     let results = ctx.socket(zmq::PUSH)?;
     results.set_sndhwm(0)?;
     results.connect(results_at)?;
@@ -377,15 +379,12 @@ where
 }
 
 /// Stores a dead letter, retrying while the store fails; false if stopped first.
-fn store_dead_letter<D>(
+fn store_dead_letter<D: Bury>(
     dead_letter: &D,
     letter: DeadLetter,
     backoff: &mut Backoff,
     stop: &ShutdownWatch,
-) -> bool
-where
-    D: Fn(DeadLetter) -> Result<(), String>,
-{
+) -> bool {
     loop {
         match dead_letter(letter.clone()) {
             Ok(()) => return true,
