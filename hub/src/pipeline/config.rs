@@ -21,8 +21,8 @@ pub struct PipelineConfig {
     /// Which of those: bus topic prefixes.
     #[serde(default = "default_ingest_topics")]
     pub ingest_topics: Vec<String>,
-    /// Also take messages from buses (best effort: PUB/SUB drops when the
-    /// pipeline falls behind, and counts it on the bus).
+    /// Also take messages from buses (best effort: PUB/SUB drops, uncounted,
+    /// when the pipeline falls behind).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bus: Vec<BusSource>,
     /// Parallel workers of the transform stage.

@@ -164,7 +164,7 @@ pub fn run(
             }
         }
         // Backpressure, counted: journal entries or dead letters waiting, and no credit.
-        // (Bus messages waiting are the bus's to count: it drops them for a slow subscriber.)
+        // (Bus messages cannot be counted waiting: PUB/SUB drops them past the window, unseen.)
         let journal_waiting = feed.journal.as_ref().is_some_and(|(j, _, _)| j.newest() > state.read_after);
         if !source.ready() && (journal_waiting || replays_left) {
             stats.waited.fetch_add(1, Relaxed);
