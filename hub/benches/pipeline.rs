@@ -149,7 +149,10 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 
+    // Interleaved with the baseline, so a machine whose load changes meanwhile skews both alike.
+    let bare_one = bare_threads(cpu_messages, 1, rounds);
     let one = pipeline(cpu_messages, 1, window, rounds, "cpu1");
+    let bare_two = bare_threads(cpu_messages, 2, rounds);
     let two = pipeline(cpu_messages, 2, window, rounds, "cpu2");
     println!(
         "CPU-bound stage ({rounds} rounds: {:.0} µs a message on 1 worker), {cpu_messages} messages:",
@@ -157,7 +160,6 @@ fn main() {
     );
     println!("  1 worker   {one:>10.0} msg/s");
     println!("  2 workers  {two:>10.0} msg/s   ratio {:.2}", two / one);
-    let (bare_one, bare_two) = (bare_threads(cpu_messages, 1, rounds), bare_threads(cpu_messages, 2, rounds));
     println!(
         "  baseline, the same work on plain threads: 1 {bare_one:.0}/s, 2 {bare_two:.0}/s, ratio {:.2}",
         bare_two / bare_one
