@@ -33,6 +33,9 @@ pub struct Config {
     /// Bridges to other systems (`[bridge.nats]`).
     #[serde(skip_serializing_if = "crate::bridge::BridgeConfig::is_empty")]
     pub bridge: crate::bridge::BridgeConfig,
+    /// Pipelines (`[[pipeline]]`): ingest's samples or bus messages, transformed and recorded.
+    #[serde(rename = "pipeline", skip_serializing_if = "Vec::is_empty")]
+    pub pipelines: Vec<crate::pipeline::PipelineConfig>,
 }
 
 impl Default for Config {
@@ -48,6 +51,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             security: None,
             bridge: crate::bridge::BridgeConfig::default(),
+            pipelines: Vec::new(),
         }
     }
 }
@@ -458,6 +462,20 @@ impl Config {
                     "bridge.nats",
                     "exports ingest's samples: needs [ingest] enabled with its bus",
                 );
+            }
+        }
+        let buses: Vec<&str> = self.buses.iter().map(|b| b.name.as_str()).collect();
+        let ingest_on = self.ingest.enabled && buses.contains(&self.ingest.bus.as_str());
+        let mut pipeline_names = std::collections::HashSet::new();
+        for p in &self.pipelines {
+            if let Err((field, problem)) = p.validate(&buses, ingest_on) {
+                return Err(ConfigError::Invalid {
+                    field,
+                    problem: format!("(pipeline '{}') {problem}", p.name),
+                });
+            }
+            if !pipeline_names.insert(p.name.as_str()) {
+                return invalid("pipeline.name", &format!("'{}' is used twice", p.name));
             }
         }
         if h.max_connections == 0 || h.max_streams == 0 || h.header_timeout_ms == 0 {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod http;
 pub mod ingest;
 pub use httpd::metrics;
+pub mod pipeline;
 pub mod security;
 pub mod serve;
 pub mod service;

@@ -47,6 +47,10 @@ pub enum ServeError {
     Service(#[from] transport::WorkerError),
     #[error(transparent)]
     Bridge(#[from] crate::bridge::BridgeError),
+    #[error(transparent)]
+    Dlq(#[from] crate::pipeline::dlq::DlqError),
+    #[error("pipeline {0}")]
+    Pipeline(String),
     #[error("{0} thread panicked")]
     Panicked(String),
 }
@@ -190,7 +194,7 @@ impl Hub {
                 listeners.remove(&bus.name).unwrap_or_default(),
                 worker,
                 security.clone(),
-                crate::bridge::export_config(config.bridge_nats()),
+                joined_exports(config),
             )?;
             ingest_counters = Some((ingest.counters(), ingest.agents()));
             export = ingest.export();
@@ -207,14 +211,27 @@ impl Hub {
             }
         }
 
+        let pipelines = hub.start_pipelines(ctx, config, export.as_ref(), &registry)?;
         let bridge = match config.bridge_nats() {
             Some(nats) => Some(hub.start_bridge(ctx, config, nats, export, &security, &registry)?),
             None => None,
         };
+        if let Some(report) = &pipelines {
+            let service = crate::service::DlqService {
+                report: report.clone(),
+                worker: config.broker.worker_options(),
+                secure: security.is_some(),
+            };
+            let ctx = ctx.clone();
+            hub.spawn("dlq-service".into(), move |signal| {
+                service.serve(&ctx, &signal).map_err(ServeError::Service)
+            })?;
+        }
         {
             let service = crate::service::HubService {
                 agents: ingest_counters.as_ref().map(|(_, agents)| agents.clone()),
                 bridge,
+                pipelines,
                 worker: config.broker.worker_options(),
                 secure: security.is_some(),
             };
@@ -294,6 +311,46 @@ impl Hub {
         };
         self.spawn("bridge".into(), move |signal| bridge.run(&signal).map_err(ServeError::from))?;
         Ok(report)
+    }
+
+    /// Starts each configured pipeline's threads; returns what `hub pipeline
+    /// status` and `hub dlq` answer with.
+    fn start_pipelines(
+        &mut self,
+        ctx: &zmq::Context,
+        config: &Config,
+        export: Option<&crate::ingest::Export>,
+        registry: &Registry,
+    ) -> Result<Option<crate::service::PipelineReport>, ServeError> {
+        if config.pipelines.is_empty() {
+            return Ok(None);
+        }
+        let dlq = Arc::new(crate::pipeline::dlq::Dlq::open(&config.data_dir)?);
+        let taps: Vec<(String, String)> =
+            config.buses.iter().map(|b| (b.name.clone(), b.inproc_tap())).collect();
+        let journal = export.map(|e| e.journal.clone());
+        let mut all = Vec::new();
+        for p in &config.pipelines {
+            let pipeline = crate::pipeline::Pipeline::new(p, journal.clone(), &taps, dlq.clone());
+            let stats = pipeline.stats.clone();
+            {
+                let (stats, dlq, journal) = (stats.clone(), dlq.clone(), journal.clone());
+                let collect = move |out: &mut Families| stats.collect(&dlq, journal.as_deref(), out);
+                registry.register("pipeline", Arc::new(collect));
+            }
+            all.push(stats);
+            for (name, part) in pipeline.parts(ctx) {
+                self.spawn(name, move |signal| part(&signal).map_err(ServeError::Pipeline))?;
+            }
+        }
+        let report: crate::service::PipelineReport = Arc::new(move |words: &[&str]| match words {
+            ["pipeline"] => serde_json::json!({
+                "pipelines": all.iter().map(|s| s.to_json(&dlq, journal.as_deref())).collect::<Vec<_>>()
+            }),
+            ["dlq", rest @ ..] => dlq.command(rest, crate::ingest::wall_ns()),
+            _ => serde_json::json!({"error": "unknown pipeline command"}),
+        });
+        Ok(Some(report))
     }
 
     /// The HTTP health/metrics address, if enabled.
@@ -381,6 +438,16 @@ impl Hub {
     pub fn stop(self) -> Result<(), ServeError> {
         self.shutdown.trigger();
         self.wait()
+    }
+}
+
+/// What ingest keeps in its journal, and for whom: the bridge and the pipelines fed by ingest.
+fn joined_exports(config: &Config) -> Option<crate::ingest::ExportConfig> {
+    let bridge = crate::bridge::export_config(config.bridge_nats());
+    let pipelines = crate::pipeline::export_config(&config.pipelines);
+    match (bridge, pipelines) {
+        (Some(b), Some(p)) => Some(b.join(p)),
+        (b, p) => b.or(p),
     }
 }
 

@@ -6,6 +6,12 @@
 //! | --- | --- |
 //! | `agents` | every agent ingest has heard from: link, last seen, backlog and lag as reported, epoch, accepted, duplicates |
 //! | `bridge` | the NATS bridge: server, cursor, backlog, acknowledgements, retries, last error |
+//! | `pipeline` | each pipeline: its source and, per stage, in, out, failed, retried, dead-lettered, queue depth |
+//!
+//! The pipelines' dead letters (`dlq list`, `dlq show ID`, `dlq replay
+//! ID|--all`, `dlq purge [SECONDS]`) are answered on [`DLQ_SERVICE`] instead:
+//! replaying and purging change data, so only `operator` (which may call any
+//! service) reaches them, not `viewer`.
 //!
 //! Only the hub provides it (a reserved name); `viewer` and `operator` may call it.
 
@@ -20,12 +26,55 @@ use crate::ingest::agents::Agents;
 
 pub const SERVICE: &str = "org.plantd.Hub";
 
+/// Where the dead-letter commands go (not granted to `viewer`).
+pub const DLQ_SERVICE: &str = "org.plantd.Hub.Dlq";
+
 /// The bridge's status as JSON, when a bridge is configured.
 pub type BridgeReport = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// Answers `pipeline` and `dlq …` (the command's words), when pipelines are configured.
+pub type PipelineReport = Arc<dyn Fn(&[&str]) -> serde_json::Value + Send + Sync>;
+
+/// The dead-letter service: `dlq …` commands only.
+pub struct DlqService {
+    pub report: PipelineReport,
+    pub worker: WorkerOptions,
+    pub secure: bool,
+}
+
+impl DlqService {
+    pub fn serve(&self, ctx: &zmq::Context, signal: &ShutdownWatch) -> Result<(), WorkerError> {
+        answer(ctx, signal, DLQ_SERVICE, &self.worker, self.secure, |command| {
+            let words: Vec<&str> = command.unwrap_or_default().split_whitespace().collect();
+            match words.first() {
+                Some(&"dlq") => (self.report)(&words),
+                _ => json!({"error": "use: dlq list | show ID | replay ID|--all | purge [SECONDS]"}),
+            }
+        })
+    }
+}
+
+/// Serves `service`: each request is a command frame (after the caller's
+/// identity, with security), each reply `reply(command)` as one frame of JSON.
+fn answer(
+    ctx: &zmq::Context,
+    signal: &ShutdownWatch,
+    service: &str,
+    options: &WorkerOptions,
+    secure: bool,
+    reply: impl Fn(Option<&str>) -> serde_json::Value,
+) -> Result<(), WorkerError> {
+    let worker = Worker::new(ctx, BROKER_INPROC, service, options.clone());
+    worker.run(signal, |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
+        let command = body.get(usize::from(secure)).map(|f| String::from_utf8_lossy(f).into_owned());
+        vec![zmq::Message::from(reply(command.as_deref()).to_string().as_bytes())]
+    })
+}
 
 pub struct HubService {
     pub agents: Option<Arc<Agents>>,
     pub bridge: Option<BridgeReport>,
+    pub pipelines: Option<PipelineReport>,
     pub worker: WorkerOptions,
     /// With security the broker puts the caller's identity first.
     pub secure: bool,
@@ -33,21 +82,20 @@ pub struct HubService {
 
 impl HubService {
     pub fn serve(&self, ctx: &zmq::Context, signal: &ShutdownWatch) -> Result<(), WorkerError> {
-        let worker = Worker::new(ctx, BROKER_INPROC, SERVICE, self.worker.clone());
-        worker.run(signal, |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
-            let command = body.get(usize::from(self.secure)).map(|f| String::from_utf8_lossy(f).into_owned());
-            let reply = match command.as_deref() {
-                Some("agents") => match &self.agents {
-                    Some(agents) => agents.to_json(Instant::now(), crate::ingest::wall_ns()),
-                    None => json!({"error": "this hub runs without ingest: it hears from no agent"}),
-                },
-                Some("bridge") => match &self.bridge {
-                    Some(report) => report(),
-                    None => json!({"error": "this hub has no [bridge.nats] in its config"}),
-                },
-                other => json!({"error": format!("unknown command {other:?}: use agents or bridge")}),
-            };
-            vec![zmq::Message::from(reply.to_string().as_bytes())]
+        answer(ctx, signal, SERVICE, &self.worker, self.secure, |command| match command {
+            Some("agents") => match &self.agents {
+                Some(agents) => agents.to_json(Instant::now(), crate::ingest::wall_ns()),
+                None => json!({"error": "this hub runs without ingest: it hears from no agent"}),
+            },
+            Some("bridge") => match &self.bridge {
+                Some(report) => report(),
+                None => json!({"error": "this hub has no [bridge.nats] in its config"}),
+            },
+            Some("pipeline") => match &self.pipelines {
+                Some(report) => report(&["pipeline"]),
+                None => json!({"error": "this hub has no [[pipeline]] in its config"}),
+            },
+            other => json!({"error": format!("unknown command {other:?}: use agents, bridge or pipeline")}),
         })
     }
 }

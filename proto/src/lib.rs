@@ -14,6 +14,7 @@ pub mod identity;
 pub mod ingest;
 pub mod mdp;
 pub mod mmi;
+pub mod pipeline;
 pub mod rate;
 pub mod sample;
 pub mod state;

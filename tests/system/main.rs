@@ -10,6 +10,7 @@ mod cli;
 mod interop;
 mod operations;
 mod package;
+mod pipeline;
 mod security;
 mod state;
 mod storage;

@@ -235,6 +235,7 @@ pub fn export_config(nats: Option<&NatsConfig>) -> Option<ExportConfig> {
     Some(ExportConfig {
         limits: journal::Limits { max_records: nats.max_backlog_records, max_bytes: nats.max_backlog_bytes },
         prefixes: nats.export.clone(),
+        consumers: vec![journal::BRIDGE.to_string()],
     })
 }
 

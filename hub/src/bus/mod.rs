@@ -17,7 +17,7 @@
 //! XPUB fed only while something subscribes there; their subscriptions are
 //! the proxy's own holds upstream, and no real subscriber for the ingest gate.
 
-mod recorder;
+pub(crate) mod recorder;
 pub mod subscriptions;
 mod upstream;
 

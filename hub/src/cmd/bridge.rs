@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use argh::FromArgs;
 use serde_json::Value;
 
-use super::{ask_hub, print_json, CmdResult, DEFAULT_BROKER};
+use super::{ask_hub, print_json, text, CmdResult, DEFAULT_BROKER};
 
 /// The NATS bridge ([bridge.nats] in the hub's config).
 #[derive(FromArgs)]
@@ -65,11 +65,6 @@ pub fn run(args: BridgeArgs) -> CmdResult {
 
 /// `key: value` lines an operator reads at a glance.
 fn summary(s: &Value) -> String {
-    let text = |v: &Value| match v {
-        Value::Null => "-".to_string(),
-        Value::String(t) => t.clone(),
-        other => other.to_string(),
-    };
     let server = if s["connected"] == true { text(&s["server"]) } else { "not connected".to_string() };
     let backlog = match &s["backlog"] {
         Value::Null => "- (durable samples are not exported)".to_string(),

@@ -65,8 +65,12 @@ pub fn run(args: CheckConfigArgs) -> CmdResult {
         },
         None => String::new(),
     };
+    let pipelines = match config.pipelines.len() {
+        0 => String::new(),
+        n => format!(", {n} pipeline(s)"),
+    };
     println!(
-        "config ok: broker {}, {} bus(es), state {}, ingest {}, security {security}, http {}{bridge}",
+        "config ok: broker {}, {} bus(es), state {}, ingest {}, security {security}, http {}{bridge}{pipelines}",
         config.broker.endpoint,
         config.buses.len(),
         if config.state.enabled { "on" } else { "off" },

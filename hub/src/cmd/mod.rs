@@ -5,8 +5,10 @@ pub mod agents;
 pub mod bridge;
 pub mod call;
 pub mod check;
+pub mod dlq;
 pub mod echo;
 pub mod keys;
+pub mod pipeline;
 pub mod publish;
 pub mod serve;
 pub mod state;
@@ -51,12 +53,24 @@ pub fn ask_hub(
     server_cert: Option<PathBuf>,
     timeout_ms: u64,
 ) -> Result<Option<serde_json::Value>, Box<dyn std::error::Error>> {
+    ask_service(hub::service::SERVICE, command, broker, cert, server_cert, timeout_ms)
+}
+
+/// [`ask_hub`], of another of the hub's own services.
+pub fn ask_service(
+    service: &str,
+    command: &str,
+    broker: &str,
+    cert: Option<PathBuf>,
+    server_cert: Option<PathBuf>,
+    timeout_ms: u64,
+) -> Result<Option<serde_json::Value>, Box<dyn std::error::Error>> {
     use transport::{Client, ClientError, ClientOptions};
     let ctx = zmq::Context::new();
     let timeout = std::time::Duration::from_millis(timeout_ms);
     let options = ClientOptions { timeout, retries: 1, ..Default::default() };
     let mut client = Client::new(&ctx, client_endpoint(broker, cert, server_cert)?, options);
-    let reply = match client.request(hub::service::SERVICE, &[command.as_bytes()]) {
+    let reply = match client.request(service, &[command.as_bytes()]) {
         Ok(reply) => reply,
         Err(e @ ClientError::Timeout { .. }) => {
             eprintln!("hub: {e} (is the hub running, at this --broker?)");
@@ -79,6 +93,15 @@ pub fn print_json(value: &serde_json::Value) -> Result<(), serde_json::Error> {
     let pretty = std::io::stdout().is_terminal();
     println!("{}", if pretty { serde_json::to_string_pretty(value)? } else { value.to_string() });
     Ok(())
+}
+
+/// A JSON value as a summary shows it: text bare, null as "-".
+pub fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(t) => t.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Which end of a bus a command talks to.

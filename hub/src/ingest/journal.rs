@@ -8,6 +8,11 @@
 //! Bounded in records and bytes: when the bridge cannot keep up (NATS down),
 //! ingest answers Retry and the agents keep buffering.
 //!
+//! Several consumers may read it (the bridge and each pipeline fed by
+//! ingest), each with its own persistent cursor; an entry goes once every
+//! consumer has acknowledged it. So the slowest consumer holds the journal
+//! back, and at the bounds pushes back on the agents.
+//!
 //! Keys are a counter, appended under a lock, so the bridge never sees a
 //! later key before an earlier one (it reads in key order and would skip it).
 
@@ -41,7 +46,15 @@ pub struct Limits {
     pub max_bytes: u64,
 }
 
-const CURSOR: &[u8] = b"cursor";
+/// The bridge's cursor (its key from before there were other consumers).
+pub const BRIDGE: &str = "bridge";
+
+fn cursor_key(consumer: &str) -> Vec<u8> {
+    match consumer {
+        BRIDGE => b"cursor".to_vec(),
+        other => format!("cursor.{other}").into_bytes(),
+    }
+}
 
 pub struct Journal {
     db: sled::Db,
@@ -52,13 +65,19 @@ pub struct Journal {
     records: AtomicU64,
     bytes: AtomicU64,
     limits: Limits,
+    /// Each consumer's cursor key in `meta`.
+    consumers: Vec<(String, Vec<u8>)>,
+    /// Held while cursors move and entries go, so two consumers acknowledging
+    /// at once agree on what every consumer has.
+    trim: Mutex<()>,
     /// Woken on every append, so the bridge publishes at once instead of polling.
     appended: tokio::sync::Notify,
 }
 
 impl Journal {
-    /// Opens the journal in `db` (the ingest store) and counts what is in it.
-    pub fn open(db: &sled::Db, limits: Limits) -> sled::Result<Journal> {
+    /// Opens the journal in `db` (the ingest store) for `consumers` (at least
+    /// one) and counts what is in it.
+    pub fn open(db: &sled::Db, limits: Limits, consumers: &[String]) -> sled::Result<Journal> {
         let entries = db.open_tree("export.v1")?;
         let meta = db.open_tree("export.meta")?;
         let (mut records, mut bytes) = (0, 0);
@@ -67,8 +86,14 @@ impl Journal {
             records += 1;
             bytes += value.len() as u64 + 8;
         }
+        let consumers: Vec<(String, Vec<u8>)> =
+            consumers.iter().map(|c| (c.clone(), cursor_key(c))).collect();
         let last = entries.last()?.map_or(0, |(k, _)| key_of(&k));
-        let next = last.max(read_u64(&meta, CURSOR)?) + 1;
+        let mut highest = last;
+        for (_, key) in &consumers {
+            highest = highest.max(read_u64(&meta, key)?);
+        }
+        let next = highest + 1;
         Ok(Journal {
             db: db.clone(),
             entries,
@@ -77,6 +102,8 @@ impl Journal {
             records: AtomicU64::new(records),
             bytes: AtomicU64::new(bytes),
             limits,
+            consumers,
+            trim: Mutex::new(()),
             appended: tokio::sync::Notify::new(),
         })
     }
@@ -131,23 +158,36 @@ impl Journal {
         Ok(out)
     }
 
-    /// JetStream has every entry up to `key`: the cursor moves there and
-    /// they go (durable at the next [`Journal::flush`]).
+    /// JetStream has every entry up to `key`: the bridge's cursor moves there.
     pub fn acked(&self, key: u64) -> sled::Result<()> {
-        let cursor = self.cursor()?;
-        if key <= cursor {
+        self.acked_by(BRIDGE, key)
+    }
+
+    /// `consumer` is done with every entry up to `key`: its cursor moves
+    /// there, and what every consumer is done with goes (durable at the next
+    /// [`Journal::flush`]).
+    pub fn acked_by(&self, consumer: &str, key: u64) -> sled::Result<()> {
+        let Some((_, cursor_key)) = self.consumers.iter().find(|(c, _)| c == consumer) else {
             return Ok(());
+        };
+        let _trimming = self.trim.lock().unwrap_or_else(|e| e.into_inner());
+        if key <= read_u64(&self.meta, cursor_key)? {
+            return Ok(());
+        }
+        self.meta.insert(cursor_key, &key.to_be_bytes())?;
+        let mut everyone = u64::MAX;
+        for (_, k) in &self.consumers {
+            everyone = everyone.min(read_u64(&self.meta, k)?);
         }
         let mut batch = sled::Batch::default();
         let (mut records, mut bytes) = (0, 0);
-        for item in self.entries.range(..=key.to_be_bytes()) {
+        for item in self.entries.range(..=everyone.to_be_bytes()) {
             let (k, value) = item?;
             records += 1;
             bytes += value.len() as u64 + 8;
             batch.remove(k);
         }
         self.entries.apply_batch(batch)?;
-        self.meta.insert(CURSOR, &key.to_be_bytes())?;
         self.records.fetch_sub(records.min(self.records.load(SeqCst)), SeqCst);
         self.bytes.fetch_sub(bytes.min(self.bytes.load(SeqCst)), SeqCst);
         Ok(())
@@ -155,7 +195,17 @@ impl Journal {
 
     /// The last key JetStream acknowledged.
     pub fn cursor(&self) -> sled::Result<u64> {
-        read_u64(&self.meta, CURSOR)
+        self.cursor_of(BRIDGE)
+    }
+
+    /// The last key `consumer` is done with.
+    pub fn cursor_of(&self, consumer: &str) -> sled::Result<u64> {
+        read_u64(&self.meta, &cursor_key(consumer))
+    }
+
+    /// The key the next append takes, less one: the newest entry's.
+    pub fn newest(&self) -> u64 {
+        self.next.lock().unwrap_or_else(|e| e.into_inner()).saturating_sub(1)
     }
 
     pub fn flush(&self) -> sled::Result<()> {
@@ -201,7 +251,7 @@ mod tests {
         let limits = Limits { max_records: 5, max_bytes: 1 << 20 };
         {
             let db = sled::open(dir.path()).unwrap();
-            let j = Journal::open(&db, limits).unwrap();
+            let j = Journal::open(&db, limits, &[BRIDGE.to_string()]).unwrap();
             assert!(j.has_room(50, 100), "an empty journal takes any one batch");
             j.append(&[entry(1), entry(2)]).unwrap();
             j.append(&[entry(3)]).unwrap();
@@ -214,7 +264,7 @@ mod tests {
             j.flush().unwrap();
         }
         let db = sled::open(dir.path()).unwrap();
-        let j = Journal::open(&db, limits).unwrap();
+        let j = Journal::open(&db, limits, &[BRIDGE.to_string()]).unwrap();
         let cursor = j.cursor().unwrap();
         let left: Vec<u64> =
             j.read(cursor, 10).unwrap().iter().map(|(_, e)| e.as_ref().unwrap().seq).collect();
@@ -222,5 +272,44 @@ mod tests {
         j.append(&[entry(4)]).unwrap();
         let keys: Vec<u64> = j.read(cursor, 10).unwrap().iter().map(|(k, _)| *k).collect();
         assert!(keys[1] > keys[0], "keys keep rising after a restart: {keys:?}");
+    }
+
+    /// sled's background flusher can hold the lock a moment after the last handle is dropped.
+    fn reopen(path: &std::path::Path) -> sled::Db {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match sled::open(path) {
+                Ok(db) => return db,
+                Err(e) if std::time::Instant::now() > deadline => panic!("{e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+    }
+
+    #[test]
+    fn an_entry_stays_until_every_consumer_is_done_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits { max_records: 100, max_bytes: 1 << 20 };
+        let consumers = [BRIDGE.to_string(), "pipeline.archive".to_string()];
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let j = Journal::open(&db, limits, &consumers).unwrap();
+            j.append(&[entry(1), entry(2), entry(3)]).unwrap();
+            let keys: Vec<u64> = j.read(0, 10).unwrap().iter().map(|(k, _)| *k).collect();
+            j.acked(keys[2]).unwrap();
+            assert_eq!(j.backlog().0, 3, "the pipeline has not read them yet");
+            j.acked_by("pipeline.archive", keys[0]).unwrap();
+            assert_eq!(j.backlog().0, 2, "both are done with the first");
+            j.acked_by("nobody", keys[2]).unwrap();
+            assert_eq!(j.backlog().0, 2, "an unknown consumer moves nothing");
+            j.flush().unwrap();
+        }
+        let db = reopen(dir.path());
+        let j = Journal::open(&db, limits, &consumers).unwrap();
+        let cursor = j.cursor_of("pipeline.archive").unwrap();
+        let left: Vec<u64> =
+            j.read(cursor, 10).unwrap().iter().map(|(_, e)| e.as_ref().unwrap().seq).collect();
+        assert_eq!(left, [2, 3], "each consumer resumes from its own cursor");
+        assert_eq!(j.read(j.cursor().unwrap(), 10).unwrap().len(), 0);
     }
 }

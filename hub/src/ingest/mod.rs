@@ -131,11 +131,29 @@ pub struct Export {
     pub prefixes: Vec<String>,
 }
 
-/// The bridge, as ingest is told of it.
+/// The journal's consumers (the bridge, pipelines), as ingest is told of them.
 #[derive(Clone, Debug)]
 pub struct ExportConfig {
     pub limits: journal::Limits,
+    /// Topic prefixes the consumers take: heard, for the ingest gate.
     pub prefixes: Vec<String>,
+    /// Their names, each with its own cursor in the journal.
+    pub consumers: Vec<String>,
+}
+
+impl ExportConfig {
+    /// Both consumers' prefixes and names, within the tighter of their bounds.
+    pub fn join(self, other: ExportConfig) -> ExportConfig {
+        let limits = journal::Limits {
+            max_records: self.limits.max_records.min(other.limits.max_records),
+            max_bytes: self.limits.max_bytes.min(other.limits.max_bytes),
+        };
+        let mut prefixes = self.prefixes;
+        prefixes.extend(other.prefixes);
+        let mut consumers = self.consumers;
+        consumers.extend(other.consumers);
+        ExportConfig { limits, prefixes, consumers }
+    }
 }
 
 impl IngestService {
@@ -155,7 +173,7 @@ impl IngestService {
             Watermarks::open(&path).map_err(|source| IngestError::Open { path: path.clone(), source })?;
         let export = match export {
             Some(e) => {
-                let journal = Journal::open(watermarks.db(), e.limits)
+                let journal = Journal::open(watermarks.db(), e.limits, &e.consumers)
                     .map_err(|source| IngestError::Open { path: path.clone(), source })?;
                 Some(Export { journal: Arc::new(journal), prefixes: e.prefixes })
             }
@@ -341,7 +359,7 @@ impl IngestService {
                 let (records, bytes) = export.journal.backlog();
                 return Reply::Retry {
                     reason: format!(
-                        "the hub's export backlog for NATS is full ({records} samples, {bytes} bytes): NATS unreachable?"
+                        "the hub's export backlog is full ({records} samples, {bytes} bytes): NATS unreachable, or a pipeline stuck? (hub bridge status, hub pipeline status)"
                     ),
                     after_ms: 2000,
                 };

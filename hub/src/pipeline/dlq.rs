@@ -1,0 +1,285 @@
+//! The dead-letter store: messages a stage gave up on, with the error, the
+//! attempts and the stage, in sled under `data_dir/pipelines`. An entry is
+//! flushed before the stage acknowledges the message upstream, so a dead
+//! letter is never lost with the message.
+//!
+//! Replay marks entries; each pipeline's source sends its marked entries
+//! again into the stage that gave up on them, and removes an entry only when
+//! the pipeline acknowledges it (a replay that fails again makes a new entry).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Letter {
+    pub pipeline: String,
+    pub stage: String,
+    /// Stages before it: a replay skips them.
+    pub position: u8,
+    pub error: String,
+    pub attempts: u32,
+    /// When it was dead-lettered, in ns since the Unix epoch.
+    pub at_ns: i64,
+    pub body: Vec<u8>,
+    /// Marked for replay.
+    pub replay: bool,
+}
+
+impl Letter {
+    fn to_json(&self, id: u64, with_body: bool) -> Value {
+        let at = jiff::Timestamp::from_nanosecond(self.at_ns as i128).map(|t| t.to_string()).ok();
+        let mut j = json!({
+            "id": id, "pipeline": self.pipeline, "stage": self.stage, "failure": self.error,
+            // Not "error": that key means the command failed, to `hub` and other clients.
+            "attempts": self.attempts, "at": at, "bytes": self.body.len(), "replay": self.replay,
+        });
+        if with_body {
+            j["body"] = match serde_json::from_slice::<Value>(&self.body) {
+                Ok(v) => v,
+                Err(_) => Value::String(String::from_utf8_lossy(&self.body).into_owned()),
+            };
+        }
+        j
+    }
+}
+
+pub struct Dlq {
+    db: sled::Db,
+    letters: sled::Tree,
+    next: Mutex<u64>,
+    /// Entries per pipeline.
+    counts: Mutex<HashMap<String, u64>>,
+    /// Counts replay requests: a source that sees it change looks for marked entries.
+    pub replay_generation: AtomicU64,
+    pub undecodable: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("cannot open the dead-letter store in {path}: {source} (is another hub using this --data-dir?)")]
+    Open { path: std::path::PathBuf, source: sled::Error },
+    #[error("dead-letter store: {0}")]
+    Store(#[from] sled::Error),
+}
+
+impl Dlq {
+    pub fn open(data_dir: &Path) -> Result<Dlq, DlqError> {
+        let path = data_dir.join("pipelines");
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(4 << 20)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(|source| DlqError::Open { path: path.clone(), source })?;
+        let letters = db.open_tree("dlq.v1")?;
+        let mut counts = HashMap::new();
+        let mut undecodable = 0;
+        for item in letters.iter() {
+            let (_, value) = item?;
+            match proto::codec::decode::<Letter>(&value) {
+                Ok(l) => *counts.entry(l.pipeline).or_insert(0) += 1,
+                Err(_) => undecodable += 1,
+            }
+        }
+        let next = letters.last()?.map_or(0, |(k, _)| key_of(&k)) + 1;
+        Ok(Dlq {
+            db,
+            letters,
+            next: Mutex::new(next),
+            counts: Mutex::new(counts),
+            replay_generation: AtomicU64::new(0),
+            undecodable: AtomicU64::new(undecodable),
+        })
+    }
+
+    /// Stores `letter` durably (flushed before returning), unless its
+    /// pipeline holds `max` already: then an error, and the stage waits.
+    pub fn put(&self, letter: &Letter, max: u64) -> Result<u64, String> {
+        if self.count(&letter.pipeline) >= max {
+            return Err(format!(
+                "the dead-letter store holds {max} letters of this pipeline, its dlq_max_records"
+            ));
+        }
+        let id = {
+            let mut next = lock(&self.next);
+            let id = *next;
+            *next += 1;
+            id
+        };
+        self.letters.insert(id.to_be_bytes(), proto::codec::encode(letter)).map_err(|e| e.to_string())?;
+        self.db.flush().map_err(|e| e.to_string())?;
+        *lock(&self.counts).entry(letter.pipeline.clone()).or_insert(0) += 1;
+        Ok(id)
+    }
+
+    pub fn count(&self, pipeline: &str) -> u64 {
+        lock(&self.counts).get(pipeline).copied().unwrap_or(0)
+    }
+
+    pub fn get(&self, id: u64) -> sled::Result<Option<Letter>> {
+        Ok(self.letters.get(id.to_be_bytes())?.and_then(|v| proto::codec::decode(&v).ok()))
+    }
+
+    /// Removes entry `id` (replayed and acknowledged, or purged).
+    pub fn remove(&self, id: u64) -> sled::Result<bool> {
+        let Some(old) = self.letters.remove(id.to_be_bytes())? else { return Ok(false) };
+        if let Ok(l) = proto::codec::decode::<Letter>(&old) {
+            if let Some(n) = lock(&self.counts).get_mut(&l.pipeline) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Every entry, oldest first (bounded: each pipeline keeps at most its dlq_max_records).
+    pub fn all(&self) -> sled::Result<Vec<(u64, Letter)>> {
+        let mut out = Vec::new();
+        for item in self.letters.iter() {
+            let (k, v) = item?;
+            if let Ok(l) = proto::codec::decode(&v) {
+                out.push((key_of(&k), l));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Entries of `pipeline` marked for replay, up to `max`, skipping `busy` ones.
+    pub fn marked(
+        &self,
+        pipeline: &str,
+        max: usize,
+        busy: impl Fn(u64) -> bool,
+    ) -> sled::Result<Vec<(u64, Letter)>> {
+        let mut out = Vec::new();
+        for item in self.letters.iter() {
+            let (k, v) = item?;
+            let id = key_of(&k);
+            match proto::codec::decode::<Letter>(&v) {
+                Ok(l) if l.replay && l.pipeline == pipeline && !busy(id) => out.push((id, l)),
+                _ => {}
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks entry `id` (or every entry) for replay; how many were marked.
+    pub fn mark(&self, id: Option<u64>) -> sled::Result<u64> {
+        let mut marked = 0;
+        for (key, mut letter) in self.all()? {
+            if id.is_some_and(|id| id != key) || letter.replay {
+                continue;
+            }
+            letter.replay = true;
+            self.letters.insert(key.to_be_bytes(), proto::codec::encode(&letter))?;
+            marked += 1;
+        }
+        self.db.flush()?;
+        self.replay_generation.fetch_add(1, Relaxed);
+        Ok(marked)
+    }
+
+    /// Removes entries older than `older_than_ns` ago (all with `None`); how many.
+    pub fn purge(&self, older_than_ns: Option<i64>, now_ns: i64) -> sled::Result<u64> {
+        let mut removed = 0;
+        for (key, letter) in self.all()? {
+            if older_than_ns.is_none_or(|age| now_ns - letter.at_ns > age) && self.remove(key)? {
+                removed += 1;
+            }
+        }
+        self.db.flush()?;
+        Ok(removed)
+    }
+
+    pub fn flush(&self) -> sled::Result<()> {
+        self.db.flush().map(|_| ())
+    }
+
+    /// Answers `hub dlq …` (the words after `dlq`), as JSON.
+    pub fn command(&self, words: &[&str], now_ns: i64) -> Value {
+        let result = match words {
+            ["list"] => self.all().map(
+                |all| json!({"letters": all.iter().map(|(id, l)| l.to_json(*id, false)).collect::<Vec<_>>()}),
+            ),
+            ["show", id] => match id.parse::<u64>() {
+                Ok(id) => self.get(id).map(|l| match l {
+                    Some(l) => l.to_json(id, true),
+                    None => json!({"error": format!("no dead letter {id}")}),
+                }),
+                Err(_) => Ok(json!({"error": format!("'{id}' is not a dead-letter id")})),
+            },
+            ["replay", "--all"] => self.mark(None).map(|n| json!({"replaying": n})),
+            ["replay", id] => match id.parse::<u64>() {
+                Ok(id) => self.mark(Some(id)).map(|n| match n {
+                    0 => json!({"error": format!("no dead letter {id} (or it is being replayed)")}),
+                    n => json!({"replaying": n}),
+                }),
+                Err(_) => Ok(json!({"error": format!("'{id}' is not a dead-letter id")})),
+            },
+            ["purge"] => self.purge(None, now_ns).map(|n| json!({"purged": n})),
+            ["purge", seconds] => match seconds.parse::<i64>() {
+                Ok(s) if s >= 0 => {
+                    self.purge(Some(s.saturating_mul(1_000_000_000)), now_ns).map(|n| json!({"purged": n}))
+                }
+                _ => Ok(json!({"error": format!("'{seconds}' is not a number of seconds")})),
+            },
+            _ => Ok(json!({"error": "use: dlq list | show ID | replay ID|--all | purge [SECONDS]"})),
+        };
+        result.unwrap_or_else(|e| json!({"error": format!("dead-letter store: {e}")}))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn key_of(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(at_ns: i64) -> Letter {
+        Letter {
+            pipeline: "archive".into(),
+            stage: "transform".into(),
+            position: 0,
+            error: "boom".into(),
+            attempts: 3,
+            at_ns,
+            body: br#"{"seq":1}"#.to_vec(),
+            replay: false,
+        }
+    }
+
+    #[test]
+    fn letters_are_kept_marked_for_replay_and_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let dlq = Dlq::open(dir.path()).unwrap();
+            let id = dlq.put(&letter(0), 2).unwrap();
+            dlq.put(&letter(100), 2).unwrap();
+            assert!(dlq.put(&letter(0), 2).is_err(), "bounded per pipeline");
+            id
+        };
+        let dlq = Dlq::open(dir.path()).unwrap();
+        assert_eq!(dlq.count("archive"), 2, "durable");
+        assert_eq!(dlq.command(&["show", &id.to_string()], 0)["body"]["seq"], 1);
+        assert!(dlq.marked("archive", 10, |_| false).unwrap().is_empty());
+        assert_eq!(dlq.command(&["replay", &id.to_string()], 0)["replaying"], 1);
+        assert_eq!(dlq.marked("archive", 10, |_| false).unwrap()[0].0, id);
+        assert_eq!(dlq.purge(Some(150), 200).unwrap(), 1, "only the older one");
+        assert_eq!(dlq.command(&["purge", "1"], 200)["purged"], 0, "none older than a second");
+        assert_eq!(dlq.command(&["list"], 0)["letters"].as_array().unwrap().len(), 1);
+        assert!(dlq.command(&["show", "x"], 0)["error"].is_string());
+    }
+}
