@@ -1,10 +1,9 @@
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use argh::FromArgs;
 use serde_json::Value;
 
-use super::{ask_hub, print_json, CmdResult, DEFAULT_BROKER};
+use super::{show_hub_answer, CmdResult, DEFAULT_BROKER};
 
 /// List the agents the hub has heard from: link state, when last seen, the
 /// backlog and lag in their outboxes as they last reported, their boot
@@ -38,16 +37,10 @@ pub struct AgentsArgs {
     json: bool,
 }
 
-pub fn run(args: AgentsArgs) -> CmdResult {
-    let Some(agents) = ask_hub("agents", &args.broker, args.cert, args.server_cert, args.timeout)? else {
-        return Ok(ExitCode::from(3));
-    };
-    if args.json {
-        print_json(&agents)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    print!("{}", table(agents.as_array().map(Vec::as_slice).unwrap_or_default()));
-    Ok(ExitCode::SUCCESS)
+pub fn run(a: AgentsArgs) -> CmdResult {
+    show_hub_answer("agents", &a.broker, a.cert, a.server_cert, a.timeout, a.json, |agents| {
+        table(agents.as_array().map(Vec::as_slice).unwrap_or_default())
+    })
 }
 
 /// One line per agent, columns aligned.

@@ -1,10 +1,9 @@
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use argh::FromArgs;
 use serde_json::Value;
 
-use super::{ask_hub, print_json, text, CmdResult, DEFAULT_BROKER};
+use super::{show_hub_answer, text, CmdResult, DEFAULT_BROKER};
 
 /// The NATS bridge ([bridge.nats] in the hub's config).
 #[derive(FromArgs)]
@@ -51,16 +50,8 @@ pub struct StatusArgs {
 }
 
 pub fn run(args: BridgeArgs) -> CmdResult {
-    let BridgeCommand::Status(args) = args.command;
-    let Some(status) = ask_hub("bridge", &args.broker, args.cert, args.server_cert, args.timeout)? else {
-        return Ok(ExitCode::from(3));
-    };
-    if args.json {
-        print_json(&status)?;
-    } else {
-        print!("{}", summary(&status));
-    }
-    Ok(ExitCode::SUCCESS)
+    let BridgeCommand::Status(a) = args.command;
+    show_hub_answer("bridge", &a.broker, a.cert, a.server_cert, a.timeout, a.json, summary)
 }
 
 /// `key: value` lines an operator reads at a glance.

@@ -15,6 +15,7 @@ pub mod state;
 pub mod tap;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// The broker endpoint clients and workers use unless told otherwise.
 pub const DEFAULT_BROKER: &str = "tcp://127.0.0.1:9797";
@@ -85,6 +86,28 @@ pub fn ask_service(
         return Err(error.into());
     }
     Ok(Some(value))
+}
+
+/// Asks the hub for `command` and prints its answer: the JSON as sent with
+/// `json`, else what `summary` makes of it. Exit 3 when the hub does not answer.
+pub fn show_hub_answer(
+    command: &str,
+    broker: &str,
+    cert: Option<PathBuf>,
+    server_cert: Option<PathBuf>,
+    timeout_ms: u64,
+    json: bool,
+    summary: impl Fn(&serde_json::Value) -> String,
+) -> CmdResult {
+    let Some(answer) = ask_hub(command, broker, cert, server_cert, timeout_ms)? else {
+        return Ok(ExitCode::from(3));
+    };
+    if json {
+        print_json(&answer)?;
+    } else {
+        print!("{}", summary(&answer));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints `value` as JSON: indented for a person at a terminal, one line for a pipe.

@@ -1,10 +1,9 @@
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use argh::FromArgs;
 use serde_json::Value;
 
-use super::{ask_hub, print_json, text, CmdResult, DEFAULT_BROKER};
+use super::{show_hub_answer, text, CmdResult, DEFAULT_BROKER};
 
 /// The hub's pipelines ([[pipeline]] in its config).
 #[derive(FromArgs)]
@@ -52,16 +51,8 @@ pub struct StatusArgs {
 }
 
 pub fn run(args: PipelineArgs) -> CmdResult {
-    let PipelineCommand::Status(args) = args.command;
-    let Some(status) = ask_hub("pipeline", &args.broker, args.cert, args.server_cert, args.timeout)? else {
-        return Ok(ExitCode::from(3));
-    };
-    if args.json {
-        print_json(&status)?;
-    } else {
-        print!("{}", summary(&status));
-    }
-    Ok(ExitCode::SUCCESS)
+    let PipelineCommand::Status(a) = args.command;
+    show_hub_answer("pipeline", &a.broker, a.cert, a.server_cert, a.timeout, a.json, summary)
 }
 
 /// Per pipeline: a source line, then a row per stage.
