@@ -82,8 +82,10 @@ exit $code
     }
 
     /// `agent store verify` of the log as the stopped agent left it: no
-    /// damage and no torn tail, however many writes failed.
-    fn assert_log_intact(&self) {
+    /// damage and no torn tail, however many writes failed. `backlog`: the
+    /// hub never came, so records must be there to verify; once it has
+    /// drained the outbox, an empty log is as good.
+    fn assert_log_intact(&self, backlog: bool) {
         let text = std::fs::read_to_string(self.marks.join("verify.json")).unwrap_or_default();
         let verify: Value =
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("verify.json {text:?}: {e}"));
@@ -92,7 +94,9 @@ exit $code
             (&Value::from(0), &Value::from(0)),
             "{verify}"
         );
-        assert!(verify["intact"].as_u64().unwrap() > 0, "{verify}");
+        if backlog {
+            assert!(verify["intact"].as_u64().unwrap() > 0, "{verify}");
+        }
     }
 
     fn mark(&self, name: &str) {
@@ -168,7 +172,8 @@ fn a_full_disk_drops_and_counts_keeps_the_agent_running_and_recovers() {
     rig.mark("stop");
     let status = proc.wait_exit(30 * SECOND).expect("the agent stops");
     assert_eq!(status.code(), Some(0), "{}", proc.stderr());
-    rig.assert_log_intact();
+    // The hub may have taken every record by now.
+    rig.assert_log_intact(false);
 }
 
 #[test]
@@ -189,5 +194,5 @@ fn an_agent_stopped_while_the_disk_is_full_exits_with_ex_ioerr() {
     let status = proc.wait_exit(30 * SECOND).expect("the agent stops");
     assert_eq!(status.code(), Some(74), "EX_IOERR: {}", proc.stderr());
     assert!(proc.stderr().contains("stopped with the store failing"), "{}", proc.stderr());
-    rig.assert_log_intact();
+    rig.assert_log_intact(true);
 }
