@@ -83,6 +83,29 @@ pub struct BusConfig {
     /// Subscriptions all subscribers of the bus may hold together.
     #[serde(default = "default_max_total_subscriptions")]
     pub max_total_subscriptions: usize,
+    /// Bytes of the prefixes all subscribers of the bus may hold together:
+    /// libzmq's filter costs about 50 bytes of hub memory per prefix byte.
+    #[serde(default = "default_max_total_subscription_bytes")]
+    pub max_total_subscription_bytes: usize,
+    /// Subscriptions one identity may hold over all its connections (with security).
+    #[serde(default = "default_max_subscriptions_per_identity")]
+    pub max_subscriptions_per_identity: usize,
+    /// Prefix bytes one identity may hold over all its connections (with security).
+    #[serde(default = "default_max_subscription_bytes_per_identity")]
+    pub max_subscription_bytes_per_identity: usize,
+    /// Connections holding subscriptions one identity may have (with security).
+    #[serde(default = "default_max_connections_per_identity")]
+    pub max_connections_per_identity: usize,
+    /// Subscriptions libzmq takes in from one subscriber connection before
+    /// the proxy has checked them (the backend's receive high-water mark).
+    /// Small, so that a flood of subscriptions cannot be applied unchecked
+    /// (libzmq before 4.3.5 applies them itself; see `bus::upstream`).
+    #[serde(default = "default_max_unread_subscriptions")]
+    pub max_unread_subscriptions: i32,
+    /// After the bus closes a subscriber for going over its grants or a
+    /// bound, that identity's new subscriber connections are refused for this long.
+    #[serde(default = "default_subscriber_cooldown_ms")]
+    pub subscriber_cooldown_ms: u64,
     /// Appends every forwarded message to a JSON-lines file, for audits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<RecordConfig>,
@@ -108,6 +131,30 @@ fn default_max_total_subscriptions() -> usize {
     100_000
 }
 
+fn default_max_total_subscription_bytes() -> usize {
+    2 << 20
+}
+
+fn default_max_subscriptions_per_identity() -> usize {
+    1_000
+}
+
+fn default_max_subscription_bytes_per_identity() -> usize {
+    64 << 10
+}
+
+fn default_max_connections_per_identity() -> usize {
+    16
+}
+
+fn default_max_unread_subscriptions() -> i32 {
+    2
+}
+
+fn default_subscriber_cooldown_ms() -> u64 {
+    10_000
+}
+
 impl BusConfig {
     pub fn new(name: &str, frontend: &str, backend: &str, capture: Option<&str>) -> Self {
         BusConfig {
@@ -120,6 +167,12 @@ impl BusConfig {
             max_subscriptions: default_max_subscriptions(),
             max_subscription_bytes: default_max_subscription_bytes(),
             max_total_subscriptions: default_max_total_subscriptions(),
+            max_total_subscription_bytes: default_max_total_subscription_bytes(),
+            max_subscriptions_per_identity: default_max_subscriptions_per_identity(),
+            max_subscription_bytes_per_identity: default_max_subscription_bytes_per_identity(),
+            max_connections_per_identity: default_max_connections_per_identity(),
+            max_unread_subscriptions: default_max_unread_subscriptions(),
+            subscriber_cooldown_ms: default_subscriber_cooldown_ms(),
             record: None,
         }
     }
@@ -143,6 +196,10 @@ impl BusConfig {
             [f, b, c] if !name.is_empty() => Ok(BusConfig::new(name, f, b, Some(c))),
             _ => Err(format!("--bus {flag}: {usage}")),
         }
+    }
+
+    pub fn subscriber_cooldown(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.subscriber_cooldown_ms)
     }
 
     /// The in-process endpoint hub components publish to.
@@ -533,6 +590,19 @@ impl Config {
             }
             if bus.hwm < 0 {
                 return invalid("bus.hwm", "must be 0 (no limit) or more");
+            }
+            if bus.max_unread_subscriptions < 2 {
+                // At 1, libzmq 4.3.4 stalls a subscriber's first subscription.
+                return invalid("bus.max_unread_subscriptions", "must be at least 2");
+            }
+            if bus.max_subscriptions_per_identity == 0
+                || bus.max_subscription_bytes_per_identity == 0
+                || bus.max_connections_per_identity == 0
+            {
+                return invalid(
+                    "bus.max_subscriptions_per_identity/max_subscription_bytes_per_identity/max_connections_per_identity",
+                    "must be at least 1",
+                );
             }
             if bus.record.as_ref().is_some_and(|r| r.max_bytes < 1024) {
                 return invalid("bus.record.max_bytes", "must be at least 1024");

@@ -80,26 +80,44 @@ fn rust_publisher_reaches_a_pyzmq_subscriber_in_both_layouts() {
 }
 
 #[test]
-fn prefix_filters_select_topics() {
+fn prefix_filters_select_topics_at_the_hub() {
     let hub = HubProc::start();
     let ctx = zmq::Context::new();
     let mut pumps =
         Subscriber::connect(&ctx, &hub.bus("metric").backend, &[b"org.plantd.Metric.pump"]).unwrap();
     py_publish(&hub.bus("metric").frontend, "org.plantd.Metric.pump1", "two", 2);
-    // A topic nobody subscribed to never leaves the publisher.
-    let out = python_run(&[
-        "publish",
-        "--broker",
-        &hub.bus("metric").frontend,
-        "--topic",
-        "org.plantd.Metric.valve",
-        "--timeout",
-        "0.5",
-    ]);
-    assert_eq!(out.status.code(), Some(3), "no subscription covers the valve topic");
+    // Publishers send everything while anyone listens: the hub filters.
+    py_publish(&hub.bus("metric").frontend, "org.plantd.Metric.valve", "two", 1);
     py_publish(&hub.bus("metric").frontend, "org.plantd.Metric.pump2", "one", 1);
     let topics: Vec<String> = receive(&mut pumps, 3).into_iter().map(|(t, _)| t).collect();
     assert_eq!(topics, ["org.plantd.Metric.pump1", "org.plantd.Metric.pump1", "org.plantd.Metric.pump2"]);
+}
+
+/// What publishers (agents) are asked for: everything while anyone
+/// subscribes, nothing once nobody does, never a subscriber's own prefixes
+/// (which would cost every agent memory for every subscription).
+#[test]
+fn publishers_never_see_subscribers_subscriptions() {
+    let hub = HubProc::start();
+    let ctx = zmq::Context::new();
+    let publisher = ctx.socket(zmq::XPUB).unwrap();
+    publisher.set_linger(0).unwrap();
+    publisher.connect(&hub.bus("event").frontend).unwrap();
+    let asked = |what: &str| {
+        wait_for(what, 10 * SECOND, || {
+            (publisher.poll(zmq::POLLIN, 100).unwrap() > 0).then(|| publisher.recv_bytes(0).unwrap())
+        })
+    };
+    let subscribers: Vec<Subscriber> = (0..3)
+        .map(|i| {
+            let prefix = format!("org.plantd.Event.{i}.");
+            Subscriber::connect(&ctx, &hub.bus("event").backend, &[prefix.as_bytes()]).unwrap()
+        })
+        .collect();
+    assert_eq!(asked("the publisher to be asked for everything"), b"\x01");
+    drop(subscribers);
+    assert_eq!(asked("the publisher to be asked for nothing"), b"\x00");
+    assert_eq!(publisher.poll(zmq::POLLIN, 200).unwrap(), 0, "nothing else reached the publisher");
 }
 
 #[test]

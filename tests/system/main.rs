@@ -3,6 +3,7 @@
 
 mod agent;
 mod arm;
+mod attacks;
 mod bridge;
 mod broker;
 mod bus;

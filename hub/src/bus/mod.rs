@@ -1,13 +1,14 @@
 //! Message buses: one XSUB/XPUB proxy per bus, each a plain poll loop on its
 //! own thread.
 //!
-//! Messages flow down (publishers → subscribers) and subscriptions flow up
-//! (subscribers → publishers), so publishers only send what someone wants.
-//! Each direction is counted. The XPUB drops for a subscriber whose queue is
-//! full, so a slow subscriber never stalls the proxy or the others.
-//!
-//! Only allowed subscriptions within bounds take effect ([`subscriptions`],
-//! [`upstream`]). With security, every message down is checked against its
+//! Messages flow down, from publishers to subscribers. Subscriptions stop at
+//! the hub: while anyone subscribes at all, the proxy asks every publisher
+//! for everything (one subscription to the empty prefix), and libzmq's XPUB
+//! filters for each subscriber at the hub, as a broker should. So no
+//! subscriber can cost a publisher (an agent) a byte of memory, and with
+//! nobody listening, publishers send nothing over their links. What each
+//! subscriber may hold at the hub is bounded ([`subscriptions`],
+//! [`upstream`]); with security, every message down is checked against its
 //! publisher's grants.
 //!
 //! With a capture endpoint or a recording, the proxy subscribes to everything
@@ -15,7 +16,7 @@
 //!
 //! The hub's own views (the web view) subscribe on an in-process tap, an
 //! XPUB fed only while something subscribes there; their subscriptions are
-//! the proxy's own holds upstream, and no real subscriber for the ingest gate.
+//! the proxy's own, and no real subscriber for the ingest gate.
 
 pub(crate) mod recorder;
 pub mod subscriptions;
@@ -48,7 +49,7 @@ pub struct BusCounters {
     /// Messages and bytes forwarded from publishers to subscribers.
     pub messages_down: AtomicU64,
     pub bytes_down: AtomicU64,
-    /// Subscription messages forwarded from subscribers to publishers.
+    /// Subscription messages read from subscribers.
     pub messages_up: AtomicU64,
     pub bytes_up: AtomicU64,
     /// Messages dropped for having more than 16 frames.
@@ -69,6 +70,8 @@ pub struct BusCounters {
     pub subscribers_closed: AtomicU64,
     /// Subscriptions applied now, over all subscribers (a gauge).
     pub subscriptions: AtomicU64,
+    /// Their prefixes' bytes (a gauge): what libzmq's filter holds grows with them.
+    pub subscription_bytes: AtomicU64,
 }
 
 impl BusCounters {
@@ -104,6 +107,8 @@ pub struct Bus {
     config: BusConfig,
     frontend: zmq::Socket,
     backend: zmq::Socket,
+    /// The backend's ZAP domain, for holding identities off it.
+    backend_domain: String,
     /// The backend's monitor, reporting closed subscriber connections.
     backend_events: zmq::Socket,
     /// How the backend applies subscriptions (libzmq's version decides).
@@ -113,6 +118,12 @@ pub struct Bus {
     /// The in-process tap, and how many subscriptions it holds.
     tap: zmq::Socket,
     tap_holds: usize,
+    /// Whether publishers are asked for everything (someone listens).
+    upstream: bool,
+    /// When the heap was last given back to the system, and whether a
+    /// subscriber has left since (see [`Bus::give_back_memory`]).
+    trimmed_at: std::time::Instant,
+    left_since_trim: bool,
     recorder: Option<Recorder>,
     counters: Arc<BusCounters>,
     security: Option<Arc<Security>>,
@@ -189,6 +200,9 @@ impl Bus {
         let mut backend = ctx.socket(zmq::XPUB)?;
         secure(&backend, SocketRole::BusBackend(name))?;
         backend.set_sndhwm(config.hwm)?;
+        // How many subscriptions libzmq reads off one connection before the
+        // proxy has checked them (see `upstream`).
+        backend.set_rcvhwm(config.max_unread_subscriptions)?;
         backend.set_maxmsgsize(max_subscription_message)?;
         backend.set_linger(0)?;
         let mode = Mode::set_up(&mut backend)?;
@@ -200,6 +214,7 @@ impl Bus {
                 let mut socket = ctx.socket(zmq::XPUB)?;
                 secure(&socket, SocketRole::Capture(name))?;
                 socket.set_sndhwm(config.hwm)?;
+                socket.set_rcvhwm(config.max_unread_subscriptions)?;
                 socket.set_maxmsgsize(max_subscription_message)?;
                 socket.set_linger(0)?;
                 // Every subscription comes to the proxy: it notes who is connected.
@@ -228,21 +243,29 @@ impl Bus {
             per_connection: config.max_subscriptions,
             prefix_bytes: config.max_subscription_bytes,
             total: config.max_total_subscriptions,
+            total_bytes: config.max_total_subscription_bytes,
+            per_identity: config.max_subscriptions_per_identity,
+            bytes_per_identity: config.max_subscription_bytes_per_identity,
+            connections_per_identity: config.max_connections_per_identity,
         };
         let mut ledger = Ledger::new(limits);
-        if (capture.is_some() || recorder.is_some()) && ledger.subscribe(Conn::Local, b"") == Ok(true) {
-            // Subscribe to everything so the copy misses nothing.
-            frontend.send(&b"\x01"[..], 0)?;
+        if capture.is_some() || recorder.is_some() {
+            // Hold everything so the copy misses nothing.
+            let _ = ledger.subscribe(Conn::Local, None, b"");
         }
         Ok(Bus {
             config: config.clone(),
             frontend,
             backend,
+            backend_domain: SocketRole::BusBackend(name).domain(),
             backend_events,
             mode,
             capture,
             tap,
             tap_holds: 0,
+            upstream: false,
+            trimmed_at: std::time::Instant::now(),
+            left_since_trim: false,
             recorder,
             counters: Arc::default(),
             generation: security.as_ref().map(|s| s.generation()),
@@ -276,6 +299,7 @@ impl Bus {
             self.config.backend
         );
         let mut frames = Vec::with_capacity(4);
+        self.ledger_changed()?;
         while !shutdown.is_set() {
             let mut items = [
                 self.frontend.as_poll_item(zmq::POLLIN),
@@ -295,15 +319,14 @@ impl Bus {
             self.check_reload();
             if events {
                 for fd in closed_connections(&self.backend_events)? {
-                    for prefix in self.ledger.closed(fd) {
-                        self.send_up(false, &prefix)?;
-                    }
+                    self.ledger.closed(fd);
+                    self.left_since_trim = true;
                 }
-                self.counters.subscriptions.store(self.ledger.total() as u64, Relaxed);
             }
             // Subscriptions always before messages: with libzmq applying them
             // itself (see `upstream`), a refused one is closed before more is sent.
             self.forward_up()?;
+            self.ledger_changed()?;
             if down {
                 self.forward_down(&mut frames)?;
             }
@@ -312,6 +335,7 @@ impl Bus {
                     self.counters.record_errors.fetch_add(1, Relaxed);
                 }
             }
+            self.give_back_memory();
         }
         if let Some(recorder) = &mut self.recorder {
             let _ = recorder.flush();
@@ -392,13 +416,35 @@ impl Bus {
         result
     }
 
-    /// Sends a subscription (or unsubscription) up to the publishers.
-    fn send_up(&self, subscribe: bool, prefix: &[u8]) -> Result<(), BusError> {
-        let mut message = Vec::with_capacity(prefix.len() + 1);
-        message.push(u8::from(subscribe));
-        message.extend_from_slice(prefix);
-        self.frontend.send(message, 0)?;
+    /// After the ledger changed: asks publishers for everything while anyone
+    /// holds a subscription and for nothing once nobody does, and updates the
+    /// gauges.
+    fn ledger_changed(&mut self) -> Result<(), BusError> {
+        let wanted = self.ledger.total() > 0;
+        if wanted != self.upstream {
+            self.frontend.send(&[u8::from(wanted)][..], 0)?;
+            self.upstream = wanted;
+        }
+        self.counters.subscriptions.store(self.ledger.total() as u64, Relaxed);
+        self.counters.subscription_bytes.store(self.ledger.bytes() as u64, Relaxed);
         Ok(())
+    }
+
+    /// Once a second at most, after subscribers left: returns the heap's free
+    /// pages to the system. libzmq frees a closed subscriber's filter, but
+    /// glibc keeps freed memory for reuse, so a flood of subscriptions would
+    /// otherwise leave the hub's resident size at its peak for good.
+    fn give_back_memory(&mut self) {
+        if !self.left_since_trim || self.trimmed_at.elapsed() < std::time::Duration::from_secs(1) {
+            return;
+        }
+        self.left_since_trim = false;
+        self.trimmed_at = std::time::Instant::now();
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only walks glibc's own arenas; it has no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     /// Counts a refusal on `counter` and, with security, per identity.
@@ -423,20 +469,53 @@ pub fn collect(config: &BusConfig, counters: &BusCounters, out: &mut crate::metr
         labels(),
         counters.subscriptions.load(Relaxed),
     );
-    let bounds: [(&str, &'static str, u64); 5] = [
-        ("max_subscriptions", "Subscriptions per connection, at most.", config.max_subscriptions as u64),
+    out.gauge(
+        "bus_subscription_bytes",
+        "Bytes of the prefixes of the subscriptions applied now.",
+        labels(),
+        counters.subscription_bytes.load(Relaxed),
+    );
+    let c = config;
+    let bounds: [(&str, &'static str, u64); 11] = [
+        ("max_subscriptions", "Subscriptions per connection, at most.", c.max_subscriptions as u64),
         (
             "max_subscription_bytes",
             "Bytes of one subscription prefix, at most.",
-            config.max_subscription_bytes as u64,
+            c.max_subscription_bytes as u64,
+        ),
+        ("max_total_subscriptions", "Subscriptions on the bus, at most.", c.max_total_subscriptions as u64),
+        (
+            "max_total_subscription_bytes",
+            "Prefix bytes of all subscriptions on the bus, at most.",
+            c.max_total_subscription_bytes as u64,
         ),
         (
-            "max_total_subscriptions",
-            "Subscriptions on the bus, at most.",
-            config.max_total_subscriptions as u64,
+            "max_subscriptions_per_identity",
+            "Subscriptions one identity may hold over all its connections.",
+            c.max_subscriptions_per_identity as u64,
         ),
-        ("hwm", "Per-subscriber queue, in messages.", config.hwm as u64),
-        ("max_message_bytes", "Largest message.", config.max_message_bytes as u64),
+        (
+            "max_subscription_bytes_per_identity",
+            "Prefix bytes one identity may hold over all its connections.",
+            c.max_subscription_bytes_per_identity as u64,
+        ),
+        (
+            "max_connections_per_identity",
+            "Subscribing connections one identity may have.",
+            c.max_connections_per_identity as u64,
+        ),
+        (
+            "max_unread_subscriptions",
+            "Subscriptions read off one connection before the proxy checks them.",
+            c.max_unread_subscriptions as u64,
+        ),
+        (
+            "subscriber_cooldown_ms",
+            "How long an identity closed for going over its bounds is refused new subscriber connections.",
+            c.subscriber_cooldown_ms,
+        ),
+        ("hwm", "Per-subscriber queue, in messages.", c.hwm as u64),
+        ("max_message_bytes", "Largest message.", c.max_message_bytes as u64),
     ];
     for (name, help, value) in bounds {
         out.gauge(&format!("bus_{name}"), help, labels(), value);

@@ -1,5 +1,5 @@
 //! Subscriptions, up from subscribers: checked, counted in the ledger, and
-//! passed on to the publishers.
+//! applied at the subscriber side. Publishers never see them (see `super`).
 //!
 //! How a refused subscription is kept from taking effect depends on libzmq:
 //!
@@ -16,11 +16,14 @@
 //! - Before 4.3.5 manual mode can apply a subscription to a connection that
 //!   has already closed (a use-after-free; libzmq commit 2df7ab6), so libzmq
 //!   applies every subscription itself and hands each to the proxy (verbose
-//!   mode). A refused one closes its subscriber's connection. Until the
-//!   proxy reads it, messages matching it may reach that subscriber: the
-//!   proxy reads subscriptions before every batch of messages to keep that
-//!   window short, but it is there. Use libzmq 4.3.5 or later where
-//!   subscribers are not trusted.
+//!   mode). A refused one closes its subscriber's connection, and libzmq
+//!   frees what it applied. Until the proxy reads it, messages matching it
+//!   may reach that subscriber, and libzmq holds what it applied: the
+//!   backend's receive high-water mark (`max_unread_subscriptions`) bounds
+//!   how many subscriptions of one connection can be applied unchecked, and
+//!   the proxy reads subscriptions before every batch of messages to keep
+//!   that window short. Use libzmq 4.3.5 or later where subscribers are not
+//!   trusted.
 //!
 //! Subscriptions libzmq makes up itself when a connection closes carry no
 //! connection and are ignored: the socket monitor reports the close, and
@@ -103,7 +106,7 @@ impl Bus {
                 self.deny(Kind::Subscribe, &self.counters.subscribe_denied, || {
                     format!("a message that is not a subscription, on bus {}", self.config.name)
                 });
-                self.close_subscriber(fd);
+                self.refuse_subscriber(fd, origin);
                 continue;
             };
             if self.mode == (Mode::Manual { unpaired: true }) {
@@ -117,18 +120,14 @@ impl Bus {
             match subscription {
                 Subscription::Subscribe(prefix) => self.subscribe(conn, origin, prefix)?,
                 Subscription::Unsubscribe(prefix) => {
-                    if let Some(gone_upstream) = self.ledger.unsubscribe(Conn::Peer(conn), prefix) {
+                    if self.ledger.unsubscribe(Conn::Peer(conn), prefix) {
                         if let Mode::Manual { .. } = self.mode {
                             self.backend.set_unsubscribe(prefix)?;
-                        }
-                        if gone_upstream {
-                            self.send_up(false, prefix)?;
                         }
                     }
                 }
             }
         }
-        self.counters.subscriptions.store(self.ledger.total() as u64, Relaxed);
         Ok(())
     }
 
@@ -168,14 +167,12 @@ impl Bus {
         let allowed = permitted(self.security.as_deref(), &mut self.grants, origin, &self.user_id, |g| {
             g.may_subscribe(bus, prefix)
         });
-        let over = match allowed.then(|| self.ledger.subscribe(Conn::Peer(conn), prefix)) {
-            Some(Ok(new_upstream)) => {
+        let identity = origin.has_user_id.then_some(self.user_id.as_str());
+        let over = match allowed.then(|| self.ledger.subscribe(Conn::Peer(conn), identity, prefix)) {
+            Some(Ok(())) => {
                 if let Mode::Manual { .. } = self.mode {
                     // This applies it to the connection it came on.
                     self.backend.set_subscribe(prefix)?;
-                }
-                if new_upstream {
-                    self.send_up(true, prefix)?;
                 }
                 return Ok(());
             }
@@ -185,20 +182,47 @@ impl Bus {
         self.deny(Kind::Subscribe, &self.counters.subscribe_denied, || match over {
             None => format!("subscribe to '{}' on bus {bus}", String::from_utf8_lossy(prefix)),
             Some(over) => {
+                let c = &self.config;
                 let limit = match over {
-                    Over::Count => format!("{} per connection", self.config.max_subscriptions),
-                    Over::Length => format!("{} bytes per prefix", self.config.max_subscription_bytes),
-                    Over::Total => format!("{} on the bus", self.config.max_total_subscriptions),
+                    Over::Count => format!("{} per connection", c.max_subscriptions),
+                    Over::Length => format!("{} bytes per prefix", c.max_subscription_bytes),
+                    Over::Total => format!("{} on the bus", c.max_total_subscriptions),
+                    Over::TotalBytes => format!("{} prefix bytes on the bus", c.max_total_subscription_bytes),
+                    Over::IdentityCount => format!("{} per identity", c.max_subscriptions_per_identity),
+                    Over::IdentityBytes => {
+                        format!("{} prefix bytes per identity", c.max_subscription_bytes_per_identity)
+                    }
+                    Over::IdentityConnections => {
+                        format!("{} subscribing connections per identity", c.max_connections_per_identity)
+                    }
                 };
                 format!("a subscription on bus {bus} over the bound of {limit}")
             }
         });
+        // A connection over its identity's bound is closed at once: it is the excess.
+        if over == Some(Over::IdentityConnections) {
+            self.refuse_subscriber(conn.fd, origin);
+            return Ok(());
+        }
         // libzmq applied it already (verbose mode), or keeps a note of it
         // (manual mode) that a stream of refusals would grow without bound.
         if self.mode == Mode::Verbose || self.ledger.refused(conn) {
-            self.close_subscriber(conn.fd);
+            self.refuse_subscriber(conn.fd, origin);
         }
         Ok(())
+    }
+
+    /// Closes a subscriber that went over its grants or a bound, and holds
+    /// its identity off the backend for `subscriber_cooldown_ms`, so that its
+    /// socket cannot reconnect and send the same at once (see
+    /// `security::holds`). `origin` is the refused message's, with its
+    /// identity in `self.user_id`.
+    fn refuse_subscriber(&self, fd: i32, origin: Origin) {
+        self.close_subscriber(fd);
+        if let (Some(security), true) = (&self.security, origin.has_user_id) {
+            let until = std::time::Instant::now() + self.config.subscriber_cooldown();
+            security.holds.hold_off(&self.user_id, &self.backend_domain, until);
+        }
     }
 
     /// Ends a subscriber's connection; libzmq drops it and its subscriptions.
@@ -240,8 +264,8 @@ impl Bus {
         Ok(())
     }
 
-    /// The hub's own views' subscriptions on the tap: held upstream as the
-    /// proxy's own (not real subscribers), released when they unsubscribe.
+    /// The hub's own views' subscriptions on the tap: the proxy's own (not
+    /// real subscribers), released when they unsubscribe.
     pub(super) fn tap_subscriptions(&mut self) -> Result<(), BusError> {
         for _ in 0..BATCH {
             let message = match self.tap.recv_bytes(zmq::DONTWAIT) {
@@ -252,18 +276,12 @@ impl Bus {
             match Subscription::parse(&message) {
                 Some(Subscription::Subscribe(prefix)) => {
                     self.tap_holds += 1;
-                    if self.ledger.subscribe(Conn::Local, prefix) == Ok(true) {
-                        self.send_up(true, prefix)?;
-                    }
+                    let _ = self.ledger.subscribe(Conn::Local, None, prefix);
                 }
-                Some(Subscription::Unsubscribe(prefix)) => {
-                    if let Some(gone_upstream) = self.ledger.unsubscribe(Conn::Local, prefix) {
-                        self.tap_holds = self.tap_holds.saturating_sub(1);
-                        if gone_upstream {
-                            self.send_up(false, prefix)?;
-                        }
-                    }
+                Some(Subscription::Unsubscribe(prefix)) if self.ledger.unsubscribe(Conn::Local, prefix) => {
+                    self.tap_holds = self.tap_holds.saturating_sub(1);
                 }
+                Some(Subscription::Unsubscribe(_)) => {}
                 None => {}
             }
         }

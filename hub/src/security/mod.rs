@@ -14,6 +14,7 @@
 
 pub mod allowlist;
 pub mod denials;
+pub mod holds;
 pub mod policy;
 pub mod zap;
 
@@ -28,6 +29,7 @@ use transport::curve::{read_key_pair, CertFileError, ServerKeys};
 
 pub use self::allowlist::AllowList;
 pub use self::denials::{Denials, Kind};
+pub use self::holds::HoldOffs;
 pub use self::policy::{Grants, Policy, Role, SocketRole};
 
 /// `[security]` in the hub's config.
@@ -108,6 +110,8 @@ pub struct Security {
     /// Why the last reload failed (the allow-list before it stays in force).
     last_reload_error: Mutex<Option<String>>,
     pub denials: Denials,
+    /// Identities refused new connections to a socket for a while.
+    pub holds: HoldOffs,
 }
 
 impl Security {
@@ -134,6 +138,7 @@ impl Security {
             revocations: Mutex::default(),
             last_reload_error: Mutex::default(),
             denials: Denials::new(Duration::from_millis(config.log_interval_ms)),
+            holds: HoldOffs::default(),
         })
     }
 

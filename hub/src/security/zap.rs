@@ -118,6 +118,12 @@ impl ZapHandler {
             return deny("unknown key");
         };
         let domain = String::from_utf8_lossy(request.domain);
+        if self.security.holds.is_held_off(identity, &domain, std::time::Instant::now()) {
+            self.security.denials.record(identity, Kind::Connect, || {
+                format!("{address}: {identity} is held off {domain} for a while, after going over its bounds there")
+            });
+            return deny("held off: over its bounds, try later");
+        }
         let useful = SocketRole::from_domain(&domain)
             .is_some_and(|role| self.security.grants(identity).may_connect(role));
         if !useful {

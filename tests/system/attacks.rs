@@ -1,0 +1,164 @@
+//! Attacks by a peer holding a low-privileged key (a viewer's, an agent's)
+//! against a hub with security: each is bounded, counted against the
+//! attacker's identity, and leaves the hub and every agent working.
+
+use std::time::Duration;
+
+use system_tests::*;
+
+const SECOND: Duration = Duration::from_secs(1);
+const MIB: u64 = 1024;
+
+/// A running sim agent of `site` with one channel, and where its data is.
+struct Agent {
+    proc: Proc,
+    data: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(site: &Site, hub: &HubProc, id: &Identity) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let body = format!(
+            "{}\n[[channel]]\nname = \"t\"\nperiod_ms = 200\ndriver = {{ kind = \"sine\" }}\n",
+            site.agent_keys(id)
+        );
+        let config = agent_config(dir.path(), &id.name, &hub.broker, &hub.bus("metric").frontend, &body);
+        let data = dir.path().join(format!("{}-data", id.name));
+        Agent { proc: agent_run(&config), data, _dir: dir }
+    }
+
+    fn wait_up(&self) {
+        wait_for_status(&self.data, "the agent's link to come up", 20 * SECOND, |s| {
+            (s["link"]["state"] == "up").then_some(())
+        });
+    }
+
+    fn rss_kib(&self) -> u64 {
+        testkit::bench::rss_kib(self.proc.pid())
+    }
+}
+
+/// Waits for `listener` to hear an agent's sample.
+fn hears_a_sample(listener: &mut transport::Subscriber, what: &str) {
+    wait_for(what, 10 * SECOND, || {
+        let message = listener.recv(Duration::from_millis(100)).ok().flatten();
+        message.filter(|m| m.topic.starts_with(b"org.plantd.Metric.pump-"))
+    });
+}
+
+/// A subscription prefix of `len` bytes, unique for (`conn`, `i`).
+fn long_prefix(conn: usize, i: usize, len: usize) -> Vec<u8> {
+    let mut prefix = format!("org.plantd.Metric.{conn:02}.{i:04}.").into_bytes();
+    prefix.resize(len, b'x');
+    prefix
+}
+
+/// Finding 1 of issue 19: as a viewer, 40 connections × 1 000 subscriptions
+/// of 170-byte prefixes. Agents never see a subscriber's subscriptions, the
+/// hub holds at most the viewer's share and gives the memory back, other
+/// subscribers go on hearing samples, and the refusals are counted against
+/// the viewer.
+#[test]
+fn a_viewer_flooding_subscriptions_costs_agents_nothing_and_the_hub_a_bounded_amount() {
+    let site = Site::new();
+    let (attacker, scada) = (site.identity("grafana"), site.identity("scada"));
+    let pumps = [site.identity("pump-1"), site.identity("pump-2")];
+    let hub = site.hub("\"grafana\" = [\"viewer\"]\n\"scada\" = [\"viewer\"]\n\"pump-*\" = [\"agent\"]", "");
+    let agents: Vec<Agent> = pumps.iter().map(|id| Agent::start(&site, &hub, id)).collect();
+    agents.iter().for_each(Agent::wait_up);
+    let metric = hub.bus("metric").clone();
+
+    // A real subscriber, there before and after the attack.
+    let ctx = zmq::Context::new();
+    let mut listener = transport::Subscriber::connect(
+        &ctx,
+        site.endpoint(&scada, &metric.backend),
+        &[b"org.plantd.Metric."],
+    )
+    .unwrap();
+    hears_a_sample(&mut listener, "the real subscriber to hear a sample");
+    let (hub_idle, agents_idle) =
+        (testkit::bench::rss_kib(hub.proc.pid()), agents.iter().map(Agent::rss_kib).collect::<Vec<_>>());
+
+    // 40 connections, all of them in before the first subscription (so
+    // holding the viewer off new connections cannot help), then the flood.
+    let attack = zmq::Context::new();
+    let (subscribers, monitors): (Vec<zmq::Socket>, Vec<zmq::Socket>) = (0..40)
+        .map(|c| {
+            let sub = attack.socket(zmq::SUB).unwrap();
+            // No high-water mark: every subscription goes out.
+            sub.set_sndhwm(0).unwrap();
+            sub.set_linger(0).unwrap();
+            transport::curve::make_client(&sub, &site.keys(&attacker)).unwrap();
+            // Told when it is in, and when the hub cuts it off (closes it, or
+            // refuses it at the handshake).
+            let events = format!("inproc://attacker-{c}");
+            sub.monitor(&events, zmq::SocketEvent::ALL as i32).unwrap();
+            let monitor = attack.socket(zmq::PAIR).unwrap();
+            monitor.connect(&events).unwrap();
+            sub.connect(&metric.backend).unwrap();
+            (sub, monitor)
+        })
+        .unzip();
+    let cut_off = [zmq::SocketEvent::DISCONNECTED, zmq::SocketEvent::HANDSHAKE_FAILED_AUTH];
+    let mut seen = vec![Vec::new(); monitors.len()];
+    let watch = |seen: &mut Vec<Vec<u16>>| {
+        for (events, monitor) in seen.iter_mut().zip(&monitors) {
+            while let Ok(event) = monitor.recv_multipart(zmq::DONTWAIT) {
+                events.extend(event[0].get(..2).map(|e| u16::from_le_bytes([e[0], e[1]])));
+            }
+        }
+    };
+    let has =
+        |events: &[u16], wanted: &[zmq::SocketEvent]| wanted.iter().any(|w| events.contains(&(*w as u16)));
+    wait_for("every attacking connection to be in", 20 * SECOND, || {
+        watch(&mut seen);
+        seen.iter().all(|events| has(events, &[zmq::SocketEvent::HANDSHAKE_SUCCEEDED])).then_some(())
+    });
+    for (c, sub) in subscribers.iter().enumerate() {
+        for i in 0..1000 {
+            sub.set_subscribe(&long_prefix(c, i, 170)).unwrap();
+        }
+    }
+    // Each connection goes over the viewer's bounds and is closed, and its
+    // reconnection is refused at the handshake while the viewer is held off.
+    // Wait until every one was cut off, watching everyone's memory meanwhile.
+    let (mut hub_peak, mut agents_peak) = (hub_idle, agents_idle.clone());
+    let mut peaks = || {
+        hub_peak = hub_peak.max(testkit::bench::rss_kib(hub.proc.pid()));
+        for (peak, agent) in agents_peak.iter_mut().zip(&agents) {
+            *peak = (*peak).max(agent.rss_kib());
+        }
+    };
+    wait_for("every flooding connection to be cut off", 60 * SECOND, || {
+        peaks();
+        watch(&mut seen);
+        seen.iter().all(|events| has(events, &cut_off)).then_some(())
+    });
+    assert!(hub.denials("grafana", "connect") > 0, "the viewer was held off at the handshake");
+    assert!(hub.denials("grafana", "subscribe") > 0, "refused subscriptions are counted against the viewer");
+    hears_a_sample(&mut listener, "the real subscriber to hear samples during the flood");
+    let held =
+        prometheus_value(&http_get(&hub.http, "/metrics").1, "plantd_bus_subscription_bytes{bus=\"metric\"}");
+    peaks();
+    assert!(held.unwrap() <= 64 * 1024 + 64, "the viewer holds at most its share of prefix bytes: {held:?}");
+    for (i, (idle, peak)) in agents_idle.iter().zip(&agents_peak).enumerate() {
+        assert!(peak <= &(idle + 2 * MIB), "agent {i}: RSS {idle} → {peak} KiB under the flood");
+    }
+    assert!(hub_peak <= hub_idle + 32 * MIB, "hub RSS {hub_idle} → {hub_peak} KiB under the flood");
+
+    // The attacker leaves: its subscriptions go, and the memory with them.
+    drop((subscribers, monitors));
+    drop(attack);
+    wait_for("the viewer's subscriptions to be released", 20 * SECOND, || {
+        let text = http_get(&hub.http, "/metrics").1;
+        (prometheus_value(&text, "plantd_bus_subscriptions{bus=\"metric\"}") == Some(1)).then_some(())
+    });
+    let given_back = wait_for("the hub to give the memory back", 10 * SECOND, || {
+        let rss = testkit::bench::rss_kib(hub.proc.pid());
+        (rss <= hub_idle + 8 * MIB).then_some(rss)
+    });
+    eprintln!("hub RSS: idle {hub_idle} KiB, peak {hub_peak} KiB, after {given_back} KiB; agents idle {agents_idle:?}, peak {agents_peak:?} KiB");
+    hears_a_sample(&mut listener, "the real subscriber to hear samples after the flood");
+}
