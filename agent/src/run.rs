@@ -14,6 +14,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use proto::mmi::ReadyRefusal;
 use transport::{AsyncClient, ClientOptions, Endpoint, Shutdown};
 
 use crate::clock::{self, Clock};
@@ -200,7 +201,8 @@ pub fn run(
         ex.spawn(flush_loop(shared.clone(), flush_every)).detach();
         ex.spawn(sync_loop(shared.clone(), ctx.clone(), broker.clone(), state.clone(), config.hub_timeout()))
             .detach();
-        ex.spawn(vitals(shared.clone(), executor)).detach();
+        ex.spawn(vitals(shared.clone(), executor, ctx.clone(), broker.clone(), config.hub_timeout()))
+            .detach();
         started(Box::new({
             let shared = shared.clone();
             move || {
@@ -264,9 +266,16 @@ async fn flush_loop(shared: Arc<Shared>, every: Duration) {
 }
 
 /// Every second: turns the executor's watch (the systemd watchdog's sign
-/// that the executor runs), and says so when the hub keeps refusing this
-/// agent's service (another controller has its id).
-async fn vitals(shared: Arc<Shared>, executor: transport::ShutdownWatch) {
+/// that the executor runs), and says why when the hub keeps refusing this
+/// agent's service (it answers every refusal with the same DISCONNECT, so
+/// the agent asks it, with `mmi.refusal`).
+async fn vitals(
+    shared: Arc<Shared>,
+    executor: transport::ShutdownWatch,
+    ctx: zmq::Context,
+    broker: Endpoint,
+    timeout: Duration,
+) {
     let mut warned = false;
     loop {
         executor.is_set();
@@ -277,16 +286,40 @@ async fn vitals(shared: Arc<Shared>, executor: transport::ShutdownWatch) {
             .and_then(|s| s.clone())
             .map_or(0, |s| s.refused_in_a_row.load(std::sync::atomic::Ordering::Relaxed));
         if refused >= 3 && !warned {
-            log::error!(
-                "the hub refuses {} to this agent: another controller is serving it. Two \
-                 controllers share the id '{}' (an SD card image cloned after setting `id`?): \
-                 give each its own id",
-                service::service_name(&shared.id),
-                shared.id
-            );
+            let service = service::service_name(&shared.id);
+            let options = ClientOptions { timeout, retries: 0, ..ClientOptions::default() };
+            let mut client = AsyncClient::new(&ctx, &broker, options);
+            let answer = client.request("mmi.refusal", &[service.as_bytes()]).await;
+            let why = answer.ok().and_then(|reply| reply.first().and_then(|f| ReadyRefusal::parse(f)));
+            log::error!("the hub refuses {service} to this agent: {}", refusal_advice(why, &shared.id));
         }
         warned = refused >= 3;
         smol::Timer::after(Duration::from_secs(1)).await;
+    }
+}
+
+/// What to do about the hub refusing this agent's service, by the reason it gave.
+fn refusal_advice(why: Option<ReadyRefusal>, id: &str) -> String {
+    match why {
+        Some(ReadyRefusal::Duplicate) => format!(
+            "another controller is serving it. Two controllers share the id '{id}' (an SD card image \
+             cloned after setting `id`?): give each its own id"
+        ),
+        Some(ReadyRefusal::Forbidden | ReadyRefusal::Reserved) => format!(
+            "this agent's key may not provide it: give the identity '{id}' the agent role in the \
+             hub's [security.identities] (and check that this controller uses the key named '{id}')"
+        ),
+        Some(ReadyRefusal::WorkersFull) => {
+            "the hub has as many workers as broker.max_workers allows: raise it, or find what \
+             registers so many"
+                .to_string()
+        }
+        Some(ReadyRefusal::ServicesFull) => {
+            "the hub has as many services as broker.max_services allows: raise it, or find what \
+             registers so many"
+                .to_string()
+        }
+        None => "the hub did not say why (an older hub?): see its log and plantd_denials_total".to_string(),
     }
 }
 

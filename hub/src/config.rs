@@ -383,8 +383,16 @@ pub struct BrokerConfig {
     pub max_message_bytes: i64,
     /// Messages with more frames are dropped and counted.
     pub max_frames: usize,
-    /// Distinct services tracked at once (services without workers or queued requests are forgotten).
+    /// Services with workers (or that had one, while requests wait for it)
+    /// tracked at once; services with neither workers nor queued requests
+    /// are forgotten.
     pub max_services: usize,
+    /// Services known only from requests (no worker has provided them),
+    /// tracked apart: requests for made-up names never fill the table a
+    /// worker's READY needs. More such requests are answered 404.
+    pub max_requested_services: usize,
+    /// ... and of those, how many one identity may name (with security).
+    pub max_requested_services_per_identity: usize,
     /// Workers registered at once.
     pub max_workers: usize,
     /// Per-peer send and receive high-water mark, in messages.
@@ -412,6 +420,8 @@ impl Default for BrokerConfig {
             max_message_bytes: 1 << 20,
             max_frames: 64,
             max_services: 1024,
+            max_requested_services: 256,
+            max_requested_services_per_identity: 16,
             max_workers: 10_000,
             hwm: 10_000,
             redeliver: Vec::new(),
@@ -577,8 +587,11 @@ impl Config {
         if b.max_frames < 8 {
             return invalid("broker.max_frames", "must be at least 8 (Majordomo envelopes take up to 6)");
         }
-        if b.max_services == 0 || b.max_workers == 0 {
-            return invalid("broker.max_services/max_workers", "must be at least 1");
+        if b.max_services == 0 || b.max_workers == 0 || b.max_requested_services == 0 {
+            return invalid("broker.max_services/max_requested_services/max_workers", "must be at least 1");
+        }
+        if b.max_requested_services_per_identity == 0 {
+            return invalid("broker.max_requested_services_per_identity", "must be at least 1");
         }
         if b.hwm < 0 {
             return invalid("broker.hwm", "must be 0 (no limit) or more");

@@ -9,6 +9,9 @@ pub const SERVICE: &[u8] = b"mmi.service";
 pub const SERVICES: &[u8] = b"mmi.services";
 pub const WORKERS: &[u8] = b"mmi.workers";
 pub const METRICS: &[u8] = b"mmi.metrics";
+/// This hub's extension: why the broker last refused the caller's READY
+/// for a service (MDP has no way to say it to the worker).
+pub const REFUSAL: &[u8] = b"mmi.refusal";
 
 /// True for service names the broker answers itself.
 pub fn is_mmi(service: &[u8]) -> bool {
@@ -26,6 +29,9 @@ pub enum Request<'a> {
     Workers,
     /// JSON object of the broker's counters.
     Metrics,
+    /// Why the broker last refused the caller's READY for this service:
+    /// answered with a [`ReadyRefusal`] word, or `none`.
+    Refusal { name: &'a [u8] },
     /// Any other `mmi.*` name: answered with 501.
     Unknown,
 }
@@ -41,6 +47,7 @@ impl<'a> Request<'a> {
             SERVICES => Request::Services,
             WORKERS => Request::Workers,
             METRICS => Request::Metrics,
+            REFUSAL => Request::Refusal { name: body.first().map_or(&[][..], |f| f.bytes()) },
             _ => Request::Unknown,
         })
     }
@@ -82,6 +89,53 @@ impl Status {
     }
 }
 
+/// Why a broker refused a worker's READY (it answers DISCONNECT whatever
+/// the reason; `mmi.refusal` tells the reason to whoever asks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadyRefusal {
+    /// Another live worker serves it, and only one may (an agent's service).
+    Duplicate,
+    /// The caller's identity may not provide it.
+    Forbidden,
+    /// The broker's own name (`mmi.*`) or one of the hub's own services.
+    Reserved,
+    /// The broker has as many workers as it may.
+    WorkersFull,
+    /// The broker has as many services with workers as it may.
+    ServicesFull,
+}
+
+impl ReadyRefusal {
+    pub const ALL: [ReadyRefusal; 5] = [
+        ReadyRefusal::Duplicate,
+        ReadyRefusal::Forbidden,
+        ReadyRefusal::Reserved,
+        ReadyRefusal::WorkersFull,
+        ReadyRefusal::ServicesFull,
+    ];
+
+    /// The word `mmi.refusal` answers with.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadyRefusal::Duplicate => "duplicate",
+            ReadyRefusal::Forbidden => "forbidden",
+            ReadyRefusal::Reserved => "reserved",
+            ReadyRefusal::WorkersFull => "workers-full",
+            ReadyRefusal::ServicesFull => "services-full",
+        }
+    }
+
+    /// The reason in an `mmi.refusal` answer; `None` for `none` (or a word
+    /// this version does not know).
+    pub fn parse(word: &[u8]) -> Option<ReadyRefusal> {
+        ReadyRefusal::ALL.into_iter().find(|r| r.as_str().as_bytes() == word)
+    }
+}
+
+/// What `mmi.refusal` answers when the broker refused no READY of the
+/// caller's for that service.
+pub const NO_REFUSAL: &str = "none";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +149,7 @@ mod tests {
         assert_eq!(Request::parse(b"mmi.services", &empty), Some(Request::Services));
         assert_eq!(Request::parse(b"mmi.workers", &empty), Some(Request::Workers));
         assert_eq!(Request::parse(b"mmi.metrics", &empty), Some(Request::Metrics));
+        assert_eq!(Request::parse(b"mmi.refusal", &body), Some(Request::Refusal { name: b"echo" }));
         assert_eq!(Request::parse(b"mmi.status", &empty), Some(Request::Unknown));
         assert_eq!(Request::parse(b"echo", &empty), None);
     }
@@ -105,5 +160,13 @@ mod tests {
             assert_eq!(Status::parse(s.as_bytes()), Some(s));
         }
         assert_eq!(Status::parse(b"500"), None);
+    }
+
+    #[test]
+    fn refusal_words_round_trip() {
+        for r in ReadyRefusal::ALL {
+            assert_eq!(ReadyRefusal::parse(r.as_str().as_bytes()), Some(r));
+        }
+        assert_eq!(ReadyRefusal::parse(NO_REFUSAL.as_bytes()), None);
     }
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use proto::mdp::Dialect;
 use system_tests::*;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -12,6 +13,7 @@ const MIB: u64 = 1024;
 /// A running sim agent of `site` with one channel, and where its data is.
 struct Agent {
     proc: Proc,
+    config: std::path::PathBuf,
     data: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -25,7 +27,7 @@ impl Agent {
         );
         let config = agent_config(dir.path(), &id.name, &hub.broker, &hub.bus("metric").frontend, &body);
         let data = dir.path().join(format!("{}-data", id.name));
-        Agent { proc: agent_run(&config), data, _dir: dir }
+        Agent { proc: agent_run(&config), config, data, _dir: dir }
     }
 
     fn wait_up(&self) {
@@ -161,4 +163,61 @@ fn a_viewer_flooding_subscriptions_costs_agents_nothing_and_the_hub_a_bounded_am
     });
     eprintln!("hub RSS: idle {hub_idle} KiB, peak {hub_peak} KiB, after {given_back} KiB; agents idle {agents_idle:?}, peak {agents_peak:?} KiB");
     hears_a_sample(&mut listener, "the real subscriber to hear samples after the flood");
+}
+
+/// Finding 2 of issue 19: a viewer's requests for 1 000 made-up agent names
+/// filled the broker's service table, so that a restarted agent was refused
+/// for ever (and said two controllers shared its id). Now such names are
+/// bounded per identity, answered "404" past the bound and counted; the
+/// agent registers again at once.
+#[test]
+fn requests_for_ghost_services_leave_a_restarted_agent_able_to_register() {
+    let site = Site::new();
+    let (attacker, pump) = (site.identity("grafana"), site.identity("pump-1"));
+    let hub = site.hub("\"grafana\" = [\"viewer\"]\n\"pump-*\" = [\"agent\"]", "");
+    let mut agent = Agent::start(&site, &hub, &pump);
+    agent.wait_up();
+    hub.wait_for_service("org.plantd.Agent.pump-1");
+
+    let ctx = zmq::Context::new();
+    let mut flood =
+        transport::PipelinedClient::connect(&ctx, site.endpoint(&attacker, &hub.broker), Dialect::Rfc7)
+            .unwrap();
+    for i in 0..1000 {
+        flood.send(format!("org.plantd.Agent.ghost{i}").as_bytes(), [&b"status"[..]]).unwrap();
+    }
+    let mut not_found = 0;
+    wait_for("the ghost requests past the bound to be answered 404", 20 * SECOND, || {
+        while let Ok(Some(reply)) = flood.recv(Duration::from_millis(50)) {
+            not_found += usize::from(reply.body.first().is_some_and(|f| &f[..] == b"404"));
+        }
+        (not_found >= 1000 - 16).then_some(())
+    });
+    assert!(hub.denials("grafana", "service") >= 1000 - 16, "counted against the viewer");
+
+    // The agent restarts while the ghost names still wait: it registers at once.
+    agent.proc.signal(libc::SIGTERM);
+    assert!(agent.proc.wait_exit(20 * SECOND).is_some_and(|s| s.success()));
+    hub.wait_for_no_service("org.plantd.Agent.pump-1", 20 * SECOND);
+    agent.proc = agent_run(&agent.config);
+    hub.wait_for_service("org.plantd.Agent.pump-1");
+    let status = hub.try_call("org.plantd.Agent.pump-1", &["status"], 5 * SECOND).expect("the agent answers");
+    assert!(status[0].contains("pump-1"), "{status:?}");
+}
+
+/// An agent whose key may not provide its service is told why, not that
+/// another controller has its id.
+#[test]
+fn an_agent_refused_its_service_says_the_real_reason() {
+    let site = Site::new();
+    let pump = site.identity("pump-9");
+    // pump-9 may reach the broker (as a viewer) but provide nothing.
+    let hub = site.hub("\"pump-9\" = [\"viewer\"]", "");
+    let agent = Agent::start(&site, &hub, &pump);
+    let said = wait_for("the agent to say why the hub refuses its service", 60 * SECOND, || {
+        let log = agent.proc.stderr();
+        log.contains("the hub refuses org.plantd.Agent.pump-9").then_some(log)
+    });
+    assert!(said.contains("may not provide it"), "{said}");
+    assert!(!said.contains("share the id"), "{said}");
 }

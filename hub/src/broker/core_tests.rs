@@ -480,17 +480,88 @@ fn garbage_is_counted_per_reason_and_harms_nobody() {
 fn service_and_worker_limits_hold() {
     let mut rig = Rig::new(|c| {
         c.max_services = 2;
-        c.max_workers = 2;
+        c.max_requested_services = 2;
+        c.max_workers = 3;
     });
     rig.request("C", Dialect::Rfc7, "a", &[]);
     rig.request("C", Dialect::Rfc7, "b", &[]);
     rig.request("C", Dialect::Rfc7, "c", &[]);
     assert_eq!(rig.broker.counters().services_refused, 1);
-    rig.ready("W1", Dialect::Rfc7, "a");
-    rig.ready("W2", Dialect::Rfc7, "b");
+    assert_eq!(decoded_reply(&rig.out.to("C")[0]).3, ["404"], "a request over the bound is answered");
+    assert_eq!(rig.broker.census().requested_services, 2);
+    // Requested names never take the places workers need.
+    rig.ready("W1", Dialect::Rfc7, "d");
+    rig.ready("W2", Dialect::Rfc7, "a");
     rig.ready("W3", Dialect::Rfc7, "a");
+    let accepted = ["W1", "W2", "W3"].map(|w| rig.out.to(w));
+    assert!(!accepted.iter().flatten().any(is_disconnect), "all accepted: {accepted:?}");
+    assert_eq!(rig.broker.census().requested_services, 1, "'a' has workers now");
+    rig.ready("W4", Dialect::Rfc7, "a");
     assert_eq!(rig.broker.counters().workers_refused, 1);
-    assert!(rig.out.to("W3").iter().any(is_disconnect));
+    assert!(rig.out.to("W4").iter().any(is_disconnect));
+    let why = |rig: &mut Rig, service: &str| {
+        rig.request("C", Dialect::Rfc7, "mmi.refusal", &[service]);
+        decoded_reply(&rig.out.to("C")[0]).3.concat()
+    };
+    assert_eq!(why(&mut rig, "a"), "workers-full");
+    assert_eq!(why(&mut rig, "d"), "none", "the last refusal was for another service");
+    // Once the workers are purged and the requests expired, two services with workers fill the table.
+    rig.advance(HB * 20);
+    assert_eq!((rig.broker.census().workers, rig.broker.census().services), (0, 0));
+    rig.ready("W5", Dialect::Rfc7, "e");
+    rig.ready("W6", Dialect::Rfc7, "f");
+    rig.ready("W7", Dialect::Rfc7, "g");
+    assert!(rig.out.to("W7").iter().any(is_disconnect));
+    assert_eq!(why(&mut rig, "g"), "services-full");
+    rig.ready("W8", Dialect::Rfc7, "mmi.x");
+    assert_eq!(why(&mut rig, "mmi.x"), "reserved");
+}
+
+/// Issue 19, finding 2: a viewer's requests for 1 000 made-up agent names
+/// could fill the service table, so that a restarted agent's READY was
+/// refused for ever.
+#[test]
+fn requests_for_made_up_names_never_lock_an_agent_out() {
+    let mut rig = Rig::secure(&PEERS, &ROLES, |c| {
+        c.max_services = 4;
+        c.max_requested_services = 8;
+        c.max_requested_services_per_identity = 3;
+    });
+    for i in 0..1000 {
+        rig.request("V", Dialect::Rfc7, &format!("org.plantd.Agent.ghost{i}"), &["status"]);
+    }
+    let answers: Vec<String> = rig.out.to("V").iter().map(|f| decoded_reply(f).3.concat()).collect();
+    assert_eq!(answers.len(), 997, "all but the first three are answered at once");
+    assert!(answers.iter().all(|a| a == "404"), "{answers:?}");
+    assert_eq!(rig.denials("grafana", Kind::Service), 997);
+    assert_eq!(rig.broker.census().requested_services, 3);
+    // Another identity still gets its share; the agent registers at once.
+    rig.request("O", Dialect::Plantd, "org.plantd.Agent.ghost-x", &["status"]);
+    assert!(rig.out.to("O").is_empty(), "queued, waiting for a worker");
+    rig.ready("P1", Dialect::Rfc7, "org.plantd.Agent.pump-1");
+    assert!(rig.out.to("P1").is_empty(), "accepted");
+    // In plantd's dialect the refusal is its error JSON.
+    for i in 0..3 {
+        rig.request("O", Dialect::Plantd, &format!("org.plantd.Agent.other{i}"), &["status"]);
+    }
+    let refusal: serde_json::Value = serde_json::from_str(&decoded_reply(&rig.out.to("O")[0]).3[0]).unwrap();
+    assert!(refusal["error"].as_str().unwrap().starts_with("no such service"), "{refusal}");
+    // Why a READY was refused, for whoever asks about their own.
+    rig.ready("P2", Dialect::Rfc7, "org.plantd.Agent.pump-1");
+    assert!(rig.out.to("P2").iter().any(is_disconnect));
+    rig.request("P2", Dialect::Rfc7, "mmi.refusal", &["org.plantd.Agent.pump-1"]);
+    assert_eq!(decoded_reply(&rig.out.to("P2")[0]).3, ["forbidden"]);
+    rig.request("V", Dialect::Rfc7, "mmi.refusal", &["org.plantd.Agent.pump-1"]);
+    assert_eq!(decoded_reply(&rig.out.to("V")[0]).3, ["none"], "another caller's refusal is its own");
+    rig.identities.insert("P1-clone".into(), "pump-1".into());
+    rig.ready("P1-clone", Dialect::Rfc7, "org.plantd.Agent.pump-1");
+    rig.out.take();
+    rig.request("P1-clone", Dialect::Rfc7, "mmi.refusal", &["org.plantd.Agent.pump-1"]);
+    let answer = rig.out.to("P1-clone").pop().unwrap();
+    assert_eq!(decoded_reply(&answer).3, ["duplicate"]);
+    // Once the made-up names expire, they are forgotten and their places freed.
+    rig.advance(Duration::from_secs(2));
+    assert_eq!(rig.broker.census().requested_services, 0);
 }
 
 #[test]

@@ -48,7 +48,7 @@ pub type Snapshot = Arc<Mutex<BrokerSnapshot>>;
 
 /// Every configured bound, as gauges.
 fn collect_bounds(b: &BrokerConfig, out: &mut Families) {
-    let bounds: [(&str, &'static str, u64); 13] = [
+    let bounds: [(&str, &'static str, u64); 15] = [
         ("queue_limit", "Requests queued per service, at most.", b.queue_limit as u64),
         ("max_queued_bytes", "Request bytes queued in all, at most.", b.max_queued_bytes as u64),
         (
@@ -71,7 +71,17 @@ fn collect_bounds(b: &BrokerConfig, out: &mut Families) {
         ("request_expiry_ms", "Queued requests older than this are dropped.", b.request_expiry_ms),
         ("max_message_bytes", "Largest frame accepted.", b.max_message_bytes as u64),
         ("max_frames", "Frames per message, at most.", b.max_frames as u64),
-        ("max_services", "Services known at once, at most.", b.max_services as u64),
+        ("max_services", "Services with workers known at once, at most.", b.max_services as u64),
+        (
+            "max_requested_services",
+            "Services known only from requests, at most.",
+            b.max_requested_services as u64,
+        ),
+        (
+            "max_requested_services_per_identity",
+            "Services known only from requests one identity may name.",
+            b.max_requested_services_per_identity as u64,
+        ),
         ("max_workers", "Workers registered at once, at most.", b.max_workers as u64),
         ("hwm", "Per-peer high-water mark, in messages.", b.hwm as u64),
     ];

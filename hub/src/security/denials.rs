@@ -20,6 +20,8 @@ pub enum Kind {
     Provide,
     /// A second live registration of an agent's service.
     Duplicate,
+    /// A request for a service no worker has provided, over the bounds on such names.
+    Service,
     /// A request over its rate.
     Rate,
     /// A request over its in-flight limit.
@@ -35,12 +37,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Connect,
         Kind::Unauthenticated,
         Kind::Call,
         Kind::Provide,
         Kind::Duplicate,
+        Kind::Service,
         Kind::Rate,
         Kind::InFlight,
         Kind::Publish,
@@ -56,6 +59,7 @@ impl Kind {
             Kind::Call => "call",
             Kind::Provide => "provide",
             Kind::Duplicate => "duplicate",
+            Kind::Service => "service",
             Kind::Rate => "rate",
             Kind::InFlight => "in_flight",
             Kind::Publish => "publish",

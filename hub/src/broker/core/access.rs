@@ -7,14 +7,15 @@
 //! limit and queued-bytes limit (so one identity cannot fill a service's
 //! queue for everyone). Refused requests are answered in the client's dialect (403/429, or
 //! plantd's error JSON); refused READYs get DISCONNECT. Every refusal is
-//! counted in [`Security::denials`].
+//! counted in [`Security::denials`]. Services known only from requests are
+//! bounded per identity too (see the core's module doc).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use proto::mdp::{self, Dialect, ReplyKind};
-use proto::mmi::Status;
+use proto::mmi::{ReadyRefusal, Status};
 use proto::rate::TokenBucket;
 
 use super::{disconnect, hex, lossy, Broker, OwnedFrame, Removal, Transmit};
@@ -26,7 +27,7 @@ const RESERVED: [&[u8]; 3] =
     [proto::state::SERVICE.as_bytes(), proto::ingest::SERVICE.as_bytes(), crate::service::SERVICE.as_bytes()];
 
 /// Who a request or a worker belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Owner {
     /// Security is off.
     Anyone,
@@ -43,6 +44,8 @@ struct Caller {
     in_flight: u32,
     /// Bytes of its requests waiting in queues.
     queued_bytes: usize,
+    /// Services known only from its requests (no worker ever), that it named first.
+    requested_services: usize,
 }
 
 /// The identities the broker has seen (bounded: only allow-listed identities
@@ -54,6 +57,7 @@ pub(super) struct Callers {
     burst: f64,
     max_in_flight: u32,
     max_queued_bytes: usize,
+    max_requested_services: usize,
     /// The security generation the grants were read at.
     generation: Option<u64>,
 }
@@ -63,6 +67,8 @@ pub(super) struct Callers {
 pub(super) enum Refusal {
     Forbidden,
     TooMany,
+    /// No worker ever provided the service, and no more such names may wait.
+    NoSuchService,
 }
 
 impl Callers {
@@ -74,6 +80,7 @@ impl Callers {
             burst: config.burst_per_identity,
             max_in_flight: config.max_in_flight_per_identity,
             max_queued_bytes: config.max_queued_bytes_per_identity,
+            max_requested_services: config.max_requested_services_per_identity,
             generation,
         }
     }
@@ -90,6 +97,7 @@ impl Callers {
             bucket: TokenBucket::new(self.rate, self.burst, now),
             in_flight: 0,
             queued_bytes: 0,
+            requested_services: 0,
         };
         self.all.push(caller);
         self.ids.insert(name.into(), self.all.len() - 1);
@@ -127,6 +135,23 @@ impl Callers {
         }
     }
 
+    /// Whether `owner` may name one more service no worker has provided
+    /// (identities only: without security everyone shares the broker's bound).
+    pub(super) fn may_request_new(&self, owner: Owner) -> bool {
+        match owner {
+            Owner::Identity(id) => self.all[id].requested_services < self.max_requested_services,
+            Owner::Anyone | Owner::Hub => true,
+        }
+    }
+
+    /// `owner` named (or, negative, no longer holds) services known only from requests.
+    pub(super) fn requested(&mut self, owner: Owner, by: isize) {
+        if let Owner::Identity(id) = owner {
+            let caller = &mut self.all[id];
+            caller.requested_services = caller.requested_services.saturating_add_signed(by);
+        }
+    }
+
     /// Checks the counts against what is really open: (caller, queued bytes)
     /// per request, 0 bytes for those with a worker.
     #[cfg(test)]
@@ -142,6 +167,17 @@ impl Callers {
             assert_eq!(caller.in_flight, requests, "{}'s requests in flight", caller.name);
             assert_eq!(caller.queued_bytes, bytes, "{}'s queued bytes", caller.name);
             assert!(caller.in_flight <= self.max_in_flight);
+        }
+    }
+
+    /// Checks each identity's count of services known only from its
+    /// requests against `named` (who named each).
+    #[cfg(test)]
+    pub(super) fn check_requested(&self, named: &[Owner]) {
+        for (id, caller) in self.all.iter().enumerate() {
+            let mine = named.iter().filter(|&&o| o == Owner::Identity(id)).count();
+            assert_eq!(caller.requested_services, mine, "services {} named", caller.name);
+            assert!(mine <= self.max_requested_services);
         }
     }
 }
@@ -211,7 +247,9 @@ impl<F: OwnedFrame> Broker<F> {
         let bytes: usize = body.iter().map(|f| f.bytes().len()).sum();
         let caller = &mut self.callers.all[id];
         let mmi = proto::mmi::is_mmi(service);
-        let (kind, refusal) = if !caller.grants.may_call(service, command) {
+        // Anyone may ask why its own READY was refused.
+        let own_refusal = service == proto::mmi::REFUSAL;
+        let (kind, refusal) = if !own_refusal && !caller.grants.may_call(service, command) {
             (Kind::Call, Refusal::Forbidden)
         } else if !caller.bucket.try_take(1.0, now) {
             (Kind::Rate, Refusal::TooMany)
@@ -231,17 +269,17 @@ impl<F: OwnedFrame> Broker<F> {
     }
 
     /// Whether `owner` may register for `service` (counted when not).
-    pub(super) fn may_provide(&mut self, owner: Owner, service: &[u8]) -> bool {
-        let allowed = match owner {
-            Owner::Anyone | Owner::Hub => true,
-            Owner::Identity(id) => {
-                !RESERVED.contains(&service) && self.callers.all[id].grants.may_provide(service)
+    pub(super) fn may_provide(&mut self, owner: Owner, service: &[u8]) -> Result<(), ReadyRefusal> {
+        let refusal = match owner {
+            Owner::Anyone | Owner::Hub => return Ok(()),
+            Owner::Identity(_) if RESERVED.contains(&service) => ReadyRefusal::Reserved,
+            Owner::Identity(id) if !self.callers.all[id].grants.may_provide(service) => {
+                ReadyRefusal::Forbidden
             }
+            Owner::Identity(_) => return Ok(()),
         };
-        if !allowed {
-            self.deny(owner, Kind::Provide, || format!("READY for {}", lossy(service)));
-        }
-        allowed
+        self.deny(owner, Kind::Provide, || format!("READY for {}", lossy(service)));
+        Err(refusal)
     }
 
     /// An agent's service has one live worker. A READY for one already taken
@@ -309,12 +347,17 @@ impl<F: OwnedFrame> Broker<F> {
         let status = match refusal {
             Refusal::Forbidden => Status::Forbidden,
             Refusal::TooMany => Status::TooManyRequests,
+            Refusal::NoSuchService => Status::NotFound,
         };
         let body = match dialect {
             Dialect::Plantd => {
                 let message = match refusal {
                     Refusal::Forbidden => "forbidden: this identity may not make this request",
                     Refusal::TooMany => "too many requests: over this identity's rate or in-flight limit",
+                    Refusal::NoSuchService => {
+                        "no such service: no worker has provided it, and this caller has too many requests \
+                         waiting for such services"
+                    }
                 };
                 proto::state::failure(message).to_string().into_bytes()
             }

@@ -67,6 +67,14 @@ impl<F: OwnedFrame> Broker<F> {
         let queued = self.services.iter().flat_map(|(_, s)| s.queue.iter().map(|p| (p.caller, p.bytes)));
         let held = self.workers.iter().flat_map(|(_, w)| w.jobs.iter().map(|j| (j.caller, 0)));
         self.callers.check_open(queued.chain(held));
+        // Services known only from requests are counted apart, each against who named it.
+        let requested: Vec<_> = self.services.iter().filter_map(|(_, s)| s.requested_by).collect();
+        assert!(self.services.iter().all(|(_, s)| s.requested_by.is_none() || s.workers == 0));
+        assert_eq!(self.requested_services, requested.len());
+        assert_eq!(self.registered_services, self.services.len() - requested.len());
+        assert!(self.requested_services <= self.max_requested_services);
+        assert!(self.registered_services <= self.max_services);
+        self.callers.check_requested(&requested);
     }
 
     /// The requests `worker` holds, oldest first.

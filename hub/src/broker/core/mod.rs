@@ -17,6 +17,13 @@
 //! - Every worker command but DISCONNECT proves the worker alive; silent
 //!   workers are purged. Protocol violations and commands from unknown
 //!   workers get DISCONNECT, which makes a worker register again.
+//! - Services that have a worker (or had one, while requests wait) and
+//!   services known only from requests are bounded apart (`max_services`,
+//!   `max_requested_services`, and per identity
+//!   `max_requested_services_per_identity`), so requests for made-up names
+//!   can never fill the table a worker's READY needs. A request over those
+//!   bounds is answered 404 ("no such service"). Why a READY was refused
+//!   (MDP answers only DISCONNECT) is kept per caller for `mmi.refusal`.
 //! - A service listed in `redeliver` gets each in-flight request of a worker
 //!   that dies delivered once more.
 //! - Workers never see a client's routing id: each request reaches its worker
@@ -33,7 +40,7 @@ use proto::mdp::{self, Dialect, ReplyKind, ToBroker};
 use proto::{mmi, Frame};
 use slab::Slab;
 
-use self::access::{Callers, Owner};
+use self::access::{Callers, Owner, Refusal};
 use super::counters::BrokerCounters;
 use crate::config::BrokerConfig;
 use crate::security::{Security, Sender};
@@ -130,6 +137,9 @@ struct Worker<F> {
 
 struct Service<F> {
     name: Box<[u8]>,
+    /// Known only from requests, never from a worker: who asked first (it is
+    /// counted against that caller's `max_requested_services_per_identity`).
+    requested_by: Option<Owner>,
     redeliver: bool,
     /// An agent's service: one live worker at a time.
     exclusive: bool,
@@ -175,8 +185,14 @@ pub struct Broker<F> {
     queued_bytes: usize,
     request_expiry: Duration,
     max_services: usize,
+    max_requested_services: usize,
     max_workers: usize,
     redeliver: HashSet<Box<[u8]>>,
+    /// Services with a worker (or that had one), and known only from requests.
+    registered_services: usize,
+    requested_services: usize,
+    /// Why each caller's last READY was refused (one per caller: bounded).
+    ready_refusals: HashMap<Owner, (Box<[u8]>, mmi::ReadyRefusal)>,
 
     services: Slab<Service<F>>,
     service_ids: HashMap<Box<[u8]>, usize>,
@@ -213,8 +229,12 @@ impl<F: OwnedFrame> Broker<F> {
             queued_bytes: 0,
             request_expiry: config.request_expiry(),
             max_services: config.max_services,
+            max_requested_services: config.max_requested_services,
             max_workers: config.max_workers,
             redeliver: config.redeliver.iter().map(|s| s.as_bytes().into()).collect(),
+            registered_services: 0,
+            requested_services: 0,
+            ready_refusals: HashMap::new(),
             services: Slab::new(),
             service_ids: HashMap::new(),
             workers: Slab::new(),
@@ -312,7 +332,7 @@ impl<F: OwnedFrame> Broker<F> {
                     return;
                 }
                 if let Some(request) = mmi::Request::parse(service, body) {
-                    let answer = self.answer_mmi(request);
+                    let answer = self.answer_mmi(owner, request);
                     self.counters.mmi_requests += 1;
                     let envelope = mdp::client_reply(dialect, ReplyKind::Final, Some(service));
                     if let Ok(envelope) = envelope {
@@ -324,8 +344,15 @@ impl<F: OwnedFrame> Broker<F> {
                     return;
                 }
                 let body_at = frames.len() - body.len();
-                let Some(sid) = self.service_id(service) else {
+                let Some(sid) = self.service_for_request(service, owner) else {
                     self.counters.services_refused += 1;
+                    self.deny(owner, crate::security::Kind::Service, || {
+                        format!(
+                            "request to {}: no worker ever provided it, and too many such names are waiting",
+                            lossy(service)
+                        )
+                    });
+                    self.refuse(sender.bytes(), dialect, service, Refusal::NoSuchService, out);
                     return;
                 };
                 self.counters.requests += 1;
@@ -349,29 +376,34 @@ impl<F: OwnedFrame> Broker<F> {
                     return;
                 }
                 let refused = if mmi::is_mmi(service) {
-                    Some(&mut self.counters.mmi_workers_refused)
+                    Some((&mut self.counters.mmi_workers_refused, mmi::ReadyRefusal::Reserved))
                 } else if self.workers.len() >= self.max_workers {
-                    Some(&mut self.counters.workers_refused)
+                    Some((&mut self.counters.workers_refused, mmi::ReadyRefusal::WorkersFull))
                 } else {
                     None
                 };
-                if let Some(counter) = refused {
+                if let Some((counter, why)) = refused {
                     *counter += 1;
-                    disconnect(out, sender.bytes(), dialect);
+                    self.refuse_ready(owner, service, why, sender.bytes(), dialect, out);
                     return;
                 }
-                if !self.may_provide(owner, service) {
-                    disconnect(out, sender.bytes(), dialect);
+                if let Err(why) = self.may_provide(owner, service) {
+                    self.refuse_ready(owner, service, why, sender.bytes(), dialect, out);
                     return;
                 }
-                let Some(sid) = self.service_id(service) else {
+                let Some(sid) = self.service_for_ready(service) else {
                     self.counters.services_refused += 1;
-                    disconnect(out, sender.bytes(), dialect);
+                    let why = mmi::ReadyRefusal::ServicesFull;
+                    self.refuse_ready(owner, service, why, sender.bytes(), dialect, out);
                     return;
                 };
                 if self.services[sid].exclusive && !self.make_room_for(now, sid, owner, out) {
-                    disconnect(out, sender.bytes(), dialect);
+                    let why = mmi::ReadyRefusal::Duplicate;
+                    self.refuse_ready(owner, service, why, sender.bytes(), dialect, out);
                     return;
+                }
+                if self.ready_refusals.get(&owner).is_some_and(|(s, _)| **s == *service) {
+                    self.ready_refusals.remove(&owner);
                 }
                 let identity: Box<[u8]> = sender.bytes().into();
                 let expiry = now + self.worker_ttl;
@@ -474,11 +506,9 @@ impl<F: OwnedFrame> Broker<F> {
         self.scratch.extend(
             self.services.iter().filter(|(_, s)| s.workers == 0 && s.queue.is_empty()).map(|(sid, _)| sid),
         );
-        for &sid in &self.scratch {
-            let service = self.services.remove(sid);
-            self.service_ids.remove(&service.name);
+        for i in 0..self.scratch.len() {
+            self.forget_service(self.scratch[i]);
         }
-
         let mut next = self.next_heartbeat;
         for (_, w) in self.workers.iter() {
             next = next.min(w.expiry);
@@ -498,19 +528,50 @@ impl<F: OwnedFrame> Broker<F> {
         }
     }
 
-    /// Looks a service up, creating it on first use unless `max_services` exist.
-    fn service_id(&mut self, name: &[u8]) -> Option<usize> {
+    /// The service a request names, created on first use unless the bounds
+    /// on services known only from requests say no (overall, and for `owner`).
+    fn service_for_request(&mut self, name: &[u8], owner: Owner) -> Option<usize> {
         if let Some(&sid) = self.service_ids.get(name) {
             return Some(sid);
         }
-        if self.services.len() >= self.max_services {
+        if self.requested_services >= self.max_requested_services || !self.callers.may_request_new(owner) {
             return None;
         }
+        self.requested_services += 1;
+        self.callers.requested(owner, 1);
+        Some(self.insert_service(name, Some(owner)))
+    }
+
+    /// The service a READY names, created (or no longer only requested)
+    /// unless `max_services` have workers already.
+    fn service_for_ready(&mut self, name: &[u8]) -> Option<usize> {
+        let sid = self.service_ids.get(name).copied();
+        let requested_by = sid.and_then(|sid| self.services[sid].requested_by);
+        if sid.is_some() && requested_by.is_none() {
+            return sid;
+        }
+        if self.registered_services >= self.max_services {
+            return None;
+        }
+        self.registered_services += 1;
+        match (sid, requested_by) {
+            (Some(sid), Some(owner)) => {
+                self.services[sid].requested_by = None;
+                self.requested_services -= 1;
+                self.callers.requested(owner, -1);
+                Some(sid)
+            }
+            _ => Some(self.insert_service(name, None)),
+        }
+    }
+
+    fn insert_service(&mut self, name: &[u8], requested_by: Option<Owner>) -> usize {
         let name: Box<[u8]> = name.into();
         let redeliver = self.redeliver.contains(&name);
         let exclusive = name.starts_with(crate::security::policy::AGENT_SERVICE_PREFIX.as_bytes());
         let service = Service {
             name: name.clone(),
+            requested_by,
             redeliver,
             exclusive,
             workers: 0,
@@ -521,7 +582,35 @@ impl<F: OwnedFrame> Broker<F> {
         };
         let sid = self.services.insert(service);
         self.service_ids.insert(name, sid);
-        Some(sid)
+        sid
+    }
+
+    /// Forgets a service with neither workers nor queued requests.
+    fn forget_service(&mut self, sid: usize) {
+        let service = self.services.remove(sid);
+        self.service_ids.remove(&service.name);
+        match service.requested_by {
+            Some(owner) => {
+                self.requested_services -= 1;
+                self.callers.requested(owner, -1);
+            }
+            None => self.registered_services -= 1,
+        }
+    }
+
+    /// Refuses a READY (DISCONNECT, the only answer MDP has) and keeps why,
+    /// for the caller's `mmi.refusal`.
+    fn refuse_ready(
+        &mut self,
+        owner: Owner,
+        service: &[u8],
+        why: mmi::ReadyRefusal,
+        peer: &[u8],
+        dialect: Dialect,
+        out: &mut impl Transmit<F>,
+    ) {
+        self.ready_refusals.insert(owner, (service.into(), why));
+        disconnect(out, peer, dialect);
     }
 
     /// A worker command from a peer we do not know, most often a worker that
@@ -541,6 +630,7 @@ impl<F: OwnedFrame> Broker<F> {
             queued: self.services.iter().map(|(_, s)| s.queue.len()).sum(),
             queued_bytes: self.queued_bytes,
             services: self.services.len(),
+            requested_services: self.requested_services,
         }
     }
 
@@ -569,6 +659,8 @@ pub struct Census {
     pub queued: usize,
     pub queued_bytes: usize,
     pub services: usize,
+    /// Of them, known only from requests (no worker ever).
+    pub requested_services: usize,
 }
 
 fn disconnect<F>(out: &mut impl Transmit<F>, peer: &[u8], dialect: Dialect) {

@@ -4,11 +4,12 @@
 use proto::mmi;
 use serde_json::json;
 
+use super::access::Owner;
 use super::{lossy, Broker, OwnedFrame};
 use crate::metrics::Families;
 
 impl<F: OwnedFrame> Broker<F> {
-    pub(super) fn answer_mmi(&self, request: mmi::Request<'_>) -> Vec<u8> {
+    pub(super) fn answer_mmi(&self, caller: Owner, request: mmi::Request<'_>) -> Vec<u8> {
         let has_workers =
             |name: &[u8]| self.service_ids.get(name).is_some_and(|&sid| self.services[sid].workers > 0);
         match request {
@@ -60,6 +61,10 @@ impl<F: OwnedFrame> Broker<F> {
                 };
                 all.to_json().to_string().into_bytes()
             }
+            mmi::Request::Refusal { name } => {
+                let refusal = self.ready_refusals.get(&caller).filter(|(service, _)| **service == *name);
+                refusal.map_or(mmi::NO_REFUSAL, |(_, why)| why.as_str()).as_bytes().to_vec()
+            }
             mmi::Request::Unknown => mmi::Status::NotImplemented.as_bytes().to_vec(),
         }
     }
@@ -86,6 +91,12 @@ impl<F: OwnedFrame> Broker<F> {
             census.queued_bytes as u64,
         );
         out.gauge("broker_services", "Services known now.", vec![], census.services as u64);
+        out.gauge(
+            "broker_requested_services",
+            "Services known now only from requests (no worker has provided them).",
+            vec![],
+            census.requested_services as u64,
+        );
         let held = self.held_per_service();
         for (sid, s) in self.services.iter() {
             let (idle, in_flight, _) = held.get(&sid).copied().unwrap_or_default();
