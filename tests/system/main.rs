@@ -11,6 +11,7 @@ mod interop;
 mod operations;
 mod package;
 mod pipeline;
+mod secrets;
 mod security;
 mod state;
 mod storage;

@@ -58,6 +58,10 @@ fn default_log_interval_ms() -> u64 {
 pub enum SecurityError {
     #[error("security.server_cert: {0} (make one with `hub keygen hub --dir DIR`)")]
     ServerCert(#[from] CertFileError),
+    /// The hub's secret key is open to others (exit 78: `chmod` fixes it,
+    /// not a new key pair).
+    #[error("security.server_cert: {0}")]
+    ServerCertExposed(#[source] CertFileError),
     #[error("security.clients_dir {path}: {source} (create it, and put the peers' .key files there)")]
     ClientsDir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
@@ -113,7 +117,10 @@ pub struct Security {
 impl Security {
     /// Reads the hub's certificate and the allow-list named by `config`.
     pub fn load(config: &SecurityConfig) -> Result<Security, SecurityError> {
-        let server = read_key_pair(&config.server_cert)?;
+        let server = read_key_pair(&config.server_cert).map_err(|e| match e {
+            e @ CertFileError::Exposed(_) => SecurityError::ServerCertExposed(e),
+            e => SecurityError::ServerCert(e),
+        })?;
         let security = Security::new(server, config, AllowList::default())?;
         security.reload()?;
         Ok(security)
