@@ -1,11 +1,14 @@
-//! Secret files others may read are refused by every command that reads
-//! them, and key directories are private.
+//! Keys and secret files: one public key is one identity (`hub keys add`,
+//! a key in two allow-list files), secret files others may read are refused
+//! by every command that reads them, and key directories are private.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use proto::mdp::Dialect;
+use serde_json::Value;
 use system_tests::*;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -36,6 +39,63 @@ fn serve(config: &Path) -> Output {
     cmd.args(["serve", "--broker", &free_endpoint(), "--data-dir"]).arg(data.path());
     cmd.args(HubPorts::new().args()).arg("--config").arg(config);
     run_bounded("hub serve with a loose secret", &mut cmd, 20 * SECOND)
+}
+
+#[test]
+fn hub_keys_add_refuses_a_key_already_allowed_under_another_name() {
+    let site = Site::new();
+    let pump = site.identity("pump-2");
+    let config = site.config("\"pump-*\" = [\"agent\"]\n\"ops-*\" = [\"operator\"]", "");
+    let keys = |args: &[&str]| hub_cli(&[&["keys", "--config", config.to_str().unwrap()][..], args].concat());
+    let before: Vec<_> = std::fs::read_dir(site.clients_dir()).unwrap().map(|e| e.unwrap().path()).collect();
+
+    let out = keys(&["add", pump.public.to_str().unwrap(), "--name", "ops-0"]);
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("already allowed as pump-2") && said.contains("pump-2.key"), "{said}");
+    assert!(said.contains("hub keys remove pump-2"), "says what to do: {said}");
+    let after: Vec<_> = std::fs::read_dir(site.clients_dir()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(after, before, "the allow-list is unchanged");
+    let list: Value = serde_json::from_slice(&keys(&["--json", "list"]).stdout).unwrap();
+    assert_eq!(list["identities"][0]["identity"], "pump-2");
+    assert_eq!(list["identities"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_key_in_two_allow_list_files_keeps_both_names_out() {
+    let site = Site::new();
+    let pump = site.identity("pump-2");
+    // "ops-0.key" sorts before "pump-2.key": "first file wins" made pump-2's key an operator.
+    let copy = site.clients_dir().join("ops-0.key");
+    std::fs::copy(&pump.public, &copy).unwrap();
+    let hub = site.hub("\"pump-*\" = [\"agent\"]\n\"ops-*\" = [\"operator\"]", "");
+    let as_pump = || call(site.endpoint(&pump, &hub.broker), Dialect::Rfc7, "mmi.service", &["x"], SECOND);
+    let refused_before = hub.denials("(unknown)", "connect");
+    assert_eq!(as_pump(), None, "the key is refused at the handshake");
+    wait_for("the refusal to be counted", 10 * SECOND, || {
+        (hub.denials("(unknown)", "connect") > refused_before).then_some(())
+    });
+    assert_eq!(hub.metric("plantd_security_allowlist_conflicts"), 2);
+    let log = hub.proc.stderr();
+    assert!(log.contains("ops-0.key and ") && log.contains("pump-2.key hold the same key"), "{log}");
+
+    // Fixed, then broken again by hand: the reload does the same.
+    let (config, data) = (site.path().join("hub.toml"), hub.data.path().to_path_buf());
+    let reload = || {
+        let args = ["keys", "--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()];
+        let out = hub_cli(&[&args[..], &["--json", "reload"]].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["reloaded"].clone()
+    };
+    std::fs::remove_file(&copy).unwrap();
+    assert_eq!(reload()["added"], serde_json::json!(["pump-2"]));
+    assert_eq!(as_pump(), Some(vec!["404".to_string()]), "pump-2 alone has its key again");
+    std::fs::copy(&pump.public, &copy).unwrap();
+    let report = reload();
+    assert_eq!(report["removed"], serde_json::json!(["pump-2"]), "{report}");
+    let conflict = report["conflicts"][0].as_str().unwrap_or_default();
+    assert!(conflict.contains("ops-0.key") && conflict.contains("pump-2.key"), "{report}");
+    wait_for("pump-2's key to be refused again", 10 * SECOND, || as_pump().is_none().then_some(()));
 }
 
 #[test]

@@ -36,7 +36,15 @@ pub fn run(args: CheckConfigArgs) -> CmdResult {
     }
     let security = match &config.security {
         Some(settings) => match hub::security::Security::load(settings) {
-            Ok(security) => format!("{} identities allowed", security.allow_list().len()),
+            // Files sharing a key do not stop the hub (it refuses those
+            // keys, logged above as errors), so they do not fail the check.
+            Ok(security) => match security.conflicting_files() {
+                0 => format!("{} identities allowed", security.allow_list().len()),
+                n => format!(
+                    "{} identities allowed, {n} files in clients_dir refused for sharing a key",
+                    security.allow_list().len()
+                ),
+            },
             Err(e) => return Ok(plumbing::config_invalid("hub", &e)),
         },
         None => "off (loopback only)".into(),
