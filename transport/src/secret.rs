@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 /// A secret file that group or others may access.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{path} holds a secret but {who} may read it (mode {mode:04o}): run `chmod 600 {path}`, and replace \
+    "{path} holds a secret but is open to {who} (mode {mode:04o}): run `chmod 600 {path}`, and replace \
      the secret if anyone else may have read it"
 )]
 pub struct Exposed {
