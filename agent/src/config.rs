@@ -198,6 +198,9 @@ pub enum ConfigError {
     Invalid { field: String, problem: String },
     #[error("config: {0}")]
     Certificate(#[from] transport::curve::CertFileError),
+    /// The HTTP token cannot be read, or others may read it.
+    #[error("config: `http.token_file` {0}")]
+    Token(#[from] transport::secret::SecretFileError),
 }
 
 /// The limits in force: the config's, else the board's.
@@ -316,6 +319,10 @@ impl Config {
                  random token), or listen on 127.0.0.1"
                     .into(),
             );
+        }
+        if let (true, Some(path)) = (h.listen != "off", &h.token_file) {
+            // A token others may read is no secret (and the check's only read of it).
+            transport::secret::read_private(path, transport::secret::Place::Disk)?;
         }
         if h.max_connections == 0 {
             return invalid("http.max_connections", "must be at least 1".into());
@@ -516,5 +523,25 @@ mod tests {
         assert_ne!(default_id(a.path()), id_a, "falls back to the machine id");
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(default_id(empty.path()), hostname(), "nothing unique known: the hostname");
+    }
+
+    #[test]
+    fn a_token_others_may_read_is_refused_when_http_is_on() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("http.token");
+        std::fs::write(&token, "t0ken\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let text = |listen: &str| {
+            format!("id = \"x\"\n[http]\nlisten = \"{listen}\"\ntoken_file = \"{}\"\n", token.display())
+        };
+        let e = parse(&text("0.0.0.0:9100")).unwrap().validate().unwrap_err().to_string();
+        assert!(
+            e.contains("http.token_file") && e.contains(&format!("chmod 600 {}", token.display())),
+            "{e}"
+        );
+        parse(&text("off")).unwrap().validate().unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        parse(&text("0.0.0.0:9100")).unwrap().validate().unwrap();
     }
 }

@@ -251,7 +251,8 @@ pub struct StateConfig {
     pub cache_bytes: u64,
     /// The bus that carries change events.
     pub bus: String,
-    /// Bounds on what clients may store (values, keys and bytes per scope, scopes).
+    /// Bounds on what clients may store (values, keys and bytes per scope,
+    /// scopes) and on the replies (`[state.limits]`).
     pub limits: crate::state::store::Limits,
 }
 
@@ -638,6 +639,9 @@ impl Config {
             }
             if !self.buses.iter().any(|b| b.name == self.state.bus) {
                 return invalid("state.bus", &format!("names no configured bus ('{}')", self.state.bus));
+            }
+            if let Err((field, problem)) = self.state.limits.check(self.broker.max_message_bytes) {
+                return invalid(field, &problem);
             }
         }
         Ok(())

@@ -26,13 +26,26 @@ pub fn config_invalid(name: &str, error: &dyn std::fmt::Display) -> ExitCode {
 
 /// A binary's `main` after parsing its arguments: sets up the process
 /// ([`init`]), runs the command, and turns an error into `NAME: error: ...`
-/// on stderr and a failing exit code.
+/// on stderr and a failing exit code: 78 for a secret file others may read
+/// (the configuration is at fault), 1 for anything else.
 pub fn main(name: &str, verbose: u8, command: impl FnOnce() -> CmdResult) -> ExitCode {
     init(verbose);
     command().unwrap_or_else(|e| {
         eprintln!("{name}: error: {e}");
-        ExitCode::FAILURE
+        if exposes_a_secret(e.as_ref()) {
+            ExitCode::from(EX_CONFIG)
+        } else {
+            ExitCode::FAILURE
+        }
     })
+}
+
+/// Whether `error`, or anything in its source chain, is a secret file
+/// others may read: however deep the command met it (`serve`, `run`, a
+/// client's `--cert`), it exits as a configuration error.
+pub fn exposes_a_secret(error: &(dyn std::error::Error + 'static)) -> bool {
+    // Bounded: a chain is a few links; 64 is far past any real one.
+    std::iter::successors(Some(error), |e| e.source()).take(64).any(|e| e.is::<transport::secret::Exposed>())
 }
 
 /// Restores the default SIGPIPE, so `tool | head` ends quietly like any Unix

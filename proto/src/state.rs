@@ -78,6 +78,12 @@ impl Op {
 /// an operation needs is the service's business (it answers plantd's errors).
 /// Like plantd, a scope or key that is not a string counts as missing, and
 /// other fields (`token`) are ignored.
+///
+/// `list-keys` and `list-scopes` page (our extension): a reply holds at most
+/// what fits in the service's reply bound (and `limit` names, if given);
+/// when it is cut short it says `"truncated": true` and `"next"`, the last
+/// name it holds, to send back as `after` for the next page. A reply that
+/// is not cut short is plantd's shape exactly.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Request {
     /// The scope (plantd calls it the service).
@@ -93,6 +99,12 @@ pub struct Request {
     /// Any JSON value, `null` included (`Some(Null)`); absent is `None`.
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub value: Option<Value>,
+    /// Paging: list the names after this one (a previous reply's `next`).
+    #[serde(default, deserialize_with = "string_or_none", skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Paging: at most this many names in the reply.
+    #[serde(default, deserialize_with = "count_or_none", skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
 }
 
 fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -100,6 +112,10 @@ fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Strin
         Value::String(s) => Some(s),
         _ => None,
     })
+}
+
+fn count_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(Value::deserialize(d)?.as_u64())
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
@@ -117,6 +133,11 @@ impl Request {
 
     pub fn set(scope: &str, key: &str, value: Value) -> Request {
         Request { value: Some(value), ..Request::key(scope, key) }
+    }
+
+    /// The request for the page of names after `after` (`None`: the first page).
+    pub fn page(self, after: Option<String>) -> Request {
+        Request { after, ..self }
     }
 
     /// The two request frames for `op`.
@@ -140,6 +161,13 @@ pub fn failure(message: impl Into<String>) -> Value {
 /// Whether a reply says the operation succeeded.
 pub fn succeeded(reply: &Value) -> bool {
     reply["success"] == json!(true)
+}
+
+/// Where a paged reply (`list-keys`, `list-scopes`) continues: its `next`,
+/// when it says it was cut short.
+pub fn next_page(reply: &Value) -> Option<&str> {
+    let data = &reply["data"];
+    (data["truncated"] == json!(true)).then(|| data["next"].as_str()).flatten()
 }
 
 /// What a change did.
@@ -196,6 +224,20 @@ mod tests {
         assert_eq!(read, Request::scope("s"));
         let odd: Request = serde_json::from_value(json!({"service": 5, "key": "k", "value": null})).unwrap();
         assert_eq!((odd.scope, odd.key.as_deref(), odd.value), (None, Some("k"), Some(Value::Null)));
+    }
+
+    #[test]
+    fn paging_fields_are_optional_and_lenient() {
+        let [_, json] = Request::scope("s").page(Some("k9".into())).frames(Op::ListKeys);
+        assert_eq!(serde_json::from_slice::<Value>(&json).unwrap(), json!({"service": "s", "after": "k9"}));
+        let read: Request =
+            serde_json::from_value(json!({"service": "s", "after": 3, "limit": "x"})).unwrap();
+        assert_eq!(read, Request::scope("s"), "wrong types count as absent, as for the other fields");
+        let read: Request = serde_json::from_value(json!({"limit": 5})).unwrap();
+        assert_eq!(read.limit, Some(5));
+        let cut = json!({"success": true, "data": {"keys": ["a"], "truncated": true, "next": "a"}});
+        assert_eq!(next_page(&cut), Some("a"));
+        assert_eq!(next_page(&json!({"success": true, "data": {"keys": [], "count": 0}})), None);
     }
 
     #[test]

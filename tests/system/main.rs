@@ -12,6 +12,7 @@ mod interop;
 mod operations;
 mod package;
 mod pipeline;
+mod secrets;
 mod security;
 mod state;
 mod storage;

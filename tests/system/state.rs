@@ -209,3 +209,88 @@ fn hub_state_cli_prints_replies_and_exit_codes() {
     let out = hub_cli(&["state", "--broker", &hub.broker, "get", "x"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--scope"), "a missing scope is explained");
 }
+
+/// Sets `keys` in `scope`, over one connection; the replies.
+fn set_all(hub: &HubProc, scope: &str, keys: impl Iterator<Item = String>) -> Vec<Value> {
+    let ctx = zmq::Context::new();
+    let options = transport::ClientOptions { timeout: 5 * SECOND, retries: 0, ..Default::default() };
+    let mut client = transport::Client::new(&ctx, hub.endpoint(&hub.broker), options);
+    keys.map(|key| {
+        let request = json!({"service": scope, "key": key, "value": 1}).to_string();
+        let reply = client.request("org.plantd.State", &[b"state-set", request.as_bytes()]).expect("a reply");
+        serde_json::from_slice(&reply[0]).expect("JSON")
+    })
+    .collect()
+}
+
+#[test]
+fn a_state_key_flood_is_refused_at_the_quota_and_counted() {
+    let site = Site::new();
+    let hub = site.hub("", "[state.limits]\nmax_scope_bytes = 16384\n");
+    hub.wait_for_service("org.plantd.State");
+    // The finding: 900 kB keys were taken (72 MB in one scope with 80 of them).
+    let huge =
+        state(&hub, "state-set", json!({"service": "flood", "key": "k".repeat(900 << 10), "value": 1}));
+    let said = huge["error"].as_str().unwrap_or_default();
+    assert!(said.contains("a key of 921600 bytes is over the limit of 256 (max_key_bytes)"), "{huge}");
+    // 256-byte keys with 1-byte values: 63 × 257 bytes fit in 16 384, the 64th does not.
+    let replies = set_all(&hub, "flood", (0..80).map(|i| format!("{i:03}{}", "k".repeat(253))));
+    let taken = replies.iter().take_while(|r| r["success"] == true).count();
+    assert_eq!(taken, 63, "{}", replies[taken]);
+    assert!(replies[taken..]
+        .iter()
+        .all(|r| r["error"].as_str().unwrap_or_default().contains("max_scope_bytes")));
+    assert_eq!(state(&hub, "list-keys", json!({"service": "flood"}))["data"]["count"], 63);
+    // Counted as the caller's state denials, and in the state service's own counter.
+    assert_eq!(hub.denials("ops", "state"), 1 + 80 - 63);
+    assert_eq!(hub.metric("plantd_state_refused_total"), 1 + 80 - 63);
+    assert_eq!(state(&hub, "health", json!({}))["data"]["refused"], 1 + 80 - 63);
+}
+
+#[test]
+fn list_keys_of_a_big_scope_pages_and_every_reply_stays_under_max_message_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hub.toml");
+    let max = 65536;
+    std::fs::write(
+        &config,
+        format!("[broker]\nmax_message_bytes = {max}\n\n[state.limits]\nmax_reply_bytes = {max}\nmax_value_bytes = 16384\n"),
+    )
+    .unwrap();
+    let hub = HubProc::start_with(&["--config", config.to_str().unwrap()]);
+    hub.wait_for_service("org.plantd.State");
+    let keys: Vec<String> = (0..1000).map(|i| format!("{i:04}{}", "k".repeat(196))).collect();
+    assert!(set_all(&hub, "big", keys.iter().cloned()).iter().all(|r| r["success"] == true));
+
+    // 1000 keys of 200 bytes: 200 kB to list, in pages of at most 64 KiB.
+    let (mut listed, mut after, mut pages) = (Vec::<String>::new(), None::<String>, 0);
+    loop {
+        pages += 1;
+        assert!(pages <= 50, "paging ends");
+        let request = json!({"service": "big", "after": after}).to_string();
+        let reply = hub.try_call("org.plantd.State", &["list-keys", &request], 5 * SECOND).expect("a reply");
+        assert!(reply[0].len() <= max, "page {pages}: {} bytes", reply[0].len());
+        let reply: Value = serde_json::from_str(&reply[0]).unwrap();
+        listed.extend(
+            reply["data"]["keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()),
+        );
+        match proto::state::next_page(&reply) {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert!(pages >= 4, "{pages} pages");
+    assert_eq!(listed, keys, "every key once, in order");
+
+    // `hub state` follows the pages and prints plantd's shape.
+    let out = hub_cli(&["state", "--broker", &hub.broker, "--scope", "big", "list-keys"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let whole: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(whole["data"]["count"], 1000);
+    assert_eq!(whole["data"]["keys"], json!(keys));
+    assert!(
+        whole["data"].get("truncated").is_none() && whole["data"].get("next").is_none(),
+        "{}",
+        whole["data"]["count"]
+    );
+}

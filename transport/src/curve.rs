@@ -2,13 +2,16 @@
 //! that make a socket a CURVE client or server (ZeroMQ RFC 26).
 //!
 //! Files are czmq's and pyzmq's (`proto::cert`): `NAME.key` public,
-//! `NAME.key_secret` both keys, readable only by its owner.
+//! `NAME.key_secret` both keys, readable only by its owner (a secret file
+//! others may read is refused: [`crate::secret`]).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub use proto::cert::{Certificate, Key};
+
+use crate::secret::{self, Exposed, Place};
 
 /// What a CURVE client needs: its own key pair, and the server's public key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,27 +44,37 @@ pub enum CertFileError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("cannot make a key pair: {0} (is libzmq built with libsodium?)")]
     Keygen(zmq::Error),
+    // Not transparent: `Exposed` stays in the source chain (exit 78).
+    #[error("{0}")]
+    Exposed(#[from] Exposed),
 }
 
-/// Reads a certificate file (public or secret). A file of the same name in
+/// Reads a public certificate file. A file of the same name in
 /// `$CREDENTIALS_DIRECTORY` wins: that is how systemd's `LoadCredential=`
 /// hands a root-owned secret key to a service's dynamic user, as the
 /// packaged units do.
 pub fn read_certificate(path: &Path) -> Result<Certificate, CertFileError> {
-    let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
-        .zip(path.file_name())
-        .map(|(dir, name)| PathBuf::from(dir).join(name))
-        .filter(|p| p.is_file());
-    let path = credential.as_deref().unwrap_or(path);
-    let text =
-        std::fs::read_to_string(path).map_err(|source| CertFileError::Read { path: path.into(), source })?;
-    Certificate::parse(&text).map_err(|source| CertFileError::Parse { path: path.into(), source })
+    let path = secret::credential(path).unwrap_or_else(|| path.into());
+    let text = std::fs::read_to_string(&path)
+        .map_err(|source| CertFileError::Read { path: path.clone(), source })?;
+    Certificate::parse(&text).map_err(|source| CertFileError::Parse { path, source })
 }
 
-/// Reads a secret certificate file (`NAME.key_secret`) as a key pair.
+/// Reads a secret certificate file (`NAME.key_secret`, or the credential of
+/// that name) as a key pair; refused if others may read it.
 pub fn read_key_pair(path: &Path) -> Result<ServerKeys, CertFileError> {
-    let cert = read_certificate(path)?;
-    let secret = cert.secret.ok_or_else(|| CertFileError::NoSecret { path: path.into() })?;
+    let (path, place) = match secret::credential(path) {
+        Some(credential) => (credential, Place::Credentials),
+        None => (path.to_path_buf(), Place::Disk),
+    };
+    // Read, then judge: a public certificate given here is "not the secret
+    // one" (the user's mistake), not "too open" (it is meant to be open).
+    let (text, mode) =
+        secret::read_with_mode(&path).map_err(|source| CertFileError::Read { path: path.clone(), source })?;
+    let cert =
+        Certificate::parse(&text).map_err(|source| CertFileError::Parse { path: path.clone(), source })?;
+    let Some(secret) = cert.secret else { return Err(CertFileError::NoSecret { path }) };
+    secret::check_mode(&path, mode, place)?;
     Ok(ServerKeys { public: cert.public, secret })
 }
 
@@ -79,7 +92,9 @@ pub fn generate() -> Result<ServerKeys, CertFileError> {
 }
 
 /// Writes a new key pair as `dir/NAME.key` and `dir/NAME.key_secret` (mode
-/// 0600), never replacing either. Returns both paths.
+/// 0600), never replacing either. Returns both paths. Missing directories
+/// are made 0700 whatever the umask; an existing one that others may write
+/// is left alone, with a warning.
 pub fn write_new_pair(
     dir: &Path,
     name: &str,
@@ -92,7 +107,11 @@ pub fn write_new_pair(
             return Err(CertFileError::Exists { path: path.clone() });
         }
     }
-    std::fs::create_dir_all(dir).map_err(|source| CertFileError::Write { path: dir.into(), source })?;
+    let warning = secret::create_private_dir(dir)
+        .map_err(|source| CertFileError::Write { path: dir.into(), source })?;
+    if let Some(warning) = warning {
+        log::warn!("{warning}");
+    }
     let keys = generate()?;
     let cert = Certificate {
         public: keys.public,
@@ -218,6 +237,22 @@ mod tests {
         let before = std::fs::read(&secret).unwrap();
         assert!(matches!(write_new_pair(dir.path(), "pump-1", "test"), Err(CertFileError::Exists { .. })));
         assert_eq!(std::fs::read(&secret).unwrap(), before);
+    }
+
+    #[test]
+    fn a_secret_others_may_read_is_refused_and_a_public_one_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let (public, secret) = write_new_pair(&dir.path().join("keys"), "hub", "test").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_key_pair(&secret).unwrap_err();
+        assert!(matches!(e, CertFileError::Exposed(_)), "{e}");
+        assert!(e.to_string().contains(&format!("chmod 600 {}", secret.display())), "{e}");
+        let source = std::error::Error::source(&e).expect("the chain holds the cause");
+        assert!(source.is::<Exposed>(), "binaries find it there to exit 78");
+        assert!(matches!(read_client_keys(&secret, &public), Err(CertFileError::Exposed(_))));
+        // A public certificate is meant to be readable: that is not the problem with it.
+        assert!(matches!(read_key_pair(&public), Err(CertFileError::NoSecret { .. })));
+        assert!(read_certificate(&public).is_ok());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod curve;
 pub mod frames;
 pub mod peer;
 pub mod pipeline;
+pub mod secret;
 pub mod shutdown;
 pub mod socket;
 pub mod worker;

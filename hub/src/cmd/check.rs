@@ -9,8 +9,9 @@ use super::CmdResult;
 /// Validate a hub config file without starting anything: its syntax, every
 /// value and bound, the exposure rules (what may listen beyond loopback
 /// without security or a token), and the files it names (the hub's
-/// certificate, the allow-list directory, the HTTP token). Exit 0 when the
-/// hub would start with it, 78 when it would not.
+/// certificate, the allow-list directory, the HTTP token; secret ones must be
+/// their owner's alone). Exit 0 when the hub would start with it, 78 when it
+/// would not.
 #[derive(FromArgs)]
 #[argh(
     subcommand,
@@ -35,27 +36,22 @@ pub fn run(args: CheckConfigArgs) -> CmdResult {
     }
     let security = match &config.security {
         Some(settings) => match hub::security::Security::load(settings) {
-            Ok(security) => format!("{} identities allowed", security.allow_list().len()),
+            // Files sharing a key do not stop the hub (it refuses those
+            // keys, logged above as errors), so they do not fail the check.
+            Ok(security) => match security.conflicting_files() {
+                0 => format!("{} identities allowed", security.allow_list().len()),
+                n => format!(
+                    "{} identities allowed, {n} files in clients_dir refused for sharing a key",
+                    security.allow_list().len()
+                ),
+            },
             Err(e) => return Ok(plumbing::config_invalid("hub", &e)),
         },
         None => "off (loopback only)".into(),
     };
     if let Some(path) = &config.http.token_file {
-        let token = std::fs::read_to_string(path).map(|t| t.trim().to_string());
-        match token {
-            Ok(token) if !token.is_empty() => {}
-            Ok(_) => {
-                return Ok(plumbing::config_invalid(
-                    "hub",
-                    &format!("http.token_file {} is empty", path.display()),
-                ))
-            }
-            Err(e) => {
-                return Ok(plumbing::config_invalid(
-                    "hub",
-                    &format!("http.token_file {}: {e}", path.display()),
-                ))
-            }
+        if let Err(e) = hub::http::read_token(path) {
+            return Ok(plumbing::config_invalid("hub", &e));
         }
     }
     let bridge = match config.bridge_nats() {

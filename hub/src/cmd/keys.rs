@@ -130,7 +130,8 @@ pub fn keys(args: KeysArgs) -> CmdResult {
     let dir = &security.clients_dir;
     match args.action {
         KeysAction::List(_) => {
-            let (list, skipped) = AllowList::load(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let loaded = AllowList::load(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let (list, skipped, conflicts) = (loaded.list, loaded.skipped, loaded.conflicts);
             let policy = Policy::new(&security.identities, &security.roles)?;
             let rows: Vec<Value> = list
                 .identities()
@@ -143,7 +144,11 @@ pub fn keys(args: KeysArgs) -> CmdResult {
             if args.json {
                 println!(
                     "{}",
-                    json!({"identities": rows, "skipped": skipped.iter().map(|s| format!("{}: {}", s.path.display(), s.why)).collect::<Vec<_>>()})
+                    json!({
+                        "identities": rows,
+                        "skipped": skipped.iter().map(|s| format!("{}: {}", s.path.display(), s.why)).collect::<Vec<_>>(),
+                        "conflicts": conflicts.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+                    })
                 );
             } else {
                 for row in &rows {
@@ -162,6 +167,9 @@ pub fn keys(args: KeysArgs) -> CmdResult {
                 }
                 for s in &skipped {
                     eprintln!("skipped {}: {}", s.path.display(), s.why);
+                }
+                for c in &conflicts {
+                    eprintln!("refused: {c}");
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -186,6 +194,7 @@ pub fn keys(args: KeysArgs) -> CmdResult {
                     format!("{} exists: remove {name} first to replace its key", target.display()).into()
                 );
             }
+            refuse_a_second_name(dir, &cert.public, &name)?;
             let public = Certificate {
                 public: cert.public,
                 secret: None,
@@ -207,6 +216,29 @@ pub fn keys(args: KeysArgs) -> CmdResult {
     }
 }
 
+/// One key, one identity: refuses to list `key` as `name` when a file in
+/// `dir` already holds it, whatever that file's name (else a key given out
+/// as an agent's could be made an operator's, and the agent's name dropped).
+fn refuse_a_second_name(dir: &Path, key: &curve::Key, name: &str) -> Result<(), String> {
+    let loaded = AllowList::load(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let holders: Vec<String> = match loaded.list.identity(key) {
+        Some(holder) => vec![holder.to_string()],
+        None => loaded.conflicts.iter().filter(|c| c.key == *key).flat_map(|c| c.names()).collect(),
+    };
+    if holders.is_empty() {
+        return Ok(());
+    }
+    let files: Vec<String> =
+        holders.iter().map(|h| dir.join(format!("{h}.key")).display().to_string()).collect();
+    Err(format!(
+        "this key is already allowed as {} ({}): one key, one identity. It was not added as {name}; to \
+         rename, `hub keys remove {}` first, then add it again",
+        holders.join(", "),
+        files.join(", "),
+        holders[0]
+    ))
+}
+
 /// Asks the running hub to re-read its allow-list. When `required`, a hub
 /// that does not answer is an error; otherwise it will read it when it starts.
 fn reload_running(config: &Config, json: bool, required: bool) -> CmdResult {
@@ -226,6 +258,9 @@ fn reload_running(config: &Config, json: bool, required: bool) -> CmdResult {
                     list(&r["added"]),
                     list(&r["removed"])
                 );
+                for conflict in r["conflicts"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                    eprintln!("refused: {conflict}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -22,6 +22,7 @@ use super::{client_endpoint, CmdResult, DEFAULT_BROKER};
     example = "hub state --scope plant set limits --json '{{\"max\": 80}}'",
     example = "hub state list-scopes",
     note = "A scope is what plantd calls a service. Values are strings unless --json is given.",
+    note = "list-keys and list-scopes ask for every page of a long list and print it as one reply.",
     error_code(1, "the service answered with an error"),
     error_code(3, "no reply within the timeout")
 )]
@@ -140,22 +141,76 @@ pub fn run(args: StateArgs) -> CmdResult {
         client_endpoint(&args.broker, args.cert.clone(), args.server_cert.clone())?,
         options,
     );
-    let [op, request] = request.frames(op);
-    let reply = match client.request(proto::state::SERVICE, &[&op, &request]) {
-        Ok(reply) => reply,
-        Err(e @ ClientError::Timeout { .. }) => {
-            eprintln!("hub: {e}");
-            return Ok(ExitCode::from(3));
-        }
-        Err(e) => return Err(e.into()),
+    let mut ask = |request: &Request| -> Result<Option<Value>, Box<dyn std::error::Error>> {
+        let [op, request] = request.frames(op);
+        let reply = match client.request(proto::state::SERVICE, &[&op, &request]) {
+            Ok(reply) => reply,
+            Err(e @ ClientError::Timeout { .. }) => {
+                eprintln!("hub: {e}");
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let text = reply.first().map(|f| String::from_utf8_lossy(f).into_owned()).unwrap_or_default();
+        let value = serde_json::from_str(&text)
+            .map_err(|e| format!("the state service sent invalid JSON ({e}): {text}"))?;
+        Ok(Some(value))
     };
-    let text = reply.first().map(|f| String::from_utf8_lossy(f).into_owned()).unwrap_or_default();
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|e| format!("the state service sent invalid JSON ({e}): {text}"))?;
+    let names = match op {
+        Op::ListKeys => Some("keys"),
+        Op::ListScopes => Some("scopes"),
+        _ => None,
+    };
+    let answer = match names {
+        Some(field) => all_pages(&mut ask, request, field)?,
+        None => ask(&request)?,
+    };
+    let Some(value) = answer else { return Ok(ExitCode::from(3)) };
     if std::io::stdout().is_terminal() {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         println!("{value}");
     }
     Ok(if proto::state::succeeded(&value) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Pages a list holds at most: a hub answers at least one name a page, and
+/// holds at most 10 000 keys a scope and 10 000 scopes by default.
+const MAX_PAGES: usize = 100_000;
+
+/// Asks for every page of a `list-keys` or `list-scopes` list (the names
+/// under `field`) and puts them in one reply of plantd's shape. A failed
+/// page's reply is the answer; `None` when one timed out.
+fn all_pages(
+    ask: &mut impl FnMut(&Request) -> Result<Option<Value>, Box<dyn std::error::Error>>,
+    request: Request,
+    field: &str,
+) -> Result<Option<Value>, Box<dyn std::error::Error>> {
+    let Some(mut whole) = ask(&request)? else { return Ok(None) };
+    let mut next = proto::state::next_page(&whole).map(String::from);
+    for _ in 0..MAX_PAGES {
+        let Some(after) = next.take() else {
+            // The whole list: plantd's shape, as if it had come in one reply.
+            if let Some(data) = whole.get_mut("data").and_then(Value::as_object_mut) {
+                data.remove("truncated");
+                data.remove("next");
+                let count = data.get(field).and_then(Value::as_array).map_or(0, Vec::len);
+                data.insert("count".into(), json!(count));
+            }
+            return Ok(Some(whole));
+        };
+        let Some(page) = ask(&request.clone().page(Some(after.clone())))? else { return Ok(None) };
+        if !proto::state::succeeded(&page) {
+            return Ok(Some(page));
+        }
+        next = proto::state::next_page(&page).map(String::from);
+        if next.as_deref() == Some(after.as_str()) {
+            return Err(format!("the state service sent the page after '{after}' again: stopping").into());
+        }
+        let names = page["data"][field].as_array().cloned().unwrap_or_default();
+        if let Some(list) = whole["data"][field].as_array_mut() {
+            list.extend(names);
+        }
+    }
+    Err(format!("the list is longer than {MAX_PAGES} pages: stopping").into())
 }

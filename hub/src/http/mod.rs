@@ -50,6 +50,23 @@ pub enum HttpError {
     Token { path: std::path::PathBuf, source: std::io::Error },
     #[error("http.token_file {0} is empty: write a long random token there")]
     EmptyToken(std::path::PathBuf),
+    /// Others may read the token (exit 78).
+    #[error("http.token_file: {0}")]
+    TokenExposed(#[from] transport::secret::Exposed),
+}
+
+/// Reads the HTTP token: a secret, refused if others may read it.
+pub fn read_token(path: &std::path::Path) -> Result<String, HttpError> {
+    use transport::secret::{read_private, Place, SecretFileError};
+    let text = read_private(path, Place::Disk).map_err(|e| match e {
+        SecretFileError::Read { source, .. } => HttpError::Token { path: path.into(), source },
+        SecretFileError::Exposed(e) => HttpError::TokenExposed(e),
+    })?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(HttpError::EmptyToken(path.into()));
+    }
+    Ok(token)
 }
 
 pub struct HttpServer {
@@ -60,18 +77,7 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub fn bind(config: &HttpConfig, sources: Sources) -> Result<HttpServer, HttpError> {
-        let token = match &config.token_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| HttpError::Token { path: path.clone(), source })?;
-                let token = text.trim().to_string();
-                if token.is_empty() {
-                    return Err(HttpError::EmptyToken(path.clone()));
-                }
-                Some(token)
-            }
-            None => None,
-        };
+        let token = config.token_file.as_deref().map(read_token).transpose()?;
         let server = httpd::Server::bind(&config.listen, config.limits(), token)?;
         let counters = server.counters();
         let limits = config.limits();

@@ -22,6 +22,49 @@ pub struct Skipped {
     pub why: String,
 }
 
+/// One public key in several files: one key, one identity, so none of
+/// those names is allowed until all files but one are gone. Whichever file
+/// sorts first winning would let whoever can write a file there take over
+/// another identity's key (an agent's key become an operator).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub key: Key,
+    /// The files, in name order.
+    pub paths: Vec<PathBuf>,
+}
+
+impl Conflict {
+    /// The identities the files name.
+    pub fn names(&self) -> Vec<String> {
+        self.paths.iter().map(|p| stem(p).to_string()).collect()
+    }
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let files: Vec<String> = self.paths.iter().map(|p| p.display().to_string()).collect();
+        write!(
+            f,
+            "{} hold the same key: one key, one identity, so none of {} is allowed. Remove the files \
+             that are not this key's identity, then `hub keys reload`",
+            files.join(" and "),
+            self.names().join(", ")
+        )
+    }
+}
+
+/// What [`AllowList::load`] read.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub list: AllowList,
+    pub skipped: Vec<Skipped>,
+    pub conflicts: Vec<Conflict>,
+}
+
+fn stem(path: &Path) -> &str {
+    path.file_stem().and_then(|s| s.to_str()).unwrap_or_default()
+}
+
 impl AllowList {
     pub fn new(entries: impl IntoIterator<Item = (Key, String)>) -> AllowList {
         let mut list = AllowList::default();
@@ -41,35 +84,45 @@ impl AllowList {
         true
     }
 
-    /// Reads every `*.key` in `dir`. Unreadable or malformed files, and a key
-    /// listed twice, are skipped and reported; a missing directory is an error.
-    pub fn load(dir: &Path) -> std::io::Result<(AllowList, Vec<Skipped>)> {
+    /// Takes `name` out; its key, if it was listed.
+    pub fn remove(&mut self, name: &str) -> Option<Key> {
+        let key = self.by_name.remove(name)?;
+        self.by_key.remove(&key);
+        Some(key)
+    }
+
+    /// Reads every `*.key` in `dir`. Unreadable or malformed files are
+    /// skipped and reported; a key in several files is in none (a
+    /// [`Conflict`]); a missing directory is an error.
+    pub fn load(dir: &Path) -> std::io::Result<Loaded> {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "key"))
             .collect();
         entries.sort();
-        let (mut list, mut skipped) = (AllowList::default(), Vec::new());
+        let mut loaded = Loaded::default();
+        let mut by_key: HashMap<Key, Vec<PathBuf>> = HashMap::new();
         for path in entries {
-            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-            if !proto::identity::is_valid(&name) {
+            if !proto::identity::is_valid(stem(&path)) {
                 let why = format!("the name is not a valid identity ({})", proto::identity::RULE);
-                skipped.push(Skipped { path, why });
+                loaded.skipped.push(Skipped { path, why });
                 continue;
             }
             match read_certificate(&path) {
-                Ok(cert) => {
-                    if let Some(other) = list.by_key.get(&cert.public) {
-                        let why = format!("the same key as {other}.key: one key, one identity");
-                        skipped.push(Skipped { path, why });
-                    } else {
-                        list.insert(cert.public, name);
-                    }
-                }
-                Err(e) => skipped.push(Skipped { path, why: e.to_string() }),
+                Ok(cert) => by_key.entry(cert.public).or_default().push(path),
+                Err(e) => loaded.skipped.push(Skipped { path, why: e.to_string() }),
             }
         }
-        Ok((list, skipped))
+        for (key, paths) in by_key {
+            match <[PathBuf; 1]>::try_from(paths) {
+                Ok([path]) => {
+                    loaded.list.insert(key, stem(&path).to_string());
+                }
+                Err(paths) => loaded.conflicts.push(Conflict { key, paths }),
+            }
+        }
+        loaded.conflicts.sort_by(|a, b| a.paths.cmp(&b.paths));
+        Ok(loaded)
     }
 
     pub fn identity(&self, key: &Key) -> Option<&str> {
@@ -106,18 +159,37 @@ mod tests {
     #[test]
     fn loads_public_certificates_by_stem_and_skips_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let (public, _) = transport::curve::write_new_pair(dir.path(), "pump-1", "test").unwrap();
+        transport::curve::write_new_pair(dir.path(), "pump-1", "test").unwrap();
         // A secret certificate lying around is not an allow-list entry.
         std::fs::write(dir.path().join("broken.key"), "curve\n    public-key = \"nope\"\n").unwrap();
-        std::fs::copy(&public, dir.path().join("clone.key")).unwrap();
         // A '.' would let "pump" publish under "pump.x"'s topics.
         transport::curve::write_new_pair(dir.path(), "pump.x", "test").unwrap();
-        let (list, skipped) = AllowList::load(dir.path()).unwrap();
-        assert_eq!(list.identities(), ["clone"], "files are read in name order; the copy comes first");
-        assert_eq!(skipped.len(), 3, "{skipped:?}");
-        assert!(skipped.iter().any(|s| s.why.contains("not a valid identity")), "{skipped:?}");
-        let key = read_certificate(&public).unwrap().public;
-        assert_eq!(list.identity(&key), Some("clone"));
+        let loaded = AllowList::load(dir.path()).unwrap();
+        assert_eq!(loaded.list.identities(), ["pump-1"]);
+        assert_eq!(loaded.skipped.len(), 2, "{:?}", loaded.skipped);
+        assert!(
+            loaded.skipped.iter().any(|s| s.why.contains("not a valid identity")),
+            "{:?}",
+            loaded.skipped
+        );
+        assert!(loaded.conflicts.is_empty());
         assert!(AllowList::load(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn a_key_in_two_files_is_in_neither() {
+        let dir = tempfile::tempdir().unwrap();
+        let (public, _) = transport::curve::write_new_pair(dir.path(), "pump-2", "test").unwrap();
+        transport::curve::write_new_pair(dir.path(), "pump-3", "test").unwrap();
+        // "ops-0" sorts first: with "first file wins" it would take pump-2's key.
+        std::fs::copy(&public, dir.path().join("ops-0.key")).unwrap();
+        let loaded = AllowList::load(dir.path()).unwrap();
+        assert_eq!(loaded.list.identities(), ["pump-3"], "neither name is allowed");
+        let key = read_certificate(&public).unwrap().public;
+        assert_eq!(loaded.list.identity(&key), None);
+        let [conflict] = &loaded.conflicts[..] else { panic!("one conflict: {:?}", loaded.conflicts) };
+        assert_eq!(conflict.names(), ["ops-0", "pump-2"]);
+        let said = conflict.to_string();
+        assert!(said.contains("ops-0.key and ") && said.contains("pump-2.key hold the same key"), "{said}");
     }
 }

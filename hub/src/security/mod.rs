@@ -10,7 +10,9 @@
 //! The allow-list is re-read on SIGHUP and `hub keys reload`. A removed key
 //! opens no new connection, every message it still sends is refused, and the
 //! hub closes the connections it still has open (see `transport::peer`); so
-//! does a name given a new key (the old key's connections go).
+//! does a name given a new key (the old key's connections go). One key in
+//! two files is in neither (see [`allowlist::Conflict`]): it is refused,
+//! both files are named, and the conflict is counted.
 
 pub mod allowlist;
 pub mod denials;
@@ -20,14 +22,14 @@ pub mod zap;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use transport::curve::{read_key_pair, CertFileError, ServerKeys};
 
-pub use self::allowlist::AllowList;
+pub use self::allowlist::{AllowList, Conflict};
 pub use self::denials::{Denials, Kind};
 pub use self::holds::HoldOffs;
 pub use self::policy::{Grants, Policy, Role, SocketRole};
@@ -60,6 +62,10 @@ fn default_log_interval_ms() -> u64 {
 pub enum SecurityError {
     #[error("security.server_cert: {0} (make one with `hub keygen hub --dir DIR`)")]
     ServerCert(#[from] CertFileError),
+    /// The hub's secret key is open to others (exit 78: `chmod` fixes it,
+    /// not a new key pair).
+    #[error("security.server_cert: {0}")]
+    ServerCertExposed(#[source] CertFileError),
     #[error("security.clients_dir {path}: {source} (create it, and put the peers' .key files there)")]
     ClientsDir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
@@ -76,6 +82,8 @@ pub struct Reload {
     pub rekeyed: Vec<String>,
     /// Files skipped, with why.
     pub skipped: Vec<String>,
+    /// Keys found in several files, with the files: none of their names is allowed.
+    pub conflicts: Vec<String>,
 }
 
 /// Identities whose open connections must close, since some generation.
@@ -109,6 +117,8 @@ pub struct Security {
     revocations: Mutex<VecDeque<(u64, Vec<String>)>>,
     /// Why the last reload failed (the allow-list before it stays in force).
     last_reload_error: Mutex<Option<String>>,
+    /// Files refused at the last reload because another holds the same key.
+    conflicting_files: AtomicUsize,
     pub denials: Denials,
     /// Identities refused new connections to a socket for a while.
     pub holds: HoldOffs,
@@ -117,7 +127,10 @@ pub struct Security {
 impl Security {
     /// Reads the hub's certificate and the allow-list named by `config`.
     pub fn load(config: &SecurityConfig) -> Result<Security, SecurityError> {
-        let server = read_key_pair(&config.server_cert)?;
+        let server = read_key_pair(&config.server_cert).map_err(|e| match e {
+            e @ CertFileError::Exposed(_) => SecurityError::ServerCertExposed(e),
+            e => SecurityError::ServerCert(e),
+        })?;
         let security = Security::new(server, config, AllowList::default())?;
         security.reload()?;
         Ok(security)
@@ -137,6 +150,7 @@ impl Security {
             generation: AtomicU64::new(0),
             revocations: Mutex::default(),
             last_reload_error: Mutex::default(),
+            conflicting_files: AtomicUsize::new(0),
             denials: Denials::new(Duration::from_millis(config.log_interval_ms)),
             holds: HoldOffs::default(),
         })
@@ -145,33 +159,54 @@ impl Security {
     /// Re-reads `clients_dir`. Components see the change at their next look at
     /// [`Security::generation`]. A file that cannot be read now keeps the
     /// identity's previous key (a half-written file does not lock a peer out;
-    /// deleting the file is how a key is removed).
+    /// deleting the file is how a key is removed), unless another file now
+    /// holds that key. A key in several files is in none.
     pub fn reload(&self) -> Result<Reload, SecurityError> {
         let loaded = AllowList::load(&self.clients_dir)
             .map_err(|source| SecurityError::ClientsDir { path: self.clients_dir.clone(), source });
         *self.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()) =
             loaded.as_ref().err().map(|e| e.to_string());
-        let (mut fresh, skipped) = loaded?;
+        let allowlist::Loaded { list: mut fresh, skipped, mut conflicts } = loaded?;
         let old = self.allow_list();
         let mut report = Reload::default();
         for s in &skipped {
             let name = s.path.file_stem().and_then(|n| n.to_str()).unwrap_or_default();
-            let kept = old.key_of(name).is_some_and(|key| fresh.insert(key, name.to_string()));
-            let kept = if kept { "; its previous key stays in use" } else { "" };
+            let previous = old.key_of(name);
+            let mut kept = "";
+            if let Some(key) = previous {
+                if let Some(holder) = fresh.identity(&key).map(String::from) {
+                    // Another file took this name's key while its own file is
+                    // unreadable: a conflict, like two readable files.
+                    fresh.remove(&holder);
+                    let holder = self.clients_dir.join(format!("{holder}.key"));
+                    let mut paths = vec![holder, s.path.clone()];
+                    paths.sort();
+                    conflicts.push(Conflict { key, paths });
+                } else if fresh.insert(key, name.to_string()) {
+                    kept = "; its previous key stays in use";
+                }
+            }
             log::warn!("allow-list: skipped {}: {}{kept}", s.path.display(), s.why);
             report.skipped.push(format!("{}: {}{kept}", s.path.display(), s.why));
         }
+        for conflict in &conflicts {
+            log::error!("allow-list: {conflict}");
+            report.conflicts.push(conflict.to_string());
+        }
+        let files = conflicts.iter().map(|c| c.paths.len()).sum();
+        self.conflicting_files.store(files, Ordering::SeqCst);
         let changes = self.replace(fresh);
         report.identities = changes.identities;
         report.added = changes.added;
         report.removed = changes.removed;
         report.rekeyed = changes.rekeyed;
         log::info!(
-            "allow-list: {} identities ({} added, {} removed, {} with a new key)",
+            "allow-list: {} identities ({} added, {} removed, {} with a new key, {} files refused for a shared key)",
             report.identities,
             report.added.len(),
             report.removed.len(),
-            report.rekeyed.len()
+            report.rekeyed.len(),
+            files
         );
         Ok(report)
     }
@@ -189,6 +224,7 @@ impl Security {
             removed: names(&old, &|n| !allow.contains_identity(n)),
             rekeyed: names(&old, &|n| allow.key_of(n).is_some_and(|k| old.key_of(n) != Some(k))),
             skipped: Vec::new(),
+            conflicts: Vec::new(),
         };
         *guard = Arc::new(allow);
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
@@ -237,6 +273,11 @@ impl Security {
         self.policy.grants(identity)
     }
 
+    /// Files refused at the last reload because another file holds the same key.
+    pub fn conflicting_files(&self) -> usize {
+        self.conflicting_files.load(Ordering::SeqCst)
+    }
+
     /// Why the last reload failed, if it did.
     pub fn last_reload_error(&self) -> Option<String> {
         self.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -249,6 +290,12 @@ impl Security {
             "Identities in the allow-list.",
             vec![],
             self.allow_list().len() as u64,
+        );
+        out.gauge(
+            "security_allowlist_conflicts",
+            "Allow-list files refused at the last reload because another file holds the same key (none of their names is allowed).",
+            vec![],
+            self.conflicting_files() as u64,
         );
         for (identity, kind, n) in self.denials.snapshot() {
             let labels = vec![("identity", identity), ("kind", kind.name().to_string())];
@@ -381,5 +428,59 @@ mod tests {
         assert!(security.allow_list().contains_identity("pump-1"));
         std::fs::remove_file(&public).unwrap();
         assert_eq!(security.reload().unwrap().removed, ["pump-1"]);
+    }
+
+    fn conflicts_gauge(security: &Security) -> u64 {
+        let mut out = crate::metrics::Families::default();
+        security.collect(&mut out);
+        out.to_json()["plantd_security_allowlist_conflicts"].as_u64().unwrap()
+    }
+
+    #[test]
+    fn a_key_copied_under_another_name_locks_both_names_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, server_cert) = transport::curve::write_new_pair(dir.path(), "hub", "test").unwrap();
+        let clients = dir.path().join("clients");
+        let (pump_2, _) = transport::curve::write_new_pair(&clients, "pump-2", "test").unwrap();
+        transport::curve::write_new_pair(&clients, "pump-3", "test").unwrap();
+        let config = SecurityConfig {
+            server_cert,
+            clients_dir: clients.clone(),
+            identities: BTreeMap::new(),
+            roles: BTreeMap::new(),
+            log_interval_ms: 1000,
+        };
+        let security = Security::load(&config).unwrap();
+        let start = security.generation();
+        let key = security.allow_list().key_of("pump-2").unwrap();
+
+        // "ops-0.key" sorts first: "first file wins" made pump-2's key an operator.
+        let ops_0 = clients.join("ops-0.key");
+        std::fs::copy(&pump_2, &ops_0).unwrap();
+        let report = security.reload().unwrap();
+        assert_eq!((report.added, report.removed), (vec![], vec!["pump-2".to_string()]));
+        let [conflict] = &report.conflicts[..] else { panic!("{:?}", report.conflicts) };
+        assert!(conflict.contains("ops-0.key") && conflict.contains("pump-2.key"), "{conflict}");
+        let allow = security.allow_list();
+        assert_eq!((allow.identity(&key), allow.identities()), (None, vec!["pump-3"]));
+        assert!(security.revoked_since(start).contains("pump-2"), "its open connections close");
+        assert_eq!(conflicts_gauge(&security), 2);
+
+        // The same while pump-2's own file is unreadable: its previous key is not kept.
+        std::fs::remove_file(&ops_0).unwrap();
+        security.reload().unwrap();
+        assert!(security.allow_list().contains_identity("pump-2"));
+        let text = std::fs::read(&pump_2).unwrap();
+        std::fs::write(&pump_2, "half-written").unwrap();
+        std::fs::write(&ops_0, &text).unwrap();
+        let report = security.reload().unwrap();
+        assert_eq!(report.removed, ["pump-2"], "{report:?}");
+        assert_eq!(report.conflicts.len(), 1, "{report:?}");
+        assert_eq!(security.allow_list().identity(&key), None);
+
+        std::fs::remove_file(&ops_0).unwrap();
+        std::fs::write(&pump_2, &text).unwrap();
+        assert_eq!(security.reload().unwrap().added, ["pump-2"]);
+        assert_eq!(conflicts_gauge(&security), 0);
     }
 }

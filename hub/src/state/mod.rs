@@ -81,13 +81,13 @@ impl StateService {
             outcomes.extend(batch.iter().map(|body| self.apply(body)));
             ops::commit(&self.store, &mut outcomes);
             for (body, outcome) in batch.iter_mut().zip(outcomes.drain(..)) {
-                if let Some(event) = outcome.event {
+                if let Some(event) = &outcome.event {
                     // PUB drops rather than blocks; a lost event never fails the write.
                     let payload = serde_json::to_vec(&event).expect("an event serialises");
                     let _ = publisher.publish(event.topic().as_bytes(), &payload);
                 }
                 body.clear();
-                body.push(zmq::Message::from(outcome.reply.to_string().as_bytes()));
+                body.push(zmq::Message::from(ops::encode(&self.store, &outcome)));
             }
         })?;
         Ok(())
@@ -141,6 +141,12 @@ pub fn collect(config: &crate::config::StateConfig, store: &Store, out: &mut cra
         store.durability_lag().as_millis() as u64,
     );
     out.gauge("state_scopes", "Scopes in the store.", vec![], store.scope_count() as u64);
+    out.counter(
+        "state_refused",
+        "Requests refused for a bound: a key, scope name, value, scope or reply too big, too many keys or scopes.",
+        vec![],
+        store.refused(),
+    );
     out.gauge(
         "state_flush_interval_ms",
         "Writes are flushed at least this often.",
@@ -155,12 +161,14 @@ pub fn collect(config: &crate::config::StateConfig, store: &Store, out: &mut cra
         config.credit.into(),
     );
     let l = &config.limits;
-    let bounds: [(&str, &'static str, usize); 5] = [
+    let bounds: [(&str, &'static str, usize); 7] = [
         ("max_value_bytes", "Largest value.", l.max_value_bytes),
+        ("max_key_bytes", "Longest key or scope name.", l.max_key_bytes),
         ("max_keys_per_scope", "Keys in one scope, at most.", l.max_keys_per_scope),
-        ("max_scope_bytes", "Value bytes in one scope, at most.", l.max_scope_bytes),
+        ("max_scope_bytes", "Key and value bytes in one scope, at most.", l.max_scope_bytes),
         ("max_scopes", "Scopes, at most.", l.max_scopes),
         ("max_scopes_per_identity", "Scopes one identity may own.", l.max_scopes_per_identity),
+        ("max_reply_bytes", "Largest reply.", l.max_reply_bytes),
     ];
     for (name, help, value) in bounds {
         out.gauge(&format!("state_{name}"), help, vec![], value as u64);

@@ -4,7 +4,10 @@
 //! where plantd was buggy we differ, on purpose:
 //! - setting a key in a missing scope creates the scope (plantd deadlocked);
 //! - `list-scopes` with no scopes returns `[]` (plantd returned `null`);
-//! - values may be any JSON value, returned unchanged (plantd took strings only).
+//! - values may be any JSON value, returned unchanged (plantd took strings only);
+//! - keys and scope names are bounded (`max_key_bytes`), keys count toward
+//!   `max_scope_bytes`, and no reply passes `max_reply_bytes`: `list-keys`
+//!   and `list-scopes` page (`after`, `limit`; `truncated`, `next`).
 
 use std::sync::Arc;
 
@@ -106,6 +109,14 @@ pub fn apply<F: Frame>(store: &Store, caller: &Caller<'_>, body: &[F]) -> Outcom
         }
         Err(e) => return Outcome::answer(failure(format!("Invalid request format: {e}"))),
     };
+    // Names longer than any stored one are refused before anything else:
+    // nothing could be found under them, and they would be echoed back.
+    let names = [("scope name", &request.scope), ("key", &request.key), ("key", &request.after)];
+    for (what, name) in names {
+        if let Some(Err(StoreError::Quota(why))) = name.as_deref().map(|n| store.check_name(what, n)) {
+            return Outcome::refused(format!("Quota exceeded: {why}"));
+        }
+    }
     if let Some(scope) = request.scope.as_deref() {
         let (allowed, access) = match op {
             Op::Get | Op::ListKeys | Op::Health => (caller.may_read(scope), "read"),
@@ -139,9 +150,11 @@ fn run(store: &Store, caller: &Caller<'_>, op: Op, request: &Request) -> super::
     // These two take no scope (health reports on one if given).
     match op {
         Op::ListScopes => {
-            let mut scopes = store.list_scopes()?;
-            scopes.retain(|scope| caller.may_read(scope));
-            return Ok(Outcome::answer(success(json!({"scopes": scopes, "count": scopes.len()}))));
+            let readable = store
+                .scopes_after(request.after.as_deref())
+                .filter(|scope| scope.as_ref().map_or(true, |scope| caller.may_read(scope)));
+            let envelope = json!({"scopes": [], "count": 0});
+            return page(store, readable, request.limit, envelope, "scopes");
         }
         Op::Health => return Ok(Outcome::answer(health(store, request.scope.as_deref())?)),
         _ => {}
@@ -177,8 +190,9 @@ fn run(store: &Store, caller: &Caller<'_>, op: Op, request: &Request) -> super::
             } else if !store.has_scope(scope)? {
                 Outcome::answer(failure(format!("Scope '{scope}' does not exist")))
             } else {
-                let keys = store.list_keys(scope)?;
-                Outcome::answer(success(json!({"scope": scope, "keys": keys, "count": keys.len()})))
+                let keys = store.keys_after(scope, request.after.as_deref());
+                let envelope = json!({"scope": scope, "keys": [], "count": 0});
+                page(store, keys, request.limit, envelope, "keys")?
             }
         }
         // get, set, delete
@@ -236,6 +250,68 @@ fn keyed(
     })
 }
 
+/// Room in a paged reply for what is not a name: the success envelope,
+/// `count`, `truncated` and their punctuation (`next` is counted apart).
+const PAGE_OVERHEAD: usize = 96;
+
+/// A `list-keys` or `list-scopes` reply: `envelope` (the data object without
+/// its names) with as many of `names` under `field` as fit in
+/// `max_reply_bytes` and `limit`. Cut short, it says `"truncated": true` and
+/// the `next` name to ask after; otherwise it is plantd's shape exactly.
+fn page(
+    store: &Store,
+    names: impl Iterator<Item = super::store::Result<String>>,
+    limit: Option<u64>,
+    mut envelope: Value,
+    field: &str,
+) -> super::store::Result<Outcome> {
+    let json_len = |v: &str| serde_json::to_string(v).map_or(0, |t| t.len());
+    let budget = store.limits().max_reply_bytes;
+    let limit = limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX).max(1));
+    let mut used = PAGE_OVERHEAD + envelope.to_string().len();
+    let (mut taken, mut truncated) = (Vec::new(), false);
+    for name in names {
+        let name = name?;
+        // Its own place in the list, and its place as `next` should the page end on it.
+        let cost = json_len(&name) + 1;
+        if taken.len() == limit || used + 2 * cost > budget {
+            truncated = true;
+            break;
+        }
+        used += cost;
+        taken.push(name);
+    }
+    if truncated && taken.is_empty() {
+        // Only a name stored before max_key_bytes was lowered can be this long.
+        return Err(
+            store.quota(format!("a name in this list is too long to fit in max_reply_bytes ({budget})"))
+        );
+    }
+    envelope["count"] = json!(taken.len());
+    if truncated {
+        envelope["truncated"] = json!(true);
+        envelope["next"] = json!(taken.last());
+    }
+    envelope[field] = json!(taken);
+    Ok(Outcome::answer(success(envelope)))
+}
+
+/// The reply's bytes, as sent. A reply over `max_reply_bytes` (which the
+/// bounds leave no room for; this is the last guard) becomes a failure: the
+/// broker's largest message is never passed.
+pub fn encode(store: &Store, outcome: &Outcome) -> Vec<u8> {
+    let bytes = outcome.reply.to_string().into_bytes();
+    let max = store.limits().max_reply_bytes;
+    if bytes.len() <= max {
+        return bytes;
+    }
+    let done = if outcome.event.is_some() { " (the change itself was made)" } else { "" };
+    let why = format!("a reply of {} bytes is over the limit of {max} (max_reply_bytes){done}", bytes.len());
+    log::warn!("state: {why}");
+    store.count_refusal();
+    failure(format!("Quota exceeded: {why}")).to_string().into_bytes()
+}
+
 fn health(store: &Store, scope: Option<&str>) -> super::store::Result<Value> {
     let failure = store.failure();
     let mut data = json!({
@@ -246,6 +322,7 @@ fn health(store: &Store, scope: Option<&str>) -> super::store::Result<Value> {
         "scopes": store.scope_count(),
         "writes": store.writes(),
         "durable_writes": store.durable_writes(),
+        "refused": store.refused(),
     });
     if let Some(scope) = scope.filter(|s| !s.is_empty()) {
         data["scope"] = json!(scope);

@@ -8,6 +8,7 @@
 //! batch of requests with one flush before it answers any of them.
 
 use std::collections::HashMap;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Mutex, MutexGuard};
@@ -42,31 +43,87 @@ impl From<TransactionError<StoreError>> for StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// The bounds on what the state service keeps, so no client can fill the
-/// hub's disk or memory through it.
+/// hub's disk or memory through it, and on what it answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest value, as JSON text.
     pub max_value_bytes: usize,
+    /// Longest key, and longest scope name, in bytes.
+    pub max_key_bytes: usize,
     /// Keys in one scope.
     pub max_keys_per_scope: usize,
-    /// Bytes of values in one scope.
+    /// Bytes of keys and values in one scope.
     pub max_scope_bytes: usize,
     /// Scopes in the store.
     pub max_scopes: usize,
     /// Scopes one identity may own (create), with security.
     pub max_scopes_per_identity: usize,
+    /// Largest reply: at most the broker's `max_message_bytes` (checked at
+    /// start). `list-keys` and `list-scopes` page to stay within it.
+    pub max_reply_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_value_bytes: 64 << 10,
+            max_key_bytes: 256,
             max_keys_per_scope: 10_000,
             max_scope_bytes: 16 << 20,
             max_scopes: 10_000,
             max_scopes_per_identity: 64,
+            // The broker's default max_message_bytes.
+            max_reply_bytes: 1 << 20,
         }
+    }
+}
+
+impl Limits {
+    /// Bytes a reply may need around one value and two names (scope, key),
+    /// each name escaped at worst (`\u00XX`, 6 bytes a byte): with this much
+    /// room, no `state-get` or `state-set` reply can pass `max_reply_bytes`.
+    pub fn keyed_reply_bytes(&self) -> usize {
+        self.max_value_bytes.saturating_add(self.max_key_bytes.saturating_mul(12)).saturating_add(128)
+    }
+
+    /// Checks the bounds against each other and the broker's largest
+    /// message; the first problem, as (field, what is wrong).
+    pub fn check(&self, max_message_bytes: i64) -> std::result::Result<(), (&'static str, String)> {
+        let fields = [
+            ("state.limits.max_value_bytes", self.max_value_bytes),
+            ("state.limits.max_key_bytes", self.max_key_bytes),
+            ("state.limits.max_keys_per_scope", self.max_keys_per_scope),
+            ("state.limits.max_scope_bytes", self.max_scope_bytes),
+            ("state.limits.max_scopes", self.max_scopes),
+            ("state.limits.max_reply_bytes", self.max_reply_bytes),
+        ];
+        if let Some((field, _)) = fields.iter().find(|(_, v)| *v == 0) {
+            return Err((*field, "must be at least 1".into()));
+        }
+        let broker = usize::try_from(max_message_bytes).unwrap_or(0);
+        if self.max_reply_bytes > broker {
+            return Err((
+                "state.limits.max_reply_bytes",
+                format!(
+                    "is {} but broker.max_message_bytes is {broker}: a reply must fit in a message; lower \
+                     max_reply_bytes to at most {broker}",
+                    self.max_reply_bytes
+                ),
+            ));
+        }
+        if self.keyed_reply_bytes() > self.max_reply_bytes {
+            return Err((
+                "state.limits.max_reply_bytes",
+                format!(
+                    "is {} but a state-get reply may need {} (max_value_bytes + 12 × max_key_bytes + 128): \
+                     raise it, or lower max_value_bytes or max_key_bytes",
+                    self.max_reply_bytes,
+                    self.keyed_reply_bytes()
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -96,6 +153,8 @@ pub struct Store {
     usage: Mutex<Usage>,
     writes: AtomicU64,
     durable: AtomicU64,
+    /// Requests refused for a bound (sizes, counts), counted with or without security.
+    refused: AtomicU64,
     flush_each_write: bool,
     /// Why the last flush failed, while it does.
     failure: Mutex<Option<String>>,
@@ -144,7 +203,8 @@ impl Store {
             };
             if let Some(scope) = key.get(4..4 + len).and_then(|s| usage.scopes.get_mut(&text(s))) {
                 scope.keys += 1;
-                scope.bytes += value.len();
+                // The key counts as much as its value: both are stored, and listed.
+                scope.bytes += key.len().saturating_sub(4 + len) + value.len();
             }
         }
         Ok(Store {
@@ -155,6 +215,7 @@ impl Store {
             usage: Mutex::new(usage),
             writes: AtomicU64::new(0),
             durable: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             flush_each_write,
             failure: Mutex::new(None),
             pending_since: Mutex::new(None),
@@ -174,6 +235,37 @@ impl Store {
         Ok(self.usage())
     }
 
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// A refusal for a bound: counted, for the state service's counters.
+    pub fn quota(&self, why: String) -> StoreError {
+        self.count_refusal();
+        StoreError::Quota(why)
+    }
+
+    pub fn count_refusal(&self) {
+        self.refused.fetch_add(1, SeqCst);
+    }
+
+    /// Requests refused for a bound since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(SeqCst)
+    }
+
+    /// Refuses a scope name or key longer than `max_key_bytes`.
+    pub fn check_name(&self, what: &str, name: &str) -> Result<()> {
+        if name.len() > self.limits.max_key_bytes {
+            return Err(self.quota(format!(
+                "a {what} of {} bytes is over the limit of {} (max_key_bytes)",
+                name.len(),
+                self.limits.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
     /// Why the store takes no writes, if it does not.
     pub fn failure(&self) -> Option<String> {
         self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -191,22 +283,20 @@ impl Store {
     /// Room for one more scope, owned by `owner`?
     fn check_new_scope(&self, usage: &Usage, owner: &str) -> Result<()> {
         if usage.scopes.len() >= self.limits.max_scopes {
-            return Err(StoreError::Quota(format!(
-                "the store holds {} scopes, its limit",
-                self.limits.max_scopes
-            )));
+            return Err(self.quota(format!("the store holds {} scopes, its limit", self.limits.max_scopes)));
         }
         let owned = usage.owned.get(owner).copied().unwrap_or(0);
         if !owner.is_empty() && owned >= self.limits.max_scopes_per_identity {
-            return Err(StoreError::Quota(format!(
-                "{owner} owns {owned} scopes, its limit (max_scopes_per_identity)"
-            )));
+            return Err(
+                self.quota(format!("{owner} owns {owned} scopes, its limit (max_scopes_per_identity)"))
+            );
         }
         Ok(())
     }
 
     /// Creates `scope`, owned by `owner`; false if it already existed.
     pub fn create_scope(&self, scope: &str, owner: &str) -> Result<bool> {
+        self.check_name("scope name", scope)?;
         let mut usage = self.writable()?;
         if usage.scopes.contains_key(scope) {
             return Ok(false);
@@ -248,9 +338,35 @@ impl Store {
     }
 
     pub fn list_keys(&self, scope: &str) -> Result<Vec<String>> {
+        self.keys_after(scope, None).collect()
+    }
+
+    /// `scope`'s keys in order, from the first after `after` (all, with `None`).
+    pub fn keys_after<'a>(
+        &'a self,
+        scope: &str,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = Result<String>> + 'a {
         let prefix = scope_prefix(scope);
-        let keys = self.values.scan_prefix(&prefix).keys().map(|k| k.map(|k| text(&k[prefix.len()..])));
-        Ok(keys.collect::<sled::Result<_>>()?)
+        let start = match after {
+            Some(after) => Bound::Excluded(scope_key(scope, after)),
+            None => Bound::Included(prefix.clone()),
+        };
+        let skip = prefix.len();
+        self.values
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .keys()
+            .take_while(move |k| k.as_ref().map_or(true, |k| k.starts_with(&prefix)))
+            .map(move |k| Ok(text(&k?[skip..])))
+    }
+
+    /// Scope names in order, from the first after `after` (all, with `None`).
+    pub fn scopes_after<'a>(&'a self, after: Option<&str>) -> impl Iterator<Item = Result<String>> + 'a {
+        let start = match after {
+            Some(after) => Bound::Excluded(after.as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        self.scopes.range::<Vec<u8>, _>((start, Bound::Unbounded)).keys().map(|k| Ok(text(&k?)))
     }
 
     pub fn get(&self, scope: &str, key: &str) -> Result<Option<Value>> {
@@ -266,8 +382,10 @@ impl Store {
     pub fn set(&self, scope: &str, key: &str, value: &Value, owner: &str) -> Result<()> {
         let text = value.to_string();
         let l = &self.limits;
+        self.check_name("scope name", scope)?;
+        self.check_name("key", key)?;
         if text.len() > l.max_value_bytes {
-            return Err(StoreError::Quota(format!(
+            return Err(self.quota(format!(
                 "a value of {} bytes is over the limit of {}",
                 text.len(),
                 l.max_value_bytes
@@ -280,15 +398,17 @@ impl Store {
         }
         let k = scope_key(scope, key);
         let previous = self.values.get(&k)?;
-        let (existed, old) = (previous.is_some(), previous.map_or(0, |v| v.len()));
+        // What the entry costs the scope: its key and its value.
+        let (existed, old) = (previous.is_some(), previous.map_or(0, |v| key.len() + v.len()));
+        let new = key.len() + text.len();
         let held = usage.scopes.get(scope);
         let (keys, bytes) = held.map_or((0, 0), |s| (s.keys, s.bytes));
         if !existed && keys >= l.max_keys_per_scope {
-            return Err(StoreError::Quota(format!("scope '{scope}' holds {keys} keys, its limit")));
+            return Err(self.quota(format!("scope '{scope}' holds {keys} keys, its limit")));
         }
-        if bytes - old + text.len() > l.max_scope_bytes {
-            return Err(StoreError::Quota(format!(
-                "scope '{scope}' would hold more than {} bytes",
+        if bytes - old + new > l.max_scope_bytes {
+            return Err(self.quota(format!(
+                "scope '{scope}' would hold more than {} bytes of keys and values (max_scope_bytes)",
                 l.max_scope_bytes
             )));
         }
@@ -305,7 +425,7 @@ impl Store {
         }
         let held = usage.scopes.get_mut(scope).expect("present");
         held.keys += usize::from(!existed);
-        held.bytes = held.bytes - old + text.len();
+        held.bytes = held.bytes - old + new;
         drop(usage);
         self.wrote();
         Ok(())
@@ -317,7 +437,7 @@ impl Store {
         let Some(old) = self.values.remove(scope_key(scope, key))? else { return Ok(false) };
         if let Some(held) = usage.scopes.get_mut(scope) {
             held.keys -= 1;
-            held.bytes -= old.len();
+            held.bytes -= key.len() + old.len();
         }
         drop(usage);
         self.wrote();
@@ -404,19 +524,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let limits = Limits {
             max_value_bytes: 10,
+            max_key_bytes: 4,
             max_keys_per_scope: 2,
-            max_scope_bytes: 12,
+            max_scope_bytes: 16,
             max_scopes: 3,
             max_scopes_per_identity: 1,
+            max_reply_bytes: 1 << 20,
         };
         let quota = |r: Result<()>| matches!(r, Err(StoreError::Quota(_)));
         {
             let s = Store::open(dir.path(), 1 << 20, false, limits).unwrap();
             assert!(quota(s.set("a", "k", &json!("0123456789"), "")), "value over 10 bytes");
+            assert!(quota(s.set("a", "k-too-long", &json!(1), "")), "key over 4 bytes");
+            assert!(quota(s.set("scope", "k", &json!(1), "")), "scope name over 4 bytes");
+            assert!(quota(s.create_scope("scope", "").map(|_| ())), "scope name over 4 bytes");
             s.set("a", "k1", &json!("12345"), "pump-1").unwrap();
-            s.set("a", "k1", &json!("1234567"), "pump-1").unwrap();
-            assert!(quota(s.set("a", "k2", &json!("12345"), "pump-1")), "scope over 12 bytes");
-            s.set("a", "k2", &json!("1"), "pump-1").unwrap();
+            s.set("a", "k1", &json!("1234567"), "pump-1").unwrap(); // 2 + 9 bytes
+            assert!(quota(s.set("a", "k2", &json!("12345"), "pump-1")), "scope over 16 bytes with its keys");
+            s.set("a", "k2", &json!("1"), "pump-1").unwrap(); // 2 + 3: 16 in all
+            assert_eq!(s.refused(), 5);
             assert!(quota(s.set("a", "k3", &json!(1), "pump-1")), "a third key");
             assert!(quota(s.set("b", "k", &json!(1), "pump-1")), "a second scope for pump-1");
             assert_eq!(s.owner("a").as_deref(), Some("pump-1"));
@@ -431,6 +557,46 @@ mod tests {
         s.create_scope("c", "").unwrap();
         s.create_scope("d", "").unwrap();
         assert!(quota(s.create_scope("e", "").map(|_| ())), "three scopes in all");
+    }
+
+    #[test]
+    fn keys_count_toward_the_scope_and_pages_start_where_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits { max_scope_bytes: 1000, ..Limits::default() };
+        let s = Store::open(dir.path(), 1 << 20, false, limits).unwrap();
+        let e = s.set("flood", &"k".repeat(900 << 10), &json!(1), "").unwrap_err();
+        assert!(e.to_string().contains("a key of 921600 bytes is over the limit of 256"), "{e}");
+        // 256-byte keys with 1-byte values: three fit in 1000 bytes, the fourth does not.
+        let key = |i: u8| format!("{}{i}", "k".repeat(255));
+        for i in 0..3 {
+            s.set("flood", &key(i), &json!(1), "").unwrap();
+        }
+        let e = s.set("flood", &key(3), &json!(1), "").unwrap_err();
+        assert!(e.to_string().contains("max_scope_bytes"), "{e}");
+        assert_eq!(s.refused(), 2);
+        assert!(s.delete("flood", &key(0)).unwrap());
+        s.set("flood", &key(3), &json!(1), "").unwrap();
+
+        s.set("flood2", "a", &json!(1), "").unwrap();
+        let after = |a: Option<&str>| s.keys_after("flood", a).collect::<Result<Vec<_>>>().unwrap();
+        assert_eq!(after(None), [key(1), key(2), key(3)]);
+        assert_eq!(after(Some(&key(1))), [key(2), key(3)], "after is exclusive");
+        assert_eq!(after(Some(&key(3))), Vec::<String>::new(), "and never runs into the next scope");
+        let scopes = |a| s.scopes_after(a).collect::<Result<Vec<_>>>().unwrap();
+        assert_eq!(scopes(Some("flood")), ["flood2"]);
+    }
+
+    #[test]
+    fn limits_are_checked_against_each_other_and_the_broker() {
+        let l = Limits::default();
+        assert_eq!(l.check(1 << 20), Ok(()));
+        assert_eq!(l.check(1 << 19).unwrap_err().0, "state.limits.max_reply_bytes");
+        let tight = Limits { max_reply_bytes: 64 << 10, ..l };
+        assert!(tight.check(1 << 20).unwrap_err().1.contains("state-get reply may need"));
+        assert_eq!(
+            Limits { max_key_bytes: 0, ..l }.check(1 << 20).unwrap_err().0,
+            "state.limits.max_key_bytes"
+        );
     }
 
     #[test]

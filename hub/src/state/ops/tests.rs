@@ -196,3 +196,107 @@ fn a_batch_is_applied_in_order_and_made_durable_by_one_commit() {
     assert_eq!(changed, [true, false, false, true], "only writes announce a change");
     assert!(outcomes.iter().all(|o| o.reply["success"] == true), "{:?}", outcomes[2].reply);
 }
+
+#[test]
+fn keys_and_scope_names_past_max_key_bytes_are_refused_and_counted() {
+    let r = Rig::new();
+    let long = "k".repeat(257);
+    for (op, request) in [
+        ("state-set", json!({"service": "s", "key": long, "value": 1})),
+        ("state-get", json!({"service": "s", "key": long})),
+        ("create-scope", json!({"service": long})),
+        ("list-keys", json!({"service": "s", "after": long})),
+    ] {
+        let frames = [op.as_bytes().to_vec(), request.to_string().into_bytes()];
+        let outcome = handle(&r.store, &Caller::TRUSTED, &frames);
+        let said = outcome.reply["error"].as_str().unwrap_or_default().to_string();
+        assert!(said.contains("257 bytes is over the limit of 256 (max_key_bytes)"), "{op}: {said}");
+        assert!(outcome.refused.is_some(), "{op}: counted as a denial when security is on");
+    }
+    assert_eq!(r.store.refused(), 4, "and counted without security too");
+    assert_eq!(r.reply("health", json!({}))["data"]["refused"], 4);
+    let fits = "k".repeat(256);
+    assert_eq!(r.reply("state-set", json!({"service": "s", "key": fits, "value": 1}))["success"], true);
+}
+
+/// A store whose replies may be `max_reply_bytes` long, with `n` keys of 200 bytes.
+fn paged_rig(max_reply_bytes: usize, n: usize) -> (Rig, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { max_reply_bytes, max_value_bytes: 1024, ..Limits::default() };
+    let r = Rig { store: Store::open(dir.path(), 1 << 20, false, limits).unwrap(), _dir: dir };
+    let keys: Vec<String> = (0..n).map(|i| format!("{i:04}{}", "k".repeat(196))).collect();
+    for key in &keys {
+        r.reply("state-set", json!({"service": "big", "key": key, "value": 1}));
+    }
+    (r, keys)
+}
+
+#[test]
+fn list_keys_pages_within_max_reply_bytes_and_misses_nothing() {
+    let max = 8 << 10;
+    let (r, keys) = paged_rig(max, 100); // 100 × 200 bytes of keys: about 20 kB to list
+    let (mut listed, mut after, mut pages) = (Vec::new(), None::<String>, 0);
+    loop {
+        pages += 1;
+        assert!(pages <= 100, "paging ends");
+        let frames =
+            [b"list-keys".to_vec(), json!({"service": "big", "after": after}).to_string().into_bytes()];
+        let outcome = handle(&r.store, &Caller::TRUSTED, &frames);
+        let sent = encode(&r.store, &outcome);
+        assert!(sent.len() <= max, "page {pages}: {} bytes", sent.len());
+        let reply: Value = serde_json::from_slice(&sent).unwrap();
+        let page: Vec<String> = serde_json::from_value(reply["data"]["keys"].clone()).unwrap();
+        assert_eq!(reply["data"]["count"], page.len());
+        listed.extend(page);
+        match proto::state::next_page(&reply) {
+            Some(next) => {
+                assert_eq!(Some(next), listed.last().map(String::as_str));
+                after = Some(next.to_string());
+            }
+            None => break,
+        }
+    }
+    assert!(pages >= 3, "{pages} pages");
+    assert_eq!(listed, keys, "every key once, in order");
+
+    let limited = r.reply("list-keys", json!({"service": "big", "limit": 2}));
+    assert_eq!(
+        (limited["data"]["count"].clone(), limited["data"]["truncated"].clone()),
+        (json!(2), json!(true))
+    );
+    assert_eq!(limited["data"]["next"], keys[1]);
+    // A list that fits is plantd's shape, nothing added.
+    let (small, keys) = paged_rig(max, 2);
+    assert_eq!(
+        small.reply("list-keys", json!({"service": "big"})),
+        json!({"success": true, "data": {"scope": "big", "keys": keys, "count": 2}})
+    );
+}
+
+#[test]
+fn list_scopes_pages_too() {
+    let (r, _) = paged_rig(4 << 10, 0);
+    let scopes: Vec<String> = (0..60).map(|i| format!("{i:02}{}", "s".repeat(198))).collect();
+    for scope in &scopes {
+        r.reply("create-scope", json!({"service": scope}));
+    }
+    let first = r.reply("list-scopes", json!({}));
+    let page: Vec<String> = serde_json::from_value(first["data"]["scopes"].clone()).unwrap();
+    assert!(!page.is_empty() && page.len() < 60, "{}", page.len());
+    assert!(first.to_string().len() <= 4 << 10);
+    let next = proto::state::next_page(&first).unwrap();
+    let second = r.reply("list-scopes", json!({"after": next}));
+    assert_eq!(second["data"]["scopes"][0], scopes[page.len()]);
+}
+
+#[test]
+fn a_reply_over_max_reply_bytes_becomes_a_counted_failure() {
+    let (r, _) = paged_rig(1 << 20, 0);
+    let outcome = Outcome::answer(success(json!({"blob": "x".repeat(2 << 20)})));
+    let sent: Value = serde_json::from_slice(&encode(&r.store, &outcome)).unwrap();
+    assert!(
+        sent["error"].as_str().unwrap().contains("over the limit of 1048576 (max_reply_bytes)"),
+        "{sent}"
+    );
+    assert_eq!(r.store.refused(), 1);
+}
