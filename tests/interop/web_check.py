@@ -6,8 +6,12 @@ test); this script finds its page over the DevTools protocol (HTTP on
 127.0.0.1, then a WebSocket, with the pinned `websocket-client`), loads the
 page and checks what an operator would look at:
 
-- the page loads under the hub's Content-Security-Policy with no console
-  error, no uncaught exception and no CSP violation;
+- the page loads under the hub's Content-Security-Policy (which forbids
+  framing it), with X-Frame-Options and Referrer-Policy, no console error,
+  no uncaught exception and no CSP violation;
+- with --token, the page asks for the token, and once given sends it only
+  in a header: no address the page asks for holds it, and its live streams
+  open with tickets;
 - the agent is listed and up, and counters (samples accepted, metric bus
   messages) move, with the bus rate worked out in the browser;
 - a typed topic of a channel that has no samples says so;
@@ -46,6 +50,7 @@ class Page:
         self.next_id = 0
         self.errors = []  # console errors, exceptions, error log entries
         self.documents = []  # (url, headers) of documents loaded
+        self.requested = []  # (url, type) of every request the page made
         self.allow_network_errors = False
 
     def close(self):
@@ -72,6 +77,8 @@ class Page:
                     self.errors.append(
                         {"kind": "log." + entry.get("source", "?"), "text": entry.get("text", ""), "url": entry.get("url", "")}
                     )
+        elif method == "Network.requestWillBeSent":
+            self.requested.append((params.get("request", {}).get("url", ""), params.get("type", "")))
         elif method == "Network.responseReceived" and params.get("type") == "Document":
             response = params.get("response", {})
             headers = {k.lower(): v for k, v in response.get("headers", {}).items()}
@@ -201,15 +208,34 @@ def run(page, args):
         page.send(f"{domain}.enable")
     page.send("Emulation.setDeviceMetricsOverride", {"width": 1400, "height": 1400, "deviceScaleFactor": 1, "mobile": False})
     page.send("Page.addScriptToEvaluateOnNewDocument", {"source": PRELUDE})
+    # Asking for a ticket without the token is refused (401): the browser logs that.
+    page.allow_network_errors = bool(args.token)
     page.send("Page.navigate", {"url": args.url})
 
     page.wait("the page to load", "document.readyState === 'complete' && !!document.getElementById('conn')", 20)
     docs = [d for d in page.documents if d[0].startswith(args.url.rstrip("/"))]
     if not docs or docs[0][1] != 200:
         raise Failed(f"the page did not load: {page.documents}")
-    csp = docs[0][2].get("content-security-policy", "")
-    if "default-src 'self'" not in csp:
-        raise Failed(f"the page came without the hub's CSP (headers {docs[0][2]})")
+    headers = docs[0][2]
+    expected = {
+        "content-security-policy": "default-src 'self'; frame-ancestors 'none'",
+        "x-frame-options": "DENY",
+        "referrer-policy": "no-referrer",
+        "x-content-type-options": "nosniff",
+    }
+    for name, value in expected.items():
+        if headers.get(name) != value:
+            raise Failed(f"the page came without {name}: {value} (headers {headers})")
+    if args.token:
+        login = "document.getElementById('login')"
+        page.wait("the page to ask for the token", f"!{login}.hidden && document.getElementById('conn').dataset.state !== 'live'", 15)
+        page.evaluate(
+            f"(() => {{ document.getElementById('token-input').value = {q(args.token)};"
+            f" {login}.requestSubmit(); }})()"
+        )
+        page.wait("the overview stream to be live", f"{login}.hidden && document.getElementById('conn').dataset.state === 'live'", 15)
+        page.pump()
+        page.allow_network_errors = False
     page.wait("the overview stream to be live", "document.getElementById('conn').dataset.state === 'live'", 15)
     page.no_errors("after loading")
 
@@ -279,7 +305,8 @@ def run(page, args):
         10,
     )
     page.no_errors("after charting")
-    step("checked", chart=drawn, received=grown, chart_states=picked)
+    tickets = check_requests(page, args)
+    step("checked", chart=drawn, received=grown, chart_states=picked, stream_tickets=tickets)
 
     if not args.outage:
         return
@@ -307,7 +334,25 @@ def run(page, args):
     )
     page.allow_network_errors = False
     page.no_errors("after reconnecting")
-    step("reconnected", received=[received, after])
+    if args.token and not page.evaluate("document.getElementById('login').hidden"):
+        raise Failed("the page asked for the token again after the hub came back")
+    tickets = check_requests(page, args)
+    step("reconnected", received=[received, after], stream_tickets=tickets)
+
+
+def check_requests(page, args):
+    """No address the page asked for holds the token; with one, its streams
+    opened with tickets. How many stream addresses had one."""
+    page.pump()
+    if args.token:
+        leaked = [u for u, _ in page.requested if args.token in u]
+        if leaked:
+            raise Failed(f"the token is in addresses the page asked for: {leaked}")
+    streams = [u for u, kind in page.requested if kind == "EventSource"]
+    with_ticket = [u for u in streams if "ticket=" in u]
+    if args.token and (len(with_ticket) != len(streams) or not any("/api/samples" in u for u in with_ticket)):
+        raise Failed(f"live streams without a ticket: {streams}")
+    return len(with_ticket)
 
 
 def main():
@@ -318,6 +363,7 @@ def main():
     parser.add_argument("--channel", required=True, help="a durable channel of the agent, to chart")
     parser.add_argument("--points", type=int, default=5, help="points the chart must draw")
     parser.add_argument("--outage", action="store_true", help="also follow the page through a hub restart")
+    parser.add_argument("--token", help="the hub's HTTP token, to give the page when it asks")
     parser.add_argument("--screenshot", help="write a PNG of the page here at the end")
     args = parser.parse_args()
     try:

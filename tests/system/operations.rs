@@ -1,6 +1,7 @@
 //! What an operator runs the hub with: config checks, `hub agents`, the
 //! metrics as Prometheus parses them, readiness with a broken component, and
-//! the HTTP endpoint under abuse.
+//! the HTTP endpoint under abuse (slow, idle and handshake-only clients by
+//! the thousand).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -24,6 +25,9 @@ fn config_checks_exit_78_naming_the_field_and_0_for_a_good_file() {
         ("zero.toml", "[broker]\nqueue_limit = 0\n", "broker.queue_limit"),
         ("typo.toml", "[broker]\nqueue_limt = 5\n", "queue_limt"),
         ("exposed.toml", "[http]\nlisten = \"0.0.0.0:8081\"\n", "http.token_file"),
+        ("hosts.toml", "[http]\nallowed_hosts = [\"hub/x\"]\n", "http.allowed_hosts"),
+        ("ticket.toml", "[http]\nticket_ttl_ms = 0\n", "http.ticket_ttl_ms"),
+        ("per-address.toml", "[http]\nmax_connections_per_address = 0\n", "http.max_connections_per_address"),
         (
             "keys.toml",
             "[security]\nserver_cert = \"/nowhere/hub.key_secret\"\nclients_dir = \"/nowhere\"\n",
@@ -36,10 +40,22 @@ fn config_checks_exit_78_naming_the_field_and_0_for_a_good_file() {
         assert_eq!(out.status.code(), Some(78), "{name}: {stderr}");
         assert!(stderr.contains(field), "{name}: {stderr}");
     }
-    let good = write("good.toml", "[broker]\nqueue_limit = 5\n");
+    let good = write(
+        "good.toml",
+        "[broker]\nqueue_limit = 5\n[http]\nallowed_hosts = [\"hub.plant.example\", \"10.0.0.5:8081\"]\n",
+    );
     let out = hub_cli(&["check-config", good.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("config ok"));
+    let printed = String::from_utf8_lossy(&hub_cli(&["serve", "--print-config"]).stdout).into_owned();
+    for line in [
+        "allowed_hosts = []",
+        "max_connections_per_address = 64",
+        "max_tickets = 256",
+        "ticket_ttl_ms = 30000",
+    ] {
+        assert!(printed.contains(line), "--print-config lacks {line}:\n{printed}");
+    }
 
     let bad_agent = write("agent.toml", "id = \"pump.7\"\n");
     let out = agent_cli(&["check", "--config-only", bad_agent.to_str().unwrap()]);
@@ -200,9 +216,101 @@ fn readiness_names_a_state_store_and_an_ingest_that_cannot_write() {
     assert!(verdict["components"]["ingest"]["detail"].as_str().unwrap().contains("cannot store watermarks"));
 }
 
+/// A hub config with these `[http]` lines, in `dir`.
+fn http_config(dir: &std::path::Path, lines: &str) -> String {
+    let path = dir.join("hub.toml");
+    std::fs::write(&path, format!("[http]\n{lines}")).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Descriptors `pid` holds.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Raises this process's descriptor limit to what thousands of client sockets need.
+fn allow_descriptors(n: u64) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on our own process, with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        if limit.rlim_cur < n {
+            limit.rlim_cur = n.min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+    assert!(limit.rlim_cur >= n, "this test needs {n} descriptors; `ulimit -n` allows {}", limit.rlim_cur);
+}
+
+/// `/healthz` on a fresh connection: its status, and how long the answer took.
+fn timed_health(http: &str) -> (u16, Duration) {
+    let asked = Instant::now();
+    let status = http_get(http, "/healthz").0;
+    (status, asked.elapsed())
+}
+
+#[test]
+fn healthz_answers_at_once_with_every_connection_slot_held_by_idle_clients() {
+    allow_descriptors(4096);
+    let dir = tempfile::tempdir().unwrap();
+    // Every slot from one address may be taken here: the total bound is the one tried.
+    let config = http_config(dir.path(), "max_connections = 1024\nmax_connections_per_address = 4096\n");
+    let hub = HubProc::start_with(&["--config", &config]);
+    let metric = |name: &str| prometheus_value(&http_get(&hub.http, "/metrics").1, name).unwrap_or(0);
+    // 1 100 clients that connect and send nothing.
+    let idle: Vec<TcpStream> = (0..1100).map(|_| TcpStream::connect(&hub.http).unwrap()).collect();
+    wait_for("all 1 100 accepted, the oldest idle closed for the newest", 20 * SECOND, || {
+        (metric("plantd_http_connections_evicted_total") >= 76).then_some(())
+    });
+    assert_eq!(metric("plantd_http_connections"), 1024, "the bound holds");
+    let (status, took) = timed_health(&hub.http);
+    eprintln!("/healthz with 1 024 idle connections open: {status} in {took:?}");
+    assert_eq!(status, 200);
+    assert!(took < SECOND, "healthz took {took:?}");
+    // An idle client is gone as soon as someone needs its slot, not after the 10 s header timeout.
+    let mut oldest = idle.into_iter().next().unwrap();
+    oldest.set_read_timeout(Some(SECOND)).unwrap();
+    let mut buf = [0u8; 1];
+    assert!(matches!(oldest.read(&mut buf), Ok(0) | Err(_)), "the oldest idle connection was closed");
+    assert_eq!(metric("plantd_http_connections_refused_total"), 0, "nobody was turned away");
+}
+
+#[test]
+fn raw_connections_from_one_address_are_bounded_and_healthz_still_answers() {
+    allow_descriptors(8192);
+    let hub = HubProc::start();
+    let before = fds(hub.proc.pid());
+    // 3 000 TCP connections from 127.0.0.1 that never send a byte.
+    let started = Instant::now();
+    let raw: Vec<TcpStream> = (0..3000).map(|_| TcpStream::connect(&hub.http).unwrap()).collect();
+    let metric = |name: &str| prometheus_value(&http_get(&hub.http, "/metrics").1, name).unwrap_or(0);
+    wait_for("all 3 000 accepted", 20 * SECOND, || {
+        let turned = metric("plantd_http_connections_evicted_total")
+            + metric("plantd_http_connections_refused_per_address_total");
+        (turned >= 3000 - 64).then_some(())
+    });
+    let held = wait_for("the hub to let go of the closed ones", 10 * SECOND, || {
+        let held = fds(hub.proc.pid()).saturating_sub(before);
+        // The 64 connections, and a few the hub may open meanwhile (a log, a database page).
+        (held <= 64 + 8).then_some(held)
+    });
+    eprintln!("3 000 raw connections in {:?}: the hub holds {held} more descriptors", started.elapsed());
+    assert!(metric("plantd_http_connections") <= 64, "the bound holds");
+    assert_eq!(metric("plantd_http_addresses"), 1);
+    assert_eq!(metric("plantd_http_max_connections_per_address"), 64);
+    let (status, took) = timed_health(&hub.http);
+    eprintln!("/healthz from the same address: {status} in {took:?}");
+    assert_eq!(status, 200);
+    assert!(took < SECOND, "healthz took {took:?}");
+    drop(raw);
+}
+
 #[test]
 fn abuse_of_the_http_endpoint_leaves_health_answering_and_memory_bounded() {
-    let hub = HubProc::start();
+    // The total bound is what this tries: one address may take every slot.
+    let dir = tempfile::tempdir().unwrap();
+    let hub =
+        HubProc::start_with(&["--config", &http_config(dir.path(), "max_connections_per_address = 4096\n")]);
     let rss = || testkit::bench::rss_kib(hub.proc.pid());
     let before = rss();
     let connect = || {
@@ -231,7 +339,7 @@ fn abuse_of_the_http_endpoint_leaves_health_answering_and_memory_bounded() {
     let streams: Vec<TcpStream> = (0..200)
         .map(|_| {
             let mut s = connect();
-            s.write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            write!(s, "GET /api/events HTTP/1.1\r\nHost: {}\r\n\r\n", hub.http).unwrap();
             s
         })
         .collect();

@@ -7,7 +7,10 @@
 //! | `/metrics` | the metrics registry, Prometheus text |
 //! | `/`, `/api/*` | the live web view and what it reads ([`web`]) |
 //!
-//! Everything but the two health checks needs the token, when one is set.
+//! Everything but the two health checks and the page's own code needs the
+//! token, when one is set, in `Authorization: Bearer`; the page's live
+//! streams open with a ticket (`/api/ticket`). Requests must name the hub in
+//! `Host` (its address, `localhost` on loopback, or `[http] allowed_hosts`).
 
 pub mod ready;
 pub mod web;
@@ -53,6 +56,8 @@ pub enum HttpError {
     /// Others may read the token (exit 78).
     #[error("http.token_file: {0}")]
     TokenExposed(#[from] transport::secret::Exposed),
+    #[error("http.allowed_hosts: {0}")]
+    Hosts(httpd::HostError),
 }
 
 /// Reads the HTTP token: a secret, refused if others may read it.
@@ -78,16 +83,26 @@ pub struct HttpServer {
 impl HttpServer {
     pub fn bind(config: &HttpConfig, sources: Sources) -> Result<HttpServer, HttpError> {
         let token = config.token_file.as_deref().map(read_token).transpose()?;
-        let server = httpd::Server::bind(&config.listen, config.limits(), token)?;
+        // Validation checked the names; a bad one here still refuses to start.
+        let hosts = config.hosts().map_err(HttpError::Hosts)?;
+        let server = httpd::Server::bind(&config.listen, config.limits(), token)?
+            .check_hosts(hosts)
+            .public_paths(web::PUBLIC);
         let counters = server.counters();
         let limits = config.limits();
+        let truncated = sources.web.truncated.clone();
         sources.registry.register(
             "http",
             Arc::new(move |out: &mut Families| {
                 for (name, value, gauge) in counters.snapshot() {
                     let name = format!("http_{}", name.trim_end_matches("_total"));
                     if gauge {
-                        out.gauge(&name, "The HTTP endpoint's connections and streams now.", vec![], value);
+                        out.gauge(
+                            &name,
+                            "The HTTP endpoint's connections, source addresses, streams and tickets now.",
+                            vec![],
+                            value,
+                        );
                     } else {
                         out.counter(
                             &name,
@@ -110,10 +125,40 @@ impl HttpServer {
                     limits.max_streams as u64,
                 );
                 out.gauge(
+                    "http_max_connections_per_address",
+                    "HTTP connections open at once from one source address, at most.",
+                    vec![],
+                    limits.max_connections_per_address as u64,
+                );
+                out.gauge(
+                    "http_max_tickets",
+                    "Live stream tickets outstanding at once, at most.",
+                    vec![],
+                    limits.max_tickets as u64,
+                );
+                out.gauge(
                     "http_max_header_bytes",
                     "HTTP request header bytes, at most.",
                     vec![],
                     limits.max_header_bytes as u64,
+                );
+                out.counter(
+                    "http_web_state_truncated",
+                    "State changes the web view shows cut (a scope, key or value over its bound).",
+                    vec![],
+                    truncated.load(std::sync::atomic::Ordering::Relaxed),
+                );
+                out.gauge(
+                    "http_web_shown_bytes",
+                    "Bytes of a state change's scope, key or value the web view shows, at most.",
+                    vec![],
+                    web::SHOWN_BYTES as u64,
+                );
+                out.gauge(
+                    "http_web_state_changes_bytes",
+                    "Bytes of all the state changes the web view keeps, at most.",
+                    vec![],
+                    web::STATE_CHANGES_BYTES as u64,
                 );
             }),
         );

@@ -9,15 +9,24 @@
 //! | `/api/events` | the overview again every second, as server-sent events |
 //! | `/api/samples?topic=T` | one channel: its recent samples, then each new one, as events |
 //!
+//! The page's own files ([`PUBLIC`]) need no token: it asks for the token on
+//! the page, keeps it in the tab's `sessionStorage`, sends it as
+//! `Authorization: Bearer` and opens each live stream with a ticket.
+//!
 //! The overview's `hub.stream_s` is the seconds since its event stream began
 //! (the page divides counter deltas by its deltas for rates); a samples
 //! event is `{"topic", "unit", "points": [{"wall_ns", "t_ms", "value"}]}`.
 //!
 //! What the page shows of the buses comes from their in-process taps
 //! ([`Watcher`]): the state bus always (recent changes), the metric bus only
-//! for the channels someone is charting, with the last minutes kept.
+//! for the channels someone is charting, with the last minutes kept. What is
+//! kept of a state change is cut to [`SHOWN_BYTES`] a field (a 900 kB key or
+//! value is shown as its first bytes, marked), and all kept changes together
+//! to [`STATE_CHANGES_BYTES`]: the overview, sent every second to every open
+//! page, stays small whatever clients write.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +45,14 @@ const KEEP_AFTER_VIEW: Duration = Duration::from_secs(600);
 const MAX_CHARTS: usize = 64;
 /// State changes kept.
 const STATE_CHANGES: usize = 50;
+/// Bytes of a state change's scope, key, time or value (as JSON text) shown; the rest is cut.
+pub const SHOWN_BYTES: usize = 256;
+/// Bytes of all the state changes kept (as JSON), at most: older ones go first.
+pub const STATE_CHANGES_BYTES: usize = 64 << 10;
+
+/// The page's own code, served without the token: it holds no data, and the
+/// page has to load to ask for the token.
+pub const PUBLIC: &[&str] = &["/", "/index.html", "/app.js", "/app.css", "/favicon.svg"];
 
 const INDEX_HTML: &str = include_str!("web/index.html");
 const APP_JS: &str = include_str!("web/app.js");
@@ -64,8 +81,81 @@ struct Chart {
 #[derive(Clone, Default)]
 pub struct Feeds {
     pub buses: Vec<(String, Arc<BusCounters>)>,
-    state_changes: Arc<Mutex<VecDeque<Value>>>,
+    state_changes: Arc<Mutex<Changes>>,
+    /// State changes shown cut (a field over SHOWN_BYTES), for metrics.
+    pub truncated: Arc<AtomicU64>,
     charts: Arc<Mutex<HashMap<String, Chart>>>,
+}
+
+/// The latest state changes as shown, newest first, with their size as JSON.
+#[derive(Default)]
+struct Changes {
+    kept: VecDeque<(Value, usize)>,
+    bytes: usize,
+}
+
+impl Changes {
+    fn push(&mut self, change: Value) {
+        let size = change.to_string().len();
+        self.kept.push_front((change, size));
+        self.bytes += size;
+        while self.kept.len() > STATE_CHANGES || self.bytes > STATE_CHANGES_BYTES {
+            let Some((_, size)) = self.kept.pop_back() else { break };
+            self.bytes -= size;
+        }
+    }
+}
+
+/// `text` cut to at most `max` bytes (at a character boundary), and whether it was.
+fn cut(text: &str, max: usize) -> (&str, bool) {
+    if text.len() <= max {
+        return (text, false);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&text[..end], true)
+}
+
+/// A state change as the page shows it: each field cut to SHOWN_BYTES. A
+/// value too long is sent as `value_preview` (its JSON text, cut) with
+/// `value_bytes`; `truncated` names the fields cut. None if it is no change.
+pub fn shown_change(payload: &[u8]) -> Option<(Value, bool)> {
+    let event: proto::state::Event = serde_json::from_slice(payload).ok()?;
+    let mut truncated = Vec::new();
+    let mut field = |name: &'static str, text: &str| {
+        let (shown, was_cut) = cut(text, SHOWN_BYTES);
+        if was_cut {
+            truncated.push(name);
+        }
+        json!(shown)
+    };
+    let mut change = json!({
+        "ts": field("ts", &event.ts),
+        "scope": field("scope", &event.scope),
+        "key": event.key.as_deref().map(|key| field("key", key)),
+        "op": event.op,
+    });
+    if let Some(key) = event.key.as_deref().filter(|key| key.len() > SHOWN_BYTES) {
+        change["key_bytes"] = json!(key.len());
+    }
+    if let Some(value) = event.value {
+        let text = value.to_string();
+        match cut(&text, SHOWN_BYTES) {
+            (_, false) => change["value"] = value,
+            (preview, true) => {
+                truncated.push("value");
+                change["value_preview"] = json!(preview);
+                change["value_bytes"] = json!(text.len());
+            }
+        }
+    }
+    let was_cut = !truncated.is_empty();
+    if was_cut {
+        change["truncated"] = json!(truncated);
+    }
+    Some((change, was_cut))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -189,10 +279,11 @@ impl Watcher {
 
     fn state_change(&self, frames: &[Vec<u8>]) {
         let Some((_, payload)) = proto::bus::split(frames) else { return };
-        let Ok(event) = serde_json::from_slice::<Value>(payload) else { return };
-        let mut changes = lock(&self.feeds.state_changes);
-        changes.push_front(event);
-        changes.truncate(STATE_CHANGES);
+        let Some((change, was_cut)) = shown_change(payload) else { return };
+        if was_cut {
+            self.feeds.truncated.fetch_add(1, Relaxed);
+        }
+        lock(&self.feeds.state_changes).push(change);
     }
 
     fn sample(&self, frames: &[Vec<u8>]) {
@@ -316,14 +407,12 @@ impl Overview {
                 let mut bus: serde_json::Map<String, Value> =
                     counters.snapshot().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
                 bus.insert("bus".into(), json!(name));
-                bus.insert(
-                    "subscriptions".into(),
-                    json!(counters.subscriptions.load(std::sync::atomic::Ordering::Relaxed)),
-                );
+                bus.insert("subscriptions".into(), json!(counters.subscriptions.load(Relaxed)));
                 Value::Object(bus)
             })
             .collect();
-        let changes: Vec<Value> = lock(&self.feeds.state_changes).iter().cloned().collect();
+        let changes: Vec<Value> =
+            lock(&self.feeds.state_changes).kept.iter().map(|(change, _)| change.clone()).collect();
         json!({
             "hub": {"version": env!("CARGO_PKG_VERSION"), "security": self.security, "stream_s": self.started.elapsed().as_secs_f64()},
             "services": services,
@@ -336,4 +425,63 @@ impl Overview {
 
 fn overview(sources: &Sources) -> Value {
     Overview::from(sources).json()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(key: &str, value: Value) -> Vec<u8> {
+        let event = proto::state::Event {
+            scope: "plant".into(),
+            key: Some(key.into()),
+            op: proto::state::EventOp::Set,
+            value: Some(value),
+            ts: "2026-01-01T00:00:00Z".into(),
+        };
+        serde_json::to_vec(&event).unwrap()
+    }
+
+    #[test]
+    fn a_small_change_is_shown_whole_and_a_huge_one_cut_and_marked() {
+        let (small, cut) = shown_change(&event("setpoint", json!({"v": 1.5}))).unwrap();
+        assert!(!cut);
+        assert_eq!(
+            small,
+            json!({"ts": "2026-01-01T00:00:00Z", "scope": "plant", "key": "setpoint", "op": "set", "value": {"v": 1.5}})
+        );
+
+        let huge_key = "k".repeat(900_000);
+        let huge_value = json!("é".repeat(450_000));
+        let (shown, cut) = shown_change(&event(&huge_key, huge_value)).unwrap();
+        assert!(cut);
+        assert_eq!(shown["key"].as_str().unwrap().len(), SHOWN_BYTES);
+        assert_eq!(shown["key_bytes"], 900_000);
+        assert!(shown.get("value").is_none());
+        let preview = shown["value_preview"].as_str().unwrap();
+        assert!(preview.len() <= SHOWN_BYTES && preview.starts_with("\"éé"), "{preview}");
+        assert_eq!(shown["value_bytes"], 900_002);
+        assert_eq!(shown["truncated"], json!(["key", "value"]));
+        assert!(shown.to_string().len() < 1024, "{}", shown.to_string().len());
+        assert!(shown_change(b"{\"not\": \"a change\"}").is_none());
+    }
+
+    #[test]
+    fn the_kept_changes_are_bounded_in_number_and_bytes() {
+        let mut changes = Changes::default();
+        for i in 0..80 {
+            changes.push(shown_change(&event(&format!("k{i}"), json!(i))).unwrap().0);
+        }
+        assert_eq!(changes.kept.len(), STATE_CHANGES);
+        assert_eq!(changes.kept[0].0["key"], "k79", "newest first");
+        // Keys of control characters grow six-fold as JSON: the byte bound holds anyway.
+        let nasty = "\u{1}".repeat(SHOWN_BYTES);
+        for _ in 0..80 {
+            changes.push(shown_change(&event(&nasty, json!("\u{1}".repeat(10_000)))).unwrap().0);
+        }
+        let total: usize = changes.kept.iter().map(|(c, _)| c.to_string().len()).sum();
+        assert_eq!(total, changes.bytes);
+        assert!(total <= STATE_CHANGES_BYTES, "{total}");
+        assert!(changes.kept.len() < STATE_CHANGES, "fewer kept when each is big: {}", changes.kept.len());
+    }
 }

@@ -9,12 +9,19 @@
 // overview stream is down the page says "disconnected" and greys out what it
 // last showed.
 //
+// A hub with a token: the page asks for it (#login), keeps it in this tab's
+// sessionStorage, and sends it only as `Authorization: Bearer` (a token in an
+// address ends up in logs and history, and the hub refuses it there). An
+// EventSource cannot send a header, so each stream connection first asks
+// /api/ticket (with the header) for a ticket, good once for a few seconds.
+//
 // Stable hooks for tests and scripts: #conn[data-state], tr[data-agent],
 // tr[data-service], tr[data-bus], td[data-field] with data-value (the raw
 // number), #accepted-total[data-value], #updates[data-count],
 // #chart[data-topic][data-points][data-drawn][data-received],
 // #chart-status[data-state] (idle, connecting, empty, live, text,
-// disconnected, refused).
+// disconnected, refused), #login (shown while the hub needs a token),
+// #token-input, tr[data-truncated] (a state change shown cut).
 'use strict';
 
 (function () {
@@ -24,6 +31,8 @@
   const RATE_WINDOW = 5; // overview events a rate is worked out over
   const BACKOFF_MIN_MS = 1000;
   const BACKOFF_MAX_MS = 15000;
+  const TOKEN_KEY = 'plantd_http_token';
+  const TICKET_WAIT_MS = 10000;
 
   const $ = (id) => document.getElementById(id);
   const numberFormat = new Intl.NumberFormat('en-US');
@@ -166,28 +175,105 @@
 
   // ---- a server-sent event stream that comes back ---------------------------
 
-  // Follows `url`; calls onMessage(data) for each parsed event and
-  // onState(state, retryAt) on changes: 'connecting', 'live' (first event
-  // in), 'disconnected' (with when it tries again). An event stream silent
-  // for `staleMs` counts as dropped (a proxy or a half-open connection).
-  function follow(url, handlers, staleMs) {
+  // ---- the token, and tickets for streams ------------------------------------
+
+  const auth = { token: '' };
+  try {
+    auth.token = sessionStorage.getItem(TOKEN_KEY) || '';
+  } catch (e) {
+    // Storage off: the token is asked for, and kept in this page only.
+  }
+
+  function authHeaders() {
+    return auth.token ? { Authorization: 'Bearer ' + auth.token } : {};
+  }
+
+  // The hub wants the token: show the form, saying why. A refused token is forgotten.
+  function needToken(why) {
+    const form = $('login');
+    if (form.hidden) setText($('login-why'), why);
+    if (auth.token) {
+      auth.token = '';
+      try {
+        sessionStorage.removeItem(TOKEN_KEY);
+      } catch (e) {
+        // nothing kept
+      }
+    }
+    if (form.hidden) {
+      form.hidden = false;
+      $('token-input').focus();
+    }
+  }
+
+  const TOKEN_NEEDED = 'This hub needs its HTTP token (the file named by [http] token_file): paste it here.';
+  const TOKEN_REFUSED = 'The hub refused that token: check it against the file named by [http] token_file.';
+  const TOKEN_IN_ADDRESS =
+    'A token in the address is not used: addresses end up in logs and history (if this token was in one, ' +
+    'replace it). The page asks for the token instead.';
+
+  // Where to open a live stream: with a fresh ticket when the hub has a
+  // token (an EventSource cannot send the header), as is when it has none;
+  // null when the hub cannot be asked, or refuses (then the form shows).
+  async function streamUrl(path) {
+    let response;
+    // A hub that takes the connection but never answers is a dropped stream too.
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), TICKET_WAIT_MS);
+    try {
+      response = await fetch('/api/ticket', { cache: 'no-store', headers: authHeaders(), signal: abort.signal });
+    } catch (e) {
+      return null;
+    } finally {
+      clearTimeout(timer);
+    }
+    if (response.status === 401) {
+      needToken(auth.token ? TOKEN_REFUSED : TOKEN_NEEDED);
+      return null;
+    }
+    if (!response.ok) return null;
+    let body;
+    try {
+      body = await response.json();
+    } catch (e) {
+      return null;
+    }
+    if (!body || typeof body.ticket !== 'string') return path;
+    return path + (path.includes('?') ? '&' : '?') + 'ticket=' + encodeURIComponent(body.ticket);
+  }
+
+  // Follows the stream at `path`; calls onMessage(data) for each parsed
+  // event and onState(state, retryAt) on changes: 'connecting', 'live'
+  // (first event in), 'disconnected' (with when it tries again). An event
+  // stream silent for `staleMs` counts as dropped (a proxy or a half-open
+  // connection). Each connection asks for its own ticket.
+  function follow(path, handlers, staleMs) {
     let source = null;
     let retryTimer = null;
     let delay = BACKOFF_MIN_MS;
     let lastEvent = 0;
     let state = '';
     let stopped = false;
+    let attempt = 0;
 
     function setState(next, retryAt) {
       state = next;
       handlers.onState(next, retryAt);
     }
 
-    function open() {
+    async function open() {
       retryTimer = null;
       if (stopped) return;
+      const mine = ++attempt;
       setState('connecting');
       lastEvent = Date.now();
+      const url = await streamUrl(path);
+      // Closed, or started again, meanwhile.
+      if (stopped || mine !== attempt) return;
+      if (!url) {
+        drop();
+        return;
+      }
       source = new EventSource(url);
       source.onmessage = (event) => {
         lastEvent = Date.now();
@@ -231,6 +317,14 @@
         if (source) source.close();
         source = null;
       },
+      // Connects again at once, if not connected (the token was just given).
+      retryNow() {
+        if (stopped || source) return;
+        if (retryTimer) clearTimeout(retryTimer);
+        retryTimer = null;
+        delay = BACKOFF_MIN_MS;
+        open();
+      },
     };
   }
 
@@ -240,7 +334,7 @@
   async function probe(url) {
     const abort = new AbortController();
     try {
-      const response = await fetch(url, { cache: 'no-store', signal: abort.signal });
+      const response = await fetch(url, { cache: 'no-store', signal: abort.signal, headers: authHeaders() });
       let text = '';
       if (!response.ok) text = (await response.text()).trim();
       return { status: response.status, text };
@@ -418,16 +512,24 @@
     tbody.replaceChildren(
       ...changes.map((c) => {
         const row = el('tr');
+        // The hub cuts long fields (and says which): shown with "…" and their full size.
+        const cut = Array.isArray(c.truncated) ? c.truncated : [];
+        if (cut.length) row.dataset.truncated = cut.join(' ');
+        const more = (field, text) => (cut.includes(field) ? text + '…' : text);
         const when = typeof c.ts === 'string' ? Date.parse(c.ts) : NaN;
-        const time = el('td', 'small', isNaN(when) ? String(c.ts || '–') : fmtClock(when));
+        const time = el('td', 'small', isNaN(when) ? more('ts', String(c.ts || '–')) : fmtClock(when));
         if (!isNaN(when)) time.title = String(c.ts);
         row.appendChild(time);
-        row.appendChild(el('td', 'name', String(c.scope || '')));
-        row.appendChild(el('td', '', c.key === null || c.key === undefined ? '' : String(c.key)));
+        row.appendChild(el('td', 'name', more('scope', String(c.scope || ''))));
+        const key = el('td', '', more('key', c.key === null || c.key === undefined ? '' : String(c.key)));
+        if (isNum(c.key_bytes)) key.title = 'cut: the key is ' + fmtBytes(c.key_bytes);
+        row.appendChild(key);
         row.appendChild(el('td', '', String(c.op || '')));
-        const value = c.value === undefined || c.value === null ? '' : JSON.stringify(c.value);
-        const td = el('td', 'value', truncate(value, 120));
-        if (value.length > 120) td.title = value;
+        let value = c.value === undefined || c.value === null ? '' : JSON.stringify(c.value);
+        if (typeof c.value_preview === 'string') value = c.value_preview + '…';
+        const size = isNum(c.value_bytes) ? ' (' + fmtBytes(c.value_bytes) + ')' : '';
+        const td = el('td', 'value', truncate(value, 120) + size);
+        if (value.length > 120 || size) td.title = value + size;
         row.appendChild(td);
         return row;
       })
@@ -591,7 +693,7 @@
           const answer = await probe(url);
           if (chart.topic !== topic || answer.status < 400) return;
           chart.refused = 'The hub refused this chart (' + answer.status + '): ' + (answer.text || 'no reason given') + ' Retrying.';
-          if (answer.status === 401) showNotice(TOKEN_ADVICE);
+          if (answer.status === 401) needToken(auth.token ? TOKEN_REFUSED : TOKEN_NEEDED);
           chart.state = 'refused';
           describeChart();
         },
@@ -759,9 +861,6 @@
 
   // ---- start -------------------------------------------------------------------
 
-  const TOKEN_ADVICE =
-    "This hub needs its HTTP token: open this page once as /?token=<token> (the file in [http] token_file); the browser then keeps it in a cookie.";
-
   function topicFrom(text) {
     const t = text.trim();
     if (!t) return '';
@@ -770,9 +869,12 @@
   }
 
   function init() {
-    // The token came in the address (it is in a cookie now): take it out of
-    // the address bar and the history.
-    if (/[?&]token=/.test(location.search)) history.replaceState(null, '', location.pathname + location.hash);
+    // A token in the address (an old bookmark): out of the address bar and
+    // the history, and not used.
+    if (/[?&]token=/.test(location.search)) {
+      history.replaceState(null, '', location.pathname + location.hash);
+      showNotice(TOKEN_IN_ADDRESS);
+    }
 
     $('channel-picker').addEventListener('change', (e) => {
       const topic = e.target.value;
@@ -791,25 +893,27 @@
       if (!document.hidden) drawChart();
     });
 
-    let opened = false;
-    follow(
+    const overview = follow(
       '/api/events',
-      {
-        onMessage(o) {
-          opened = true;
-          showNotice('');
-          renderOverview(o);
-        },
-        onState: setConn,
-        async onDrop() {
-          if (opened) return;
-          const answer = await probe('/api/overview');
-          if (answer.status === 401) showNotice(TOKEN_ADVICE);
-        },
-      },
+      { onMessage: renderOverview, onState: setConn },
       // An overview comes every second: five without one is a dropped stream.
       5000
     );
+    $('login').addEventListener('submit', (e) => {
+      e.preventDefault();
+      const token = $('token-input').value.trim();
+      if (!token) return;
+      auth.token = token;
+      try {
+        sessionStorage.setItem(TOKEN_KEY, token);
+      } catch (err) {
+        // Storage off: kept in this page only.
+      }
+      $('token-input').value = '';
+      $('login').hidden = true;
+      overview.retryNow();
+      if (chart.stream) chart.stream.retryNow();
+    });
     // Countdowns and "ago" texts move on between events.
     setInterval(() => {
       if (view.conn !== 'live') showConn();
