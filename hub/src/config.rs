@@ -675,7 +675,7 @@ impl Config {
             if !self.buses.iter().any(|b| b.name == self.state.bus) {
                 return invalid("state.bus", &format!("names no configured bus ('{}')", self.state.bus));
             }
-            if let Err((field, problem)) = self.state.limits.check(self.broker.max_message_bytes) {
+            if let Err((field, problem)) = self.state.limits.check() {
                 return invalid(field, &problem);
             }
         }

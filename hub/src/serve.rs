@@ -145,6 +145,13 @@ impl Hub {
         hub.broker_endpoint = broker.endpoint();
         let broker_snapshot = broker.snapshot();
         hub.spawn("broker".into(), move |signal| broker.run(&signal).map(|_| ()).map_err(ServeError::from))?;
+        if let Some(security) = &security {
+            // Every CURVE socket is bound: their failed handshakes are counted here.
+            let (security, watch) = (security.clone(), security.take_watch());
+            hub.spawn("handshakes".into(), move |signal| {
+                watch.run(&security, &signal).map_err(ServeError::Zap)
+            })?;
+        }
 
         let mut state_store = None;
         if config.state.enabled {
@@ -153,16 +160,29 @@ impl Hub {
                 .iter()
                 .find(|b| b.name == config.state.bus)
                 .expect("validated: the state bus exists");
+            // No reply may be larger than the broker lets through.
+            let mut state_config = config.state.clone();
+            let (limits, lowered) = config.state.limits.within(config.broker.max_message_bytes);
+            if lowered {
+                log::warn!(
+                    "state: replies and values lowered to fit broker.max_message_bytes ({}): \
+                     max_reply_bytes {}, max_value_bytes {}",
+                    config.broker.max_message_bytes,
+                    limits.max_reply_bytes,
+                    limits.max_value_bytes
+                );
+            }
+            state_config.limits = limits;
             let state = StateService::open(
                 &config.data_dir,
-                &config.state,
+                &state_config,
                 bus.inproc_frontend(),
                 config.broker.worker_options(),
                 security.clone(),
             )?;
             state_store = Some(state.store());
             hub.state_store = state_store.clone();
-            let (store, bounds) = (state.store(), config.state.clone());
+            let (store, bounds) = (state.store(), state_config.clone());
             registry.register(
                 "state",
                 Arc::new(move |out: &mut Families| crate::state::collect(&bounds, &store, out)),

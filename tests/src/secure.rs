@@ -21,6 +21,8 @@ pub struct Site {
     pub dir: tempfile::TempDir,
     pub hub_public: PathBuf,
     pub hub_secret: PathBuf,
+    /// More `[security]` lines for the hub's config (e.g. `handshake_timeout_ms = 500`).
+    pub security_extra: String,
 }
 
 impl Default for Site {
@@ -34,7 +36,7 @@ impl Site {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("clients")).unwrap();
         let (hub_public, hub_secret) = write_new_pair(&dir.path().join("keys"), "hub", "tests").unwrap();
-        Site { dir, hub_public, hub_secret }
+        Site { dir, hub_public, hub_secret, security_extra: String::new() }
     }
 
     pub fn clients_dir(&self) -> PathBuf {
@@ -70,9 +72,10 @@ impl Site {
     pub fn config(&self, roles: &str, extra: &str) -> PathBuf {
         let path = self.dir.path().join("hub.toml");
         let text = format!(
-            "{extra}\n\n[security]\nserver_cert = \"{}\"\nclients_dir = \"{}\"\nlog_interval_ms = 100\n\n[security.identities]\n\"ops\" = [\"operator\"]\n{roles}\n",
+            "{extra}\n\n[security]\nserver_cert = \"{}\"\nclients_dir = \"{}\"\nlog_interval_ms = 100\n{}\n\n[security.identities]\n\"ops\" = [\"operator\"]\n{roles}\n",
             self.hub_secret.display(),
             self.clients_dir().display(),
+            self.security_extra,
         );
         std::fs::write(&path, text).unwrap();
         path

@@ -221,3 +221,70 @@ fn an_agent_refused_its_service_says_the_real_reason() {
     assert!(said.contains("may not provide it"), "{said}");
     assert!(!said.contains("share the id"), "{said}");
 }
+
+/// Finding 5 of issue 19: plaintext peers and peers with the wrong server
+/// key failed their handshakes uncounted and unlogged, and raw connections
+/// that never start one held a descriptor each for libzmq's 30 s.
+#[test]
+fn every_kind_of_failed_handshake_is_counted_and_raw_connections_do_not_linger() {
+    let mut site = Site::new();
+    site.security_extra = "handshake_timeout_ms = 500".into();
+    let hub = site.hub("\"pump-*\" = [\"agent\"]", "");
+    let failures = |kind: &str| hub.metric_with("plantd_handshake_failures_total", &[("kind", kind)]);
+    let ctx = zmq::Context::new();
+
+    // Plaintext peers, on the broker and on a bus, one more each turn below:
+    // where a plaintext peer sees the mismatch first and hangs up, the hub
+    // cannot tell why, and counts a bad handshake.
+    let mut plain = Vec::new();
+    let mut one_more_plaintext_peer = || {
+        for endpoint in [&hub.broker, &hub.bus("metric").frontend] {
+            let socket = ctx.socket(zmq::DEALER).unwrap();
+            socket.set_linger(0).unwrap();
+            socket.connect(endpoint).unwrap();
+            plain.push(socket);
+        }
+    };
+    // A CURVE client that has the wrong server key.
+    let stranger_hub = transport::curve::generate().unwrap();
+    let me = transport::curve::generate().unwrap();
+    let wrong = ctx.socket(zmq::DEALER).unwrap();
+    wrong.set_linger(0).unwrap();
+    let keys =
+        transport::curve::ClientKeys { public: me.public, secret: me.secret, server: stranger_hub.public };
+    transport::curve::make_client(&wrong, &keys).unwrap();
+    wrong.connect(&hub.broker).unwrap();
+    // A key the hub does not know.
+    let stranger = site.stranger("stranger");
+    let unknown = ctx.socket(zmq::DEALER).unwrap();
+    unknown.set_linger(0).unwrap();
+    transport::curve::make_client(&unknown, &site.keys(&stranger)).unwrap();
+    unknown.connect(&hub.broker).unwrap();
+    wait_for("each kind of failed handshake to be counted", 20 * SECOND, || {
+        one_more_plaintext_peer();
+        (failures("plaintext") >= 1 && failures("bad_handshake") >= 1 && failures("unknown_key") >= 1)
+            .then_some(())
+    });
+    // Logged, at most once per log_interval_ms for all peers without an identity.
+    let log = hub.proc.stderr();
+    assert!(log.contains("denied (unknown) (connect): a failed CURVE handshake"), "{log}");
+
+    // 300 raw TCP connections that never start a handshake: the hub closes
+    // each after handshake_timeout_ms, rather than hold it for libzmq's 30 s.
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", hub.proc.pid())).unwrap().count();
+    let before = fds();
+    let address = hub.broker.trim_start_matches("tcp://");
+    let started = std::time::Instant::now();
+    let raw: Vec<std::net::TcpStream> =
+        (0..300).map(|_| std::net::TcpStream::connect(address).unwrap()).collect();
+    for mut stream in &raw {
+        use std::io::Read;
+        stream.set_read_timeout(Some(10 * SECOND)).unwrap();
+        let mut byte = [0u8; 64];
+        // libzmq sends its greeting, then closes: read to the end.
+        while matches!(stream.read(&mut byte), Ok(n) if n > 0) {}
+    }
+    assert!(started.elapsed() < 10 * SECOND, "all closed by the hub in {:?}", started.elapsed());
+    wait_for("the hub's descriptors to be back", 10 * SECOND, || (fds() <= before + 10).then_some(()));
+    drop(raw);
+}

@@ -147,7 +147,7 @@ impl BrokerServer {
     ) -> Result<Self, BrokerError> {
         let socket = ctx.socket(zmq::ROUTER)?;
         if let Some(security) = &security {
-            transport::curve::make_server(&socket, &security.server, &SocketRole::Broker.domain())?;
+            security.make_server(ctx, &socket, SocketRole::Broker, true)?;
         }
         socket.set_router_mandatory(true)?;
         let overhead = if security.is_some() { transport::curve::FRAME_OVERHEAD } else { 0 };

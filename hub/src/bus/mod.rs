@@ -180,8 +180,12 @@ impl Bus {
                 source,
             })
         };
+        // The backend's own monitor reports its failed handshakes (a socket has one monitor).
         let secure = |socket: &zmq::Socket, role: SocketRole<'_>| match &security {
-            Some(security) => transport::curve::make_server(socket, &security.server, &role.domain()),
+            Some(security) => {
+                let watch = !matches!(role, SocketRole::BusBackend(_));
+                security.make_server(ctx, socket, role, watch)
+            }
             None => Ok(()),
         };
         let name = config.name.as_str();
@@ -318,7 +322,7 @@ impl Bus {
             self.tap_subscriptions()?;
             self.check_reload();
             if events {
-                for fd in closed_connections(&self.backend_events)? {
+                for fd in closed_connections(&self.backend_events, self.security.as_deref()) {
                     self.ledger.closed(fd);
                     self.left_since_trim = true;
                 }
@@ -522,22 +526,35 @@ pub fn collect(config: &BusConfig, counters: &BusCounters, out: &mut crate::metr
     }
 }
 
-/// Watches `socket` for closed connections, on an in-process pair.
+/// Watches `socket` for closed connections (and failed handshakes), on an
+/// in-process pair.
 fn monitor(ctx: &zmq::Context, socket: &zmq::Socket, endpoint: &str) -> zmq::Result<zmq::Socket> {
-    socket.monitor(endpoint, zmq::SocketEvent::DISCONNECTED as i32)?;
+    let events = zmq::SocketEvent::DISCONNECTED as i32 | crate::security::handshakes::EVENTS;
+    socket.monitor(endpoint, events)?;
     let events = ctx.socket(zmq::PAIR)?;
     events.connect(endpoint)?;
     Ok(events)
 }
 
-/// The descriptors of the connections the monitor reports closed.
-fn closed_connections(events: &zmq::Socket) -> Result<Vec<RawFd>, BusError> {
+/// The descriptors of the connections the monitor reports closed; failed
+/// handshakes are counted on `security`.
+fn closed_connections(events: &zmq::Socket, security: Option<&Security>) -> Vec<RawFd> {
     let mut closed = Vec::new();
-    while let Ok(event) = events.recv_multipart(zmq::DONTWAIT) {
-        // Frame 1: the event (u16) and its value (u32, here the descriptor), little-endian.
-        if let Some(value) = event.first().and_then(|f| f.get(2..6)) {
-            closed.push(i32::from_le_bytes(value.try_into().expect("4 bytes")));
+    let mut note = |(event, value): (u16, u32)| {
+        // The value of DISCONNECTED is the descriptor.
+        if event == zmq::SocketEvent::DISCONNECTED as u16 {
+            closed.push(value as RawFd);
+        }
+    };
+    match security {
+        Some(security) => crate::security::handshakes::note_events(events, security, note),
+        None => {
+            while let Ok(event) = events.recv_multipart(zmq::DONTWAIT) {
+                if let Some(v) = event.first().filter(|f| f.len() >= 6) {
+                    note((u16::from_le_bytes([v[0], v[1]]), u32::from_le_bytes([v[2], v[3], v[4], v[5]])));
+                }
+            }
         }
     }
-    Ok(closed)
+    closed
 }

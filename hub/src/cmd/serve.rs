@@ -61,6 +61,7 @@ const SECURITY_EXAMPLE: &str = r#"
 # server_cert = "/etc/plantd/keys/hub.key_secret"   # from `hub keygen hub --dir /etc/plantd/keys`
 # clients_dir = "/etc/plantd/clients"               # peers' NAME.key files; NAME is the identity
 # log_interval_ms = 10000                           # denials are logged at most this often per identity
+# handshake_timeout_ms = 5000                       # a connection still without a CURVE handshake is closed then
 #
 # [security.identities]          # identity, or a prefix ending in *, -> roles
 # "pump-*" = ["agent"]           # built in: provides org.plantd.Agent.<id>, sends its own ingest, publishes its metrics

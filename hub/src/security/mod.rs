@@ -16,6 +16,7 @@
 
 pub mod allowlist;
 pub mod denials;
+pub mod handshakes;
 pub mod holds;
 pub mod policy;
 pub mod zap;
@@ -31,6 +32,7 @@ use transport::curve::{read_key_pair, CertFileError, ServerKeys};
 
 pub use self::allowlist::{AllowList, Conflict};
 pub use self::denials::{Denials, Kind};
+pub use self::handshakes::Handshakes;
 pub use self::holds::HoldOffs;
 pub use self::policy::{Grants, Policy, Role, SocketRole};
 
@@ -52,6 +54,15 @@ pub struct SecurityConfig {
     /// Each identity's denials are logged at most once per this interval (all are counted).
     #[serde(default = "default_log_interval_ms")]
     pub log_interval_ms: u64,
+    /// A connection that has not finished its CURVE handshake by then is
+    /// closed (libzmq's default is 30 s: a flood of raw connections would
+    /// hold that many descriptors that long).
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    5_000
 }
 
 fn default_log_interval_ms() -> u64 {
@@ -122,6 +133,10 @@ pub struct Security {
     pub denials: Denials,
     /// Identities refused new connections to a socket for a while.
     pub holds: HoldOffs,
+    /// Failed handshakes, by kind, and the monitors that report them.
+    pub handshakes: Handshakes,
+    handshake_timeout: Duration,
+    watch: Mutex<handshakes::Watch>,
 }
 
 impl Security {
@@ -153,6 +168,9 @@ impl Security {
             conflicting_files: AtomicUsize::new(0),
             denials: Denials::new(Duration::from_millis(config.log_interval_ms)),
             holds: HoldOffs::default(),
+            handshakes: Handshakes::default(),
+            handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+            watch: Mutex::default(),
         })
     }
 
@@ -297,6 +315,14 @@ impl Security {
             vec![],
             self.conflicting_files() as u64,
         );
+        for failure in handshakes::Failure::ALL {
+            out.counter(
+                "handshake_failures",
+                "Failed handshakes on the hub's CURVE sockets, by kind.",
+                vec![("kind", failure.name().to_string())],
+                self.handshakes.count(failure),
+            );
+        }
         for (identity, kind, n) in self.denials.snapshot() {
             let labels = vec![("identity", identity), ("kind", kind.name().to_string())];
             out.counter("denials", "Refusals, per identity and kind.", labels, n);
@@ -358,6 +384,7 @@ pub(crate) mod testing {
             identities: roles.iter().map(|(who, role)| (who.to_string(), vec![role.to_string()])).collect(),
             roles: BTreeMap::new(),
             log_interval_ms: 60_000,
+            handshake_timeout_ms: default_handshake_timeout_ms(),
         };
         let allow = AllowList::new(identities.iter().map(|n| (generate().unwrap().public, n.to_string())));
         Security::new(generate().unwrap(), &config, allow).unwrap()
@@ -420,6 +447,7 @@ mod tests {
             identities: BTreeMap::new(),
             roles: BTreeMap::new(),
             log_interval_ms: 1000,
+            handshake_timeout_ms: default_handshake_timeout_ms(),
         };
         let security = Security::load(&config).unwrap();
         std::fs::write(&public, "half-written").unwrap();
@@ -449,6 +477,7 @@ mod tests {
             identities: BTreeMap::new(),
             roles: BTreeMap::new(),
             log_interval_ms: 1000,
+            handshake_timeout_ms: default_handshake_timeout_ms(),
         };
         let security = Security::load(&config).unwrap();
         let start = security.generation();

@@ -14,6 +14,7 @@ use transport::frames::{recv_frames, send_frames, Received};
 use transport::ShutdownWatch;
 
 use super::denials::UNKNOWN;
+use super::handshakes::Failure;
 use super::{Kind, Security, SocketRole};
 
 pub struct ZapHandler {
@@ -112,8 +113,9 @@ impl ZapHandler {
         };
         let allow = self.security.allow_list();
         let Some(identity) = allow.identity(&key) else {
-            self.security.denials.record(UNKNOWN, Kind::Connect, || {
-                format!("{address}: key {} is not in the allow-list", key.z85())
+            let domain = String::from_utf8_lossy(request.domain);
+            self.security.handshake_failed(Failure::UnknownKey, || {
+                format!("key {} from {address}, on {domain}", key.z85())
             });
             return deny("unknown key");
         };

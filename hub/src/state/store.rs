@@ -59,8 +59,8 @@ pub struct Limits {
     pub max_scopes: usize,
     /// Scopes one identity may own (create), with security.
     pub max_scopes_per_identity: usize,
-    /// Largest reply: at most the broker's `max_message_bytes` (checked at
-    /// start). `list-keys` and `list-scopes` page to stay within it.
+    /// Largest reply (and at most the broker's `max_message_bytes`: see
+    /// [`Limits::within`]). `list-keys` and `list-scopes` page to stay within it.
     pub max_reply_bytes: usize,
 }
 
@@ -87,9 +87,22 @@ impl Limits {
         self.max_value_bytes.saturating_add(self.max_key_bytes.saturating_mul(12)).saturating_add(128)
     }
 
-    /// Checks the bounds against each other and the broker's largest
-    /// message; the first problem, as (field, what is wrong).
-    pub fn check(&self, max_message_bytes: i64) -> std::result::Result<(), (&'static str, String)> {
+    /// These limits for a broker whose messages are at most
+    /// `max_message_bytes`: replies no larger, and values small enough for
+    /// their replies to fit. The second is whether anything was lowered.
+    pub fn within(&self, max_message_bytes: i64) -> (Limits, bool) {
+        let broker = usize::try_from(max_message_bytes).unwrap_or(usize::MAX).max(1);
+        let mut limits = *self;
+        limits.max_reply_bytes = limits.max_reply_bytes.min(broker);
+        let around_a_value = limits.keyed_reply_bytes() - limits.max_value_bytes;
+        limits.max_value_bytes =
+            limits.max_value_bytes.min(limits.max_reply_bytes.saturating_sub(around_a_value)).max(1);
+        (limits, limits != *self)
+    }
+
+    /// Checks the bounds against each other; the first problem, as (field,
+    /// what is wrong).
+    pub fn check(&self) -> std::result::Result<(), (&'static str, String)> {
         let fields = [
             ("state.limits.max_value_bytes", self.max_value_bytes),
             ("state.limits.max_key_bytes", self.max_key_bytes),
@@ -100,17 +113,6 @@ impl Limits {
         ];
         if let Some((field, _)) = fields.iter().find(|(_, v)| *v == 0) {
             return Err((*field, "must be at least 1".into()));
-        }
-        let broker = usize::try_from(max_message_bytes).unwrap_or(0);
-        if self.max_reply_bytes > broker {
-            return Err((
-                "state.limits.max_reply_bytes",
-                format!(
-                    "is {} but broker.max_message_bytes is {broker}: a reply must fit in a message; lower \
-                     max_reply_bytes to at most {broker}",
-                    self.max_reply_bytes
-                ),
-            ));
         }
         if self.keyed_reply_bytes() > self.max_reply_bytes {
             return Err((
@@ -587,16 +589,18 @@ mod tests {
     }
 
     #[test]
-    fn limits_are_checked_against_each_other_and_the_broker() {
+    fn limits_are_checked_against_each_other_and_fitted_to_the_broker() {
         let l = Limits::default();
-        assert_eq!(l.check(1 << 20), Ok(()));
-        assert_eq!(l.check(1 << 19).unwrap_err().0, "state.limits.max_reply_bytes");
+        assert_eq!(l.check(), Ok(()));
         let tight = Limits { max_reply_bytes: 64 << 10, ..l };
-        assert!(tight.check(1 << 20).unwrap_err().1.contains("state-get reply may need"));
-        assert_eq!(
-            Limits { max_key_bytes: 0, ..l }.check(1 << 20).unwrap_err().0,
-            "state.limits.max_key_bytes"
-        );
+        assert!(tight.check().unwrap_err().1.contains("state-get reply may need"));
+        assert_eq!(Limits { max_key_bytes: 0, ..l }.check().unwrap_err().0, "state.limits.max_key_bytes");
+        assert_eq!(l.within(1 << 20), (l, false), "the defaults fit the broker's defaults");
+        let (small, lowered) = l.within(4096);
+        assert!(lowered);
+        assert_eq!(small.max_reply_bytes, 4096);
+        assert!(small.keyed_reply_bytes() <= 4096, "a value's reply fits: {small:?}");
+        assert_eq!(small.check(), Ok(()));
     }
 
     #[test]
