@@ -288,3 +288,42 @@ fn every_kind_of_failed_handshake_is_counted_and_raw_connections_do_not_linger()
     wait_for("the hub's descriptors to be back", 10 * SECOND, || (fds() <= before + 10).then_some(()));
     drop(raw);
 }
+
+/// Finding 5 of issue 19: an agent could publish, on its own topic, a
+/// payload claiming another agent's id (only the topic was checked).
+#[test]
+fn a_payload_may_not_claim_another_agents_id() {
+    let site = Site::new();
+    let (pump, viewer) = (site.identity("pump-1"), site.identity("grafana"));
+    let hub = site.hub("\"pump-*\" = [\"agent\"]\n\"grafana\" = [\"viewer\"]", "");
+    let metric = hub.bus("metric").clone();
+    let ctx = zmq::Context::new();
+    let mut listener =
+        transport::Subscriber::connect(&ctx, site.endpoint(&viewer, &metric.backend), &[b"org.plantd.Metric."])
+            .unwrap();
+    let publisher = transport::Publisher::connect(
+        &ctx,
+        site.endpoint(&pump, &metric.frontend),
+        proto::bus::Framing::TwoFrame,
+    )
+    .unwrap();
+    let topic = b"org.plantd.Metric.pump-1.temp";
+    // Publish until the subscription has reached the hub and a true claim arrives.
+    wait_for("a sample that names its own agent to arrive", 10 * SECOND, || {
+        publisher.publish(topic, br#"{"agent":"pump-1","seq":1}"#).unwrap();
+        listener.recv(Duration::from_millis(100)).ok().flatten()
+    });
+    for forged in [&br#"{"agent":"pump-2","seq":2}"#[..], br#"{"agent":"pump-1","agent":"pump-2"}"#] {
+        publisher.publish(topic, forged).unwrap();
+    }
+    publisher.publish(topic, br#"{"agent":"pump-1","seq":3}"#).unwrap();
+    let mut seen = Vec::new();
+    wait_for("the sample after the forgeries to arrive", 10 * SECOND, || {
+        let message = listener.recv(Duration::from_millis(100)).ok().flatten()?;
+        seen.push(String::from_utf8_lossy(&message.payload).into_owned());
+        message.payload.ends_with(b"\"seq\":3}").then_some(())
+    });
+    assert!(seen.iter().all(|p| !p.contains("pump-2")), "a forged claim got through: {seen:?}");
+    hub.wait_denied("pump-1", "publish");
+    assert!(hub.denials("pump-1", "publish") >= 2);
+}

@@ -18,6 +18,7 @@
 //! XPUB fed only while something subscribes there; their subscriptions are
 //! the proxy's own, and no real subscriber for the ingest gate.
 
+mod claims;
 pub(crate) mod recorder;
 pub mod subscriptions;
 mod upstream;
@@ -392,6 +393,20 @@ impl Bus {
                         format!("publish {} on bus {bus}", String::from_utf8_lossy(topic))
                     });
                     continue;
+                }
+                // An identity's payload may name only itself as its agent.
+                if origin.has_user_id {
+                    if let Err(refused) = claims::check_message(frames, &self.user_id) {
+                        self.deny(Kind::Publish, &self.counters.publish_denied, || match refused {
+                            claims::Refused::Agent(agent) => {
+                                format!("a payload naming agent '{agent}' on bus {bus}")
+                            }
+                            claims::Refused::Unreadable => {
+                                format!("a payload that is not a readable JSON object on bus {bus}")
+                            }
+                        });
+                        continue;
+                    }
                 }
             }
             messages += 1;
