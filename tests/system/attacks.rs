@@ -298,9 +298,12 @@ fn a_payload_may_not_claim_another_agents_id() {
     let hub = site.hub("\"pump-*\" = [\"agent\"]\n\"grafana\" = [\"viewer\"]", "");
     let metric = hub.bus("metric").clone();
     let ctx = zmq::Context::new();
-    let mut listener =
-        transport::Subscriber::connect(&ctx, site.endpoint(&viewer, &metric.backend), &[b"org.plantd.Metric."])
-            .unwrap();
+    let mut listener = transport::Subscriber::connect(
+        &ctx,
+        site.endpoint(&viewer, &metric.backend),
+        &[b"org.plantd.Metric."],
+    )
+    .unwrap();
     let publisher = transport::Publisher::connect(
         &ctx,
         site.endpoint(&pump, &metric.frontend),
