@@ -36,6 +36,11 @@ pub struct Config {
     /// Pipelines (`[[pipeline]]`): ingest's samples or bus messages, transformed and recorded.
     #[serde(rename = "pipeline", skip_serializing_if = "Vec::is_empty")]
     pub pipelines: Vec<crate::pipeline::PipelineConfig>,
+    /// Durable consumers' bounds and defaults (`[consumers]`) ...
+    pub consumers: crate::consumers::config::ConsumersConfig,
+    /// ... and the ones that exist from start (`[[consumer]]`).
+    #[serde(rename = "consumer", skip_serializing_if = "Vec::is_empty")]
+    pub declared_consumers: Vec<crate::consumers::config::ConsumerConfig>,
 }
 
 impl Default for Config {
@@ -52,6 +57,8 @@ impl Default for Config {
             security: None,
             bridge: crate::bridge::BridgeConfig::default(),
             pipelines: Vec::new(),
+            consumers: Default::default(),
+            declared_consumers: Vec::new(),
         }
     }
 }
@@ -542,6 +549,14 @@ impl Config {
                  identity and agent: set token_file (a file with a long random token, e.g. \
                  `openssl rand -hex 32 > /etc/plantd/http.token`), or listen on 127.0.0.1",
             );
+        }
+        if let Err((field, problem)) =
+            crate::consumers::config::validate(&self.consumers, &self.declared_consumers)
+        {
+            return Err(ConfigError::Invalid { field, problem });
+        }
+        if !self.declared_consumers.is_empty() && !self.ingest.enabled {
+            return invalid("consumer", "durable consumers read ingest's samples: needs [ingest] enabled");
         }
         if let Some(nats) = self.bridge_nats() {
             if let Err(problem) = nats.validate() {

@@ -6,6 +6,7 @@ pub mod bridge;
 pub mod broker;
 pub mod bus;
 pub mod config;
+pub mod consumers;
 pub mod http;
 pub mod ingest;
 pub use httpd::metrics;

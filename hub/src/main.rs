@@ -18,6 +18,7 @@ use argh::FromArgs;
     example = "hub agents                     # every agent: link, last seen, backlog, lag",
     example = "hub pipeline status            # per stage: in, out, failed, retried, dead-lettered, queued",
     example = "hub tap --name state               # watch state changes",
+    example = "hub tap --durable historian --json # every durable sample, acknowledged once printed",
     example = "hub keygen hub --dir /etc/plantd/keys   # the hub's key pair, for [security]",
     note = "Logging: -v for debug, -vv for trace; RUST_LOG (e.g. RUST_LOG=hub=debug) overrides both."
 )]
@@ -39,6 +40,7 @@ enum Command {
     Bridge(cmd::bridge::BridgeArgs),
     Pipeline(cmd::pipeline::PipelineArgs),
     Dlq(cmd::dlq::DlqArgs),
+    Consumers(cmd::consumers::ConsumersArgs),
     State(cmd::state::StateArgs),
     Tap(cmd::tap::TapArgs),
     Publish(cmd::publish::PublishArgs),
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Bridge(a) => cmd::bridge::run(a),
         Command::Pipeline(a) => cmd::pipeline::run(a),
         Command::Dlq(a) => cmd::dlq::run(a),
+        Command::Consumers(a) => cmd::consumers::run(a),
         Command::State(a) => cmd::state::run(a),
         Command::Tap(a) => cmd::tap::run(a),
         Command::Publish(a) => cmd::publish::run(a),

@@ -217,7 +217,8 @@ impl Hub {
                 joined_exports(config),
             )?;
             ingest_counters = Some((ingest.counters(), ingest.agents()));
-            export = ingest.export();
+            export = Some(ingest.export());
+            hub.start_consumers(ctx, config, ingest.export().journal, &security, &registry)?;
             let (counters, agents, bounds) = (ingest.counters(), ingest.agents(), config.ingest.clone());
             registry.register(
                 "ingest",
@@ -301,6 +302,43 @@ impl Hub {
 
     /// Starts the NATS bridge on its own thread; returns what `hub bridge
     /// status` shows.
+    /// Durable consumers' services over ingest's journal, and their sweeper.
+    fn start_consumers(
+        &mut self,
+        ctx: &zmq::Context,
+        config: &Config,
+        journal: Arc<crate::ingest::journal::Journal>,
+        security: &Option<Arc<Security>>,
+        registry: &Registry,
+    ) -> Result<(), ServeError> {
+        let service = Arc::new(crate::consumers::ConsumerService {
+            journal: journal.clone(),
+            config: config.consumers.clone(),
+            security: security.clone(),
+            bus: config.ingest.bus.clone(),
+            max_message_bytes: usize::try_from(config.broker.max_message_bytes).unwrap_or(usize::MAX),
+            worker: config.broker.worker_options(),
+        });
+        let bounds = config.consumers.clone();
+        registry.register(
+            "consumers",
+            Arc::new(move |out: &mut Families| crate::consumers::collect(&journal, &bounds, out)),
+        );
+        for (name, admin) in [("consumers", false), ("consumers-admin", true)] {
+            let (service, ctx) = (service.clone(), ctx.clone());
+            self.spawn(name.into(), move |signal| {
+                let served =
+                    if admin { service.serve_admin(&ctx, &signal) } else { service.serve(&ctx, &signal) };
+                served.map_err(ServeError::Service)
+            })?;
+        }
+        self.spawn("consumers-sweep".into(), move |signal| {
+            service.sweep(&signal);
+            Ok(())
+        })?;
+        Ok(())
+    }
+
     fn start_bridge(
         &mut self,
         ctx: &zmq::Context,
@@ -461,14 +499,17 @@ impl Hub {
     }
 }
 
-/// What ingest keeps in its journal, and for whom: the bridge and the pipelines fed by ingest.
-fn joined_exports(config: &Config) -> Option<crate::ingest::ExportConfig> {
-    let bridge = crate::bridge::export_config(config.bridge_nats());
-    let pipelines = crate::pipeline::export_config(&config.pipelines);
-    match (bridge, pipelines) {
-        (Some(b), Some(p)) => Some(b.join(p)),
-        (b, p) => b.or(p),
-    }
+/// What ingest keeps in its journal, and for whom: the bridge, the pipelines
+/// fed by ingest, and the durable consumers the config declares.
+fn joined_exports(config: &Config) -> crate::ingest::ExportConfig {
+    let declared = crate::ingest::ExportConfig {
+        prefixes: Vec::new(),
+        consumers: config.declared_consumers.iter().map(|c| c.spec()).collect(),
+    };
+    [crate::bridge::export_config(config.bridge_nats()), crate::pipeline::export_config(&config.pipelines)]
+        .into_iter()
+        .flatten()
+        .fold(declared, crate::ingest::ExportConfig::join)
 }
 
 /// Answers a request on the hub's control socket (`hub keys reload`).

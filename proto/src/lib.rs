@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod bus;
 pub mod cert;
 pub mod codec;
+pub mod consumer;
 pub mod heartbeat;
 pub mod identity;
 pub mod ingest;

@@ -76,6 +76,13 @@ impl Sample {
         format!("{TOPIC_PREFIX}{agent}.{}", self.channel)
     }
 
+    /// Whether `payload` (a sample's JSON, as [`Sample::to_json`] writes it)
+    /// is a durable sample: one that ingest acknowledged and journals.
+    pub fn is_durable(payload: &[u8]) -> bool {
+        const DURABLE: &[u8] = b"\"durable\":true";
+        payload.windows(DURABLE.len()).any(|w| w == DURABLE)
+    }
+
     /// The JSON published on the metric bus: live (best-effort) by the agent,
     /// or after ingest (durable) by the hub. Durable and best-effort samples
     /// count their `seq` separately; `durable` says which count a `seq` is in.
@@ -142,6 +149,9 @@ mod tests {
     fn json_is_what_subscribers_read() {
         let j = sample(7, Value::Number(21.5)).to_json("pi-1", true, true);
         assert_eq!(j["agent"], "pi-1");
+        let compact =
+            |durable| sample(7, Value::Number(21.5)).to_json("pi-1", durable, false).to_string().into_bytes();
+        assert!(Sample::is_durable(&compact(true)) && !Sample::is_durable(&compact(false)));
         assert_eq!(j["seq"], 7);
         assert_eq!(j["value"], 21.5);
         assert_eq!(j["quality"], "good");

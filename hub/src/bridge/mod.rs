@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use transport::ShutdownWatch;
 
+use crate::ingest::journal::consumers::Spec;
 use crate::ingest::{journal, Export, ExportConfig};
 use crate::metrics::Families;
 use crate::security::Security;
@@ -233,9 +234,8 @@ impl NatsConfig {
 pub fn export_config(nats: Option<&NatsConfig>) -> Option<ExportConfig> {
     let nats = nats.filter(|n| n.exports_durable())?;
     Some(ExportConfig {
-        limits: journal::Limits { max_records: nats.max_backlog_records, max_bytes: nats.max_backlog_bytes },
         prefixes: nats.export.clone(),
-        consumers: vec![journal::BRIDGE.to_string()],
+        consumers: vec![Spec::hub(journal::BRIDGE, nats.max_backlog_records, nats.max_backlog_bytes)],
     })
 }
 
@@ -283,10 +283,8 @@ impl BridgeStatus {
 
     pub fn to_json(&self, config: &NatsConfig, export: Option<&Export>) -> Value {
         let get = |c: &AtomicU64| c.load(Relaxed);
-        let backlog = export.map(|e| {
-            let (records, bytes) = e.journal.backlog();
-            let limits = e.journal.limits();
-            json!({"records": records, "bytes": bytes, "max_records": limits.max_records, "max_bytes": limits.max_bytes})
+        let backlog = export.and_then(|e| e.journal.backlog_of(journal::BRIDGE)).map(|((records, bytes), max)| {
+            json!({"records": records, "bytes": bytes, "max_records": max.0, "max_bytes": max.1})
         });
         json!({
             "servers": config.servers,
@@ -340,13 +338,11 @@ impl BridgeStatus {
         for (name, help, value) in counters {
             out.counter(&format!("bridge_{name}"), help, vec![], value);
         }
-        if let Some(export) = export {
-            let (records, bytes) = export.journal.backlog();
-            let limits = export.journal.limits();
+        if let Some(((records, bytes), max)) = export.and_then(|e| e.journal.backlog_of(journal::BRIDGE)) {
             out.gauge("bridge_backlog_records", "Durable samples waiting for JetStream.", vec![], records);
             out.gauge("bridge_backlog_bytes", "Bytes of them.", vec![], bytes);
-            out.gauge("bridge_max_backlog_records", "Waiting samples, at most.", vec![], limits.max_records);
-            out.gauge("bridge_max_backlog_bytes", "Waiting bytes, at most.", vec![], limits.max_bytes);
+            out.gauge("bridge_max_backlog_records", "Waiting samples, at most.", vec![], max.0);
+            out.gauge("bridge_max_backlog_bytes", "Waiting bytes, at most.", vec![], max.1);
         }
     }
 }

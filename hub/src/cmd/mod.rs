@@ -5,6 +5,7 @@ pub mod agents;
 pub mod bridge;
 pub mod call;
 pub mod check;
+pub mod consumers;
 pub mod dlq;
 pub mod echo;
 pub mod keys;

@@ -18,7 +18,9 @@ use super::{bus_endpoint, client_endpoint, BusSide, CmdResult};
     example = "hub tap                                  # everything on the metric bus",
     example = "hub tap --name state org.plantd.State.   # state changes",
     example = "hub tap --bus tcp://10.0.0.5:13001 --json --count 10 org.plantd.Metric.pump1",
-    note = "Both layouts are understood: a topic frame then a payload frame, or plantd's single frame."
+    example = "hub tap --durable trend --json org.plantd.Metric.pump1.   # every durable sample, resumes where it stopped",
+    note = "Both layouts are understood: a topic frame then a payload frame, or plantd's single frame.",
+    note = "The bus is best effort: a subscriber that falls behind misses messages. --durable reads a durable consumer instead (made on the fly if missing; see `hub consumers`): every sample ingest accepted, acknowledged only once printed."
 )]
 pub struct TapArgs {
     /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
@@ -42,15 +44,37 @@ pub struct TapArgs {
     /// exit after this many messages
     #[argh(option)]
     count: Option<u64>,
+    /// read durable consumer NAME through the broker instead of the bus
+    #[argh(option)]
+    durable: Option<String>,
+    /// with --durable: broker endpoint (default tcp://127.0.0.1:9797)
+    #[argh(option, default = "super::DEFAULT_BROKER.to_string()")]
+    broker: String,
+    /// with --durable: milliseconds to wait for each answer (default 5000)
+    #[argh(option, default = "5000")]
+    timeout: u64,
     /// topic prefixes to subscribe to (default: all)
     #[argh(positional, greedy)]
     prefixes: Vec<String>,
 }
 
 pub fn run(args: TapArgs) -> CmdResult {
-    let endpoint = bus_endpoint(args.bus, args.name, args.config.as_ref(), BusSide::Backend)?;
     let shutdown = Shutdown::new();
     plumbing::stop_on_termination_signals(&shutdown)?;
+    if let Some(name) = args.durable {
+        let tap = super::consumers::DurableTap {
+            name,
+            prefixes: args.prefixes,
+            json: args.json,
+            count: args.count,
+            broker: args.broker,
+            cert: args.cert,
+            server_cert: args.server_cert,
+            timeout: Duration::from_millis(args.timeout),
+        };
+        return super::consumers::tap(tap, &shutdown);
+    }
+    let endpoint = bus_endpoint(args.bus, args.name, args.config.as_ref(), BusSide::Backend)?;
     let ctx = zmq::Context::new();
     let prefixes: Vec<&[u8]> = args.prefixes.iter().map(|p| p.as_bytes()).collect();
     let mut subscriber =

@@ -117,42 +117,35 @@ pub struct IngestService {
     /// adds it), and an agent may send only its own batches.
     security: Option<Arc<Security>>,
     agents: Arc<Agents>,
-    /// With a bridge: every accepted sample also goes here, durably, for it.
-    export: Option<Export>,
+    /// Every accepted sample also goes here, durably, for those who must have it.
+    export: Export,
     /// The bus publisher all workers share (see `connect_publisher`).
     publisher: Arc<Mutex<Option<zmq::Socket>>>,
 }
 
-/// What the NATS bridge takes from ingest.
+/// What the journal's readers (the bridge, pipelines, durable consumers) take from ingest.
 #[derive(Clone)]
 pub struct Export {
     pub journal: Arc<Journal>,
-    /// Topic prefixes the bridge exports: a consumer for the ingest gate.
+    /// Topic prefixes the hub's own consumers take: heard, for the ingest gate.
     pub prefixes: Vec<String>,
 }
 
-/// The journal's consumers (the bridge, pipelines), as ingest is told of them.
-#[derive(Clone, Debug)]
+/// The journal's consumers from the config (the bridge, pipelines, `[[consumer]]`).
+#[derive(Clone, Debug, Default)]
 pub struct ExportConfig {
-    pub limits: journal::Limits,
-    /// Topic prefixes the consumers take: heard, for the ingest gate.
+    /// Topic prefixes the hub's own consumers take: heard, for the ingest gate.
     pub prefixes: Vec<String>,
-    /// Their names, each with its own cursor in the journal.
-    pub consumers: Vec<String>,
+    /// Each with its own cursor and bounds in the journal.
+    pub consumers: Vec<journal::consumers::Spec>,
 }
 
 impl ExportConfig {
-    /// Both consumers' prefixes and names, within the tighter of their bounds.
-    pub fn join(self, other: ExportConfig) -> ExportConfig {
-        let limits = journal::Limits {
-            max_records: self.limits.max_records.min(other.limits.max_records),
-            max_bytes: self.limits.max_bytes.min(other.limits.max_bytes),
-        };
-        let mut prefixes = self.prefixes;
-        prefixes.extend(other.prefixes);
-        let mut consumers = self.consumers;
-        consumers.extend(other.consumers);
-        ExportConfig { limits, prefixes, consumers }
+    /// Both sets of consumers.
+    pub fn join(mut self, other: ExportConfig) -> ExportConfig {
+        self.prefixes.extend(other.prefixes);
+        self.consumers.extend(other.consumers);
+        self
     }
 }
 
@@ -166,19 +159,14 @@ impl IngestService {
         listeners: Subscribers,
         worker: WorkerOptions,
         security: Option<Arc<Security>>,
-        export: Option<ExportConfig>,
+        export: ExportConfig,
     ) -> Result<IngestService, IngestError> {
         let path = data_dir.join("ingest");
         let watermarks =
             Watermarks::open(&path).map_err(|source| IngestError::Open { path: path.clone(), source })?;
-        let export = match export {
-            Some(e) => {
-                let journal = Journal::open(watermarks.db(), e.limits, &e.consumers)
-                    .map_err(|source| IngestError::Open { path: path.clone(), source })?;
-                Some(Export { journal: Arc::new(journal), prefixes: e.prefixes })
-            }
-            None => None,
-        };
+        let journal = Journal::open(watermarks.db(), export.consumers)
+            .map_err(|source| IngestError::Open { path: path.clone(), source })?;
+        let export = Export { journal: Arc::new(journal), prefixes: export.prefixes };
         let counters = IngestCounters::default();
         counters.agents.store(watermarks.agents() as u64, Relaxed);
         Ok(IngestService {
@@ -196,8 +184,8 @@ impl IngestService {
         })
     }
 
-    /// The export journal and prefixes, when a bridge is configured.
-    pub fn export(&self) -> Option<Export> {
+    /// The journal and the hub's own consumers' prefixes.
+    pub fn export(&self) -> Export {
         self.export.clone()
     }
 
@@ -291,9 +279,9 @@ impl IngestService {
         let topics: Vec<String> =
             channels.iter().map(|ch| format!("{}{agent}.{ch}", proto::sample::TOPIC_PREFIX)).collect();
         let now = (std::time::Instant::now(), wall_ns());
-        // The bridge is a consumer in its own right: what it exports is heard.
-        let exported =
-            |t: &str| self.export.as_ref().is_some_and(|e| e.prefixes.iter().any(|p| t.starts_with(p)));
+        // The journal's consumers are listeners in their own right: what they take is heard.
+        let e = &self.export;
+        let exported = |t: &str| e.prefixes.iter().any(|p| t.starts_with(p)) || e.journal.covers(t);
         if self.config.require_subscriber
             && !topics.is_empty()
             && !topics.iter().any(|t| heard(t.as_bytes()) || exported(t))
@@ -351,24 +339,23 @@ impl IngestService {
             current = Some((epoch, s.seq));
             accepted += 1;
         }
-        if let Some(export) = &self.export {
-            if !export.journal.has_room(fresh.len() as u64, Journal::size_of(&fresh)) {
-                // Before anything is published: the agent keeps the batch, and sends it again.
-                c.export_full.fetch_add(1, Relaxed);
-                self.agents.record(agent, Heard { report, ..Heard::default() }, now.0, now.1);
-                let (records, bytes) = export.journal.backlog();
-                return Reply::Retry {
-                    reason: format!(
-                        "the hub's export backlog is full ({records} samples, {bytes} bytes): NATS unreachable, or a pipeline stuck? (hub bridge status, hub pipeline status)"
-                    ),
-                    after_ms: 2000,
-                };
-            }
+        if let Err(full) = self.export.journal.make_room(fresh.len() as u64, Journal::size_of(&fresh)) {
+            // Before anything is published: the agent keeps the batch, and sends it again.
+            c.export_full.fetch_add(1, Relaxed);
+            self.agents.record(agent, Heard { report, ..Heard::default() }, now.0, now.1);
+            return Reply::Retry {
+                reason: format!(
+                    "the hub's journal is full for consumer '{}' ({} samples, {} bytes waiting): NATS unreachable, a \
+                     pipeline stuck, or a consumer not reading? (hub consumers list, hub bridge status, hub pipeline status)",
+                    full.consumer, full.records, full.bytes
+                ),
+                after_ms: 2000,
+            };
         }
         for entry in &fresh {
             publish(entry.topic.as_bytes(), &entry.payload);
         }
-        if let Some(Err(e)) = self.export.as_ref().map(|e| e.journal.append(&fresh)) {
+        if let Err(e) = self.export.journal.append(&fresh) {
             self.agents.record(agent, Heard { report, ..Heard::default() }, now.0, now.1);
             return self.storage_failure(WatermarkError::Storage(e));
         }
@@ -445,8 +432,16 @@ mod tests {
 
     fn open(dir: &Path, config: &IngestConfig) -> IngestService {
         let listeners = Subscribers::default();
-        IngestService::open(dir, config, String::new(), listeners, WorkerOptions::default(), None, None)
-            .unwrap()
+        IngestService::open(
+            dir,
+            config,
+            String::new(),
+            listeners,
+            WorkerOptions::default(),
+            None,
+            Default::default(),
+        )
+        .unwrap()
     }
 
     fn batch(agent: &str, epoch: u64, seqs: &[u64]) -> Vec<u8> {

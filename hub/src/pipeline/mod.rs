@@ -29,6 +29,7 @@ pub use self::config::PipelineConfig;
 use self::dlq::{Dlq, Letter};
 use self::recorder::Recorder;
 use self::source::{Feed, SourceStats};
+use crate::ingest::journal::consumers::Spec;
 use crate::ingest::{journal, ExportConfig};
 use crate::metrics::Families;
 
@@ -37,9 +38,8 @@ pub fn export_config(pipelines: &[PipelineConfig]) -> Option<ExportConfig> {
     let fed: Vec<&PipelineConfig> = pipelines.iter().filter(|p| p.ingest).collect();
     fed.iter()
         .map(|p| ExportConfig {
-            limits: journal::Limits { max_records: p.max_backlog_records, max_bytes: p.max_backlog_bytes },
             prefixes: p.ingest_topics.clone(),
-            consumers: vec![p.consumer()],
+            consumers: vec![Spec::hub(&p.consumer(), p.max_backlog_records, p.max_backlog_bytes)],
         })
         .reduce(ExportConfig::join)
 }

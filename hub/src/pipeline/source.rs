@@ -135,7 +135,7 @@ pub fn run(
             let done = state.done_upto();
             if done > state.cursor {
                 match journal.acked_by(consumer, done) {
-                    Ok(()) => {
+                    Ok(_) => {
                         state.cursor = done;
                         stats.cursor.store(done, Relaxed);
                     }
@@ -157,6 +157,10 @@ pub fn run(
                     transport::frames::Received::Message => {}
                 }
                 let Some((_, payload)) = proto::bus::split(&frames) else { continue };
+                // A durable sample comes, once, from the journal: the bus adds only best-effort ones.
+                if feed.journal.is_some() && proto::sample::Sample::is_durable(payload) {
+                    continue;
+                }
                 bus_seq += 1;
                 if source.try_send(bus_seq | BUS, 0, payload.to_vec())?.is_ok() {
                     stats.sent.fetch_add(1, Relaxed);

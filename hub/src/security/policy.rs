@@ -59,7 +59,13 @@ pub fn builtin_roles() -> BTreeMap<String, Role> {
         ..Role::default()
     };
     let viewer = Role {
-        call: strings(&["mmi.*", "org.plantd.State", "org.plantd.Hub", "org.plantd.Agent.*"]),
+        call: strings(&[
+            "mmi.*",
+            "org.plantd.State",
+            "org.plantd.Hub",
+            "org.plantd.Agent.*",
+            "org.plantd.Consumer",
+        ]),
         agent_ops: strings(&["status", "read", "state-get"]),
         subscribe: everything(),
         state_read: strings(&["*"]),

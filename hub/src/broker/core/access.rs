@@ -23,8 +23,14 @@ use crate::config::BrokerConfig;
 use crate::security::{Grants, Kind, Security};
 
 /// Services only the hub's own in-process workers may provide.
-const RESERVED: [&[u8]; 3] =
-    [proto::state::SERVICE.as_bytes(), proto::ingest::SERVICE.as_bytes(), crate::service::SERVICE.as_bytes()];
+const RESERVED: [&[u8]; 6] = [
+    proto::state::SERVICE.as_bytes(),
+    proto::ingest::SERVICE.as_bytes(),
+    crate::service::SERVICE.as_bytes(),
+    crate::service::DLQ_SERVICE.as_bytes(),
+    proto::consumer::SERVICE.as_bytes(),
+    proto::consumer::ADMIN_SERVICE.as_bytes(),
+];
 
 /// Who a request or a worker belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,0 +1,207 @@
+//! `hub consumers` (manage durable consumers) and `hub tap --durable` (read one).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use argh::FromArgs;
+use proto::consumer::{self, Fetched, Policy, Request, ResetTo, Sample, Spec};
+use serde_json::{json, Value};
+use transport::{Client, ClientError, ClientOptions, Shutdown};
+
+use super::{client_endpoint, print_json, CmdResult, DEFAULT_BROKER};
+
+/// Durable consumers: named cursors on the hub's journal of durable samples,
+/// that move only when their reader acknowledges. Every sample ingest
+/// accepted reaches them, in per-agent order, through hub restarts.
+#[derive(FromArgs)]
+#[argh(
+    subcommand,
+    name = "consumers",
+    example = "hub consumers list",
+    example = "hub consumers show historian",
+    example = "hub consumers create trend --prefix org.plantd.Metric.pump-1.",
+    example = "hub consumers reset historian --to end      # skip what waits",
+    example = "hub consumers rm trend",
+    example = "hub consumers create archive --policy block --admin   # holds ingest back when behind",
+    note = "Read one with `hub tap --durable NAME`, or from any MDP client (README: Durable consumers).",
+    note = "Asks org.plantd.Consumer; --admin asks org.plantd.Consumer.Admin (an operator's certificate), which may manage any consumer and make block ones.",
+    error_code(1, "the hub answered with an error (e.g. no such consumer, not yours)"),
+    error_code(3, "the hub did not answer within the timeout")
+)]
+pub struct ConsumersArgs {
+    /// list, show NAME, create NAME, rm NAME, or reset NAME --to start|end
+    #[argh(positional)]
+    action: String,
+    /// the consumer's name
+    #[argh(positional)]
+    name: Option<String>,
+    /// create: a topic prefix it reads (repeat; none: every durable sample)
+    #[argh(option)]
+    prefix: Vec<String>,
+    /// create: block (hold ingest back at its bounds) or drop-oldest (skip ahead)
+    #[argh(option)]
+    policy: Option<String>,
+    /// create: most samples it may have waiting
+    #[argh(option)]
+    max_records: Option<u64>,
+    /// create: most bytes it may have waiting
+    #[argh(option)]
+    max_bytes: Option<u64>,
+    /// reset: start (the oldest sample the journal holds) or end (past the newest)
+    #[argh(option)]
+    to: Option<String>,
+    /// ask org.plantd.Consumer.Admin (operators): any consumer, block ones too
+    #[argh(switch)]
+    admin: bool,
+    /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// the hub's public certificate, for a hub with security (default: $PLANTD_SERVER_CERT)
+    #[argh(option)]
+    server_cert: Option<PathBuf>,
+    /// broker endpoint (default tcp://127.0.0.1:9797)
+    #[argh(option, default = "DEFAULT_BROKER.to_string()")]
+    broker: String,
+    /// milliseconds to wait for the reply (default 2500)
+    #[argh(option, default = "2500")]
+    timeout: u64,
+}
+
+pub fn run(args: ConsumersArgs) -> CmdResult {
+    let name = || args.name.clone().ok_or("name the consumer: hub consumers ACTION NAME");
+    let request = match args.action.as_str() {
+        "list" => Request::List,
+        "show" => Request::Show { name: name()? },
+        "rm" | "delete" => Request::Delete { name: name()? },
+        "reset" => {
+            let to = match args.to.as_deref() {
+                Some("start") => ResetTo::Start,
+                Some("end") => ResetTo::End,
+                _ => return Err("reset needs --to start or --to end".into()),
+            };
+            Request::Reset { name: name()?, to }
+        }
+        "create" => {
+            let policy = match args.policy.as_deref() {
+                None => None,
+                Some("block") => Some(Policy::Block),
+                Some("drop-oldest") => Some(Policy::DropOldest),
+                Some(other) => return Err(format!("--policy {other}: block or drop-oldest").into()),
+            };
+            Request::Create(Spec {
+                name: name()?,
+                prefixes: args.prefix.clone(),
+                policy,
+                max_records: args.max_records,
+                max_bytes: args.max_bytes,
+            })
+        }
+        other => return Err(format!("unknown action '{other}': list, show, create, rm or reset").into()),
+    };
+    let service = if args.admin { consumer::ADMIN_SERVICE } else { consumer::SERVICE };
+    let ctx = zmq::Context::new();
+    let options =
+        ClientOptions { timeout: Duration::from_millis(args.timeout), retries: 1, ..Default::default() };
+    let mut client = Client::new(&ctx, client_endpoint(&args.broker, args.cert, args.server_cert)?, options);
+    let answer = match ask(&mut client, service, &request) {
+        Ok((answer, _)) => answer,
+        Err(e @ ClientError::Timeout { .. }) => {
+            eprintln!("hub: {e} (is the hub running, at this --broker?)");
+            return Ok(ExitCode::from(3));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(error) = answer.get("error").and_then(Value::as_str) {
+        eprintln!("hub: {error}");
+        return Ok(ExitCode::FAILURE);
+    }
+    print_json(&answer)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One request to a consumer service: its answer, and the samples frame of a fetch.
+fn ask(
+    client: &mut Client,
+    service: &str,
+    request: &Request,
+) -> Result<(Value, Option<Vec<u8>>), ClientError> {
+    let frames = request.encode();
+    let reply = client.request(service, &[&frames[0], &frames[1]])?;
+    let answer = reply
+        .first()
+        .and_then(|f| serde_json::from_slice(f).ok())
+        .unwrap_or_else(|| json!({"error": "an empty answer"}));
+    Ok((answer, reply.get(1).map(|f| f.to_vec())))
+}
+
+/// What `hub tap --durable` needs.
+pub struct DurableTap {
+    pub name: String,
+    pub prefixes: Vec<String>,
+    pub json: bool,
+    pub count: Option<u64>,
+    pub broker: String,
+    pub cert: Option<PathBuf>,
+    pub server_cert: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+/// Reads durable consumer `tap.name` (made on the fly, `drop-oldest`, if it
+/// does not exist), printing each sample as `hub tap` does; acknowledges a
+/// batch only once it is written and stdout flushed. Killed and started
+/// again, it resumes at its cursor: nothing is missed.
+pub fn tap(tap: DurableTap, shutdown: &Shutdown) -> CmdResult {
+    let ctx = zmq::Context::new();
+    let options = ClientOptions { timeout: tap.timeout, retries: 0, ..Default::default() };
+    let mut client = Client::new(&ctx, client_endpoint(&tap.broker, tap.cert, tap.server_cert)?, options);
+    let service = consumer::SERVICE;
+    let name = tap.name.clone();
+    let (shown, _) = ask(&mut client, service, &Request::Show { name: name.clone() })?;
+    if shown.get("error").is_some() {
+        let spec = Spec { name: name.clone(), prefixes: tap.prefixes.clone(), ..Spec::default() };
+        let (made, _) = ask(&mut client, service, &Request::Create(spec))?;
+        if let Some(error) = made.get("error").and_then(Value::as_str) {
+            return Err(format!("consumer '{name}': {error}").into());
+        }
+        log::info!("made durable consumer '{name}' (drop-oldest; hub consumers show {name})");
+    }
+    let (mut after, mut printed) = (0u64, 0u64);
+    let mut stdout = std::io::stdout().lock();
+    while !shutdown.is_triggered() && tap.count.is_none_or(|n| printed < n) {
+        let max = tap.count.map_or(1000, |n| (n - printed).min(1000)) as u32;
+        let fetch = Request::Fetch { name: name.clone(), after, max, wait_ms: 500 };
+        let (header, samples) = match ask(&mut client, service, &fetch) {
+            Ok(reply) => reply,
+            Err(ClientError::Timeout { .. }) => {
+                log::warn!("no answer from the hub at {}: trying again", tap.broker);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(error) = header.get("error").and_then(Value::as_str) {
+            return Err(format!("consumer '{name}': {error}").into());
+        }
+        let header: Fetched = serde_json::from_value(header)?;
+        for sample in Sample::parse_all(samples.as_deref().unwrap_or_default())? {
+            if tap.json {
+                writeln!(stdout, "{}", json!({"topic": sample.topic, "payload": sample.sample}))?;
+            } else {
+                writeln!(stdout, "{} {}", sample.topic, sample.sample)?;
+            }
+            printed += 1;
+        }
+        // Written and flushed before the hub may forget them.
+        stdout.flush()?;
+        if header.next > after {
+            let (acked, _) =
+                ask(&mut client, service, &Request::Ack { name: name.clone(), pos: header.next })?;
+            if let Some(error) = acked.get("error").and_then(Value::as_str) {
+                return Err(format!("consumer '{name}': {error}").into());
+            }
+            after = header.next;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
