@@ -234,7 +234,7 @@ impl Hub {
 
         let pipelines = hub.start_pipelines(ctx, config, export.as_ref(), &registry)?;
         let bridge = match config.bridge_nats() {
-            Some(nats) => Some(hub.start_bridge(ctx, config, nats, export, &security, &registry)?),
+            Some(nats) => Some(hub.start_bridge(ctx, config, nats, export.clone(), &security, &registry)?),
             None => None,
         };
         if let Some(report) = &pipelines {
@@ -287,6 +287,7 @@ impl Hub {
                 shutdown: hub.shutdown.clone(),
                 state: state_store,
                 ingest: ingest_counters,
+                journal: export.as_ref().map(|e| e.journal.clone()),
                 security: security.clone(),
                 web: feeds,
             };

@@ -350,3 +350,35 @@ fn a_pipeline_on_the_journal_and_the_bus_records_each_durable_sample_once() {
         recorded().iter().filter(|l| l["durable"] == true).map(|l| l["seq"].as_u64().unwrap()).collect();
     assert_eq!(durable_now, (1..=15).collect::<Vec<_>>(), "each durable sample once: {durable:?}");
 }
+
+/// The README's pyzmq historian writer (tests/interop/historian.py, quoted
+/// there verbatim) writes every durable sample once, and resumes.
+#[test]
+fn the_readme_historian_writes_every_sample_and_resumes() {
+    let script = workspace_root().join("tests/interop/historian.py");
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let code = std::fs::read_to_string(&script).unwrap();
+    assert!(readme.contains(&code), "README.md quotes tests/interop/historian.py as it is");
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start(dir.path(), "");
+    let csv = dir.path().join("history.csv");
+    let run = |count: &str| {
+        let mut cmd = std::process::Command::new(python());
+        cmd.arg(&script).args([hub.broker.as_str(), "historian", csv.to_str().unwrap(), count]);
+        let out = output(&mut cmd);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let written = || -> Vec<u64> {
+        let text = std::fs::read_to_string(&csv).unwrap_or_default();
+        text.lines().map(|l| l.split(',').nth(3).unwrap().parse().unwrap()).collect()
+    };
+    // The first run makes the consumer; until then ingest has nobody to keep samples for.
+    let (ok, _, err) = consumers_cli(&hub, &["create", "historian", "--prefix", "org.plantd.Metric."]);
+    assert!(ok, "{err}");
+    send_acked(&hub, 1..=30);
+    run("30");
+    assert_eq!(written(), (1..=30).collect::<Vec<_>>());
+    send_acked(&hub, 31..=40);
+    run("10");
+    assert_eq!(written(), (1..=40).collect::<Vec<_>>(), "resumed at its cursor");
+}

@@ -39,6 +39,8 @@ pub struct Sources {
     pub shutdown: Shutdown,
     pub state: Option<Arc<Store>>,
     pub ingest: Option<(Arc<IngestCounters>, Arc<Agents>)>,
+    /// Ingest's journal, for its consumers' backlogs.
+    pub journal: Option<Arc<crate::ingest::journal::Journal>>,
     pub security: Option<Arc<Security>>,
     pub web: web::Feeds,
 }

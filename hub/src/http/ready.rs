@@ -9,7 +9,9 @@
 //!   longer than [`Inputs::durability_bound`] to be flushed;
 //! - ingest can store its watermarks;
 //! - with security: the allow-list is loaded (a failed reload keeps the
-//!   previous one in force, and is shown, but is no reason to stop traffic).
+//!   previous one in force, and is shown, but is no reason to stop traffic);
+//! - the journal's consumers at their bounds or idle are shown: a consumer
+//!   holding ingest back is backpressure working, not a broken hub.
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,8 @@ pub struct Inputs {
     pub ingest: Option<Option<String>>,
     /// Security: identities allowed, and why the last reload failed.
     pub security: Option<(usize, Option<String>)>,
+    /// The journal's consumers: name, backlog in samples, at its bounds, inactive.
+    pub consumers: Option<Vec<(String, u64, bool, bool)>>,
 }
 
 impl Inputs {
@@ -50,6 +54,21 @@ impl Inputs {
                 .as_ref()
                 .map(|(c, _)| c.failing.lock().unwrap_or_else(|e| e.into_inner()).clone()),
             security: sources.security.as_ref().map(|s| (s.allow_list().len(), s.last_reload_error())),
+            consumers: sources.journal.as_ref().map(|j| {
+                let field = |c: &Value, k: &str| c[k].as_bool().unwrap_or(false);
+                let list = j.list();
+                list.iter()
+                    .map(|c| {
+                        let name = c["name"].as_str().unwrap_or_default().to_string();
+                        (
+                            name,
+                            c["backlog"]["records"].as_u64().unwrap_or(0),
+                            field(c, "at_bounds"),
+                            field(c, "inactive"),
+                        )
+                    })
+                    .collect()
+            }),
         }
     }
 }
@@ -118,6 +137,26 @@ pub fn assess(inputs: &Inputs) -> Verdict {
         });
         check("allow-list", None, detail);
     }
+    if let Some(consumers) = &inputs.consumers {
+        let notes: Vec<String> = consumers
+            .iter()
+            .filter(|(_, _, at_bounds, inactive)| *at_bounds || *inactive)
+            .map(|(name, backlog, at_bounds, inactive)| {
+                let why = match (at_bounds, inactive) {
+                    (true, true) => "at its bounds and idle",
+                    (true, false) => "at its bounds",
+                    _ => "idle",
+                };
+                format!("{name}: {why} ({backlog} samples waiting)")
+            })
+            .collect();
+        let detail = if notes.is_empty() {
+            format!("{} consumers, none at its bounds or idle", consumers.len())
+        } else {
+            notes.join("; ")
+        };
+        check("journal", None, Some(detail));
+    }
     Verdict { ready: checks.iter().all(|c| c.ok), checks }
 }
 
@@ -133,6 +172,7 @@ mod tests {
             durability_bound: Duration::from_secs(5),
             ingest: Some(None),
             security: Some((3, None)),
+            consumers: Some(vec![("bridge".into(), 10, false, false)]),
         }
     }
 
@@ -145,6 +185,20 @@ mod tests {
         let verdict = assess(&healthy());
         assert!(verdict.ready, "{verdict:?}");
         assert_eq!(verdict.to_json()["components"]["allow-list"]["detail"], "3 identities");
+        assert_eq!(
+            verdict.to_json()["components"]["journal"]["detail"],
+            "1 consumers, none at its bounds or idle"
+        );
+    }
+
+    #[test]
+    fn a_consumer_at_its_bounds_is_shown_not_failed() {
+        let mut held = healthy();
+        held.consumers = Some(vec![("historian".into(), 1000, true, true)]);
+        let verdict = assess(&held);
+        assert!(verdict.ready, "backpressure is the design working");
+        let detail = &verdict.to_json()["components"]["journal"]["detail"];
+        assert_eq!(detail, "historian: at its bounds and idle (1000 samples waiting)");
     }
 
     #[test]

@@ -1,0 +1,231 @@
+//! Durable consumer benchmark: one consumer draining a backlog of durable
+//! samples from ingest's journal (fetch, then acknowledge, as
+//! `hub tap --durable` does), against a plain bus tap receiving the same
+//! samples published straight onto the bus, in the same run. Then the
+//! latency of a consumer that keeps up: from ingest's acknowledgement of a
+//! sample to the consumer holding it.
+//!
+//!   cargo bench -p hub --bench consumer [-- --samples 1000000 --max 10000]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{endpoint, send_batch, HubChild};
+use proto::bus::Framing;
+use proto::consumer::{Fetched, Request, Sample as Delivered};
+use proto::ingest::Sent;
+use proto::sample::{Quality, Sample, Value};
+use testkit::bench::{named, Args};
+
+fn sample(seq: u64) -> Sample {
+    Sample {
+        channel: "temp".into(),
+        epoch: 42,
+        seq,
+        wall_ns: 1_700_000_000_000_000_000 + seq as i64,
+        mono_ns: seq,
+        clock_synced: true,
+        value: Value::Number(seq as f64 / 10.0),
+        unit: "degC".into(),
+        quality: Quality::Good,
+    }
+}
+
+/// A hub with the metric bus (no high-water mark: the tap misses nothing)
+/// and one durable consumer, `drain`, whose bounds hold the whole backlog.
+fn hub(samples: u64) -> (HubChild, String, String, tempfile::TempDir) {
+    let (frontend, backend) = (endpoint(), endpoint());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hub.toml");
+    let text = format!(
+        "[[bus]]\nname = \"metric\"\nfrontend = \"{frontend}\"\nbackend = \"{backend}\"\nhwm = 0\n\n[state]\nenabled = false\n\n[http]\nlisten = \"off\"\n\n[broker]\nrequest_expiry_ms = 600000\n\n[[consumer]]\nname = \"drain\"\npolicy = \"block\"\nmax_records = {}\nmax_bytes = {}\n",
+        samples * 2,
+        samples * 1024
+    );
+    std::fs::write(&config, text).unwrap();
+    (HubChild::start_with(&["--config", config.to_str().unwrap()]), frontend, backend, dir)
+}
+
+fn client(endpoint: &str) -> transport::Client {
+    let options =
+        transport::ClientOptions { timeout: Duration::from_secs(30), retries: 0, ..Default::default() };
+    transport::Client::new(&zmq::Context::new(), transport::Endpoint::plain(endpoint), options)
+}
+
+fn ask(client: &mut transport::Client, request: &Request) -> (Fetched, Vec<u8>) {
+    let frames = request.encode();
+    let reply = client.request(proto::consumer::SERVICE, &[&frames[0], &frames[1]]).expect("an answer");
+    let header = serde_json::from_slice(&reply[0])
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&reply[0])));
+    (header, reply.get(1).map(|f| f.to_vec()).unwrap_or_default())
+}
+
+/// Fills the journal with `samples` through ingest, 4 agents in batches of 1000.
+fn fill(endpoint: &str, samples: u64) {
+    let agents = 4;
+    let per_agent = samples / agents;
+    let senders: Vec<_> = (0..agents)
+        .map(|a| {
+            let endpoint = endpoint.to_string();
+            named("agent", move || {
+                let mut client = client(&endpoint);
+                let mut seq = 0;
+                while seq < per_agent {
+                    let batch: Vec<Sent> = (seq + 1..=(seq + 1000).min(per_agent))
+                        .map(|s| Sent { sample: sample(s), historical: false })
+                        .collect();
+                    seq += batch.len() as u64;
+                    send_batch(&mut client, &format!("pump-{a}"), batch);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+}
+
+/// The consumer drains `samples`: samples per second.
+fn drain(endpoint: &str, samples: u64, max: u32) -> f64 {
+    let mut client = client(endpoint);
+    let (mut got, mut after) = (0u64, 0u64);
+    let started = Instant::now();
+    while got < samples {
+        let (header, lines) =
+            ask(&mut client, &Request::Fetch { name: "drain".into(), after, max, wait_ms: 1000 });
+        assert!(
+            header.count > 0 || started.elapsed() < Duration::from_secs(600),
+            "the backlog stopped at {got}"
+        );
+        // Read each sample, as a consumer would.
+        got += Delivered::parse_all(&lines).expect("samples").len() as u64;
+        ask(&mut client, &Request::Ack { name: "drain".into(), pos: header.next });
+        after = header.next;
+    }
+    samples as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The same samples published straight onto the bus, to a plain tap: samples per second.
+fn bus_tap(frontend: &str, backend: &str, samples: u64) -> f64 {
+    let received = Arc::new(AtomicUsize::new(0));
+    let count = received.clone();
+    let backend = backend.to_string();
+    named("tap", move || {
+        let sub = zmq::Context::new().socket(zmq::SUB).unwrap();
+        sub.set_rcvhwm(0).unwrap();
+        sub.set_rcvtimeo(10_000).unwrap();
+        sub.set_subscribe(b"org.plantd.Metric.").unwrap();
+        sub.connect(&backend).unwrap();
+        let (mut topic, mut json) = (zmq::Message::new(), zmq::Message::new());
+        while sub.recv(&mut topic, 0).is_ok() && sub.recv(&mut json, 0).is_ok() {
+            // Read each sample, as a consumer would.
+            let _: serde_json::Value = serde_json::from_slice(&json).unwrap();
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let ctx = zmq::Context::new();
+    let publisher = ctx.socket(zmq::PUB).unwrap();
+    publisher.set_sndhwm(0).unwrap();
+    publisher.connect(frontend).unwrap();
+    let publish = |topic: &str, json: &str| {
+        transport::bus::publish_on(&publisher, Framing::TwoFrame, topic.as_bytes(), json.as_bytes()).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the tap never heard a probe");
+        publish("org.plantd.Metric.probe.t", "{}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let probes = received.load(Ordering::Relaxed);
+    let messages: Vec<(String, String)> = (1..=samples)
+        .map(|seq| {
+            let agent = format!("pump-{}", seq % 4);
+            (sample(seq).topic(&agent), sample(seq).to_json(&agent, true, false).to_string())
+        })
+        .collect();
+    let started = Instant::now();
+    for (topic, json) in &messages {
+        publish(topic, json);
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while received.load(Ordering::Relaxed) < probes + messages.len() {
+        assert!(Instant::now() < deadline, "the tap stopped short");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    samples as f64 / started.elapsed().as_secs_f64()
+}
+
+/// A consumer keeping up (a fetch waiting at all times): from ingest's
+/// acknowledgement of a one-sample batch to the consumer holding it.
+fn latency(endpoint: &str, rounds: u64) -> [(Duration, Duration); 2] {
+    let mut reader = client(endpoint);
+    let (newest, _) =
+        ask(&mut reader, &Request::Fetch { name: "drain".into(), after: 0, max: 1, wait_ms: 0 });
+    let mut after = newest.next;
+    ask(&mut reader, &Request::Ack { name: "drain".into(), pos: after });
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Instant)>();
+    let endpoint_ = endpoint.to_string();
+    let writer = named("agent", move || {
+        let mut client = client(&endpoint_);
+        for seq in 1..=rounds {
+            std::thread::sleep(Duration::from_millis(5));
+            let sent = Instant::now();
+            send_batch(&mut client, "latency", vec![Sent { sample: sample(seq), historical: false }]);
+            tx.send((sent, Instant::now())).unwrap();
+        }
+    });
+    let (mut from_send, mut from_ack) = (Vec::new(), Vec::new());
+    while from_ack.len() < rounds as usize {
+        let (header, _) =
+            ask(&mut reader, &Request::Fetch { name: "drain".into(), after, max: 1, wait_ms: 5000 });
+        let arrived = Instant::now();
+        if header.count == 0 {
+            continue;
+        }
+        let (sent, acked) = rx.recv_timeout(Duration::from_secs(10)).expect("the batch was acknowledged");
+        from_send.push(arrived.saturating_duration_since(sent));
+        // The consumer may hold it before the agent has the acknowledgement: no lag then.
+        from_ack.push(arrived.saturating_duration_since(acked));
+        after = header.next;
+        ask(&mut reader, &Request::Ack { name: "drain".into(), pos: after });
+    }
+    writer.join().unwrap();
+    [from_send, from_ack].map(|mut lags| {
+        lags.sort();
+        (lags[lags.len() / 2], lags[lags.len() * 99 / 100])
+    })
+}
+
+fn main() {
+    let args = Args::from_env();
+    let samples: u64 = args.get("--samples", 1_000_000);
+    let max: u32 = args.get("--max", 10_000);
+    println!("durable consumer benchmark: a backlog of {samples} samples, fetches of up to {max}, 127.0.0.1");
+    let (hub, frontend, backend, _dir) = hub(samples);
+    let filling = Instant::now();
+    fill(&hub.endpoint, samples);
+    println!("filled the journal through ingest in {:.1} s", filling.elapsed().as_secs_f64());
+    let tap = bus_tap(&frontend, &backend, samples);
+    let before = hub.cpu();
+    let consumer = drain(&hub.endpoint, samples, max);
+    let cpu = (hub.cpu() - before).as_secs_f64() * 1e6 / samples as f64;
+    println!();
+    println!("plain bus tap samples/s   durable consumer samples/s   ratio   hub CPU per sample (consumer)");
+    println!("{tap:>23.0}   {consumer:>26.0}   {:>5.2}   {cpu:>9.2} us", consumer / tap);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let [(send50, send99), (ack50, ack99)] = latency(&hub.endpoint, 200);
+    println!();
+    println!("a consumer keeping up, 200 one-sample batches: until the consumer holds the sample");
+    println!(
+        "from the agent sending it (ingest's work included): p50 {:.2} ms, p99 {:.2} ms",
+        ms(send50),
+        ms(send99)
+    );
+    println!(
+        "from the agent holding ingest's acknowledgement:   p50 {:.2} ms, p99 {:.2} ms",
+        ms(ack50),
+        ms(ack99)
+    );
+}
