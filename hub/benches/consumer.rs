@@ -54,12 +54,24 @@ fn client(endpoint: &str) -> transport::Client {
     transport::Client::new(&zmq::Context::new(), transport::Endpoint::plain(endpoint), options)
 }
 
-fn ask(client: &mut transport::Client, request: &Request) -> (Fetched, Vec<u8>) {
+/// One request: the answer, and the samples frame of a fetch.
+fn ask(client: &mut transport::Client, request: &Request) -> (serde_json::Value, Vec<u8>) {
     let frames = request.encode();
     let reply = client.request(proto::consumer::SERVICE, &[&frames[0], &frames[1]]).expect("an answer");
-    let header = serde_json::from_slice(&reply[0])
-        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&reply[0])));
-    (header, reply.get(1).map(|f| f.to_vec()).unwrap_or_default())
+    let answer: serde_json::Value = serde_json::from_slice(&reply[0]).expect("a JSON answer");
+    assert!(answer.get("error").is_none(), "{answer}");
+    (answer, reply.get(1).map(|f| f.to_vec()).unwrap_or_default())
+}
+
+fn fetch(client: &mut transport::Client, after: u64, max: u32, wait_ms: u64) -> (Fetched, Vec<u8>) {
+    // Acknowledges what came before with the same request, as `hub tap --durable` does.
+    let ack = (after > 0).then_some(after);
+    let (answer, lines) = ask(client, &Request::Fetch { name: "drain".into(), after, max, wait_ms, ack });
+    (serde_json::from_value(answer).expect("a fetch answer"), lines)
+}
+
+fn ack(client: &mut transport::Client, pos: u64) {
+    ask(client, &Request::Ack { name: "drain".into(), pos });
 }
 
 /// Fills the journal with `samples` through ingest, 4 agents in batches of 1000.
@@ -93,15 +105,13 @@ fn drain(endpoint: &str, samples: u64, max: u32) -> f64 {
     let (mut got, mut after) = (0u64, 0u64);
     let started = Instant::now();
     while got < samples {
-        let (header, lines) =
-            ask(&mut client, &Request::Fetch { name: "drain".into(), after, max, wait_ms: 1000 });
+        let (header, lines) = fetch(&mut client, after, max, 1000);
         assert!(
             header.count > 0 || started.elapsed() < Duration::from_secs(600),
             "the backlog stopped at {got}"
         );
         // Read each sample, as a consumer would.
         got += Delivered::parse_all(&lines).expect("samples").len() as u64;
-        ask(&mut client, &Request::Ack { name: "drain".into(), pos: header.next });
         after = header.next;
     }
     samples as f64 / started.elapsed().as_secs_f64()
@@ -161,10 +171,9 @@ fn bus_tap(frontend: &str, backend: &str, samples: u64) -> f64 {
 /// acknowledgement of a one-sample batch to the consumer holding it.
 fn latency(endpoint: &str, rounds: u64) -> [(Duration, Duration); 2] {
     let mut reader = client(endpoint);
-    let (newest, _) =
-        ask(&mut reader, &Request::Fetch { name: "drain".into(), after: 0, max: 1, wait_ms: 0 });
+    let (newest, _) = fetch(&mut reader, 0, 1, 0);
     let mut after = newest.next;
-    ask(&mut reader, &Request::Ack { name: "drain".into(), pos: after });
+    ack(&mut reader, after);
     let (tx, rx) = std::sync::mpsc::channel::<(Instant, Instant)>();
     let endpoint_ = endpoint.to_string();
     let writer = named("agent", move || {
@@ -178,8 +187,7 @@ fn latency(endpoint: &str, rounds: u64) -> [(Duration, Duration); 2] {
     });
     let (mut from_send, mut from_ack) = (Vec::new(), Vec::new());
     while from_ack.len() < rounds as usize {
-        let (header, _) =
-            ask(&mut reader, &Request::Fetch { name: "drain".into(), after, max: 1, wait_ms: 5000 });
+        let (header, _) = fetch(&mut reader, after, 1, 5000);
         let arrived = Instant::now();
         if header.count == 0 {
             continue;
@@ -189,7 +197,7 @@ fn latency(endpoint: &str, rounds: u64) -> [(Duration, Duration); 2] {
         // The consumer may hold it before the agent has the acknowledgement: no lag then.
         from_ack.push(arrived.saturating_duration_since(acked));
         after = header.next;
-        ask(&mut reader, &Request::Ack { name: "drain".into(), pos: after });
+        ack(&mut reader, after);
     }
     writer.join().unwrap();
     [from_send, from_ack].map(|mut lags| {

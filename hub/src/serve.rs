@@ -319,6 +319,7 @@ impl Hub {
             bus: config.ingest.bus.clone(),
             max_message_bytes: usize::try_from(config.broker.max_message_bytes).unwrap_or(usize::MAX),
             worker: config.broker.worker_options(),
+            acked: Default::default(),
         });
         let bounds = config.consumers.clone();
         registry.register(

@@ -11,7 +11,7 @@
 //!
 //! | command | arguments | answer |
 //! | --- | --- | --- |
-//! | `fetch` | `name`, `after` (position, 0: the consumer's cursor), `max` (samples), `wait_ms` | `{"name", "count", "next", "backlog"}`, then a frame of `count` lines `{"pos", "topic", "sample"}` |
+//! | `fetch` | `name`, `after` (position, 0: the consumer's cursor), `max` (samples), `wait_ms`, `ack` (optional: acknowledge up to here first) | `{"name", "count", "next", "backlog"}`, then a frame of `count` lines `{"pos", "topic", "sample"}` |
 //! | `ack` | `name`, `pos` | `{"name", "cursor"}`: every sample up to `pos` is done with |
 //! | `create` | `name`, `prefixes` (topic prefixes, none: all), `policy` (`block`/`drop-oldest`), `max_records`, `max_bytes` | the consumer, as `show` |
 //! | `show` | `name` | `{"name", "prefixes", "policy", "cursor", "backlog", "bounds", ...}` |
@@ -85,13 +85,30 @@ pub struct Spec {
 /// One request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    Fetch { name: String, after: u64, max: u32, wait_ms: u64 },
-    Ack { name: String, pos: u64 },
+    /// `ack`: acknowledge up to this position first (saves a round trip).
+    Fetch {
+        name: String,
+        after: u64,
+        max: u32,
+        wait_ms: u64,
+        ack: Option<u64>,
+    },
+    Ack {
+        name: String,
+        pos: u64,
+    },
     Create(Spec),
-    Show { name: String },
+    Show {
+        name: String,
+    },
     List,
-    Delete { name: String },
-    Reset { name: String, to: ResetTo },
+    Delete {
+        name: String,
+    },
+    Reset {
+        name: String,
+        to: ResetTo,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -116,6 +133,8 @@ struct FetchArgs {
     max: u32,
     #[serde(default)]
     wait_ms: u64,
+    #[serde(default)]
+    ack: Option<u64>,
 }
 
 fn default_max() -> u32 {
@@ -164,6 +183,7 @@ impl Request {
                     after: a.after,
                     max: a.max,
                     wait_ms: a.wait_ms.min(MAX_WAIT_MS),
+                    ack: a.ack,
                 }
             }
             b"ack" => {
@@ -188,8 +208,13 @@ impl Request {
     /// The request's frames (after the service).
     pub fn encode(&self) -> [Vec<u8>; 2] {
         let (command, args) = match self {
-            Request::Fetch { name, after, max, wait_ms } => {
-                ("fetch", serde_json::json!({"name": name, "after": after, "max": max, "wait_ms": wait_ms}))
+            Request::Fetch { name, after, max, wait_ms, ack } => {
+                let mut args =
+                    serde_json::json!({"name": name, "after": after, "max": max, "wait_ms": wait_ms});
+                if let Some(pos) = ack {
+                    args["ack"] = (*pos).into();
+                }
+                ("fetch", args)
             }
             Request::Ack { name, pos } => ("ack", serde_json::json!({"name": name, "pos": pos})),
             Request::Create(spec) => ("create", serde_json::to_value(spec).expect("a spec is JSON")),
@@ -230,22 +255,36 @@ pub struct Fetched {
 /// One sample of a `fetch` answer (a line, without its newline): its
 /// position, topic, and the JSON the hub published on the bus for it, unchanged.
 pub fn encode_sample(pos: u64, topic: &str, payload: &[u8]) -> Vec<u8> {
-    let topic = serde_json::Value::from(topic).to_string();
-    let mut frame = Vec::with_capacity(payload.len() + topic.len() + 40);
-    frame.extend_from_slice(b"{\"pos\":");
-    frame.extend_from_slice(pos.to_string().as_bytes());
-    frame.extend_from_slice(b",\"topic\":");
-    frame.extend_from_slice(topic.as_bytes());
-    frame.extend_from_slice(b",\"sample\":");
-    // A payload that is not JSON (never one of ingest's) goes as a string.
-    match serde_json::from_slice::<serde::de::IgnoredAny>(payload) {
-        Ok(_) => frame.extend_from_slice(payload),
-        Err(_) => frame.extend_from_slice(
-            serde_json::Value::from(String::from_utf8_lossy(payload)).to_string().as_bytes(),
-        ),
+    let mut line = Vec::with_capacity(payload.len() + topic.len() + 40);
+    write_sample(&mut line, pos, topic, payload);
+    line
+}
+
+/// [`encode_sample`], appended to `out`.
+pub fn write_sample(out: &mut Vec<u8>, pos: u64, topic: &str, payload: &[u8]) {
+    out.extend_from_slice(b"{\"pos\":");
+    out.extend_from_slice(pos.to_string().as_bytes());
+    out.extend_from_slice(b",\"topic\":");
+    // Topics are plain names: quoted as they are unless they need escapes.
+    if topic.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(topic.as_bytes());
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(serde_json::Value::from(topic).to_string().as_bytes());
     }
-    frame.push(b'}');
-    frame
+    out.extend_from_slice(b",\"sample\":");
+    // Ingest's payloads are JSON objects it wrote itself, and are passed on
+    // as they are (not parsed again: this is the drain's hot path); anything
+    // else goes as a string, so the line stays JSON.
+    let object = payload.first() == Some(&b'{') && payload.last() == Some(&b'}');
+    if object && !payload.contains(&b'\n') {
+        out.extend_from_slice(payload);
+    } else {
+        let text = serde_json::Value::from(String::from_utf8_lossy(payload));
+        out.extend_from_slice(text.to_string().as_bytes());
+    }
+    out.push(b'}');
 }
 
 /// A sample line of a `fetch` answer, read back.
@@ -281,8 +320,12 @@ mod tests {
     fn vectors() {
         let cases = [
             (
-                Request::Fetch { name: "historian".into(), after: 0, max: 500, wait_ms: 1000 },
+                Request::Fetch { name: "historian".into(), after: 0, max: 500, wait_ms: 1000, ack: None },
                 r#"{"after":0,"max":500,"name":"historian","wait_ms":1000}"#,
+            ),
+            (
+                Request::Fetch { name: "h".into(), after: 77, max: 500, wait_ms: 0, ack: Some(77) },
+                r#"{"ack":77,"after":77,"max":500,"name":"h","wait_ms":0}"#,
             ),
             (Request::Ack { name: "historian".into(), pos: 1234 }, r#"{"name":"historian","pos":1234}"#),
             (Request::Show { name: "h".into() }, r#"{"name":"h"}"#),
@@ -311,7 +354,7 @@ mod tests {
     fn defaults_bounds_and_errors() {
         assert_eq!(
             Request::parse(&frames("fetch", r#"{"name":"h","wait_ms":99999999}"#)),
-            Ok(Request::Fetch { name: "h".into(), after: 0, max: 100, wait_ms: MAX_WAIT_MS })
+            Ok(Request::Fetch { name: "h".into(), after: 0, max: 100, wait_ms: MAX_WAIT_MS, ack: None })
         );
         assert_eq!(Request::parse(&[b"list".to_vec()]), Ok(Request::List), "no arguments frame");
         assert_eq!(Request::parse::<Vec<u8>>(&[]), Err(RequestError::Empty));

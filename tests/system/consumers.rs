@@ -92,7 +92,7 @@ impl Consumer {
     fn drain(&mut self, name: &str, want: usize) -> Vec<u64> {
         let mut seqs = Vec::new();
         wait_for(&format!("{want} samples from consumer {name}"), 20 * SECOND, || {
-            let fetch = Request::Fetch { name: name.into(), after: 0, max: 1000, wait_ms: 200 };
+            let fetch = Request::Fetch { name: name.into(), after: 0, max: 1000, wait_ms: 200, ack: None };
             let (answer, samples) = self.ask(&fetch).expect("an answer");
             let header: Fetched =
                 serde_json::from_value(answer.clone()).unwrap_or_else(|_| panic!("{answer}"));
@@ -267,7 +267,7 @@ fn with_security_consumers_follow_subscribe_grants_and_owners() {
 
     let mut scada = Consumer::new(site.endpoint(&other, &hub.broker));
     for request in [
-        Request::Fetch { name: "g".into(), after: 0, max: 10, wait_ms: 0 },
+        Request::Fetch { name: "g".into(), after: 0, max: 10, wait_ms: 0, ack: None },
         Request::Ack { name: "g".into(), pos: 1_000_000 },
         Request::Delete { name: "g".into() },
     ] {

@@ -167,11 +167,12 @@ pub fn tap(tap: DurableTap, shutdown: &Shutdown) -> CmdResult {
         }
         log::info!("made durable consumer '{name}' (drop-oldest; hub consumers show {name})");
     }
-    let (mut after, mut printed) = (0u64, 0u64);
+    // What is printed and flushed, not yet acknowledged: it goes with the next fetch.
+    let (mut after, mut printed, mut unacked) = (0u64, 0u64, None);
     let mut stdout = std::io::stdout().lock();
     while !shutdown.is_triggered() && tap.count.is_none_or(|n| printed < n) {
         let max = tap.count.map_or(1000, |n| (n - printed).min(1000)) as u32;
-        let fetch = Request::Fetch { name: name.clone(), after, max, wait_ms: 500 };
+        let fetch = Request::Fetch { name: name.clone(), after, max, wait_ms: 500, ack: unacked };
         let (header, samples) = match ask(&mut client, service, &fetch) {
             Ok(reply) => reply,
             Err(ClientError::Timeout { .. }) => {
@@ -194,13 +195,13 @@ pub fn tap(tap: DurableTap, shutdown: &Shutdown) -> CmdResult {
         }
         // Written and flushed before the hub may forget them.
         stdout.flush()?;
-        if header.next > after {
-            let (acked, _) =
-                ask(&mut client, service, &Request::Ack { name: name.clone(), pos: header.next })?;
-            if let Some(error) = acked.get("error").and_then(Value::as_str) {
-                return Err(format!("consumer '{name}': {error}").into());
-            }
-            after = header.next;
+        unacked = (header.next > after).then_some(header.next);
+        after = header.next;
+    }
+    if let Some(pos) = unacked {
+        let (acked, _) = ask(&mut client, service, &Request::Ack { name: name.clone(), pos })?;
+        if let Some(error) = acked.get("error").and_then(Value::as_str) {
+            return Err(format!("consumer '{name}': {error}").into());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -39,6 +39,8 @@ pub struct ConsumerService {
     /// The broker's largest message: no answer may be longer.
     pub max_message_bytes: usize,
     pub worker: WorkerOptions,
+    /// An acknowledgement since the sweeper last flushed the store.
+    pub acked: std::sync::atomic::AtomicBool,
 }
 
 /// Which of the two services a request came to.
@@ -93,10 +95,15 @@ impl ConsumerService {
         })
     }
 
-    /// Every second until `signal`: reports consumers idle past their bound,
-    /// and removes those whose policy says so.
+    /// Every second until `signal`: flushes acknowledged cursors, reports
+    /// consumers idle past their bound, and removes those whose policy says so.
     pub fn sweep(&self, signal: &ShutdownWatch) {
         while !signal.sleep(Duration::from_secs(1)) {
+            if self.acked.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                if let Err(e) = self.journal.flush() {
+                    log::error!("consumers: flushing their cursors: {e}");
+                }
+            }
             for (name, removed) in self.journal.sweep_inactive(Instant::now()) {
                 let action = if removed { "removed" } else { "reported (its backlog holds the journal)" };
                 log::warn!("consumer '{name}' has fetched and acknowledged nothing past its inactive_after: {action}");
@@ -109,17 +116,19 @@ impl ConsumerService {
         let result = match &request {
             Request::List => Ok(json!({"consumers": self.journal.list()})),
             Request::Create(asked) => self.create(caller, door, asked),
-            Request::Fetch { name, after, max, wait_ms } => {
-                return match self.may_read(caller, door, name) {
-                    Ok(()) => self.fetch(name, *after, *max, *wait_ms).unwrap_or_else(|e| vec![error(e)]),
-                    Err(e) => vec![error(e)],
-                };
+            Request::Fetch { name, after, max, wait_ms, ack } => {
+                let fetched = self.may_read(caller, door, name).and_then(|()| {
+                    if let Some(pos) = ack {
+                        self.ack(name, *pos)?;
+                    }
+                    self.fetch(name, *after, *max, *wait_ms)
+                });
+                return fetched.unwrap_or_else(|e| vec![error(e)]);
             }
-            Request::Ack { name, pos } => self.may_read(caller, door, name).and_then(|()| {
-                let cursor = self.journal.acked_by(name, *pos).map_err(|e| e.to_string())?;
-                let _ = self.journal.flush();
-                Ok(json!({"name": name, "cursor": cursor}))
-            }),
+            Request::Ack { name, pos } => self
+                .may_read(caller, door, name)
+                .and_then(|()| self.ack(name, *pos))
+                .map(|cursor| json!({"name": name, "cursor": cursor})),
             Request::Show { name } => self.may_read(caller, door, name).and_then(|()| {
                 self.journal.show(name).ok_or_else(|| ConsumerError::Unknown(name.clone()).to_string())
             }),
@@ -220,42 +229,47 @@ impl ConsumerService {
         }
     }
 
+    /// Moves `name`'s cursor to `pos`. Durable at the store's next flush
+    /// (ingest flushes every batch, the sweeper every second): a crash before
+    /// it means repeats, never loss.
+    fn ack(&self, name: &str, pos: u64) -> Result<u64, String> {
+        let cursor = self.journal.acked_by(name, pos).map_err(|e| e.to_string())?;
+        self.acked.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(cursor)
+    }
+
     /// Up to `max` samples after `after` (or the cursor), waiting up to
     /// `wait_ms` for the first: a header frame, then one frame of JSON lines.
     fn fetch(&self, name: &str, after: u64, max: u32, wait_ms: u64) -> Result<Vec<Vec<u8>>, String> {
         let max = max.clamp(1, self.config.max_fetch) as usize;
-        let budget = self.max_message_bytes.saturating_sub(ENVELOPE_ROOM).max(1024);
+        // Each line adds its position and framing to its topic and payload: a tenth is room enough.
+        let budget = self.max_message_bytes.saturating_sub(ENVELOPE_ROOM).max(1024) / 10 * 9;
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
         // Looking past other topics is bounded too, so a fetch never reads the whole journal.
         let scan = max.saturating_mul(8).max(1024);
         let mut from = after;
+        let mut lines = Vec::new();
         loop {
-            let fetched = self.journal.fetch(name, from, max, scan).map_err(|e| e.to_string())?;
+            let take = |pos, topic: &str, payload: &[u8]| {
+                consumer::write_sample(&mut lines, pos, topic, payload);
+                lines.push(b'\n');
+            };
+            let fetched =
+                self.journal.fetch(name, from, (max, scan, budget), take).map_err(|e| e.to_string())?;
             if fetched.undecodable > 0 {
                 log::error!(
                     "consumer '{name}': {} journal entries could not be read: passed over",
                     fetched.undecodable
                 );
             }
-            if fetched.entries.is_empty() && Instant::now() < deadline {
+            if fetched.count == 0 && Instant::now() < deadline {
                 from = fetched.next;
                 self.journal.wait_after(from, deadline);
                 continue;
             }
-            let (mut lines, mut next, mut count) = (Vec::new(), fetched.next, 0u32);
-            for (pos, entry) in &fetched.entries {
-                let sample = consumer::encode_sample(*pos, &entry.topic, &entry.payload);
-                if count > 0 && lines.len() + sample.len() + 1 > budget {
-                    // The rest comes with the next fetch: acknowledge only up to here.
-                    next = pos - 1;
-                    break;
-                }
-                lines.extend_from_slice(&sample);
-                lines.push(b'\n');
-                count += 1;
-            }
-            let backlog = self.journal.newest().saturating_sub(next);
-            let header = Fetched { name: name.to_string(), count, next, backlog };
+            let backlog = self.journal.newest().saturating_sub(fetched.next);
+            let header =
+                Fetched { name: name.to_string(), count: fetched.count as u32, next: fetched.next, backlog };
             return Ok(vec![serde_json::to_vec(&header).expect("a header is JSON"), lines]);
         }
     }

@@ -14,12 +14,14 @@
 //! Keys are a counter, appended under a lock, so a reader never sees a later
 //! key before an earlier one (it reads in key order and would skip it). Each
 //! entry is stored after the journal's cumulative byte count before it, so a
-//! consumer's backlog in bytes is two numbers apart.
+//! consumer's backlog in bytes is two numbers apart. Entries are stored in
+//! segments of consecutive keys ([`segments`]), which go whole once every
+//! consumer is past them.
 
 pub mod consumers;
+mod segments;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Condvar, Mutex, RwLock};
 use std::time::Instant;
 
@@ -27,6 +29,7 @@ use proto::consumer::{Policy, ResetTo};
 use serde::{Deserialize, Serialize};
 
 use self::consumers::{Consumer, Origin, Spec};
+use self::segments::{key_of, Segments};
 
 /// One durable sample for the stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,26 +100,32 @@ pub enum ConsumerError {
     Storage(#[from] sled::Error),
 }
 
-/// What a consumer's fetch read: the entries of its topics, in order, and
-/// the key to acknowledge once they are handled (past the entries of other
+/// What a consumer's fetch read: how many entries of its topics, and the
+/// key to acknowledge once they are handled (past the entries of other
 /// topics it looked at too).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Fetched {
-    pub entries: Vec<(u64, Entry)>,
+    pub count: usize,
     pub next: u64,
     /// Entries that could not be decoded (a fault of ours): counted, passed over.
     pub undecodable: u64,
 }
 
+/// An entry as stored, borrowed: what a fetch hands on without copying.
+#[derive(Deserialize)]
+struct EntryRef<'a> {
+    topic: &'a str,
+    payload: &'a [u8],
+    #[allow(dead_code)]
+    agent: &'a str,
+}
+
 pub struct Journal {
     db: sled::Db,
-    entries: sled::Tree,
+    entries: Segments,
     meta: sled::Tree,
     /// Held while a batch is appended.
     tail: Mutex<Tail>,
-    /// Entries held, and their bytes.
-    records: AtomicU64,
-    bytes: AtomicU64,
     consumers: RwLock<BTreeMap<String, Consumer>>,
     /// Held while cursors move and entries go, so two consumers acknowledging
     /// at once agree on what every consumer has.
@@ -133,15 +142,9 @@ impl Journal {
     /// hub's) or past the newest (the config's); durable consumers made by
     /// clients are read back; ones the config no longer declares are removed.
     pub fn open(db: &sled::Db, consumers: Vec<Spec>) -> sled::Result<Journal> {
-        let entries = db.open_tree("export.v2")?;
+        let entries = Segments::open(db)?;
         let meta = db.open_tree("export.meta")?;
         migrate(db, &entries)?;
-        let (mut records, mut bytes) = (0, 0);
-        for item in entries.iter() {
-            let (_, value) = item?;
-            records += 1;
-            bytes += stored(&value);
-        }
         let now = Instant::now();
         let mut all = BTreeMap::new();
         for spec in consumers {
@@ -169,12 +172,11 @@ impl Journal {
                 _ => {}
             }
         }
-        let last = entries.last()?;
-        let mut tail = match &last {
-            Some((k, v)) => Tail { next: key_of(k) + 1, cum: offset_of(v) + stored(v) },
+        let mut tail = match entries.last()? {
+            Some((k, v)) => Tail { next: k + 1, cum: offset_of(&v) + stored(&v) },
             None => Tail::default(),
         };
-        let oldest = entries.first()?.map_or(tail.next, |(k, _)| key_of(&k)).saturating_sub(1);
+        let oldest = entries.first()?.map_or(tail.next, |(k, _)| k).saturating_sub(1);
         // Keys keep rising over restarts, even with an empty journal.
         for spec in all.values() {
             tail.next = tail.next.max(read_u64(&meta, &cursor_key(&spec.name))? + 1);
@@ -185,8 +187,6 @@ impl Journal {
             entries,
             meta,
             tail: Mutex::new(tail),
-            records: AtomicU64::new(records),
-            bytes: AtomicU64::new(bytes),
             consumers: RwLock::new(BTreeMap::new()),
             trim: Mutex::new(()),
             appended: tokio::sync::Notify::new(),
@@ -224,7 +224,7 @@ impl Journal {
 
     /// Bytes appended up to and including `key`.
     fn cum_through(&self, key: u64) -> sled::Result<u64> {
-        match self.entries.range((key + 1).to_be_bytes()..).next() {
+        match self.entries.from(key + 1).next() {
             Some(item) => Ok(offset_of(&item?.1)),
             None => Ok(self.tail().cum),
         }
@@ -235,6 +235,18 @@ impl Journal {
     pub fn make_room(&self, records: u64, bytes: u64) -> Result<(), Full> {
         let tail = self.tail();
         let newest = tail.next - 1;
+        // Most batches fit everyone: a read lock answers them, no ingest worker waits on another.
+        let mut must_skip = false;
+        for c in self.consumers().values().filter(|c| !c.fits(newest, tail.cum, records, bytes)) {
+            if c.spec.policy == Policy::Block {
+                let (records, bytes) = c.backlog(newest, tail.cum);
+                return Err(Full { consumer: c.spec.name.clone(), records, bytes });
+            }
+            must_skip = true;
+        }
+        if !must_skip {
+            return Ok(());
+        }
         let mut skipped_any = false;
         {
             let mut consumers = self.consumers_mut();
@@ -248,9 +260,9 @@ impl Journal {
                 }
                 // Skip past the oldest until the batch fits (or nothing is left).
                 let (mut cursor, mut cum) = (c.cursor, c.cursor_cum);
-                for item in self.entries.range((c.cursor + 1).to_be_bytes()..) {
+                for item in self.entries.from(c.cursor + 1) {
                     let Ok((key, value)) = item else { break };
-                    cursor = key_of(&key);
+                    cursor = key;
                     cum = offset_of(&value) + stored(&value);
                     let left = (newest - cursor, tail.cum - cum);
                     if left.0 + records <= c.spec.max_records && left.1 + bytes <= c.spec.max_bytes {
@@ -281,20 +293,19 @@ impl Journal {
             return Ok(());
         }
         let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        let mut batch = sled::Batch::default();
-        let (mut cum, mut bytes) = (tail.cum, 0);
-        for (i, entry) in entries.iter().enumerate() {
-            let mut value = cum.to_be_bytes().to_vec();
-            value.extend(proto::codec::encode(entry));
-            cum += stored(&value);
-            bytes += stored(&value);
-            batch.insert(&(tail.next + i as u64).to_be_bytes(), value);
-        }
-        self.entries.apply_batch(batch)?;
+        let mut cum = tail.cum;
+        let values: Vec<Vec<u8>> = entries
+            .iter()
+            .map(|entry| {
+                let mut value = cum.to_be_bytes().to_vec();
+                value.extend(proto::codec::encode(entry));
+                cum += stored(&value);
+                value
+            })
+            .collect();
+        self.entries.insert(tail.next, values)?;
         tail.next += entries.len() as u64;
         tail.cum = cum;
-        self.records.fetch_add(entries.len() as u64, SeqCst);
-        self.bytes.fetch_add(bytes, SeqCst);
         drop(tail);
         // A permit is kept when the bridge is not waiting yet: no wake-up is lost.
         self.appended.notify_one();
@@ -328,21 +339,23 @@ impl Journal {
     /// count it and move past it.
     pub fn read(&self, after: u64, max: usize) -> sled::Result<Vec<(u64, Option<Entry>)>> {
         let mut out = Vec::new();
-        for item in self.entries.range((after + 1).to_be_bytes()..).take(max) {
+        for item in self.entries.from(after + 1).take(max) {
             let (key, value) = item?;
-            out.push((key_of(&key), decode(&value)));
+            out.push((key, decode(&value)));
         }
         Ok(out)
     }
 
     /// Up to `max` entries of `consumer`'s topics after `after` (or after its
-    /// cursor, if that is further on), looking at no more than `scan` entries.
+    /// cursor, if that is further on), of at most `budget` bytes (topic and
+    /// payload; one entry at least), looking at no more than `scan` entries:
+    /// each goes to `take(key, topic, payload)`, in order.
     pub fn fetch(
         &self,
         consumer: &str,
         after: u64,
-        max: usize,
-        scan: usize,
+        (max, scan, budget): (usize, usize, usize),
+        mut take: impl FnMut(u64, &str, &[u8]),
     ) -> Result<Fetched, ConsumerError> {
         let (from, spec) = {
             let mut consumers = self.consumers_mut();
@@ -352,22 +365,29 @@ impl Journal {
             (after.max(c.cursor), c.spec.clone())
         };
         let mut fetched = Fetched { next: from, ..Fetched::default() };
-        for item in self.entries.range((from + 1).to_be_bytes()..).take(scan) {
+        let mut bytes = 0;
+        for item in self.entries.from(from + 1).take(scan) {
             let (key, value) = item?;
-            fetched.next = key_of(&key);
-            match decode(&value) {
-                Some(entry) if spec.covers(&entry.topic) => {
-                    fetched.entries.push((fetched.next, entry));
-                    if fetched.entries.len() >= max {
+            match value.get(8..).map(proto::codec::decode::<EntryRef<'_>>) {
+                Some(Ok(entry)) if spec.covers(entry.topic) => {
+                    bytes += entry.topic.len() + entry.payload.len();
+                    if bytes > budget && fetched.count > 0 {
                         break;
                     }
+                    take(key, entry.topic, entry.payload);
+                    (fetched.count, fetched.next) = (fetched.count + 1, key);
+                    if fetched.count >= max {
+                        break;
+                    }
+                    continue;
                 }
-                Some(_) => {}
-                None => fetched.undecodable += 1,
+                Some(Ok(_)) => {}
+                _ => fetched.undecodable += 1,
             }
+            fetched.next = key;
         }
         if let Some(c) = self.consumers_mut().get_mut(consumer) {
-            c.delivered += fetched.entries.len() as u64;
+            c.delivered += fetched.count as u64;
         }
         Ok(fetched)
     }
@@ -411,20 +431,7 @@ impl Journal {
 
     fn trim_locked(&self) -> sled::Result<()> {
         let everyone = self.consumers().values().map(|c| c.cursor).min().unwrap_or(u64::MAX);
-        let mut batch = sled::Batch::default();
-        let (mut records, mut bytes) = (0, 0);
-        for item in self.entries.range(..=everyone.to_be_bytes()) {
-            let (k, value) = item?;
-            records += 1;
-            bytes += stored(&value);
-            batch.remove(k);
-        }
-        if records > 0 {
-            self.entries.apply_batch(batch)?;
-            self.records.fetch_sub(records.min(self.records.load(SeqCst)), SeqCst);
-            self.bytes.fetch_sub(bytes.min(self.bytes.load(SeqCst)), SeqCst);
-        }
-        Ok(())
+        self.entries.drop_through(everyone)
     }
 
     /// The last key JetStream acknowledged.
@@ -457,9 +464,12 @@ impl Journal {
         Some((c.backlog(tail.next - 1, tail.cum), (c.spec.max_records, c.spec.max_bytes)))
     }
 
-    /// Entries held, and their bytes.
+    /// Entries some consumer still needs, and their bytes.
     pub fn backlog(&self) -> (u64, u64) {
-        (self.records.load(SeqCst), self.bytes.load(SeqCst))
+        let tail = self.tail();
+        let consumers = self.consumers();
+        let oldest = consumers.values().min_by_key(|c| c.cursor);
+        oldest.map_or((0, 0), |c| c.backlog(tail.next - 1, tail.cum))
     }
 
     /// Adds a durable consumer, past the newest entry, unless `max` durable
@@ -521,7 +531,7 @@ impl Journal {
 
     /// Moves a consumer's cursor to the oldest entry held, or past the newest.
     pub fn reset(&self, name: &str, to: ResetTo) -> Result<serde_json::Value, ConsumerError> {
-        let oldest = self.entries.first()?.map(|(k, _)| key_of(&k).saturating_sub(1));
+        let oldest = self.entries.first()?.map(|(k, _)| k.saturating_sub(1));
         {
             let _trimming = self.trim.lock().unwrap_or_else(|e| e.into_inner());
             let mut consumers = self.consumers_mut();
@@ -633,17 +643,13 @@ fn offset_of(value: &[u8]) -> u64 {
     value.get(..8).map_or(0, key_of)
 }
 
-fn key_of(bytes: &[u8]) -> u64 {
-    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
-}
-
 fn read_u64(tree: &sled::Tree, key: &[u8]) -> sled::Result<u64> {
     Ok(tree.get(key)?.map_or(0, |v| key_of(&v)))
 }
 
-/// Moves the entries of a journal written before cumulative offsets into
-/// `entries`, keys unchanged.
-fn migrate(db: &sled::Db, entries: &sled::Tree) -> sled::Result<()> {
+/// Moves the entries of a journal written before segments and cumulative
+/// offsets into `entries`, keys unchanged.
+fn migrate(db: &sled::Db, entries: &Segments) -> sled::Result<()> {
     if !db.tree_names().iter().any(|n| &n[..] == OLD_ENTRIES.as_bytes()) {
         return Ok(());
     }
@@ -654,7 +660,7 @@ fn migrate(db: &sled::Db, entries: &sled::Tree) -> sled::Result<()> {
         let mut new = cum.to_be_bytes().to_vec();
         new.extend_from_slice(&value);
         cum += stored(&new);
-        entries.insert(key, new)?;
+        entries.insert(key_of(&key), vec![new])?;
         moved += 1;
     }
     db.drop_tree(OLD_ENTRIES)?;
@@ -696,6 +702,19 @@ mod tests {
             remove_when_inactive: true,
             ..Spec::hub(name, max_records, max_bytes)
         }
+    }
+
+    /// The seqs a consumer's fetch takes, and where it says to acknowledge.
+    fn fetch_seqs(j: &Journal, consumer: &str, max: usize, scan: usize) -> (Vec<u64>, u64) {
+        let mut seqs = Vec::new();
+        let fetched = j
+            .fetch(consumer, 0, (max, scan, usize::MAX), |_, _, payload| {
+                let json: serde_json::Value = serde_json::from_slice(payload).unwrap();
+                seqs.push(json["seq"].as_u64().unwrap());
+            })
+            .unwrap();
+        assert_eq!(fetched.count, seqs.len());
+        (seqs, fetched.next)
     }
 
     fn seqs(read: &[(u64, Option<Entry>)]) -> Vec<u64> {
@@ -787,9 +806,7 @@ mod tests {
         let fast = j.show("fast").unwrap();
         assert_eq!(fast["backlog"]["records"], 4, "{fast}");
         assert_eq!(fast["skipped"], 6);
-        let fetched = j.fetch("fast", 0, 100, 1000).unwrap();
-        let got: Vec<u64> = fetched.entries.iter().map(|(_, e)| e.seq).collect();
-        assert_eq!(got, [7, 8, 9, 10], "the newest are kept");
+        assert_eq!(fetch_seqs(&j, "fast", 100, 1000).0, [7, 8, 9, 10], "the newest are kept");
         assert_eq!(j.backlog().0, 4, "what nobody needs is gone");
 
         let spec = Spec { policy: Policy::Block, ..durable("slow", Policy::Block, 2, 1 << 20) };
@@ -831,9 +848,9 @@ mod tests {
         };
         j.create(spec, 10, 10).unwrap();
         j.append(&[entry(1), entry_on("org.plantd.Metric.pump-2.t", 2), entry(3)]).unwrap();
-        let fetched = j.fetch("p2", 0, 10, 100).unwrap();
-        assert_eq!(fetched.entries.iter().map(|(_, e)| e.seq).collect::<Vec<_>>(), [2]);
-        assert_eq!(fetched.next, j.newest(), "past the pump-1 sample after it");
+        let (seqs, next) = fetch_seqs(&j, "p2", 10, 100);
+        assert_eq!(seqs, [2]);
+        assert_eq!(next, j.newest(), "past the pump-1 sample after it");
         assert!(j.covers("org.plantd.Metric.pump-2.t") && !j.covers("org.plantd.Metric.pump-1.t"));
     }
 
@@ -862,7 +879,7 @@ mod tests {
             let names: Vec<String> =
                 j.list().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect();
             assert_eq!(names, ["historian", "tap"]);
-            assert_eq!(j.fetch("tap", 0, 10, 10).unwrap().entries.len(), 1, "its cursor came back");
+            assert_eq!(fetch_seqs(&j, "tap", 10, 10).0, [1], "its cursor came back");
             j.flush().unwrap();
         }
         let db = reopen(dir.path());
@@ -880,12 +897,26 @@ mod tests {
         j.create(durable("late", Policy::DropOldest, 10, 1 << 20), 10, 10).unwrap();
         assert_eq!(j.show("late").unwrap()["backlog"]["records"], 0, "a new consumer starts past the newest");
         j.reset("late", ResetTo::Start).unwrap();
-        assert_eq!(j.fetch("late", 0, 10, 10).unwrap().entries.len(), 2, "what the journal still holds");
+        assert_eq!(fetch_seqs(&j, "late", 10, 10).0, [1, 2], "what the journal still holds");
         assert!(matches!(j.delete("keep"), Err(ConsumerError::Refused(_))), "the hub's own stay");
         let later = Instant::now() + Duration::from_secs(2);
         assert_eq!(j.sweep_inactive(later), [("late".to_string(), true)]);
         assert!(j.spec_of("late").is_none(), "removed by its policy");
         assert!(j.sweep_inactive(later).is_empty(), "reported once");
+    }
+
+    #[test]
+    fn a_fetch_stays_within_its_budget_but_takes_one_entry_at_least() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let j = Journal::open(&db, vec![durable("c", Policy::Block, 100, 1 << 20)]).unwrap();
+        j.append(&[entry(1), entry(2), entry(3)]).unwrap();
+        let one = entry(1).topic.len() + entry(1).payload.len();
+        let mut keys = Vec::new();
+        let fetched = j.fetch("c", 0, (10, 10, 2 * one), |k, _, _| keys.push(k)).unwrap();
+        assert_eq!((fetched.count, fetched.next), (2, keys[1]), "the third waits for the next fetch");
+        let fetched = j.fetch("c", keys[1], (10, 10, 1), |_, _, _| {}).unwrap();
+        assert_eq!(fetched.count, 1, "a budget smaller than one entry still takes one");
     }
 
     #[test]
