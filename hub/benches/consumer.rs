@@ -16,6 +16,7 @@ use common::{endpoint, send_batch, HubChild};
 use proto::bus::Framing;
 use proto::consumer::{Fetched, Request, Sample as Delivered};
 use proto::ingest::Sent;
+use proto::mdp::Dialect;
 use proto::sample::{Quality, Sample, Value};
 use testkit::bench::{named, Args};
 
@@ -74,8 +75,8 @@ fn ack(client: &mut transport::Client, pos: u64) {
     ask(client, &Request::Ack { name: "drain".into(), pos });
 }
 
-/// Fills the journal with `samples` through ingest, 4 agents in batches of 1000.
-fn fill(endpoint: &str, samples: u64) {
+/// Fills the journal with `samples` through ingest, 4 agents (`<fleet>-N`) in batches of 1000.
+fn fill(endpoint: &str, fleet: &'static str, samples: u64) {
     let agents = 4;
     let per_agent = samples / agents;
     let senders: Vec<_> = (0..agents)
@@ -89,7 +90,7 @@ fn fill(endpoint: &str, samples: u64) {
                         .map(|s| Sent { sample: sample(s), historical: false })
                         .collect();
                     seq += batch.len() as u64;
-                    send_batch(&mut client, &format!("pump-{a}"), batch);
+                    send_batch(&mut client, &format!("{fleet}-{a}"), batch);
                 }
             })
         })
@@ -99,21 +100,47 @@ fn fill(endpoint: &str, samples: u64) {
     }
 }
 
-/// The consumer drains `samples`: samples per second.
-fn drain(endpoint: &str, samples: u64, max: u32) -> f64 {
+/// The consumer drains `samples`: samples per second. `pipelined`: it asks
+/// for the next batch as soon as a batch's header says where it ends, and
+/// reads the batch while the hub fetches the next.
+fn drain(endpoint: &str, samples: u64, max: u32, pipelined: bool) -> f64 {
     let mut client = client(endpoint);
+    let ctx = zmq::Context::new();
+    let dealer =
+        transport::PipelinedClient::connect(&ctx, transport::Endpoint::plain(endpoint), Dialect::Rfc7)
+            .expect("a pipelined client");
+    let mut dealer = dealer;
     let (mut got, mut after) = (0u64, 0u64);
     let started = Instant::now();
+    let ask_next = |dealer: &transport::PipelinedClient, after: u64| {
+        let ack = (after > 0).then_some(after);
+        let frames = Request::Fetch { name: "drain".into(), after, max, wait_ms: 1000, ack }.encode();
+        dealer.send(proto::consumer::SERVICE.as_bytes(), frames).expect("sent");
+    };
+    if pipelined {
+        ask_next(&dealer, after);
+    }
     while got < samples {
-        let (header, lines) = fetch(&mut client, after, max, 1000);
-        assert!(
-            header.count > 0 || started.elapsed() < Duration::from_secs(600),
-            "the backlog stopped at {got}"
-        );
+        assert!(started.elapsed() < Duration::from_secs(600), "the backlog stopped at {got}");
+        let (header, lines) = if pipelined {
+            let reply = dealer.recv(Duration::from_secs(30)).expect("an answer").expect("in time");
+            let header: Fetched = serde_json::from_slice(&reply.body[0]).expect("a fetch answer");
+            if header.next > after {
+                ask_next(&dealer, header.next);
+            }
+            (header, reply.body.get(1).map(|f| f.to_vec()).unwrap_or_default())
+        } else {
+            fetch(&mut client, after, max, 1000)
+        };
         // Read each sample, as a consumer would.
         got += Delivered::parse_all(&lines).expect("samples").len() as u64;
-        after = header.next;
+        after = after.max(header.next);
     }
+    if pipelined {
+        // The last fetch asked (nothing more to come): its empty answer.
+        let _ = dealer.recv(Duration::from_secs(5));
+    }
+    ack(&mut client, after);
     samples as f64 / started.elapsed().as_secs_f64()
 }
 
@@ -213,15 +240,20 @@ fn main() {
     println!("durable consumer benchmark: a backlog of {samples} samples, fetches of up to {max}, 127.0.0.1");
     let (hub, frontend, backend, _dir) = hub(samples);
     let filling = Instant::now();
-    fill(&hub.endpoint, samples);
+    fill(&hub.endpoint, "pump", samples);
     println!("filled the journal through ingest in {:.1} s", filling.elapsed().as_secs_f64());
     let tap = bus_tap(&frontend, &backend, samples);
     let before = hub.cpu();
-    let consumer = drain(&hub.endpoint, samples, max);
+    let pipelined = drain(&hub.endpoint, samples, max, true);
     let cpu = (hub.cpu() - before).as_secs_f64() * 1e6 / samples as f64;
+    // The same backlog again, one request at a time.
+    fill(&hub.endpoint, "valve", samples);
+    let serial = drain(&hub.endpoint, samples, max, false);
     println!();
-    println!("plain bus tap samples/s   durable consumer samples/s   ratio   hub CPU per sample (consumer)");
-    println!("{tap:>23.0}   {consumer:>26.0}   {:>5.2}   {cpu:>9.2} us", consumer / tap);
+    println!("consumer             plain bus tap samples/s   durable consumer samples/s   ratio");
+    println!("pipelined (1 ahead)  {tap:>23.0}   {pipelined:>26.0}   {:>5.2}", pipelined / tap);
+    println!("one at a time        {tap:>23.0}   {serial:>26.0}   {:>5.2}", serial / tap);
+    println!("hub CPU per sample drained: {cpu:.2} us");
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let [(send50, send99), (ack50, ack99)] = latency(&hub.endpoint, 200);
     println!();
