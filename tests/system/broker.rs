@@ -69,7 +69,14 @@ fn hub_call_times_out_with_a_clear_message_and_exit_3() {
 fn mmi_over_the_wire() {
     let hub = HubProc::start();
     let _worker = echo_worker(&hub.broker, "echo", &[]);
-    for service in ["echo", "org.plantd.Hub", "org.plantd.State", "org.plantd.Ingest"] {
+    for service in [
+        "echo",
+        "org.plantd.Hub",
+        "org.plantd.State",
+        "org.plantd.Ingest",
+        "org.plantd.Consumer",
+        "org.plantd.Consumer.Admin",
+    ] {
         hub.wait_for_service(service);
     }
     let get = |service: &str, body: &[&str]| hub.try_call(service, body, 2 * SECOND).expect("mmi answers");
@@ -77,7 +84,9 @@ fn mmi_over_the_wire() {
     assert_eq!(get("mmi.service", &["nope"]), vec!["404"]);
     assert_eq!(
         get("mmi.services", &[]),
-        vec![r#"["echo","org.plantd.Hub","org.plantd.Ingest","org.plantd.State"]"#]
+        vec![
+            r#"["echo","org.plantd.Consumer","org.plantd.Consumer.Admin","org.plantd.Hub","org.plantd.Ingest","org.plantd.State"]"#
+        ]
     );
     let workers: serde_json::Value = serde_json::from_str(&get("mmi.workers", &[])[0]).unwrap();
     assert_eq!(workers["echo"]["workers"], 1);
@@ -268,6 +277,6 @@ fn a_credit_worker_holds_concurrent_requests_and_a_stock_worker_one() {
     let (replies, waited) = burst_watching(&hub, "slow1", 8, |row| row["queued"].as_u64() >= Some(4));
     assert!(replies.iter().all(Option::is_some), "{replies:?}");
     assert!(waited, "a stock worker holds one request at a time, so the rest queue at the broker");
-    // slow8 and the hub's own two state workers (credit 64); not slow1.
-    assert_eq!(hub.metric("plantd_broker_credit_workers_total"), 3);
+    // slow8, the hub's own two state workers (credit 64) and its two consumer services; not slow1.
+    assert_eq!(hub.metric("plantd_broker_credit_workers_total"), 5);
 }

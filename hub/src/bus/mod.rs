@@ -125,6 +125,9 @@ pub struct Bus {
     /// subscriber has left since (see [`Bus::give_back_memory`]).
     trimmed_at: std::time::Instant,
     left_since_trim: bool,
+    /// Connections reported closed while their descriptor was still open
+    /// (libzmq reports first), looked at again until they are gone.
+    closing: Vec<(transport::peer::ConnId, std::time::Instant)>,
     recorder: Option<Recorder>,
     counters: Arc<BusCounters>,
     security: Option<Arc<Security>>,
@@ -271,6 +274,7 @@ impl Bus {
             upstream: false,
             trimmed_at: std::time::Instant::now(),
             left_since_trim: false,
+            closing: Vec::new(),
             recorder,
             counters: Arc::default(),
             generation: security.as_ref().map(|s| s.generation()),
@@ -312,8 +316,10 @@ impl Bus {
                 self.backend_events.as_poll_item(zmq::POLLIN),
                 shutdown.poll_item(),
             ];
-            // Wake at least once a second to flush the recording and see reloads.
-            match zmq::poll(&mut items, 1000) {
+            // Wake at least once a second to flush the recording and see
+            // reloads; soon, while a closing connection is to be looked at again.
+            let timeout = if self.closing.is_empty() { 1000 } else { 10 };
+            match zmq::poll(&mut items, timeout) {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -323,11 +329,17 @@ impl Bus {
             self.tap_subscriptions()?;
             self.check_reload();
             if events {
+                let now = std::time::Instant::now();
                 for fd in closed_connections(&self.backend_events, self.security.as_deref()) {
-                    self.ledger.closed(fd);
+                    self.closing.extend(self.ledger.closed(fd).map(|id| (id, now)));
                     self.left_since_trim = true;
                 }
             }
+            // A connection still open 5 s after its close was reported was a new one on the descriptor.
+            let ledger = &mut self.ledger;
+            self.closing.retain(|(id, since)| {
+                !ledger.recheck(*id) && since.elapsed() < std::time::Duration::from_secs(5)
+            });
             // Subscriptions always before messages: with libzmq applying them
             // itself (see `upstream`), a refused one is closed before more is sent.
             self.forward_up()?;

@@ -243,21 +243,35 @@ impl Ledger {
 
     /// The monitor saw a connection on `fd` close: the subscriptions of
     /// connections on `fd` that are no longer open go (a newer connection on
-    /// the same descriptor keeps its own). Returns the prefix bytes released.
-    pub fn closed(&mut self, fd: RawFd) -> usize {
+    /// the same descriptor keeps its own). libzmq reports a close just before
+    /// it closes the descriptor, and subscriptions it read before may still
+    /// come: the connection on `fd` while still open is returned, to be
+    /// looked at again ([`Ledger::recheck`]) until it is gone.
+    pub fn closed(&mut self, fd: RawFd) -> Option<ConnId> {
         self.refusals.retain(|c, _| c.fd != fd || c.is_open());
-        let gone: Vec<Conn> = (self.conns.keys())
-            .filter(|c| matches!(c, Conn::Peer(id) if id.fd == fd && !id.is_open()))
-            .copied()
+        let on_fd: Vec<ConnId> = (self.conns.keys())
+            .filter_map(|c| match c {
+                Conn::Peer(id) if id.fd == fd => Some(*id),
+                _ => None,
+            })
             .collect();
-        let before = self.bytes;
-        for conn in gone {
-            let prefixes = self.conns.get_mut(&conn).map(|h| std::mem::take(&mut h.prefixes));
-            for (prefix, n) in prefixes.into_iter().flatten() {
-                self.release(conn, &prefix, n as usize);
-            }
+        for id in on_fd {
+            self.recheck(id);
         }
-        before - self.bytes
+        ConnId::of(fd)
+    }
+
+    /// Whether connection `id` is gone; if so, its subscriptions go too.
+    pub fn recheck(&mut self, id: ConnId) -> bool {
+        if id.is_open() {
+            return false;
+        }
+        let conn = Conn::Peer(id);
+        let prefixes = self.conns.get_mut(&conn).map(|h| std::mem::take(&mut h.prefixes));
+        for (prefix, n) in prefixes.into_iter().flatten() {
+            self.release(conn, &prefix, n as usize);
+        }
+        true
     }
 
     /// Drops `n` holds on `prefix` by `conn`, and the connection's entry
@@ -356,6 +370,28 @@ mod tests {
         }
     }
 
+    fn id_of(conn: Conn) -> ConnId {
+        let Conn::Peer(id) = conn else { unreachable!() };
+        id
+    }
+
+    /// libzmq reports a close before it closes the descriptor: the
+    /// connection is looked at again until it is gone.
+    #[test]
+    fn a_close_reported_before_the_descriptor_goes_is_looked_at_again() {
+        let mut s = Sockets::new(1);
+        let mut l = Ledger::new(Limits::unbounded());
+        l.subscribe(s.conn(0), Some("grafana"), b"x").unwrap();
+        let id = id_of(s.conn(0));
+        assert_eq!(l.closed(id.fd), Some(id), "still open when reported");
+        assert_eq!(l.total(), 1);
+        assert!(!l.recheck(id));
+        s.reconnect(0);
+        assert!(l.recheck(id), "gone now: released");
+        assert_eq!((l.total(), l.connections()), (0, 0));
+        assert!(l.identities.is_empty());
+    }
+
     #[test]
     fn bounds_per_connection_per_prefix_and_per_bus() {
         let s = Sockets::new(4);
@@ -414,7 +450,7 @@ mod tests {
         l.subscribe(s.conn(4), None, b"x").unwrap();
         // A closed connection gives back its share, and its place.
         let fd = s.reconnect(1);
-        assert_eq!(l.closed(fd), 6);
+        l.closed(fd);
         assert_eq!(l.identities["grafana"], Usage { connections: 1, subscriptions: 2, bytes: 6 });
         l.subscribe(s.conn(1), viewer, b"eeeeee").unwrap();
         assert_eq!(l.identities["grafana"], Usage { connections: 2, subscriptions: 3, bytes: 12 });
@@ -446,7 +482,7 @@ mod tests {
         assert!(l.unsubscribe(s.conn(0), b"a"));
         assert_eq!(l.total(), 1, "connection 1 still holds it");
         let fd = s.reconnect(1);
-        assert_eq!(l.closed(fd), 1);
+        l.closed(fd);
         assert_eq!((l.total(), l.bytes(), l.connections()), (0, 0, 0));
     }
 
@@ -458,7 +494,8 @@ mod tests {
         let fd = s.reconnect(0);
         // The new connection's subscription is read before the old one's close.
         l.subscribe(s.conn(0), None, b"new").unwrap();
-        assert_eq!(l.closed(fd), 3);
+        assert_eq!(l.closed(fd), Some(id_of(s.conn(0))), "the newer one is open: looked at again later");
+        assert_eq!(l.bytes(), 3, "the old one's went");
         assert!(l.subscribers().covers(b"new.topic"));
         assert_eq!(l.total(), 1);
     }
