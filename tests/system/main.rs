@@ -8,6 +8,7 @@ mod bridge;
 mod broker;
 mod bus;
 mod cli;
+mod fleet;
 mod interop;
 mod operations;
 mod package;

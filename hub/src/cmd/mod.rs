@@ -8,6 +8,7 @@ pub mod check;
 pub mod dlq;
 pub mod echo;
 pub mod keys;
+pub mod loadgen;
 pub mod pipeline;
 pub mod publish;
 pub mod serve;
