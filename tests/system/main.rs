@@ -9,6 +9,7 @@ mod broker;
 mod bus;
 mod cli;
 mod consumers;
+mod fleet;
 mod interop;
 mod operations;
 mod package;

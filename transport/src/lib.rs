@@ -13,6 +13,7 @@ pub mod client;
 pub mod control;
 pub mod curve;
 pub mod frames;
+pub mod gaps;
 pub mod peer;
 pub mod pipeline;
 pub mod secret;

@@ -9,6 +9,7 @@ pub mod consumers;
 pub mod dlq;
 pub mod echo;
 pub mod keys;
+pub mod loadgen;
 pub mod pipeline;
 pub mod publish;
 pub mod serve;

@@ -1,10 +1,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use argh::FromArgs;
 use serde_json::{json, Value};
 use transport::frames::display_frame;
+use transport::gaps::{describe, GapWatch};
 use transport::{Shutdown, Subscriber};
 
 use super::{bus_endpoint, client_endpoint, BusSide, CmdResult};
@@ -81,11 +82,16 @@ pub fn run(args: TapArgs) -> CmdResult {
         Subscriber::connect(&ctx, client_endpoint(&endpoint, args.cert, args.server_cert)?, &prefixes)?;
     log::info!("tapping {endpoint}");
     let mut seen = 0;
+    let mut gaps = MissedReport::new();
     while !shutdown.is_triggered() && args.count.is_none_or(|n| seen < n) {
+        gaps.say_when_due();
         let Some(message) = subscriber.recv(Duration::from_millis(250))? else { continue };
         seen += 1;
         let topic = String::from_utf8_lossy(&message.topic);
         let payload = serde_json::from_slice::<Value>(&message.payload).ok();
+        if let Some(payload) = &payload {
+            gaps.watch.observe_json(payload);
+        }
         if args.json {
             let payload = payload.unwrap_or_else(|| json!(display_frame(&message.payload)));
             println!("{}", json!({"topic": topic, "payload": payload}));
@@ -94,5 +100,41 @@ pub fn run(args: TapArgs) -> CmdResult {
             println!("{topic} {payload}");
         }
     }
+    gaps.say_total();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The bus is best effort: a subscriber too slow for the hub is dropped for.
+/// Durable samples carry (agent, epoch, seq), so the tap says on stderr when
+/// it missed some: at most once a second, and in all when it stops.
+struct MissedReport {
+    watch: GapWatch,
+}
+
+/// (agent, epoch) pairs the tap follows; past it the least recently heard is forgotten.
+const TRACKED_STREAMS: usize = 100_000;
+
+impl MissedReport {
+    fn new() -> MissedReport {
+        MissedReport { watch: GapWatch::new(TRACKED_STREAMS) }
+    }
+
+    fn say_when_due(&mut self) {
+        if let Some(missed) = self.watch.report(Instant::now()) {
+            eprintln!("hub tap: {} (the bus dropped them for this tap: too slow?)", describe(&missed, 10));
+        }
+    }
+
+    /// The total (what was not yet reported included).
+    fn say_total(&self) {
+        let totals = self.watch.totals();
+        if totals.missed > 0 {
+            eprintln!(
+                "hub tap: missed {} durable samples in all, received {} (bus subscribers are served best effort)",
+                totals.missed, totals.durable
+            );
+        } else if totals.durable > 0 {
+            log::info!("{} durable samples received, none skipped", totals.durable);
+        }
+    }
 }
