@@ -316,7 +316,7 @@ fn main() {
         seconds: args.get("--seconds", 20.0),
         warmup: args.get("--warmup", 10.0),
         p99_ms: args.get("--p99-ms", 100.0),
-        ingest_workers: args.get("--ingest-workers", 2),
+        ingest_workers: args.get("--ingest-workers", hub::config::IngestConfig::default().workers),
     };
     let fds = allow_descriptors();
     println!(

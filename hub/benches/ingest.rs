@@ -183,7 +183,10 @@ fn main() {
     let args = Args::from_env();
     let samples: u64 = args.get("--samples", 200_000);
     let batch: usize = args.get("--batch", 200);
-    println!("ingest benchmark: {samples} samples in batches of {batch}, 127.0.0.1, ingest.workers = 2");
+    let workers = hub::config::IngestConfig::default().workers;
+    println!(
+        "ingest benchmark: {samples} samples in batches of {batch}, 127.0.0.1, ingest.workers = {workers}"
+    );
     println!();
     println!("agents   bare publish samples/s   through ingest samples/s   ratio   hub CPU per sample");
     for agents in [1, 4, 16] {

@@ -82,6 +82,8 @@ pub fn publish_once(
 pub struct Subscriber {
     socket: zmq::Socket,
     frames: Vec<zmq::Message>,
+    /// Gaps in durable samples' seqs, when watched ([`Subscriber::watch_gaps`]).
+    gaps: Option<crate::gaps::GapWatch>,
 }
 
 impl Subscriber {
@@ -98,7 +100,22 @@ impl Subscriber {
             }
             prefixes.iter().try_for_each(|prefix| s.set_subscribe(prefix))
         })?;
-        Ok(Subscriber { socket, frames: Vec::new() })
+        Ok(Subscriber { socket, frames: Vec::new(), gaps: None })
+    }
+
+    /// Watches the durable samples received for gaps in their seqs (the bus
+    /// is best effort: PUB/SUB drops for a subscriber that falls behind),
+    /// following at most `max_streams` (agent, epoch) pairs; logs a warning
+    /// at most once a second when some were missed. [`Subscriber::gaps`]
+    /// has the counts.
+    pub fn watch_gaps(mut self, max_streams: usize) -> Subscriber {
+        self.gaps = Some(crate::gaps::GapWatch::new(max_streams));
+        self
+    }
+
+    /// What the gap watch counted, if on.
+    pub fn gaps(&self) -> Option<&crate::gaps::GapWatch> {
+        self.gaps.as_ref()
     }
 
     /// The next message, or `None` if none arrived within `timeout`.
@@ -107,6 +124,12 @@ impl Subscriber {
         loop {
             if recv_frames(&self.socket, &mut self.frames, MAX_FRAMES, zmq::DONTWAIT)? == Received::Message {
                 if let Some((topic, payload)) = bus::split(&self.frames) {
+                    if let Some(gaps) = &mut self.gaps {
+                        gaps.observe(payload);
+                        if let Some(missed) = gaps.report(Instant::now()) {
+                            log::warn!("bus subscriber: {}", crate::gaps::describe(&missed, 5));
+                        }
+                    }
                     return Ok(Some(BusMessage { topic: topic.to_vec(), payload: payload.to_vec() }));
                 }
                 continue;
@@ -123,5 +146,38 @@ impl Subscriber {
 
     pub fn socket(&self) -> &zmq::Socket {
         &self.socket
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A subscriber watching gaps counts the durable samples it never got.
+    #[test]
+    fn a_subscriber_watching_gaps_counts_what_it_missed() {
+        let ctx = zmq::Context::new();
+        let publisher = ctx.socket(zmq::PUB).unwrap();
+        publisher.bind("inproc://gaps-test").unwrap();
+        let mut sub = Subscriber::connect(&ctx, "inproc://gaps-test", &[]).unwrap().watch_gaps(10);
+        let payload = |seq: u64| format!(r#"{{"agent":"pump-1","epoch":7,"seq":{seq},"durable":true}}"#);
+        // Until the subscription is in place, inproc PUB drops: publish seq 1 until heard.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            publish_on(&publisher, Framing::TwoFrame, b"org.plantd.Metric.pump-1.t", payload(1).as_bytes())
+                .unwrap();
+            if sub.recv(Duration::from_millis(20)).unwrap().is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the subscription never arrived");
+        }
+        for seq in [2, 5, 6] {
+            publish_on(&publisher, Framing::TwoFrame, b"org.plantd.Metric.pump-1.t", payload(seq).as_bytes())
+                .unwrap();
+        }
+        for _ in 0..3 {
+            assert!(sub.recv(Duration::from_secs(5)).unwrap().is_some());
+        }
+        assert_eq!(sub.gaps().unwrap().totals().missed, 2, "seqs 3 and 4");
     }
 }
