@@ -352,9 +352,8 @@ impl IngestService {
                 after_ms: 2000,
             };
         }
-        for entry in &fresh {
-            publish(entry.topic.as_bytes(), &entry.payload);
-        }
+        // Stored first, published after: a batch refused for a storage failure
+        // (the agent sends it again) never reaches the bus twice.
         if let Err(e) = self.export.journal.append(&fresh) {
             self.agents.record(agent, Heard { report, ..Heard::default() }, now.0, now.1);
             return self.storage_failure(WatermarkError::Storage(e));
@@ -370,6 +369,9 @@ impl IngestService {
             if new_agent {
                 c.agents.fetch_add(1, Relaxed);
             }
+        }
+        for entry in &fresh {
+            publish(entry.topic.as_bytes(), &entry.payload);
         }
         c.accepted.fetch_add(accepted.into(), Relaxed);
         c.duplicates.fetch_add(duplicates.into(), Relaxed);
