@@ -70,6 +70,8 @@ pub struct Hub {
     /// The ZAP handler, stopped only after every other component: libzmq
     /// admits anyone while no handler is bound.
     zap: Option<(Shutdown, JoinHandle<Result<(), ServeError>>)>,
+    /// Stores found damaged at start, set aside and salvaged: the hub runs degraded.
+    recoveries: crate::http::ready::Recoveries,
 }
 
 impl Hub {
@@ -100,6 +102,7 @@ impl Hub {
             state_store: None,
             registry: Arc::default(),
             zap: None,
+            recoveries: Default::default(),
         };
         if let Some(security) = &security {
             // Before any CURVE socket binds.
@@ -121,6 +124,23 @@ impl Hub {
             hub.zap = Some((stop, thread));
         }
         let registry = Arc::new(Registry::default());
+        let recoveries = hub.recoveries.clone();
+        registry.register(
+            "stores",
+            Arc::new(move |out: &mut Families| {
+                for (store, r) in recoveries.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                    let labels = || vec![("store", store.clone())];
+                    out.gauge(
+                        "store_recovered",
+                        "1: found damaged at start, set aside and salvaged.",
+                        labels(),
+                        1,
+                    );
+                    let salvaged = "Entries salvaged from the damaged store into the fresh one.";
+                    out.gauge("store_salvaged_entries", salvaged, labels(), r.salvaged_total());
+                }
+            }),
+        );
         if let Some(security) = &security {
             let security = security.clone();
             registry.register("security", Arc::new(move |out: &mut Families| security.collect(out)));
@@ -181,6 +201,7 @@ impl Hub {
                 security.clone(),
             )?;
             state_store = Some(state.store());
+            hub.recovered("state", state.store().recovery());
             hub.state_store = state_store.clone();
             let (store, bounds) = (state.store(), state_config.clone());
             registry.register(
@@ -218,6 +239,20 @@ impl Hub {
             )?;
             ingest_counters = Some((ingest.counters(), ingest.agents()));
             export = Some(ingest.export());
+            let store = ingest.store();
+            hub.recovered("ingest", store.recovery());
+            let reopens = store.clone();
+            registry.register(
+                "ingest_store",
+                Arc::new(move |out: &mut Families| {
+                    let help = "Times ingest's store was opened again after a storage failure.";
+                    out.counter("ingest_store_reopens", help, vec![], reopens.reopens());
+                }),
+            );
+            hub.spawn("ingest-store".into(), move |signal| {
+                store.heal(&signal);
+                Ok(())
+            })?;
             hub.start_consumers(ctx, config, ingest.export().journal, &security, &registry)?;
             let (counters, agents, bounds) = (ingest.counters(), ingest.agents(), config.ingest.clone());
             registry.register(
@@ -288,6 +323,7 @@ impl Hub {
                 state: state_store,
                 ingest: ingest_counters,
                 journal: export.as_ref().map(|e| e.journal.clone()),
+                recoveries: hub.recoveries.clone(),
                 security: security.clone(),
                 web: feeds,
             };
@@ -303,6 +339,20 @@ impl Hub {
 
     /// Starts the NATS bridge on its own thread; returns what `hub bridge
     /// status` shows.
+    /// Notes a store found damaged at start (logged, in `/readyz` and `/metrics`).
+    fn recovered(&mut self, store: &str, recovery: Option<&stores::Recovery>) {
+        if let Some(recovery) = recovery {
+            log::error!(
+                "{store} store: {} (the hub runs on; see the README's \"Storage faults\")",
+                recovery.describe()
+            );
+            self.recoveries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((store.to_string(), recovery.clone()));
+        }
+    }
+
     /// Durable consumers' services over ingest's journal, and their sweeper.
     fn start_consumers(
         &mut self,
@@ -386,6 +436,7 @@ impl Hub {
             return Ok(None);
         }
         let dlq = Arc::new(crate::pipeline::dlq::Dlq::open(&config.data_dir)?);
+        self.recovered("dead letters", dlq.recovery.as_ref());
         let taps: Vec<(String, String)> =
             config.buses.iter().map(|b| (b.name.clone(), b.inproc_tap())).collect();
         let journal = export.map(|e| e.journal.clone());

@@ -10,6 +10,7 @@ mod bus;
 mod cli;
 mod consumers;
 mod fleet;
+mod hub_storage;
 mod interop;
 mod operations;
 mod package;

@@ -19,6 +19,9 @@ use serde_json::{json, Value};
 
 use super::Sources;
 
+/// Stores found damaged at start, set aside and salvaged: (store, what happened).
+pub type Recoveries = std::sync::Arc<std::sync::Mutex<Vec<(String, stores::Recovery)>>>;
+
 /// A loop that has not turned for this long is stuck.
 pub const STUCK_AFTER: Duration = Duration::from_secs(10);
 
@@ -38,6 +41,8 @@ pub struct Inputs {
     pub security: Option<(usize, Option<String>)>,
     /// The journal's consumers: name, backlog in samples, at its bounds, inactive.
     pub consumers: Option<Vec<(String, u64, bool, bool)>>,
+    /// Stores recovered from damage at start: (store, what happened).
+    pub recovered: Vec<(String, String)>,
 }
 
 impl Inputs {
@@ -54,6 +59,10 @@ impl Inputs {
                 .as_ref()
                 .map(|(c, _)| c.failing.lock().unwrap_or_else(|e| e.into_inner()).clone()),
             security: sources.security.as_ref().map(|s| (s.allow_list().len(), s.last_reload_error())),
+            recovered: {
+                let recoveries = sources.recoveries.lock().unwrap_or_else(|e| e.into_inner());
+                recoveries.iter().map(|(store, r)| (store.clone(), r.describe())).collect()
+            },
             consumers: sources.journal.as_ref().map(|j| {
                 let field = |c: &Value, k: &str| c[k].as_bool().unwrap_or(false);
                 let list = j.list();
@@ -84,6 +93,8 @@ pub struct Check {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verdict {
     pub ready: bool,
+    /// Working, but with data lost at start (a damaged store): ready, and said so.
+    pub degraded: bool,
     pub checks: Vec<Check>,
 }
 
@@ -94,7 +105,7 @@ impl Verdict {
             .iter()
             .map(|c| (c.component.clone(), json!({"ok": c.ok, "detail": c.detail})))
             .collect();
-        json!({"ready": self.ready, "components": components})
+        json!({"ready": self.ready, "degraded": self.degraded, "components": components})
     }
 }
 
@@ -157,7 +168,10 @@ pub fn assess(inputs: &Inputs) -> Verdict {
         };
         check("journal", None, Some(detail));
     }
-    Verdict { ready: checks.iter().all(|c| c.ok), checks }
+    for (store, what) in &inputs.recovered {
+        check(&format!("store:{store}"), None, Some(format!("degraded: {what}")));
+    }
+    Verdict { ready: checks.iter().all(|c| c.ok), degraded: !inputs.recovered.is_empty(), checks }
 }
 
 #[cfg(test)]
@@ -173,6 +187,7 @@ mod tests {
             ingest: Some(None),
             security: Some((3, None)),
             consumers: Some(vec![("bridge".into(), 10, false, false)]),
+            recovered: Vec::new(),
         }
     }
 
@@ -189,6 +204,22 @@ mod tests {
             verdict.to_json()["components"]["journal"]["detail"],
             "1 consumers, none at its bounds or idle"
         );
+    }
+
+    #[test]
+    fn a_store_recovered_at_start_is_degraded_not_silent() {
+        let mut recovered = healthy();
+        recovered.recovered =
+            vec![("ingest".into(), "damaged (x); set aside as y; 3 entries salvaged".into())];
+        let verdict = assess(&recovered);
+        assert!(verdict.ready && verdict.degraded, "the hub works, and says what it lost");
+        let json = verdict.to_json();
+        assert_eq!(json["degraded"], true);
+        assert!(json["components"]["store:ingest"]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("degraded: damaged"));
+        assert_eq!(assess(&healthy()).to_json()["degraded"], false);
     }
 
     #[test]

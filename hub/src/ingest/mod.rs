@@ -25,6 +25,7 @@
 
 pub mod agents;
 pub mod journal;
+pub mod store;
 mod watermarks;
 
 use std::hash::{Hash, Hasher};
@@ -39,7 +40,8 @@ use transport::{ShutdownWatch, Worker, WorkerError, WorkerOptions};
 
 use self::agents::{Agents, Heard};
 use self::journal::{Entry, Journal};
-use self::watermarks::{WatermarkError, Watermarks};
+use self::store::IngestStore;
+use self::watermarks::WatermarkError;
 use crate::broker::BROKER_INPROC;
 use crate::bus::subscriptions::Subscribers;
 use crate::config::IngestConfig;
@@ -95,8 +97,8 @@ impl IngestCounters {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("cannot open the ingest store in {path}: {source} (is another hub using this --data-dir?)")]
-    Open { path: std::path::PathBuf, source: sled::Error },
+    #[error("the ingest store: {0}")]
+    Open(#[from] stores::OpenError),
     #[error("ingest worker: {0}")]
     Worker(#[from] WorkerError),
     #[error("ingest worker: {0}")]
@@ -105,7 +107,7 @@ pub enum IngestError {
 
 #[derive(Clone)]
 pub struct IngestService {
-    watermarks: Arc<Watermarks>,
+    store: Arc<IngestStore>,
     counters: Arc<IngestCounters>,
     config: IngestConfig,
     /// Real subscribers on the bus: the gate.
@@ -162,15 +164,12 @@ impl IngestService {
         export: ExportConfig,
     ) -> Result<IngestService, IngestError> {
         let path = data_dir.join("ingest");
-        let watermarks =
-            Watermarks::open(&path).map_err(|source| IngestError::Open { path: path.clone(), source })?;
-        let journal = Journal::open(watermarks.db(), export.consumers)
-            .map_err(|source| IngestError::Open { path: path.clone(), source })?;
-        let export = Export { journal: Arc::new(journal), prefixes: export.prefixes };
+        let store = IngestStore::open(&path, export.consumers)?;
+        let export = Export { journal: store.journal.clone(), prefixes: export.prefixes };
         let counters = IngestCounters::default();
-        counters.agents.store(watermarks.agents() as u64, Relaxed);
+        counters.agents.store(store.watermarks.agents() as u64, Relaxed);
         Ok(IngestService {
-            watermarks: Arc::new(watermarks),
+            store: Arc::new(store),
             counters: Arc::new(counters),
             config: config.clone(),
             listeners,
@@ -182,6 +181,11 @@ impl IngestService {
             export,
             publisher: Arc::default(),
         })
+    }
+
+    /// The store (watermarks and journal), for its healing and its health.
+    pub fn store(&self) -> Arc<IngestStore> {
+        self.store.clone()
     }
 
     /// The journal and the hub's own consumers' prefixes.
@@ -294,8 +298,18 @@ impl IngestService {
             };
         }
 
+        if self.store.is_broken() {
+            self.agents.record(agent, Heard { report, ..Heard::default() }, now.0, now.1);
+            c.retries.fetch_add(1, Relaxed);
+            return Reply::Retry {
+                reason: "the hub's ingest store failed to write (a full disk?): it takes batches again once it \
+                         is opened again, within seconds of space returning"
+                    .into(),
+                after_ms: 1000,
+            };
+        }
         let _this_agent = self.lock(agent);
-        let mut marks = match self.watermarks.get(agent) {
+        let mut marks = match self.store.watermarks.get(agent) {
             Ok(marks) => marks,
             Err(e) => return self.storage_failure(e),
         };
@@ -359,7 +373,8 @@ impl IngestService {
             return self.storage_failure(WatermarkError::Storage(e));
         }
         if marks != before {
-            if let Err(e) = self.watermarks.put(agent, &marks).and_then(|_| self.watermarks.flush()) {
+            let stored = self.store.watermarks.put(agent, &marks);
+            if let Err(e) = stored.and_then(|_| self.store.flush().map_err(WatermarkError::from)) {
                 self.agents.record(agent, Heard { report, ..Heard::default() }, now.0, now.1);
                 return self.storage_failure(e);
             }
@@ -396,6 +411,9 @@ impl IngestService {
 
     fn storage_failure(&self, e: WatermarkError) -> Reply {
         self.counters.retries.fetch_add(1, Relaxed);
+        if let WatermarkError::Storage(e) = &e {
+            self.store.failed(e);
+        }
         log::error!("ingest: {e}");
         *self.counters.failing.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
         Reply::Retry { reason: format!("hub storage error: {e}"), after_ms: 1000 }
@@ -568,7 +586,7 @@ mod tests {
                 Reply::Ack { accepted: 1, duplicates: 0 }
             );
         }
-        let marks = svc.watermarks.get("pi").unwrap();
+        let marks = svc.store.watermarks.get("pi").unwrap();
         assert_eq!(marks.0.iter().map(|m| m.epoch).collect::<Vec<_>>(), [12, 11], "epoch 10 retired");
         assert_eq!(
             run(&svc, &batch("pi", 12, &[1]), &everything()).0,

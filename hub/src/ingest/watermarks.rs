@@ -8,6 +8,8 @@
 //! again; that needs an agent to reboot `keep` times while holding unacked
 //! samples the hub had already taken, which the default (64) makes remote.
 
+use std::sync::RwLock;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,45 +50,71 @@ impl Marks {
     }
 }
 
+/// The watermarks' tree, in the ingest store. Detached while the store is
+/// opened again after an I/O failure (sled fails every write after one until
+/// it is): meanwhile every call fails, and ingest answers Retry.
 pub struct Watermarks {
-    db: sled::Db,
-    tree: sled::Tree,
+    handles: RwLock<Option<(sled::Db, sled::Tree)>>,
 }
 
+const TREE: &str = "watermarks.v2";
+
 impl Watermarks {
-    pub fn open(dir: &std::path::Path) -> sled::Result<Watermarks> {
-        let db = sled::Config::new().path(dir).cache_capacity(4 << 20).flush_every_ms(None).open()?;
-        let tree = db.open_tree("watermarks.v2")?;
-        Ok(Watermarks { db, tree })
+    pub fn new(db: &sled::Db) -> sled::Result<Watermarks> {
+        let watermarks = Watermarks { handles: RwLock::new(None) };
+        watermarks.attach(db)?;
+        Ok(watermarks)
+    }
+
+    /// Uses `db` from now on.
+    pub fn attach(&self, db: &sled::Db) -> sled::Result<()> {
+        let tree = db.open_tree(TREE)?;
+        *self.handles.write().unwrap_or_else(|e| e.into_inner()) = Some((db.clone(), tree));
+        Ok(())
+    }
+
+    /// Lets go of the store (so it can be opened again).
+    pub fn detach(&self) {
+        *self.handles.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&sled::Db, &sled::Tree) -> sled::Result<T>) -> sled::Result<T> {
+        let handles = self.handles.read().unwrap_or_else(|e| e.into_inner());
+        match handles.as_ref() {
+            Some((db, tree)) => f(db, tree),
+            None => Err(reopening()),
+        }
     }
 
     pub fn get(&self, agent: &str) -> Result<Marks, WatermarkError> {
-        let Some(bytes) = self.tree.get(agent.as_bytes())? else { return Ok(Marks::default()) };
+        let Some(bytes) = self.with(|_, tree| tree.get(agent.as_bytes()))? else {
+            return Ok(Marks::default());
+        };
         // A value we cannot read is a fault of ours, not the agent's: fail the batch, keep the value.
         proto::codec::decode(&bytes)
             .map_err(|e| WatermarkError::Unreadable { agent: agent.into(), why: e.to_string() })
     }
 
     pub fn put(&self, agent: &str, marks: &Marks) -> Result<(), WatermarkError> {
-        self.tree.insert(agent.as_bytes(), proto::codec::encode(marks))?;
+        self.with(|_, tree| tree.insert(agent.as_bytes(), proto::codec::encode(marks)))?;
         Ok(())
-    }
-
-    /// The store itself (the export journal lives in it too).
-    pub fn db(&self) -> &sled::Db {
-        &self.db
     }
 
     /// Agents with watermarks.
     pub fn agents(&self) -> usize {
-        self.tree.len()
+        self.with(|_, tree| Ok(tree.len())).unwrap_or(0)
     }
 
     /// Makes every put so far durable; an error means they may not be.
     pub fn flush(&self) -> Result<(), WatermarkError> {
-        self.db.flush()?;
+        self.with(|db, _| db.flush())?;
         Ok(())
     }
+}
+
+/// What a store detached for reopening answers.
+pub fn reopening() -> sled::Error {
+    sled::Error::Io(std::io::Error::other("the ingest store is being opened again after a storage failure"))
 }
 
 #[cfg(test)]
@@ -111,14 +139,16 @@ mod tests {
     fn marks_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let w = Watermarks::open(dir.path()).unwrap();
+            let w = Watermarks::new(&sled::open(dir.path()).unwrap()).unwrap();
             let mut m = w.get("pi").unwrap();
             m.raise(42, 9, 8);
             w.put("pi", &m).unwrap();
             w.flush().unwrap();
         }
-        let w = Watermarks::open(dir.path()).unwrap();
+        let w = Watermarks::new(&sled::open(dir.path()).unwrap()).unwrap();
         assert_eq!(w.get("pi").unwrap().of(42), 9);
         assert_eq!(w.agents(), 1);
+        w.detach();
+        assert!(w.get("pi").is_err() && w.flush().is_err(), "detached: every call fails");
     }
 }

@@ -57,12 +57,14 @@ pub struct Dlq {
     /// Counts replay requests: a source that sees it change looks for marked entries.
     pub replay_generation: AtomicU64,
     pub undecodable: AtomicU64,
+    /// Damage found and recovered from when the store was opened.
+    pub recovery: Option<stores::Recovery>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
-    #[error("cannot open the dead-letter store in {path}: {source} (is another hub using this --data-dir?)")]
-    Open { path: std::path::PathBuf, source: sled::Error },
+    #[error("the dead-letter store: {0}")]
+    Open(#[from] stores::OpenError),
     #[error("dead-letter store: {0}")]
     Store(#[from] sled::Error),
 }
@@ -70,12 +72,10 @@ pub enum DlqError {
 impl Dlq {
     pub fn open(data_dir: &Path) -> Result<Dlq, DlqError> {
         let path = data_dir.join("pipelines");
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(4 << 20)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|source| DlqError::Open { path: path.clone(), source })?;
+        // Damage is set aside and what can be read salvaged: the hub starts.
+        let opened =
+            stores::open(&path, sled::Config::new().cache_capacity(4 << 20).flush_every_ms(Some(1000)))?;
+        let (db, recovery) = (opened.db, opened.recovery);
         let letters = db.open_tree("dlq.v1")?;
         let mut counts = HashMap::new();
         let mut undecodable = 0;
@@ -94,6 +94,7 @@ impl Dlq {
             counts: Mutex::new(counts),
             replay_generation: AtomicU64::new(0),
             undecodable: AtomicU64::new(undecodable),
+            recovery,
         })
     }
 

@@ -29,6 +29,8 @@ pub enum StoreError {
     /// taken (sled keeps failing after an I/O error; a restart reopens it).
     #[error("the store failed to flush ({0}): it takes no writes until the hub restarts")]
     Failed(String),
+    #[error("{0}")]
+    Open(#[from] stores::OpenError),
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -162,6 +164,10 @@ pub struct Store {
     failure: Mutex<Option<String>>,
     /// When the oldest write not yet flushed was made.
     pending_since: Mutex<Option<Instant>>,
+    /// Damage found and recovered from when the store was opened.
+    recovery: Option<stores::Recovery>,
+    /// Counts flushes, so a store cut short is noticed at the next start.
+    generation: stores::Generation,
 }
 
 /// `len(scope) as u32 BE ++ scope ++ key`: a scope's keys share a prefix no
@@ -187,7 +193,10 @@ impl Store {
     /// With `flush_each_write`, [`Store::commit`] puts every write on disk
     /// (the service commits before it acknowledges a write).
     pub fn open(dir: &Path, cache_bytes: u64, flush_each_write: bool, limits: Limits) -> Result<Store> {
-        let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).flush_every_ms(None).open()?;
+        // Damage is set aside and what can be read salvaged: the hub starts.
+        let opened = stores::open(dir, sled::Config::new().cache_capacity(cache_bytes).flush_every_ms(None))?;
+        let (generation, loss) = stores::Generation::open(dir, &opened.db)?;
+        let (db, recovery) = (opened.db, opened.recovery.or(loss));
         let scopes = db.open_tree("scopes")?;
         let values = db.open_tree("values")?;
         let mut usage = Usage::default();
@@ -221,7 +230,14 @@ impl Store {
             flush_each_write,
             failure: Mutex::new(None),
             pending_since: Mutex::new(None),
+            recovery,
+            generation,
         })
+    }
+
+    /// Damage found and recovered from when the store was opened.
+    pub fn recovery(&self) -> Option<&stores::Recovery> {
+        self.recovery.as_ref()
     }
 
     /// The usage accounting, locked: every write holds it, and refuses to
@@ -465,7 +481,7 @@ impl Store {
     /// writes (they could not be made durable either).
     pub fn flush(&self) -> Result<()> {
         let writes = self.writes.load(SeqCst);
-        if let Err(e) = self.db.flush() {
+        if let Err(e) = self.generation.flush(&self.db) {
             let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
             if failure.is_none() {
                 log::error!("state store: flush failed ({e}); refusing writes until the hub restarts");

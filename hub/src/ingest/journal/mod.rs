@@ -120,10 +120,50 @@ struct EntryRef<'a> {
     agent: &'a str,
 }
 
-pub struct Journal {
+/// The journal's handles on the store. Let go of while the store is opened
+/// again after an I/O failure (sled fails every write after one until it
+/// is): meanwhile every call fails, and ingest answers Retry.
+struct Disk {
     db: sled::Db,
     entries: Segments,
     meta: sled::Tree,
+}
+
+impl Disk {
+    fn of(db: &sled::Db) -> sled::Result<Disk> {
+        Ok(Disk { db: db.clone(), entries: Segments::open(db)?, meta: db.open_tree(META)? })
+    }
+
+    /// The newest entry's key and offset as stored, keys past every cursor.
+    fn tail(&self, cursors: impl IntoIterator<Item = u64>) -> sled::Result<Tail> {
+        let mut tail = match self.entries.last()? {
+            Some((k, v)) => Tail { next: k + 1, cum: offset_of(&v) + stored(&v) },
+            None => Tail::default(),
+        };
+        // Keys keep rising over restarts, even with an empty journal.
+        for cursor in cursors {
+            tail.next = tail.next.max(cursor + 1);
+        }
+        tail.next = tail.next.max(1);
+        Ok(tail)
+    }
+}
+
+/// A read lock on the journal's handles, while it has them.
+struct DiskRef<'a>(std::sync::RwLockReadGuard<'a, Option<Disk>>);
+
+impl std::ops::Deref for DiskRef<'_> {
+    type Target = Disk;
+
+    fn deref(&self) -> &Disk {
+        self.0.as_ref().expect("a DiskRef is made only while the handles are there")
+    }
+}
+
+const META: &str = "export.meta";
+
+pub struct Journal {
+    disk: RwLock<Option<Disk>>,
     /// Held while a batch is appended.
     tail: Mutex<Tail>,
     consumers: RwLock<BTreeMap<String, Consumer>>,
@@ -142,9 +182,9 @@ impl Journal {
     /// hub's) or past the newest (the config's); durable consumers made by
     /// clients are read back; ones the config no longer declares are removed.
     pub fn open(db: &sled::Db, consumers: Vec<Spec>) -> sled::Result<Journal> {
-        let entries = Segments::open(db)?;
-        let meta = db.open_tree("export.meta")?;
-        migrate(db, &entries)?;
+        let disk = Disk::of(db)?;
+        migrate(db, &disk.entries)?;
+        let meta = &disk.meta;
         let now = Instant::now();
         let mut all = BTreeMap::new();
         for spec in consumers {
@@ -172,20 +212,12 @@ impl Journal {
                 _ => {}
             }
         }
-        let mut tail = match entries.last()? {
-            Some((k, v)) => Tail { next: k + 1, cum: offset_of(&v) + stored(&v) },
-            None => Tail::default(),
-        };
-        let oldest = entries.first()?.map_or(tail.next, |(k, _)| k).saturating_sub(1);
-        // Keys keep rising over restarts, even with an empty journal.
-        for spec in all.values() {
-            tail.next = tail.next.max(read_u64(&meta, &cursor_key(&spec.name))? + 1);
-        }
-        tail.next = tail.next.max(1);
+        let cursors =
+            all.keys().map(|name| read_u64(meta, &cursor_key(name))).collect::<sled::Result<Vec<_>>>()?;
+        let tail = disk.tail(cursors)?;
+        let oldest = disk.entries.first()?.map_or(tail.next, |(k, _)| k).saturating_sub(1);
         let journal = Journal {
-            db: db.clone(),
-            entries,
-            meta,
+            disk: RwLock::new(Some(disk)),
             tail: Mutex::new(tail),
             consumers: RwLock::new(BTreeMap::new()),
             trim: Mutex::new(()),
@@ -194,15 +226,16 @@ impl Journal {
         };
         let newest = tail.next - 1;
         for (name, spec) in all {
-            let cursor = match journal.meta.get(cursor_key(&name))? {
+            let meta = &journal.disk()?.meta;
+            let cursor = match meta.get(cursor_key(&name))? {
                 Some(v) => key_of(&v).max(oldest),
                 None if spec.origin == Origin::Hub => oldest,
                 None => newest,
             };
             if spec.origin != Origin::Hub {
-                journal.meta.insert(spec_key(&name), serde_json::to_vec(&spec).expect("a spec is JSON"))?;
+                meta.insert(spec_key(&name), serde_json::to_vec(&spec).expect("a spec is JSON"))?;
             }
-            journal.meta.insert(cursor_key(&name), &cursor.to_be_bytes())?;
+            meta.insert(cursor_key(&name), &cursor.to_be_bytes())?;
             let cum = journal.cum_through(cursor)?;
             journal.consumers_mut().insert(name, Consumer::new(spec, cursor, cum, now));
         }
@@ -222,9 +255,50 @@ impl Journal {
         *self.tail.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The handles on the store, unless they were let go of for a reopen.
+    fn disk(&self) -> sled::Result<DiskRef<'_>> {
+        let disk = self.disk.read().unwrap_or_else(|e| e.into_inner());
+        match disk.is_some() {
+            true => Ok(DiskRef(disk)),
+            false => Err(super::watermarks::reopening()),
+        }
+    }
+
+    /// Lets go of the store, so that it can be opened again (every call
+    /// fails meanwhile).
+    pub fn detach(&self) {
+        *self.disk.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Uses `db` (the store opened again) from now on. Where each consumer
+    /// is, and the newest entry, are read from it again: what was not flushed
+    /// before the failure is gone, so a consumer may get repeats, never gaps;
+    /// keys never go back.
+    pub fn attach(&self, db: &sled::Db) -> sled::Result<()> {
+        let disk = Disk::of(db)?;
+        let names: Vec<String> = self.consumers().keys().cloned().collect();
+        let cursors =
+            names.iter().map(|n| read_u64(&disk.meta, &cursor_key(n))).collect::<sled::Result<Vec<_>>>()?;
+        let stored = disk.tail(cursors.iter().copied())?;
+        {
+            let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+            *tail = Tail { next: tail.next.max(stored.next), cum: tail.cum.max(stored.cum) };
+        }
+        *self.disk.write().unwrap_or_else(|e| e.into_inner()) = Some(disk);
+        let oldest = self.disk()?.entries.first()?.map(|(k, _)| k.saturating_sub(1));
+        for (name, cursor) in names.iter().zip(cursors) {
+            let cursor = oldest.map_or(cursor, |o| cursor.max(o)).min(self.newest());
+            let cum = self.cum_through(cursor)?;
+            if let Some(c) = self.consumers_mut().get_mut(name) {
+                (c.cursor, c.cursor_cum) = (cursor, cum);
+            }
+        }
+        Ok(())
+    }
+
     /// Bytes appended up to and including `key`.
     fn cum_through(&self, key: u64) -> sled::Result<u64> {
-        match self.entries.from(key + 1).next() {
+        match self.disk()?.entries.from(key + 1).next() {
             Some(item) => Ok(offset_of(&item?.1)),
             None => Ok(self.tail().cum),
         }
@@ -248,6 +322,8 @@ impl Journal {
             return Ok(());
         }
         let mut skipped_any = false;
+        // Without the store (it is being opened again), the append that follows fails.
+        let Ok(disk) = self.disk() else { return Ok(()) };
         {
             let mut consumers = self.consumers_mut();
             for c in consumers.values_mut() {
@@ -260,7 +336,7 @@ impl Journal {
                 }
                 // Skip past the oldest until the batch fits (or nothing is left).
                 let (mut cursor, mut cum) = (c.cursor, c.cursor_cum);
-                for item in self.entries.from(c.cursor + 1) {
+                for item in disk.entries.from(c.cursor + 1) {
                     let Ok((key, value)) = item else { break };
                     cursor = key;
                     cum = offset_of(&value) + stored(&value);
@@ -271,10 +347,11 @@ impl Journal {
                 }
                 c.skipped += cursor - c.cursor;
                 (c.cursor, c.cursor_cum) = (cursor, cum);
-                let _ = self.meta.insert(cursor_key(&c.spec.name), &cursor.to_be_bytes());
+                let _ = disk.meta.insert(cursor_key(&c.spec.name), &cursor.to_be_bytes());
                 skipped_any = true;
             }
         }
+        drop(disk);
         if skipped_any {
             let _ = self.trim();
         }
@@ -303,7 +380,7 @@ impl Journal {
                 value
             })
             .collect();
-        self.entries.insert(tail.next, values)?;
+        self.disk()?.entries.insert(tail.next, values)?;
         tail.next += entries.len() as u64;
         tail.cum = cum;
         drop(tail);
@@ -339,7 +416,8 @@ impl Journal {
     /// count it and move past it.
     pub fn read(&self, after: u64, max: usize) -> sled::Result<Vec<(u64, Option<Entry>)>> {
         let mut out = Vec::new();
-        for item in self.entries.from(after + 1).take(max) {
+        let disk = self.disk()?;
+        for item in disk.entries.from(after + 1).take(max) {
             let (key, value) = item?;
             out.push((key, decode(&value)));
         }
@@ -366,7 +444,8 @@ impl Journal {
         };
         let mut fetched = Fetched { next: from, ..Fetched::default() };
         let mut bytes = 0;
-        for item in self.entries.from(from + 1).take(scan) {
+        let disk = self.disk()?;
+        for item in disk.entries.from(from + 1).take(scan) {
             let (key, value) = item?;
             match value.get(8..).map(proto::codec::decode::<EntryRef<'_>>) {
                 Some(Ok(entry)) if spec.covers(entry.topic) => {
@@ -414,7 +493,7 @@ impl Journal {
             if key <= c.cursor {
                 return Ok(c.cursor);
             }
-            self.meta.insert(cursor_key(consumer), &key.to_be_bytes())?;
+            self.disk()?.meta.insert(cursor_key(consumer), &key.to_be_bytes())?;
             c.cursor = key;
             c.cursor_cum = self.cum_through(key)?;
             key
@@ -431,7 +510,7 @@ impl Journal {
 
     fn trim_locked(&self) -> sled::Result<()> {
         let everyone = self.consumers().values().map(|c| c.cursor).min().unwrap_or(u64::MAX);
-        self.entries.drop_through(everyone)
+        self.disk()?.entries.drop_through(everyone)
     }
 
     /// The last key JetStream acknowledged.
@@ -443,7 +522,7 @@ impl Journal {
     pub fn cursor_of(&self, consumer: &str) -> sled::Result<u64> {
         match self.consumers().get(consumer) {
             Some(c) => Ok(c.cursor),
-            None => read_u64(&self.meta, &cursor_key(consumer)),
+            None => read_u64(&self.disk()?.meta, &cursor_key(consumer)),
         }
     }
 
@@ -453,7 +532,7 @@ impl Journal {
     }
 
     pub fn flush(&self) -> sled::Result<()> {
-        self.db.flush().map(|_| ())
+        self.disk()?.db.flush().map(|_| ())
     }
 
     /// `consumer`'s backlog (records, bytes) and its bounds (records, bytes).
@@ -500,8 +579,9 @@ impl Journal {
         }
         let tail = self.tail();
         let cursor = tail.next - 1;
-        self.meta.insert(spec_key(&spec.name), serde_json::to_vec(&spec).expect("a spec is JSON"))?;
-        self.meta.insert(cursor_key(&spec.name), &cursor.to_be_bytes())?;
+        let meta = &self.disk()?.meta;
+        meta.insert(spec_key(&spec.name), serde_json::to_vec(&spec).expect("a spec is JSON"))?;
+        meta.insert(cursor_key(&spec.name), &cursor.to_be_bytes())?;
         let consumer = Consumer::new(spec, cursor, tail.cum, Instant::now());
         let shown = consumer.to_json(cursor, tail.cum, Instant::now());
         consumers.insert(consumer.spec.name.clone(), consumer);
@@ -522,8 +602,9 @@ impl Journal {
                 Some(_) => {}
             }
             consumers.remove(name);
-            self.meta.remove(spec_key(name))?;
-            self.meta.remove(cursor_key(name))?;
+            let meta = &self.disk()?.meta;
+            meta.remove(spec_key(name))?;
+            meta.remove(cursor_key(name))?;
         }
         self.trim()?;
         Ok(())
@@ -531,7 +612,7 @@ impl Journal {
 
     /// Moves a consumer's cursor to the oldest entry held, or past the newest.
     pub fn reset(&self, name: &str, to: ResetTo) -> Result<serde_json::Value, ConsumerError> {
-        let oldest = self.entries.first()?.map(|(k, _)| k.saturating_sub(1));
+        let oldest = self.disk()?.entries.first()?.map(|(k, _)| k.saturating_sub(1));
         {
             let _trimming = self.trim.lock().unwrap_or_else(|e| e.into_inner());
             let mut consumers = self.consumers_mut();
@@ -541,7 +622,7 @@ impl Journal {
                 ResetTo::Start => oldest.unwrap_or(newest).min(c.cursor),
                 ResetTo::End => newest,
             };
-            self.meta.insert(cursor_key(name), &cursor.to_be_bytes())?;
+            self.disk()?.meta.insert(cursor_key(name), &cursor.to_be_bytes())?;
             c.cursor = cursor;
             c.cursor_cum = self.cum_through(cursor)?;
         }

@@ -1,0 +1,465 @@
+//! sled stores that damage never stops. sled 0.34 can fail to open a
+//! damaged store, panic inside its recovery, or open it and fail (or panic)
+//! later on a read; any of these at start would crash-loop a service. So:
+//!
+//! - [`open`] opens guarded (a panic is damage, not a crash), reads every
+//!   entry of every tree once (damage that opening did not catch shows here,
+//!   not in the middle of the service's work), and on damage moves the
+//!   store aside (the [`ASIDE_KEPT`] newest copies are kept), starts a fresh
+//!   one, and copies into it whatever of the damaged one can still be read.
+//!   A [`Recovery`] says what happened, with figures.
+//! - Anything that is not damage (permissions, a full disk, a store in use)
+//!   is an error with advice, and the store is left as it is: a fresh store
+//!   would hide data that is still there.
+//!
+//! sled also keeps failing every write after one I/O error (a full disk)
+//! until the store is opened again; [`free_bytes`] lets a service tell when
+//! it is worth reopening.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+
+/// Set-aside copies of damaged stores kept beside the store; older ones are deleted.
+pub const ASIDE_KEPT: usize = 3;
+
+/// Why a store could not be opened (it was left in place).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the store at {}: {source}{}; it was left in place", path.display(), advice(source))]
+    Unusable { path: PathBuf, source: sled::Error },
+    #[error("the store at {} is damaged ({damage}) and could not be moved aside: {source}", path.display())]
+    SetAside { path: PathBuf, damage: String, source: std::io::Error },
+}
+
+/// What recovering a damaged store did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    /// What was wrong.
+    pub damage: String,
+    /// Where the damaged store now is (`None`: it opened, but had lost
+    /// writes it had flushed, see [`Generation`]; it is used as it is).
+    pub aside: Option<PathBuf>,
+    /// Entries copied into the fresh store, per tree.
+    pub salvaged: BTreeMap<String, u64>,
+    /// Trees whose reading stopped at damage (their later entries are lost);
+    /// `None`: the damaged store would not open at all, nothing could be read.
+    pub cut_short: Option<Vec<String>>,
+}
+
+impl Recovery {
+    pub fn salvaged_total(&self) -> u64 {
+        self.salvaged.values().sum()
+    }
+
+    /// One line for the log and status.
+    pub fn describe(&self) -> String {
+        let read = match &self.cut_short {
+            None => "it would not open: nothing could be read from it".to_string(),
+            Some(cut) if cut.is_empty() => {
+                format!("{} entries salvaged, every one readable", self.salvaged_total())
+            }
+            Some(cut) => format!(
+                "{} entries salvaged; reading stopped at damage in {} (what came after is lost)",
+                self.salvaged_total(),
+                cut.join(", ")
+            ),
+        };
+        match &self.aside {
+            Some(aside) => format!("damaged ({}); set aside as {}; {read}", self.damage, aside.display()),
+            None => format!("damaged ({}); what is left is used as it is", self.damage),
+        }
+    }
+}
+
+/// A store, opened.
+pub struct Opened {
+    pub db: sled::Db,
+    /// Set when it was damaged and recovered at this open.
+    pub recovery: Option<Recovery>,
+}
+
+/// What to do about an open error that is not damage.
+pub fn advice(e: &sled::Error) -> &'static str {
+    let sled::Error::Io(io) = e else { return "" };
+    match io.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM) => {
+            " (permission denied: the data directory and everything in it must belong to the user the service runs as)"
+        }
+        Some(libc::EMFILE | libc::ENFILE) => " (too many open files: raise the limit, e.g. LimitNOFILE=)",
+        Some(libc::ENOSPC | libc::EDQUOT) => " (the disk is full: free some space)",
+        Some(libc::EROFS) => " (the file system is read-only)",
+        Some(libc::EIO) => " (an I/O error: the disk or SD card may be failing)",
+        _ if io.to_string().contains("could not acquire lock") => {
+            " (another process has it open: is another instance running on this data directory?)"
+        }
+        _ => "",
+    }
+}
+
+/// Whether an error from opening or reading a store means its files are
+/// damaged (so setting them aside is the only way on), rather than the
+/// system refusing access, running out of something, or the store being in use.
+pub fn is_damage(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => true,
+        // sled's "not a store I can read" (say, a config file that is not text).
+        sled::Error::Unsupported(_) => true,
+        sled::Error::Io(io) => {
+            matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof)
+        }
+        sled::Error::CollectionNotFound(_) => false,
+    }
+}
+
+/// Runs `f`, a panic inside sled counted as damage.
+fn guarded<T>(what: &str, f: impl FnOnce() -> sled::Result<T>) -> sled::Result<T> {
+    std::panic::catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(sled::Error::ReportableBug(format!("sled panicked {what}"))))
+}
+
+/// Reads every entry of every tree of `db`: the damage opening did not catch.
+fn check(db: &sled::Db) -> sled::Result<u64> {
+    guarded("reading the store", || {
+        let mut entries = 0;
+        for name in db.tree_names() {
+            for entry in db.open_tree(&name)?.iter() {
+                entry?;
+                entries += 1;
+            }
+        }
+        Ok(entries)
+    })
+}
+
+/// Opens (creating if needed) the store in `dir` with `config` (its path is
+/// set here), recovering it if it is damaged (see the crate's doc).
+pub fn open(dir: &Path, config: sled::Config) -> Result<Opened, OpenError> {
+    open_checked(dir, config, true)
+}
+
+/// [`open`] again, in a process that had the store open until an I/O
+/// failure: recovered if it will not open, but not read through first (it
+/// was read at start, and a full disk damages nothing sled cannot recover).
+pub fn reopen(dir: &Path, config: sled::Config) -> Result<Opened, OpenError> {
+    open_checked(dir, config, false)
+}
+
+fn open_checked(dir: &Path, config: sled::Config, read_through: bool) -> Result<Opened, OpenError> {
+    let config = config.path(dir);
+    let damage = match guarded("opening the store", || config.open()) {
+        Ok(db) if !read_through => return Ok(Opened { db, recovery: None }),
+        Ok(db) => match check(&db) {
+            Ok(_) => return Ok(Opened { db, recovery: None }),
+            Err(e) if is_damage(&e) => e,
+            Err(e) => return Err(OpenError::Unusable { path: dir.into(), source: e }),
+        },
+        Err(e) if is_damage(&e) && dir.exists() => e,
+        Err(e) => return Err(OpenError::Unusable { path: dir.into(), source: e }),
+    };
+    let set_aside = |source| OpenError::SetAside { path: dir.into(), damage: damage.to_string(), source };
+    let aside = aside_path(dir).map_err(set_aside)?;
+    log::error!(
+        "store at {} is damaged ({damage}); moving it to {} and starting afresh",
+        dir.display(),
+        aside.display()
+    );
+    std::fs::rename(dir, &aside).map_err(set_aside)?;
+    let db = guarded("opening a fresh store", || config.open())
+        .map_err(|source| OpenError::Unusable { path: dir.into(), source })?;
+    let (salvaged, cut_short) = salvage(&aside, &db);
+    // The newest copies stay; the one just made is the newest.
+    prune_asides(dir);
+    if let Err(e) = db.flush() {
+        return Err(OpenError::Unusable { path: dir.into(), source: e });
+    }
+    let recovery = Recovery { damage: damage.to_string(), aside: Some(aside), salvaged, cut_short };
+    log::error!("store at {}: {}", dir.display(), recovery.describe());
+    Ok(Opened { db, recovery: Some(recovery) })
+}
+
+/// Copies what can be read of the damaged store at `from` into `to`: per
+/// tree, the entries up to the first it cannot read.
+fn salvage(from: &Path, to: &sled::Db) -> (BTreeMap<String, u64>, Option<Vec<String>>) {
+    let mut salvaged = BTreeMap::new();
+    // Opened where it lies (sled may repair what it can as it opens).
+    let Ok(old) = guarded("opening a damaged store to salvage it", || sled::Config::new().path(from).open())
+    else {
+        return (salvaged, None);
+    };
+    let mut cut_short = Vec::new();
+    for name in old.tree_names() {
+        let label = String::from_utf8_lossy(&name).into_owned();
+        let mut copied = 0;
+        let read = guarded("salvaging a tree", || {
+            let (tree, into) = (old.open_tree(&name)?, to.open_tree(&name)?);
+            for entry in tree.iter() {
+                let (key, value) = entry?;
+                into.insert(key, value)?;
+                copied += 1;
+            }
+            Ok(())
+        });
+        if read.is_err() {
+            cut_short.push(label.clone());
+        }
+        if copied > 0 {
+            salvaged.insert(label, copied);
+        }
+    }
+    (salvaged, Some(cut_short))
+}
+
+/// Counts a store's flushes: in the store, and after them (at most every
+/// 100 ms, and when the store is closed) in a small file beside sled's in the
+/// store's directory (its manifest). sled
+/// opens a log cut short (a truncated file, a zeroed block) without a word,
+/// taking it for a write torn by a crash, and what was in the lost part is
+/// gone: a store whose count is behind its manifest's lost writes it had
+/// flushed, and [`Generation::open`] says so.
+pub struct Generation {
+    tree: sled::Tree,
+    manifest: PathBuf,
+    /// (flushes, when the manifest was last written, and what it says).
+    state: std::sync::Mutex<(u64, Option<std::time::Instant>, u64)>,
+}
+
+/// How often the manifest follows the store, at most: what a crash loses
+/// of it (the store's last flushes) goes unnoticed, as sled's own torn tail would.
+const MANIFEST_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+const GENERATION_TREE: &str = "stores.generation";
+const GENERATION_KEY: &[u8] = b"flushes";
+const MANIFEST: &str = "flushes";
+
+impl Generation {
+    /// The store's count, checked against its manifest; `Some(Recovery)`
+    /// when the store is behind it.
+    pub fn open(dir: &Path, db: &sled::Db) -> sled::Result<(Generation, Option<Recovery>)> {
+        let tree = db.open_tree(GENERATION_TREE)?;
+        let stored = tree.get(GENERATION_KEY)?.and_then(|v| v.as_ref().try_into().ok()).map_or(0, u64::from_be_bytes);
+        let manifest = dir.join(MANIFEST);
+        let written = std::fs::read_to_string(&manifest).ok().and_then(|t| t.trim().parse::<u64>().ok());
+        let loss = written.filter(|&w| w > stored).map(|w| Recovery {
+            damage: format!(
+                "it had made {w} flushes durable by its manifest, but holds {stored}: its log was cut short or \
+                 damaged, and what it held after that is lost"
+            ),
+            aside: None,
+            salvaged: BTreeMap::new(),
+            cut_short: Some(Vec::new()),
+        });
+        let written = written.unwrap_or(0);
+        Ok((Generation { tree, manifest, state: std::sync::Mutex::new((stored, None, written)) }, loss))
+    }
+
+    /// Flushes `db`, counting it (and writing the manifest, at most every 100 ms).
+    pub fn flush(&self, db: &sled::Db) -> sled::Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let next = state.0 + 1;
+        self.tree.insert(GENERATION_KEY, &next.to_be_bytes())?;
+        db.flush()?;
+        state.0 = next;
+        if state.1.is_none_or(|t| t.elapsed() >= MANIFEST_EVERY) {
+            self.write(&mut state);
+        }
+        Ok(())
+    }
+
+    /// Writes the manifest: after the flush it counts, so it never claims
+    /// more than the store has on disk (not synced itself: a manifest lost
+    /// in a power cut only makes the next check miss a loss).
+    fn write(&self, state: &mut (u64, Option<std::time::Instant>, u64)) {
+        if let Err(e) = write_manifest(&self.manifest, state.0) {
+            log::warn!("cannot write {}: {e}", self.manifest.display());
+        }
+        state.1 = Some(std::time::Instant::now());
+        state.2 = state.0;
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.2 != state.0 {
+            self.write(&mut state);
+        }
+    }
+}
+
+/// Replaces `path` with `value` (a temporary file, renamed: never half written).
+fn write_manifest(path: &Path, value: u64) -> std::io::Result<()> {
+    let temporary = path.with_extension("new");
+    std::fs::write(&temporary, format!("{value}\n"))?;
+    std::fs::rename(&temporary, path)
+}
+
+/// `<store>.damaged-<n>-<unix seconds>`, n one more than any there: numbered
+/// so the oldest is known even when the clock was wrong (a Pi with no RTC).
+fn aside_path(dir: &Path) -> std::io::Result<PathBuf> {
+    let n = asides(dir)?.last().map_or(1, |(n, _)| n + 1);
+    let mut name = dir.as_os_str().to_owned();
+    name.push(format!(".damaged-{n}-{}", jiff::Timestamp::now().as_second()));
+    Ok(PathBuf::from(name))
+}
+
+/// The set-aside copies of `dir`, oldest first.
+pub fn asides(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let (Some(parent), Some(base)) = (dir.parent(), dir.file_name()) else { return Ok(Vec::new()) };
+    let prefix = format!("{}.damaged-", base.to_string_lossy());
+    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(parent)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&prefix) else { continue };
+        if let Some(n) = rest.split('-').next().and_then(|n| n.parse::<u64>().ok()) {
+            found.push((n, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Deletes all but the [`ASIDE_KEPT`] newest set-aside copies of `dir`.
+fn prune_asides(dir: &Path) {
+    let found = match asides(dir) {
+        Ok(found) => found,
+        Err(e) => return log::warn!("cannot list the set-aside stores beside {}: {e}", dir.display()),
+    };
+    for (_, old) in found.iter().rev().skip(ASIDE_KEPT) {
+        log::warn!("deleting the oldest set-aside store {}", old.display());
+        if let Err(e) = std::fs::remove_dir_all(old) {
+            log::warn!("cannot delete {}: {e}", old.display());
+        }
+    }
+}
+
+/// Bytes free to unprivileged users on the file system holding `path`.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    space(path).map(|(free, _)| free)
+}
+
+/// (bytes free to unprivileged users, bytes in all) on the file system holding `path`.
+pub fn space(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: statvfs writes into the struct we own; the path is NUL-terminated.
+    let stat = unsafe {
+        let mut stat: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(path.as_ptr(), &mut stat) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        stat
+    };
+    let unit = stat.f_frsize as u64;
+    Ok((stat.f_bavail as u64 * unit, stat.f_blocks as u64 * unit))
+}
+
+/// Whether the file system holding `path` has room enough to open a store
+/// again after a failure: `wanted` bytes free, or a tenth of a smaller file system.
+pub fn has_room(path: &Path, wanted: u64) -> bool {
+    space(path).is_ok_and(|(free, total)| free >= wanted.min(total / 10).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> sled::Config {
+        sled::Config::new().cache_capacity(1 << 20).flush_every_ms(None)
+    }
+
+    fn garble(path: &Path) {
+        for entry in std::fs::read_dir(path).unwrap().flatten() {
+            if entry.path().is_file() {
+                std::fs::write(entry.path(), b"\xde\xad\xbe\xef not a sled file").unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_store_is_moved_aside_and_three_copies_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let opened = open(&path, config()).unwrap();
+            assert!(opened.recovery.is_none());
+            opened.db.insert("x", "1").unwrap();
+            opened.db.flush().unwrap();
+        }
+        let mut set_aside = Vec::new();
+        for round in 1..=5 {
+            garble(&path);
+            let opened = open(&path, config()).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            let recovery = opened.recovery.clone().expect("recovered");
+            let aside = recovery.aside.clone().expect("set aside");
+            assert!(aside.exists());
+            assert_eq!(recovery.cut_short, None, "garbage: nothing could be read");
+            assert!(recovery.describe().contains("nothing could be read"));
+            assert_eq!(opened.db.get("x").unwrap(), None, "a fresh store");
+            opened.db.insert("x", "1").unwrap();
+            opened.db.flush().unwrap();
+            set_aside.push(aside);
+        }
+        let kept: Vec<PathBuf> = asides(&path).unwrap().into_iter().map(|(_, p)| p).collect();
+        assert_eq!(kept, set_aside[2..], "the three newest are kept, the oldest deleted");
+        assert!(!set_aside[0].exists() && !set_aside[1].exists());
+    }
+
+    #[test]
+    fn only_damage_counts_as_damage() {
+        let io = |code| sled::Error::Io(std::io::Error::from_raw_os_error(code));
+        assert!(!is_damage(&io(libc::EACCES)) && !is_damage(&io(libc::ENOSPC)));
+        assert!(is_damage(&sled::Error::Corruption { at: None, bt: () }));
+        assert!(is_damage(&sled::Error::Io(std::io::ErrorKind::UnexpectedEof.into())));
+        assert!(advice(&io(libc::ENOSPC)).contains("disk is full"));
+    }
+
+    #[test]
+    fn not_damage_leaves_the_store_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let opened = open(&path, config()).unwrap();
+        // The store is in use: sled's lock, not damage.
+        let err = open(&path, config()).err().expect("locked");
+        assert!(err.to_string().contains("another process has it open"), "{err}");
+        assert!(asides(&path).unwrap().is_empty(), "nothing was moved");
+        drop(opened);
+    }
+
+    #[test]
+    fn a_store_behind_its_manifest_says_it_lost_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let opened = open(&path, config()).unwrap();
+            let (generation, loss) = Generation::open(&path, &opened.db).unwrap();
+            assert!(loss.is_none(), "a new store");
+            opened.db.insert("x", "1").unwrap();
+            generation.flush(&opened.db).unwrap();
+        }
+        // The log cut short: the store is back to where it was before.
+        std::fs::write(path.join(MANIFEST), "7\n").unwrap();
+        let opened = open(&path, config()).unwrap();
+        let (generation, loss) = Generation::open(&path, &opened.db).unwrap();
+        let loss = loss.expect("behind its manifest");
+        assert!(loss.describe().contains("made 7 flushes durable"), "{}", loss.describe());
+        assert_eq!(loss.aside, None);
+        generation.flush(&opened.db).unwrap();
+        drop((generation, opened));
+        let opened = open(&path, config()).unwrap();
+        assert!(Generation::open(&path, &opened.db).unwrap().1.is_none(), "the manifest follows the store again");
+    }
+
+    #[test]
+    fn free_bytes_reads_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(free_bytes(dir.path()).unwrap() > 0);
+        let (free, total) = space(dir.path()).unwrap();
+        assert!(free <= total);
+        assert!(has_room(dir.path(), 1));
+        assert!(free_bytes(&dir.path().join("missing")).is_err());
+    }
+}

@@ -1,0 +1,310 @@
+//! The hub's stores under storage faults: damaged files at start (the hub
+//! starts, degraded and saying what it lost, never a crash loop), and a full
+//! disk that heals without a restart, with nothing published twice.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use proto::ingest::{Batch, Reply, Sent};
+use proto::sample::{Quality, Sample, Value as Reading};
+use serde_json::Value;
+use system_tests::*;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn samples(agent_seq: std::ops::RangeInclusive<u64>) -> Vec<Sent> {
+    agent_seq
+        .map(|seq| Sent {
+            sample: Sample {
+                channel: "temp".into(),
+                epoch: 1,
+                seq,
+                wall_ns: 1_790_000_000_000_000_000,
+                mono_ns: 0,
+                clock_synced: true,
+                value: Reading::Number(seq as f64),
+                unit: "degC".into(),
+                quality: Quality::Good,
+            },
+            historical: false,
+        })
+        .collect()
+}
+
+/// One batch of pump-1's; the hub's reply (`None`: no answer in time).
+fn send(broker: &str, seqs: std::ops::RangeInclusive<u64>) -> Option<Reply> {
+    let ctx = zmq::Context::new();
+    let options = transport::ClientOptions { timeout: 2 * SECOND, retries: 0, ..Default::default() };
+    let mut client = transport::Client::new(&ctx, transport::Endpoint::plain(broker), options);
+    let batch = Batch { agent: "pump-1".into(), samples: samples(seqs) }.encode();
+    let reply = client.request(proto::ingest::SERVICE, &[&batch]).ok()?;
+    Reply::decode(reply.first()?).ok()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let out = output(Command::new("cp").arg("-a").arg(format!("{}/.", from.display())).arg(to));
+    assert!(out.status.success(), "cp: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A way to damage a sled store's files, as a power cut, a failing card or a
+/// stray write would.
+type Damage = (&'static str, fn(&Path));
+
+fn file(store: &Path, name: &str) -> PathBuf {
+    store.join(name)
+}
+
+fn truncate_to(path: &Path, fraction: f64) {
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_len((len as f64 * fraction) as u64).unwrap();
+}
+
+fn flip(path: &Path, count: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mut rng = fastrand::Rng::with_seed(count as u64);
+    for _ in 0..count.min(bytes.len()) {
+        let at = rng.usize(..bytes.len());
+        bytes[at] ^= 1 << rng.u8(..8);
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn zero_block(path: &Path, at: f64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let start = ((bytes.len() as f64 * at) as usize).min(bytes.len());
+    let end = (start + 4096).min(bytes.len());
+    bytes[start..end].fill(0);
+    std::fs::write(path, bytes).unwrap();
+}
+
+const DAMAGE: [Damage; 14] = [
+    ("the log truncated to 25 %", |s| truncate_to(&file(s, "db"), 0.25)),
+    ("the log truncated to 50 %", |s| truncate_to(&file(s, "db"), 0.50)),
+    ("the log truncated to 75 %", |s| truncate_to(&file(s, "db"), 0.75)),
+    ("the log truncated to 90 %", |s| truncate_to(&file(s, "db"), 0.90)),
+    ("the log emptied", |s| truncate_to(&file(s, "db"), 0.0)),
+    ("64 random bytes of the log flipped", |s| flip(&file(s, "db"), 64)),
+    ("8 random bytes of the log flipped", |s| flip(&file(s, "db"), 8)),
+    ("a 4 KiB block of the log zeroed at a third", |s| zero_block(&file(s, "db"), 0.33)),
+    ("a 4 KiB block of the log zeroed at two thirds", |s| zero_block(&file(s, "db"), 0.66)),
+    ("garbage after the log", |s| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(file(s, "db")).unwrap();
+        f.write_all(&[0xab; 10_000]).unwrap();
+    }),
+    ("garbage in conf", |s| std::fs::write(file(s, "conf"), b"\x00\xffnot a sled config\n").unwrap()),
+    ("conf emptied", |s| std::fs::write(file(s, "conf"), b"").unwrap()),
+    ("conf deleted", |s| std::fs::remove_file(file(s, "conf")).unwrap()),
+    ("the snapshots deleted", |s| {
+        for entry in std::fs::read_dir(s).unwrap().flatten() {
+            if entry.file_name().to_string_lossy().starts_with("snap.") {
+                std::fs::remove_file(entry.path()).unwrap();
+            }
+        }
+    }),
+];
+
+/// Durable samples in the template's journal, held for consumer `kept`.
+const SAMPLES: u64 = 3000;
+
+const CONFIG: &str = "[[consumer]]\nname = \"kept\"\n\n[[pipeline]]\nname = \"p\"\ningest = true\n[pipeline.record]\npath = \"RECORD\"\n";
+
+/// Issue 27: 14 kinds of damage to each of the hub's stores. Every time the
+/// hub starts (no panic, no crash loop), is ready, and where it had to set
+/// the store aside says so in `/readyz` and `/metrics`.
+#[test]
+fn every_kind_of_damage_to_each_store_leaves_a_hub_that_starts_and_says_so() {
+    let template = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("hub.toml");
+    std::fs::write(&config, CONFIG.replace("RECORD", &work.path().join("p.jsonl").display().to_string()))
+        .unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    {
+        // Data in every store: journal entries, watermarks, state keys, the pipeline's store.
+        let data = tempfile::tempdir().unwrap();
+        let hub = HubProc::start_in(data, &free_endpoint(), &args);
+        for start in (1..=SAMPLES).step_by(100) {
+            wait_for("a batch acknowledged", 10 * SECOND, || {
+                matches!(send(&hub.broker, start..=start + 99), Some(Reply::Ack { .. })).then_some(())
+            });
+        }
+        for i in 0..20 {
+            let out = hub_cli(&[
+                "state",
+                "--broker",
+                &hub.broker,
+                "--scope",
+                "plant",
+                "set",
+                &format!("k{i}"),
+                "v",
+            ]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let HubProc { mut proc, data, .. } = hub;
+        proc.signal(libc::SIGTERM);
+        assert!(proc.wait_exit(20 * SECOND).is_some_and(|s| s.success()), "a clean stop");
+        copy_dir(data.path(), template.path());
+    }
+    let runs: Vec<_> = ["ingest", "state", "pipelines"]
+        .into_iter()
+        .map(|store| {
+            let (template, args) = (template.path().to_path_buf(), args.map(String::from));
+            std::thread::spawn(move || {
+                let mut outcomes = BTreeMap::new();
+                for (what, damage) in DAMAGE {
+                    let data = tempfile::tempdir().unwrap();
+                    copy_dir(&template, data.path());
+                    damage(&data.path().join(store));
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    let hub = HubProc::start_in(data, &free_endpoint(), &args);
+                    let (status, ready) = http_get(&hub.http, "/readyz");
+                    let log = hub.proc.stderr();
+                    assert!(!log.contains("panicked"), "{store}, {what}: a panic: {log}");
+                    assert_eq!(status, 200, "{store}, {what}: ready: {ready}");
+                    let ready: Value = serde_json::from_str(&ready).unwrap();
+                    let label = if store == "pipelines" { "dead letters" } else { store };
+                    let metrics = http_get(&hub.http, "/metrics").1;
+                    let counted =
+                        prometheus_value(&metrics, &format!("plantd_store_recovered{{store=\"{label}\"}}"))
+                            == Some(1);
+                    let said =
+                        ready["components"][format!("store:{label}")]["detail"].as_str().map(str::to_string);
+                    assert_eq!(counted, said.is_some(), "{store}, {what}: counted as said: {ready}");
+                    // What the store still holds: anything lost must have been said.
+                    let held = match store {
+                        "ingest" => {
+                            let shown = hub_cli(&["consumers", "show", "kept", "--broker", &hub.broker]);
+                            let shown: Value = serde_json::from_slice(&shown.stdout).unwrap_or(Value::Null);
+                            shown["backlog"]["records"].as_u64().unwrap_or(0) == SAMPLES
+                        }
+                        "state" => {
+                            let keys = hub_cli(&["state", "--broker", &hub.broker, "--scope", "plant", "list-keys"]);
+                            String::from_utf8_lossy(&keys.stdout).matches("\"k").count() == 20
+                        }
+                        _ => true,
+                    };
+                    if !held {
+                        eprintln!("LOST {store}, {what}: said {said:?}");
+                    }
+                    assert!(held || said.is_some(), "{store}, {what}: data lost without a word: {ready}");
+                    outcomes.insert(what, said.unwrap_or_else(|| "opened as it was".into()));
+                }
+                (store, outcomes)
+            })
+        })
+        .collect();
+    for run in runs {
+        let (store, outcomes) = run.join().unwrap();
+        for (what, outcome) in outcomes {
+            eprintln!("{store}: {what}: {outcome}");
+        }
+    }
+}
+
+/// A hub whose data directory's `ingest` is a small tmpfs it fills, inside
+/// `unshare -Urm` (no privileges; its network is the test's): ingest answers
+/// Retry while the disk is full, publishes nothing twice, and works again
+/// within seconds of space returning, without a restart.
+#[test]
+fn a_full_disk_heals_without_a_restart_and_nothing_is_published_twice() {
+    require_unshare();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, marks) = (dir.path().join("data"), dir.path().join("marks"));
+    std::fs::create_dir_all(data.join("ingest")).unwrap();
+    std::fs::create_dir_all(&marks).unwrap();
+    let config = dir.path().join("hub.toml");
+    std::fs::write(&config, "[[consumer]]\nname = \"kept\"\n").unwrap();
+    let (broker, ports) = (free_endpoint(), HubPorts::new());
+    let mut hub_args = vec!["serve".to_string(), "--broker".into(), broker.clone(), "--data-dir".into()];
+    hub_args.push(data.display().to_string());
+    hub_args.extend(["--config".into(), config.display().to_string()]);
+    hub_args.extend(ports.args());
+    let script = r#"set -u
+mount -t tmpfs -o size=8m tmpfs "$DATA/ingest" || exit 97
+"$HUB" "$@" &
+pid=$!
+await() { i=0; until [ -e "$MARKS/$1" ]; do i=$((i+1)); [ $i -gt 1200 ] && { kill -TERM $pid; exit 95; }; sleep 0.05; done; }
+await fill
+dd if=/dev/zero of="$DATA/ingest/filler" bs=64k 2>/dev/null
+: > "$MARKS/filled"
+await free
+rm -f "$DATA/ingest/filler"
+: > "$MARKS/freed"
+await stop
+kill -TERM $pid
+wait $pid
+"#;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-Urmpf", "--kill-child", "sh", "-c", script, "sh"]).args(&hub_args);
+    cmd.env("DATA", &data).env("MARKS", &marks).env("HUB", bin("hub"));
+    let mut hub = Proc::spawn("hub on a small tmpfs", cmd);
+    let mark = |name: &str| std::fs::write(marks.join(name), b"").unwrap();
+    let marked = |name: &str| marks.join(name).exists();
+
+    // Every durable sample the bus carries, by seq: each must come once.
+    let ctx = zmq::Context::new();
+    let backend = ports.buses["metric"].backend.clone();
+    let mut bus =
+        transport::Subscriber::connect(&ctx, backend.as_str(), &[b"org.plantd.Metric.pump-1."]).unwrap();
+    let mut published: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut listen = |published: &mut BTreeMap<u64, u32>| {
+        while let Ok(Some(m)) = bus.recv(Duration::from_millis(1)) {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            *published.entry(v["seq"].as_u64().unwrap()).or_default() += 1;
+        }
+    };
+    let mut next = 1u64;
+    // A batch of 100 until one is acknowledged; its seqs move on only then.
+    let send_until_acked = |next: &mut u64, what: &str, within: Duration| {
+        wait_for(what, within, || {
+            let reply = send(&broker, *next..=*next + 99);
+            matches!(reply, Some(Reply::Ack { .. })).then(|| *next += 100)
+        })
+    };
+    send_until_acked(&mut next, "the hub to take a first batch", 20 * SECOND);
+
+    mark("fill");
+    wait_for("the tmpfs to be filled", 20 * SECOND, || marked("filled").then_some(()));
+    let refused = wait_for("ingest to answer Retry on the full disk", 30 * SECOND, || {
+        listen(&mut published);
+        match send(&broker, next..=next + 99) {
+            Some(Reply::Ack { .. }) => {
+                next += 100;
+                None
+            }
+            Some(Reply::Retry { reason, .. }) => Some(reason),
+            other => panic!("{other:?}"),
+        }
+    });
+    assert!(refused.contains("storage"), "{refused}");
+    for _ in 0..20 {
+        let reply = send(&broker, next..=next + 99);
+        assert!(matches!(reply, Some(Reply::Retry { .. })), "still full: {reply:?}");
+    }
+    let (status, _) = http_get(&ports.http, "/readyz");
+    assert_eq!(status, 503, "not ready while ingest cannot store");
+
+    mark("free");
+    wait_for("the filler to be removed", 20 * SECOND, || marked("freed").then_some(()));
+    let freed = Instant::now();
+    send_until_acked(&mut next, "ingest to take a batch again", 10 * SECOND);
+    let healed = freed.elapsed();
+    wait_for("the hub to be ready again", 10 * SECOND, || {
+        (http_get(&ports.http, "/readyz").0 == 200).then_some(())
+    });
+    send_until_acked(&mut next, "one more batch", 10 * SECOND);
+    wait_for("the last accepted sample on the bus", 10 * SECOND, || {
+        listen(&mut published);
+        published.contains_key(&(next - 1)).then_some(())
+    });
+    let twice: Vec<u64> = published.iter().filter(|(_, n)| **n > 1).map(|(s, _)| *s).collect();
+    assert!(twice.is_empty(), "published more than once: {twice:?}");
+    mark("stop");
+    assert!(hub.wait_exit(20 * SECOND).is_some(), "the hub stops");
+    eprintln!("ingest took batches again {healed:?} after space returned");
+}
