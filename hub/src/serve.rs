@@ -72,6 +72,9 @@ pub struct Hub {
     zap: Option<(Shutdown, JoinHandle<Result<(), ServeError>>)>,
     /// Stores found damaged at start, set aside and salvaged: the hub runs degraded.
     recoveries: crate::http::ready::Recoveries,
+    /// Closes each store cleanly once every thread has stopped (other
+    /// holders, such as the signal thread's flusher, outlive [`Hub::wait`]).
+    closing: Vec<Box<dyn Fn() + Send>>,
 }
 
 impl Hub {
@@ -103,6 +106,7 @@ impl Hub {
             registry: Arc::default(),
             zap: None,
             recoveries: Default::default(),
+            closing: Vec::new(),
         };
         if let Some(security) = &security {
             // Before any CURVE socket binds.
@@ -203,6 +207,8 @@ impl Hub {
             state_store = Some(state.store());
             hub.recovered("state", state.store().recovery());
             hub.state_store = state_store.clone();
+            let store = state.store();
+            hub.closing.push(Box::new(move || store.close()));
             let (store, bounds) = (state.store(), state_config.clone());
             registry.register(
                 "state",
@@ -437,6 +443,8 @@ impl Hub {
         }
         let dlq = Arc::new(crate::pipeline::dlq::Dlq::open(&config.data_dir)?);
         self.recovered("dead letters", dlq.recovery.as_ref());
+        let closed = dlq.clone();
+        self.closing.push(Box::new(move || closed.close()));
         let taps: Vec<(String, String)> =
             config.buses.iter().map(|b| (b.name.clone(), b.inproc_tap())).collect();
         let journal = export.map(|e| e.journal.clone());
@@ -542,6 +550,9 @@ impl Hub {
                     result = Err(e);
                 }
             }
+        }
+        for close in &self.closing {
+            close();
         }
         result
     }

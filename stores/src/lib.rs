@@ -56,6 +56,9 @@ impl Recovery {
     pub fn describe(&self) -> String {
         let read = match &self.cut_short {
             None => "it would not open: nothing could be read from it".to_string(),
+            Some(cut) if cut.is_empty() && self.salvaged.is_empty() => {
+                "it opened, but held nothing readable".into()
+            }
             Some(cut) if cut.is_empty() => {
                 format!("{} entries salvaged, every one readable", self.salvaged_total())
             }
@@ -77,7 +80,12 @@ pub struct Opened {
     pub db: sled::Db,
     /// Set when it was damaged and recovered at this open.
     pub recovery: Option<Recovery>,
+    /// Entries per tree, as read through at this open (not on a reopen).
+    pub counts: Option<Counts>,
 }
+
+/// Entries per tree.
+pub type Counts = BTreeMap<String, u64>;
 
 /// What to do about an open error that is not damage.
 pub fn advice(e: &sled::Error) -> &'static str {
@@ -112,23 +120,65 @@ pub fn is_damage(e: &sled::Error) -> bool {
     }
 }
 
-/// Runs `f`, a panic inside sled counted as damage.
+/// Runs `f`, a panic inside sled counted as damage. sled panics on some
+/// damaged files (it asserts what it reads); the panic's message goes into
+/// the error instead of onto stderr as a crash report.
 fn guarded<T>(what: &str, f: impl FnOnce() -> sled::Result<T>) -> sled::Result<T> {
-    std::panic::catch_unwind(AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(sled::Error::ReportableBug(format!("sled panicked {what}"))))
+    quiet_guarded_panics();
+    let outer = GUARDED.with(|g| g.replace(true));
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(outer));
+    outcome.unwrap_or_else(|_| {
+        let message = PANIC_MESSAGE.with(|m| m.take()).unwrap_or_default();
+        let damage = format!("sled failed {what}: {message}");
+        Err(sled::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, damage)))
+    })
+}
+
+thread_local! {
+    /// Whether this thread is inside [`guarded`].
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The message of the last panic [`guarded`] caught on this thread.
+    static PANIC_MESSAGE: std::cell::Cell<Option<String>> = const { std::cell::Cell::new(None) };
+}
+
+/// Installs (once) a panic hook that keeps the message of a panic inside
+/// [`guarded`] for its error, and passes every other panic to the hook there was.
+fn quiet_guarded_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if GUARDED.with(|g| g.get()) {
+                let payload = info.payload();
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                let at =
+                    info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+                PANIC_MESSAGE.with(|m| m.set(Some(format!("{message}{at}"))));
+            } else {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// Reads every entry of every tree of `db`: the damage opening did not catch.
-fn check(db: &sled::Db) -> sled::Result<u64> {
+fn check(db: &sled::Db) -> sled::Result<Counts> {
     guarded("reading the store", || {
-        let mut entries = 0;
+        let mut counts = Counts::new();
         for name in db.tree_names() {
+            let mut entries = 0;
             for entry in db.open_tree(&name)?.iter() {
                 entry?;
                 entries += 1;
             }
+            counts.insert(String::from_utf8_lossy(&name).into_owned(), entries);
         }
-        Ok(entries)
+        Ok(counts)
     })
 }
 
@@ -148,16 +198,17 @@ pub fn reopen(dir: &Path, config: sled::Config) -> Result<Opened, OpenError> {
 fn open_checked(dir: &Path, config: sled::Config, read_through: bool) -> Result<Opened, OpenError> {
     let config = config.path(dir);
     let damage = match guarded("opening the store", || config.open()) {
-        Ok(db) if !read_through => return Ok(Opened { db, recovery: None }),
+        Ok(db) if !read_through => return Ok(Opened { db, recovery: None, counts: None }),
         Ok(db) => match check(&db) {
-            Ok(_) => return Ok(Opened { db, recovery: None }),
+            Ok(counts) => return Ok(Opened { db, recovery: None, counts: Some(counts) }),
             Err(e) if is_damage(&e) => e,
             Err(e) => return Err(OpenError::Unusable { path: dir.into(), source: e }),
         },
         Err(e) if is_damage(&e) && dir.exists() => e,
         Err(e) => return Err(OpenError::Unusable { path: dir.into(), source: e }),
     };
-    let set_aside = |source| OpenError::SetAside { path: dir.into(), damage: damage.to_string(), source };
+    let damage = explain(&damage);
+    let set_aside = |source| OpenError::SetAside { path: dir.into(), damage: damage.clone(), source };
     let aside = aside_path(dir).map_err(set_aside)?;
     log::error!(
         "store at {} is damaged ({damage}); moving it to {} and starting afresh",
@@ -173,19 +224,37 @@ fn open_checked(dir: &Path, config: sled::Config, read_through: bool) -> Result<
     if let Err(e) = db.flush() {
         return Err(OpenError::Unusable { path: dir.into(), source: e });
     }
-    let recovery = Recovery { damage: damage.to_string(), aside: Some(aside), salvaged, cut_short };
+    let recovery = Recovery { damage, aside: Some(aside), salvaged, cut_short };
     log::error!("store at {}: {}", dir.display(), recovery.describe());
-    Ok(Opened { db, recovery: Some(recovery) })
+    Ok(Opened { db, recovery: Some(recovery), counts: None })
+}
+
+/// What damage sled reported, in words an operator can act on (sled's own
+/// can mislead: an unreadable `conf` is "a sled version earlier than 0.29").
+fn explain(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Unsupported(_) => format!("its conf file cannot be read; sled says: {e}"),
+        sled::Error::Corruption { .. } => "sled found a damaged entry in its log".into(),
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => io.to_string(),
+        _ => e.to_string(),
+    }
 }
 
 /// Copies what can be read of the damaged store at `from` into `to`: per
-/// tree, the entries up to the first it cannot read.
+/// tree, the entries up to the first it cannot read. A store that will not
+/// open only because its `conf` is damaged is opened with a fresh one (the
+/// damaged file is kept beside it as `conf.damaged`).
 fn salvage(from: &Path, to: &sled::Db) -> (BTreeMap<String, u64>, Option<Vec<String>>) {
     let mut salvaged = BTreeMap::new();
     // Opened where it lies (sled may repair what it can as it opens).
-    let Ok(old) = guarded("opening a damaged store to salvage it", || sled::Config::new().path(from).open())
-    else {
-        return (salvaged, None);
+    let open = || guarded("opening a damaged store to salvage it", || sled::Config::new().path(from).open());
+    let old = match open() {
+        Ok(old) => old,
+        Err(_) if fresh_conf(from).is_ok() => match open() {
+            Ok(old) => old,
+            Err(_) => return (salvaged, None),
+        },
+        Err(_) => return (salvaged, None),
     };
     let mut cut_short = Vec::new();
     for name in old.tree_names() {
@@ -210,6 +279,27 @@ fn salvage(from: &Path, to: &sled::Db) -> (BTreeMap<String, u64>, Option<Vec<Str
     (salvaged, Some(cut_short))
 }
 
+/// Gives the store at `dir` the `conf` sled writes for a new store (made in
+/// a scratch directory beside it; every store here uses sled's segment size
+/// and no compression), keeping the old one as `conf.damaged`.
+fn fresh_conf(dir: &Path) -> std::io::Result<()> {
+    let scratch = dir.with_extension("conf-scratch");
+    let made = guarded("making a fresh conf", || {
+        let db = sled::Config::new().path(&scratch).open()?;
+        db.flush()?;
+        Ok(())
+    });
+    let conf = std::fs::read(scratch.join("conf"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    made.map_err(std::io::Error::other)?;
+    let conf = conf?;
+    let (old, damaged) = (dir.join("conf"), dir.join("conf.damaged"));
+    if old.exists() {
+        std::fs::rename(&old, damaged)?;
+    }
+    std::fs::write(old, conf)
+}
+
 /// Counts a store's flushes: in the store, and after them (at most every
 /// 100 ms, and when the store is closed) in a small file beside sled's in the
 /// store's directory (its manifest). sled
@@ -218,6 +308,7 @@ fn salvage(from: &Path, to: &sled::Db) -> (BTreeMap<String, u64>, Option<Vec<Str
 /// gone: a store whose count is behind its manifest's lost writes it had
 /// flushed, and [`Generation::open`] says so.
 pub struct Generation {
+    db: sled::Db,
     tree: sled::Tree,
     manifest: PathBuf,
     /// (flushes, when the manifest was last written, and what it says).
@@ -234,23 +325,46 @@ const MANIFEST: &str = "flushes";
 
 impl Generation {
     /// The store's count, checked against its manifest; `Some(Recovery)`
-    /// when the store is behind it.
-    pub fn open(dir: &Path, db: &sled::Db) -> sled::Result<(Generation, Option<Recovery>)> {
-        let tree = db.open_tree(GENERATION_TREE)?;
-        let stored = tree.get(GENERATION_KEY)?.and_then(|v| v.as_ref().try_into().ok()).map_or(0, u64::from_be_bytes);
+    /// when the store is behind it, or (after a clean close, whose manifest
+    /// lists every tree's entries) when a tree holds fewer entries than it
+    /// did. `counts`: the store's, as [`open`] read them.
+    pub fn open(dir: &Path, opened: &Opened) -> sled::Result<(Generation, Option<Recovery>)> {
+        let tree = opened.db.open_tree(GENERATION_TREE)?;
+        let stored =
+            tree.get(GENERATION_KEY)?.and_then(|v| v.as_ref().try_into().ok()).map_or(0, u64::from_be_bytes);
         let manifest = dir.join(MANIFEST);
-        let written = std::fs::read_to_string(&manifest).ok().and_then(|t| t.trim().parse::<u64>().ok());
-        let loss = written.filter(|&w| w > stored).map(|w| Recovery {
-            damage: format!(
+        let (written, clean) = read_manifest(&manifest);
+        let short = |counts: &Counts| {
+            clean.iter().find_map(|(tree, was)| {
+                let now = counts.get(tree).copied().unwrap_or(0);
+                (now < *was).then(|| {
+                    format!("{tree} held {was} entries when the store was last closed, and holds {now}")
+                })
+            })
+        };
+        let damage = match written {
+            Some(w) if w > stored => Some(format!(
                 "it had made {w} flushes durable by its manifest, but holds {stored}: its log was cut short or \
                  damaged, and what it held after that is lost"
-            ),
+            )),
+            Some(w) if w == stored => opened.counts.as_ref().and_then(short).map(|what| {
+                format!("{what}: its files were damaged, and what they held is lost")
+            }),
+            _ => None,
+        };
+        let loss = damage.map(|damage| Recovery {
+            damage,
             aside: None,
             salvaged: BTreeMap::new(),
             cut_short: Some(Vec::new()),
         });
-        let written = written.unwrap_or(0);
-        Ok((Generation { tree, manifest, state: std::sync::Mutex::new((stored, None, written)) }, loss))
+        let generation = Generation {
+            tree,
+            manifest,
+            state: std::sync::Mutex::new((stored, None, written.unwrap_or(0))),
+            db: opened.db.clone(),
+        };
+        Ok((generation, loss))
     }
 
     /// Flushes `db`, counting it (and writing the manifest, at most every 100 ms).
@@ -270,7 +384,7 @@ impl Generation {
     /// more than the store has on disk (not synced itself: a manifest lost
     /// in a power cut only makes the next check miss a loss).
     fn write(&self, state: &mut (u64, Option<std::time::Instant>, u64)) {
-        if let Err(e) = write_manifest(&self.manifest, state.0) {
+        if let Err(e) = write_manifest(&self.manifest, state.0, None) {
             log::warn!("cannot write {}: {e}", self.manifest.display());
         }
         state.1 = Some(std::time::Instant::now());
@@ -278,19 +392,62 @@ impl Generation {
     }
 }
 
-impl Drop for Generation {
-    fn drop(&mut self) {
+impl Generation {
+    /// A clean close: flushes, and writes a manifest that lists every tree's
+    /// entries, for the next open to compare. Call it once the store's last
+    /// writer has stopped; a flush after it marks the manifest unclean again.
+    /// (Drop does this too, but a store shared with a thread that outlives
+    /// the process's main path is never dropped.)
+    pub fn close(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.2 != state.0 {
-            self.write(&mut state);
+        let counts = guarded("counting the store at close", || {
+            self.db.flush()?;
+            check(&self.db)
+        });
+        match counts {
+            Ok(counts) => match write_manifest(&self.manifest, state.0, Some(&counts)) {
+                Ok(()) => {
+                    // The next flush must rewrite it at once, not 100 ms later.
+                    state.1 = None;
+                    state.2 = state.0;
+                }
+                Err(e) => log::warn!("cannot write {}: {e}", self.manifest.display()),
+            },
+            Err(_) if state.2 != state.0 => self.write(&mut state),
+            Err(_) => {}
         }
     }
 }
 
-/// Replaces `path` with `value` (a temporary file, renamed: never half written).
-fn write_manifest(path: &Path, value: u64) -> std::io::Result<()> {
+impl Drop for Generation {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The manifest's flush count, and the entries per tree of a clean close.
+fn read_manifest(path: &Path) -> (Option<u64>, Counts) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut lines = text.lines();
+    let written = lines.next().and_then(|l| l.trim().parse().ok());
+    let clean = lines
+        .filter_map(|l| {
+            let (count, tree) = l.split_once(' ')?;
+            Some((tree.to_string(), count.parse().ok()?))
+        })
+        .collect();
+    (written, clean)
+}
+
+/// Replaces `path` with the flush count (and, at a clean close, each tree's
+/// entries, a line each): a temporary file, renamed, never half written.
+fn write_manifest(path: &Path, flushes: u64, clean: Option<&Counts>) -> std::io::Result<()> {
+    let mut text = format!("{flushes}\n");
+    for (tree, count) in clean.into_iter().flatten() {
+        text.push_str(&format!("{count} {tree}\n"));
+    }
     let temporary = path.with_extension("new");
-    std::fs::write(&temporary, format!("{value}\n"))?;
+    std::fs::write(&temporary, text)?;
     std::fs::rename(&temporary, path)
 }
 
@@ -396,8 +553,9 @@ mod tests {
             let recovery = opened.recovery.clone().expect("recovered");
             let aside = recovery.aside.clone().expect("set aside");
             assert!(aside.exists());
-            assert_eq!(recovery.cut_short, None, "garbage: nothing could be read");
-            assert!(recovery.describe().contains("nothing could be read"));
+            // With a fresh conf, sled opens the garbage as an empty log.
+            assert!(recovery.salvaged.is_empty(), "garbage: nothing could be read");
+            assert!(recovery.describe().contains("held nothing readable"), "{}", recovery.describe());
             assert_eq!(opened.db.get("x").unwrap(), None, "a fresh store");
             opened.db.insert("x", "1").unwrap();
             opened.db.flush().unwrap();
@@ -406,6 +564,38 @@ mod tests {
         let kept: Vec<PathBuf> = asides(&path).unwrap().into_iter().map(|(_, p)| p).collect();
         assert_eq!(kept, set_aside[2..], "the three newest are kept, the oldest deleted");
         assert!(!set_aside[0].exists() && !set_aside[1].exists());
+    }
+
+    #[test]
+    fn a_store_with_a_damaged_conf_is_salvaged_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let opened = open(&path, config()).unwrap();
+            for i in 0..100u32 {
+                opened.db.open_tree("t").unwrap().insert(i.to_be_bytes(), "v").unwrap();
+            }
+            opened.db.flush().unwrap();
+        }
+        std::fs::write(path.join("conf"), b"\x00\xffnot a sled config\n").unwrap();
+        let opened = open(&path, config()).unwrap();
+        let recovery = opened.recovery.clone().expect("recovered");
+        assert!(recovery.damage.contains("conf file cannot be read"), "{}", recovery.damage);
+        assert_eq!(recovery.salvaged.get("t"), Some(&100), "{}", recovery.describe());
+        assert_eq!(recovery.cut_short, Some(vec![]));
+        assert_eq!(opened.db.open_tree("t").unwrap().len(), 100);
+        let aside = recovery.aside.expect("set aside");
+        assert_eq!(std::fs::read(aside.join("conf.damaged")).unwrap(), b"\x00\xffnot a sled config\n");
+    }
+
+    #[test]
+    fn a_panic_inside_sled_is_damage_with_its_message_and_no_crash_report() {
+        let e = guarded("reading", || -> sled::Result<()> { panic!("tried to serialize Uninitialized") })
+            .unwrap_err();
+        assert!(is_damage(&e));
+        assert!(e.to_string().contains("sled failed reading: tried to serialize Uninitialized"), "{e}");
+        // Outside guarded, panics reach the hook there was again.
+        assert!(!GUARDED.with(|g| g.get()));
     }
 
     #[test]
@@ -435,7 +625,7 @@ mod tests {
         let path = dir.path().join("store");
         {
             let opened = open(&path, config()).unwrap();
-            let (generation, loss) = Generation::open(&path, &opened.db).unwrap();
+            let (generation, loss) = Generation::open(&path, &opened).unwrap();
             assert!(loss.is_none(), "a new store");
             opened.db.insert("x", "1").unwrap();
             generation.flush(&opened.db).unwrap();
@@ -443,14 +633,27 @@ mod tests {
         // The log cut short: the store is back to where it was before.
         std::fs::write(path.join(MANIFEST), "7\n").unwrap();
         let opened = open(&path, config()).unwrap();
-        let (generation, loss) = Generation::open(&path, &opened.db).unwrap();
+        let (generation, loss) = Generation::open(&path, &opened).unwrap();
         let loss = loss.expect("behind its manifest");
         assert!(loss.describe().contains("made 7 flushes durable"), "{}", loss.describe());
         assert_eq!(loss.aside, None);
         generation.flush(&opened.db).unwrap();
         drop((generation, opened));
         let opened = open(&path, config()).unwrap();
-        assert!(Generation::open(&path, &opened.db).unwrap().1.is_none(), "the manifest follows the store again");
+        let (generation, loss) = Generation::open(&path, &opened).unwrap();
+        assert!(loss.is_none(), "the manifest follows the store again");
+        // A clean close lists every tree's entries: one gone since is noticed.
+        drop(generation);
+        opened.db.remove("x").unwrap();
+        opened.db.flush().unwrap();
+        drop(opened);
+        let opened = open(&path, config()).unwrap();
+        let loss = Generation::open(&path, &opened).unwrap().1.expect("an entry gone since the clean close");
+        assert!(
+            loss.describe().contains("held 1 entries when the store was last closed"),
+            "{}",
+            loss.describe()
+        );
     }
 
     #[test]

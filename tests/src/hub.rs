@@ -150,7 +150,8 @@ impl HubProc {
         panic!("the hub would not start on fresh ports four times over");
     }
 
-    /// Starts a hub and waits until its broker answers; gives the data
+    /// Starts a hub and waits until it is up (its broker answers, its stores
+    /// are open and HTTP listens); gives the data
     /// directory back if the hub exited because an endpoint was taken.
     fn try_start(
         data: tempfile::TempDir,
@@ -166,7 +167,11 @@ impl HubProc {
             HubProc { proc, broker: broker.to_string(), data, buses: ports.buses, http: ports.http, client };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if hub.try_call("mmi.service", &["mmi.service"], Duration::from_millis(200)).is_some() {
+            // The broker answers before the stores are open; the hub is up
+            // when it says so, or (at a quieter log level) when HTTP answers.
+            if hub.try_call("mmi.service", &["mmi.service"], Duration::from_millis(200)).is_some()
+                && (hub.proc.stderr().contains("hub up:") || std::net::TcpStream::connect(&hub.http).is_ok())
+            {
                 return Ok(hub);
             }
             if !hub.proc.is_running() {

@@ -107,10 +107,47 @@ const DAMAGE: [Damage; 14] = [
     }),
 ];
 
+/// The exit status of `hub state` and `hub consumers` when no answer came
+/// (an answer that the scope or consumer is gone is one).
+const NO_REPLY: i32 = 3;
+
 /// Durable samples in the template's journal, held for consumer `kept`.
 const SAMPLES: u64 = 3000;
 
-const CONFIG: &str = "[[consumer]]\nname = \"kept\"\n\n[[pipeline]]\nname = \"p\"\ningest = true\n[pipeline.record]\npath = \"RECORD\"\n";
+/// Dead letters in the template's dead-letter store: pipeline `dead` gives up
+/// on every sample (its recorder's directory is a file) until it holds these.
+const LETTERS: usize = 50;
+
+/// A consumer that keeps the journal, a pipeline that records, and one that
+/// dead-letters; RECORD and BLOCKED are paths.
+const CONFIG: &str = r#"
+[[consumer]]
+name = "kept"
+
+[[pipeline]]
+name = "p"
+ingest = true
+[pipeline.record]
+path = "RECORD"
+
+[[pipeline]]
+name = "dead"
+ingest = true
+max_attempts = 1
+dlq_max_records = 50
+[pipeline.record]
+path = "BLOCKED"
+"#;
+
+/// `hub dlq list`'s letters (`None`: no answer).
+fn letters(broker: &str) -> Option<Vec<Value>> {
+    let out = hub_cli(&["dlq", "list", "--broker", broker]);
+    if out.status.code() == Some(NO_REPLY) {
+        return None;
+    }
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    Some(list["letters"].as_array().cloned().unwrap_or_default())
+}
 
 /// Issue 27: 14 kinds of damage to each of the hub's stores. Every time the
 /// hub starts (no panic, no crash loop), is ready, and where it had to set
@@ -120,8 +157,12 @@ fn every_kind_of_damage_to_each_store_leaves_a_hub_that_starts_and_says_so() {
     let template = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let config = work.path().join("hub.toml");
-    std::fs::write(&config, CONFIG.replace("RECORD", &work.path().join("p.jsonl").display().to_string()))
-        .unwrap();
+    let blocked = work.path().join("blocked");
+    std::fs::write(&blocked, "a file where the recorder wants a directory").unwrap();
+    let config_text = CONFIG
+        .replace("RECORD", &work.path().join("p.jsonl").display().to_string())
+        .replace("BLOCKED", &blocked.join("out.jsonl").display().to_string());
+    std::fs::write(&config, config_text).unwrap();
     let args = ["--config", config.to_str().unwrap()];
     {
         // Data in every store: journal entries, watermarks, state keys, the pipeline's store.
@@ -145,6 +186,9 @@ fn every_kind_of_damage_to_each_store_leaves_a_hub_that_starts_and_says_so() {
             ]);
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         }
+        wait_for("the dead-letter store full", 30 * SECOND, || {
+            letters(&hub.broker).filter(|l| l.len() == LETTERS).map(drop)
+        });
         let HubProc { mut proc, data, .. } = hub;
         proc.signal(libc::SIGTERM);
         assert!(proc.wait_exit(20 * SECOND).is_some_and(|s| s.success()), "a clean stop");
@@ -161,8 +205,13 @@ fn every_kind_of_damage_to_each_store_leaves_a_hub_that_starts_and_says_so() {
                     copy_dir(&template, data.path());
                     damage(&data.path().join(store));
                     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                    let hub = HubProc::start_in(data, &free_endpoint(), &args);
-                    let (status, ready) = http_get(&hub.http, "/readyz");
+                    let mut hub = HubProc::start_in(data, &free_endpoint(), &args);
+                    let http = hub.http.clone();
+                    let answer = std::panic::catch_unwind(move || http_get(&http, "/readyz"));
+                    let Ok((status, ready)) = answer else {
+                        let running = hub.proc.is_running();
+                        panic!("{store}, {what}: no answer (running: {running}): {}", hub.proc.stderr());
+                    };
                     let log = hub.proc.stderr();
                     assert!(!log.contains("panicked"), "{store}, {what}: a panic: {log}");
                     assert_eq!(status, 200, "{store}, {what}: ready: {ready}");
@@ -178,19 +227,46 @@ fn every_kind_of_damage_to_each_store_leaves_a_hub_that_starts_and_says_so() {
                     // What the store still holds: anything lost must have been said.
                     let held = match store {
                         "ingest" => {
-                            let shown = hub_cli(&["consumers", "show", "kept", "--broker", &hub.broker]);
-                            let shown: Value = serde_json::from_slice(&shown.stdout).unwrap_or(Value::Null);
+                            let shown = wait_for(
+                                &format!("{store}, {what}: the consumer service's answer"),
+                                20 * SECOND,
+                                || {
+                                    let shown =
+                                        hub_cli(&["consumers", "show", "kept", "--broker", &hub.broker]);
+                                    (shown.status.code() != Some(NO_REPLY)).then_some(shown.stdout)
+                                },
+                            );
+                            let shown: Value = serde_json::from_slice(&shown).unwrap_or(Value::Null);
                             shown["backlog"]["records"].as_u64().unwrap_or(0) == SAMPLES
                         }
                         "state" => {
-                            let keys = hub_cli(&["state", "--broker", &hub.broker, "--scope", "plant", "list-keys"]);
-                            String::from_utf8_lossy(&keys.stdout).matches("\"k").count() == 20
+                            let keys = wait_for(
+                                &format!("{store}, {what}: the state service's answer"),
+                                20 * SECOND,
+                                || {
+                                    let keys = hub_cli(&[
+                                        "state",
+                                        "--broker",
+                                        &hub.broker,
+                                        "--scope",
+                                        "plant",
+                                        "list-keys",
+                                    ]);
+                                    (keys.status.code() != Some(NO_REPLY)).then_some(keys.stdout)
+                                },
+                            );
+                            let keys: Value = serde_json::from_slice(&keys).unwrap_or(Value::Null);
+                            keys["data"]["keys"].as_array().is_some_and(|keys| keys.len() == 20)
                         }
-                        _ => true,
+                        _ => {
+                            let letters = wait_for(
+                                &format!("{store}, {what}: the dead-letter service's answer"),
+                                20 * SECOND,
+                                || letters(&hub.broker),
+                            );
+                            letters.len() == LETTERS
+                        }
                     };
-                    if !held {
-                        eprintln!("LOST {store}, {what}: said {said:?}");
-                    }
                     assert!(held || said.is_some(), "{store}, {what}: data lost without a word: {ready}");
                     outcomes.insert(what, said.unwrap_or_else(|| "opened as it was".into()));
                 }

@@ -302,9 +302,10 @@ impl IngestService {
             self.agents.record(agent, Heard { report, ..Heard::default() }, now.0, now.1);
             c.retries.fetch_add(1, Relaxed);
             return Reply::Retry {
-                reason: "the hub's ingest store failed to write (a full disk?): it takes batches again once it \
+                reason:
+                    "the hub's ingest store failed to write (a full disk?): it takes batches again once it \
                          is opened again, within seconds of space returning"
-                    .into(),
+                        .into(),
                 after_ms: 1000,
             };
         }

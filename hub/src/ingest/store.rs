@@ -46,7 +46,7 @@ impl IngestStore {
     pub fn open(dir: &Path, consumers: Vec<Spec>) -> Result<IngestStore, stores::OpenError> {
         let opened = stores::open(dir, config())?;
         let unusable = |source| stores::OpenError::Unusable { path: dir.into(), source };
-        let (generation, loss) = stores::Generation::open(dir, &opened.db).map_err(unusable)?;
+        let (generation, loss) = stores::Generation::open(dir, &opened).map_err(unusable)?;
         let watermarks = Watermarks::new(&opened.db).map_err(unusable)?;
         let journal = Journal::open(&opened.db, consumers).map_err(unusable)?;
         Ok(IngestStore {
@@ -102,7 +102,7 @@ impl IngestStore {
         *self.disk.write().unwrap_or_else(|e| e.into_inner()) = None;
         let opened = stores::reopen(&self.dir, config())?;
         let unusable = |source| stores::OpenError::Unusable { path: self.dir.clone(), source };
-        let (generation, loss) = stores::Generation::open(&self.dir, &opened.db).map_err(unusable)?;
+        let (generation, loss) = stores::Generation::open(&self.dir, &opened).map_err(unusable)?;
         self.watermarks.attach(&opened.db).map_err(unusable)?;
         self.journal.attach(&opened.db).map_err(unusable)?;
         for recovery in opened.recovery.iter().chain(&loss) {

@@ -50,6 +50,8 @@ impl Letter {
 
 pub struct Dlq {
     db: sled::Db,
+    /// Counts flushes, so a log cut short is noticed at the next start.
+    generation: stores::Generation,
     letters: sled::Tree,
     next: Mutex<u64>,
     /// Entries per pipeline.
@@ -75,7 +77,8 @@ impl Dlq {
         // Damage is set aside and what can be read salvaged: the hub starts.
         let opened =
             stores::open(&path, sled::Config::new().cache_capacity(4 << 20).flush_every_ms(Some(1000)))?;
-        let (db, recovery) = (opened.db, opened.recovery);
+        let (generation, loss) = stores::Generation::open(&path, &opened)?;
+        let (db, recovery) = (opened.db, opened.recovery.or(loss));
         let letters = db.open_tree("dlq.v1")?;
         let mut counts = HashMap::new();
         let mut undecodable = 0;
@@ -89,6 +92,7 @@ impl Dlq {
         let next = letters.last()?.map_or(0, |(k, _)| key_of(&k)) + 1;
         Ok(Dlq {
             db,
+            generation,
             letters,
             next: Mutex::new(next),
             counts: Mutex::new(counts),
@@ -113,9 +117,14 @@ impl Dlq {
             id
         };
         self.letters.insert(id.to_be_bytes(), proto::codec::encode(letter)).map_err(|e| e.to_string())?;
-        self.db.flush().map_err(|e| e.to_string())?;
+        self.generation.flush(&self.db).map_err(|e| e.to_string())?;
         *lock(&self.counts).entry(letter.pipeline.clone()).or_insert(0) += 1;
         Ok(id)
+    }
+
+    /// Closes cleanly once the pipelines have stopped (see [`stores::Generation::close`]).
+    pub fn close(&self) {
+        self.generation.close();
     }
 
     pub fn count(&self, pipeline: &str) -> u64 {

@@ -195,7 +195,7 @@ impl Store {
     pub fn open(dir: &Path, cache_bytes: u64, flush_each_write: bool, limits: Limits) -> Result<Store> {
         // Damage is set aside and what can be read salvaged: the hub starts.
         let opened = stores::open(dir, sled::Config::new().cache_capacity(cache_bytes).flush_every_ms(None))?;
-        let (generation, loss) = stores::Generation::open(dir, &opened.db)?;
+        let (generation, loss) = stores::Generation::open(dir, &opened)?;
         let (db, recovery) = (opened.db, opened.recovery.or(loss));
         let scopes = db.open_tree("scopes")?;
         let values = db.open_tree("values")?;
@@ -495,6 +495,12 @@ impl Store {
             *pending = None;
         }
         Ok(())
+    }
+
+    /// Closes cleanly once the state service has stopped: flushed, with a
+    /// manifest that lets the next start notice a store that lost entries.
+    pub fn close(&self) {
+        self.generation.close();
     }
 
     /// How long the oldest write not yet durable has waited (zero if none).
