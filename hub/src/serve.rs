@@ -220,8 +220,13 @@ impl Hub {
                     state.serve(&ctx, &signal).map_err(ServeError::from)
                 })?;
             }
+            let store = state.store();
             hub.spawn("state-flush".into(), move |signal| {
                 state.flush_loop(&signal).map_err(ServeError::from)
+            })?;
+            hub.spawn("state-store".into(), move |signal| {
+                store.heal(&signal);
+                Ok(())
             })?;
         }
 

@@ -520,6 +520,46 @@ pub fn has_room(path: &Path, wanted: u64) -> bool {
     space(path).is_ok_and(|(free, total)| free >= wanted.min(total / 10).max(1))
 }
 
+/// Free space a store wants before it is opened again after a failure (or
+/// a tenth of a smaller file system: see [`has_room`]).
+pub const ROOM_TO_REOPEN: u64 = 16 << 20;
+
+/// Runs until `sleep` says to stop (it sleeps the time given and returns
+/// true then): while `broken` says the store `name` in `dir` failed, opens
+/// it again with `reopen` once its file system has room, backing off (up to
+/// 8 s) while that fails. sled fails every write after one I/O error until
+/// the store is opened again, so this is how a full disk heals.
+pub fn heal<E: std::fmt::Display>(
+    name: &str,
+    dir: &Path,
+    mut sleep: impl FnMut(std::time::Duration) -> bool,
+    broken: impl Fn() -> bool,
+    mut reopen: impl FnMut() -> Result<(), E>,
+) {
+    use std::time::Duration;
+    let mut wait = Duration::from_secs(1);
+    while !sleep(wait) {
+        if !broken() {
+            wait = Duration::from_secs(1);
+            continue;
+        }
+        if !has_room(dir, ROOM_TO_REOPEN) {
+            continue;
+        }
+        match reopen() {
+            Ok(()) => {
+                let room = free_bytes(dir).unwrap_or(0);
+                log::info!("{name} store opened again after a storage failure ({room} bytes free)");
+                wait = Duration::from_secs(1);
+            }
+            Err(e) => {
+                log::error!("{name} store: opening it again failed: {e}");
+                wait = (wait * 2).min(Duration::from_secs(8));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

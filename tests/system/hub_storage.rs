@@ -282,49 +282,93 @@ fn every_kind_of_damage_to_each_store_leaves_a_hub_that_starts_and_says_so() {
     }
 }
 
-/// A hub whose data directory's `ingest` is a small tmpfs it fills, inside
-/// `unshare -Urm` (no privileges; its network is the test's): ingest answers
-/// Retry while the disk is full, publishes nothing twice, and works again
-/// within seconds of space returning, without a restart.
-#[test]
-fn a_full_disk_heals_without_a_restart_and_nothing_is_published_twice() {
-    require_unshare();
-    let dir = tempfile::tempdir().unwrap();
-    let (data, marks) = (dir.path().join("data"), dir.path().join("marks"));
-    std::fs::create_dir_all(data.join("ingest")).unwrap();
-    std::fs::create_dir_all(&marks).unwrap();
-    let config = dir.path().join("hub.toml");
-    std::fs::write(&config, "[[consumer]]\nname = \"kept\"\n").unwrap();
-    let (broker, ports) = (free_endpoint(), HubPorts::new());
-    let mut hub_args = vec!["serve".to_string(), "--broker".into(), broker.clone(), "--data-dir".into()];
-    hub_args.push(data.display().to_string());
-    hub_args.extend(["--config".into(), config.display().to_string()]);
-    hub_args.extend(ports.args());
-    let script = r#"set -u
-mount -t tmpfs -o size=8m tmpfs "$DATA/ingest" || exit 97
+/// A hub whose data directory's `store` is an 8 MiB tmpfs, inside `unshare
+/// -Urmpf` (no privileges; its network is the test's), and a shell that
+/// fills and frees that tmpfs when the test says (by files in `marks`).
+struct SmallDisk {
+    hub: Proc,
+    broker: String,
+    ports: HubPorts,
+    marks: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn start(store: &str, config: &str) -> SmallDisk {
+        require_unshare();
+        let dir = tempfile::tempdir().unwrap();
+        let (data, marks) = (dir.path().join("data"), dir.path().join("marks"));
+        std::fs::create_dir_all(data.join(store)).unwrap();
+        std::fs::create_dir_all(&marks).unwrap();
+        let config_file = dir.path().join("hub.toml");
+        std::fs::write(&config_file, config).unwrap();
+        let (broker, ports) = (free_endpoint(), HubPorts::new());
+        let mut hub_args = vec!["serve".to_string(), "--broker".into(), broker.clone(), "--data-dir".into()];
+        hub_args.push(data.display().to_string());
+        hub_args.extend(["--config".into(), config_file.display().to_string()]);
+        hub_args.extend(ports.args());
+        let script = r#"set -u
+mount -t tmpfs -o size=8m tmpfs "$DISK" || exit 97
 "$HUB" "$@" &
 pid=$!
 await() { i=0; until [ -e "$MARKS/$1" ]; do i=$((i+1)); [ $i -gt 1200 ] && { kill -TERM $pid; exit 95; }; sleep 0.05; done; }
 await fill
-dd if=/dev/zero of="$DATA/ingest/filler" bs=64k 2>/dev/null
+dd if=/dev/zero of="$DISK/filler" bs=64k 2>/dev/null
 : > "$MARKS/filled"
 await free
-rm -f "$DATA/ingest/filler"
+rm -f "$DISK/filler"
 : > "$MARKS/freed"
 await stop
 kill -TERM $pid
 wait $pid
 "#;
-    let mut cmd = Command::new("unshare");
-    cmd.args(["-Urmpf", "--kill-child", "sh", "-c", script, "sh"]).args(&hub_args);
-    cmd.env("DATA", &data).env("MARKS", &marks).env("HUB", bin("hub"));
-    let mut hub = Proc::spawn("hub on a small tmpfs", cmd);
-    let mark = |name: &str| std::fs::write(marks.join(name), b"").unwrap();
-    let marked = |name: &str| marks.join(name).exists();
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-Urmpf", "--kill-child", "sh", "-c", script, "sh"]).args(&hub_args);
+        cmd.env("DISK", data.join(store)).env("MARKS", &marks).env("HUB", bin("hub"));
+        let hub = Proc::spawn(&format!("hub with {store} on a small tmpfs"), cmd);
+        SmallDisk { hub, broker, ports, marks, _dir: dir }
+    }
+
+    /// Tells the shell to do `what` and waits until it has.
+    fn ask(&self, what: &str, done: &str) {
+        std::fs::write(self.marks.join(what), b"").unwrap();
+        wait_for(&format!("the tmpfs to be {done}"), 20 * SECOND, || {
+            self.marks.join(done).exists().then_some(())
+        });
+    }
+
+    fn fill(&self) {
+        self.ask("fill", "filled");
+    }
+
+    /// Frees the disk; the moment it was freed.
+    fn free(&self) -> Instant {
+        self.ask("free", "freed");
+        Instant::now()
+    }
+
+    fn ready(&self) -> bool {
+        http_get(&self.ports.http, "/readyz").0 == 200
+    }
+
+    fn stop(mut self) {
+        std::fs::write(self.marks.join("stop"), b"").unwrap();
+        assert!(self.hub.wait_exit(20 * SECOND).is_some(), "the hub stops");
+        let stderr = self.hub.stderr();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// Ingest answers Retry while its disk is full, publishes nothing twice, and
+/// works again within seconds of space returning, without a restart.
+#[test]
+fn a_full_disk_heals_without_a_restart_and_nothing_is_published_twice() {
+    let disk = SmallDisk::start("ingest", "[[consumer]]\nname = \"kept\"\n");
+    let broker = disk.broker.clone();
 
     // Every durable sample the bus carries, by seq: each must come once.
     let ctx = zmq::Context::new();
-    let backend = ports.buses["metric"].backend.clone();
+    let backend = disk.ports.buses["metric"].backend.clone();
     let mut bus =
         transport::Subscriber::connect(&ctx, backend.as_str(), &[b"org.plantd.Metric.pump-1."]).unwrap();
     let mut published: BTreeMap<u64, u32> = BTreeMap::new();
@@ -344,8 +388,7 @@ wait $pid
     };
     send_until_acked(&mut next, "the hub to take a first batch", 20 * SECOND);
 
-    mark("fill");
-    wait_for("the tmpfs to be filled", 20 * SECOND, || marked("filled").then_some(()));
+    disk.fill();
     let refused = wait_for("ingest to answer Retry on the full disk", 30 * SECOND, || {
         listen(&mut published);
         match send(&broker, next..=next + 99) {
@@ -362,17 +405,12 @@ wait $pid
         let reply = send(&broker, next..=next + 99);
         assert!(matches!(reply, Some(Reply::Retry { .. })), "still full: {reply:?}");
     }
-    let (status, _) = http_get(&ports.http, "/readyz");
-    assert_eq!(status, 503, "not ready while ingest cannot store");
+    assert!(!disk.ready(), "not ready while ingest cannot store");
 
-    mark("free");
-    wait_for("the filler to be removed", 20 * SECOND, || marked("freed").then_some(()));
-    let freed = Instant::now();
+    let freed = disk.free();
     send_until_acked(&mut next, "ingest to take a batch again", 10 * SECOND);
     let healed = freed.elapsed();
-    wait_for("the hub to be ready again", 10 * SECOND, || {
-        (http_get(&ports.http, "/readyz").0 == 200).then_some(())
-    });
+    wait_for("the hub to be ready again", 10 * SECOND, || disk.ready().then_some(()));
     send_until_acked(&mut next, "one more batch", 10 * SECOND);
     wait_for("the last accepted sample on the bus", 10 * SECOND, || {
         listen(&mut published);
@@ -380,7 +418,53 @@ wait $pid
     });
     let twice: Vec<u64> = published.iter().filter(|(_, n)| **n > 1).map(|(s, _)| *s).collect();
     assert!(twice.is_empty(), "published more than once: {twice:?}");
-    mark("stop");
-    assert!(hub.wait_exit(20 * SECOND).is_some(), "the hub stops");
+    disk.stop();
     eprintln!("ingest took batches again {healed:?} after space returned");
+}
+
+/// The state store refuses writes while its disk is full (it cannot make
+/// them durable), is opened again within seconds of space returning, and
+/// still holds every write it made durable before.
+#[test]
+fn a_full_state_disk_heals_without_a_restart() {
+    let disk = SmallDisk::start("state", "");
+    let state = |args: &[&str]| {
+        let mut all = vec!["state", "--broker", disk.broker.as_str(), "--scope", "plant"];
+        all.extend_from_slice(args);
+        let out = hub_cli(&all);
+        (out.status.code(), serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null))
+    };
+    // 16 KiB values, so a few hundred fill the 8 MiB the filler leaves.
+    let big = "x".repeat(16 << 10);
+    wait_for("the state service", 20 * SECOND, || {
+        (state(&["set", "before", "kept"]).0 == Some(0)).then_some(())
+    });
+    // Made durable: the flush interval passes before the disk fills.
+    wait_for("the first write to be durable", 10 * SECOND, || {
+        let metrics = http_get(&disk.ports.http, "/metrics").1;
+        (prometheus_value(&metrics, "plantd_state_durable_writes_total").unwrap_or(0) >= 1).then_some(())
+    });
+
+    disk.fill();
+    let mut n = 0;
+    let refused = wait_for("the state store to refuse writes on the full disk", 60 * SECOND, || {
+        n += 1;
+        let (code, reply) = state(&["set", &format!("k{n}"), &big]);
+        (code != Some(0)).then_some(reply)
+    });
+    eprintln!("refused after {n} writes: {refused}");
+    wait_for("the hub to say it is not ready", 10 * SECOND, || (!disk.ready()).then_some(()));
+
+    let freed = disk.free();
+    wait_for("the state store to take writes again", 10 * SECOND, || {
+        (state(&["set", "after", "taken"]).0 == Some(0)).then_some(())
+    });
+    let healed = freed.elapsed();
+    wait_for("the hub to be ready again", 10 * SECOND, || disk.ready().then_some(()));
+    let (code, reply) = state(&["get", "before"]);
+    assert_eq!((code, reply["data"]["value"].clone()), (Some(0), Value::from("kept")));
+    let metrics = http_get(&disk.ports.http, "/metrics").1;
+    assert_eq!(prometheus_value(&metrics, "plantd_state_store_reopens_total"), Some(1), "{metrics}");
+    disk.stop();
+    eprintln!("the state store took writes again {healed:?} after space returned");
 }

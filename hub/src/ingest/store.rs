@@ -10,18 +10,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use transport::ShutdownWatch;
 
 use super::journal::consumers::Spec;
 use super::journal::Journal;
 use super::watermarks::Watermarks;
-
-/// Free space the store wants before it is opened again after a failure (or
-/// a tenth of a smaller file system).
-pub const ROOM_TO_REOPEN: u64 = 16 << 20;
 
 fn config() -> sled::Config {
     sled::Config::new().cache_capacity(4 << 20).flush_every_ms(None)
@@ -38,7 +33,6 @@ pub struct IngestStore {
     /// A write failed for I/O: the store must be opened again to work.
     broken: AtomicBool,
     reopens: AtomicU64,
-    last_reopen_error: Mutex<Option<String>>,
 }
 
 impl IngestStore {
@@ -57,7 +51,6 @@ impl IngestStore {
             recovery: opened.recovery.or(loss),
             broken: AtomicBool::new(false),
             reopens: AtomicU64::new(0),
-            last_reopen_error: Mutex::new(None),
         })
     }
 
@@ -114,31 +107,9 @@ impl IngestStore {
         Ok(())
     }
 
-    /// Every second until `signal`: after an I/O failure, once the file
-    /// system has room, opens the store again (backing off while that fails).
+    /// Until `signal`: after an I/O failure, opens the store again once the
+    /// file system has room (see [`stores::heal`]).
     pub fn heal(&self, signal: &ShutdownWatch) {
-        let mut wait = Duration::from_secs(1);
-        while !signal.sleep(wait) {
-            if !self.broken.load(Relaxed) {
-                wait = Duration::from_secs(1);
-                continue;
-            }
-            if !stores::has_room(&self.dir, ROOM_TO_REOPEN) {
-                continue;
-            }
-            match self.reopen() {
-                Ok(()) => {
-                    let room = stores::free_bytes(&self.dir).unwrap_or(0);
-                    log::info!("ingest store opened again after a storage failure ({room} bytes free)");
-                    *self.last_reopen_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                    wait = Duration::from_secs(1);
-                }
-                Err(e) => {
-                    log::error!("ingest store: opening it again failed: {e}");
-                    *self.last_reopen_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
-                    wait = (wait * 2).min(Duration::from_secs(8));
-                }
-            }
-        }
+        stores::heal("ingest", &self.dir, |wait| signal.sleep(wait), || self.is_broken(), || self.reopen());
     }
 }

@@ -134,6 +134,18 @@ pub fn collect(config: &crate::config::StateConfig, store: &Store, out: &mut cra
         vec![],
         store.failure().is_none().into(),
     );
+    out.counter(
+        "state_store_reopens",
+        "Times the store was opened again after a storage failure (a full disk).",
+        vec![],
+        store.reopens(),
+    );
+    out.counter(
+        "state_lost_writes",
+        "Writes acknowledged but never made durable: lost to storage failures.",
+        vec![],
+        store.lost_writes(),
+    );
     out.gauge(
         "state_durability_lag_ms",
         "How long the oldest unflushed write has waited.",

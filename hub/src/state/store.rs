@@ -9,9 +9,9 @@
 
 use std::collections::HashMap;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -26,8 +26,9 @@ pub enum StoreError {
     #[error("{0}")]
     Quota(String),
     /// A flush failed: acknowledged writes may not be on disk, so no more are
-    /// taken (sled keeps failing after an I/O error; a restart reopens it).
-    #[error("the store failed to flush ({0}): it takes no writes until the hub restarts")]
+    /// taken until the store is opened again (sled keeps failing after an
+    /// I/O error), which the hub does once the disk has room.
+    #[error("the store failed to flush ({0}): it takes no writes until it is opened again, once the disk has room")]
     Failed(String),
     #[error("{0}")]
     Open(#[from] stores::OpenError),
@@ -147,12 +148,61 @@ struct ScopeUsage {
     bytes: usize,
 }
 
-pub struct Store {
+/// The open store: sled's handles (cloned for each use: they are reference
+/// counted) and its count of flushes.
+#[derive(Clone)]
+struct Disk {
     db: sled::Db,
     /// scope name → its owner (the identity that created it; empty for the hub or without security).
     scopes: sled::Tree,
     /// scope_key(scope, key) → JSON text.
     values: sled::Tree,
+    /// Counts flushes, so a store cut short is noticed at the next start.
+    generation: Arc<stores::Generation>,
+}
+
+impl Disk {
+    fn new(opened: &stores::Opened, dir: &Path) -> Result<(Disk, Option<stores::Recovery>)> {
+        let (generation, loss) = stores::Generation::open(dir, opened)?;
+        let db = opened.db.clone();
+        let (scopes, values) = (db.open_tree("scopes")?, db.open_tree("values")?);
+        Ok((Disk { db, scopes, values, generation: Arc::new(generation) }, loss))
+    }
+
+    /// The usage accounting, read from the store.
+    fn usage(&self) -> Result<Usage> {
+        let mut usage = Usage::default();
+        for entry in self.scopes.iter() {
+            let (name, owner) = entry?;
+            let scope = ScopeUsage { owner: text(&owner), ..ScopeUsage::default() };
+            *usage.owned.entry(scope.owner.clone()).or_default() += 1;
+            usage.scopes.insert(text(&name), scope);
+        }
+        for entry in self.values.iter() {
+            let (key, value) = entry?;
+            let Some(len) = key.get(..4).map(|l| u32::from_be_bytes(l.try_into().expect("4 bytes")) as usize)
+            else {
+                continue;
+            };
+            if let Some(scope) = key.get(4..4 + len).and_then(|s| usage.scopes.get_mut(&text(s))) {
+                scope.keys += 1;
+                // The key counts as much as its value: both are stored, and listed.
+                scope.bytes += key.len().saturating_sub(4 + len) + value.len();
+            }
+        }
+        Ok(usage)
+    }
+}
+
+fn config(cache_bytes: u64) -> sled::Config {
+    sled::Config::new().cache_capacity(cache_bytes).flush_every_ms(None)
+}
+
+pub struct Store {
+    dir: PathBuf,
+    cache_bytes: u64,
+    /// `None` only while the store is being opened again.
+    disk: RwLock<Option<Disk>>,
     limits: Limits,
     usage: Mutex<Usage>,
     writes: AtomicU64,
@@ -166,8 +216,10 @@ pub struct Store {
     pending_since: Mutex<Option<Instant>>,
     /// Damage found and recovered from when the store was opened.
     recovery: Option<stores::Recovery>,
-    /// Counts flushes, so a store cut short is noticed at the next start.
-    generation: stores::Generation,
+    /// Times the store was opened again after a failure.
+    reopens: AtomicU64,
+    /// Writes acknowledged but never made durable, lost to storage failures.
+    lost_writes: AtomicU64,
 }
 
 /// `len(scope) as u32 BE ++ scope ++ key`: a scope's keys share a prefix no
@@ -194,34 +246,14 @@ impl Store {
     /// (the service commits before it acknowledges a write).
     pub fn open(dir: &Path, cache_bytes: u64, flush_each_write: bool, limits: Limits) -> Result<Store> {
         // Damage is set aside and what can be read salvaged: the hub starts.
-        let opened = stores::open(dir, sled::Config::new().cache_capacity(cache_bytes).flush_every_ms(None))?;
-        let (generation, loss) = stores::Generation::open(dir, &opened)?;
-        let (db, recovery) = (opened.db, opened.recovery.or(loss));
-        let scopes = db.open_tree("scopes")?;
-        let values = db.open_tree("values")?;
-        let mut usage = Usage::default();
-        for entry in scopes.iter() {
-            let (name, owner) = entry?;
-            let scope = ScopeUsage { owner: text(&owner), ..ScopeUsage::default() };
-            *usage.owned.entry(scope.owner.clone()).or_default() += 1;
-            usage.scopes.insert(text(&name), scope);
-        }
-        for entry in values.iter() {
-            let (key, value) = entry?;
-            let Some(len) = key.get(..4).map(|l| u32::from_be_bytes(l.try_into().expect("4 bytes")) as usize)
-            else {
-                continue;
-            };
-            if let Some(scope) = key.get(4..4 + len).and_then(|s| usage.scopes.get_mut(&text(s))) {
-                scope.keys += 1;
-                // The key counts as much as its value: both are stored, and listed.
-                scope.bytes += key.len().saturating_sub(4 + len) + value.len();
-            }
-        }
+        let opened = stores::open(dir, config(cache_bytes))?;
+        let (disk, loss) = Disk::new(&opened, dir)?;
+        let usage = disk.usage()?;
+        let recovery = opened.recovery.or(loss);
         Ok(Store {
-            db,
-            scopes,
-            values,
+            dir: dir.into(),
+            cache_bytes,
+            disk: RwLock::new(Some(disk)),
             limits,
             usage: Mutex::new(usage),
             writes: AtomicU64::new(0),
@@ -231,8 +263,63 @@ impl Store {
             failure: Mutex::new(None),
             pending_since: Mutex::new(None),
             recovery,
-            generation,
+            reopens: AtomicU64::new(0),
+            lost_writes: AtomicU64::new(0),
         })
+    }
+
+    /// The open store's handles; an error while it is being opened again.
+    fn disk(&self) -> Result<Disk> {
+        let disk = self.disk.read().unwrap_or_else(|e| e.into_inner());
+        disk.clone().ok_or_else(|| StoreError::Failed("it is being opened again".into()))
+    }
+
+    /// Lets go of the store and opens it again, after a failure: writes
+    /// acknowledged but not yet durable are counted as lost (the store is
+    /// read again for what it holds).
+    pub fn reopen(&self) -> Result<()> {
+        // Holding the usage lock keeps every writer out until it is done.
+        let mut usage = self.usage();
+        *self.disk.write().unwrap_or_else(|e| e.into_inner()) = None;
+        let opened = stores::reopen(&self.dir, config(self.cache_bytes))?;
+        let (disk, loss) = Disk::new(&opened, &self.dir)?;
+        for recovery in opened.recovery.iter().chain(&loss) {
+            log::error!("state store: {}", recovery.describe());
+        }
+        *usage = disk.usage()?;
+        let writes = self.writes.load(SeqCst);
+        let lost = writes.saturating_sub(self.durable.swap(writes, SeqCst));
+        if lost > 0 {
+            log::error!("state store: {lost} acknowledged write(s) were never made durable and are lost");
+        }
+        self.lost_writes.fetch_add(lost, SeqCst);
+        *self.pending_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.disk.write().unwrap_or_else(|e| e.into_inner()) = Some(disk);
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.reopens.fetch_add(1, SeqCst);
+        Ok(())
+    }
+
+    /// Until `signal`: after a failure, opens the store again once the file
+    /// system has room (see [`stores::heal`]).
+    pub fn heal(&self, signal: &transport::ShutdownWatch) {
+        stores::heal(
+            "state",
+            &self.dir,
+            |wait| signal.sleep(wait),
+            || self.failure().is_some(),
+            || self.reopen(),
+        );
+    }
+
+    /// Times the store was opened again after a failure.
+    pub fn reopens(&self) -> u64 {
+        self.reopens.load(SeqCst)
+    }
+
+    /// Acknowledged writes lost to storage failures since start.
+    pub fn lost_writes(&self) -> u64 {
+        self.lost_writes.load(SeqCst)
     }
 
     /// Damage found and recovered from when the store was opened.
@@ -290,7 +377,7 @@ impl Store {
     }
 
     pub fn has_scope(&self, scope: &str) -> Result<bool> {
-        Ok(self.scopes.contains_key(scope.as_bytes())?)
+        Ok(self.disk()?.scopes.contains_key(scope.as_bytes())?)
     }
 
     /// The identity that created `scope` (empty: the hub, or security off).
@@ -320,7 +407,7 @@ impl Store {
             return Ok(false);
         }
         self.check_new_scope(&usage, owner)?;
-        self.scopes.insert(scope.as_bytes(), owner.as_bytes())?;
+        self.disk()?.scopes.insert(scope.as_bytes(), owner.as_bytes())?;
         usage.scopes.insert(scope.into(), ScopeUsage { owner: owner.into(), ..ScopeUsage::default() });
         *usage.owned.entry(owner.into()).or_default() += 1;
         drop(usage);
@@ -334,8 +421,9 @@ impl Store {
         let Some(gone) = usage.scopes.get(scope) else { return Ok(false) };
         let owner = gone.owner.clone();
         // Writes hold the usage lock, so no key can be added between this scan and the transaction.
-        let keys = self.values.scan_prefix(scope_prefix(scope)).keys().collect::<sled::Result<Vec<_>>>()?;
-        (&self.scopes, &self.values).transaction(|(scopes, values)| {
+        let disk = self.disk()?;
+        let keys = disk.values.scan_prefix(scope_prefix(scope)).keys().collect::<sled::Result<Vec<_>>>()?;
+        (&disk.scopes, &disk.values).transaction(|(scopes, values)| {
             scopes.remove(scope.as_bytes())?;
             for key in &keys {
                 values.remove(key)?;
@@ -352,7 +440,7 @@ impl Store {
     }
 
     pub fn list_scopes(&self) -> Result<Vec<String>> {
-        Ok(self.scopes.iter().keys().map(|k| k.map(|k| text(&k))).collect::<sled::Result<_>>()?)
+        Ok(self.disk()?.scopes.iter().keys().map(|k| k.map(|k| text(&k))).collect::<sled::Result<_>>()?)
     }
 
     pub fn list_keys(&self, scope: &str) -> Result<Vec<String>> {
@@ -360,35 +448,41 @@ impl Store {
     }
 
     /// `scope`'s keys in order, from the first after `after` (all, with `None`).
-    pub fn keys_after<'a>(
-        &'a self,
-        scope: &str,
-        after: Option<&str>,
-    ) -> impl Iterator<Item = Result<String>> + 'a {
+    pub fn keys_after(&self, scope: &str, after: Option<&str>) -> Box<dyn Iterator<Item = Result<String>>> {
+        let disk = match self.disk() {
+            Ok(disk) => disk,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
         let prefix = scope_prefix(scope);
         let start = match after {
             Some(after) => Bound::Excluded(scope_key(scope, after)),
             None => Bound::Included(prefix.clone()),
         };
         let skip = prefix.len();
-        self.values
-            .range::<Vec<u8>, _>((start, Bound::Unbounded))
-            .keys()
-            .take_while(move |k| k.as_ref().map_or(true, |k| k.starts_with(&prefix)))
-            .map(move |k| Ok(text(&k?[skip..])))
+        Box::new(
+            disk.values
+                .range::<Vec<u8>, _>((start, Bound::Unbounded))
+                .keys()
+                .take_while(move |k| k.as_ref().map_or(true, |k| k.starts_with(&prefix)))
+                .map(move |k| Ok(text(&k?[skip..]))),
+        )
     }
 
     /// Scope names in order, from the first after `after` (all, with `None`).
-    pub fn scopes_after<'a>(&'a self, after: Option<&str>) -> impl Iterator<Item = Result<String>> + 'a {
+    pub fn scopes_after(&self, after: Option<&str>) -> Box<dyn Iterator<Item = Result<String>>> {
+        let disk = match self.disk() {
+            Ok(disk) => disk,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
         let start = match after {
             Some(after) => Bound::Excluded(after.as_bytes().to_vec()),
             None => Bound::Unbounded,
         };
-        self.scopes.range::<Vec<u8>, _>((start, Bound::Unbounded)).keys().map(|k| Ok(text(&k?)))
+        Box::new(disk.scopes.range::<Vec<u8>, _>((start, Bound::Unbounded)).keys().map(|k| Ok(text(&k?))))
     }
 
     pub fn get(&self, scope: &str, key: &str) -> Result<Option<Value>> {
-        Ok(self.values.get(scope_key(scope, key))?.map(|bytes| {
+        Ok(self.disk()?.values.get(scope_key(scope, key))?.map(|bytes| {
             // Stored as JSON text by `set`; anything else is shown as text, never a failure.
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
@@ -415,7 +509,8 @@ impl Store {
             self.check_new_scope(&usage, owner)?;
         }
         let k = scope_key(scope, key);
-        let previous = self.values.get(&k)?;
+        let disk = self.disk()?;
+        let previous = disk.values.get(&k)?;
         // What the entry costs the scope: its key and its value.
         let (existed, old) = (previous.is_some(), previous.map_or(0, |v| key.len() + v.len()));
         let new = key.len() + text.len();
@@ -430,7 +525,7 @@ impl Store {
                 l.max_scope_bytes
             )));
         }
-        (&self.scopes, &self.values).transaction(|(scopes, values)| {
+        (&disk.scopes, &disk.values).transaction(|(scopes, values)| {
             if new_scope {
                 scopes.insert(scope.as_bytes(), owner.as_bytes())?;
             }
@@ -452,7 +547,7 @@ impl Store {
     /// Deletes `key`; false if it was not there.
     pub fn delete(&self, scope: &str, key: &str) -> Result<bool> {
         let mut usage = self.writable()?;
-        let Some(old) = self.values.remove(scope_key(scope, key))? else { return Ok(false) };
+        let Some(old) = self.disk()?.values.remove(scope_key(scope, key))? else { return Ok(false) };
         if let Some(held) = usage.scopes.get_mut(scope) {
             held.keys -= 1;
             held.bytes -= key.len() + old.len();
@@ -481,10 +576,11 @@ impl Store {
     /// writes (they could not be made durable either).
     pub fn flush(&self) -> Result<()> {
         let writes = self.writes.load(SeqCst);
-        if let Err(e) = self.generation.flush(&self.db) {
+        let disk = self.disk()?;
+        if let Err(e) = disk.generation.flush(&disk.db) {
             let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
             if failure.is_none() {
-                log::error!("state store: flush failed ({e}); refusing writes until the hub restarts");
+                log::error!("state store: flush failed ({e}); refusing writes until it is opened again");
             }
             *failure = Some(e.to_string());
             return Err(e.into());
@@ -500,7 +596,9 @@ impl Store {
     /// Closes cleanly once the state service has stopped: flushed, with a
     /// manifest that lets the next start notice a store that lost entries.
     pub fn close(&self) {
-        self.generation.close();
+        if let Ok(disk) = self.disk() {
+            disk.generation.close();
+        }
     }
 
     /// How long the oldest write not yet durable has waited (zero if none).
