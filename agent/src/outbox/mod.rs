@@ -252,7 +252,7 @@ impl Inner {
             None => format!("{RESERVE_PERCENT} % of the {} file system", mib(total)),
         };
         format!(
-            "the disk has {} free, under the outbox's reserve of {} ({why}): each new sample drops the oldest              ({} dropped so far). Free some space on {}, or lower outbox.min_free_bytes",
+            "the disk has {} free, under the outbox's reserve of {} ({why}): each new sample drops the oldest ({} dropped so far). Free some space on {}, or lower outbox.min_free_bytes",
             mib(free),
             mib(self.reserve),
             self.log.counters.dropped_for_space,
