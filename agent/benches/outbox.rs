@@ -30,7 +30,7 @@ const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// Appends `n` samples, flushing every 200 ms (the agent's default window).
 fn outbox_appends(n: u64) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let outbox = Outbox::open(&dir.path().join("outbox"), OutboxOptions::unbounded()).unwrap();
+    let outbox = Outbox::open(&dir.path().join("outbox"), OutboxOptions::unbounded(), "bench").unwrap();
     let started = Instant::now();
     let mut last_flush = started;
     for seq in 1..=n {
@@ -70,7 +70,7 @@ fn file_appends(n: u64, fsync_each: bool) -> f64 {
 fn churn(cycles: u64, live: u64) -> (u64, u64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outbox");
-    let outbox = Outbox::open(&path, OutboxOptions::unbounded()).unwrap();
+    let outbox = Outbox::open(&path, OutboxOptions::unbounded(), "bench").unwrap();
     let mut largest = 0;
     let started = Instant::now();
     for seq in 1..=cycles {

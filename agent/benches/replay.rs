@@ -20,7 +20,7 @@ use testkit::{bin, free_endpoint, Proc};
 
 fn prefill(data: &Path, n: u64) {
     // An earlier run's samples: a different epoch from the agent's, so all of these are late.
-    let outbox = Outbox::open(&data.join("outbox"), OutboxOptions::unbounded()).unwrap();
+    let outbox = Outbox::open(&data.join("outbox"), OutboxOptions::unbounded(), "bench").unwrap();
     for seq in 1..=n {
         outbox
             .append(&Sample {

@@ -138,7 +138,8 @@ pub struct OutboxConfig {
     /// Size at which a segment file of the outbox log is closed and the next begun.
     pub segment_bytes: Option<u64>,
     /// Free space the outbox leaves on its file system: below it (checked at
-    /// each flush) the outbox stops growing and each new sample drops the oldest.
+    /// each flush) the outbox stops growing and each new sample drops the
+    /// oldest. Default: 5 % of the file system, from 256 KiB to 32 MiB.
     pub min_free_bytes: Option<u64>,
 }
 
@@ -211,12 +212,12 @@ pub struct Limits {
     pub cache_bytes: u64,
     pub flush_interval_ms: u64,
     pub segment_bytes: u64,
-    pub min_free_bytes: u64,
+    /// `None`: sized from the outbox's file system (`outbox::reserve_for`).
+    pub min_free_bytes: Option<u64>,
 }
 
 pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 200;
 pub const DEFAULT_SEGMENT_BYTES: u64 = crate::outbox::log::DEFAULT_SEGMENT_BYTES;
-pub const DEFAULT_MIN_FREE_BYTES: u64 = crate::outbox::DEFAULT_MIN_FREE_BYTES;
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -249,7 +250,7 @@ impl Config {
             cache_bytes: self.store.cache_bytes.unwrap_or(cache_bytes),
             flush_interval_ms: self.outbox.flush_interval_ms.unwrap_or(DEFAULT_FLUSH_INTERVAL_MS),
             segment_bytes: self.outbox.segment_bytes.unwrap_or(DEFAULT_SEGMENT_BYTES),
-            min_free_bytes: self.outbox.min_free_bytes.unwrap_or(DEFAULT_MIN_FREE_BYTES),
+            min_free_bytes: self.outbox.min_free_bytes,
         })
     }
 
@@ -464,10 +465,10 @@ mod tests {
         let c = parse("id = \"x\"\n[outbox]\nmax_records = 10\n").unwrap();
         assert_eq!(c.limits().unwrap().outbox_records, 10);
         assert_eq!(limits.segment_bytes, 1 << 20, "about a megabyte: SD-card friendly");
-        assert_eq!(limits.min_free_bytes, 32 << 20);
+        assert_eq!(limits.min_free_bytes, None, "sized from the file system");
         let c = parse("id = \"x\"\n[outbox]\nsegment_bytes = 65536\nmin_free_bytes = 0\n").unwrap();
         c.validate().unwrap();
-        assert_eq!((c.limits().unwrap().segment_bytes, c.limits().unwrap().min_free_bytes), (65536, 0));
+        assert_eq!((c.limits().unwrap().segment_bytes, c.limits().unwrap().min_free_bytes), (65536, Some(0)));
         let c = parse("id = \"x\"\n[outbox]\nsegment_bytes = 100\n").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("outbox.segment_bytes"));
     }

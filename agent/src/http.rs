@@ -57,7 +57,7 @@ pub fn serve(config: &HttpConfig, shared: Arc<Shared>, stop: &ShutdownWatch) -> 
     server.run(stop, move |get: &Get<'_>| match get.path {
         "/healthz" => Reply::json(
             200,
-            json!({"status": "ok", "agent": shared.id, "link": shared.link().state.name(), "store_ok": shared.outbox.health().ok()})
+            json!({"status": "ok", "agent": shared.id, "link": shared.link().state.name(), "store_ok": shared.store_ok()})
                 .to_string(),
         ),
         "/metrics" => Reply::Body {

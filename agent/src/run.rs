@@ -86,12 +86,13 @@ pub fn run(
     // For `agent store status` only: epochs are drawn, never derived from this.
     store.put_u64("epoch", epoch)?;
     let outbox_dir = config.outbox_dir();
-    let outbox = Arc::new(Outbox::open(&outbox_dir, config.outbox_options()?).map_err(|e| {
+    let id = config.agent_id();
+    let outbox = Arc::new(Outbox::open(&outbox_dir, config.outbox_options()?, &id).map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot open the outbox at {}: {e}", outbox_dir.display()))
     })?);
     migrate_legacy_outbox(&store, &outbox);
     let shared = Arc::new(Shared {
-        id: config.agent_id(),
+        id,
         epoch,
         clock: Clock::new(),
         config_toml: config.redacted_toml(),
@@ -107,21 +108,22 @@ pub fn run(
     });
     let channels = Arc::new(channels(config)?);
     let state = LocalState::new(&shared.store, config.local_state)?;
+    let reserve = shared.outbox.stats();
     log::info!(
-        "agent {} (epoch {epoch}, board {}): {} channel(s), hub {}, outbox {} records / {} bytes, flush every {} ms",
+        "agent {} (epoch {epoch}, board {}): {} channel(s), hub {}, outbox {} records / {} bytes, flush every {} ms, \
+         {} bytes kept free on its disk{}",
         shared.id,
         config.board,
         channels.by_name.len(),
         config.hub.broker,
         limits.outbox_records,
         limits.outbox_bytes,
-        limits.flush_interval_ms
+        limits.flush_interval_ms,
+        reserve.min_free_bytes,
+        if reserve.reserve_sized { " (5 % of it, from 256 KiB to 32 MiB)" } else { " (outbox.min_free_bytes)" }
     );
-    if let Some(aside) = &shared.store.recovered_from {
-        log::error!(
-            "the store would not open and was moved to {}; started with an empty one",
-            aside.display()
-        );
+    if let Some(recovery) = &shared.store.recovery {
+        log::error!("the local store was damaged: {}", recovery.describe());
     }
 
     let (broker, bus) = config.hub_endpoints()?;
@@ -224,6 +226,10 @@ pub fn run(
     }
     log::info!("agent stopping: flushing the outbox ({} records)", shared.outbox.stats().records);
     let flushed = shared.outbox.flush();
+    // A store that failed and was not open again yet gets a last chance.
+    if let Err(e) = shared.store.heal_now() {
+        log::error!("local store: opening it again failed: {e}");
+    }
     let state_flushed = shared.store.flush();
     let health = shared.outbox.health();
     match (flushed, state_flushed, health.error) {
@@ -250,13 +256,17 @@ fn migrate_legacy_outbox(store: &Store, outbox: &Outbox) {
 
 /// Flushes the outbox (the durability window of appended samples) and the
 /// local state every interval. Failures are counted and shown in status by
-/// the outbox itself; the next tick tries again.
+/// the outbox itself; the next tick tries again. A local store that failed
+/// to write is opened again here once the disk has room.
 async fn flush_loop(shared: Arc<Shared>, every: Duration) {
     loop {
         smol::Timer::after(every).await;
         let s = shared.clone();
         smol::unblock(move || {
             let _ = s.outbox.flush();
+            if let Err(e) = s.store.heal() {
+                log::error!("local store: opening it again failed: {e}");
+            }
             let state =
                 s.store.put_u64("last_wall_ns", clock::wall_ns().max(0) as u64).and_then(|_| s.store.flush());
             s.note_local_store(state.err().map(|e| e.to_string()));

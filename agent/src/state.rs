@@ -40,16 +40,16 @@ pub enum SetError {
 impl LocalState {
     pub fn new(store: &Store, limits: LocalStateConfig) -> Result<LocalState> {
         let (mut keys, mut bytes) = (0, 0);
-        for entry in store.state.iter() {
+        for (_, value) in store.state.entries()? {
             keys += 1;
-            bytes += entry?.1.len();
+            bytes += value.len();
         }
         // Versions of unsynced writes are persisted: new ones must count on
         // from the highest, or a write after a restart could get the version
         // a sync in flight holds, and that sync would clear its flag.
         let mut highest = 0;
-        for entry in store.state_dirty.iter() {
-            highest = highest.max(version_of(&entry?.1));
+        for (_, version) in store.state_dirty.entries()? {
+            highest = highest.max(version_of(&version));
         }
         Ok(LocalState {
             values: store.state.clone(),
@@ -102,8 +102,7 @@ impl LocalState {
     /// The unsynced keys and the version of their latest write.
     pub fn unsynced(&self) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
-        for entry in self.dirty.iter() {
-            let (key, version) = entry?;
+        for (key, version) in self.dirty.entries()? {
             out.push((String::from_utf8_lossy(&key).into_owned(), version_of(&version)));
         }
         Ok(out)

@@ -137,6 +137,11 @@ impl Shared {
         })
     }
 
+    /// Whether both stores write: the outbox and the local state.
+    pub fn store_ok(&self) -> bool {
+        self.outbox.health().ok() && lock(&self.local_store).ok() && !self.store.is_broken()
+    }
+
     /// The store's health: the outbox's and the local state's, the first error shown.
     pub fn store_json(&self) -> Json {
         let outbox = self.outbox.health();
@@ -144,11 +149,46 @@ impl Shared {
         let failing = if outbox.ok() { &local } else { &outbox };
         let since = failing.since_wall_ns.and_then(|ns| jiff::Timestamp::from_nanosecond(ns.into()).ok());
         json!({
-            "ok": outbox.ok() && local.ok(),
+            "ok": self.store_ok(),
             "error": failing.error,
             "since": since.map(|t| t.to_string()),
             "errors": outbox.errors + local.errors,
+            // Times the local store was opened again after failing to write.
+            "reopens": self.store.reopens(),
         })
+    }
+
+    /// What the operator should know about the storage now, one sentence
+    /// each, with what to do: said for as long as it holds, not once.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(warning) = self.outbox.space_warning() {
+            out.push(warning);
+        }
+        if !self.store_ok() {
+            let error = self.store_json()["error"].as_str().unwrap_or("a write failed").to_string();
+            out.push(format!(
+                "the store cannot write ({error}): new samples are lost and counted in store_errors until \
+                 it can; free space on {} if the disk is full",
+                self.outbox.dir().display()
+            ));
+        }
+        let made_as = self.outbox.made_as();
+        for (i, (first, id)) in made_as.iter().enumerate() {
+            if **id != *self.id {
+                let through =
+                    made_as.get(i + 1).map_or("on".to_string(), |(next, _)| format!("to {}", next - 1));
+                out.push(format!(
+                    "outbox records {first} {through} were made as '{id}', before this agent's id became '{}': \
+                     they are sent as '{id}'",
+                    self.id
+                ));
+            }
+        }
+        if let Some(recovery) = &self.store.recovery {
+            out.push(format!("the local store was damaged at this start: {}", recovery.describe()));
+        }
+        out
     }
 
     pub fn to_json(&self) -> Json {
@@ -199,13 +239,18 @@ impl Shared {
                 "segments": outbox.segments,
                 "disk_bytes": outbox.disk_bytes,
                 "free_bytes": outbox.free_bytes,
+                "fs_bytes": outbox.fs_bytes,
                 "min_free_bytes": outbox.min_free_bytes,
+                "reserve": if outbox.reserve_sized { "sized from the file system" } else { "outbox.min_free_bytes" },
                 "space_low": outbox.space_low,
+                "made_as": self.outbox.made_as().iter().map(|(first, id)| json!({"from": first, "id": &**id})).collect::<Vec<_>>(),
             },
+            "warnings": self.warnings(),
             "store": self.store_json(),
             "store_recovered_from": self.store.recovered_from,
+            "store_recovery": self.store.recovery.as_ref().map(|r| r.describe()),
             "store_disk_bytes": self.store.disk_bytes(),
-            // Samples lost to failed outbox writes since the start.
+            // Samples lost to failed outbox writes (kept across restarts, as every loss counter is).
             "store_errors": outbox.store_errors,
             "live": {
                 "published": self.live_published.load(Relaxed),
@@ -221,7 +266,7 @@ impl Shared {
     /// The agent's metrics, from its live state (`plantd_agent_*`).
     pub fn collect(&self, out: &mut httpd::metrics::Families) {
         let o = self.outbox.stats();
-        let gauges: [(&str, &'static str, u64); 9] = [
+        let gauges: [(&str, &'static str, u64); 10] = [
             ("outbox_records", "Durable samples waiting for the hub's acknowledgement.", o.records),
             ("outbox_bytes", "Bytes of them.", o.bytes),
             ("outbox_max_records", "Records the outbox holds at most.", o.max_records),
@@ -230,12 +275,17 @@ impl Shared {
             ("outbox_free_bytes", "Free space where the outbox is (0: unknown).", o.free_bytes.unwrap_or(0)),
             ("outbox_min_free_bytes", "Free space the outbox leaves.", o.min_free_bytes),
             ("outbox_segments", "The outbox's segment files.", o.segments),
-            ("store_ok", "1 while the stores write.", self.outbox.health().ok().into()),
+            ("store_ok", "1 while the stores write.", self.store_ok().into()),
+            (
+                "outbox_space_low",
+                "1 while the disk is short of the reserve: new samples drop the oldest.",
+                o.space_low.into(),
+            ),
         ];
         for (name, help, value) in gauges {
             out.gauge(&format!("agent_{name}"), help, vec![], value);
         }
-        let counters: [(&str, &'static str, u64); 5] = [
+        let counters: [(&str, &'static str, u64); 6] = [
             ("outbox_dropped", "Samples dropped: the outbox was full.", o.dropped),
             (
                 "outbox_dropped_for_space",
@@ -244,6 +294,11 @@ impl Shared {
             ),
             ("outbox_quarantined", "Stretches of damaged outbox records set aside.", o.quarantined),
             ("store_errors", "Samples lost to failed writes.", o.store_errors),
+            (
+                "store_reopens",
+                "Times the local store was opened again after failing to write.",
+                self.store.reopens(),
+            ),
             (
                 "live_dropped",
                 "Best-effort samples the live queue could not take.",

@@ -3,14 +3,29 @@
 //! a log of its own, [`crate::outbox`].) Nothing outside this file names
 //! sled: the rest of the agent sees [`Table`]s of byte keys in order.
 //!
-//! If sled finds the store damaged (corruption after a power cut, say), the
-//! damaged directory is moved aside and a fresh store is started: the agent
-//! keeps sampling instead of crash-looping, and says so in its status. Any
-//! other failure to open (permissions, no file descriptors, a full disk)
-//! stops the agent with the store left in place.
+//! Opened with `stores`: a store sled finds damaged (corruption after a
+//! power cut, say) is set aside, what can still be read of it is copied into
+//! a fresh one, and the agent keeps sampling instead of crash-looping, saying
+//! so in its status. Any other failure to open (permissions, no file
+//! descriptors, a full disk) stops the agent with the store left in place.
+//!
+//! sled fails every write after one I/O error (a full disk) until the store
+//! is opened again, so [`Store::heal`] opens it again once the disk has room,
+//! carrying over what the failed store held in memory: writes it had
+//! acknowledged but could not flush are not lost, and the agent needs no
+//! restart.
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+pub use stores::{is_damage, OpenError, Recovery, ASIDE_KEPT};
+
+/// Free space the store wants before it is opened again after a failure (or
+/// a tenth of a smaller file system): the outbox's smallest reserve.
+pub const ROOM_TO_REOPEN: u64 = crate::outbox::RESERVE_MIN;
 
 /// A storage failure (I/O, or damage the store itself detected).
 #[derive(Debug, thiserror::Error)]
@@ -43,162 +58,201 @@ impl AsRef<[u8]> for Bytes {
     }
 }
 
+/// The store's trees, as one open of it has them.
+struct Trees {
+    db: sled::Db,
+    meta: sled::Tree,
+    state: sled::Tree,
+    state_dirty: sled::Tree,
+}
+
+const TREES: [Which; 3] = [Which::Meta, Which::State, Which::StateDirty];
+
+impl Trees {
+    fn of(db: sled::Db) -> sled::Result<Trees> {
+        Ok(Trees {
+            meta: db.open_tree("meta")?,
+            state: db.open_tree("state")?,
+            state_dirty: db.open_tree("state_dirty")?,
+            db,
+        })
+    }
+
+    fn tree(&self, which: Which) -> &sled::Tree {
+        match which {
+            Which::Meta => &self.meta,
+            Which::State => &self.state,
+            Which::StateDirty => &self.state_dirty,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Which {
+    Meta,
+    State,
+    StateDirty,
+}
+
+/// The open store, shared by the [`Store`] and its [`Table`]s: let go of
+/// (`None`) while it is opened again, when every call fails.
+struct Handle {
+    open: RwLock<Option<Trees>>,
+    /// A write failed for I/O: the store must be opened again to work.
+    broken: AtomicBool,
+}
+
+impl Handle {
+    fn with<T>(&self, which: Which, f: impl FnOnce(&sled::Tree) -> sled::Result<T>) -> Result<T> {
+        let open = self.open.read().unwrap_or_else(|e| e.into_inner());
+        let result = match open.as_ref() {
+            Some(trees) => f(trees.tree(which)),
+            None => Err(reopening()),
+        };
+        self.note(result)
+    }
+
+    fn db<T>(&self, f: impl FnOnce(&sled::Db) -> sled::Result<T>) -> Result<T> {
+        let open = self.open.read().unwrap_or_else(|e| e.into_inner());
+        let result = match open.as_ref() {
+            Some(trees) => f(&trees.db),
+            None => Err(reopening()),
+        };
+        self.note(result)
+    }
+
+    /// An I/O error marks the store for opening again (sled will not write until then).
+    fn note<T>(&self, result: sled::Result<T>) -> Result<T> {
+        if let Err(sled::Error::Io(_)) = &result {
+            self.broken.store(true, Relaxed);
+        }
+        result.map_err(Error)
+    }
+}
+
+fn reopening() -> sled::Error {
+    sled::Error::Io(std::io::Error::other(
+        "the local store failed to write and is not open again yet (it is, within seconds of the disk having room)",
+    ))
+}
+
 /// One table of the store: byte keys kept in order, byte values. Writes are
 /// durable at the next [`Store::flush`].
 #[derive(Clone)]
-pub struct Table(sled::Tree);
+pub struct Table {
+    handle: Arc<Handle>,
+    which: Which,
+}
 
 impl Table {
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
-        Ok(self.0.get(key)?.map(Bytes))
+        self.handle.with(self.which, |t| t.get(key)).map(|v| v.map(Bytes))
     }
 
     /// Sets `key`; returns the value it replaced.
     pub fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
-        Ok(self.0.insert(key.as_ref(), value.as_ref())?.map(Bytes))
+        self.handle.with(self.which, |t| t.insert(key.as_ref(), value.as_ref())).map(|v| v.map(Bytes))
     }
 
     /// Removes `key`; returns the value it had.
     pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
-        Ok(self.0.remove(key)?.map(Bytes))
+        self.handle.with(self.which, |t| t.remove(key)).map(|v| v.map(Bytes))
     }
 
     /// Removes `key` only if its value is still `expected`; false if it changed.
     pub fn remove_if(&self, key: impl AsRef<[u8]>, expected: impl AsRef<[u8]>) -> Result<bool> {
-        Ok(self.0.compare_and_swap(key, Some(expected.as_ref()), None::<&[u8]>)?.is_ok())
+        self.handle.with(self.which, |t| {
+            Ok(t.compare_and_swap(key, Some(expected.as_ref()), None::<&[u8]>)?.is_ok())
+        })
     }
 
-    /// The first entry in key order.
-    pub fn first(&self) -> Result<Option<(Bytes, Bytes)>> {
-        Ok(self.0.first()?.map(|(k, v)| (Bytes(k), Bytes(v))))
-    }
-
-    /// Removes and returns the first entry in key order.
-    pub fn pop_first(&self) -> Result<Option<(Bytes, Bytes)>> {
-        Ok(self.0.pop_min()?.map(|(k, v)| (Bytes(k), Bytes(v))))
-    }
-
-    /// Every entry, in key order.
-    pub fn iter(&self) -> impl Iterator<Item = Result<(Bytes, Bytes)>> {
-        self.0.iter().map(|entry| entry.map(|(k, v)| (Bytes(k), Bytes(v))).map_err(Error))
+    /// Every entry, in key order (the tables are small and bounded: see
+    /// `[local_state]`; a copy lets the store be opened again meanwhile).
+    pub fn entries(&self) -> Result<Vec<(Bytes, Bytes)>> {
+        self.handle.with(self.which, |t| t.iter().map(|e| e.map(|(k, v)| (Bytes(k), Bytes(v)))).collect())
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.handle.with(self.which, |t| Ok(t.len())).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 }
 
+/// What the failed store held, per tree, to carry into the store opened again.
+type Snapshot = Vec<(Which, Vec<(sled::IVec, sled::IVec)>)>;
+
 pub struct Store {
-    db: sled::Db,
+    dir: PathBuf,
+    cache_bytes: u64,
+    handle: Arc<Handle>,
     pub meta: Table,
     pub state: Table,
     pub state_dirty: Table,
-    /// Where a store that would not open was moved, if that happened at this start.
+    /// Damage found and recovered from at this start.
+    pub recovery: Option<Recovery>,
+    /// Where the damaged store was moved, if that happened at this start.
     pub recovered_from: Option<PathBuf>,
+    reopens: AtomicU64,
+    /// When to try opening it again next (backing off while that fails), and
+    /// what the failed store held, until it is carried over.
+    retry: Mutex<(Instant, Duration, Option<Snapshot>)>,
 }
 
-/// Why the store could not be opened. Only damage is recovered from (by
-/// setting the store aside); anything else stops the agent with the store
-/// left as it is, since a fresh store would hide data that is still there.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error("cannot open the store at {}: {source}{}; it was left in place", path.display(), advice(source))]
-    Unusable { path: PathBuf, source: Error },
-    #[error("the store at {} is damaged ({damage}) and could not be moved aside: {source}", path.display())]
-    SetAside { path: PathBuf, damage: String, source: std::io::Error },
+fn config(cache_bytes: u64) -> sled::Config {
+    sled::Config::new().cache_capacity(cache_bytes).flush_every_ms(None)
 }
-
-/// What to do about an open error that is not damage.
-fn advice(e: &Error) -> &'static str {
-    let sled::Error::Io(io) = &e.0 else { return "" };
-    match io.raw_os_error() {
-        Some(libc::EACCES | libc::EPERM) => {
-            " (permission denied: the data directory and everything in it must belong to the user the agent runs as)"
-        }
-        Some(libc::EMFILE | libc::ENFILE) => " (too many open files: raise the limit, e.g. LimitNOFILE=)",
-        Some(libc::ENOSPC | libc::EDQUOT) => " (the disk is full: free some space)",
-        Some(libc::EROFS) => " (the file system is read-only)",
-        Some(libc::EIO) => " (an I/O error: the disk or SD card may be failing)",
-        _ if io.to_string().contains("could not acquire lock") => {
-            " (another process has it open: is another agent running on this data directory?)"
-        }
-        _ => "",
-    }
-}
-
-/// Whether an error from opening the store means its files are damaged (so
-/// setting them aside is the only way on), rather than the system refusing
-/// access, running out of something, or the store being in use.
-pub fn is_damage(e: &sled::Error) -> bool {
-    match e {
-        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => true,
-        // sled's "not a store I can read" (say, a config file that is not text).
-        sled::Error::Unsupported(_) => true,
-        sled::Error::Io(io) => {
-            matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof)
-        }
-        sled::Error::CollectionNotFound(_) => false,
-    }
-}
-
-/// Set-aside copies of damaged stores kept beside the store; older ones are deleted.
-pub const ASIDE_KEPT: usize = 3;
 
 impl Store {
     /// Opens (creating if needed) the store in `dir`. A store whose files are
-    /// damaged is moved aside (the [`ASIDE_KEPT`] most recent copies are
-    /// kept) and a fresh one started; any other failure is an error and the
-    /// store is left alone.
+    /// damaged is set aside (the [`ASIDE_KEPT`] most recent copies are kept)
+    /// and what can be read of it copied into a fresh one; any other failure
+    /// is an error and the store is left alone.
     pub fn open(dir: &Path, cache_bytes: u64) -> std::result::Result<Store, OpenError> {
-        let error = match Self::open_guarded(dir, cache_bytes) {
-            Ok(store) => return Ok(store),
-            Err(e) => e,
-        };
-        if !is_damage(&error.0) || !dir.exists() {
-            return Err(OpenError::Unusable { path: dir.into(), source: error });
-        }
-        let set_aside = |source| OpenError::SetAside { path: dir.into(), damage: error.to_string(), source };
-        let aside = aside_path(dir).map_err(set_aside)?;
-        log::error!(
-            "store at {} is damaged ({error}); moving it to {} and starting afresh",
-            dir.display(),
-            aside.display()
-        );
-        std::fs::rename(dir, &aside).map_err(set_aside)?;
-        prune_asides(dir);
-        let mut store = Self::open_guarded(dir, cache_bytes)
-            .map_err(|source| OpenError::Unusable { path: dir.into(), source })?;
-        store.recovered_from = Some(aside);
-        Ok(store)
+        let opened = stores::open(dir, config(cache_bytes))?;
+        let trees =
+            Trees::of(opened.db).map_err(|source| OpenError::Unusable { path: dir.into(), source })?;
+        let recovered_from = opened.recovery.as_ref().and_then(|r| r.aside.clone());
+        Ok(Self::with(dir, cache_bytes, trees, opened.recovery, recovered_from))
     }
 
-    /// Opens the store; a panic inside sled (its recovery meeting files it
-    /// does not expect) is reported as corruption, not passed on.
-    fn open_guarded(dir: &Path, cache_bytes: u64) -> Result<Store> {
-        std::panic::catch_unwind(|| Self::open_as_is(dir, cache_bytes)).unwrap_or_else(|_| {
-            Err(Error(sled::Error::ReportableBug("sled panicked opening the store".into())))
-        })
-    }
-
-    /// Opens the store without recovery (for `agent store` on a stopped agent).
+    /// Opens the store as it is, without recovery, for the tools (`agent
+    /// store`, `agent check`) on a stopped agent. A panic inside sled is
+    /// reported as damage.
     pub fn open_as_is(dir: &Path, cache_bytes: u64) -> Result<Store> {
-        let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).flush_every_ms(None).open()?;
-        Ok(Store {
-            meta: Table(db.open_tree("meta")?),
-            state: Table(db.open_tree("state")?),
-            state_dirty: Table(db.open_tree("state_dirty")?),
-            db,
-            recovered_from: None,
-        })
+        let open = || Trees::of(config(cache_bytes).path(dir).open()?);
+        let trees = std::panic::catch_unwind(open)
+            .unwrap_or_else(|_| Err(sled::Error::ReportableBug("sled panicked opening the store".into())))?;
+        Ok(Self::with(dir, cache_bytes, trees, None, None))
+    }
+
+    fn with(
+        dir: &Path,
+        cache_bytes: u64,
+        trees: Trees,
+        recovery: Option<Recovery>,
+        recovered_from: Option<PathBuf>,
+    ) -> Store {
+        let handle = Arc::new(Handle { open: RwLock::new(Some(trees)), broken: AtomicBool::new(false) });
+        let table = |which| Table { handle: handle.clone(), which };
+        Store {
+            dir: dir.into(),
+            cache_bytes,
+            meta: table(Which::Meta),
+            state: table(Which::State),
+            state_dirty: table(Which::StateDirty),
+            handle,
+            recovery,
+            recovered_from,
+            reopens: AtomicU64::new(0),
+            retry: Mutex::new((Instant::now(), Duration::from_secs(1), None)),
+        }
     }
 
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+        self.handle.db(|db| db.flush().map(|_| ()))
     }
 
     pub fn get_u64(&self, key: &str) -> Result<Option<u64>> {
@@ -210,6 +264,83 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a write failed for I/O and the store is not open again yet.
+    pub fn is_broken(&self) -> bool {
+        self.handle.broken.load(Relaxed)
+    }
+
+    /// Times the store was opened again after a failure.
+    pub fn reopens(&self) -> u64 {
+        self.reopens.load(Relaxed)
+    }
+
+    /// After an I/O failure, once the disk has room, opens the store again
+    /// (at most every second, backing off to 8 s while that fails). Returns
+    /// whether it did; an error says why it could not.
+    pub fn heal(&self) -> std::result::Result<bool, OpenError> {
+        self.heal_at(false)
+    }
+
+    /// [`Store::heal`] without waiting for the backoff (the last flush at a stop).
+    pub fn heal_now(&self) -> std::result::Result<bool, OpenError> {
+        self.heal_at(true)
+    }
+
+    fn heal_at(&self, now: bool) -> std::result::Result<bool, OpenError> {
+        if !self.is_broken() {
+            return Ok(false);
+        }
+        let mut retry = self.retry.lock().unwrap_or_else(|e| e.into_inner());
+        if (!now && Instant::now() < retry.0) || !stores::has_room(&self.dir, ROOM_TO_REOPEN) {
+            return Ok(false);
+        }
+        match self.reopen(&mut retry.2) {
+            Ok(()) => {
+                *retry = (Instant::now(), Duration::from_secs(1), None);
+                Ok(true)
+            }
+            Err(e) => {
+                retry.1 = (retry.1 * 2).min(Duration::from_secs(8));
+                retry.0 = Instant::now() + retry.1;
+                Err(e)
+            }
+        }
+    }
+
+    /// Lets go of the store and opens it again, then puts back what the old
+    /// one held in memory (the tables are bounded and small).
+    fn reopen(&self, kept: &mut Option<Snapshot>) -> std::result::Result<(), OpenError> {
+        let unusable = |source| OpenError::Unusable { path: self.dir.clone(), source };
+        {
+            let mut open = self.handle.open.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(old) = open.take() {
+                // Reads still work after sled's write failure: they come from memory.
+                match snapshot(&old) {
+                    Ok(snapshot) => *kept = Some(snapshot),
+                    Err(e) => log::error!(
+                        "local store: cannot read what it held before opening it again ({e}): writes since its last flush are lost"
+                    ),
+                }
+            }
+        }
+        let opened = stores::reopen(&self.dir, config(self.cache_bytes))?;
+        if let Some(recovery) = &opened.recovery {
+            log::error!("local store: {}", recovery.describe());
+        }
+        let trees = Trees::of(opened.db).map_err(unusable)?;
+        if let Some(snapshot) = kept.as_ref() {
+            restore(&trees, snapshot).map_err(unusable)?;
+        }
+        trees.db.flush().map_err(unusable)?;
+        *kept = None;
+        *self.handle.open.write().unwrap_or_else(|e| e.into_inner()) = Some(trees);
+        self.handle.broken.store(false, Relaxed);
+        self.reopens.fetch_add(1, Relaxed);
+        let room = stores::free_bytes(&self.dir).unwrap_or(0);
+        log::info!("local store opened again after a storage failure ({room} bytes free)");
+        Ok(())
+    }
+
     /// Hands every record of the outbox an earlier agent kept in sled (its
     /// own format: CRC-32 LE of the rest, then the encoded sample), oldest
     /// first, to `each`, then deletes it: the outbox is a log of its own now.
@@ -218,11 +349,13 @@ impl Store {
         &self,
         mut each: impl FnMut(&proto::sample::Sample) -> std::io::Result<()>,
     ) -> std::result::Result<(u64, u64), Box<dyn std::error::Error>> {
-        if !self.db.tree_names().iter().any(|n| n.as_ref() == b"outbox") {
+        let open = self.handle.open.read().unwrap_or_else(|e| e.into_inner());
+        let Some(db) = open.as_ref().map(|t| &t.db) else { return Err(Error(reopening()).into()) };
+        if !db.tree_names().iter().any(|n| n.as_ref() == b"outbox") {
             return Ok((0, 0));
         }
         let (mut moved, mut damaged) = (0, 0);
-        for entry in self.db.open_tree("outbox")?.iter() {
+        for entry in db.open_tree("outbox")?.iter() {
             let (_, v) = entry?;
             let decoded = (v.len() > 4 && crc32fast::hash(&v[4..]).to_le_bytes() == v[..4])
                 .then(|| proto::codec::decode::<proto::sample::Sample>(&v[4..]).ok())
@@ -235,57 +368,38 @@ impl Store {
                 None => damaged += 1,
             }
         }
-        self.db.drop_tree("outbox")?;
-        let _ = self.db.drop_tree("quarantine");
-        self.db.flush()?;
+        db.drop_tree("outbox")?;
+        let _ = db.drop_tree("quarantine");
+        db.flush()?;
         Ok((moved, damaged))
     }
 
     /// Bytes on disk under the store directory.
     pub fn disk_bytes(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.handle.db(|db| db.size_on_disk()).unwrap_or(0)
     }
 }
 
-/// `<store>.damaged-<n>-<unix seconds>`, n one more than any there: numbered
-/// so the oldest is known even when the clock was wrong (a Pi with no RTC).
-fn aside_path(dir: &Path) -> std::io::Result<PathBuf> {
-    let n = asides(dir)?.last().map_or(1, |(n, _)| n + 1);
-    let mut name = dir.as_os_str().to_owned();
-    name.push(format!(".damaged-{n}-{}", jiff::Timestamp::now().as_second()));
-    Ok(PathBuf::from(name))
+fn snapshot(trees: &Trees) -> sled::Result<Snapshot> {
+    TREES.iter().map(|&which| Ok((which, trees.tree(which).iter().collect::<sled::Result<_>>()?))).collect()
 }
 
-/// The set-aside copies of `dir`, oldest first.
-fn asides(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
-    let (Some(parent), Some(base)) = (dir.parent(), dir.file_name()) else { return Ok(Vec::new()) };
-    let prefix = format!("{}.damaged-", base.to_string_lossy());
-    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(parent)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(&prefix) else { continue };
-        if let Some(n) = rest.split('-').next().and_then(|n| n.parse::<u64>().ok()) {
-            found.push((n, entry.path()));
+/// Makes each tree of the reopened store hold exactly what the snapshot does.
+fn restore(trees: &Trees, snapshot: &Snapshot) -> sled::Result<()> {
+    for (which, entries) in snapshot {
+        let tree = trees.tree(*which);
+        let keep: std::collections::HashSet<&[u8]> = entries.iter().map(|(k, _)| k.as_ref()).collect();
+        for key in tree.iter().keys() {
+            let key = key?;
+            if !keep.contains(key.as_ref()) {
+                tree.remove(key)?;
+            }
+        }
+        for (key, value) in entries {
+            tree.insert(key, value)?;
         }
     }
-    found.sort();
-    Ok(found)
-}
-
-/// Deletes all but the [`ASIDE_KEPT`] newest set-aside copies of `dir`.
-fn prune_asides(dir: &Path) {
-    let found = match asides(dir) {
-        Ok(found) => found,
-        Err(e) => return log::warn!("cannot list the set-aside stores beside {}: {e}", dir.display()),
-    };
-    for (_, old) in found.iter().rev().skip(ASIDE_KEPT) {
-        log::warn!("deleting the oldest set-aside store {}", old.display());
-        if let Err(e) = std::fs::remove_dir_all(old) {
-            log::warn!("cannot delete {}: {e}", old.display());
-        }
-    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -315,28 +429,15 @@ mod tests {
             let store = Store::open(&path, 1 << 20).unwrap_or_else(|e| panic!("round {round}: {e}"));
             let aside = store.recovered_from.clone().expect("recovered");
             assert!(aside.exists());
+            assert!(store.recovery.as_ref().unwrap().describe().contains("set aside"));
             assert_eq!(store.get_u64("x").unwrap(), None, "a fresh store");
             store.put_u64("x", 1).unwrap();
             store.flush().unwrap();
             set_aside.push(aside);
         }
-        let kept: Vec<PathBuf> = asides(&path).unwrap().into_iter().map(|(_, p)| p).collect();
+        let kept: Vec<PathBuf> = stores::asides(&path).unwrap().into_iter().map(|(_, p)| p).collect();
         assert_eq!(kept, set_aside[2..], "the three newest are kept, the oldest deleted");
         assert!(!set_aside[0].exists() && !set_aside[1].exists());
-    }
-
-    #[test]
-    fn only_damage_counts_as_damage() {
-        let io = |code| sled::Error::Io(std::io::Error::from_raw_os_error(code));
-        for code in
-            [libc::EACCES, libc::EPERM, libc::EMFILE, libc::ENFILE, libc::ENOSPC, libc::EIO, libc::EROFS]
-        {
-            assert!(!is_damage(&io(code)), "errno {code} is not damage");
-        }
-        let locked = sled::Error::Io(std::io::Error::other("could not acquire lock on \"db\""));
-        assert!(!is_damage(&locked));
-        assert!(is_damage(&sled::Error::Corruption { at: None, bt: () }));
-        assert!(is_damage(&sled::Error::Io(std::io::ErrorKind::UnexpectedEof.into())));
     }
 
     #[test]
@@ -346,8 +447,41 @@ mod tests {
         let _first = Store::open(&path, 1 << 20).unwrap();
         let err = Store::open(&path, 1 << 20).err().expect("sled holds its store locked");
         assert!(matches!(err, OpenError::Unusable { .. }), "{err}");
-        assert!(err.to_string().contains("another agent"), "{err}");
-        assert!(asides(&path).unwrap().is_empty(), "nothing set aside");
+        assert!(err.to_string().contains("another process has it open"), "{err}");
+        assert!(stores::asides(&path).unwrap().is_empty(), "nothing set aside");
+    }
+
+    #[test]
+    fn opening_again_keeps_what_the_store_held_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let store = Store::open(&path, 1 << 20).unwrap();
+        store.state.insert("flushed", "1").unwrap();
+        store.state.insert("gone", "1").unwrap();
+        store.flush().unwrap();
+        // Acknowledged but never flushed (as when a full disk fails the flush).
+        store.state.insert("unflushed", "2").unwrap();
+        store.state.remove("gone").unwrap();
+        store.put_u64("counter", 9).unwrap();
+        let table = store.state.clone();
+        // A real full disk is in the system tests; here the failure is said.
+        store.handle.broken.store(true, Relaxed);
+        assert!(store.heal().unwrap(), "opened again");
+        assert!(!store.is_broken());
+        assert_eq!(store.reopens(), 1);
+        assert_eq!(
+            table.get("unflushed").unwrap().as_deref(),
+            Some(&b"2"[..]),
+            "a table kept from before works"
+        );
+        assert_eq!(table.get("gone").unwrap(), None);
+        assert_eq!(store.get_u64("counter").unwrap(), Some(9));
+        assert!(!store.heal().unwrap(), "nothing to heal");
+        drop((table, store));
+        let store = Store::open(&path, 1 << 20).unwrap();
+        let keys: Vec<Vec<u8>> =
+            store.state.entries().unwrap().into_iter().map(|(k, _)| k.to_vec()).collect();
+        assert_eq!(keys, [b"flushed".to_vec(), b"unflushed".to_vec()], "and it was flushed");
     }
 
     #[test]

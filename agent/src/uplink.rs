@@ -73,7 +73,7 @@ pub async fn run(
         let outbox = shared.outbox.clone();
         let (records, bytes) = (cfg.batch_records, cfg.batch_bytes);
         let batch = match smol::unblock(move || outbox.peek(records, bytes)).await {
-            Ok(batch) if !batch.is_empty() || report_due => batch,
+            Ok(batch) if !batch.records.is_empty() || report_due => batch,
             Ok(_) => {
                 // The counters said records were there but none are: recount, and
                 // yield rather than spin on this thread.
@@ -89,14 +89,19 @@ pub async fn run(
                 continue;
             }
         };
-        let wait = pace.take(batch.len() as f64, Instant::now());
+        let wait = pace.take(batch.records.len() as f64, Instant::now());
         if !wait.is_zero() {
             smol::Timer::after(wait).await;
         }
         let now_mono = shared.clock.mono_ns();
-        let last_key = batch.last().map(|(key, _)| *key);
-        let count = batch.len();
+        let last_key = batch.records.last().map(|(key, _)| *key);
+        let count = batch.records.len();
+        // Samples made under another id (it changed under a backlog) go
+        // under that one, never relabelled; the report is this agent's.
+        let ours = *batch.agent == *shared.id || batch.records.is_empty();
+        let agent = if ours { shared.id.clone() } else { batch.agent.to_string() };
         let samples = batch
+            .records
             .into_iter()
             .map(|(_, sample)| {
                 let late =
@@ -104,13 +109,16 @@ pub async fn run(
                 Sent { sample, historical: late }
             })
             .collect();
-        let body = Batch { agent: shared.id.clone(), samples }.encode();
+        let body = Batch { agent: agent.clone(), samples }.encode();
         let report = report(&shared).encode();
         if let Some(key) = last_key {
             shared.outbox.sending(key);
         }
-        last_sent = Some(Instant::now());
-        let reply = client.request(proto::ingest::SERVICE, &[&body, &report]).await;
+        if ours {
+            last_sent = Some(Instant::now());
+        }
+        let frames: &[&[u8]] = if ours { &[&body, &report] } else { &[&body] };
+        let reply = client.request(proto::ingest::SERVICE, frames).await;
         let reply = reply.map_err(|e| e.to_string()).and_then(|frames| {
             let first = frames.first().map(|f| f.to_vec()).unwrap_or_default();
             Reply::decode(&first).map_err(|e| format!("undecodable reply from the hub: {e}"))
@@ -142,6 +150,19 @@ pub async fn run(
                 // Obeyed up to a minute: a hub (or an impostor) cannot park the uplink.
                 smol::Timer::after(Duration::from_millis(after_ms.min(60_000).into())).await;
             }
+            Ok(Reply::Refused { reason }) if !ours => {
+                shared.outbox.not_sent();
+                let why = format!(
+                    "the hub refuses the samples this agent made as '{agent}' before its id became '{}' \
+                     ({reason}); they are kept and hold back the newer ones. With security, only the \
+                     identity '{agent}' may send them: run this agent once more with id '{agent}' (and its \
+                     key) until `agent status` shows them gone",
+                    shared.id
+                );
+                log::error!("{why}");
+                note(&shared, LinkState::Up, why);
+                smol::Timer::after(Duration::from_secs(30)).await;
+            }
             Ok(Reply::Malformed { reason } | Reply::Refused { reason }) => {
                 shared.outbox.not_sent();
                 // Resending soon will not help, but the samples are kept: an
@@ -165,7 +186,8 @@ pub async fn run(
     }
 }
 
-/// How the agent is doing, for the hub (`hub agents`, the web view).
+/// How the agent is doing, for the hub (`hub agents`, the web view): its
+/// loss counters are those kept across its restarts.
 fn report(shared: &Shared) -> Report {
     let stats = shared.outbox.stats();
     let oldest = shared.outbox.oldest_wall_ns();
@@ -174,10 +196,16 @@ fn report(shared: &Shared) -> Report {
         backlog: stats.records,
         oldest_age_ms: oldest.map_or(0, |w| ((clock::wall_ns() - w).max(0) / 1_000_000) as u64),
         dropped: stats.dropped + stats.dropped_for_space,
-        store_ok: shared.outbox.health().ok(),
+        store_ok: shared.store_ok(),
         uptime_s: shared.clock.elapsed().as_secs(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         channels: shared.channels().keys().cloned().collect(),
+        dropped_for_space: stats.dropped_for_space,
+        store_errors: stats.store_errors,
+        quarantined: stats.quarantined,
+        space_low: stats.space_low,
+        free_bytes: stats.free_bytes.unwrap_or(0),
+        min_free_bytes: stats.min_free_bytes,
     }
 }
 

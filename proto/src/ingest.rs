@@ -33,6 +33,12 @@ pub struct Batch {
 
 /// How an agent is doing, as it says with its batches (for `hub agents`
 /// and the web view).
+///
+/// postcard is positional: fields are only ever appended, and an older
+/// hub reads a newer report's leading fields and ignores the rest. A newer
+/// hub reads an older agent's shorter report through [`Report::decode`],
+/// which fills what it lacks with defaults (postcard stops at the end of
+/// the input instead of using `#[serde(default)]`, so that is done here).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// Its boot epoch.
@@ -50,6 +56,54 @@ pub struct Report {
     pub version: String,
     /// Its channels (durable and best-effort), for pickers and listings.
     pub channels: Vec<String>,
+    // Added with issue 27: every counter that explains a gap in the durable
+    // sequence, kept across the agent's restarts, and the disk's reserve.
+    /// Of `dropped`, those dropped because the disk was short of the reserve.
+    #[serde(default)]
+    pub dropped_for_space: u64,
+    /// Samples lost to failed writes (a full disk).
+    #[serde(default)]
+    pub store_errors: u64,
+    /// Damaged stretches of its outbox set aside (each may have held samples).
+    #[serde(default)]
+    pub quarantined: u64,
+    /// Whether the disk is short of the reserve now, so new samples drop the oldest.
+    #[serde(default)]
+    pub space_low: bool,
+    /// Free bytes on the outbox's file system at its last flush, and the reserve.
+    #[serde(default)]
+    pub free_bytes: u64,
+    #[serde(default)]
+    pub min_free_bytes: u64,
+}
+
+/// The report as agents before issue 27 sent it: the same leading fields.
+#[derive(Deserialize)]
+struct ReportV1 {
+    epoch: u64,
+    backlog: u64,
+    oldest_age_ms: u64,
+    dropped: u64,
+    store_ok: bool,
+    uptime_s: u64,
+    version: String,
+    channels: Vec<String>,
+}
+
+impl From<ReportV1> for Report {
+    fn from(r: ReportV1) -> Report {
+        Report {
+            epoch: r.epoch,
+            backlog: r.backlog,
+            oldest_age_ms: r.oldest_age_ms,
+            dropped: r.dropped,
+            store_ok: r.store_ok,
+            uptime_s: r.uptime_s,
+            version: r.version,
+            channels: r.channels,
+            ..Report::default()
+        }
+    }
 }
 
 impl Report {
@@ -57,8 +111,10 @@ impl Report {
         codec::encode(self)
     }
 
+    /// A report from an agent of any version so far (an older one's lacks
+    /// the later fields: they read as zero).
     pub fn decode(bytes: &[u8]) -> Result<Report, WireError> {
-        codec::decode(bytes)
+        codec::decode(bytes).or_else(|e| codec::decode::<ReportV1>(bytes).map(Report::from).map_err(|_| e))
     }
 }
 
@@ -111,6 +167,44 @@ mod tests {
         assert_eq!(Reply::decode(&bytes), Err(WireError::Version(9)));
         assert_eq!(Batch::decode(&[]), Err(WireError::Empty));
         assert!(matches!(Batch::decode(&[VERSION, 0xff, 0xff]), Err(WireError::Decode(_))));
+    }
+
+    fn report() -> Report {
+        Report {
+            epoch: 7,
+            backlog: 120,
+            oldest_age_ms: 4500,
+            dropped: 9,
+            store_ok: true,
+            uptime_s: 60,
+            version: "0.1.0".into(),
+            channels: vec!["temp".into()],
+            dropped_for_space: 4,
+            store_errors: 3,
+            quarantined: 1,
+            space_low: true,
+            free_bytes: 1 << 19,
+            min_free_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn reports_of_older_and_newer_agents_are_read_both_ways() {
+        let new = report();
+        assert_eq!(Report::decode(&new.encode()).unwrap(), new);
+        // An older agent's report: the leading fields only.
+        #[derive(Serialize)]
+        struct Old<'a>(u64, u64, u64, u64, bool, u64, &'a str, &'a [String]);
+        let old = codec::encode(&Old(7, 120, 4500, 9, true, 60, "0.0.9", &new.channels));
+        let read = Report::decode(&old).unwrap();
+        assert_eq!((read.epoch, read.backlog, read.dropped, read.version.as_str()), (7, 120, 9, "0.0.9"));
+        assert_eq!((read.store_errors, read.space_low, read.min_free_bytes), (0, false, 0), "absent: zero");
+        // An older hub decodes a newer agent's report as its own shorter type.
+        #[derive(Deserialize, Debug, PartialEq)]
+        struct OldHub(u64, u64, u64, u64, bool, u64, String, Vec<String>);
+        let seen: OldHub = codec::decode(&new.encode()).unwrap();
+        assert_eq!(seen, OldHub(7, 120, 4500, 9, true, 60, "0.1.0".into(), vec!["temp".into()]));
+        assert!(Report::decode(&old[..old.len() - 1]).is_err(), "cut short inside the old fields");
     }
 
     proptest! {

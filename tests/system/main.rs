@@ -2,6 +2,7 @@
 //! the harness (`system_tests`) builds the binaries once per run.
 
 mod agent;
+mod agent_storage;
 mod arm;
 mod attacks;
 mod bridge;

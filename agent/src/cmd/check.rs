@@ -147,10 +147,19 @@ fn store(config: &Config) -> Check {
     let path = config.data_dir.join("store");
     let outbox = config.outbox_dir();
     if !path.exists() && !outbox.exists() {
-        return check("store", Level::Ok, "none yet (created on first run)");
+        return match reserve(config, &config.data_dir) {
+            Some(short) => check("store", Level::Warn, format!("none yet; {short}")),
+            None => check("store", Level::Ok, "none yet (created on first run)"),
+        };
     }
-    if agent::control::ask_status(&config.data_dir, Duration::from_millis(500)).is_ok() {
-        return check("store", Level::Ok, "in use by the running agent");
+    if let Ok(status) = agent::control::ask_status(&config.data_dir, Duration::from_millis(500)) {
+        // The running agent says what is wrong now (the disk short of its reserve, a store failing).
+        let warnings: Vec<&str> =
+            status["warnings"].as_array().into_iter().flatten().filter_map(|w| w.as_str()).collect();
+        return match warnings.is_empty() {
+            true => check("store", Level::Ok, "in use by the running agent, which reports no trouble"),
+            false => check("store", Level::Warn, format!("the running agent says: {}", warnings.join("; "))),
+        };
     }
     let cache = config.limits().map(|l| l.cache_bytes).unwrap_or(1 << 20);
     if path.exists() {
@@ -163,23 +172,53 @@ fn store(config: &Config) -> Check {
             return check("store", Level::Fail, format!("{}: {e} ({what})", path.display()));
         }
     }
-    match agent::outbox::Outbox::inspect(&outbox).and_then(|o| Ok((o.verify()?, o.stats()))) {
-        Ok(((intact, 0), s)) => check(
-            "store",
-            Level::Ok,
-            format!("{intact} outbox record(s), all intact; {} free on its file system", free(s.free_bytes)),
-        ),
-        Ok(((intact, damaged), _)) => check(
-            "store",
-            Level::Warn,
-            format!("{intact} intact, {damaged} damaged stretch(es): the agent quarantines them; `agent store repair` does it now"),
-        ),
+    let inspected =
+        agent::outbox::Outbox::inspect(&outbox).and_then(|o| Ok((o.verify()?, o.stats(), o.made_as())));
+    let id = config.agent_id();
+    match inspected {
+        Ok(((intact, damaged), s, made_as)) => {
+            let mut warnings = Vec::new();
+            if damaged > 0 {
+                warnings.push(format!("{damaged} damaged stretch(es): the agent quarantines them; `agent store repair` does it now"));
+            }
+            for (_, other) in made_as.iter().filter(|(_, made)| **made != *id) {
+                warnings.push(format!(
+                    "records made as '{other}' (the id is now '{id}'): they will be sent as '{other}'"
+                ));
+            }
+            warnings.extend(reserve(config, &outbox));
+            let level = if warnings.is_empty() { Level::Ok } else { Level::Warn };
+            let free = s.free_bytes.map_or("unknown".into(), mib);
+            let mut detail = format!("{intact} intact outbox record(s); {free} free on its file system");
+            for warning in warnings {
+                detail.push_str("; ");
+                detail.push_str(&warning);
+            }
+            check("store", level, detail)
+        }
         Err(e) => check("store", Level::Fail, format!("{}: {e}", outbox.display())),
     }
 }
 
-fn free(bytes: Option<u64>) -> String {
-    bytes.map_or("unknown".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+/// Whether the disk under `path` is short of the outbox's reserve (so the
+/// agent would drop the oldest sample for each new one), said with what to do.
+fn reserve(config: &Config, path: &std::path::Path) -> Option<String> {
+    let (free, total) = stores::space(path).ok()?;
+    let set = config.limits().ok()?.min_free_bytes;
+    let reserve = set.unwrap_or_else(|| agent::outbox::reserve_for(total));
+    (free < reserve).then(|| {
+        format!(
+            "the disk has {} free, under the outbox's reserve of {} ({}): the agent would drop the oldest \
+             sample for each new one. Free some space, or lower outbox.min_free_bytes",
+            mib(free),
+            mib(reserve),
+            if set.is_some() { "outbox.min_free_bytes" } else { "sized from the file system" }
+        )
+    })
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
 }
 
 /// `tcp://host:port` → a TCP connect with timing.

@@ -85,6 +85,8 @@ pub fn run(args: StoreArgs) -> CmdResult {
                     "outbox": s,
                     "oldest_age_s": age,
                     "recovery_needed": outbox.recovery(),
+                    // The agent id each stretch of records was made under (none: not recorded).
+                    "made_as": outbox.made_as().iter().map(|(first, id)| json!({"from": first, "id": &**id})).collect::<Vec<_>>(),
                     "state_path": state_path,
                     "last_epoch": store.as_ref().and_then(|s| s.get_u64("epoch").ok().flatten()),
                     "local_state_keys": store.as_ref().map(|s| s.state.len()),
@@ -105,14 +107,16 @@ pub fn run(args: StoreArgs) -> CmdResult {
             Ok(if damaged == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Action::Dump(d) => {
-            for sample in Outbox::inspect(&dir)?.dump(d.limit)? {
-                println!("{}", sample.to_json(&config.agent_id(), true, false));
+            // Each record under the id it was made with; the configured one where none was recorded.
+            let configured = config.agent_id();
+            for (id, sample) in Outbox::inspect(&dir)?.dump(d.limit)? {
+                println!("{}", sample.to_json(id.as_deref().unwrap_or(&configured), true, false));
             }
             Ok(ExitCode::SUCCESS)
         }
         Action::Repair(_) => {
             // Opening repairs: torn tails cut, damage quarantined and the segments rewritten.
-            let outbox = Outbox::open(&dir, config.outbox_options()?)?;
+            let outbox = Outbox::open(&dir, config.outbox_options()?, &config.agent_id())?;
             let at_open = outbox.recovery();
             let now = outbox.repair()?;
             outbox.flush()?;

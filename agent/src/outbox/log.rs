@@ -4,8 +4,8 @@
 //!   named by the index of their first record and closed at about
 //!   `segment_bytes`. Records are appended at the end of the last one.
 //! - `head`: the head position (every record below it is retired: the hub
-//!   has it, or it was dropped) and the counters, rewritten whole (temporary
-//!   file, fdatasync, rename) at a flush when they changed.
+//!   has it, or it was dropped) and the loss counters, rewritten whole
+//!   (temporary file, fdatasync, rename) at a flush when they changed.
 //! - `quarantine`: copies of damaged bytes found in segments, each after a
 //!   line naming where they were; it stops growing at [`QUARANTINE_MAX`].
 //!
@@ -44,7 +44,8 @@ const READ_AHEAD: usize = 64 * 1024;
 const HEAD_FILE: &str = "head";
 const QUARANTINE_FILE: &str = "quarantine";
 const HEAD_MAGIC: &[u8; 8] = b"PLNTHEAD";
-const HEAD_VERSION: u32 = 1;
+/// Version 2 added the records lost to failed writes; version 1 is still read.
+const HEAD_VERSION: u32 = 2;
 
 pub fn segment_name(first: u64) -> String {
     format!("{first:020}.seg")
@@ -69,6 +70,8 @@ struct HeadState {
     counters: Counters,
     quarantined: u64,
     quarantined_bytes: u64,
+    /// Records lost to failed writes (or refused appends), ever.
+    lost: u64,
 }
 
 impl HeadState {
@@ -81,6 +84,7 @@ impl HeadState {
             self.counters.dropped_for_space,
             self.quarantined,
             self.quarantined_bytes,
+            self.lost,
         ] {
             out.extend(v.to_le_bytes());
         }
@@ -89,11 +93,20 @@ impl HeadState {
     }
 
     fn decode(bytes: &[u8]) -> Option<HeadState> {
-        if bytes.len() != 8 + 4 + 5 * 8 + 4 || &bytes[..8] != HEAD_MAGIC {
+        if bytes.len() < 12 || &bytes[..8] != HEAD_MAGIC {
+            return None;
+        }
+        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        let values = match version {
+            1 => 5,
+            2 => 6,
+            _ => return None,
+        };
+        if bytes.len() != 8 + 4 + values * 8 + 4 {
             return None;
         }
         let (body, sum) = bytes.split_at(bytes.len() - 4);
-        if crc32fast::hash(body).to_le_bytes() != sum || body[8..12] != HEAD_VERSION.to_le_bytes() {
+        if crc32fast::hash(body).to_le_bytes() != sum {
             return None;
         }
         let v = |i: usize| u64::from_le_bytes(body[12 + 8 * i..20 + 8 * i].try_into().expect("8 bytes"));
@@ -102,6 +115,7 @@ impl HeadState {
             counters: Counters { dropped: v(1), dropped_for_space: v(2) },
             quarantined: v(3),
             quarantined_bytes: v(4),
+            lost: if values > 5 { v(5) } else { 0 },
         })
     }
 }
@@ -196,7 +210,7 @@ pub struct Log {
     /// The caller's tag of the last buffered record, and of the last written one.
     pending_tag: Option<(u64, u64)>,
     written_tag: Option<(u64, u64)>,
-    /// Records lost to failed writes (or refused appends) since opening.
+    /// Records lost to failed writes (or refused appends), ever (kept in `head`).
     lost: u64,
     /// Earlier tails written since their last sync.
     unsynced: Vec<Arc<File>>,
@@ -252,7 +266,7 @@ impl Log {
             pending_records: 0,
             pending_tag: None,
             written_tag: None,
-            lost: 0,
+            lost: saved_state.lost,
             unsynced: Vec::new(),
             dir_dirty: false,
             reader: None,
@@ -499,12 +513,12 @@ impl Log {
     }
 
     /// An append that was not made: counted as lost.
-    fn refuse(&mut self, source: io::Error) -> WriteError {
+    pub fn refuse(&mut self, source: io::Error) -> WriteError {
         self.lost += 1;
         WriteError { lost: 1, source }
     }
 
-    /// Records lost to failed writes or refused appends since opening.
+    /// Records lost to failed writes or refused appends, ever.
     pub fn lost(&self) -> u64 {
         self.lost
     }
@@ -620,6 +634,7 @@ impl Log {
             counters: self.counters,
             quarantined: self.quarantined,
             quarantined_bytes: self.quarantined_bytes,
+            lost: self.lost,
         }
     }
 
@@ -1110,15 +1125,31 @@ fn rewrite(dir: &Path, first: u64, reader: &mut Reader, len: u64, mut prev_last:
     std::fs::rename(&tmp, dir.join(segment_name(first)))
 }
 
-/// Free bytes for an unprivileged writer on the file system holding `path`.
-pub fn free_bytes(path: &Path) -> io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path with a NUL byte"))?;
-    // SAFETY: statvfs writes into the zeroed struct we own; `c` is a valid C string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_of_the_first_version_is_read() {
+        let state = HeadState {
+            head: 7,
+            counters: Counters { dropped: 2, dropped_for_space: 3 },
+            quarantined: 1,
+            quarantined_bytes: 40,
+            lost: 5,
+        };
+        assert_eq!(HeadState::decode(&state.encode()), Some(state));
+        // Version 1: the same without `lost`.
+        let mut v1 = HEAD_MAGIC.to_vec();
+        v1.extend(1u32.to_le_bytes());
+        for v in [7u64, 2, 3, 1, 40] {
+            v1.extend(v.to_le_bytes());
+        }
+        v1.extend(crc32fast::hash(&v1).to_le_bytes());
+        assert_eq!(HeadState::decode(&v1), Some(HeadState { lost: 0, ..state }));
+        let mut damaged = state.encode();
+        damaged[20] ^= 1;
+        assert_eq!(HeadState::decode(&damaged), None);
+        assert_eq!(HeadState::decode(&v1[..v1.len() - 1]), None);
     }
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }

@@ -5,25 +5,33 @@
 //! ordered by a record index that rises by one per append (never by the boot
 //! epoch). Bounded by records and by bytes (framed records); when full the
 //! oldest telemetry is dropped and counted, so sampling never waits on the
-//! network. While the file system has less than `min_free_bytes` free (as
-//! seen at the last flush) the outbox does not grow: each append drops the
-//! oldest, counted apart (`dropped_for_space`).
+//! network. While the file system has less than its reserve free (as seen
+//! at the last flush) the outbox does not grow: each append drops the
+//! oldest, counted apart (`dropped_for_space`), and the agent says so until
+//! it stops. The reserve is `min_free_bytes` when configured, else sized
+//! from the file system ([`reserve_for`]).
 //!
 //! Appends are durable at the next flush; `durable` tells which sample that
 //! covers. A write that fails (a full disk) loses the buffered samples it
 //! held, counts them (`store_errors`), leaves no partial record behind, and
 //! marks the store unhealthy until a flush succeeds again with some room
-//! left ([`HEALTHY_FREE_BYTES`]): nothing latches.
+//! left ([`HEALTHY_FREE_BYTES`]): nothing latches. What is already on disk
+//! is still read and sent meanwhile, and retiring it makes room.
+//!
+//! Every record is sent under the agent id it was made with ([`ids`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use proto::sample::Sample;
 use serde::Serialize;
 
+pub mod ids;
 pub mod log;
 pub mod record;
 
+use self::ids::Ids;
 use self::log::{Counters, Log, WriteError};
 
 /// A record's place in the outbox: its log index.
@@ -31,20 +39,37 @@ pub type Key = u64;
 
 pub type Result<T> = std::io::Result<T>;
 
-pub const DEFAULT_MIN_FREE_BYTES: u64 = 32 << 20;
+/// The reserve sized from the file system: this share of it...
+pub const RESERVE_PERCENT: u64 = 5;
+/// ...at most this much (a large disk needs no more)...
+pub const RESERVE_MAX: u64 = 32 << 20;
+/// ...and at least this much (room for the local store, the head and a flush).
+pub const RESERVE_MIN: u64 = 256 << 10;
+
+/// While the disk is short of the reserve, the warning is repeated this often.
+const SPACE_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 /// After a failure the store counts as working again at a flush that
 /// succeeds with at least this much free (a small write can still fit into
 /// the last, partly used block of a full disk).
 pub const HEALTHY_FREE_BYTES: u64 = log::WRITE_CHUNK as u64;
 
+/// The free space the outbox leaves on a file system of `total` bytes when
+/// `min_free_bytes` is not set: 5 %, from 256 KiB to 32 MiB. (A fixed 32 MiB
+/// would exceed a small SD card partition's room and drop nearly every sample.)
+pub fn reserve_for(total: u64) -> u64 {
+    let share = u128::from(total) * u128::from(RESERVE_PERCENT) / 100;
+    u64::try_from(share).unwrap_or(u64::MAX).clamp(RESERVE_MIN, RESERVE_MAX)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutboxOptions {
     pub max_records: u64,
     pub max_bytes: u64,
     pub segment_bytes: u64,
-    /// Free space on the file system below which the outbox stops growing.
-    pub min_free_bytes: u64,
+    /// Free space on the file system below which the outbox stops growing;
+    /// `None`: sized from the file system ([`reserve_for`]).
+    pub min_free_bytes: Option<u64>,
 }
 
 impl OutboxOptions {
@@ -54,7 +79,7 @@ impl OutboxOptions {
             max_records: u64::MAX,
             max_bytes: u64::MAX,
             segment_bytes: log::DEFAULT_SEGMENT_BYTES,
-            min_free_bytes: 0,
+            min_free_bytes: Some(0),
         }
     }
 }
@@ -72,13 +97,16 @@ pub struct OutboxStats {
     /// Damaged stretches set aside (each may have held more than one record), and their bytes.
     pub quarantined: u64,
     pub quarantined_bytes: u64,
-    /// Samples lost to failed writes since the agent started.
+    /// Samples lost to failed writes (since the outbox was created).
     pub store_errors: u64,
     pub segments: u64,
     pub disk_bytes: u64,
-    /// Free space on the outbox's file system at the last flush.
+    /// Free space on the outbox's file system at the last flush, and its size.
     pub free_bytes: Option<u64>,
+    pub fs_bytes: Option<u64>,
+    /// The reserve in force, and whether it was sized from the file system.
     pub min_free_bytes: u64,
+    pub reserve_sized: bool,
     pub space_low: bool,
     /// Every record below `head` is retired; the next append gets `next`.
     pub head: u64,
@@ -124,12 +152,27 @@ enum Why {
 struct Inner {
     log: Log,
     opts: OutboxOptions,
+    /// The id new records are made under, and which id made which records.
+    id: Arc<str>,
+    ids: Ids,
     flight: InFlight,
     last_appended: Option<(u64, u64)>,
     durable: Option<(u64, u64)>,
-    free_bytes: Option<u64>,
+    /// (free, total) bytes of the file system at the last flush.
+    space: Option<(u64, u64)>,
+    reserve: u64,
     space_low: bool,
+    /// When the disk was last said to be short of the reserve, and the drops then.
+    space_warned: Option<(Instant, u64)>,
     health: Health,
+}
+
+/// The oldest records, all made under one agent id.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Peeked {
+    /// The id they were made under: the batch's agent.
+    pub agent: Arc<str>,
+    pub records: Vec<(Key, Sample)>,
 }
 
 pub struct Outbox {
@@ -176,43 +219,117 @@ impl Inner {
         }
     }
 
-    fn space(&mut self, free: std::io::Result<u64>) {
-        match free {
-            Ok(free) => {
-                let low = free < self.opts.min_free_bytes;
-                if low != self.space_low {
-                    if low {
-                        ::log::warn!(
-                            "{free} bytes free, under the reserve of {} (min_free_bytes): the outbox stops growing, each new sample drops the oldest",
-                            self.opts.min_free_bytes
-                        );
-                    } else {
-                        ::log::info!("{free} bytes free again: the outbox grows again");
-                    }
-                }
-                self.space_low = low;
-                self.free_bytes = Some(free);
+    fn space(&mut self, space: std::io::Result<(u64, u64)>) {
+        let (free, total) = match space {
+            Ok(space) => space,
+            Err(e) => return ::log::warn!("cannot read the free space of the outbox's file system: {e}"),
+        };
+        self.space = Some((free, total));
+        self.reserve = self.opts.min_free_bytes.unwrap_or_else(|| reserve_for(total));
+        let low = free < self.reserve;
+        let dropped = self.log.counters.dropped_for_space;
+        match (low, self.space_warned) {
+            (true, Some((at, _))) if at.elapsed() < SPACE_WARNING_EVERY => {}
+            (true, since) => {
+                let more =
+                    since.map(|(_, then)| format!(" ({} more since the last warning)", dropped - then));
+                ::log::warn!("{}{}", self.space_warning(free, total), more.unwrap_or_default());
+                self.space_warned = Some((Instant::now(), dropped));
             }
-            Err(e) => ::log::warn!("cannot read the free space of the outbox's file system: {e}"),
+            (false, Some(_)) => {
+                ::log::info!("{free} bytes free again, over the reserve: the outbox grows again");
+                self.space_warned = None;
+            }
+            (false, None) => {}
+        }
+        self.space_low = low;
+    }
+
+    /// What the disk being short of the reserve means, and what to do.
+    fn space_warning(&self, free: u64, total: u64) -> String {
+        let why = match self.opts.min_free_bytes {
+            Some(_) => "outbox.min_free_bytes".to_string(),
+            None => format!("{RESERVE_PERCENT} % of the {} file system", mib(total)),
+        };
+        format!(
+            "the disk has {} free, under the outbox's reserve of {} ({why}): each new sample drops the oldest ({} dropped so far). Free some space on {}, or lower outbox.min_free_bytes",
+            mib(free),
+            mib(self.reserve),
+            self.log.counters.dropped_for_space,
+            self.log.dir().display()
+        )
+    }
+
+    /// Writes buffered appends out, so reads see them; a failure (a full
+    /// disk) loses them, counted, but never stops what is already on disk
+    /// from being read, sent and retired.
+    fn write_pending(&mut self) {
+        if let Err(e) = self.log.write_out() {
+            self.failed("write", &write_error(e));
+        }
+    }
+
+    /// Tries to record a changed id on disk again (see [`ids`]).
+    fn write_ids(&mut self) {
+        if self.ids.written() {
+            return;
+        }
+        match self.ids.write(self.log.dir()) {
+            Ok(()) => ::log::info!("outbox: records from now on are recorded as made by '{}'", self.id),
+            Err(e) => self.failed("recording the agent id", &e),
         }
     }
 }
 
+/// Bytes as MiB for messages.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
+}
+
 impl Outbox {
-    /// Opens (creating) the outbox in `dir`, recovering what a crash or
-    /// damage left: torn tails cut off, damaged stretches quarantined.
-    pub fn open(dir: &Path, opts: OutboxOptions) -> Result<Outbox> {
+    /// Opens (creating) the outbox in `dir` for the agent `id`, recovering
+    /// what a crash or damage left: torn tails cut off, damaged stretches
+    /// quarantined. Records made under another id stay that id's.
+    pub fn open(dir: &Path, opts: OutboxOptions, id: &str) -> Result<Outbox> {
         let log = Log::open(dir, opts.segment_bytes)?;
-        Self::with(dir, log, opts)
+        let ids = Ids::read(dir).unwrap_or_else(|e| {
+            ::log::error!("outbox: {e}: its records are taken as made under '{id}'");
+            Ids::default()
+        });
+        let legacy = ids == Ids::default() && log.records() > 0;
+        let outbox = Self::with(dir, log, opts, id, ids)?;
+        {
+            let mut g = outbox.inner();
+            let (next, head, records) = (g.log.next_index(), g.log.head(), g.log.records());
+            let (changed, previous) = g.ids.adopt(id, next, head);
+            if legacy {
+                ::log::warn!(
+                    "outbox: its {records} record(s) were made before the agent recorded its id: they are sent as '{id}', the id it has now"
+                );
+            }
+            if let Some(previous) = previous.filter(|_| records > 0) {
+                ::log::warn!(
+                    "outbox: the agent id changed from '{previous}' to '{id}': the samples made as '{previous}' are sent as '{previous}', never relabelled (see `agent status`, outbox.made_as)"
+                );
+            }
+            if changed || !g.ids.written() {
+                g.write_ids();
+            }
+        }
+        Ok(outbox)
     }
 
     /// Opens the outbox of a stopped agent to look at it, changing nothing.
     pub fn inspect(dir: &Path) -> Result<Outbox> {
         let log = Log::inspect(dir)?;
-        Self::with(dir, log, OutboxOptions::unbounded())
+        let ids = Ids::read(dir).unwrap_or_else(|e| {
+            ::log::warn!("outbox: {e}");
+            Ids::default()
+        });
+        Self::with(dir, log, OutboxOptions::unbounded(), "", ids)
     }
 
-    fn with(dir: &Path, mut log: Log, opts: OutboxOptions) -> Result<Outbox> {
+    fn with(dir: &Path, mut log: Log, opts: OutboxOptions, id: &str, ids: Ids) -> Result<Outbox> {
         let last = log.last_payload()?.and_then(|p| record::decode(&p).ok()).map(|s| (s.epoch, s.seq));
         log.set_written_tag(last);
         let recovery = log.recovery;
@@ -226,16 +343,20 @@ impl Outbox {
         let mut inner = Inner {
             log,
             opts,
+            id: Arc::from(id),
+            ids,
             flight: InFlight::default(),
             last_appended: last,
             // What survived the last run is on disk by definition.
             durable: last,
-            free_bytes: None,
+            space: None,
+            reserve: opts.min_free_bytes.unwrap_or(RESERVE_MIN),
             space_low: false,
+            space_warned: None,
             health: Health::default(),
         };
         if dir.exists() {
-            inner.space(log::free_bytes(dir));
+            inner.space(stores::space(dir));
         }
         Ok(Outbox { dir: dir.to_path_buf(), inner: Mutex::new(inner), flushing: Mutex::new(()) })
     }
@@ -269,8 +390,10 @@ impl Outbox {
             store_errors: g.log.lost(),
             segments: g.log.segments() as u64,
             disk_bytes: g.log.disk_bytes(),
-            free_bytes: g.free_bytes,
-            min_free_bytes: g.opts.min_free_bytes,
+            free_bytes: g.space.map(|(free, _)| free),
+            fs_bytes: g.space.map(|(_, total)| total),
+            min_free_bytes: g.reserve,
+            reserve_sized: g.opts.min_free_bytes.is_none(),
             space_low: g.space_low,
             head: g.log.head(),
             next: g.log.next_index(),
@@ -283,6 +406,21 @@ impl Outbox {
         self.inner().health.clone()
     }
 
+    /// While the disk is short of the reserve (new samples drop the oldest):
+    /// what that means and what to do.
+    pub fn space_warning(&self) -> Option<String> {
+        let g = self.inner();
+        let (free, total) = g.space?;
+        g.space_low.then(|| g.space_warning(free, total))
+    }
+
+    /// The stretches of the backlog by the agent id they were made under:
+    /// (first index, id); more than one after the id changed under a backlog.
+    pub fn made_as(&self) -> Vec<(u64, Arc<str>)> {
+        let g = self.inner();
+        g.ids.live(g.log.head())
+    }
+
     /// Appends a sample, dropping the oldest first if it would not fit (or
     /// the disk is short of its reserve).
     pub fn append(&self, sample: &Sample) -> Result<()> {
@@ -291,6 +429,11 @@ impl Outbox {
         let mut guard = self.inner();
         let g = &mut *guard;
         let result = (|| {
+            if g.ids.would_mislabel(&g.id) {
+                // Until the id change is on disk, a record could be read back under the old id.
+                let e = std::io::Error::other("the agent id change is not recorded on disk yet");
+                return Err(write_error(g.log.refuse(e)));
+            }
             if g.space_low && g.log.records() > 0 {
                 g.drop_oldest(Why::Space)?;
             }
@@ -335,13 +478,21 @@ impl Outbox {
     }
 
     /// The oldest samples, up to `max_records` and about `max_bytes` (at
-    /// least one). Damage met at the head is quarantined and counted.
-    pub fn peek(&self, max_records: usize, max_bytes: usize) -> Result<Vec<(Key, Sample)>> {
-        let mut g = self.inner();
+    /// least one), all made under one agent id. Damage met at the head is
+    /// quarantined and counted.
+    pub fn peek(&self, max_records: usize, max_bytes: usize) -> Result<Peeked> {
+        let mut guard = self.inner();
+        let g = &mut *guard;
+        g.write_pending();
         loop {
             let (mut batch, mut bytes, mut undecodable) = (Vec::new(), 0, false);
+            let (ids, mut end) = (&g.ids, None);
             let result = g.log.read(false, |index, payload| {
-                if batch.len() >= max_records || (bytes > 0 && bytes + payload.len() > max_bytes) {
+                if batch.is_empty() {
+                    end = ids.end_of(index);
+                }
+                let full = batch.len() >= max_records || (bytes > 0 && bytes + payload.len() > max_bytes);
+                if full || end.is_some_and(|end| index >= end) {
                     return false;
                 }
                 match record::decode(payload) {
@@ -361,7 +512,8 @@ impl Outbox {
                 return Err(e);
             }
             if !undecodable {
-                return Ok(batch);
+                let agent = batch.first().and_then(|(index, _)| g.ids.id_of(*index)).unwrap_or(&g.id).clone();
+                return Ok(Peeked { agent, records: batch });
             }
             g.log.set_aside_front()?;
         }
@@ -373,6 +525,7 @@ impl Outbox {
     pub fn retire(&self, through: Key) -> Result<usize> {
         let mut guard = self.inner();
         let g = &mut *guard;
+        g.write_pending();
         let removed = g.log.retire(through);
         if g.flight.through.is_some_and(|t| t <= through) {
             let c = &mut g.log.counters;
@@ -396,6 +549,7 @@ impl Outbox {
         let _one = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
         let (written, job, tag) = {
             let mut g = self.inner();
+            g.write_ids();
             let (written, job) = g.log.prepare_flush();
             if let Err(e) = &written {
                 let e = std::io::Error::new(e.source.kind(), e.to_string());
@@ -404,15 +558,15 @@ impl Outbox {
             (written, job, g.log.written_tag())
         };
         let synced = job.run();
-        let free = log::free_bytes(&self.dir);
+        let space = stores::space(&self.dir);
         let mut g = self.inner();
         g.log.finish_flush(job, synced.is_ok());
-        g.space(free);
+        g.space(space);
         match (written, synced) {
-            (Ok(()), Ok(())) => {
+            (Ok(()), Ok(())) if g.ids.written() => {
                 g.durable = tag;
                 // A write squeezed into the last free bytes is no recovery.
-                if g.free_bytes.is_none_or(|free| free >= HEALTHY_FREE_BYTES) {
+                if g.space.is_none_or(|(free, _)| free >= HEALTHY_FREE_BYTES) {
                     g.healthy();
                 }
                 Ok(())
@@ -423,14 +577,17 @@ impl Outbox {
                 } else {
                     g.durable = tag;
                 }
-                Err(synced.err().unwrap_or_else(|| write_error(written.expect_err("one failed"))))
+                let unrecorded = || std::io::Error::other("the agent id change is not recorded on disk yet");
+                Err(synced.err().or_else(|| written.err().map(write_error)).unwrap_or_else(unrecorded))
             }
         }
     }
 
     /// The oldest sample's wall time, if any.
     pub fn oldest_wall_ns(&self) -> Option<i64> {
-        let front = self.inner().log.front().ok()??;
+        let mut g = self.inner();
+        g.write_pending();
+        let front = g.log.front().ok()??;
         record::decode(&front.payload).ok().map(|s| s.wall_ns)
     }
 
@@ -451,12 +608,16 @@ impl Outbox {
         self.inner().log.repair()
     }
 
-    /// Every intact record, oldest first, up to `limit` (`agent store dump`).
-    pub fn dump(&self, limit: usize) -> Result<Vec<Sample>> {
+    /// Every intact record, oldest first, up to `limit` (`agent store
+    /// dump`), with the agent id it was made under (`None`: not recorded).
+    pub fn dump(&self, limit: usize) -> Result<Vec<(Option<Arc<str>>, Sample)>> {
         let mut out = Vec::new();
-        self.inner().log.read(true, |_, payload| {
+        let mut guard = self.inner();
+        let g = &mut *guard;
+        let ids = &g.ids;
+        g.log.read(true, |index, payload| {
             if let Ok(sample) = record::decode(payload) {
-                out.push(sample);
+                out.push((ids.id_of(index).cloned(), sample));
             }
             out.len() < limit
         })?;

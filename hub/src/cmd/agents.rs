@@ -7,8 +7,10 @@ use super::{show_hub_answer, CmdResult, DEFAULT_BROKER};
 
 /// List the agents the hub has heard from: link state, when last seen, the
 /// backlog and lag in their outboxes as they last reported, their boot
-/// epoch, and the durable samples the hub accepted from them and dropped as
-/// repeats. Asks the hub's own service, org.plantd.Hub.
+/// epoch, the durable samples the hub accepted from them and dropped as
+/// repeats, the samples they lost (dropped from a full outbox or for a disk
+/// short of its reserve, lost to failed writes: kept across their restarts),
+/// and what needs an operator now. Asks the hub's own service, org.plantd.Hub.
 #[derive(FromArgs)]
 #[argh(
     subcommand,
@@ -43,12 +45,32 @@ pub fn run(a: AgentsArgs) -> CmdResult {
     })
 }
 
-/// One line per agent, columns aligned.
+/// One line per agent, columns aligned; what needs an operator last.
 fn table(agents: &[Value]) -> String {
-    let header = ["AGENT", "LINK", "LAST SEEN", "BACKLOG", "LAG", "EPOCH", "ACCEPTED", "DUPLICATES"];
+    let header = [
+        "AGENT",
+        "LINK",
+        "LAST SEEN",
+        "BACKLOG",
+        "LAG",
+        "EPOCH",
+        "ACCEPTED",
+        "DUPLICATES",
+        "DROPPED",
+        "WRITE LOST",
+        "WARNING",
+    ];
     let seconds = |v: &Value| v.as_f64().map_or("-".to_string(), |s| format!("{s:.0}s"));
     let number = |v: &Value| v.as_u64().map_or("-".to_string(), |n| n.to_string());
-    let rows: Vec<[String; 8]> = agents
+    let warnings = |v: &Value| {
+        let said: Vec<&str> = v.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        if said.is_empty() {
+            "-".to_string()
+        } else {
+            said.join("; ")
+        }
+    };
+    let rows: Vec<[String; 11]> = agents
         .iter()
         .map(|a| {
             [
@@ -60,6 +82,9 @@ fn table(agents: &[Value]) -> String {
                 number(&a["epoch"]),
                 number(&a["accepted"]),
                 number(&a["duplicates"]),
+                number(&a["dropped"]),
+                number(&a["store_errors"]),
+                warnings(&a["warnings"]),
             ]
         })
         .collect();
@@ -87,14 +112,21 @@ mod tests {
     #[test]
     fn the_table_aligns_and_says_what_is_unknown() {
         let agents = serde_json::json!([
-            {"agent": "pump-1", "link": "up", "last_seen_s": 1.2, "backlog": 0, "lag_s": 0.0, "epoch": 7, "accepted": 12, "duplicates": 0},
+            {"agent": "pump-1", "link": "up", "last_seen_s": 1.2, "backlog": 0, "lag_s": 0.0, "epoch": 7, "accepted": 12, "duplicates": 0,
+             "dropped": 40, "store_errors": 3, "warnings": ["its disk is short"]},
             {"agent": "pump-22", "link": "silent", "last_seen_s": 95.0, "backlog": null, "lag_s": null, "epoch": 9, "accepted": 3, "duplicates": 1}
         ]);
         let text = table(agents.as_array().unwrap());
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "AGENT    LINK    LAST SEEN  BACKLOG  LAG  EPOCH  ACCEPTED  DUPLICATES");
-        assert_eq!(lines[1], "pump-1   up      1s         0        0s   7      12        0");
-        assert_eq!(lines[2], "pump-22  silent  95s        -        -    9      3         1");
+        assert_eq!(
+            lines[0],
+            "AGENT    LINK    LAST SEEN  BACKLOG  LAG  EPOCH  ACCEPTED  DUPLICATES  DROPPED  WRITE LOST  WARNING"
+        );
+        assert_eq!(lines[1], "pump-1   up      1s         0        0s   7      12        0           40       3           its disk is short");
+        assert_eq!(
+            lines[2],
+            "pump-22  silent  95s        -        -    9      3         1           -        -           -"
+        );
         assert!(table(&[]).contains("no agent has reported yet"));
     }
 }

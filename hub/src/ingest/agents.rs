@@ -123,7 +123,15 @@ impl Agents {
                 "last_sample_age_s": s.newest_sample_wall_ns.map(|w| (wall_ns - w) as f64 / 1e9),
                 "backlog": r.map(|r| r.backlog),
                 "lag_s": r.map(|r| r.oldest_age_ms as f64 / 1e3),
+                // Loss counters as the agent keeps them (across its restarts).
                 "dropped": r.map(|r| r.dropped),
+                "dropped_for_space": r.map(|r| r.dropped_for_space),
+                "store_errors": r.map(|r| r.store_errors),
+                "quarantined": r.map(|r| r.quarantined),
+                "space_low": r.map(|r| r.space_low),
+                "free_bytes": r.map(|r| r.free_bytes),
+                "min_free_bytes": r.map(|r| r.min_free_bytes),
+                "warnings": r.map(warnings).unwrap_or_default(),
                 "store_ok": r.map(|r| r.store_ok),
                 "uptime_s": r.map(|r| r.uptime_s),
                 "version": r.map(|r| r.version.clone()),
@@ -151,6 +159,38 @@ impl Agents {
                 since,
             );
             if let Some(r) = &s.report {
+                let lost = [
+                    ("full", r.dropped.saturating_sub(r.dropped_for_space)),
+                    ("space", r.dropped_for_space),
+                    ("store_error", r.store_errors),
+                ];
+                for (reason, value) in lost {
+                    out.gauge(
+                        "ingest_agent_samples_lost",
+                        "Samples an agent lost, by why, as it last said (kept across its restarts): its outbox \
+                         full, its disk short of the reserve, failed writes.",
+                        vec![("agent", name.clone()), ("reason", reason.to_string())],
+                        value,
+                    );
+                }
+                out.gauge(
+                    "ingest_agent_quarantined",
+                    "Damaged stretches of an agent's outbox set aside, as it last said.",
+                    labels(),
+                    r.quarantined,
+                );
+                out.gauge(
+                    "ingest_agent_space_low",
+                    "1 while an agent's disk is short of its reserve (each new sample drops the oldest), as it last said.",
+                    labels(),
+                    r.space_low.into(),
+                );
+                out.gauge(
+                    "ingest_agent_store_ok",
+                    "1 while an agent's stores write, as it last said.",
+                    labels(),
+                    r.store_ok.into(),
+                );
                 out.gauge(
                     "ingest_agent_backlog",
                     "Samples in an agent's outbox, as it last said.",
@@ -166,6 +206,28 @@ impl Agents {
             }
         }
     }
+}
+
+/// What an agent's last report says the operator should act on.
+fn warnings(r: &Report) -> Vec<String> {
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
+    let mut out = Vec::new();
+    if r.space_low {
+        out.push(format!(
+            "its disk has {} free, under its reserve of {}: each new sample drops the oldest ({} so far); free \
+             space there, or lower its outbox.min_free_bytes",
+            mib(r.free_bytes),
+            mib(r.min_free_bytes),
+            r.dropped_for_space
+        ));
+    }
+    if !r.store_ok {
+        out.push(format!(
+            "its store cannot write (a full disk?): new samples are lost ({} so far); see `agent status` there",
+            r.store_errors
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -200,5 +262,42 @@ mod tests {
         let mut out = Families::default();
         agents.collect(t0 + Duration::from_secs(3), &mut out);
         assert!(out.0.iter().any(|f| f.name == "plantd_ingest_agent_last_seen_seconds"));
+    }
+
+    #[test]
+    fn an_agents_losses_and_a_short_disk_are_shown_and_counted() {
+        let agents = Agents::new(10, Duration::from_secs(30));
+        let t0 = Instant::now();
+        let report = Report {
+            dropped: 7,
+            dropped_for_space: 5,
+            store_errors: 3,
+            quarantined: 1,
+            space_low: true,
+            free_bytes: 512 << 10,
+            min_free_bytes: 1 << 20,
+            store_ok: true,
+            ..Report::default()
+        };
+        agents.record("pump-1", Heard { report: Some(report), ..Heard::default() }, t0, 0);
+        let row = &agents.to_json(t0, 0)[0];
+        assert_eq!((row["dropped"].as_u64(), row["store_errors"].as_u64()), (Some(7), Some(3)));
+        assert_eq!(row["space_low"], true);
+        let said = row["warnings"][0].as_str().unwrap();
+        assert!(said.contains("0.5 MiB free, under its reserve of 1.0 MiB"), "{said}");
+        assert_eq!(row["warnings"].as_array().unwrap().len(), 1, "its store writes");
+        let mut out = Families::default();
+        agents.collect(t0, &mut out);
+        let lost = out.0.iter().find(|f| f.name == "plantd_ingest_agent_samples_lost").unwrap();
+        let by_reason: Vec<(String, u64)> = lost.samples.iter().map(|(l, v)| (l[1].1.clone(), *v)).collect();
+        assert_eq!(by_reason, [("full".into(), 2), ("space".into(), 5), ("store_error".into(), 3)]);
+        // An agent from before these counters: nothing to warn of.
+        agents.record(
+            "pump-2",
+            Heard { report: Some(Report { store_ok: true, ..Report::default() }), ..Heard::default() },
+            t0,
+            0,
+        );
+        assert_eq!(agents.to_json(t0, 0)[1]["warnings"], serde_json::json!([]));
     }
 }

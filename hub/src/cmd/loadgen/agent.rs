@@ -191,6 +191,7 @@ impl SimAgent {
             uptime_s: now.duration_since(self.started).as_secs(),
             version: format!("loadgen {}", env!("CARGO_PKG_VERSION")),
             channels: vec![CHANNEL.to_string()],
+            ..Report::default()
         }
     }
 

@@ -421,8 +421,14 @@
         rateKnown = true;
       }
       const storeBad = a.store_ok === false;
+      // While an agent's disk is short of its reserve it drops a sample for each new one: said
+      // as long as it lasts (its report's warnings), not once.
+      const spaceLow = a.space_low === true;
+      const warnings = Array.isArray(a.warnings) ? a.warnings.map(String) : [];
       row.dataset.link = String(a.link);
-      row.className = storeBad ? 'row-bad' : isUp ? '' : 'row-silent';
+      row.dataset.warnings = String(warnings.length);
+      row.className = storeBad || spaceLow ? 'row-bad' : isUp ? '' : 'row-silent';
+      row.title = warnings.join('\n');
 
       setCell(row, 'agent', String(a.agent), a.agent, 'name');
       setChip(row, 'link', isUp ? 'up' : String(a.link || '?'), isUp ? 'ok' : 'warn');
@@ -435,9 +441,22 @@
       setCell(row, 'accepted', fmtInt(a.accepted), a.accepted, 'num');
       setCell(row, 'accepted_rate', fmtRate(r), isNum(r) ? r.toFixed(3) : '', 'num');
       setCell(row, 'duplicates', fmtInt(a.duplicates), a.duplicates, 'num');
-      setCell(row, 'dropped', fmtInt(a.dropped), a.dropped, 'num' + (a.dropped > 0 ? ' bad-text' : ''));
+      // Every sample the agent lost, by its counters (kept across its restarts): dropped from a
+      // full outbox or for space, and lost to failed writes; the breakdown in the tooltip.
+      const lossKnown = isNum(a.dropped);
+      const lost = lossKnown ? a.dropped + (isNum(a.store_errors) ? a.store_errors : 0) : null;
+      const droppedCell = setCell(row, 'dropped', fmtInt(lost), lost, 'num' + (lost > 0 ? ' bad-text' : ''));
+      droppedCell.title = lossKnown
+        ? 'outbox full: ' + fmtInt(a.dropped - (a.dropped_for_space || 0)) +
+          ', disk short of its reserve: ' + fmtInt(a.dropped_for_space || 0) +
+          ', failed writes: ' + fmtInt(a.store_errors || 0) +
+          ', damaged stretches set aside: ' + fmtInt(a.quarantined || 0)
+        : '';
       if (a.store_ok === null || a.store_ok === undefined) setChip(row, 'store_ok', '?', 'warn');
-      else setChip(row, 'store_ok', a.store_ok ? 'ok' : 'failing', a.store_ok ? 'ok' : 'bad');
+      else if (!a.store_ok) setChip(row, 'store_ok', 'failing', 'bad');
+      else if (spaceLow) setChip(row, 'store_ok', 'disk short', 'bad');
+      else setChip(row, 'store_ok', 'ok', 'ok');
+      cell(row, 'store_ok').title = warnings.join('\n');
       setCell(row, 'epoch', isNum(a.epoch) ? String(a.epoch) : '–', a.epoch, 'num small');
       setCell(row, 'uptime_s', fmtSeconds(a.uptime_s), a.uptime_s, 'num');
       setCell(row, 'version', a.version ? String(a.version) : '–', a.version, 'small');
