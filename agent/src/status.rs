@@ -153,6 +153,9 @@ impl Shared {
             "error": failing.error,
             "since": since.map(|t| t.to_string()),
             "errors": outbox.errors + local.errors,
+            // The local state's own health (its failure is shown above only
+            // while the outbox works).
+            "local": {"ok": local.ok() && !self.store.is_broken(), "errors": local.errors},
             // Times the local store was opened again after failing to write.
             "reopens": self.store.reopens(),
         })

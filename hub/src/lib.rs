@@ -15,3 +15,4 @@ pub mod security;
 pub mod serve;
 pub mod service;
 pub mod state;
+pub mod storage;

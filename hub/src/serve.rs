@@ -16,6 +16,7 @@ use crate::metrics::{Families, Registry};
 use crate::security::zap::ZapHandler;
 use crate::security::{Security, SecurityError};
 use crate::state::{StateError, StateService};
+use crate::storage::{Live, Storage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -70,8 +71,8 @@ pub struct Hub {
     /// The ZAP handler, stopped only after every other component: libzmq
     /// admits anyone while no handler is bound.
     zap: Option<(Shutdown, JoinHandle<Result<(), ServeError>>)>,
-    /// Stores found damaged at start, set aside and salvaged: the hub runs degraded.
-    recoveries: crate::http::ready::Recoveries,
+    /// Every store: damage found at start (the hub runs degraded), health now.
+    storage: Storage,
     /// Closes each store cleanly once every thread has stopped (other
     /// holders, such as the signal thread's flusher, outlive [`Hub::wait`]).
     closing: Vec<Box<dyn Fn() + Send>>,
@@ -105,7 +106,7 @@ impl Hub {
             state_store: None,
             registry: Arc::default(),
             zap: None,
-            recoveries: Default::default(),
+            storage: Storage::default(),
             closing: Vec::new(),
         };
         if let Some(security) = &security {
@@ -128,23 +129,8 @@ impl Hub {
             hub.zap = Some((stop, thread));
         }
         let registry = Arc::new(Registry::default());
-        let recoveries = hub.recoveries.clone();
-        registry.register(
-            "stores",
-            Arc::new(move |out: &mut Families| {
-                for (store, r) in recoveries.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                    let labels = || vec![("store", store.clone())];
-                    out.gauge(
-                        "store_recovered",
-                        "1: found damaged at start, set aside and salvaged.",
-                        labels(),
-                        1,
-                    );
-                    let salvaged = "Entries salvaged from the damaged store into the fresh one.";
-                    out.gauge("store_salvaged_entries", salvaged, labels(), r.salvaged_total());
-                }
-            }),
-        );
+        let storage = hub.storage.clone();
+        registry.register("stores", Arc::new(move |out: &mut Families| storage.collect(out)));
         if let Some(security) = &security {
             let security = security.clone();
             registry.register("security", Arc::new(move |out: &mut Families| security.collect(out)));
@@ -205,7 +191,9 @@ impl Hub {
                 security.clone(),
             )?;
             state_store = Some(state.store());
-            hub.recovered("state", state.store().recovery());
+            let live = state.store();
+            let live: Live = Arc::new(move || (live.failure(), live.reopens()));
+            hub.storage.add("state", state.store().recovery(), Some(live));
             hub.state_store = state_store.clone();
             let store = state.store();
             hub.closing.push(Box::new(move || store.close()));
@@ -251,7 +239,12 @@ impl Hub {
             ingest_counters = Some((ingest.counters(), ingest.agents()));
             export = Some(ingest.export());
             let store = ingest.store();
-            hub.recovered("ingest", store.recovery());
+            let (live, failing) = (store.clone(), ingest.counters());
+            let live: Live = Arc::new(move || {
+                let why = failing.failing.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                (why, live.reopens())
+            });
+            hub.storage.add("ingest", store.recovery(), Some(live));
             let reopens = store.clone();
             registry.register(
                 "ingest_store",
@@ -297,6 +290,7 @@ impl Hub {
         {
             let service = crate::service::HubService {
                 agents: ingest_counters.as_ref().map(|(_, agents)| agents.clone()),
+                storage: hub.storage.clone(),
                 bridge,
                 pipelines,
                 worker: config.broker.worker_options(),
@@ -334,7 +328,7 @@ impl Hub {
                 state: state_store,
                 ingest: ingest_counters,
                 journal: export.as_ref().map(|e| e.journal.clone()),
-                recoveries: hub.recoveries.clone(),
+                storage: hub.storage.clone(),
                 security: security.clone(),
                 web: feeds,
             };
@@ -350,20 +344,6 @@ impl Hub {
 
     /// Starts the NATS bridge on its own thread; returns what `hub bridge
     /// status` shows.
-    /// Notes a store found damaged at start (logged, in `/readyz` and `/metrics`).
-    fn recovered(&mut self, store: &str, recovery: Option<&stores::Recovery>) {
-        if let Some(recovery) = recovery {
-            log::error!(
-                "{store} store: {} (the hub runs on; see the README's \"Storage faults\")",
-                recovery.describe()
-            );
-            self.recoveries
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((store.to_string(), recovery.clone()));
-        }
-    }
-
     /// Durable consumers' services over ingest's journal, and their sweeper.
     fn start_consumers(
         &mut self,
@@ -447,7 +427,7 @@ impl Hub {
             return Ok(None);
         }
         let dlq = Arc::new(crate::pipeline::dlq::Dlq::open(&config.data_dir)?);
-        self.recovered("dead letters", dlq.recovery.as_ref());
+        self.storage.add("dead letters", dlq.recovery.as_ref(), None);
         let closed = dlq.clone();
         self.closing.push(Box::new(move || closed.close()));
         let taps: Vec<(String, String)> =

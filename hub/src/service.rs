@@ -5,6 +5,7 @@
 //! | command | reply |
 //! | --- | --- |
 //! | `agents` | every agent ingest has heard from: link, last seen, backlog and lag as reported, epoch, accepted, duplicates |
+//! | `stores` | the hub's stores: each one writing or why not, damage found at start, times opened again |
 //! | `bridge` | the NATS bridge: server, cursor, backlog, acknowledgements, retries, last error |
 //! | `pipeline` | each pipeline: its source and, per stage, in, out, failed, retried, dead-lettered, queue depth |
 //!
@@ -73,6 +74,7 @@ fn answer(
 
 pub struct HubService {
     pub agents: Option<Arc<Agents>>,
+    pub storage: crate::storage::Storage,
     pub bridge: Option<BridgeReport>,
     pub pipelines: Option<PipelineReport>,
     pub worker: WorkerOptions,
@@ -87,6 +89,7 @@ impl HubService {
                 Some(agents) => agents.to_json(Instant::now(), crate::ingest::wall_ns()),
                 None => json!({"error": "this hub runs without ingest: it hears from no agent"}),
             },
+            Some("stores") => self.storage.report(),
             Some("bridge") => match &self.bridge {
                 Some(report) => report(),
                 None => json!({"error": "this hub has no [bridge.nats] in its config"}),
@@ -95,7 +98,9 @@ impl HubService {
                 Some(report) => report(&["pipeline"]),
                 None => json!({"error": "this hub has no [[pipeline]] in its config"}),
             },
-            other => json!({"error": format!("unknown command {other:?}: use agents, bridge or pipeline")}),
+            other => {
+                json!({"error": format!("unknown command {other:?}: use agents, stores, bridge or pipeline")})
+            }
         })
     }
 }

@@ -231,6 +231,22 @@ fn open_checked(dir: &Path, config: sled::Config, read_through: bool) -> Result<
 
 /// What damage sled reported, in words an operator can act on (sled's own
 /// can mislead: an unreadable `conf` is "a sled version earlier than 0.29").
+/// A sled error as an operator reads it: an I/O failure as the system says
+/// it ("No space left on device (os error 28)"), damage as what it means.
+pub fn describe(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Io(io) => {
+            let text = io.to_string();
+            // sled clones an I/O error into its Debug text: keep the message.
+            match text.strip_prefix("Os {").and_then(|t| t.split_once("message: \"")?.1.split_once('"')) {
+                Some((message, _)) => message.to_string(),
+                None => text,
+            }
+        }
+        _ => explain(e),
+    }
+}
+
 fn explain(e: &sled::Error) -> String {
     match e {
         sled::Error::Unsupported(_) => format!("its conf file cannot be read; sled says: {e}"),
@@ -574,6 +590,15 @@ mod tests {
                 std::fs::write(entry.path(), b"\xde\xad\xbe\xef not a sled file").unwrap();
             }
         }
+    }
+
+    #[test]
+    fn an_io_error_is_described_as_the_system_says_it() {
+        let full = std::io::Error::from_raw_os_error(28);
+        let said = full.to_string();
+        assert_eq!(describe(&sled::Error::Io(full)), said);
+        let cloned = sled::Error::Io(std::io::Error::from_raw_os_error(28)).clone();
+        assert!(describe(&cloned).starts_with("No space left on device"), "{}", describe(&cloned));
     }
 
     #[test]

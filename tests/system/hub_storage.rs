@@ -224,6 +224,22 @@ fn every_kind_of_damage_to_each_store_leaves_a_hub_that_starts_and_says_so() {
                     let said =
                         ready["components"][format!("store:{label}")]["detail"].as_str().map(str::to_string);
                     assert_eq!(counted, said.is_some(), "{store}, {what}: counted as said: {ready}");
+                    // And shown to the operator: under `hub agents`, and in the web view.
+                    let agents = wait_for(&format!("{store}, {what}: hub agents"), 20 * SECOND, || {
+                        let out = hub_cli(&["agents", "--broker", &hub.broker]);
+                        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+                    });
+                    let overview: Value =
+                        serde_json::from_str(&http_get(&hub.http, "/api/overview").1).unwrap();
+                    let in_web = overview["stores"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().any(|s| s["store"] == label && s["recovered"].is_string()));
+                    let in_cli = agents.contains(&format!("hub store '{label}' was found damaged at start"));
+                    assert_eq!(
+                        (in_cli, in_web),
+                        (counted, counted),
+                        "{store}, {what}: shown as said: {agents}"
+                    );
                     // What the store still holds: anything lost must have been said.
                     let held = match store {
                         "ingest" => {
@@ -454,6 +470,9 @@ fn a_full_state_disk_heals_without_a_restart() {
     });
     eprintln!("refused after {n} writes: {refused}");
     wait_for("the hub to say it is not ready", 10 * SECOND, || (!disk.ready()).then_some(()));
+    let agents = hub_cli(&["agents", "--broker", &disk.broker]);
+    let agents = String::from_utf8_lossy(&agents.stdout);
+    assert!(agents.contains("hub store 'state' is failing: No space left on device"), "{agents}");
 
     let freed = disk.free();
     wait_for("the state store to take writes again", 10 * SECOND, || {

@@ -271,6 +271,12 @@ fn a_full_disk_drains_to_the_hub_and_heals_within_seconds_and_its_losses_stay_co
         (1..=on_disk).all(|seq| seen.contains(&seq)).then_some(())
     });
     eprintln!("{on_disk} samples on the full disk reached the hub in {:?}", drained.elapsed());
+    // The local store fails too, once sled needs a page the disk lacks.
+    let waited = Instant::now();
+    wait_for_status(&rig.data, "the local store to fail on the full disk", 60 * SECOND, |s| {
+        (s["store"]["local"]["ok"] == false).then_some(())
+    });
+    eprintln!("the local store failed {:?} after the drain", waited.elapsed());
 
     // Space returns: the outbox and the local store write again within
     // seconds, no restart (the same epoch), and the backlog is gone.

@@ -3,14 +3,16 @@ use std::path::PathBuf;
 use argh::FromArgs;
 use serde_json::Value;
 
-use super::{show_hub_answer, CmdResult, DEFAULT_BROKER};
+use super::{ask_hub, show_hub_answer, CmdResult, DEFAULT_BROKER};
 
 /// List the agents the hub has heard from: link state, when last seen, the
 /// backlog and lag in their outboxes as they last reported, their boot
 /// epoch, the durable samples the hub accepted from them and dropped as
 /// repeats, the samples they lost (dropped from a full outbox or for a disk
 /// short of its reserve, lost to failed writes: kept across their restarts),
-/// and what needs an operator now. Asks the hub's own service, org.plantd.Hub.
+/// and what needs an operator now; under the table, any of the hub's own
+/// stores failing or found damaged at start. Asks the hub's own service,
+/// org.plantd.Hub.
 #[derive(FromArgs)]
 #[argh(
     subcommand,
@@ -40,8 +42,16 @@ pub struct AgentsArgs {
 }
 
 pub fn run(a: AgentsArgs) -> CmdResult {
+    // Under the table, the hub's own stores if any is failing or was found
+    // damaged: the agents' samples pass through them.
+    let stores = if a.json {
+        None
+    } else {
+        ask_hub("stores", &a.broker, a.cert.clone(), a.server_cert.clone(), a.timeout).ok().flatten()
+    };
     show_hub_answer("agents", &a.broker, a.cert, a.server_cert, a.timeout, a.json, |agents| {
-        table(agents.as_array().map(Vec::as_slice).unwrap_or_default())
+        let table = table(agents.as_array().map(Vec::as_slice).unwrap_or_default());
+        table + &stores.as_ref().map(hub::storage::summary).unwrap_or_default()
     })
 }
 

@@ -41,8 +41,8 @@ pub struct Sources {
     pub ingest: Option<(Arc<IngestCounters>, Arc<Agents>)>,
     /// Ingest's journal, for its consumers' backlogs.
     pub journal: Option<Arc<crate::ingest::journal::Journal>>,
-    /// Stores found damaged at start.
-    pub recoveries: ready::Recoveries,
+    /// Every store: damage found at start, health now.
+    pub storage: crate::storage::Storage,
     pub security: Option<Arc<Security>>,
     pub web: web::Feeds,
 }

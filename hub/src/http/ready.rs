@@ -19,9 +19,6 @@ use serde_json::{json, Value};
 
 use super::Sources;
 
-/// Stores found damaged at start, set aside and salvaged: (store, what happened).
-pub type Recoveries = std::sync::Arc<std::sync::Mutex<Vec<(String, stores::Recovery)>>>;
-
 /// A loop that has not turned for this long is stuck.
 pub const STUCK_AFTER: Duration = Duration::from_secs(10);
 
@@ -59,10 +56,7 @@ impl Inputs {
                 .as_ref()
                 .map(|(c, _)| c.failing.lock().unwrap_or_else(|e| e.into_inner()).clone()),
             security: sources.security.as_ref().map(|s| (s.allow_list().len(), s.last_reload_error())),
-            recovered: {
-                let recoveries = sources.recoveries.lock().unwrap_or_else(|e| e.into_inner());
-                recoveries.iter().map(|(store, r)| (store.clone(), r.describe())).collect()
-            },
+            recovered: sources.storage.recovered(),
             consumers: sources.journal.as_ref().map(|j| {
                 let field = |c: &Value, k: &str| c[k].as_bool().unwrap_or(false);
                 let list = j.list();

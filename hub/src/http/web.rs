@@ -5,7 +5,7 @@
 //! | path | what |
 //! | --- | --- |
 //! | `/`, `/app.js`, `/app.css` | the page |
-//! | `/api/overview` | services and workers, agents, buses, recent state changes, channels |
+//! | `/api/overview` | services and workers, agents, the hub's stores, buses, recent state changes, channels |
 //! | `/api/events` | the overview again every second, as server-sent events |
 //! | `/api/samples?topic=T` | one channel: its recent samples, then each new one, as events |
 //!
@@ -381,6 +381,7 @@ struct Overview {
     agents: Option<Arc<crate::ingest::agents::Agents>>,
     feeds: Feeds,
     security: bool,
+    storage: crate::storage::Storage,
     started: Instant,
 }
 
@@ -391,6 +392,7 @@ impl Overview {
             agents: sources.ingest.as_ref().map(|(_, agents)| agents.clone()),
             feeds: sources.web.clone(),
             security: sources.security.is_some(),
+            storage: sources.storage.clone(),
             started: Instant::now(),
         }
     }
@@ -417,6 +419,7 @@ impl Overview {
             "hub": {"version": env!("CARGO_PKG_VERSION"), "security": self.security, "stream_s": self.started.elapsed().as_secs_f64()},
             "services": services,
             "agents": agents,
+            "stores": self.storage.report(),
             "buses": buses,
             "state_changes": changes,
         })

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatermarkError {
-    #[error("watermark store: {0}")]
+    #[error("watermark store: {}", stores::describe(.0))]
     Storage(#[from] sled::Error),
     #[error("the watermarks of {agent} are unreadable ({why}); they are left as they are")]
     Unreadable { agent: String, why: String },

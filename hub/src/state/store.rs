@@ -20,7 +20,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{0}")]
+    #[error("{}", stores::describe(.0))]
     Storage(#[from] sled::Error),
     /// A write that would take the store past a bound; nothing was written.
     #[error("{0}")]
@@ -582,7 +582,7 @@ impl Store {
             if failure.is_none() {
                 log::error!("state store: flush failed ({e}); refusing writes until it is opened again");
             }
-            *failure = Some(e.to_string());
+            *failure = Some(stores::describe(&e));
             return Err(e.into());
         }
         self.durable.fetch_max(writes, SeqCst);

@@ -386,6 +386,7 @@
       const security = o.hub.security ? 'CURVE security on' : 'no [security]';
       setText($('hub-info'), 'v' + (o.hub.version || '?') + ' · ' + security);
     }
+    renderStores(o.stores || []);
     renderAgents(o.agents || [], t);
     renderServices(o.services || []);
     renderBuses(o.buses || [], t);
@@ -395,6 +396,19 @@
     const updates = $('updates');
     updates.dataset.count = String(view.updates);
     setText(updates, 'updated ' + fmtClock(view.lastUpdate) + ' (' + numberFormat.format(view.updates) + ' updates)');
+  }
+
+  // The hub's own stores: one line for each failing now or found damaged
+  // at start (the hub runs on, degraded); hidden when all are well.
+  function renderStores(stores) {
+    const lines = [];
+    for (const s of stores) {
+      if (s.error) lines.push('Hub store \u2018' + s.store + '\u2019 is failing: ' + s.error);
+      if (s.recovered) lines.push('Hub store \u2018' + s.store + '\u2019 was found damaged at start: ' + s.recovered);
+    }
+    const banner = $('stores');
+    setText(banner, lines.join('\n'));
+    banner.hidden = lines.length === 0;
   }
 
   function renderAgents(agents, t) {
