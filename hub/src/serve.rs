@@ -427,9 +427,19 @@ impl Hub {
             return Ok(None);
         }
         let dlq = Arc::new(crate::pipeline::dlq::Dlq::open(&config.data_dir)?);
-        self.storage.add("dead letters", dlq.recovery.as_ref(), None);
+        let live = dlq.clone();
+        self.storage.add(
+            "dead letters",
+            dlq.recovery.as_ref(),
+            Some(Arc::new(move || (live.failure(), live.reopens()))),
+        );
         let closed = dlq.clone();
         self.closing.push(Box::new(move || closed.close()));
+        let healed = dlq.clone();
+        self.spawn("dlq-store".into(), move |signal| {
+            healed.heal(&signal);
+            Ok(())
+        })?;
         let taps: Vec<(String, String)> =
             config.buses.iter().map(|b| (b.name.clone(), b.inproc_tap())).collect();
         let journal = export.map(|e| e.journal.clone());

@@ -49,6 +49,13 @@ impl Storage {
         self.lock().iter().filter_map(|e| Some((e.name.clone(), e.recovery.as_ref()?.describe()))).collect()
     }
 
+    /// Stores that cannot write now: (store, why).
+    pub fn failing(&self) -> Vec<(String, String)> {
+        let stores = self.lock();
+        let why = |e: &Entry| Some((e.name.clone(), e.live.as_ref()?().0?));
+        stores.iter().filter_map(why).collect()
+    }
+
     /// Each store: `store`, `ok` (writes now), `error` (why not),
     /// `recovered` (the damage found at start, or null), `reopens`.
     pub fn report(&self) -> Value {

@@ -487,3 +487,66 @@ fn a_full_state_disk_heals_without_a_restart() {
     disk.stop();
     eprintln!("the state store took writes again {healed:?} after space returned");
 }
+
+/// The dead-letter store on a full disk: the stage that gives up on a
+/// sample waits while its letter cannot be stored (the sample is not lost),
+/// and once space returns the store is opened again and every sample ends
+/// up a dead letter, without a restart.
+#[test]
+fn a_full_dead_letter_disk_heals_without_a_restart_and_loses_no_letter() {
+    let work = tempfile::tempdir().unwrap();
+    let blocked = work.path().join("blocked");
+    std::fs::write(&blocked, "a file where the recorder wants a directory").unwrap();
+    let config = format!(
+        "[[pipeline]]\nname = \"dead\"\ningest = true\nmax_attempts = 1\ndlq_max_records = 10000\n\
+         [pipeline.record]\npath = \"{}\"\n",
+        blocked.join("out.jsonl").display()
+    );
+    let disk = SmallDisk::start("pipelines", &config);
+    let store_ok = || {
+        let out = hub_cli(&["call", "--broker", &disk.broker, "org.plantd.Hub", "stores"]);
+        let stores: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let row = stores.as_array()?.iter().find(|s| s["store"] == "dead letters")?.clone();
+        Some((row["ok"].as_bool()?, row["reopens"].as_u64()?))
+    };
+    let send_acked = |seqs: std::ops::RangeInclusive<u64>| {
+        wait_for("a batch acknowledged", 20 * SECOND, || {
+            matches!(send(&disk.broker, seqs.clone()), Some(Reply::Ack { .. })).then_some(())
+        })
+    };
+    send_acked(1..=100);
+    wait_for("100 dead letters", 20 * SECOND, || letters(&disk.broker).filter(|l| l.len() == 100).map(drop));
+
+    disk.fill();
+    send_acked(101..=200);
+    wait_for("the dead-letter store to fail on the full disk", 30 * SECOND, || {
+        (store_ok()? == (false, 0)).then_some(())
+    });
+    wait_for("the hub to say it is not ready", 10 * SECOND, || (!disk.ready()).then_some(()));
+
+    let freed = disk.free();
+    wait_for("the dead-letter store opened again", 10 * SECOND, || (store_ok()? == (true, 1)).then_some(()));
+    let healed = freed.elapsed();
+    send_acked(201..=300);
+    let all = wait_for("every sample a dead letter", 30 * SECOND, || {
+        letters(&disk.broker).filter(|l| l.len() >= 300)
+    });
+    // Each letter's sample, over one connection (`hub dlq show ID` each).
+    let ctx = zmq::Context::new();
+    let options = transport::ClientOptions { timeout: 5 * SECOND, retries: 0, ..Default::default() };
+    let mut client = transport::Client::new(&ctx, transport::Endpoint::plain(&disk.broker), options);
+    let mut seqs = std::collections::BTreeSet::new();
+    for letter in &all {
+        let show = format!("dlq show {}", letter["id"]);
+        let reply = client.request("org.plantd.Hub.Dlq", &[show.as_bytes()]).unwrap();
+        let shown: Value = serde_json::from_slice(&reply[0]).unwrap();
+        seqs.insert(shown["body"]["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs, (1..=300).collect(), "each sample dead-lettered");
+    wait_for("the hub to be ready again", 10 * SECOND, || disk.ready().then_some(()));
+    disk.stop();
+    eprintln!(
+        "the dead-letter store was opened again {healed:?} after space returned ({} letters)",
+        all.len()
+    );
+}

@@ -11,7 +11,9 @@
 //! - with security: the allow-list is loaded (a failed reload keeps the
 //!   previous one in force, and is shown, but is no reason to stop traffic);
 //! - the journal's consumers at their bounds or idle are shown: a consumer
-//!   holding ingest back is backpressure working, not a broken hub.
+//!   holding ingest back is backpressure working, not a broken hub;
+//! - every store (`store:<name>`) writes; one found damaged at start and
+//!   salvaged is shown and makes the hub `degraded`, not unready.
 
 use std::time::{Duration, Instant};
 
@@ -40,6 +42,8 @@ pub struct Inputs {
     pub consumers: Option<Vec<(String, u64, bool, bool)>>,
     /// Stores recovered from damage at start: (store, what happened).
     pub recovered: Vec<(String, String)>,
+    /// Stores that cannot write now: (store, why).
+    pub failing: Vec<(String, String)>,
 }
 
 impl Inputs {
@@ -57,6 +61,7 @@ impl Inputs {
                 .map(|(c, _)| c.failing.lock().unwrap_or_else(|e| e.into_inner()).clone()),
             security: sources.security.as_ref().map(|s| (s.allow_list().len(), s.last_reload_error())),
             recovered: sources.storage.recovered(),
+            failing: sources.storage.failing(),
             consumers: sources.journal.as_ref().map(|j| {
                 let field = |c: &Value, k: &str| c[k].as_bool().unwrap_or(false);
                 let list = j.list();
@@ -162,8 +167,17 @@ pub fn assess(inputs: &Inputs) -> Verdict {
         };
         check("journal", None, Some(detail));
     }
-    for (store, what) in &inputs.recovered {
-        check(&format!("store:{store}"), None, Some(format!("degraded: {what}")));
+    let mut stores: Vec<&String> = inputs.recovered.iter().chain(&inputs.failing).map(|(s, _)| s).collect();
+    stores.sort();
+    stores.dedup();
+    for store in stores {
+        let find = |list: &[(String, String)]| list.iter().find(|(s, _)| s == store).map(|(_, w)| w.clone());
+        let problem = find(&inputs.failing).map(|why| format!("takes no writes: {why}"));
+        check(
+            &format!("store:{store}"),
+            problem,
+            find(&inputs.recovered).map(|what| format!("degraded: {what}")),
+        );
     }
     Verdict { ready: checks.iter().all(|c| c.ok), degraded: !inputs.recovered.is_empty(), checks }
 }
@@ -182,6 +196,7 @@ mod tests {
             security: Some((3, None)),
             consumers: Some(vec![("bridge".into(), 10, false, false)]),
             recovered: Vec::new(),
+            failing: Vec::new(),
         }
     }
 
@@ -214,6 +229,14 @@ mod tests {
             .unwrap()
             .starts_with("degraded: damaged"));
         assert_eq!(assess(&healthy()).to_json()["degraded"], false);
+
+        // Failing now as well: not ready, and the failure is what is shown.
+        recovered.failing = vec![("ingest".into(), "No space left on device".into())];
+        let verdict = assess(&recovered);
+        assert!(!verdict.ready && verdict.degraded);
+        let shown = &verdict.to_json()["components"]["store:ingest"];
+        assert_eq!(shown["ok"], false);
+        assert_eq!(shown["detail"], "takes no writes: No space left on device");
     }
 
     #[test]

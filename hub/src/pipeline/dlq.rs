@@ -8,9 +8,9 @@
 //! the pipeline acknowledges it (a replay that fails again makes a new entry).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -49,10 +49,9 @@ impl Letter {
 }
 
 pub struct Dlq {
-    db: sled::Db,
-    /// Counts flushes, so a log cut short is noticed at the next start.
-    generation: stores::Generation,
-    letters: sled::Tree,
+    path: PathBuf,
+    /// `None` only while the store is being opened again.
+    disk: RwLock<Option<Disk>>,
     next: Mutex<u64>,
     /// Entries per pipeline.
     counts: Mutex<HashMap<String, u64>>,
@@ -61,13 +60,38 @@ pub struct Dlq {
     pub undecodable: AtomicU64,
     /// Damage found and recovered from when the store was opened.
     pub recovery: Option<stores::Recovery>,
+    /// Why the last write failed for I/O, until the store is opened again
+    /// (sled fails every write after one I/O error).
+    failure: Mutex<Option<String>>,
+    reopens: AtomicU64,
+}
+
+/// The open store: sled's handles (reference counted) and its count of flushes.
+#[derive(Clone)]
+struct Disk {
+    db: sled::Db,
+    /// Counts flushes, so a log cut short is noticed at the next start.
+    generation: Arc<stores::Generation>,
+    letters: sled::Tree,
+}
+
+impl Disk {
+    fn new(path: &Path, opened: &stores::Opened) -> Result<(Disk, Option<stores::Recovery>), DlqError> {
+        let (generation, loss) = stores::Generation::open(path, opened)?;
+        let letters = opened.db.open_tree("dlq.v1")?;
+        Ok((Disk { db: opened.db.clone(), generation: Arc::new(generation), letters }, loss))
+    }
+}
+
+fn config() -> sled::Config {
+    sled::Config::new().cache_capacity(4 << 20).flush_every_ms(Some(1000))
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
     #[error("the dead-letter store: {0}")]
     Open(#[from] stores::OpenError),
-    #[error("dead-letter store: {0}")]
+    #[error("dead-letter store: {}", stores::describe(.0))]
     Store(#[from] sled::Error),
 }
 
@@ -75,31 +99,88 @@ impl Dlq {
     pub fn open(data_dir: &Path) -> Result<Dlq, DlqError> {
         let path = data_dir.join("pipelines");
         // Damage is set aside and what can be read salvaged: the hub starts.
-        let opened =
-            stores::open(&path, sled::Config::new().cache_capacity(4 << 20).flush_every_ms(Some(1000)))?;
-        let (generation, loss) = stores::Generation::open(&path, &opened)?;
-        let (db, recovery) = (opened.db, opened.recovery.or(loss));
-        let letters = db.open_tree("dlq.v1")?;
-        let mut counts = HashMap::new();
-        let mut undecodable = 0;
-        for item in letters.iter() {
-            let (_, value) = item?;
-            match proto::codec::decode::<Letter>(&value) {
-                Ok(l) => *counts.entry(l.pipeline).or_insert(0) += 1,
-                Err(_) => undecodable += 1,
-            }
-        }
-        let next = letters.last()?.map_or(0, |(k, _)| key_of(&k)) + 1;
+        let opened = stores::open(&path, config())?;
+        let (disk, loss) = Disk::new(&path, &opened)?;
+        let recovery = opened.recovery.or(loss);
+        let (counts, undecodable) = count(&disk.letters)?;
+        let next = disk.letters.last()?.map_or(0, |(k, _)| key_of(&k)) + 1;
         Ok(Dlq {
-            db,
-            generation,
-            letters,
+            path,
+            disk: RwLock::new(Some(disk)),
             next: Mutex::new(next),
             counts: Mutex::new(counts),
             replay_generation: AtomicU64::new(0),
             undecodable: AtomicU64::new(undecodable),
             recovery,
+            failure: Mutex::new(None),
+            reopens: AtomicU64::new(0),
         })
+    }
+
+    /// The open store's handles; an error while it is being opened again.
+    fn disk(&self) -> sled::Result<Disk> {
+        let disk = self.disk.read().unwrap_or_else(|e| e.into_inner()).clone();
+        disk.ok_or_else(|| {
+            sled::Error::Io(std::io::Error::other("the dead-letter store is being opened again"))
+        })
+    }
+
+    /// Notes an I/O failure: the store is opened again once the disk has room.
+    fn note<T>(&self, result: sled::Result<T>) -> sled::Result<T> {
+        if let Err(e @ sled::Error::Io(_)) = &result {
+            let mut failure = lock(&self.failure);
+            if failure.is_none() {
+                log::error!(
+                    "dead-letter store: {}; it is opened again once the disk has room",
+                    stores::describe(e)
+                );
+            }
+            *failure = Some(stores::describe(e));
+        }
+        result
+    }
+
+    /// Why the store does not write now, if it does not.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.failure).clone()
+    }
+
+    /// Times the store was opened again after a failure.
+    pub fn reopens(&self) -> u64 {
+        self.reopens.load(Relaxed)
+    }
+
+    /// Lets go of the store and opens it again, after a failure: what it
+    /// holds on disk is counted again (a letter whose flush failed was never
+    /// acknowledged upstream: its stage dead-letters it again).
+    pub fn reopen(&self) -> Result<(), DlqError> {
+        let mut next = lock(&self.next);
+        *self.disk.write().unwrap_or_else(|e| e.into_inner()) = None;
+        let opened = stores::reopen(&self.path, config())?;
+        let (disk, loss) = Disk::new(&self.path, &opened)?;
+        for recovery in opened.recovery.iter().chain(&loss) {
+            log::error!("dead-letter store: {}", recovery.describe());
+        }
+        let (counts, undecodable) = count(&disk.letters)?;
+        *next = (*next).max(disk.letters.last()?.map_or(0, |(k, _)| key_of(&k)) + 1);
+        *lock(&self.counts) = counts;
+        self.undecodable.store(undecodable, Relaxed);
+        *self.disk.write().unwrap_or_else(|e| e.into_inner()) = Some(disk);
+        *lock(&self.failure) = None;
+        self.reopens.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// Until `signal`: after a failure, opens the store again once the file
+    /// system has room (see [`stores::heal`]).
+    pub fn heal(&self, signal: &transport::ShutdownWatch) {
+        stores::heal(
+            "dead-letter",
+            &self.path,
+            |wait| signal.sleep(wait),
+            || self.failure().is_some(),
+            || self.reopen(),
+        );
     }
 
     /// Stores `letter` durably (flushed before returning), unless its
@@ -116,15 +197,20 @@ impl Dlq {
             *next += 1;
             id
         };
-        self.letters.insert(id.to_be_bytes(), proto::codec::encode(letter)).map_err(|e| e.to_string())?;
-        self.generation.flush(&self.db).map_err(|e| e.to_string())?;
+        let disk = self.disk().map_err(|e| stores::describe(&e))?;
+        let stored = disk.letters.insert(id.to_be_bytes(), proto::codec::encode(letter));
+        let stored = stored.and_then(|_| disk.generation.flush(&disk.db));
+        self.note(stored)
+            .map_err(|e| format!("the dead-letter store cannot write: {}", stores::describe(&e)))?;
         *lock(&self.counts).entry(letter.pipeline.clone()).or_insert(0) += 1;
         Ok(id)
     }
 
     /// Closes cleanly once the pipelines have stopped (see [`stores::Generation::close`]).
     pub fn close(&self) {
-        self.generation.close();
+        if let Ok(disk) = self.disk() {
+            disk.generation.close();
+        }
     }
 
     pub fn count(&self, pipeline: &str) -> u64 {
@@ -132,12 +218,12 @@ impl Dlq {
     }
 
     pub fn get(&self, id: u64) -> sled::Result<Option<Letter>> {
-        Ok(self.letters.get(id.to_be_bytes())?.and_then(|v| proto::codec::decode(&v).ok()))
+        Ok(self.disk()?.letters.get(id.to_be_bytes())?.and_then(|v| proto::codec::decode(&v).ok()))
     }
 
     /// Removes entry `id` (replayed and acknowledged, or purged).
     pub fn remove(&self, id: u64) -> sled::Result<bool> {
-        let Some(old) = self.letters.remove(id.to_be_bytes())? else { return Ok(false) };
+        let Some(old) = self.note(self.disk()?.letters.remove(id.to_be_bytes()))? else { return Ok(false) };
         if let Ok(l) = proto::codec::decode::<Letter>(&old) {
             if let Some(n) = lock(&self.counts).get_mut(&l.pipeline) {
                 *n = n.saturating_sub(1);
@@ -149,7 +235,7 @@ impl Dlq {
     /// Every entry, oldest first (bounded: each pipeline keeps at most its dlq_max_records).
     pub fn all(&self) -> sled::Result<Vec<(u64, Letter)>> {
         let mut out = Vec::new();
-        for item in self.letters.iter() {
+        for item in self.disk()?.letters.iter() {
             let (k, v) = item?;
             if let Ok(l) = proto::codec::decode(&v) {
                 out.push((key_of(&k), l));
@@ -166,7 +252,7 @@ impl Dlq {
         busy: impl Fn(u64) -> bool,
     ) -> sled::Result<Vec<(u64, Letter)>> {
         let mut out = Vec::new();
-        for item in self.letters.iter() {
+        for item in self.disk()?.letters.iter() {
             let (k, v) = item?;
             let id = key_of(&k);
             match proto::codec::decode::<Letter>(&v) {
@@ -188,10 +274,10 @@ impl Dlq {
                 continue;
             }
             letter.replay = true;
-            self.letters.insert(key.to_be_bytes(), proto::codec::encode(&letter))?;
+            self.note(self.disk()?.letters.insert(key.to_be_bytes(), proto::codec::encode(&letter)))?;
             marked += 1;
         }
-        self.db.flush()?;
+        self.flush()?;
         self.replay_generation.fetch_add(1, Relaxed);
         Ok(marked)
     }
@@ -204,12 +290,12 @@ impl Dlq {
                 removed += 1;
             }
         }
-        self.db.flush()?;
+        self.flush()?;
         Ok(removed)
     }
 
     pub fn flush(&self) -> sled::Result<()> {
-        self.db.flush().map(|_| ())
+        self.note(self.disk()?.db.flush().map(|_| ()))
     }
 
     /// Answers `hub dlq …` (the words after `dlq`), as JSON.
@@ -244,6 +330,19 @@ impl Dlq {
         };
         result.unwrap_or_else(|e| json!({"error": format!("dead-letter store: {e}")}))
     }
+}
+
+/// Letters per pipeline, and how many cannot be decoded.
+fn count(letters: &sled::Tree) -> sled::Result<(HashMap<String, u64>, u64)> {
+    let (mut counts, mut undecodable) = (HashMap::new(), 0);
+    for item in letters.iter() {
+        let (_, value) = item?;
+        match proto::codec::decode::<Letter>(&value) {
+            Ok(l) => *counts.entry(l.pipeline).or_insert(0) += 1,
+            Err(_) => undecodable += 1,
+        }
+    }
+    Ok((counts, undecodable))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
