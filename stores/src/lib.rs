@@ -156,8 +156,13 @@ fn quiet_guarded_panics() {
                     .map(|s| s.to_string())
                     .or_else(|| payload.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a panic".into());
-                let at =
-                    info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+                // Where in sled, without the build machine's registry path.
+                let at = info.location().map(|l| {
+                    let file = l.file();
+                    let file = file.rfind("/sled-").map_or(file, |i| &file[i + 1..]);
+                    format!(" (in {file}:{})", l.line())
+                });
+                let at = at.unwrap_or_default();
                 PANIC_MESSAGE.with(|m| m.set(Some(format!("{message}{at}"))));
             } else {
                 previous(info);

@@ -311,3 +311,36 @@ pub fn http_get(address: &str, path: &str) -> (u16, String) {
 pub fn prometheus_value(metrics: &str, series: &str) -> Option<u64> {
     metrics.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
+
+/// Durable samples of `channel` (epoch 1, one per seq), as an agent sends them to ingest.
+pub fn ingest_samples(channel: &str, seqs: impl IntoIterator<Item = u64>) -> Vec<proto::ingest::Sent> {
+    use proto::sample::{Quality, Sample, Value};
+    let sample = |seq| Sample {
+        channel: channel.into(),
+        epoch: 1,
+        seq,
+        wall_ns: 1_790_000_000_000_000_000,
+        mono_ns: 0,
+        clock_synced: true,
+        value: Value::Number(seq as f64),
+        unit: "degC".into(),
+        quality: Quality::Good,
+    };
+    seqs.into_iter().map(|seq| proto::ingest::Sent { sample: sample(seq), historical: false }).collect()
+}
+
+/// Sends ingest one batch of channel `temp` as agent `pump-1`; the hub's
+/// reply (`None`: no answer within 2 s).
+pub fn send_ingest(
+    broker: impl Into<transport::Endpoint>,
+    seqs: impl IntoIterator<Item = u64>,
+) -> Option<proto::ingest::Reply> {
+    use proto::ingest::{Batch, Reply};
+    let ctx = zmq::Context::new();
+    let options =
+        transport::ClientOptions { timeout: Duration::from_secs(2), retries: 0, ..Default::default() };
+    let mut client = transport::Client::new(&ctx, broker, options);
+    let batch = Batch { agent: "pump-1".into(), samples: ingest_samples("temp", seqs) }.encode();
+    let reply = client.request(proto::ingest::SERVICE, &[&batch]).ok()?;
+    Reply::decode(reply.first()?).ok()
+}

@@ -8,8 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use proto::consumer::{Fetched, Request, Sample as Delivered, Spec};
-use proto::ingest::{Batch, Reply, Sent};
-use proto::sample::{Quality, Sample, Value as Reading};
+use proto::ingest::Reply;
 use serde_json::Value;
 use system_tests::*;
 
@@ -22,38 +21,9 @@ fn start(dir: &Path, config: &str) -> HubProc {
     HubProc::start_with(&["--config", path.to_str().unwrap()])
 }
 
-fn samples(channel: &str, seqs: impl IntoIterator<Item = u64>) -> Vec<Sent> {
-    seqs.into_iter()
-        .map(|seq| Sent {
-            sample: Sample {
-                channel: channel.into(),
-                epoch: 1,
-                seq,
-                wall_ns: 1_790_000_000_000_000_000,
-                mono_ns: 0,
-                clock_synced: true,
-                value: Reading::Number(seq as f64),
-                unit: "degC".into(),
-                quality: Quality::Good,
-            },
-            historical: false,
-        })
-        .collect()
-}
-
-/// Sends one batch of channel `temp` as agent `pump-1`; the hub's reply.
-fn send(broker: impl Into<transport::Endpoint>, seqs: impl IntoIterator<Item = u64>) -> Option<Reply> {
-    let ctx = zmq::Context::new();
-    let options = transport::ClientOptions { timeout: 2 * SECOND, retries: 0, ..Default::default() };
-    let mut client = transport::Client::new(&ctx, broker, options);
-    let batch = Batch { agent: "pump-1".into(), samples: samples("temp", seqs) }.encode();
-    let reply = client.request(proto::ingest::SERVICE, &[&batch]).ok()?;
-    Reply::decode(reply.first()?).ok()
-}
-
 fn send_acked(hub: &HubProc, seqs: std::ops::RangeInclusive<u64>) {
     wait_for("the batch to be acknowledged", 10 * SECOND, || {
-        match send(hub.endpoint(&hub.broker), seqs.clone()) {
+        match send_ingest(hub.endpoint(&hub.broker), seqs.clone()) {
             Some(Reply::Ack { .. }) => Some(()),
             _ => None,
         }
@@ -177,12 +147,12 @@ fn a_stalled_block_consumer_holds_ingest_back_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let hub = start(dir.path(), "[[consumer]]\nname = \"slow\"\npolicy = \"block\"\nmax_records = 50\n");
     for start in (1..=50).step_by(10) {
-        assert!(matches!(send(hub.endpoint(&hub.broker), start..=start + 9), Some(Reply::Ack { .. })));
+        assert!(matches!(send_ingest(hub.endpoint(&hub.broker), start..=start + 9), Some(Reply::Ack { .. })));
     }
     let rss = || testkit::bench::rss_kib(hub.proc.pid());
     let before = rss();
     for _ in 0..200 {
-        match send(hub.endpoint(&hub.broker), 51..=60) {
+        match send_ingest(hub.endpoint(&hub.broker), 51..=60) {
             Some(Reply::Retry { reason, .. }) => assert!(reason.contains("'slow'"), "{reason}"),
             other => panic!("at its bound the consumer holds ingest back: {other:?}"),
         }
@@ -204,7 +174,7 @@ fn a_stalled_drop_oldest_consumer_skips_ahead_counted() {
     let hub =
         start(dir.path(), "[[consumer]]\nname = \"lossy\"\npolicy = \"drop-oldest\"\nmax_records = 50\n");
     for start in (1..=100).step_by(10) {
-        assert!(matches!(send(hub.endpoint(&hub.broker), start..=start + 9), Some(Reply::Ack { .. })));
+        assert!(matches!(send_ingest(hub.endpoint(&hub.broker), start..=start + 9), Some(Reply::Ack { .. })));
     }
     let (_, shown, _) = consumers_cli(&hub, &["show", "lossy"]);
     assert_eq!(
@@ -261,7 +231,7 @@ fn with_security_consumers_follow_subscribe_grants_and_owners() {
     assert_eq!(made["owner"], "grafana", "{made}");
     // The agent sends samples; grafana's consumer has them.
     wait_for("a batch acknowledged", 10 * SECOND, || {
-        matches!(send(site.endpoint(&pump, &hub.broker), 1..=5), Some(Reply::Ack { .. })).then_some(())
+        matches!(send_ingest(site.endpoint(&pump, &hub.broker), 1..=5), Some(Reply::Ack { .. })).then_some(())
     });
     assert_eq!(grafana.drain("g", 5), [1, 2, 3, 4, 5]);
 
@@ -328,7 +298,8 @@ fn a_pipeline_on_the_journal_and_the_bus_records_each_durable_sample_once() {
         proto::bus::Framing::TwoFrame,
     )
     .unwrap();
-    let best_effort = samples("temp", [1]).remove(0).sample.to_json("pump-1", false, false).to_string();
+    let best_effort =
+        ingest_samples("temp", [1]).remove(0).sample.to_json("pump-1", false, false).to_string();
     wait_for("a best-effort sample recorded from the bus", 10 * SECOND, || {
         live.publish(b"org.plantd.Metric.pump-1.temp", best_effort.as_bytes()).unwrap();
         recorded().iter().any(|l| l["durable"] == false).then_some(())

@@ -7,41 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use proto::ingest::{Batch, Reply, Sent};
-use proto::sample::{Quality, Sample, Value as Reading};
+use proto::ingest::Reply;
 use serde_json::Value;
 use system_tests::*;
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn samples(agent_seq: std::ops::RangeInclusive<u64>) -> Vec<Sent> {
-    agent_seq
-        .map(|seq| Sent {
-            sample: Sample {
-                channel: "temp".into(),
-                epoch: 1,
-                seq,
-                wall_ns: 1_790_000_000_000_000_000,
-                mono_ns: 0,
-                clock_synced: true,
-                value: Reading::Number(seq as f64),
-                unit: "degC".into(),
-                quality: Quality::Good,
-            },
-            historical: false,
-        })
-        .collect()
-}
-
-/// One batch of pump-1's; the hub's reply (`None`: no answer in time).
-fn send(broker: &str, seqs: std::ops::RangeInclusive<u64>) -> Option<Reply> {
-    let ctx = zmq::Context::new();
-    let options = transport::ClientOptions { timeout: 2 * SECOND, retries: 0, ..Default::default() };
-    let mut client = transport::Client::new(&ctx, transport::Endpoint::plain(broker), options);
-    let batch = Batch { agent: "pump-1".into(), samples: samples(seqs) }.encode();
-    let reply = client.request(proto::ingest::SERVICE, &[&batch]).ok()?;
-    Reply::decode(reply.first()?).ok()
-}
 
 fn copy_dir(from: &Path, to: &Path) {
     let out = output(Command::new("cp").arg("-a").arg(format!("{}/.", from.display())).arg(to));
@@ -170,7 +140,7 @@ fn every_kind_of_damage_to_each_store_leaves_a_hub_that_starts_and_says_so() {
         let hub = HubProc::start_in(data, &free_endpoint(), &args);
         for start in (1..=SAMPLES).step_by(100) {
             wait_for("a batch acknowledged", 10 * SECOND, || {
-                matches!(send(&hub.broker, start..=start + 99), Some(Reply::Ack { .. })).then_some(())
+                matches!(send_ingest(&hub.broker, start..=start + 99), Some(Reply::Ack { .. })).then_some(())
             });
         }
         for i in 0..20 {
@@ -398,7 +368,7 @@ fn a_full_disk_heals_without_a_restart_and_nothing_is_published_twice() {
     // A batch of 100 until one is acknowledged; its seqs move on only then.
     let send_until_acked = |next: &mut u64, what: &str, within: Duration| {
         wait_for(what, within, || {
-            let reply = send(&broker, *next..=*next + 99);
+            let reply = send_ingest(&broker, *next..=*next + 99);
             matches!(reply, Some(Reply::Ack { .. })).then(|| *next += 100)
         })
     };
@@ -407,7 +377,7 @@ fn a_full_disk_heals_without_a_restart_and_nothing_is_published_twice() {
     disk.fill();
     let refused = wait_for("ingest to answer Retry on the full disk", 30 * SECOND, || {
         listen(&mut published);
-        match send(&broker, next..=next + 99) {
+        match send_ingest(&broker, next..=next + 99) {
             Some(Reply::Ack { .. }) => {
                 next += 100;
                 None
@@ -418,7 +388,7 @@ fn a_full_disk_heals_without_a_restart_and_nothing_is_published_twice() {
     });
     assert!(refused.contains("storage"), "{refused}");
     for _ in 0..20 {
-        let reply = send(&broker, next..=next + 99);
+        let reply = send_ingest(&broker, next..=next + 99);
         assert!(matches!(reply, Some(Reply::Retry { .. })), "still full: {reply:?}");
     }
     assert!(!disk.ready(), "not ready while ingest cannot store");
@@ -511,7 +481,7 @@ fn a_full_dead_letter_disk_heals_without_a_restart_and_loses_no_letter() {
     };
     let send_acked = |seqs: std::ops::RangeInclusive<u64>| {
         wait_for("a batch acknowledged", 20 * SECOND, || {
-            matches!(send(&disk.broker, seqs.clone()), Some(Reply::Ack { .. })).then_some(())
+            matches!(send_ingest(&disk.broker, seqs.clone()), Some(Reply::Ack { .. })).then_some(())
         })
     };
     send_acked(1..=100);
