@@ -10,6 +10,7 @@ mod broker;
 mod bus;
 mod cli;
 mod consumers;
+mod contexts;
 mod fleet;
 mod hub_storage;
 mod interop;

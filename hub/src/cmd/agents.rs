@@ -1,9 +1,7 @@
-use std::path::PathBuf;
-
 use argh::FromArgs;
 use serde_json::Value;
 
-use super::{ask_hub, show_hub_answer, CmdResult, DEFAULT_BROKER};
+use super::{ask_hub, show_hub_answer, CmdResult, Connection};
 
 /// List the agents the hub has heard from: link state, when last seen, the
 /// backlog and lag in their outboxes as they last reported, their boot
@@ -21,35 +19,20 @@ use super::{ask_hub, show_hub_answer, CmdResult, DEFAULT_BROKER};
     example = "hub agents --json | jq '.[] | select(.link != \"up\")'",
     note = "An agent reports every 10 s even with nothing to send; one not heard from for 30 s is shown as silent.",
     note = "The list is the hub's memory since it started: a restarted hub shows each agent again at its next report.",
-    error_code(3, "the hub did not answer within the timeout")
+    error_code(3, "the hub did not answer within the timeout"),
+    note = "Connects as --broker, --cert, --server-cert, --timeout and --context say (before or after the command), else PLANTD_* or the current context: see `hub context --help`."
 )]
 pub struct AgentsArgs {
-    /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
-    #[argh(option)]
-    cert: Option<PathBuf>,
-    /// the hub's public certificate, for a hub with security (default: $PLANTD_SERVER_CERT)
-    #[argh(option)]
-    server_cert: Option<PathBuf>,
-    /// broker endpoint (default tcp://127.0.0.1:9797)
-    #[argh(option, default = "DEFAULT_BROKER.to_string()")]
-    broker: String,
-    /// milliseconds to wait for the reply (default 2500)
-    #[argh(option, default = "2500")]
-    timeout: u64,
     /// print the JSON the hub sent instead of a table
     #[argh(switch)]
     json: bool,
 }
 
-pub fn run(a: AgentsArgs) -> CmdResult {
+pub fn run(a: AgentsArgs, connection: &Connection) -> CmdResult {
     // Under the table, the hub's own stores if any is failing or was found
     // damaged: the agents' samples pass through them.
-    let stores = if a.json {
-        None
-    } else {
-        ask_hub("stores", &a.broker, a.cert.clone(), a.server_cert.clone(), a.timeout).ok().flatten()
-    };
-    show_hub_answer("agents", &a.broker, a.cert, a.server_cert, a.timeout, a.json, |agents| {
+    let stores = if a.json { None } else { ask_hub("stores", connection).ok().flatten() };
+    show_hub_answer("agents", connection, a.json, |agents| {
         let table = table(agents.as_array().map(Vec::as_slice).unwrap_or_default());
         table + &stores.as_ref().map(hub::storage::summary).unwrap_or_default()
     })

@@ -1,9 +1,7 @@
-use std::path::PathBuf;
-
 use argh::FromArgs;
 use serde_json::Value;
 
-use super::{show_hub_answer, text, CmdResult, DEFAULT_BROKER};
+use super::{show_hub_answer, text, CmdResult, Connection};
 
 /// The NATS bridge ([bridge.nats] in the hub's config).
 #[derive(FromArgs)]
@@ -29,29 +27,18 @@ enum BridgeCommand {
     example = "hub bridge status",
     example = "hub bridge status --json | jq .backlog",
     note = "A backlog that grows while `connected` is false is the journal holding samples for NATS; at its bounds ingest answers Retry and agents keep buffering.",
-    error_code(3, "the hub did not answer within the timeout")
+    error_code(3, "the hub did not answer within the timeout"),
+    note = "Connects as --broker, --cert, --server-cert, --timeout and --context say (before or after the command), else PLANTD_* or the current context: see `hub context --help`."
 )]
 pub struct StatusArgs {
-    /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
-    #[argh(option)]
-    cert: Option<PathBuf>,
-    /// the hub's public certificate, for a hub with security (default: $PLANTD_SERVER_CERT)
-    #[argh(option)]
-    server_cert: Option<PathBuf>,
-    /// broker endpoint (default tcp://127.0.0.1:9797)
-    #[argh(option, default = "DEFAULT_BROKER.to_string()")]
-    broker: String,
-    /// milliseconds to wait for the reply (default 2500)
-    #[argh(option, default = "2500")]
-    timeout: u64,
     /// print the JSON the hub sent instead of a summary
     #[argh(switch)]
     json: bool,
 }
 
-pub fn run(args: BridgeArgs) -> CmdResult {
+pub fn run(args: BridgeArgs, connection: &Connection) -> CmdResult {
     let BridgeCommand::Status(a) = args.command;
-    show_hub_answer("bridge", &a.broker, a.cert, a.server_cert, a.timeout, a.json, summary)
+    show_hub_answer("bridge", connection, a.json, summary)
 }
 
 /// `key: value` lines an operator reads at a glance.

@@ -1,13 +1,11 @@
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use argh::FromArgs;
 use proto::mdp::Dialect;
 use transport::frames::display_frame;
 use transport::{Client, ClientError, ClientOptions};
 
-use super::{client_endpoint, CmdResult, DEFAULT_BROKER};
+use super::{no_reply, CmdResult, Connection};
 
 /// Send one request to a service and print the reply frames, one per line
 /// (partial replies first, as they arrive).
@@ -20,21 +18,10 @@ use super::{client_endpoint, CmdResult, DEFAULT_BROKER};
     example = "hub call --dialect rfc18 --timeout 500 --retries 0 echo ping",
     note = "Frames print as UTF-8 text, or as 0x-prefixed hex when binary.",
     note = "A request is resent on a fresh socket after each timeout (--retries): only retry services that are safe to repeat.",
-    error_code(3, "no reply within the timeout, after every retry")
+    error_code(3, "no reply within the timeout, after every retry"),
+    note = "Connects as --broker, --cert, --server-cert, --timeout and --context say (before or after the command), else PLANTD_* or the current context: see `hub context --help`."
 )]
 pub struct CallArgs {
-    /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
-    #[argh(option)]
-    cert: Option<PathBuf>,
-    /// the hub's public certificate, for a hub with security (default: $PLANTD_SERVER_CERT)
-    #[argh(option)]
-    server_cert: Option<PathBuf>,
-    /// broker endpoint (default tcp://127.0.0.1:9797)
-    #[argh(option, default = "DEFAULT_BROKER.to_string()")]
-    broker: String,
-    /// milliseconds to wait for each reply part (default 2500)
-    #[argh(option, default = "2500")]
-    timeout: u64,
     /// resends after a timeout (default 2)
     #[argh(option, default = "2")]
     retries: u32,
@@ -49,14 +36,11 @@ pub struct CallArgs {
     frames: Vec<String>,
 }
 
-pub fn run(args: CallArgs) -> CmdResult {
+pub fn run(args: CallArgs, connection: &Connection) -> CmdResult {
     let ctx = zmq::Context::new();
-    let options = ClientOptions {
-        dialect: args.dialect,
-        timeout: Duration::from_millis(args.timeout),
-        retries: args.retries,
-    };
-    let mut client = Client::new(&ctx, client_endpoint(&args.broker, args.cert, args.server_cert)?, options);
+    let options =
+        ClientOptions { dialect: args.dialect, timeout: connection.timeout(2500), retries: args.retries };
+    let mut client = Client::new(&ctx, connection.broker_endpoint()?, options);
     let body: Vec<&[u8]> = args.frames.iter().map(|f| f.as_bytes()).collect();
     let print = |frames: &[zmq::Message]| {
         for frame in frames {
@@ -69,7 +53,7 @@ pub fn run(args: CallArgs) -> CmdResult {
             Ok(ExitCode::SUCCESS)
         }
         Err(e @ ClientError::Timeout { .. }) => {
-            eprintln!("hub: {e}");
+            no_reply(&e, connection);
             Ok(ExitCode::from(3))
         }
         Err(e) => Err(e.into()),

@@ -1,16 +1,14 @@
 //! `hub consumers` (manage durable consumers) and `hub tap --durable` (read one).
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use argh::FromArgs;
 use proto::consumer::{self, Fetched, Policy, Request, ResetTo, Sample, Spec};
 use serde_json::{json, Value};
 use transport::{Client, ClientError, ClientOptions, Shutdown};
 
-use super::{client_endpoint, print_json, CmdResult, DEFAULT_BROKER};
+use super::{no_reply, print_json, CmdResult, Connection};
 
 /// Durable consumers: named cursors on the hub's journal of durable samples,
 /// that move only when their reader acknowledges. Every sample ingest
@@ -28,7 +26,8 @@ use super::{client_endpoint, print_json, CmdResult, DEFAULT_BROKER};
     note = "Read one with `hub tap --durable NAME`, or from any MDP client (README: Durable consumers).",
     note = "Asks org.plantd.Consumer; --admin asks org.plantd.Consumer.Admin (an operator's certificate), which may manage any consumer and make block ones.",
     error_code(1, "the hub answered with an error (e.g. no such consumer, not yours)"),
-    error_code(3, "the hub did not answer within the timeout")
+    error_code(3, "the hub did not answer within the timeout"),
+    note = "Connects as --broker, --cert, --server-cert, --timeout and --context say (before or after the command), else PLANTD_* or the current context: see `hub context --help`."
 )]
 pub struct ConsumersArgs {
     /// list, show NAME, create NAME, rm NAME, or reset NAME --to start|end
@@ -55,21 +54,9 @@ pub struct ConsumersArgs {
     /// ask org.plantd.Consumer.Admin (operators): any consumer, block ones too
     #[argh(switch)]
     admin: bool,
-    /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
-    #[argh(option)]
-    cert: Option<PathBuf>,
-    /// the hub's public certificate, for a hub with security (default: $PLANTD_SERVER_CERT)
-    #[argh(option)]
-    server_cert: Option<PathBuf>,
-    /// broker endpoint (default tcp://127.0.0.1:9797)
-    #[argh(option, default = "DEFAULT_BROKER.to_string()")]
-    broker: String,
-    /// milliseconds to wait for the reply (default 2500)
-    #[argh(option, default = "2500")]
-    timeout: u64,
 }
 
-pub fn run(args: ConsumersArgs) -> CmdResult {
+pub fn run(args: ConsumersArgs, connection: &Connection) -> CmdResult {
     let name = || args.name.clone().ok_or("name the consumer: hub consumers ACTION NAME");
     let request = match args.action.as_str() {
         "list" => Request::List,
@@ -102,13 +89,12 @@ pub fn run(args: ConsumersArgs) -> CmdResult {
     };
     let service = if args.admin { consumer::ADMIN_SERVICE } else { consumer::SERVICE };
     let ctx = zmq::Context::new();
-    let options =
-        ClientOptions { timeout: Duration::from_millis(args.timeout), retries: 1, ..Default::default() };
-    let mut client = Client::new(&ctx, client_endpoint(&args.broker, args.cert, args.server_cert)?, options);
+    let options = ClientOptions { timeout: connection.timeout(2500), retries: 1, ..Default::default() };
+    let mut client = Client::new(&ctx, connection.broker_endpoint()?, options);
     let answer = match ask(&mut client, service, &request) {
         Ok((answer, _)) => answer,
         Err(e @ ClientError::Timeout { .. }) => {
-            eprintln!("hub: {e} (is the hub running, at this --broker?)");
+            no_reply(&e, connection);
             return Ok(ExitCode::from(3));
         }
         Err(e) => return Err(e.into()),
@@ -142,20 +128,16 @@ pub struct DurableTap {
     pub prefixes: Vec<String>,
     pub json: bool,
     pub count: Option<u64>,
-    pub broker: String,
-    pub cert: Option<PathBuf>,
-    pub server_cert: Option<PathBuf>,
-    pub timeout: Duration,
 }
 
 /// Reads durable consumer `tap.name` (made on the fly, `drop-oldest`, if it
 /// does not exist), printing each sample as `hub tap` does; acknowledges a
 /// batch only once it is written and stdout flushed. Killed and started
 /// again, it resumes at its cursor: nothing is missed.
-pub fn tap(tap: DurableTap, shutdown: &Shutdown) -> CmdResult {
+pub fn tap(tap: DurableTap, connection: &Connection, shutdown: &Shutdown) -> CmdResult {
     let ctx = zmq::Context::new();
-    let options = ClientOptions { timeout: tap.timeout, retries: 0, ..Default::default() };
-    let mut client = Client::new(&ctx, client_endpoint(&tap.broker, tap.cert, tap.server_cert)?, options);
+    let options = ClientOptions { timeout: connection.timeout(5000), retries: 0, ..Default::default() };
+    let mut client = Client::new(&ctx, connection.broker_endpoint()?, options);
     let service = consumer::SERVICE;
     let name = tap.name.clone();
     let (shown, _) = ask(&mut client, service, &Request::Show { name: name.clone() })?;
@@ -176,7 +158,7 @@ pub fn tap(tap: DurableTap, shutdown: &Shutdown) -> CmdResult {
         let (header, samples) = match ask(&mut client, service, &fetch) {
             Ok(reply) => reply,
             Err(ClientError::Timeout { .. }) => {
-                log::warn!("no answer from the hub at {}: trying again", tap.broker);
+                log::warn!("no answer from the hub: trying again; used {}", connection.describe());
                 continue;
             }
             Err(e) => return Err(e.into()),

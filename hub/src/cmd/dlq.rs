@@ -1,9 +1,8 @@
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use argh::FromArgs;
 
-use super::{ask_service, print_json, CmdResult, DEFAULT_BROKER};
+use super::{ask_service, print_json, CmdResult, Connection};
 
 /// The pipelines' dead letters: messages a stage gave up on after its
 /// retries, kept with the error, the attempts and the stage.
@@ -18,7 +17,8 @@ use super::{ask_service, print_json, CmdResult, DEFAULT_BROKER};
     note = "Asks the hub's org.plantd.Hub.Dlq service: with security, an operator's certificate.",
     note = "A replayed letter re-enters its pipeline at the stage that gave up on it, and leaves the store once the pipeline has it; one that fails again becomes a new letter.",
     error_code(1, "the hub answered with an error (e.g. no such letter)"),
-    error_code(3, "the hub did not answer within the timeout")
+    error_code(3, "the hub did not answer within the timeout"),
+    note = "Connects as --broker, --cert, --server-cert, --timeout and --context say (before or after the command), else PLANTD_* or the current context: see `hub context --help`."
 )]
 pub struct DlqArgs {
     /// list, show ID, replay ID|--all, or purge [--older-than D]
@@ -33,21 +33,9 @@ pub struct DlqArgs {
     /// purge only letters older than this: seconds, or with a unit (90s, 15m, 2h, 7d)
     #[argh(option)]
     older_than: Option<String>,
-    /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
-    #[argh(option)]
-    cert: Option<PathBuf>,
-    /// the hub's public certificate, for a hub with security (default: $PLANTD_SERVER_CERT)
-    #[argh(option)]
-    server_cert: Option<PathBuf>,
-    /// broker endpoint (default tcp://127.0.0.1:9797)
-    #[argh(option, default = "DEFAULT_BROKER.to_string()")]
-    broker: String,
-    /// milliseconds to wait for the reply (default 2500)
-    #[argh(option, default = "2500")]
-    timeout: u64,
 }
 
-pub fn run(args: DlqArgs) -> CmdResult {
+pub fn run(args: DlqArgs, connection: &Connection) -> CmdResult {
     let command = match (args.action.as_str(), args.id, args.all, &args.older_than) {
         ("list", None, false, None) => "dlq list".to_string(),
         ("show", Some(id), false, None) => format!("dlq show {id}"),
@@ -62,9 +50,7 @@ pub fn run(args: DlqArgs) -> CmdResult {
         }
     };
     let service = hub::service::DLQ_SERVICE;
-    let Some(reply) =
-        ask_service(service, &command, &args.broker, args.cert, args.server_cert, args.timeout)?
-    else {
+    let Some(reply) = ask_service(service, &command, connection)? else {
         return Ok(ExitCode::from(3));
     };
     print_json(&reply)?;

@@ -1,4 +1,3 @@
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -7,7 +6,7 @@ use proto::mdp::worker::WorkerTiming;
 use proto::mdp::Dialect;
 use transport::{PoolOptions, Shutdown, Worker, WorkerOptions};
 
-use super::{client_endpoint, CmdResult, DEFAULT_BROKER};
+use super::{CmdResult, Connection};
 
 /// Run an echo worker: it answers every request with the request's own
 /// frames. For demos, smoke tests and benchmarks.
@@ -19,18 +18,10 @@ use super::{client_endpoint, CmdResult, DEFAULT_BROKER};
     example = "hub echo-worker --service echo2 --dialect rfc18 --stream",
     example = "hub echo-worker --credit 16",
     note = "--stream (not with rfc7) sends each request frame back as a PARTIAL reply before the FINAL one.",
-    note = "--credit N asks the broker to keep up to N requests at this worker at once (a READY with credit=N; a broker without the extension serves it one at a time). They are handled on N threads (--threads), replies in any order; --threads 0 handles them one after another on the worker's thread."
+    note = "--credit N asks the broker to keep up to N requests at this worker at once (a READY with credit=N; a broker without the extension serves it one at a time). They are handled on N threads (--threads), replies in any order; --threads 0 handles them one after another on the worker's thread.",
+    note = "Connects as --broker, --cert, --server-cert, --timeout and --context say (before or after the command), else PLANTD_* or the current context: see `hub context --help`."
 )]
 pub struct EchoWorkerArgs {
-    /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
-    #[argh(option)]
-    cert: Option<PathBuf>,
-    /// the hub's public certificate, for a hub with security (default: $PLANTD_SERVER_CERT)
-    #[argh(option)]
-    server_cert: Option<PathBuf>,
-    /// broker endpoint (default tcp://127.0.0.1:9797)
-    #[argh(option, default = "DEFAULT_BROKER.to_string()")]
-    broker: String,
     /// service to register (default echo)
     #[argh(option, default = "String::from(\"echo\")")]
     service: String,
@@ -57,7 +48,7 @@ pub struct EchoWorkerArgs {
 /// Most handler threads an echo worker starts.
 const MAX_THREADS: usize = 256;
 
-pub fn run(args: EchoWorkerArgs) -> CmdResult {
+pub fn run(args: EchoWorkerArgs, connection: &Connection) -> CmdResult {
     if args.stream && !args.dialect.supports_partial() {
         return Err(
             "--stream needs a dialect with partial replies: use --dialect rfc18, majortomo or plantd".into(),
@@ -73,12 +64,7 @@ pub fn run(args: EchoWorkerArgs) -> CmdResult {
     let options =
         WorkerOptions { dialect: args.dialect, timing, credit: args.credit, ..WorkerOptions::default() };
     let ctx = zmq::Context::new();
-    let worker = Worker::new(
-        &ctx,
-        client_endpoint(&args.broker, args.cert, args.server_cert)?,
-        &args.service,
-        options,
-    );
+    let worker = Worker::new(&ctx, connection.broker_endpoint()?, &args.service, options);
     let threads = match args.threads {
         _ if args.credit == 1 => 0,
         Some(n) => n.min(MAX_THREADS),
@@ -87,7 +73,7 @@ pub fn run(args: EchoWorkerArgs) -> CmdResult {
     log::info!(
         "echo worker for '{}' on {} ({}, credit {}, {threads} handler thread(s))",
         args.service,
-        args.broker,
+        connection.broker(),
         args.dialect,
         args.credit
     );

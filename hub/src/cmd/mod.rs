@@ -6,6 +6,7 @@ pub mod bridge;
 pub mod call;
 pub mod check;
 pub mod consumers;
+pub mod context;
 pub mod dlq;
 pub mod echo;
 pub mod keys;
@@ -22,61 +23,33 @@ use std::process::ExitCode;
 /// The broker endpoint clients and workers use unless told otherwise.
 pub const DEFAULT_BROKER: &str = "tcp://127.0.0.1:9797";
 
+pub use context::Connection;
 pub use plumbing::CmdResult;
-
-/// Where a client command connects: `address`, as a CURVE client when
-/// certificates are given (flags, else `PLANTD_CERT` and `PLANTD_SERVER_CERT`).
-pub fn client_endpoint(
-    address: &str,
-    cert: Option<PathBuf>,
-    server_cert: Option<PathBuf>,
-) -> Result<transport::Endpoint, Box<dyn std::error::Error>> {
-    let from_env = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    let cert = cert.or_else(|| from_env("PLANTD_CERT"));
-    let server_cert = server_cert.or_else(|| from_env("PLANTD_SERVER_CERT"));
-    match (cert, server_cert) {
-        (None, None) => Ok(transport::Endpoint::plain(address)),
-        (Some(cert), Some(server)) => {
-            let keys = transport::curve::read_client_keys(&cert, &server)?;
-            Ok(transport::Endpoint::curve(address, keys))
-        }
-        _ => Err("a hub with security needs both --cert (this client's NAME.key_secret) and \
-                  --server-cert (the hub's public .key), or PLANTD_CERT and PLANTD_SERVER_CERT"
-            .into()),
-    }
-}
 
 /// Asks the hub's own service (`org.plantd.Hub`) one `command`; `Ok(None)`
 /// when the hub did not answer in time (the caller exits 3), an error when it
 /// answered with one.
 pub fn ask_hub(
     command: &str,
-    broker: &str,
-    cert: Option<PathBuf>,
-    server_cert: Option<PathBuf>,
-    timeout_ms: u64,
+    connection: &Connection,
 ) -> Result<Option<serde_json::Value>, Box<dyn std::error::Error>> {
-    ask_service(hub::service::SERVICE, command, broker, cert, server_cert, timeout_ms)
+    ask_service(hub::service::SERVICE, command, connection)
 }
 
 /// [`ask_hub`], of another of the hub's own services.
 pub fn ask_service(
     service: &str,
     command: &str,
-    broker: &str,
-    cert: Option<PathBuf>,
-    server_cert: Option<PathBuf>,
-    timeout_ms: u64,
+    connection: &Connection,
 ) -> Result<Option<serde_json::Value>, Box<dyn std::error::Error>> {
     use transport::{Client, ClientError, ClientOptions};
     let ctx = zmq::Context::new();
-    let timeout = std::time::Duration::from_millis(timeout_ms);
-    let options = ClientOptions { timeout, retries: 1, ..Default::default() };
-    let mut client = Client::new(&ctx, client_endpoint(broker, cert, server_cert)?, options);
+    let options = ClientOptions { timeout: connection.timeout(2500), retries: 1, ..Default::default() };
+    let mut client = Client::new(&ctx, connection.broker_endpoint()?, options);
     let reply = match client.request(service, &[command.as_bytes()]) {
         Ok(reply) => reply,
         Err(e @ ClientError::Timeout { .. }) => {
-            eprintln!("hub: {e} (is the hub running, at this --broker?)");
+            no_reply(&e, connection);
             return Ok(None);
         }
         Err(e) => return Err(e.into()),
@@ -90,18 +63,25 @@ pub fn ask_service(
     Ok(Some(value))
 }
 
+/// Says that no reply came, and what was used to ask: a wrong context or
+/// key is the usual reason (a hub with security drops an unknown key's
+/// connection without a word).
+pub fn no_reply(e: &dyn std::fmt::Display, connection: &Connection) {
+    eprintln!(
+        "hub: {e}; used {} (is the hub running there, and does it know this key?)",
+        connection.describe()
+    );
+}
+
 /// Asks the hub for `command` and prints its answer: the JSON as sent with
 /// `json`, else what `summary` makes of it. Exit 3 when the hub does not answer.
 pub fn show_hub_answer(
     command: &str,
-    broker: &str,
-    cert: Option<PathBuf>,
-    server_cert: Option<PathBuf>,
-    timeout_ms: u64,
+    connection: &Connection,
     json: bool,
     summary: impl Fn(&serde_json::Value) -> String,
 ) -> CmdResult {
-    let Some(answer) = ask_hub(command, broker, cert, server_cert, timeout_ms)? else {
+    let Some(answer) = ask_hub(command, connection)? else {
         return Ok(ExitCode::from(3));
     };
     if json {

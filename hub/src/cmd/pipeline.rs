@@ -1,9 +1,7 @@
-use std::path::PathBuf;
-
 use argh::FromArgs;
 use serde_json::Value;
 
-use super::{show_hub_answer, text, CmdResult, DEFAULT_BROKER};
+use super::{show_hub_answer, text, CmdResult, Connection};
 
 /// The hub's pipelines ([[pipeline]] in its config).
 #[derive(FromArgs)]
@@ -30,29 +28,18 @@ enum PipelineCommand {
     example = "hub pipeline status",
     example = "hub pipeline status --json | jq '.pipelines[].stages'",
     note = "A queue at its window and a growing `waited` mean a slow stage downstream; dead letters are managed with `hub dlq`.",
-    error_code(3, "the hub did not answer within the timeout")
+    error_code(3, "the hub did not answer within the timeout"),
+    note = "Connects as --broker, --cert, --server-cert, --timeout and --context say (before or after the command), else PLANTD_* or the current context: see `hub context --help`."
 )]
 pub struct StatusArgs {
-    /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
-    #[argh(option)]
-    cert: Option<PathBuf>,
-    /// the hub's public certificate, for a hub with security (default: $PLANTD_SERVER_CERT)
-    #[argh(option)]
-    server_cert: Option<PathBuf>,
-    /// broker endpoint (default tcp://127.0.0.1:9797)
-    #[argh(option, default = "DEFAULT_BROKER.to_string()")]
-    broker: String,
-    /// milliseconds to wait for the reply (default 2500)
-    #[argh(option, default = "2500")]
-    timeout: u64,
     /// print the JSON the hub sent instead of a table
     #[argh(switch)]
     json: bool,
 }
 
-pub fn run(args: PipelineArgs) -> CmdResult {
+pub fn run(args: PipelineArgs, connection: &Connection) -> CmdResult {
     let PipelineCommand::Status(a) = args.command;
-    show_hub_answer("pipeline", &a.broker, a.cert, a.server_cert, a.timeout, a.json, summary)
+    show_hub_answer("pipeline", connection, a.json, summary)
 }
 
 /// Per pipeline: a source line, then a row per stage.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use argh::FromArgs;
 use proto::bus::Framing;
 
-use super::{bus_endpoint, client_endpoint, BusSide, CmdResult};
+use super::{bus_endpoint, BusSide, CmdResult, Connection};
 
 /// Publish one message on a bus. Waits (up to --wait) until a subscriber to
 /// the topic is known, because a message nobody has subscribed to is dropped.
@@ -14,15 +14,10 @@ use super::{bus_endpoint, client_endpoint, BusSide, CmdResult};
     subcommand,
     name = "publish",
     example = "hub publish --name event org.plantd.Test.events '{{\"hello\":1}}'",
-    example = "hub publish --bus tcp://127.0.0.1:13000 --one-frame org.plantd.Metric.x '{{\"v\":2}}'"
+    example = "hub publish --bus tcp://127.0.0.1:13000 --one-frame org.plantd.Metric.x '{{\"v\":2}}'",
+    note = "Connects as --broker, --cert, --server-cert, --timeout and --context say (before or after the command), else PLANTD_* or the current context: see `hub context --help`."
 )]
 pub struct PublishArgs {
-    /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
-    #[argh(option)]
-    cert: Option<PathBuf>,
-    /// the hub's public certificate, for a hub with security (default: $PLANTD_SERVER_CERT)
-    #[argh(option)]
-    server_cert: Option<PathBuf>,
     /// bus frontend (publisher) endpoint
     #[argh(option)]
     bus: Option<String>,
@@ -46,13 +41,13 @@ pub struct PublishArgs {
     payload: String,
 }
 
-pub fn run(args: PublishArgs) -> CmdResult {
+pub fn run(args: PublishArgs, connection: &Connection) -> CmdResult {
     let endpoint = bus_endpoint(args.bus, args.name, args.config.as_ref(), BusSide::Frontend)?;
     let framing = if args.one_frame { Framing::OneFrame } else { Framing::TwoFrame };
     let ctx = zmq::Context::new();
     let heard = transport::bus::publish_once(
         &ctx,
-        client_endpoint(&endpoint, args.cert, args.server_cert)?,
+        connection.endpoint(&endpoint)?,
         framing,
         args.topic.as_bytes(),
         args.payload.as_bytes(),

@@ -1,7 +1,5 @@
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use argh::FromArgs;
 use proto::mdp::Dialect;
@@ -9,7 +7,7 @@ use proto::state::{Op, Request};
 use serde_json::{json, Value};
 use transport::{Client, ClientError, ClientOptions};
 
-use super::{client_endpoint, CmdResult, DEFAULT_BROKER};
+use super::{no_reply, CmdResult, Connection};
 
 /// Read and change state in the hub's state service (org.plantd.State).
 /// Prints the service's JSON reply (pretty on a terminal).
@@ -24,21 +22,10 @@ use super::{client_endpoint, CmdResult, DEFAULT_BROKER};
     note = "A scope is what plantd calls a service. Values are strings unless --json is given.",
     note = "list-keys and list-scopes ask for every page of a long list and print it as one reply.",
     error_code(1, "the service answered with an error"),
-    error_code(3, "no reply within the timeout")
+    error_code(3, "no reply within the timeout"),
+    note = "Connects as --broker, --cert, --server-cert, --timeout and --context say (before or after the command), else PLANTD_* or the current context: see `hub context --help`."
 )]
 pub struct StateArgs {
-    /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
-    #[argh(option)]
-    cert: Option<PathBuf>,
-    /// the hub's public certificate, for a hub with security (default: $PLANTD_SERVER_CERT)
-    #[argh(option)]
-    server_cert: Option<PathBuf>,
-    /// broker endpoint (default tcp://127.0.0.1:9797)
-    #[argh(option, default = "DEFAULT_BROKER.to_string()")]
-    broker: String,
-    /// milliseconds to wait for the reply (default 2500)
-    #[argh(option, default = "2500")]
-    timeout: u64,
     /// the scope to work in
     #[argh(option)]
     scope: Option<String>,
@@ -113,7 +100,7 @@ struct DeleteScope {}
 #[argh(subcommand, name = "health")]
 struct Health {}
 
-pub fn run(args: StateArgs) -> CmdResult {
+pub fn run(args: StateArgs, connection: &Connection) -> CmdResult {
     let scope = || args.scope.clone().ok_or("this operation needs --scope SCOPE (plantd's \"service\")");
     let (op, request) = match &args.op {
         StateOp::Get(g) => (Op::Get, Request::key(&scope()?, &g.key)),
@@ -134,19 +121,14 @@ pub fn run(args: StateArgs) -> CmdResult {
         StateOp::Health(_) => (Op::Health, Request::default()),
     };
     let ctx = zmq::Context::new();
-    let options =
-        ClientOptions { dialect: Dialect::Rfc7, timeout: Duration::from_millis(args.timeout), retries: 0 };
-    let mut client = Client::new(
-        &ctx,
-        client_endpoint(&args.broker, args.cert.clone(), args.server_cert.clone())?,
-        options,
-    );
+    let options = ClientOptions { dialect: Dialect::Rfc7, timeout: connection.timeout(2500), retries: 0 };
+    let mut client = Client::new(&ctx, connection.broker_endpoint()?, options);
     let mut ask = |request: &Request| -> Result<Option<Value>, Box<dyn std::error::Error>> {
         let [op, request] = request.frames(op);
         let reply = match client.request(proto::state::SERVICE, &[&op, &request]) {
             Ok(reply) => reply,
             Err(e @ ClientError::Timeout { .. }) => {
-                eprintln!("hub: {e}");
+                no_reply(&e, connection);
                 return Ok(None);
             }
             Err(e) => return Err(e.into()),

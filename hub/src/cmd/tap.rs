@@ -8,7 +8,7 @@ use transport::frames::display_frame;
 use transport::gaps::{describe, GapWatch};
 use transport::{Shutdown, Subscriber};
 
-use super::{bus_endpoint, client_endpoint, BusSide, CmdResult};
+use super::{bus_endpoint, BusSide, CmdResult, Connection};
 
 /// Print live messages from a bus, one line each: the topic, then the payload
 /// (as JSON when it parses). Runs until interrupted, or until --count messages.
@@ -21,15 +21,10 @@ use super::{bus_endpoint, client_endpoint, BusSide, CmdResult};
     example = "hub tap --bus tcp://10.0.0.5:13001 --json --count 10 org.plantd.Metric.pump1",
     example = "hub tap --durable trend --json org.plantd.Metric.pump1.   # every durable sample, resumes where it stopped",
     note = "Both layouts are understood: a topic frame then a payload frame, or plantd's single frame.",
-    note = "The bus is best effort: a subscriber that falls behind misses messages. --durable reads a durable consumer instead (made on the fly if missing; see `hub consumers`): every sample ingest accepted, acknowledged only once printed."
+    note = "The bus is best effort: a subscriber that falls behind misses messages. --durable reads a durable consumer instead (made on the fly if missing; see `hub consumers`): every sample ingest accepted, acknowledged only once printed.",
+    note = "Connects as --broker, --cert, --server-cert, --timeout and --context say (before or after the command), else PLANTD_* or the current context: see `hub context --help`."
 )]
 pub struct TapArgs {
-    /// this client's secret certificate, for a hub with security (default: $PLANTD_CERT)
-    #[argh(option)]
-    cert: Option<PathBuf>,
-    /// the hub's public certificate, for a hub with security (default: $PLANTD_SERVER_CERT)
-    #[argh(option)]
-    server_cert: Option<PathBuf>,
     /// bus backend (subscriber) endpoint
     #[argh(option)]
     bus: Option<String>,
@@ -48,18 +43,12 @@ pub struct TapArgs {
     /// read durable consumer NAME through the broker instead of the bus
     #[argh(option)]
     durable: Option<String>,
-    /// with --durable: broker endpoint (default tcp://127.0.0.1:9797)
-    #[argh(option, default = "super::DEFAULT_BROKER.to_string()")]
-    broker: String,
-    /// with --durable: milliseconds to wait for each answer (default 5000)
-    #[argh(option, default = "5000")]
-    timeout: u64,
     /// topic prefixes to subscribe to (default: all)
     #[argh(positional, greedy)]
     prefixes: Vec<String>,
 }
 
-pub fn run(args: TapArgs) -> CmdResult {
+pub fn run(args: TapArgs, connection: &Connection) -> CmdResult {
     let shutdown = Shutdown::new();
     plumbing::stop_on_termination_signals(&shutdown)?;
     if let Some(name) = args.durable {
@@ -68,18 +57,13 @@ pub fn run(args: TapArgs) -> CmdResult {
             prefixes: args.prefixes,
             json: args.json,
             count: args.count,
-            broker: args.broker,
-            cert: args.cert,
-            server_cert: args.server_cert,
-            timeout: Duration::from_millis(args.timeout),
         };
-        return super::consumers::tap(tap, &shutdown);
+        return super::consumers::tap(tap, connection, &shutdown);
     }
     let endpoint = bus_endpoint(args.bus, args.name, args.config.as_ref(), BusSide::Backend)?;
     let ctx = zmq::Context::new();
     let prefixes: Vec<&[u8]> = args.prefixes.iter().map(|p| p.as_bytes()).collect();
-    let mut subscriber =
-        Subscriber::connect(&ctx, client_endpoint(&endpoint, args.cert, args.server_cert)?, &prefixes)?;
+    let mut subscriber = Subscriber::connect(&ctx, connection.endpoint(&endpoint)?, &prefixes)?;
     log::info!("tapping {endpoint}");
     let mut seen = 0;
     let mut gaps = MissedReport::new();
