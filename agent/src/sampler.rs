@@ -55,16 +55,6 @@ fn read(driver: &SharedDriver, t: Duration) -> Result<boards::Value, boards::Dri
     driver.lock().unwrap_or_else(|e| e.into_inner()).read(t)
 }
 
-/// Reads the channel once, here and now (`agent once`); see [`record`].
-pub fn sample_once(
-    shared: &Shared,
-    channel: &ChannelConfig,
-    driver: &SharedDriver,
-    seqs: &Sequences,
-) -> Option<Sample> {
-    record(shared, channel, read(driver, shared.clock.elapsed()), seqs)
-}
-
 /// Records a reading in the status and makes it a sample. A failed read
 /// produces no sample: the fault shows in status until the next good read.
 fn record(

@@ -321,7 +321,7 @@ impl Hub {
                 watcher.run(&ctx_for_web, &signal).map_err(|e| ServeError::Web(e.to_string()))
             })?;
             let sources = Sources {
-                config: config.clone(),
+                state_flush: std::time::Duration::from_millis(config.state.flush_interval_ms),
                 registry: registry.clone(),
                 broker: broker_snapshot,
                 shutdown: hub.shutdown.clone(),

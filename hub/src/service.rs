@@ -25,10 +25,8 @@ use transport::{ShutdownWatch, Worker, WorkerError, WorkerOptions};
 use crate::broker::BROKER_INPROC;
 use crate::ingest::agents::Agents;
 
-pub const SERVICE: &str = "org.plantd.Hub";
-
-/// Where the dead-letter commands go (not granted to `viewer`).
-pub const DLQ_SERVICE: &str = "org.plantd.Hub.Dlq";
+/// The names live in `proto`, so the broker can reserve them without this module.
+pub use proto::hub::{DLQ_SERVICE, SERVICE};
 
 /// The bridge's status as JSON, when a bridge is configured.
 pub type BridgeReport = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;

@@ -11,6 +11,7 @@ pub mod cert;
 pub mod codec;
 pub mod consumer;
 pub mod heartbeat;
+pub mod hub;
 pub mod identity;
 pub mod ingest;
 pub mod mdp;

@@ -1,7 +1,7 @@
 //! Majordomo clients: socket shells around `proto`'s [`ClientCore`], which
 //! makes every decision (timeouts, retries, when a socket is replaced).
 //!
-//! [`Client`] blocks; [`AsyncClient`](crate::async_client::AsyncClient)
+//! [`Client`] blocks; [`AsyncClient`](crate::AsyncClient)
 //! (feature `async`) is the same client for smol tasks. Both are lazy pirate,
 //! one request at a time. [`PipelinedClient`] keeps many requests in flight on
 //! one socket and hands replies back as they arrive; MDP replies carry no

@@ -14,6 +14,7 @@ pub mod control;
 pub mod curve;
 pub mod frames;
 pub mod gaps;
+pub mod handshake;
 pub mod peer;
 pub mod pipeline;
 pub mod secret;

@@ -3,9 +3,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use agent::config::Config;
+use agent::outbox::mib;
 use argh::FromArgs;
 use serde_json::json;
-use transport::curve::Handshake;
+use transport::handshake::Handshake;
 use transport::{Client, ClientOptions};
 
 use super::{config_flags, CmdResult};
@@ -217,10 +218,6 @@ fn reserve(config: &Config, path: &std::path::Path) -> Option<String> {
     })
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / 1048576.0)
-}
-
 /// `tcp://host:port` → a TCP connect with timing.
 fn tcp(name: &'static str, endpoint: &str, timeout: Duration) -> Check {
     let Some(address) = endpoint.strip_prefix("tcp://") else {
@@ -299,7 +296,7 @@ fn keys(config: &Config, ctx: &zmq::Context, broker: &transport::Endpoint, timeo
         .rsplit_once(':')
         .map_or("the hub", |(h, _)| h)
         .to_string();
-    let outcome = transport::curve::probe(ctx, broker, timeout);
+    let outcome = transport::handshake::probe(ctx, broker, timeout);
     let (level, detail) = match outcome {
         Ok(Handshake::Succeeded) => (Level::Ok, "CURVE handshake with the hub succeeded".to_string()),
         Ok(Handshake::WrongServerKey) => (

@@ -64,10 +64,6 @@ pub struct BrokerCounters {
 }
 
 impl BrokerCounters {
-    pub fn malformed_total(&self) -> u64 {
-        self.malformed.iter().sum()
-    }
-
     /// Adds every counter to `out` (`plantd_broker_<name>_total`).
     pub fn collect(&self, out: &mut Families) {
         let counters: [(&str, &'static str, u64); 25] = [

@@ -5,6 +5,7 @@
 //! reused `zmq::Message` frames, hand them to the core, send what it says.
 //! Steady-state routing allocates nothing beyond what libzmq needs.
 
+pub mod config;
 pub mod core;
 pub mod counters;
 
@@ -15,9 +16,9 @@ use transport::frames::{recv_frames, send_frames, Received};
 use transport::peer::{self, Connections};
 use transport::ShutdownWatch;
 
+use self::config::BrokerConfig;
 pub use self::core::{Broker, Census, Origin, OwnedFrame, ServiceRow, Transmit};
 pub use self::counters::BrokerCounters;
-use crate::config::BrokerConfig;
 use crate::metrics::{Families, Registry};
 use crate::security::{Security, SocketRole};
 

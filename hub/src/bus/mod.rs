@@ -19,6 +19,7 @@
 //! the proxy's own, and no real subscriber for the ingest gate.
 
 mod claims;
+pub mod config;
 pub(crate) mod recorder;
 pub mod subscriptions;
 mod upstream;
@@ -33,10 +34,10 @@ use transport::frames::{recv_frames, send_frames, Received};
 use transport::peer::{self, Connections, Origin};
 use transport::ShutdownWatch;
 
+use self::config::BusConfig;
 use self::recorder::Recorder;
 use self::subscriptions::{Conn, Ledger, Limits};
 use self::upstream::Mode;
-use crate::config::BusConfig;
 use crate::security::{Grants, Kind, Security, Sender, SocketRole};
 
 /// Messages handled per wake-up before the other direction gets a turn.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use proto::Frame;
 use serde_json::{json, Value};
 
-use crate::config::RecordConfig;
+use super::config::RecordConfig;
 
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 

@@ -12,6 +12,7 @@
 //! streams open with a ticket (`/api/ticket`). Requests must name the hub in
 //! `Host` (its address, `localhost` on loopback, or `[http] allowed_hosts`).
 
+pub mod config;
 pub mod ready;
 pub mod web;
 
@@ -22,8 +23,8 @@ use httpd::{Get, Reply};
 use serde_json::json;
 use transport::{Shutdown, ShutdownWatch};
 
+use self::config::HttpConfig;
 use crate::broker::Snapshot;
-use crate::config::{Config, HttpConfig};
 use crate::ingest::agents::Agents;
 use crate::ingest::IngestCounters;
 use crate::metrics::{Families, Registry};
@@ -32,7 +33,9 @@ use crate::state::store::Store;
 
 /// What the endpoint reports on.
 pub struct Sources {
-    pub config: Config,
+    /// How often the state service flushes: readiness allows ten of these
+    /// (at least 5 s) for an acknowledged write to reach the disk.
+    pub state_flush: std::time::Duration,
     pub registry: Arc<Registry>,
     pub broker: Snapshot,
     /// The hub's shutdown, whose watches say whether each loop still turns.

@@ -49,7 +49,7 @@ pub struct Inputs {
 impl Inputs {
     pub fn gather(sources: &Sources) -> Inputs {
         let broker_at = sources.broker.lock().map(|s| s.at).unwrap_or_else(|_| Instant::now());
-        let flush = std::time::Duration::from_millis(sources.config.state.flush_interval_ms);
+        let flush = sources.state_flush;
         Inputs {
             loops: sources.shutdown.turns().into_iter().map(|t| (t.name, t.idle)).collect(),
             broker_age: broker_at.elapsed(),

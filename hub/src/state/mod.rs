@@ -5,6 +5,8 @@
 //! The workers reach the broker over `inproc://` (no I/O thread, no TCP),
 //! and sled is shared between them, so several requests are served at once.
 
+pub mod config;
+mod limits;
 pub mod ops;
 pub mod store;
 
@@ -15,9 +17,9 @@ use std::time::Duration;
 use proto::bus::Framing;
 use transport::{Publisher, ShutdownWatch, Worker, WorkerError, WorkerOptions};
 
+use self::config::StateConfig;
 use self::store::Store;
 use crate::broker::BROKER_INPROC;
-use crate::config::StateConfig;
 use crate::security::{Kind, Security};
 
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +127,7 @@ impl StateService {
 }
 
 /// The state store's metrics and bounds.
-pub fn collect(config: &crate::config::StateConfig, store: &Store, out: &mut crate::metrics::Families) {
+pub fn collect(config: &StateConfig, store: &Store, out: &mut crate::metrics::Families) {
     out.counter("state_writes", "Writes acknowledged.", vec![], store.writes());
     out.counter("state_durable_writes", "Writes flushed to disk.", vec![], store.durable_writes());
     out.gauge(

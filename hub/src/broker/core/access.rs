@@ -19,15 +19,15 @@ use proto::mmi::{ReadyRefusal, Status};
 use proto::rate::TokenBucket;
 
 use super::{disconnect, hex, lossy, Broker, OwnedFrame, Removal, Transmit};
-use crate::config::BrokerConfig;
+use crate::broker::config::BrokerConfig;
 use crate::security::{Grants, Kind, Security};
 
 /// Services only the hub's own in-process workers may provide.
 const RESERVED: [&[u8]; 6] = [
     proto::state::SERVICE.as_bytes(),
     proto::ingest::SERVICE.as_bytes(),
-    crate::service::SERVICE.as_bytes(),
-    crate::service::DLQ_SERVICE.as_bytes(),
+    proto::hub::SERVICE.as_bytes(),
+    proto::hub::DLQ_SERVICE.as_bytes(),
     proto::consumer::SERVICE.as_bytes(),
     proto::consumer::ADMIN_SERVICE.as_bytes(),
 ];

@@ -42,16 +42,19 @@ use slab::Slab;
 
 use self::access::{Callers, Owner, Refusal};
 use super::counters::BrokerCounters;
-use crate::config::BrokerConfig;
+use crate::broker::config::BrokerConfig;
 use crate::security::{Security, Sender};
 
 mod access;
+mod census;
 #[cfg(test)]
 mod checks;
 mod dispatch;
 mod own_service;
 mod ready;
+mod services;
 
+pub use self::census::Census;
 pub use self::own_service::ServiceRow;
 
 /// A frame the core can own and copy (copies are made only for redelivery
@@ -528,76 +531,6 @@ impl<F: OwnedFrame> Broker<F> {
         }
     }
 
-    /// The service a request names, created on first use unless the bounds
-    /// on services known only from requests say no (overall, and for `owner`).
-    fn service_for_request(&mut self, name: &[u8], owner: Owner) -> Option<usize> {
-        if let Some(&sid) = self.service_ids.get(name) {
-            return Some(sid);
-        }
-        if self.requested_services >= self.max_requested_services || !self.callers.may_request_new(owner) {
-            return None;
-        }
-        self.requested_services += 1;
-        self.callers.requested(owner, 1);
-        Some(self.insert_service(name, Some(owner)))
-    }
-
-    /// The service a READY names, created (or no longer only requested)
-    /// unless `max_services` have workers already.
-    fn service_for_ready(&mut self, name: &[u8]) -> Option<usize> {
-        let sid = self.service_ids.get(name).copied();
-        let requested_by = sid.and_then(|sid| self.services[sid].requested_by);
-        if sid.is_some() && requested_by.is_none() {
-            return sid;
-        }
-        if self.registered_services >= self.max_services {
-            return None;
-        }
-        self.registered_services += 1;
-        match (sid, requested_by) {
-            (Some(sid), Some(owner)) => {
-                self.services[sid].requested_by = None;
-                self.requested_services -= 1;
-                self.callers.requested(owner, -1);
-                Some(sid)
-            }
-            _ => Some(self.insert_service(name, None)),
-        }
-    }
-
-    fn insert_service(&mut self, name: &[u8], requested_by: Option<Owner>) -> usize {
-        let name: Box<[u8]> = name.into();
-        let redeliver = self.redeliver.contains(&name);
-        let exclusive = name.starts_with(crate::security::policy::AGENT_SERVICE_PREFIX.as_bytes());
-        let service = Service {
-            name: name.clone(),
-            requested_by,
-            redeliver,
-            exclusive,
-            workers: 0,
-            ready: ready::ReadyHeap::default(),
-            queue: VecDeque::new(),
-            queued_bytes: 0,
-            stats: ServiceStats::default(),
-        };
-        let sid = self.services.insert(service);
-        self.service_ids.insert(name, sid);
-        sid
-    }
-
-    /// Forgets a service with neither workers nor queued requests.
-    fn forget_service(&mut self, sid: usize) {
-        let service = self.services.remove(sid);
-        self.service_ids.remove(&service.name);
-        match service.requested_by {
-            Some(owner) => {
-                self.requested_services -= 1;
-                self.callers.requested(owner, -1);
-            }
-            None => self.registered_services -= 1,
-        }
-    }
-
     /// Refuses a READY (DISCONNECT, the only answer MDP has) and keeps why,
     /// for the caller's `mmi.refusal`.
     fn refuse_ready(
@@ -619,48 +552,6 @@ impl<F: OwnedFrame> Broker<F> {
         self.counters.unknown_workers += 1;
         disconnect(out, peer, dialect);
     }
-
-    /// Counts of live state, for tests and gauges.
-    pub fn census(&self) -> Census {
-        Census {
-            workers: self.workers.len(),
-            idle: self.workers.iter().filter(|(_, w)| w.jobs.is_empty()).count(),
-            in_flight: self.in_flight,
-            free_credit: self.workers.iter().map(|(_, w)| (w.credit as usize) - w.jobs.len()).sum(),
-            queued: self.services.iter().map(|(_, s)| s.queue.len()).sum(),
-            queued_bytes: self.queued_bytes,
-            services: self.services.len(),
-            requested_services: self.requested_services,
-        }
-    }
-
-    /// Each service's workers: (holding no request, requests held, credit in all), by service id.
-    fn held_per_service(&self) -> HashMap<usize, (usize, usize, usize)> {
-        let mut held: HashMap<usize, (usize, usize, usize)> = HashMap::new();
-        for (_, w) in self.workers.iter() {
-            let entry = held.entry(w.service).or_default();
-            entry.0 += usize::from(w.jobs.is_empty());
-            entry.1 += w.jobs.len();
-            entry.2 += w.credit as usize;
-        }
-        held
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Census {
-    pub workers: usize,
-    /// Workers holding no request.
-    pub idle: usize,
-    /// Requests with a worker.
-    pub in_flight: usize,
-    /// Requests workers could take now, in all.
-    pub free_credit: usize,
-    pub queued: usize,
-    pub queued_bytes: usize,
-    pub services: usize,
-    /// Of them, known only from requests (no worker ever).
-    pub requested_services: usize,
 }
 
 fn disconnect<F>(out: &mut impl Transmit<F>, peer: &[u8], dialect: Dialect) {

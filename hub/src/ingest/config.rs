@@ -1,0 +1,40 @@
+//! The ingest service's configuration (`[ingest]`).
+
+use serde::{Deserialize, Serialize};
+
+/// The ingest service (`org.plantd.Ingest`): agents' durable samples.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    pub enabled: bool,
+    /// The bus accepted samples are published on.
+    pub bus: String,
+    /// Accept a batch only when a subscriber on the bus covers at least one
+    /// of its samples' topics, so nothing is published into the void while
+    /// nobody listens; until then agents keep buffering. (One watched channel
+    /// is enough: holding an agent's whole queue back for one unwatched
+    /// channel would fill its outbox.)
+    pub require_subscriber: bool,
+    /// Worker threads: batches of different agents are handled at once. Each
+    /// holds its batch until the watermarks are flushed, so the workers
+    /// bound the batches a second (4: about 6 000 agents sending every second).
+    pub workers: usize,
+    /// Boot epochs whose watermarks are kept per agent (the least recently
+    /// used are retired): bounds the store as agents reboot.
+    pub epochs_kept: usize,
+    /// Agents the hub keeps watermarks for; batches of further ones are refused.
+    pub max_agents: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            enabled: true,
+            bus: "metric".into(),
+            require_subscriber: true,
+            workers: 4,
+            epochs_kept: 64,
+            max_agents: 10_000,
+        }
+    }
+}
