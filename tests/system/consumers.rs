@@ -322,14 +322,14 @@ fn a_pipeline_on_the_journal_and_the_bus_records_each_durable_sample_once() {
     assert_eq!(durable_now, (1..=15).collect::<Vec<_>>(), "each durable sample once: {durable:?}");
 }
 
-/// The README's pyzmq historian writer (tests/interop/historian.py, quoted
-/// there verbatim) writes every durable sample once, and resumes.
+/// The documentation's pyzmq historian writer (tests/interop/historian.py,
+/// quoted verbatim in docs/protocols.md) writes every durable sample once, and resumes.
 #[test]
 fn the_readme_historian_writes_every_sample_and_resumes() {
     let script = workspace_root().join("tests/interop/historian.py");
-    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(workspace_root().join("docs/protocols.md")).unwrap();
     let code = std::fs::read_to_string(&script).unwrap();
-    assert!(readme.contains(&code), "README.md quotes tests/interop/historian.py as it is");
+    assert!(readme.contains(&code), "docs/protocols.md quotes tests/interop/historian.py as it is");
     let dir = tempfile::tempdir().unwrap();
     let hub = start(dir.path(), "");
     let csv = dir.path().join("history.csv");

@@ -11,6 +11,7 @@ mod bus;
 mod cli;
 mod consumers;
 mod contexts;
+mod docs;
 mod fleet;
 mod hub_storage;
 mod interop;
