@@ -276,9 +276,10 @@ impl Hub {
             Some(nats) => Some(hub.start_bridge(ctx, config, nats, export.clone(), &security, &registry)?),
             None => None,
         };
-        if let Some(report) = &pipelines {
+        let (pipelines, dlq) = pipelines.unzip();
+        if let Some(dlq) = dlq {
             let service = crate::service::DlqService {
-                report: report.clone(),
+                dlq,
                 worker: config.broker.worker_options(),
                 secure: security.is_some(),
             };
@@ -422,7 +423,7 @@ impl Hub {
         config: &Config,
         export: Option<&crate::ingest::Export>,
         registry: &Registry,
-    ) -> Result<Option<crate::service::PipelineReport>, ServeError> {
+    ) -> Result<Option<(crate::service::PipelineReport, Arc<crate::pipeline::dlq::Dlq>)>, ServeError> {
         if config.pipelines.is_empty() {
             return Ok(None);
         }
@@ -457,14 +458,12 @@ impl Hub {
                 self.spawn(name, move |signal| part(&signal).map_err(ServeError::Pipeline))?;
             }
         }
-        let report: crate::service::PipelineReport = Arc::new(move |words: &[&str]| match words {
-            ["pipeline"] => serde_json::json!({
-                "pipelines": all.iter().map(|s| s.to_json(&dlq, journal.as_deref())).collect::<Vec<_>>()
-            }),
-            ["dlq", rest @ ..] => dlq.command(rest, crate::ingest::wall_ns()),
-            _ => serde_json::json!({"error": "unknown pipeline command"}),
+        let shown = dlq.clone();
+        let report: crate::service::PipelineReport = Arc::new(move || {
+            let pipelines: Vec<_> = all.iter().map(|s| s.to_json(&shown, journal.as_deref())).collect();
+            serde_json::json!({ "pipelines": pipelines })
         });
-        Ok(Some(report))
+        Ok(Some((report, dlq)))
     }
 
     /// The HTTP health/metrics address, if enabled.

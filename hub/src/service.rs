@@ -25,18 +25,19 @@ use transport::{ShutdownWatch, Worker, WorkerError, WorkerOptions};
 use crate::broker::BROKER_INPROC;
 use crate::ingest::agents::Agents;
 
+use proto::hub::{Command, DlqCommand};
 /// The names live in `proto`, so the broker can reserve them without this module.
 pub use proto::hub::{DLQ_SERVICE, SERVICE};
 
 /// The bridge's status as JSON, when a bridge is configured.
 pub type BridgeReport = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
-/// Answers `pipeline` and `dlq …` (the command's words), when pipelines are configured.
-pub type PipelineReport = Arc<dyn Fn(&[&str]) -> serde_json::Value + Send + Sync>;
+/// Each pipeline's status, when pipelines are configured.
+pub type PipelineReport = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
-/// The dead-letter service: `dlq …` commands only.
+/// The dead-letter service: `dlq …` commands only ([`DlqCommand`]).
 pub struct DlqService {
-    pub report: PipelineReport,
+    pub dlq: Arc<crate::pipeline::dlq::Dlq>,
     pub worker: WorkerOptions,
     pub secure: bool,
 }
@@ -44,10 +45,9 @@ pub struct DlqService {
 impl DlqService {
     pub fn serve(&self, ctx: &zmq::Context, signal: &ShutdownWatch) -> Result<(), WorkerError> {
         answer(ctx, signal, DLQ_SERVICE, &self.worker, self.secure, |command| {
-            let words: Vec<&str> = command.unwrap_or_default().split_whitespace().collect();
-            match words.first() {
-                Some(&"dlq") => (self.report)(&words),
-                _ => json!({"error": "use: dlq list | show ID | replay ID|--all | purge [SECONDS]"}),
+            match DlqCommand::parse(command.unwrap_or_default()) {
+                Ok(command) => self.dlq.command(command, crate::ingest::wall_ns()),
+                Err(usage) => json!({"error": usage}),
             }
         })
     }
@@ -82,22 +82,22 @@ pub struct HubService {
 
 impl HubService {
     pub fn serve(&self, ctx: &zmq::Context, signal: &ShutdownWatch) -> Result<(), WorkerError> {
-        answer(ctx, signal, SERVICE, &self.worker, self.secure, |command| match command {
-            Some("agents") => match &self.agents {
-                Some(agents) => agents.to_json(Instant::now(), crate::ingest::wall_ns()),
-                None => json!({"error": "this hub runs without ingest: it hears from no agent"}),
-            },
-            Some("stores") => self.storage.report(),
-            Some("bridge") => match &self.bridge {
-                Some(report) => report(),
-                None => json!({"error": "this hub has no [bridge.nats] in its config"}),
-            },
-            Some("pipeline") => match &self.pipelines {
-                Some(report) => report(&["pipeline"]),
-                None => json!({"error": "this hub has no [[pipeline]] in its config"}),
-            },
-            other => {
-                json!({"error": format!("unknown command {other:?}: use agents, stores, bridge or pipeline")})
+        answer(ctx, signal, SERVICE, &self.worker, self.secure, |command| {
+            match Command::parse(command.unwrap_or_default()) {
+                Ok(Command::Agents) => match &self.agents {
+                    Some(agents) => agents.to_json(Instant::now(), crate::ingest::wall_ns()),
+                    None => json!({"error": "this hub runs without ingest: it hears from no agent"}),
+                },
+                Ok(Command::Stores) => self.storage.report(),
+                Ok(Command::Bridge) => match &self.bridge {
+                    Some(report) => report(),
+                    None => json!({"error": "this hub has no [bridge.nats] in its config"}),
+                },
+                Ok(Command::Pipeline) => match &self.pipelines {
+                    Some(report) => report(),
+                    None => json!({"error": "this hub has no [[pipeline]] in its config"}),
+                },
+                Err(unknown) => json!({"error": unknown}),
             }
         })
     }

@@ -1,4 +1,5 @@
 use argh::FromArgs;
+use proto::hub::Command;
 use serde_json::Value;
 
 use super::{ask_hub, show_hub_answer, CmdResult, Connection};
@@ -31,8 +32,8 @@ pub struct AgentsArgs {
 pub fn run(a: AgentsArgs, connection: &Connection) -> CmdResult {
     // Under the table, the hub's own stores if any is failing or was found
     // damaged: the agents' samples pass through them.
-    let stores = if a.json { None } else { ask_hub("stores", connection).ok().flatten() };
-    show_hub_answer("agents", connection, a.json, |agents| {
+    let stores = if a.json { None } else { ask_hub(Command::Stores, connection).ok().flatten() };
+    show_hub_answer(Command::Agents, connection, a.json, |agents| {
         let table = table(agents.as_array().map(Vec::as_slice).unwrap_or_default());
         table + &stores.as_ref().map(hub::storage::summary).unwrap_or_default()
     })

@@ -1,4 +1,5 @@
 use argh::FromArgs;
+use proto::hub::Command;
 use serde_json::Value;
 
 use super::{show_hub_answer, text, CmdResult, Connection};
@@ -38,7 +39,7 @@ pub struct StatusArgs {
 
 pub fn run(args: BridgeArgs, connection: &Connection) -> CmdResult {
     let BridgeCommand::Status(a) = args.command;
-    show_hub_answer("bridge", connection, a.json, summary)
+    show_hub_answer(Command::Bridge, connection, a.json, summary)
 }
 
 /// `key: value` lines an operator reads at a glance.

@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 use argh::FromArgs;
+use proto::hub::DlqCommand;
 
 use super::{ask_service, print_json, CmdResult, Connection};
 
@@ -37,12 +38,12 @@ pub struct DlqArgs {
 
 pub fn run(args: DlqArgs, connection: &Connection) -> CmdResult {
     let command = match (args.action.as_str(), args.id, args.all, &args.older_than) {
-        ("list", None, false, None) => "dlq list".to_string(),
-        ("show", Some(id), false, None) => format!("dlq show {id}"),
-        ("replay", Some(id), false, None) => format!("dlq replay {id}"),
-        ("replay", None, true, None) => "dlq replay --all".to_string(),
-        ("purge", None, false, Some(d)) => format!("dlq purge {}", seconds(d)?),
-        ("purge", None, false, None) => "dlq purge".to_string(),
+        ("list", None, false, None) => DlqCommand::List,
+        ("show", Some(id), false, None) => DlqCommand::Show(id),
+        ("replay", Some(id), false, None) => DlqCommand::Replay(id),
+        ("replay", None, true, None) => DlqCommand::ReplayAll,
+        ("purge", None, false, Some(d)) => DlqCommand::Purge(Some(seconds(d)?)),
+        ("purge", None, false, None) => DlqCommand::Purge(None),
         _ => {
             return Err(
                 "use: hub dlq list | show ID | replay ID | replay --all | purge [--older-than D]".into()
@@ -50,7 +51,7 @@ pub fn run(args: DlqArgs, connection: &Connection) -> CmdResult {
         }
     };
     let service = hub::service::DLQ_SERVICE;
-    let Some(reply) = ask_service(service, &command, connection)? else {
+    let Some(reply) = ask_service(service, &command.encode(), connection)? else {
         return Ok(ExitCode::from(3));
     };
     print_json(&reply)?;

@@ -30,10 +30,10 @@ pub use plumbing::CmdResult;
 /// when the hub did not answer in time (the caller exits 3), an error when it
 /// answered with one.
 pub fn ask_hub(
-    command: &str,
+    command: proto::hub::Command,
     connection: &Connection,
 ) -> Result<Option<serde_json::Value>, Box<dyn std::error::Error>> {
-    ask_service(hub::service::SERVICE, command, connection)
+    ask_service(hub::service::SERVICE, command.word(), connection)
 }
 
 /// [`ask_hub`], of another of the hub's own services.
@@ -76,7 +76,7 @@ pub fn no_reply(e: &dyn std::fmt::Display, connection: &Connection) {
 /// Asks the hub for `command` and prints its answer: the JSON as sent with
 /// `json`, else what `summary` makes of it. Exit 3 when the hub does not answer.
 pub fn show_hub_answer(
-    command: &str,
+    command: proto::hub::Command,
     connection: &Connection,
     json: bool,
     summary: impl Fn(&serde_json::Value) -> String,

@@ -1,4 +1,5 @@
 use argh::FromArgs;
+use proto::hub::Command;
 use serde_json::Value;
 
 use super::{show_hub_answer, text, CmdResult, Connection};
@@ -39,7 +40,7 @@ pub struct StatusArgs {
 
 pub fn run(args: PipelineArgs, connection: &Connection) -> CmdResult {
     let PipelineCommand::Status(a) = args.command;
-    show_hub_answer("pipeline", connection, a.json, summary)
+    show_hub_answer(Command::Pipeline, connection, a.json, summary)
 }
 
 /// Per pipeline: a source line, then a row per stage.

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 
+use proto::hub::DlqCommand;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -298,35 +299,26 @@ impl Dlq {
         self.note(self.disk()?.db.flush().map(|_| ()))
     }
 
-    /// Answers `hub dlq …` (the words after `dlq`), as JSON.
-    pub fn command(&self, words: &[&str], now_ns: i64) -> Value {
-        let result = match words {
-            ["list"] => self.all().map(
+    /// Answers a `hub dlq …` request, as JSON.
+    pub fn command(&self, command: DlqCommand, now_ns: i64) -> Value {
+        let result = match command {
+            DlqCommand::List => self.all().map(
                 |all| json!({"letters": all.iter().map(|(id, l)| l.to_json(*id, false)).collect::<Vec<_>>()}),
             ),
-            ["show", id] => match id.parse::<u64>() {
-                Ok(id) => self.get(id).map(|l| match l {
-                    Some(l) => l.to_json(id, true),
-                    None => json!({"error": format!("no dead letter {id}")}),
-                }),
-                Err(_) => Ok(json!({"error": format!("'{id}' is not a dead-letter id")})),
-            },
-            ["replay", "--all"] => self.mark(None).map(|n| json!({"replaying": n})),
-            ["replay", id] => match id.parse::<u64>() {
-                Ok(id) => self.mark(Some(id)).map(|n| match n {
-                    0 => json!({"error": format!("no dead letter {id} (or it is being replayed)")}),
-                    n => json!({"replaying": n}),
-                }),
-                Err(_) => Ok(json!({"error": format!("'{id}' is not a dead-letter id")})),
-            },
-            ["purge"] => self.purge(None, now_ns).map(|n| json!({"purged": n})),
-            ["purge", seconds] => match seconds.parse::<i64>() {
-                Ok(s) if s >= 0 => {
-                    self.purge(Some(s.saturating_mul(1_000_000_000)), now_ns).map(|n| json!({"purged": n}))
-                }
-                _ => Ok(json!({"error": format!("'{seconds}' is not a number of seconds")})),
-            },
-            _ => Ok(json!({"error": "use: dlq list | show ID | replay ID|--all | purge [SECONDS]"})),
+            DlqCommand::Show(id) => self.get(id).map(|l| match l {
+                Some(l) => l.to_json(id, true),
+                None => json!({"error": format!("no dead letter {id}")}),
+            }),
+            DlqCommand::ReplayAll => self.mark(None).map(|n| json!({"replaying": n})),
+            DlqCommand::Replay(id) => self.mark(Some(id)).map(|n| match n {
+                0 => json!({"error": format!("no dead letter {id} (or it is being replayed)")}),
+                n => json!({"replaying": n}),
+            }),
+            DlqCommand::Purge(older_than_s) => {
+                let older_than_ns =
+                    older_than_s.map(|s| i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1_000_000_000));
+                self.purge(older_than_ns, now_ns).map(|n| json!({"purged": n}))
+            }
         };
         result.unwrap_or_else(|e| json!({"error": format!("dead-letter store: {e}")}))
     }
@@ -382,13 +374,13 @@ mod tests {
         };
         let dlq = Dlq::open(dir.path()).unwrap();
         assert_eq!(dlq.count("archive"), 2, "durable");
-        assert_eq!(dlq.command(&["show", &id.to_string()], 0)["body"]["seq"], 1);
+        assert_eq!(dlq.command(DlqCommand::Show(id), 0)["body"]["seq"], 1);
         assert!(dlq.marked("archive", 10, |_| false).unwrap().is_empty());
-        assert_eq!(dlq.command(&["replay", &id.to_string()], 0)["replaying"], 1);
+        assert_eq!(dlq.command(DlqCommand::Replay(id), 0)["replaying"], 1);
         assert_eq!(dlq.marked("archive", 10, |_| false).unwrap()[0].0, id);
         assert_eq!(dlq.purge(Some(150), 200).unwrap(), 1, "only the older one");
-        assert_eq!(dlq.command(&["purge", "1"], 200)["purged"], 0, "none older than a second");
-        assert_eq!(dlq.command(&["list"], 0)["letters"].as_array().unwrap().len(), 1);
-        assert!(dlq.command(&["show", "x"], 0)["error"].is_string());
+        assert_eq!(dlq.command(DlqCommand::Purge(Some(1)), 200)["purged"], 0, "none older than a second");
+        assert_eq!(dlq.command(DlqCommand::List, 0)["letters"].as_array().unwrap().len(), 1);
+        assert!(dlq.command(DlqCommand::Show(999), 0)["error"].is_string());
     }
 }
