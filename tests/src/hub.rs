@@ -312,35 +312,56 @@ pub fn prometheus_value(metrics: &str, series: &str) -> Option<u64> {
     metrics.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
-/// Durable samples of `channel` (epoch 1, one per seq), as an agent sends them to ingest.
-pub fn ingest_samples(channel: &str, seqs: impl IntoIterator<Item = u64>) -> Vec<proto::ingest::Sent> {
-    use proto::sample::{Quality, Sample, Value};
-    let sample = |seq| Sample {
+/// One durable sample as an agent sends it to ingest (epoch 1, a fixed time).
+pub fn ingest_sample(
+    channel: &str,
+    seq: u64,
+    value: proto::sample::Value,
+    unit: &str,
+    quality: proto::sample::Quality,
+) -> proto::ingest::Sent {
+    let sample = proto::sample::Sample {
         channel: channel.into(),
         epoch: 1,
         seq,
         wall_ns: 1_790_000_000_000_000_000,
         mono_ns: 0,
         clock_synced: true,
-        value: Value::Number(seq as f64),
-        unit: "degC".into(),
-        quality: Quality::Good,
+        value,
+        unit: unit.into(),
+        quality,
     };
-    seqs.into_iter().map(|seq| proto::ingest::Sent { sample: sample(seq), historical: false }).collect()
+    proto::ingest::Sent { sample, historical: false }
 }
 
-/// Sends ingest one batch of channel `temp` as agent `pump-1`; the hub's
-/// reply (`None`: no answer within 2 s).
-pub fn send_ingest(
+/// Durable temperatures of `channel`, one per seq (its value the seq, in degC).
+pub fn ingest_samples(channel: &str, seqs: impl IntoIterator<Item = u64>) -> Vec<proto::ingest::Sent> {
+    use proto::sample::{Quality, Value};
+    seqs.into_iter()
+        .map(|seq| ingest_sample(channel, seq, Value::Number(seq as f64), "degC", Quality::Good))
+        .collect()
+}
+
+/// Sends ingest one batch of `samples` as agent `pump-1`; the hub's reply
+/// (`None`: no answer within 2 s).
+pub fn send_batch(
     broker: impl Into<transport::Endpoint>,
-    seqs: impl IntoIterator<Item = u64>,
+    samples: Vec<proto::ingest::Sent>,
 ) -> Option<proto::ingest::Reply> {
     use proto::ingest::{Batch, Reply};
     let ctx = zmq::Context::new();
     let options =
         transport::ClientOptions { timeout: Duration::from_secs(2), retries: 0, ..Default::default() };
     let mut client = transport::Client::new(&ctx, broker, options);
-    let batch = Batch { agent: "pump-1".into(), samples: ingest_samples("temp", seqs) }.encode();
+    let batch = Batch { agent: "pump-1".into(), samples }.encode();
     let reply = client.request(proto::ingest::SERVICE, &[&batch]).ok()?;
     Reply::decode(reply.first()?).ok()
+}
+
+/// [`send_batch`] of channel `temp`'s samples `seqs`.
+pub fn send_ingest(
+    broker: impl Into<transport::Endpoint>,
+    seqs: impl IntoIterator<Item = u64>,
+) -> Option<proto::ingest::Reply> {
+    send_batch(broker, ingest_samples("temp", seqs))
 }

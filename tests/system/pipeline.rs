@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use proto::ingest::{Batch, Reply, Sent};
-use proto::sample::{Quality, Sample, Value as Reading};
+use proto::ingest::{Reply, Sent};
+use proto::sample::{Quality, Value as Reading};
 use serde_json::Value;
 use system_tests::*;
 
@@ -22,41 +22,13 @@ fn start(dir: &Path, pipelines: &str) -> HubProc {
     HubProc::start_with(&["--config", config.to_str().unwrap()])
 }
 
-fn sample(channel: &str, seq: u64, value: Reading, unit: &str, quality: Quality) -> Sent {
-    let sample = Sample {
-        channel: channel.into(),
-        epoch: 1,
-        seq,
-        wall_ns: 1_790_000_000_000_000_000,
-        mono_ns: 0,
-        clock_synced: true,
-        value,
-        unit: unit.into(),
-        quality,
-    };
-    Sent { sample, historical: false }
-}
-
-/// Temperatures `seqs` of channel `temp`, in degC.
-fn temps(seqs: impl IntoIterator<Item = u64>) -> Vec<Sent> {
-    seqs.into_iter().map(|s| sample("temp", s, Reading::Number(s as f64), "degC", Quality::Good)).collect()
-}
-
-/// Sends one batch as agent `pump-1`; the hub's reply (`None`: no answer in time).
-fn send(hub: &HubProc, samples: Vec<Sent>) -> Option<Reply> {
-    let ctx = zmq::Context::new();
-    let options = transport::ClientOptions { timeout: 2 * SECOND, retries: 0, ..Default::default() };
-    let mut client = transport::Client::new(&ctx, hub.endpoint(&hub.broker), options);
-    let batch = Batch { agent: "pump-1".into(), samples }.encode();
-    let reply = client.request(proto::ingest::SERVICE, &[&batch]).ok()?;
-    Reply::decode(reply.first()?).ok()
-}
-
 /// Sends until acknowledged (ingest may answer Retry while a pipeline is behind).
 fn send_acked(hub: &HubProc, samples: Vec<Sent>) {
-    wait_for("the batch to be acknowledged", 10 * SECOND, || match send(hub, samples.clone()) {
-        Some(Reply::Ack { .. }) => Some(()),
-        _ => None,
+    wait_for("the batch to be acknowledged", 10 * SECOND, || {
+        match send_batch(hub.endpoint(&hub.broker), samples.clone()) {
+            Some(Reply::Ack { .. }) => Some(()),
+            _ => None,
+        }
     });
 }
 
@@ -140,9 +112,9 @@ keep = 2
             out.display()
         ),
     );
-    let mut batch = temps(1..=3);
-    batch.push(sample("flow", 4, Reading::Number(1.0), "L/min", Quality::Good));
-    batch.push(sample("temp", 5, Reading::Number(5.0), "degC", Quality::Bad));
+    let mut batch = ingest_samples("temp", 1..=3);
+    batch.push(ingest_sample("flow", 4, Reading::Number(1.0), "L/min", Quality::Good));
+    batch.push(ingest_sample("temp", 5, Reading::Number(5.0), "degC", Quality::Bad));
     send_acked(&hub, batch);
     let lines = wait_for("three transformed lines", 10 * SECOND, || {
         let lines = recorded(&out);
@@ -167,7 +139,7 @@ keep = 2
 
     // Rotation by size, retention by count: ~150 bytes a line, 4 KiB a file, two rotated files kept.
     for chunk in (10..400u64).collect::<Vec<_>>().chunks(130) {
-        send_acked(&hub, temps(chunk.iter().copied()));
+        send_acked(&hub, ingest_samples("temp", chunk.iter().copied()));
     }
     wait_for("every line recorded", 10 * SECOND, || seqs(&recorded(&out)).contains(&399).then_some(()));
     assert!(rotated(&out, 1).exists() && rotated(&out, 2).exists(), "rotated by size");
@@ -195,7 +167,7 @@ fn recorder_rotates_by_time_and_removes_old_files() {
     let mut seq = 0;
     while start.elapsed() < 4 * SECOND {
         seq += 1;
-        send_acked(&hub, temps([seq]));
+        send_acked(&hub, ingest_samples("temp", [seq]));
         wait_for("the sample recorded", 5 * SECOND, || seqs(&recorded(&out)).contains(&seq).then_some(()));
         // Pacing, not synchronisation: rotation by time needs time to pass.
         std::thread::sleep(Duration::from_millis(100));
@@ -230,8 +202,8 @@ path = "{}"
         ),
     );
     // A number the transform converts (then the recorder fails), and text it cannot convert.
-    send_acked(&hub, vec![sample("temp", 1, Reading::Number(100.0), "degC", Quality::Good)]);
-    send_acked(&hub, vec![sample("temp", 2, Reading::Text("hot".into()), "degC", Quality::Good)]);
+    send_acked(&hub, vec![ingest_sample("temp", 1, Reading::Number(100.0), "degC", Quality::Good)]);
+    send_acked(&hub, vec![ingest_sample("temp", 2, Reading::Text("hot".into()), "degC", Quality::Good)]);
     let letters = wait_for("two dead letters", 10 * SECOND, || {
         let list = dlq(&hub, &["list"]);
         let letters = list["letters"].as_array().cloned().unwrap_or_default();
@@ -287,8 +259,8 @@ fn a_stuck_sink_pushes_back_to_ingest_with_memory_bounded() {
     );
     // The sink cannot write: it holds its window, the source waits, the journal fills, ingest says Retry.
     let (mut accepted, mut seq) = (0u64, 0u64);
-    let refused =
-        wait_for("ingest to answer Retry", 20 * SECOND, || match send(&hub, temps(seq + 1..=seq + 50)) {
+    let refused = wait_for("ingest to answer Retry", 20 * SECOND, || {
+        match send_batch(hub.endpoint(&hub.broker), ingest_samples("temp", seq + 1..=seq + 50)) {
             Some(Reply::Ack { accepted: n, .. }) => {
                 accepted += u64::from(n);
                 seq += 50;
@@ -296,7 +268,8 @@ fn a_stuck_sink_pushes_back_to_ingest_with_memory_bounded() {
             }
             Some(Reply::Retry { reason, .. }) => Some(reason),
             _ => None,
-        });
+        }
+    });
     assert!(refused.contains("journal is full for consumer 'pipeline.slow'"), "{refused}");
     assert!(accepted <= 200 + 50, "the journal's bound: {accepted} accepted");
     let s = status(&hub, "slow");
@@ -313,7 +286,10 @@ fn a_stuck_sink_pushes_back_to_ingest_with_memory_bounded() {
     let rss = testkit::bench::rss_kib(hub.proc.pid());
     for _ in 0..100 {
         seq += 50;
-        assert!(matches!(send(&hub, temps(seq - 49..=seq)), Some(Reply::Retry { .. })));
+        assert!(matches!(
+            send_batch(hub.endpoint(&hub.broker), ingest_samples("temp", seq - 49..=seq)),
+            Some(Reply::Retry { .. })
+        ));
     }
     let grown = testkit::bench::rss_kib(hub.proc.pid()).saturating_sub(rss);
     assert!(grown < 8 * 1024, "the hub grew {grown} KiB while refusing 5000 samples");
@@ -354,7 +330,7 @@ fn a_hub_killed_mid_stream_loses_nothing() {
 
     // Killed for certain with messages in the stages' hands: the recorder cannot write yet.
     for from in (1..=1000).step_by(100) {
-        send_acked(&hub, temps(from..from + 100));
+        send_acked(&hub, ingest_samples("temp", from..from + 100));
     }
     wait_for("the stages to hold messages", 5 * SECOND, || {
         let s = status(&hub, "kept");
@@ -368,7 +344,7 @@ fn a_hub_killed_mid_stream_loses_nothing() {
     let mut sent = 1000u64;
     let mut killed = false;
     while sent < total {
-        match send(&hub, temps(sent + 1..=sent + 500)) {
+        match send_batch(hub.endpoint(&hub.broker), ingest_samples("temp", sent + 1..=sent + 500)) {
             Some(Reply::Ack { .. }) => sent += 500,
             _ => continue,
         }
