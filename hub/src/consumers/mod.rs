@@ -233,6 +233,9 @@ impl ConsumerService {
     /// (ingest flushes every batch, the sweeper every second): a crash before
     /// it means repeats, never loss.
     fn ack(&self, name: &str, pos: u64) -> Result<u64, String> {
+        // A client is given durable positions only (see `Journal::fetch`):
+        // one past them (kept from before a crash) must not skip what is there now.
+        let pos = pos.min(self.journal.durable());
         let cursor = self.journal.acked_by(name, pos).map_err(|e| e.to_string())?;
         self.acked.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(cursor)

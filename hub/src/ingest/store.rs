@@ -83,7 +83,9 @@ impl IngestStore {
     pub fn flush(&self) -> sled::Result<()> {
         let disk = self.disk.read().unwrap_or_else(|e| e.into_inner());
         match disk.as_ref() {
-            Some((db, generation)) => generation.flush(db),
+            // Entries appended before the flush are durable after it: then
+            // (not at their append) durable consumers may see them.
+            Some((db, generation)) => self.journal.flushed_by(|| generation.flush(db)),
             None => Err(super::watermarks::reopening()),
         }
     }

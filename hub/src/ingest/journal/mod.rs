@@ -12,7 +12,10 @@
 //! nothing is kept.
 //!
 //! Keys are a counter, appended under a lock, so a reader never sees a later
-//! key before an earlier one (it reads in key order and would skip it). Each
+//! key before an earlier one (it reads in key order and would skip it).
+//! Durable consumers see an entry only once a flush has made it durable
+//! ([`Journal::durable`]): keys that were never flushed are handed out again
+//! after a crash, so a position past them would skip what lands there then. Each
 //! entry is stored after the journal's cumulative byte count before it, so a
 //! consumer's backlog in bytes is two numbers apart. Entries are stored in
 //! segments of consecutive keys ([`segments`]), which go whole once every
@@ -20,6 +23,7 @@
 
 mod admin;
 pub mod consumers;
+mod read;
 mod segments;
 
 use std::collections::BTreeMap;
@@ -79,6 +83,8 @@ fn stored(value: &[u8]) -> u64 {
 struct Tail {
     next: u64,
     cum: u64,
+    /// Entries up to this key are on disk: a flush began after they were appended.
+    durable: u64,
 }
 
 /// A consumer at its bounds (`block`): ingest answers Retry.
@@ -138,7 +144,7 @@ impl Disk {
     /// The newest entry's key and offset as stored, keys past every cursor.
     fn tail(&self, cursors: impl IntoIterator<Item = u64>) -> sled::Result<Tail> {
         let mut tail = match self.entries.last()? {
-            Some((k, v)) => Tail { next: k + 1, cum: offset_of(&v) + stored(&v) },
+            Some((k, v)) => Tail { next: k + 1, cum: offset_of(&v) + stored(&v), durable: 0 },
             None => Tail::default(),
         };
         // Keys keep rising over restarts, even with an empty journal.
@@ -146,6 +152,8 @@ impl Disk {
             tail.next = tail.next.max(cursor + 1);
         }
         tail.next = tail.next.max(1);
+        // What was read back from disk is durable.
+        tail.durable = tail.next - 1;
         Ok(tail)
     }
 }
@@ -283,7 +291,11 @@ impl Journal {
         let stored = disk.tail(cursors.iter().copied())?;
         {
             let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-            *tail = Tail { next: tail.next.max(stored.next), cum: tail.cum.max(stored.cum) };
+            *tail = Tail {
+                next: tail.next.max(stored.next),
+                cum: tail.cum.max(stored.cum),
+                durable: tail.durable.max(stored.durable),
+            };
         }
         *self.disk.write().unwrap_or_else(|e| e.into_inner()) = Some(disk);
         let oldest = self.disk()?.entries.first()?.map(|(k, _)| k.saturating_sub(1));
@@ -387,6 +399,26 @@ impl Journal {
         drop(tail);
         // A permit is kept when the bridge is not waiting yet: no wake-up is lost.
         self.appended.notify_one();
+        Ok(())
+    }
+
+    /// The newest key a durable consumer may be given: entries up to it are
+    /// on disk. Past it, an entry may be lost to a crash, and its key given
+    /// to another entry after the restart.
+    pub fn durable(&self) -> u64 {
+        self.tail().durable
+    }
+
+    /// Runs `flush` (of the store the journal is in) and, if it works, makes
+    /// every entry appended before it visible to durable consumers.
+    pub fn flushed_by<E>(&self, flush: impl FnOnce() -> Result<(), E>) -> Result<(), E> {
+        // Every key up to `newest` was inserted before the flush begins (the
+        // tail moves only once the insert is done), so the flush covers it.
+        let newest = self.newest();
+        flush()?;
+        let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        tail.durable = tail.durable.max(newest);
+        // Under the lock a waiting fetch checks under: no wake-up is lost.
         self.arrived.notify_all();
         Ok(())
     }
@@ -394,82 +426,6 @@ impl Journal {
     /// Resolves after the next append (or at once if one came since the last wait).
     pub async fn appended(&self) {
         self.appended.notified().await
-    }
-
-    /// Waits until the journal has an entry after `after`, or `deadline`;
-    /// true if it has.
-    pub fn wait_after(&self, after: u64, deadline: Instant) -> bool {
-        let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if tail.next - 1 > after {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            tail = self.arrived.wait_timeout(tail, left).unwrap_or_else(|e| e.into_inner()).0;
-        }
-    }
-
-    /// Up to `max` entries after key `after`, in order. An entry that cannot
-    /// be decoded (a fault of ours) is returned as `None` so the caller can
-    /// count it and move past it.
-    pub fn read(&self, after: u64, max: usize) -> sled::Result<Vec<(u64, Option<Entry>)>> {
-        let mut out = Vec::new();
-        let disk = self.disk()?;
-        for item in disk.entries.from(after + 1).take(max) {
-            let (key, value) = item?;
-            out.push((key, decode(&value)));
-        }
-        Ok(out)
-    }
-
-    /// Up to `max` entries of `consumer`'s topics after `after` (or after its
-    /// cursor, if that is further on), of at most `budget` bytes (topic and
-    /// payload; one entry at least), looking at no more than `scan` entries:
-    /// each goes to `take(key, topic, payload)`, in order.
-    pub fn fetch(
-        &self,
-        consumer: &str,
-        after: u64,
-        (max, scan, budget): (usize, usize, usize),
-        mut take: impl FnMut(u64, &str, &[u8]),
-    ) -> Result<Fetched, ConsumerError> {
-        let (from, spec) = {
-            let mut consumers = self.consumers_mut();
-            let c = consumers.get_mut(consumer).ok_or_else(|| ConsumerError::Unknown(consumer.into()))?;
-            c.last_active = Instant::now();
-            c.inactive = false;
-            (after.max(c.cursor), c.spec.clone())
-        };
-        let mut fetched = Fetched { next: from, ..Fetched::default() };
-        let mut bytes = 0;
-        let disk = self.disk()?;
-        for item in disk.entries.from(from + 1).take(scan) {
-            let (key, value) = item?;
-            match value.get(8..).map(proto::codec::decode::<EntryRef<'_>>) {
-                Some(Ok(entry)) if spec.covers(entry.topic) => {
-                    bytes += entry.topic.len() + entry.payload.len();
-                    if bytes > budget && fetched.count > 0 {
-                        break;
-                    }
-                    take(key, entry.topic, entry.payload);
-                    (fetched.count, fetched.next) = (fetched.count + 1, key);
-                    if fetched.count >= max {
-                        break;
-                    }
-                    continue;
-                }
-                Some(Ok(_)) => {}
-                _ => fetched.undecodable += 1,
-            }
-            fetched.next = key;
-        }
-        if let Some(c) = self.consumers_mut().get_mut(consumer) {
-            c.delivered += fetched.count as u64;
-        }
-        Ok(fetched)
     }
 
     /// JetStream has every entry up to `key`: the bridge's cursor moves there.
@@ -533,7 +489,8 @@ impl Journal {
     }
 
     pub fn flush(&self) -> sled::Result<()> {
-        self.disk()?.db.flush().map(|_| ())
+        let db = self.disk()?.db.clone();
+        self.flushed_by(|| db.flush().map(|_| ()))
     }
 
     /// `consumer`'s backlog (records, bytes) and its bounds (records, bytes).
