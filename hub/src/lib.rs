@@ -16,3 +16,7 @@ pub mod serve;
 pub mod service;
 pub mod state;
 pub mod storage;
+
+/// A config value out of range, as each component's `validate()` reports
+/// it: the field as the TOML names it, and what is wrong with it.
+pub type Invalid = (&'static str, String);

@@ -27,5 +27,5 @@ pub use async_client::AsyncClient;
 pub use bus::{BusMessage, Publisher, Subscriber};
 pub use client::{Client, ClientError, ClientOptions, PipelinedClient, Reply};
 pub use shutdown::{Shutdown, ShutdownWatch};
-pub use socket::Endpoint;
+pub use socket::{is_local, Endpoint};
 pub use worker::{Handler, PoolOptions, Replier, Worker, WorkerError, WorkerOptions, WorkerStats};

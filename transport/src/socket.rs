@@ -24,6 +24,18 @@ impl Endpoint {
     }
 }
 
+/// Whether a ZeroMQ endpoint can only be reached from this machine:
+/// loopback TCP, `ipc://` and `inproc://`.
+pub fn is_local(endpoint: &str) -> bool {
+    let Some(rest) = endpoint.strip_prefix("tcp://") else {
+        // ipc:// and inproc:// never leave the machine.
+        return endpoint.starts_with("ipc://") || endpoint.starts_with("inproc://");
+    };
+    let host = rest.rsplit_once(':').map_or(rest, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 impl From<&str> for Endpoint {
     fn from(address: &str) -> Self {
         Endpoint::plain(address)

@@ -166,7 +166,7 @@ fn default_rpc_max_in_flight() -> usize {
 
 impl NatsConfig {
     /// Checks what serde cannot: (field, problem).
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), crate::Invalid> {
         let fail = |field: &'static str, problem: &str| Err((field, problem.to_string()));
         if self.servers.is_empty() {
             return fail("bridge.nats.servers", "name at least one server, e.g. \"nats://10.0.0.9:4222\"");

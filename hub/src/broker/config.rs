@@ -4,6 +4,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Invalid;
+
+fn invalid(field: &'static str, problem: &str) -> Result<(), Invalid> {
+    Err((field, problem.into()))
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
@@ -100,5 +106,58 @@ impl BrokerConfig {
             ..Default::default()
         };
         transport::WorkerOptions { timing, ..transport::WorkerOptions::default() }
+    }
+}
+
+impl BrokerConfig {
+    /// Checks what serde cannot: ranges, and bounds that must fit each other.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let b = self;
+        if b.endpoint.trim().is_empty() {
+            return invalid("broker.endpoint", "must not be empty (e.g. \"tcp://127.0.0.1:9797\")");
+        }
+        if b.heartbeat_interval_ms == 0 {
+            return invalid("broker.heartbeat_interval_ms", "must be at least 1");
+        }
+        if b.heartbeat_liveness == 0 {
+            return invalid("broker.heartbeat_liveness", "must be at least 1");
+        }
+        if b.queue_limit == 0 {
+            return invalid("broker.queue_limit", "must be at least 1");
+        }
+        if b.max_queued_bytes_per_service == 0 || b.max_queued_bytes < b.max_queued_bytes_per_service {
+            return invalid(
+                "broker.max_queued_bytes",
+                "must be at least max_queued_bytes_per_service, which must be at least 1",
+            );
+        }
+        if b.max_queued_bytes_per_identity < b.max_message_bytes.max(1) as usize {
+            return invalid(
+                "broker.max_queued_bytes_per_identity",
+                "must be at least max_message_bytes, or no request of that size could ever queue",
+            );
+        }
+        if b.max_in_flight_per_identity == 0 || b.rate_per_identity <= 0.0 || b.burst_per_identity < 1.0 {
+            return invalid(
+                "broker.max_in_flight_per_identity/rate_per_identity/burst_per_identity",
+                "must be at least 1 (rate: more than 0)",
+            );
+        }
+        if b.max_message_bytes < 64 {
+            return invalid("broker.max_message_bytes", "must be at least 64");
+        }
+        if b.max_frames < 8 {
+            return invalid("broker.max_frames", "must be at least 8 (Majordomo envelopes take up to 6)");
+        }
+        if b.max_services == 0 || b.max_workers == 0 || b.max_requested_services == 0 {
+            return invalid("broker.max_services/max_requested_services/max_workers", "must be at least 1");
+        }
+        if b.max_requested_services_per_identity == 0 {
+            return invalid("broker.max_requested_services_per_identity", "must be at least 1");
+        }
+        if b.hwm < 0 {
+            return invalid("broker.hwm", "must be 0 (no limit) or more");
+        }
+        Ok(())
     }
 }

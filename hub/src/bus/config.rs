@@ -182,3 +182,30 @@ fn default_record_bytes() -> u64 {
 fn default_record_keep() -> u32 {
     4
 }
+
+impl BusConfig {
+    /// Checks what serde cannot (the names' uniqueness is the whole file's to check).
+    pub fn validate(&self) -> Result<(), crate::Invalid> {
+        let invalid = |field: &'static str, problem: &str| Err((field, problem.to_string()));
+        if self.hwm < 0 {
+            return invalid("bus.hwm", "must be 0 (no limit) or more");
+        }
+        if self.max_unread_subscriptions < 2 {
+            // At 1, libzmq 4.3.4 stalls a subscriber's first subscription.
+            return invalid("bus.max_unread_subscriptions", "must be at least 2");
+        }
+        if self.max_subscriptions_per_identity == 0
+            || self.max_subscription_bytes_per_identity == 0
+            || self.max_connections_per_identity == 0
+        {
+            return invalid(
+                "bus.max_subscriptions_per_identity/max_subscription_bytes_per_identity/max_connections_per_identity",
+                "must be at least 1",
+            );
+        }
+        if self.record.as_ref().is_some_and(|r| r.max_bytes < 1024) {
+            return invalid("bus.record.max_bytes", "must be at least 1024");
+        }
+        Ok(())
+    }
+}

@@ -108,7 +108,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// Checks `[consumers]` and every `[[consumer]]`: (field, problem).
-pub fn validate(limits: &ConsumersConfig, declared: &[ConsumerConfig]) -> Result<(), (&'static str, String)> {
+pub fn validate(limits: &ConsumersConfig, declared: &[ConsumerConfig]) -> Result<(), crate::Invalid> {
     let l = limits;
     if l.max_consumers == 0 || l.max_consumers_per_identity == 0 || l.threads == 0 || l.max_fetch == 0 {
         return Err((

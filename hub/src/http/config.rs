@@ -55,6 +55,42 @@ impl Default for HttpConfig {
 }
 
 impl HttpConfig {
+    /// Checks what serde cannot. `insecure`: the operator chose a hub open to
+    /// its network, so an exposed endpoint without a token is allowed.
+    pub fn validate(&self, insecure: bool) -> Result<(), crate::Invalid> {
+        let invalid = |field: &'static str, problem: &str| Err((field, problem.to_string()));
+        let h = self;
+        let exposed = h.listen != "off" && !transport::is_local(&format!("tcp://{}", h.listen));
+        if exposed && h.token_file.is_none() && !insecure {
+            return invalid(
+                "http.token_file",
+                "the HTTP endpoint listens beyond loopback, and its metrics and web view name every \
+                 identity and agent: set token_file (a file with a long random token, e.g. \
+                 `openssl rand -hex 32 > /etc/plantd/http.token`), or listen on 127.0.0.1",
+            );
+        }
+        if h.max_connections == 0 || h.max_streams == 0 || h.header_timeout_ms == 0 {
+            return invalid("http.max_connections/max_streams/header_timeout_ms", "must be at least 1");
+        }
+        if h.max_connections_per_address == 0 || h.max_tickets == 0 {
+            return invalid("http.max_connections_per_address/max_tickets", "must be at least 1");
+        }
+        if !(1000..=600_000).contains(&h.ticket_ttl_ms) {
+            return invalid(
+                "http.ticket_ttl_ms",
+                "must be from 1000 (a page needs a moment to use its ticket) to 600000 (a ticket is a \
+                 secret in an address: it should not outlive its use by long)",
+            );
+        }
+        if let Err(e) = h.hosts() {
+            return invalid("http.allowed_hosts", &e.to_string());
+        }
+        if h.max_header_bytes < 1024 {
+            return invalid("http.max_header_bytes", "must be at least 1024");
+        }
+        Ok(())
+    }
+
     pub fn limits(&self) -> httpd::Limits {
         httpd::Limits {
             max_connections: self.max_connections,

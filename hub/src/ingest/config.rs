@@ -38,3 +38,19 @@ impl Default for IngestConfig {
         }
     }
 }
+
+impl IngestConfig {
+    /// Checks what serde cannot; `buses` are the configured buses' names.
+    pub fn validate(&self, buses: &[&str]) -> Result<(), crate::Invalid> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.workers == 0 {
+            return Err(("ingest.workers", "must be at least 1".into()));
+        }
+        if !buses.contains(&self.bus.as_str()) {
+            return Err(("ingest.bus", format!("names no configured bus ('{}')", self.bus)));
+        }
+        Ok(())
+    }
+}

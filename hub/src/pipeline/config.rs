@@ -134,7 +134,7 @@ fn default_keep() -> u32 {
 
 impl PipelineConfig {
     /// Checks what serde cannot: (field, problem). `buses` are the configured bus names.
-    pub fn validate(&self, buses: &[&str], ingest_enabled: bool) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self, buses: &[&str], ingest_enabled: bool) -> Result<(), crate::Invalid> {
         let fail = |field: &'static str, problem: &str| Err((field, problem.to_string()));
         if !proto::identity::is_valid(&self.name) {
             return Err(("pipeline.name", format!("'{}' must be {}", self.name, proto::identity::RULE)));

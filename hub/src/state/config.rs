@@ -37,3 +37,22 @@ impl Default for StateConfig {
         }
     }
 }
+
+impl StateConfig {
+    /// Checks what serde cannot; `buses` are the configured buses' names.
+    pub fn validate(&self, buses: &[&str]) -> Result<(), crate::Invalid> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.workers == 0 {
+            return Err(("state.workers", "must be at least 1".into()));
+        }
+        if !(1..=proto::mdp::MAX_BROKER_CREDIT).contains(&self.credit) {
+            return Err(("state.credit", format!("must be 1 to {}", proto::mdp::MAX_BROKER_CREDIT)));
+        }
+        if !buses.contains(&self.bus.as_str()) {
+            return Err(("state.bus", format!("names no configured bus ('{}')", self.bus)));
+        }
+        self.limits.check()
+    }
+}

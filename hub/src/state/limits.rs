@@ -64,7 +64,7 @@ impl Limits {
 
     /// Checks the bounds against each other; the first problem, as (field,
     /// what is wrong).
-    pub fn check(&self) -> std::result::Result<(), (&'static str, String)> {
+    pub fn check(&self) -> std::result::Result<(), crate::Invalid> {
         let fields = [
             ("state.limits.max_value_bytes", self.max_value_bytes),
             ("state.limits.max_key_bytes", self.max_key_bytes),
