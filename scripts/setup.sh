@@ -10,8 +10,10 @@ cd "$(dirname "$0")/.."
 # qemu-user to run the ARM builds (scripts/cross-build.sh installs the cross
 # compilers it needs itself), and Debian's chromium, the headless browser
 # tests/system/web.rs drives the hub's web view in, and nats-server (JetStream),
-# the NATS the bridge's tests (tests/system/bridge.rs) export into.
-packages=(libzmq3-dev pkg-config python3-venv qemu-user chromium nats-server)
+# the NATS the bridge's tests (tests/system/bridge.rs) export into, and socat,
+# which pairs two pseudo-terminals for the Modbus RTU tests
+# (tests/system/modbus.rs).
+packages=(libzmq3-dev pkg-config python3-venv qemu-user chromium nats-server socat)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -24,8 +26,8 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Python peers (majortomo, pyzmq) in a venv under target/, rebuilt when the
-# pinned requirements change.
+# Python peers (majortomo, pyzmq, pymodbus) in a venv under target/, rebuilt
+# when the pinned requirements change.
 venv=target/interop-venv
 stamp="$venv/.requirements"
 if ! cmp -s tests/interop/requirements.txt "$stamp" 2>/dev/null; then

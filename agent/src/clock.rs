@@ -18,6 +18,12 @@ impl Clock {
         self.start.elapsed()
     }
 
+    /// The first multiple of `period` since the start that is still ahead.
+    pub fn next_multiple(&self, period: std::time::Duration) -> Instant {
+        let n = self.start.elapsed().as_nanos() / period.as_nanos().max(1) + 1;
+        self.start + period * u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
     pub fn mono_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }

@@ -34,6 +34,9 @@ pub struct Config {
     /// Channels to sample (`[[channel]]`); none means the board's defaults.
     #[serde(rename = "channel")]
     pub channels: Vec<ChannelConfig>,
+    /// Modbus links (`[[modbus]]`) that channels read devices through.
+    #[serde(rename = "modbus", skip_serializing_if = "Vec::is_empty")]
+    pub modbus: Vec<boards::modbus::LinkConfig>,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             log_level: "info".into(),
             channels: Vec::new(),
+            modbus: Vec::new(),
         }
     }
 }
@@ -308,11 +312,7 @@ impl Config {
         }
         self.profile()?;
         let h = &self.http;
-        let loopback = |listen: &str| {
-            let host = listen.rsplit_once(':').map_or(listen, |(host, _)| host);
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-        };
+        let loopback = |listen: &str| transport::is_local(&format!("tcp://{listen}"));
         if h.listen != "off" && !loopback(&h.listen) && h.token_file.is_none() {
             return invalid(
                 "http.token_file",
@@ -363,6 +363,19 @@ impl Config {
         if !(4096..=(64 << 20)).contains(&limits.segment_bytes) {
             return invalid("outbox.segment_bytes", "must be from 4096 to 67108864".into());
         }
+        let mut links = std::collections::HashSet::new();
+        for (i, link) in self.modbus.iter().enumerate() {
+            let field = format!("modbus[{i}] ('{}')", link.name);
+            if !valid_name(&link.name) {
+                return invalid(&field, "name must be letters, digits, '-' or '_'".into());
+            }
+            if !links.insert(link.name.as_str()) {
+                return invalid(&field, "name is used twice".into());
+            }
+            if let Err((key, problem)) = link.validate() {
+                return invalid(&format!("{field}.{key}"), problem);
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for (i, c) in self.effective_channels()?.iter().enumerate() {
             let field = format!("channel[{i}] ('{}')", c.name);
@@ -377,6 +390,21 @@ impl Config {
             }
             if let Err(problem) = c.driver.validate() {
                 return invalid(&format!("{field}.driver"), problem);
+            }
+            if let Some(Err((key, problem))) = c.report.as_ref().map(|r| r.validate()) {
+                return invalid(&format!("{field}.report.{key}"), problem);
+            }
+            if let Some(Err((key, problem))) = c.aggregate.as_ref().map(|a| a.validate(c.period_ms)) {
+                return invalid(&format!("{field}.aggregate.{key}"), problem);
+            }
+            if let boards::DriverSpec::Modbus(point) = &c.driver {
+                if !links.contains(point.link.as_str()) {
+                    let known: Vec<&str> = self.modbus.iter().map(|l| l.name.as_str()).collect();
+                    return invalid(
+                        &format!("{field}.driver.link"),
+                        format!("no [[modbus]] link is named {:?} (links: {known:?})", point.link),
+                    );
+                }
             }
         }
         Ok(())

@@ -12,6 +12,7 @@ pub mod outbox;
 pub mod run;
 pub mod sampler;
 pub mod service;
+pub mod stage;
 pub mod state;
 pub mod status;
 pub mod store;

@@ -16,6 +16,7 @@ use argh::FromArgs;
     example = "agent check                                      # before trusting a new install",
     example = "agent once --board linux                         # sample every channel once, print",
     example = "agent status                                     # ask the running agent",
+    example = "agent modbus read --tcp 10.0.0.20:502 holding 100 2 --as f32   # find a register's word order",
     note = "Logging: -v for debug, -vv for trace; RUST_LOG (e.g. RUST_LOG=agent=debug) overrides both."
 )]
 struct Args {
@@ -35,6 +36,7 @@ enum Command {
     Status(cmd::status::StatusArgs),
     Store(cmd::store::StoreArgs),
     Keygen(cmd::keygen::KeygenArgs),
+    Modbus(cmd::modbus::ModbusArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,5 +49,6 @@ fn main() -> ExitCode {
         Command::Status(a) => cmd::status::run(a),
         Command::Store(a) => cmd::store::run(a),
         Command::Keygen(a) => cmd::keygen::run(a),
+        Command::Modbus(a) => cmd::modbus::run(a),
     })
 }

@@ -52,16 +52,20 @@ pub enum RunError {
 pub const EX_IOERR: u8 = 74;
 
 /// Everything `run` builds before it starts the tasks; `agent once` uses the channels alone.
-pub fn channels(config: &Config) -> Result<Channels, ConfigError> {
+pub fn channels(config: &Config) -> Result<Channels, RunError> {
+    let links = boards::modbus::Links::start(&config.modbus)?;
     let by_name = config
         .effective_channels()?
         .into_iter()
         .map(|c| {
-            let driver = Arc::new(Mutex::new(c.driver.build(&config.board_root)));
+            if let Some(became) = c.driver.modbus_reference() {
+                log::info!("channel {}: {became}", c.name);
+            }
+            let driver = Arc::new(Mutex::new(c.driver.build(&config.board_root, &links)));
             (c.name.clone(), (c, driver))
         })
         .collect::<BTreeMap<_, _>>();
-    Ok(Channels { by_name })
+    Ok(Channels { by_name, links })
 }
 
 /// Runs the agent until `shutdown`. Once its stores are open and its tasks
@@ -91,6 +95,7 @@ pub fn run(
         std::io::Error::new(e.kind(), format!("cannot open the outbox at {}: {e}", outbox_dir.display()))
     })?);
     migrate_legacy_outbox(&store, &outbox);
+    let channels = Arc::new(channels(config)?);
     let shared = Arc::new(Shared {
         id,
         epoch,
@@ -105,8 +110,8 @@ pub fn run(
         local_store: Default::default(),
         tasks: Default::default(),
         service: Default::default(),
+        modbus: channels.links.clone(),
     });
-    let channels = Arc::new(channels(config)?);
     let state = LocalState::new(&shared.store, config.local_state)?;
     let reserve = shared.outbox.stats();
     log::info!(

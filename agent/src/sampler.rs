@@ -1,5 +1,6 @@
-//! One task per channel: read the driver every period, stamp the sample, and
-//! hand it on: durable samples to the outbox (then wake the uplink),
+//! One task per channel: read the driver every period, stamp the sample, pass
+//! it through the channel's edge stage (aggregation, report by exception),
+//! and hand on what comes out: durable samples to the outbox (then wake the uplink),
 //! best-effort ones to the live publisher. Sampling never waits on the
 //! network: the outbox is local and the live queue drops when full.
 
@@ -13,6 +14,7 @@ use smol::channel::Sender;
 use smol::stream::StreamExt;
 
 use crate::clock;
+use crate::stage::Stage;
 use crate::status::Shared;
 
 pub type SharedDriver = Arc<Mutex<Box<dyn Driver>>>;
@@ -37,7 +39,12 @@ pub async fn run(
     seqs: Arc<Sequences>,
     sinks: Arc<Sinks>,
 ) {
-    let mut ticks = smol::Timer::interval(Duration::from_millis(channel.period_ms));
+    // Channels of one period tick together, on multiples of it since the
+    // agent started: a Modbus link then sees their reads at once and merges them.
+    let period = Duration::from_millis(channel.period_ms);
+    let mut ticks = smol::Timer::interval_at(shared.clock.next_multiple(period), period);
+    let mut stage = Stage::new(&channel);
+    let mut out = Vec::new();
     loop {
         ticks.next().await;
         // A read may block (a DS18B20's conversion takes ~750 ms in the
@@ -45,9 +52,37 @@ pub async fn run(
         // (other channels, the uplink) carry on meanwhile.
         let (driver, t) = (driver.clone(), shared.clock.elapsed());
         let reading = smol::unblock(move || read(&driver, t)).await;
-        if let Some(sample) = record(&shared, &channel, reading, &seqs) {
+        match record(&shared, &channel, reading) {
+            Some(sample) => stage.offer(sample, &mut out),
+            None => stage.tick(&stamp(&shared, &channel, boards::Value::Bool(false), Quality::Bad), &mut out),
+        }
+        if !out.is_empty() {
+            shared.channels().entry(channel.name.clone()).or_default().reported +=
+                out.iter().filter(|s| s.channel == channel.name).count() as u64;
+        }
+        for mut sample in out.drain(..) {
+            let counter = match channel.delivery {
+                Delivery::Durable => &seqs.durable,
+                Delivery::BestEffort => &seqs.best_effort,
+            };
+            sample.seq = counter.fetch_add(1, Relaxed) + 1;
             deliver(&shared, &channel, sample, &sinks);
         }
+    }
+}
+
+/// A sample of `channel` taken now, its seq assigned when it is sent.
+fn stamp(shared: &Shared, channel: &ChannelConfig, value: boards::Value, quality: Quality) -> Sample {
+    Sample {
+        channel: channel.name.clone(),
+        epoch: shared.epoch,
+        seq: 0,
+        wall_ns: clock::wall_ns(),
+        mono_ns: shared.clock.mono_ns(),
+        clock_synced: clock::synced(),
+        value,
+        unit: channel.unit().to_string(),
+        quality,
     }
 }
 
@@ -56,17 +91,25 @@ fn read(driver: &SharedDriver, t: Duration) -> Result<boards::Value, boards::Dri
 }
 
 /// Records a reading in the status and makes it a sample. A failed read
-/// produces no sample: the fault shows in status until the next good read.
+/// produces no sample (the fault shows in status until the next good read),
+/// except a bad one: the instrument or its link failed, and consumers learn
+/// it from a sample of quality `bad`, with the value read if there was one,
+/// else once with the last good value when the channel turns bad.
 fn record(
     shared: &Shared,
     channel: &ChannelConfig,
     reading: Result<boards::Value, boards::DriverError>,
-    seqs: &Sequences,
 ) -> Option<Sample> {
     let mut channels = shared.channels();
     let status = channels.entry(channel.name.clone()).or_default();
-    let value = match reading {
-        Ok(value) => value,
+    let (value, quality) = match reading {
+        Ok(value) => {
+            if status.fault.take().is_some() {
+                log::info!("channel {}: reading again", channel.name);
+            }
+            status.samples += 1;
+            (value, Quality::Good)
+        }
         Err(e) => {
             let message = e.to_string();
             if status.fault.as_deref() != Some(&message) {
@@ -74,29 +117,20 @@ fn record(
             }
             status.fault = Some(message);
             status.faults += 1;
-            return None;
+            let boards::DriverError::Bad { value, .. } = e else { return None };
+            let turned_bad = status.quality != Some(Quality::Bad);
+            status.quality = Some(Quality::Bad);
+            match (value, turned_bad) {
+                (Some(value), _) => (value, Quality::Bad),
+                (None, true) => (status.last.clone()?, Quality::Bad),
+                (None, false) => return None,
+            }
         }
     };
-    if status.fault.take().is_some() {
-        log::info!("channel {}: reading again", channel.name);
-    }
-    status.samples += 1;
+    status.quality = Some(quality);
     status.last = Some(value.clone());
-    let counter = match channel.delivery {
-        Delivery::Durable => &seqs.durable,
-        Delivery::BestEffort => &seqs.best_effort,
-    };
-    Some(Sample {
-        channel: channel.name.clone(),
-        epoch: shared.epoch,
-        seq: counter.fetch_add(1, Relaxed) + 1,
-        wall_ns: clock::wall_ns(),
-        mono_ns: shared.clock.mono_ns(),
-        clock_synced: clock::synced(),
-        value,
-        unit: channel.unit().to_string(),
-        quality: Quality::Good,
-    })
+    drop(channels);
+    Some(stamp(shared, channel, value, quality))
 }
 
 fn deliver(shared: &Shared, channel: &ChannelConfig, sample: Sample, sinks: &Sinks) {

@@ -25,6 +25,8 @@ use crate::status::Shared;
 
 pub struct Channels {
     pub by_name: BTreeMap<String, (ChannelConfig, SharedDriver)>,
+    /// The Modbus links the channels' drivers read through.
+    pub links: boards::modbus::Links,
 }
 
 pub fn service_name(id: &str) -> String {

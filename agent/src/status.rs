@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use boards::Value;
 use proto::breaker::State as BreakerState;
+use proto::sample::Quality;
 use serde_json::{json, Value as Json};
 
 use crate::clock::{self, Clock};
@@ -16,8 +17,14 @@ use crate::store::Store;
 #[derive(Clone, Debug, Default)]
 pub struct ChannelStatus {
     pub last: Option<Value>,
+    /// The quality of the last reading: `bad` while the instrument or its
+    /// link fails (a Modbus exception or timeout, a 4-20 mA loop out of range).
+    pub quality: Option<Quality>,
     pub fault: Option<String>,
     pub samples: u64,
+    /// Readings sent on (all of them, unless the channel reports by
+    /// exception or keeps only its aggregates).
+    pub reported: u64,
     pub faults: u64,
 }
 
@@ -85,6 +92,8 @@ pub struct Shared {
     pub tasks: crate::supervise::Tasks,
     /// The Majordomo service's sessions with the hub (its current worker's).
     pub service: Mutex<Option<Arc<transport::WorkerStats>>>,
+    /// The Modbus links, for their counters.
+    pub modbus: boards::modbus::Links,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -194,6 +203,32 @@ impl Shared {
         out
     }
 
+    /// Each Modbus link's counters and the units it skips now.
+    fn modbus_json(&self) -> Json {
+        let links: serde_json::Map<String, Json> = self
+            .modbus
+            .iter()
+            .map(|(name, link)| {
+                let s = link.status();
+                (
+                    name.clone(),
+                    json!({
+                        "requests": s.requests,
+                        "timeouts": s.timeouts,
+                        "exceptions": s.exceptions,
+                        "garbled": s.garbled,
+                        "skipped": s.skipped,
+                        "late_replies": s.late_replies,
+                        "connects": s.connects,
+                        "degraded_units": s.degraded_units,
+                        "last_error": s.last_error,
+                    }),
+                )
+            })
+            .collect();
+        Json::Object(links)
+    }
+
     pub fn to_json(&self) -> Json {
         let now = clock::wall_ns();
         let outbox = self.outbox.stats();
@@ -207,8 +242,10 @@ impl Shared {
                     name.clone(),
                     json!({
                         "last": c.last.as_ref().map(Value::to_json),
+                        "quality": c.quality.map(Quality::name),
                         "fault": c.fault,
                         "samples": c.samples,
+                        "reported": c.reported,
                         "faults": c.faults,
                     }),
                 )
@@ -227,6 +264,7 @@ impl Shared {
                 "batches_acked": link.batches_acked,
                 "samples_acked": link.samples_acked,
             },
+            "modbus": self.modbus_json(),
             "outbox": {
                 "records": outbox.records,
                 "bytes": outbox.bytes,
@@ -337,6 +375,46 @@ impl Shared {
             let labels = || vec![("channel", name.clone())];
             out.counter("agent_channel_samples", "Readings of a channel.", labels(), c.samples);
             out.counter("agent_channel_faults", "Failed readings of a channel.", labels(), c.faults);
+            out.counter(
+                "agent_channel_reported",
+                "Readings of a channel sent on (report by exception and aggregation send fewer).",
+                labels(),
+                c.reported,
+            );
+            let bad = c.quality == Some(Quality::Bad);
+            out.gauge("agent_channel_bad", "1 while a channel's last reading was bad.", labels(), bad.into());
+        }
+        for (name, link) in self.modbus.iter() {
+            let s = link.status();
+            let labels = || vec![("link", name.clone())];
+            out.counter("agent_modbus_requests", "Requests a Modbus link sent.", labels(), s.requests);
+            out.counter("agent_modbus_timeouts", "Requests no unit answered in time.", labels(), s.timeouts);
+            out.counter("agent_modbus_exceptions", "Modbus exception replies.", labels(), s.exceptions);
+            out.counter("agent_modbus_garbled", "Replies with a bad CRC or length.", labels(), s.garbled);
+            out.counter(
+                "agent_modbus_skipped",
+                "Reads not sent: their unit is skipped.",
+                labels(),
+                s.skipped,
+            );
+            out.counter(
+                "agent_modbus_late_replies",
+                "Replies to earlier, timed-out requests, discarded.",
+                labels(),
+                s.late_replies,
+            );
+            out.counter(
+                "agent_modbus_connects",
+                "Connections (TCP) or port opens (RTU).",
+                labels(),
+                s.connects,
+            );
+            out.gauge(
+                "agent_modbus_degraded_units",
+                "Units skipped after repeated timeouts.",
+                labels(),
+                s.degraded_units.len() as u64,
+            );
         }
     }
 }

@@ -34,6 +34,11 @@ pub enum DriverError {
     Invalid(String),
     #[error("GPIO {chip} line {line}: {message}")]
     Gpio { chip: String, line: u32, message: String },
+    /// The instrument or its link failed (a Modbus exception or timeout, a
+    /// 4-20 mA loop outside NAMUR NE 43's range): the channel's quality is
+    /// `bad`. `value` is what was read, when something was.
+    #[error("{reason}")]
+    Bad { value: Option<Value>, reason: String },
 }
 
 /// Reads a small sysfs/procfs file as text.

@@ -8,7 +8,9 @@
 //! directory (normally `/`), so tests run them on fixture trees.
 
 mod driver;
+pub mod iio;
 pub mod linux;
+pub mod modbus;
 mod profile;
 pub mod rpi;
 pub mod sim;

@@ -16,7 +16,7 @@ use proto::sample::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::driver::Driver;
-use crate::{linux, rpi, sim};
+use crate::{iio, linux, modbus, rpi, sim};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +29,12 @@ pub struct ChannelConfig {
     pub delivery: Delivery,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// Report by exception: `report = { deadband = 0.5, max_interval_ms = 60000 }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<edge::ReportConfig>,
+    /// Aggregation windows: `aggregate = { window_ms = 60000, stats = ["mean"] }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<edge::AggregateConfig>,
 }
 
 fn default_period_ms() -> u64 {
@@ -37,7 +43,15 @@ fn default_period_ms() -> u64 {
 
 impl ChannelConfig {
     pub fn new(name: &str, driver: DriverSpec, period_ms: u64, delivery: Delivery) -> Self {
-        ChannelConfig { name: name.into(), driver, period_ms, delivery, unit: None }
+        ChannelConfig {
+            name: name.into(),
+            driver,
+            period_ms,
+            delivery,
+            unit: None,
+            report: None,
+            aggregate: None,
+        }
     }
 
     /// The configured unit, or the driver's.
@@ -197,11 +211,17 @@ pub enum DriverSpec {
         #[serde(default)]
         initial: bool,
     },
+    // Field I/O.
+    /// One point of a device behind a `[[modbus]]` link.
+    Modbus(modbus::PointSpec),
+    /// An IIO ADC input (a 4-20 mA loop through a shunt, or a voltage).
+    Iio(iio::IioSpec),
 }
 
 impl DriverSpec {
-    /// Builds the driver. File paths resolve under `root` (normally `/`).
-    pub fn build(&self, root: &Path) -> Box<dyn Driver> {
+    /// Builds the driver. File paths resolve under `root` (normally `/`);
+    /// Modbus points go through their link in `links`.
+    pub fn build(&self, root: &Path, links: &modbus::Links) -> Box<dyn Driver> {
         let sub = |p: &str| root.join(p.trim_start_matches('/'));
         match self {
             DriverSpec::Sine { amplitude, period_s, offset, phase_s } => Box::new(sim::Sine {
@@ -248,6 +268,8 @@ impl DriverSpec {
             DriverSpec::GpioOut { chip, line, active_low, initial } => {
                 Box::new(rpi::Gpio::new(chip, *line, *active_low, Some(*initial)))
             }
+            DriverSpec::Modbus(spec) => Box::new(modbus::driver::Modbus::new(spec, links)),
+            DriverSpec::Iio(spec) => Box::new(spec.build(root)),
         }
     }
 
@@ -263,7 +285,16 @@ impl DriverSpec {
                 "%"
             }
             DriverSpec::Memory { .. } | DriverSpec::Disk { .. } | DriverSpec::Net { .. } => "bytes",
+            DriverSpec::Iio(spec) => spec.default_unit(),
             _ => "",
+        }
+    }
+
+    /// What a Modbus point's `ref` became, for the log.
+    pub fn modbus_reference(&self) -> Option<String> {
+        match self {
+            DriverSpec::Modbus(point) => point.describe_reference(),
+            _ => None,
         }
     }
 
@@ -282,6 +313,8 @@ impl DriverSpec {
             DriverSpec::Sine { period_s, .. } if *period_s <= 0.0 => {
                 Err("sine: `period_s` must be positive".into())
             }
+            DriverSpec::Modbus(spec) => spec.validate(),
+            DriverSpec::Iio(spec) => spec.validate(),
             _ => Ok(()),
         }
     }
@@ -325,7 +358,7 @@ mod tests {
         );
         assert_eq!((wave.delivery, wave.unit()), (Delivery::BestEffort, "bar"));
         assert_eq!(
-            valve.driver.build(Path::new("/")).read(std::time::Duration::ZERO).unwrap(),
+            valve.driver.build(Path::new("/"), &Default::default()).read(std::time::Duration::ZERO).unwrap(),
             Value::Integer(3)
         );
     }

@@ -57,6 +57,8 @@ pub struct Seen {
     pub seq: u64,
     pub historical: bool,
     pub durable: bool,
+    pub value: serde_json::Value,
+    pub quality: String,
 }
 
 /// Collects every sample published under `prefix` on a bus backend, on a
@@ -87,6 +89,8 @@ impl Collector {
                     seq: j["seq"].as_u64().unwrap_or(0),
                     historical: j["historical"] == serde_json::json!(true),
                     durable: j["durable"] == serde_json::json!(true),
+                    value: j["value"].clone(),
+                    quality: j["quality"].as_str().unwrap_or("").to_string(),
                 };
                 seen2.lock().unwrap().push(seen);
             }

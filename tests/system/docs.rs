@@ -10,11 +10,12 @@ use system_tests::*;
 
 /// Tables only an agent's config has: a ```toml block with one of them is
 /// checked as an agent config, any other as a hub config (or a part of one).
-const AGENT_TABLES: [&str; 4] = ["[uplink]", "[outbox]", "[[channel]]", "[hub]"];
+const AGENT_TABLES: [&str; 5] = ["[uplink]", "[outbox]", "[[channel]]", "[hub]", "[[modbus]]"];
 
 /// Subcommands whose next word names a subcommand (or an action) of its own:
 /// `hub keys add`, `agent store verify`, ...
-const NESTED: [&str; 8] = ["bridge", "consumers", "context", "dlq", "keys", "pipeline", "state", "store"];
+const NESTED: [&str; 9] =
+    ["bridge", "consumers", "context", "dlq", "keys", "modbus", "pipeline", "state", "store"];
 
 /// The hub's connection options that take a value and may come before the
 /// command (`hub --context site-b agents`).

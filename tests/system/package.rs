@@ -139,7 +139,21 @@ fn hub_package_installs_a_working_layout() {
     assert!(printed.contains("data_dir = \"/var/lib/plantd-hub\""), "{printed}");
     check_unit(root.path(), "plantd-hub", "plantd-hub");
     check_enabled_on_install(&deb, "plantd-hub");
-    assert!(root.path().join("usr/share/doc/plantd-hub/README.md").exists());
+    readme_links_resolve(&root.path().join("usr/share/doc/plantd-hub"));
+}
+
+/// The installed README's links into docs/ resolve beside it: the pages are installed too.
+fn readme_links_resolve(doc: &Path) {
+    let readme = std::fs::read_to_string(doc.join("README.md")).expect("the README is installed");
+    let pages: std::collections::BTreeSet<&str> = readme
+        .split("](docs/")
+        .skip(1)
+        .map(|rest| rest.split([')', '#']).next().unwrap_or_default())
+        .collect();
+    assert!(pages.len() >= 10, "the README links its pages: {pages:?}");
+    for page in pages {
+        assert!(doc.join("docs").join(page).is_file(), "docs/{page} is not installed beside the README");
+    }
 }
 
 #[test]
@@ -156,5 +170,6 @@ fn agent_packages_are_built_for_the_pi() {
         assert!(config.contains("data_dir = \"/var/lib/plantd-agent\""));
         check_unit(root.path(), "plantd-agent", "plantd-agent");
         check_enabled_on_install(&deb, "plantd-agent");
+        readme_links_resolve(&root.path().join("usr/share/doc/plantd-agent"));
     }
 }

@@ -126,7 +126,45 @@ fn run_checks(config: &Config) -> Vec<Check> {
     out.push(store(config));
     out.extend(hub(config));
     out.push(tcp("bus", &config.hub.bus, config.hub_timeout()));
+    out.extend(modbus(config));
     out.extend(clock(config));
+    out
+}
+
+/// One read per configured unit (its first channel's point), so a wrong
+/// unit id, address or wire shows before the agent runs.
+fn modbus(config: &Config) -> Vec<Check> {
+    use boards::modbus::wire::{self, Request};
+    let channels = config.effective_channels().unwrap_or_default();
+    let mut out = Vec::new();
+    for link in &config.modbus {
+        let mut wire = wire::open(link);
+        let mut units = std::collections::BTreeSet::new();
+        for channel in &channels {
+            let boards::DriverSpec::Modbus(spec) = &channel.driver else { continue };
+            let Ok(point) = spec.point() else { continue };
+            if spec.link != link.name || !units.insert(spec.unit) {
+                continue;
+            }
+            let request =
+                Request::Read { table: point.table, address: point.address, count: spec.width(point.table) };
+            let what = format!(
+                "link {} unit {}: {} {} (channel {})",
+                link.name,
+                spec.unit,
+                point.table.name(),
+                point.address,
+                channel.name
+            );
+            let started = Instant::now();
+            let mut c = match wire.transact(spec.unit, &request) {
+                Ok(_) => check("modbus", Level::Ok, format!("{what} answers")),
+                Err(e) => check("modbus", Level::Fail, format!("{what}: {e}")),
+            };
+            c.ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+            out.push(c);
+        }
+    }
     out
 }
 

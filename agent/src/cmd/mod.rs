@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod keygen;
+pub mod modbus;
 pub mod once;
 pub mod run;
 pub mod status;
