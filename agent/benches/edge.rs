@@ -82,7 +82,7 @@ fn run(seconds: u64, report: Option<ReportConfig>) -> Bytes {
         .chunks(500)
         .map(|chunk| {
             let samples = chunk.iter().map(|s| Sent { sample: s.clone(), historical: false }).collect();
-            Batch { agent: "meter-1".into(), samples }.encode().len() as u64
+            Batch { agent: "meter-1".into(), samples, events: Vec::new() }.encode().len() as u64
         })
         .sum();
     Bytes { samples: sent.len() as u64, outbox, link }

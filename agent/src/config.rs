@@ -145,6 +145,9 @@ pub struct OutboxConfig {
     /// each flush) the outbox stops growing and each new sample drops the
     /// oldest. Default: 5 % of the file system, from 256 KiB to 32 MiB.
     pub min_free_bytes: Option<u64>,
+    /// Alarm events kept for the hub (in an outbox of their own, so
+    /// telemetry never pushes them out). Default 10 000.
+    pub max_events: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -274,6 +277,25 @@ impl Config {
         self.data_dir.join("outbox")
     }
 
+    /// Where the alarm events' outbox lives.
+    pub fn events_dir(&self) -> PathBuf {
+        self.data_dir.join("outbox-events")
+    }
+
+    /// The alarm events' outbox: bounded by `outbox.max_events`, and
+    /// written into the disk's reserve (that is telemetry's limit: events
+    /// are few and bounded, and the reserve is what keeps room for them).
+    pub fn events_options(&self) -> crate::outbox::OutboxOptions {
+        let max_records = self.outbox.max_events.unwrap_or(crate::alarms::DEFAULT_MAX_EVENTS);
+        crate::outbox::OutboxOptions {
+            max_records,
+            // An event's record is about 100 bytes.
+            max_bytes: max_records.saturating_mul(512),
+            segment_bytes: 256 << 10,
+            min_free_bytes: Some(0),
+        }
+    }
+
     /// The channels to sample: configured, else the board's defaults.
     pub fn effective_channels(&self) -> Result<Vec<ChannelConfig>, ConfigError> {
         if self.channels.is_empty() {
@@ -360,6 +382,9 @@ impl Config {
                 "must allow at least 1 record and 4096 bytes".into(),
             );
         }
+        if self.outbox.max_events == Some(0) {
+            return invalid("outbox.max_events", "must allow at least 1 alarm event".into());
+        }
         if !(4096..=(64 << 20)).contains(&limits.segment_bytes) {
             return invalid("outbox.segment_bytes", "must be from 4096 to 67108864".into());
         }
@@ -396,6 +421,9 @@ impl Config {
             }
             if let Some(Err((key, problem))) = c.aggregate.as_ref().map(|a| a.validate(c.period_ms)) {
                 return invalid(&format!("{field}.aggregate.{key}"), problem);
+            }
+            if let Some(Err((key, problem))) = c.alarm.as_ref().map(|a| a.validate()) {
+                return invalid(&format!("{field}.alarm.{key}"), problem);
             }
             if let boards::DriverSpec::Modbus(point) = &c.driver {
                 if !links.contains(point.link.as_str()) {

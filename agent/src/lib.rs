@@ -1,6 +1,7 @@
 //! The agent as a library: the binary (`main.rs`) is its command line, and
 //! the black-box tests and benchmarks reach its store directly.
 
+pub mod alarms;
 pub mod clock;
 pub mod config;
 pub mod control;

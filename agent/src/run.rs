@@ -95,6 +95,16 @@ pub fn run(
         std::io::Error::new(e.kind(), format!("cannot open the outbox at {}: {e}", outbox_dir.display()))
     })?);
     migrate_legacy_outbox(&store, &outbox);
+    let events_dir = config.events_dir();
+    let events = Outbox::open(&events_dir, config.events_options(), &id).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot open the alarm events' outbox at {}: {e}", events_dir.display()),
+        )
+    })?;
+    // A sequence of their own, so an epoch of their own.
+    let events_epoch = crate::epoch::boot_epoch()?;
+    let alarms = crate::alarms::Alarms::new(&config.effective_channels()?, Arc::new(events), events_epoch);
     let channels = Arc::new(channels(config)?);
     let shared = Arc::new(Shared {
         id,
@@ -103,6 +113,7 @@ pub fn run(
         config_toml: config.redacted_toml(),
         store,
         outbox,
+        alarms,
         link: Default::default(),
         channels: Default::default(),
         live_published: AtomicU64::new(0),
@@ -213,6 +224,7 @@ pub fn run(
         started(Box::new({
             let shared = shared.clone();
             move || {
+                let _ = shared.alarms.outbox.flush();
                 let outbox = shared.outbox.flush();
                 let state = shared.store.flush();
                 log::info!("flushed the outbox ({outbox:?}) and the local state ({state:?})");
@@ -230,13 +242,14 @@ pub fn run(
         let _ = thread.join();
     }
     log::info!("agent stopping: flushing the outbox ({} records)", shared.outbox.stats().records);
-    let flushed = shared.outbox.flush();
+    let flushed = shared.alarms.outbox.flush().and(shared.outbox.flush());
     // A store that failed and was not open again yet gets a last chance.
     if let Err(e) = shared.store.heal_now() {
         log::error!("local store: opening it again failed: {e}");
     }
     let state_flushed = shared.store.flush();
-    let health = shared.outbox.health();
+    let health =
+        if shared.outbox.health().ok() { shared.alarms.outbox.health() } else { shared.outbox.health() };
     match (flushed, state_flushed, health.error) {
         (Ok(()), Ok(()), None) => Ok(()),
         (Err(e), _, _) => Err(RunError::StoreFailing(format!("the outbox's last flush failed: {e}"))),
@@ -268,6 +281,7 @@ async fn flush_loop(shared: Arc<Shared>, every: Duration) {
         smol::Timer::after(every).await;
         let s = shared.clone();
         smol::unblock(move || {
+            let _ = s.alarms.outbox.flush();
             let _ = s.outbox.flush();
             if let Err(e) = s.store.heal() {
                 log::error!("local store: opening it again failed: {e}");

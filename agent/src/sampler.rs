@@ -53,7 +53,13 @@ pub async fn run(
         let (driver, t) = (driver.clone(), shared.clock.elapsed());
         let reading = smol::unblock(move || read(&driver, t)).await;
         match record(&shared, &channel, reading) {
-            Some(sample) => stage.offer(sample, &mut out),
+            Some(sample) => {
+                // Alarms judge every reading, before report by exception thins them.
+                if shared.alarms.offer(&sample) {
+                    let _ = sinks.wake_uplink.try_send(());
+                }
+                stage.offer(sample, &mut out)
+            }
             None => stage.tick(&stamp(&shared, &channel, boards::Value::Bool(false), Quality::Bad), &mut out),
         }
         if !out.is_empty() {

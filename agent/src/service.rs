@@ -6,6 +6,7 @@
 //! | `status` | | the status JSON |
 //! | `read` | channel | `{"channel","value","unit"}` read now |
 //! | `write` | channel, value | `{"channel","value","written":true}` (outputs only) |
+//! | `ack` | channel | `{"channel","state","acknowledged":true,"changed"}`: acknowledges its alarm |
 //! | `config` | | `{"config": "<TOML>"}`, secrets redacted |
 //! | `state-get` | key | `{"key","value"}` from the local state |
 //! | `state-set` | key, value | `{"key","value","status":"set"}`; synced to the hub later |
@@ -40,16 +41,18 @@ pub enum Command {
     Config,
     Read,
     Write,
+    Ack,
     StateGet,
     StateSet,
 }
 
 impl Command {
-    pub const ALL: [Command; 6] = [
+    pub const ALL: [Command; 7] = [
         Command::Status,
         Command::Config,
         Command::Read,
         Command::Write,
+        Command::Ack,
         Command::StateGet,
         Command::StateSet,
     ];
@@ -60,6 +63,7 @@ impl Command {
             Command::Config => "config",
             Command::Read => "read",
             Command::Write => "write",
+            Command::Ack => "ack",
             Command::StateGet => "state-get",
             Command::StateSet => "state-set",
         }
@@ -76,12 +80,23 @@ pub fn handle(shared: &Shared, channels: &Channels, state: &LocalState, body: &[
     let word = text(0).unwrap_or_default();
     let Some(command) = Command::parse(&word) else {
         return error(format!(
-            "unknown command '{word}': use status, read, write, config, state-get or state-set"
+            "unknown command '{word}': use status, read, write, ack, config, state-get or state-set"
         ));
     };
     match command {
         Command::Status => shared.to_json(),
         Command::Config => json!({"config": shared.config_toml}),
+        Command::Ack => {
+            let Some(name) = text(1) else { return error("ack needs a channel name".into()) };
+            match shared.alarms.acknowledge(&name, shared.clock.mono_ns()) {
+                Ok(event) => {
+                    let active = shared.alarms.active().into_iter().find(|a| a.channel == name);
+                    let state = active.map_or("normal", |a| a.state.name());
+                    json!({"channel": name, "state": state, "acknowledged": true, "changed": event.is_some()})
+                }
+                Err(e) => error(e.to_string()),
+            }
+        }
         Command::Read | Command::Write => {
             let Some(name) = text(1) else { return error(format!("{word} needs a channel name")) };
             let Some((config, driver)) = channels.by_name.get(&name) else {

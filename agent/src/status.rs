@@ -58,6 +58,7 @@ pub struct LinkStatus {
     pub last_error: Option<String>,
     pub batches_acked: u64,
     pub samples_acked: u64,
+    pub events_acked: u64,
 }
 
 impl Default for LinkStatus {
@@ -70,6 +71,7 @@ impl Default for LinkStatus {
             last_error: None,
             batches_acked: 0,
             samples_acked: 0,
+            events_acked: 0,
         }
     }
 }
@@ -81,6 +83,8 @@ pub struct Shared {
     pub config_toml: String,
     pub store: Arc<Store>,
     pub outbox: Arc<Outbox>,
+    /// The channels' limit alarms and their events outbox.
+    pub alarms: crate::alarms::Alarms,
     pub link: Mutex<LinkStatus>,
     pub channels: Mutex<BTreeMap<String, ChannelStatus>>,
     pub live_published: AtomicU64,
@@ -148,7 +152,10 @@ impl Shared {
 
     /// Whether both stores write: the outbox and the local state.
     pub fn store_ok(&self) -> bool {
-        self.outbox.health().ok() && lock(&self.local_store).ok() && !self.store.is_broken()
+        self.outbox.health().ok()
+            && self.alarms.outbox.health().ok()
+            && lock(&self.local_store).ok()
+            && !self.store.is_broken()
     }
 
     /// The store's health: the outbox's and the local state's, the first error shown.
@@ -263,8 +270,10 @@ impl Shared {
                 "last_error": link.last_error,
                 "batches_acked": link.batches_acked,
                 "samples_acked": link.samples_acked,
+                "events_acked": link.events_acked,
             },
             "modbus": self.modbus_json(),
+            "alarms": self.alarms.to_json(),
             "outbox": {
                 "records": outbox.records,
                 "bytes": outbox.bytes,
@@ -371,6 +380,29 @@ impl Shared {
         out.counter("agent_breaker_opened", "Times the circuit breaker opened.", vec![], link.breaker_opened);
         out.counter("agent_batches_acked", "Batches the hub acknowledged.", vec![], link.batches_acked);
         out.counter("agent_samples_acked", "Samples the hub acknowledged.", vec![], link.samples_acked);
+        out.counter("agent_events_acked", "Alarm events the hub acknowledged.", vec![], link.events_acked);
+        let events = self.alarms.outbox.stats();
+        out.gauge("agent_alarm_events_records", "Alarm events waiting for the hub.", vec![], events.records);
+        out.gauge(
+            "agent_alarm_events_max_records",
+            "Alarm events the events outbox holds at most.",
+            vec![],
+            events.max_records,
+        );
+        out.counter(
+            "agent_alarm_events_dropped",
+            "Alarm events dropped: the events outbox was full.",
+            vec![],
+            events.dropped,
+        );
+        let active = self.alarms.active();
+        out.gauge("agent_alarms_active", "Alarms in force.", vec![], active.len() as u64);
+        out.gauge(
+            "agent_alarms_unacknowledged",
+            "Alarms in force that no operator acknowledged.",
+            vec![],
+            active.iter().filter(|a| !a.acknowledged).count() as u64,
+        );
         for (name, c) in self.channels().iter() {
             let labels = || vec![("channel", name.clone())];
             out.counter("agent_channel_samples", "Readings of a channel.", labels(), c.samples);

@@ -9,6 +9,12 @@
 //! `live_window_ms` when sent are marked historical. Every batch carries the
 //! agent's report (backlog, lag, health); with nothing to send, an empty
 //! batch carries it every `report_interval_ms`.
+//!
+//! Alarm events go first: while the events outbox holds any, its batches
+//! are sent before the samples' (unpaced: they are few), so an alarm raised
+//! during an outage reaches the hub ahead of the telemetry backlog. While
+//! the hub cannot take events (it asks to retry, or predates them) the
+//! samples are sent meanwhile, so alarms never hold telemetry back.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,7 +51,25 @@ pub async fn run(
     let live_window_ns = cfg.live_window_ms * 1_000_000;
     let report_every = Duration::from_millis(cfg.report_interval_ms.max(1000));
     let mut last_sent: Option<Instant> = None;
+    // Until when events wait (the hub asked to retry, or cannot take them).
+    let mut events_wait: Option<Instant> = None;
     loop {
+        let events = shared.alarms.outbox.stats().records > 0;
+        let events_due = events && events_wait.is_none_or(|t| Instant::now() >= t);
+        if events_due {
+            let now = Instant::now();
+            if !breaker.allow(now) {
+                set_breaker(&shared, &breaker);
+                smol::Timer::after(breaker.wait(now)).await;
+                continue;
+            }
+            if let Some(wait) = send_events(&shared, &mut client, &mut breaker, &cfg).await {
+                events_wait = Some(Instant::now() + wait);
+            } else {
+                last_sent = Some(Instant::now());
+            }
+            continue;
+        }
         let records = shared.outbox.stats().records as usize;
         let report_due = last_sent.is_none_or(|t| t.elapsed() >= report_every);
         if records == 0 && !report_due {
@@ -109,7 +133,7 @@ pub async fn run(
                 Sent { sample, historical: late }
             })
             .collect();
-        let body = Batch { agent: agent.clone(), samples }.encode();
+        let body = Batch { agent: agent.clone(), samples, events: Vec::new() }.encode();
         let report = report(&shared).encode();
         if let Some(key) = last_key {
             shared.outbox.sending(key);
@@ -118,12 +142,7 @@ pub async fn run(
             last_sent = Some(Instant::now());
         }
         let frames: &[&[u8]] = if ours { &[&body, &report] } else { &[&body] };
-        let reply = client.request(proto::ingest::SERVICE, frames).await;
-        let reply = reply.map_err(|e| e.to_string()).and_then(|frames| {
-            let first = frames.first().map(|f| f.to_vec()).unwrap_or_default();
-            Reply::decode(&first).map_err(|e| format!("undecodable reply from the hub: {e}"))
-        });
-        match reply {
+        match call(&mut client, frames).await {
             Ok(Reply::Ack { .. }) => {
                 breaker.success();
                 if let Some(Err(e)) = last_key.map(|key| shared.outbox.retire(key)) {
@@ -173,15 +192,101 @@ pub async fn run(
             }
             Err(e) => {
                 shared.outbox.not_sent();
-                breaker.failure(Instant::now());
-                set_breaker(&shared, &breaker);
-                let mut link = shared.link();
-                if link.state != LinkState::Down {
-                    log::warn!("hub unreachable ({e}): keeping samples in the outbox");
-                }
-                link.state = LinkState::Down;
-                link.last_error = Some(e);
+                unreachable(&shared, &mut breaker, e);
             }
+        }
+    }
+}
+
+/// One request to ingest, and its answer decoded.
+async fn call(client: &mut AsyncClient, frames: &[&[u8]]) -> Result<Reply, String> {
+    let reply = client.request(proto::ingest::SERVICE, frames).await;
+    reply.map_err(|e| e.to_string()).and_then(|frames| {
+        let first = frames.first().map(|f| f.to_vec()).unwrap_or_default();
+        Reply::decode(&first).map_err(|e| format!("undecodable reply from the hub: {e}"))
+    })
+}
+
+fn unreachable(shared: &Shared, breaker: &mut Breaker, e: String) {
+    breaker.failure(Instant::now());
+    set_breaker(shared, breaker);
+    let mut link = shared.link();
+    if link.state != LinkState::Down {
+        log::warn!("hub unreachable ({e}): keeping samples and alarm events in their outboxes");
+    }
+    link.state = LinkState::Down;
+    link.last_error = Some(e);
+}
+
+/// Sends the oldest alarm events; retires them once the hub acknowledges
+/// every one. `Some(wait)`: events wait that long, and samples go meanwhile.
+async fn send_events(
+    shared: &Arc<Shared>,
+    client: &mut AsyncClient,
+    breaker: &mut Breaker,
+    cfg: &UplinkConfig,
+) -> Option<Duration> {
+    set_breaker(shared, breaker);
+    let outbox = shared.alarms.outbox.clone();
+    let (records, bytes) = (cfg.batch_records, cfg.batch_bytes);
+    let batch = match smol::unblock(move || outbox.peek(records, bytes)).await {
+        Ok(batch) if !batch.records.is_empty() => batch,
+        Ok(_) => {
+            let _ = shared.alarms.outbox.resync();
+            return Some(Duration::from_millis(100));
+        }
+        Err(e) => {
+            log::error!("alarm events' outbox read failed: {e}");
+            return Some(Duration::from_secs(1));
+        }
+    };
+    let last_key = batch.records.last().map(|(key, _)| *key)?;
+    let ours = *batch.agent == *shared.id;
+    let events: Vec<_> = batch.records.into_iter().map(|(_, event)| event).collect();
+    let count = events.len();
+    let body = Batch { agent: batch.agent.to_string(), samples: Vec::new(), events }.encode();
+    let report = report(shared).encode();
+    let frames: &[&[u8]] = if ours { &[&body, &report] } else { &[&body] };
+    shared.alarms.outbox.sending(last_key);
+    let reply = call(client, frames).await;
+    if !matches!(reply, Ok(Reply::Ack { .. })) {
+        shared.alarms.outbox.not_sent();
+    }
+    match reply {
+        Ok(Reply::Ack { accepted, duplicates }) if (accepted + duplicates) as usize == count => {
+            breaker.success();
+            if let Err(e) = shared.alarms.outbox.retire(last_key) {
+                log::error!("alarm events' outbox retire failed: {e}");
+            }
+            let mut link = shared.link();
+            link.state = LinkState::Up;
+            link.last_ack_wall_ns = Some(clock::wall_ns());
+            link.events_acked += count as u64;
+            None
+        }
+        Ok(Reply::Ack { .. }) => {
+            // A hub from before alarms read the batch's samples (none) and acknowledged those.
+            shared.alarms.outbox.not_sent();
+            breaker.success();
+            let why =
+                "the hub does not take alarm events (it predates them): they are kept until it is upgraded";
+            log::error!("{why}");
+            note(shared, LinkState::Up, why.into());
+            Some(Duration::from_secs(300))
+        }
+        Ok(Reply::Retry { reason, after_ms }) => {
+            breaker.success();
+            note(shared, LinkState::Up, format!("hub asks to retry alarm events: {reason}"));
+            Some(Duration::from_millis(after_ms.clamp(100, 60_000).into()))
+        }
+        Ok(Reply::Malformed { reason } | Reply::Refused { reason }) => {
+            log::error!("hub rejects our alarm events: {reason}");
+            note(shared, LinkState::Up, format!("hub rejects alarm events: {reason}"));
+            Some(Duration::from_secs(30))
+        }
+        Err(e) => {
+            unreachable(shared, breaker, e);
+            Some(breaker.wait(Instant::now()).max(Duration::from_millis(100)))
         }
     }
 }
@@ -206,6 +311,7 @@ fn report(shared: &Shared) -> Report {
         space_low: stats.space_low,
         free_bytes: stats.free_bytes.unwrap_or(0),
         min_free_bytes: stats.min_free_bytes,
+        alarms: shared.alarms.active(),
     }
 }
 

@@ -35,6 +35,9 @@ pub struct ChannelConfig {
     /// Aggregation windows: `aggregate = { window_ms = 60000, stats = ["mean"] }`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregate: Option<edge::AggregateConfig>,
+    /// Limit alarms: `alarm = { hi = 80.0, hysteresis = 1.0, delay_ms = 2000 }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<edge::AlarmConfig>,
 }
 
 fn default_period_ms() -> u64 {
@@ -51,6 +54,7 @@ impl ChannelConfig {
             unit: None,
             report: None,
             aggregate: None,
+            alarm: None,
         }
     }
 

@@ -12,11 +12,12 @@
 //! alarm = { hi = 80.0, hihi = 95.0, lo = 5.0, lolo = 1.0, hysteresis = 1.0, delay_ms = 2000, priority = "high" }
 //! ```
 //!
-//! This is the decision core only: the agent does not yet send its events
-//! (see the issue that asks for them).
+//! This is the decision core only; the agent sends the events through an
+//! outbox of their own (`agent/src/alarms.rs`), ahead of its samples.
 
 use std::time::Duration;
 
+pub use proto::alarm::{Kind, Level, Priority};
 use proto::sample::{Quality, Value};
 use serde::{Deserialize, Serialize};
 
@@ -40,47 +41,6 @@ pub struct AlarmConfig {
     pub delay_ms: u64,
     #[serde(default)]
     pub priority: Priority,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    Low,
-    #[default]
-    Medium,
-    High,
-    Urgent,
-}
-
-/// Where a value stands against the limits, lowest first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    LoLo,
-    Lo,
-    Normal,
-    Hi,
-    HiHi,
-}
-
-impl Level {
-    pub fn name(self) -> &'static str {
-        match self {
-            Level::LoLo => "lolo",
-            Level::Lo => "lo",
-            Level::Normal => "normal",
-            Level::Hi => "hi",
-            Level::HiHi => "hihi",
-        }
-    }
-
-    fn severity(self) -> u8 {
-        match self {
-            Level::Normal => 0,
-            Level::Hi | Level::Lo => 1,
-            Level::HiHi | Level::LoLo => 2,
-        }
-    }
 }
 
 impl AlarmConfig {
@@ -133,13 +93,6 @@ impl AlarmConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Raise,
-    Clear,
-    Acknowledge,
-}
-
 /// What changed, for the event bus.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
@@ -176,6 +129,15 @@ impl Alarm {
 
     pub fn acknowledged(&self) -> bool {
         self.acknowledged
+    }
+
+    pub fn priority(&self) -> Priority {
+        self.config.priority
+    }
+
+    /// The last usable reading (NaN before the first).
+    pub fn last(&self) -> f64 {
+        self.last
     }
 
     /// The level `x` calls for, the hysteresis band holding the current one.

@@ -10,4 +10,5 @@ pub mod alarm;
 pub mod report;
 
 pub use aggregate::{AggregateConfig, Aggregator, Closed, Stat};
+pub use alarm::{Alarm, AlarmConfig};
 pub use report::{ReportConfig, ReportFilter, Verdict};

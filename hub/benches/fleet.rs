@@ -96,8 +96,12 @@ impl Rig {
             unit: String::new(),
             quality: Quality::Good,
         };
-        let batch =
-            Batch { agent: "probe".into(), samples: vec![Sent { sample, historical: false }] }.encode();
+        let batch = Batch {
+            agent: "probe".into(),
+            samples: vec![Sent { sample, historical: false }],
+            events: Vec::new(),
+        }
+        .encode();
         loop {
             assert!(Instant::now() < deadline, "the hub's ingest never took a batch in 30 s");
             if let Ok(reply) = client.request(proto::ingest::SERVICE, &[&batch]) {

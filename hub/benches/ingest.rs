@@ -106,7 +106,7 @@ fn through_ingest(agents: usize, per_agent: u64, batch: usize) -> (f64, f64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let samples = vec![Sent { sample: sample("t", 1, 1), historical: false }];
-        let body = Batch { agent: PROBE.into(), samples };
+        let body = Batch { agent: PROBE.into(), samples, events: Vec::new() };
         let reply = probe.request(proto::ingest::SERVICE, &[&body.encode()]).expect("ingest answers");
         if matches!(Reply::decode(&reply[0]), Ok(Reply::Ack { .. })) {
             break;

@@ -227,11 +227,18 @@ impl Hub {
                 .find(|b| b.name == config.ingest.bus)
                 .expect("validated: the ingest bus exists");
             let worker = config.broker.worker_options();
+            let names: Vec<&str> = config.buses.iter().map(|b| b.name.as_str()).collect();
+            let event_bus = config.ingest.event_bus(&names);
+            let outlet = |name: &str| {
+                let bus =
+                    config.buses.iter().find(|b| b.name == name).expect("validated: the ingest buses exist");
+                let listeners = listeners.get(name).cloned().unwrap_or_default();
+                crate::ingest::Outlet { frontend: bus.inproc_frontend(), listeners }
+            };
             let ingest = IngestService::open(
                 &config.data_dir,
                 &config.ingest,
-                bus.inproc_frontend(),
-                listeners.remove(&bus.name).unwrap_or_default(),
+                (outlet(&bus.name), outlet(event_bus)),
                 worker,
                 security.clone(),
                 joined_exports(config),

@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::alarm::{Active, AlarmEvent};
 use crate::codec::{self, WireError};
 use crate::sample::Sample;
 
@@ -24,11 +25,24 @@ pub struct Sent {
     pub historical: bool,
 }
 
-/// What an agent sends to `org.plantd.Ingest`: samples in sequence order.
+/// What an agent sends to `org.plantd.Ingest`: samples in sequence order,
+/// and (appended with alarms) alarm events in sequence order. An agent sends
+/// events in batches of their own, ahead of its samples; a hub counts them
+/// in its `Ack`, so an agent can tell a hub that predates them (which
+/// decodes the leading fields, ignores the rest and acknowledges nothing).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
     pub agent: String,
     pub samples: Vec<Sent>,
+    #[serde(default)]
+    pub events: Vec<AlarmEvent>,
+}
+
+/// A batch as agents before alarms sent it.
+#[derive(Deserialize)]
+struct BatchV1 {
+    agent: String,
+    samples: Vec<Sent>,
 }
 
 /// How an agent is doing, as it says with its batches (for `hub agents`
@@ -75,6 +89,36 @@ pub struct Report {
     pub free_bytes: u64,
     #[serde(default)]
     pub min_free_bytes: u64,
+    // Added with alarms.
+    /// Its alarms in force now.
+    #[serde(default)]
+    pub alarms: Vec<Active>,
+}
+
+/// The report as agents from issue 27 until alarms sent it.
+#[derive(Deserialize)]
+struct ReportV2 {
+    head: ReportV1,
+    dropped_for_space: u64,
+    store_errors: u64,
+    quarantined: u64,
+    space_low: bool,
+    free_bytes: u64,
+    min_free_bytes: u64,
+}
+
+impl From<ReportV2> for Report {
+    fn from(r: ReportV2) -> Report {
+        Report {
+            dropped_for_space: r.dropped_for_space,
+            store_errors: r.store_errors,
+            quarantined: r.quarantined,
+            space_low: r.space_low,
+            free_bytes: r.free_bytes,
+            min_free_bytes: r.min_free_bytes,
+            ..Report::from(r.head)
+        }
+    }
 }
 
 /// The report as agents before issue 27 sent it: the same leading fields.
@@ -114,7 +158,10 @@ impl Report {
     /// A report from an agent of any version so far (an older one's lacks
     /// the later fields: they read as zero).
     pub fn decode(bytes: &[u8]) -> Result<Report, WireError> {
-        codec::decode(bytes).or_else(|e| codec::decode::<ReportV1>(bytes).map(Report::from).map_err(|_| e))
+        // postcard nests a struct's fields in place, so V2 reads V1's and then its own.
+        codec::decode(bytes)
+            .or_else(|e| codec::decode::<ReportV2>(bytes).map(Report::from).map_err(|_| e))
+            .or_else(|e| codec::decode::<ReportV1>(bytes).map(Report::from).map_err(|_| e))
     }
 }
 
@@ -138,8 +185,12 @@ impl Batch {
         codec::encode(self)
     }
 
+    /// A batch from an agent of any version so far (an older one's has no events).
     pub fn decode(bytes: &[u8]) -> Result<Batch, WireError> {
-        codec::decode(bytes)
+        codec::decode(bytes).or_else(|e| {
+            let old = codec::decode::<BatchV1>(bytes).map_err(|_| e)?;
+            Ok(Batch { agent: old.agent, samples: old.samples, events: Vec::new() })
+        })
     }
 }
 
@@ -156,8 +207,11 @@ impl Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alarm::testing::event;
+    use crate::alarm::{Kind, Level, Priority};
     use crate::codec::VERSION;
     use crate::sample::testing::{sample, value};
+    use crate::sample::Value;
     use proptest::prelude::*;
 
     #[test]
@@ -185,7 +239,40 @@ mod tests {
             space_low: true,
             free_bytes: 1 << 19,
             min_free_bytes: 1 << 20,
+            alarms: vec![Active {
+                channel: "temp".into(),
+                state: Level::Hi,
+                priority: Priority::High,
+                acknowledged: false,
+                value: 85.5,
+                since_wall_ns: 1,
+            }],
         }
+    }
+
+    #[test]
+    fn reports_from_issue_27_until_alarms_keep_their_fields() {
+        let new = report();
+        let mut v2 = Report { alarms: Vec::new(), ..new.clone() }.encode();
+        v2.pop(); // The empty list of alarms: the one byte a V2 report lacks.
+        assert_eq!(Report::decode(&v2).unwrap(), Report { alarms: Vec::new(), ..new });
+    }
+
+    #[test]
+    fn batches_with_events_and_batches_of_older_agents_are_read() {
+        let events = vec![event(1, Kind::Raise, Level::Hi), event(2, Kind::Acknowledge, Level::Hi)];
+        let batch = Batch { agent: "a".into(), samples: Vec::new(), events };
+        assert_eq!(Batch::decode(&batch.encode()).unwrap(), batch);
+        #[derive(Serialize)]
+        struct Old<'a>(&'a str, Vec<Sent>);
+        let sent = Sent { sample: sample(4, Value::Integer(1)), historical: false };
+        let old = Batch::decode(&codec::encode(&Old("a", vec![sent.clone()]))).unwrap();
+        assert_eq!(old, Batch { agent: "a".into(), samples: vec![sent], events: Vec::new() });
+        // A hub before alarms reads the leading fields of a batch of events: no samples to take.
+        #[derive(Deserialize)]
+        struct OldHub(#[allow(dead_code)] String, Vec<Sent>);
+        let seen: OldHub = codec::decode(&batch.encode()).unwrap();
+        assert!(seen.1.is_empty());
     }
 
     #[test]
@@ -211,7 +298,7 @@ mod tests {
         #[test]
         fn batches_round_trip(seqs in prop::collection::vec(any::<u64>(), 0..20), v in value(), historical in any::<bool>()) {
             let samples: Vec<Sent> = seqs.iter().map(|&s| Sent { sample: sample(s, v.clone()), historical }).collect();
-            let batch = Batch { agent: "a".into(), samples };
+            let batch = Batch { agent: "a".into(), samples, events: Vec::new() };
             prop_assert_eq!(Batch::decode(&batch.encode()).unwrap(), batch);
         }
 

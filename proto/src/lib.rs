@@ -4,6 +4,7 @@
 //! typed values or actions. Nothing opens a socket, reads a clock or sleeps,
 //! so all of it is testable and fuzzable without libzmq.
 
+pub mod alarm;
 pub mod backoff;
 pub mod breaker;
 pub mod bus;

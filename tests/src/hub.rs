@@ -353,7 +353,7 @@ pub fn send_batch(
     let options =
         transport::ClientOptions { timeout: Duration::from_secs(2), retries: 0, ..Default::default() };
     let mut client = transport::Client::new(&ctx, broker, options);
-    let batch = Batch { agent: "pump-1".into(), samples }.encode();
+    let batch = Batch { agent: "pump-1".into(), samples, events: Vec::new() }.encode();
     let reply = client.request(proto::ingest::SERVICE, &[&batch]).ok()?;
     Reply::decode(reply.first()?).ok()
 }

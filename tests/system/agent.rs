@@ -257,7 +257,7 @@ fn a_damaged_record_is_quarantined_counted_and_the_rest_delivered() {
             at += len;
         }
         let Parsed::Record { len, .. } = record::parse(&bytes[at..]) else { panic!("record 5") };
-        let sample = record::decode(&bytes[at + record::HEADER..at + len]).unwrap();
+        let sample: proto::sample::Sample = record::decode(&bytes[at + record::HEADER..at + len]).unwrap();
         assert_eq!((sample.epoch, sample.seq), (epoch, 5));
         bytes[at + record::HEADER + 3] ^= 0x55;
         std::fs::write(&segment, bytes).unwrap();

@@ -97,6 +97,8 @@ fn edge_settings_are_validated_naming_the_field() {
         ("report = { deadband = 1.0, deadband_pct = 2.0 }", "channel[0] ('x').report.deadband_pct"),
         ("aggregate = { window_ms = 500 }", "channel[0] ('x').aggregate.window_ms"),
         ("aggregate = { window_ms = 60000, stats = [\"min\", \"min\"] }", "channel[0] ('x').aggregate.stats"),
+        ("alarm = { hi = 80.0, hihi = 70.0 }", "channel[0] ('x').alarm.hihi"),
+        ("alarm = { hysteresis = 1.0 }", "channel[0] ('x').alarm.hi"),
     ] {
         let body = format!("[[channel]]\nname = \"x\"\ndriver = {{ kind = \"sine\" }}\n{setting}\n");
         let config = agent_config(dir.path(), "e3", &free_endpoint(), &free_endpoint(), &body);

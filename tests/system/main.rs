@@ -3,6 +3,7 @@
 
 mod agent;
 mod agent_storage;
+mod alarms;
 mod arm;
 mod attacks;
 mod bridge;

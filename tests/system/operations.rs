@@ -203,6 +203,7 @@ fn readiness_names_a_state_store_and_an_ingest_that_cannot_write() {
             },
             historical: false,
         }],
+        events: Vec::new(),
     };
     let ctx = zmq::Context::new();
     let options = transport::ClientOptions { timeout: 5 * SECOND, retries: 0, ..Default::default() };

@@ -81,7 +81,7 @@ fn batch(agent: &str, seqs: &[u64]) -> Vec<u8> {
             historical: false,
         })
         .collect();
-    Batch { agent: agent.into(), samples }.encode()
+    Batch { agent: agent.into(), samples, events: Vec::new() }.encode()
 }
 
 fn ingest(site: &Site, who: &Identity, hub: &HubProc, body: Vec<u8>) -> Reply {

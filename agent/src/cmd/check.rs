@@ -211,8 +211,8 @@ fn store(config: &Config) -> Check {
             return check("store", Level::Fail, format!("{}: {e} ({what})", path.display()));
         }
     }
-    let inspected =
-        agent::outbox::Outbox::inspect(&outbox).and_then(|o| Ok((o.verify()?, o.stats(), o.made_as())));
+    let inspected = agent::outbox::Outbox::<proto::sample::Sample>::inspect(&outbox)
+        .and_then(|o| Ok((o.verify()?, o.stats(), o.made_as())));
     let id = config.agent_id();
     match inspected {
         Ok(((intact, damaged), s, made_as)) => {

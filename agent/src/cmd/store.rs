@@ -74,7 +74,7 @@ pub fn run(args: StoreArgs) -> CmdResult {
     };
     match args.action {
         Action::Status(_) => {
-            let outbox = Outbox::inspect(&dir)?;
+            let outbox = Outbox::<proto::sample::Sample>::inspect(&dir)?;
             let s = outbox.stats();
             let age = outbox.oldest_wall_ns().map(|w| (agent::clock::wall_ns() - w) as f64 / 1e9);
             let store = state().ok();
@@ -97,7 +97,7 @@ pub fn run(args: StoreArgs) -> CmdResult {
             Ok(ExitCode::SUCCESS)
         }
         Action::Verify(_) => {
-            let outbox = Outbox::inspect(&dir)?;
+            let outbox = Outbox::<proto::sample::Sample>::inspect(&dir)?;
             let (ok, damaged) = outbox.verify()?;
             let torn = outbox.recovery().torn_bytes;
             println!(
@@ -109,14 +109,15 @@ pub fn run(args: StoreArgs) -> CmdResult {
         Action::Dump(d) => {
             // Each record under the id it was made with; the configured one where none was recorded.
             let configured = config.agent_id();
-            for (id, sample) in Outbox::inspect(&dir)?.dump(d.limit)? {
+            for (id, sample) in Outbox::<proto::sample::Sample>::inspect(&dir)?.dump(d.limit)? {
                 println!("{}", sample.to_json(id.as_deref().unwrap_or(&configured), true, false));
             }
             Ok(ExitCode::SUCCESS)
         }
         Action::Repair(_) => {
             // Opening repairs: torn tails cut, damage quarantined and the segments rewritten.
-            let outbox = Outbox::open(&dir, config.outbox_options()?, &config.agent_id())?;
+            let outbox =
+                Outbox::<proto::sample::Sample>::open(&dir, config.outbox_options()?, &config.agent_id())?;
             let at_open = outbox.recovery();
             let now = outbox.repair()?;
             outbox.flush()?;

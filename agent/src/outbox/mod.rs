@@ -19,12 +19,19 @@
 //! is still read and sent meanwhile, and retiring it makes room.
 //!
 //! Every record is sent under the agent id it was made with ([`ids`]).
+//!
+//! The agent keeps two: its durable samples, and its alarm events
+//! ([`Record`] is what either holds), so a full sample outbox never drops an
+//! alarm and events can be sent ahead of a telemetry backlog.
 
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use proto::alarm::AlarmEvent;
 use proto::sample::Sample;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub mod ids;
@@ -37,6 +44,32 @@ use self::log::{Counters, Log, WriteError};
 
 /// A record's place in the outbox: its log index.
 pub type Key = u64;
+
+/// What an outbox holds: anything the hub keys by (epoch, seq).
+pub trait Record: Serialize + DeserializeOwned {
+    /// (epoch, seq): the key the hub deduplicates on.
+    fn key(&self) -> (u64, u64);
+    /// When it was made (wall clock, ns since the Unix epoch).
+    fn wall_ns(&self) -> i64;
+}
+
+impl Record for Sample {
+    fn key(&self) -> (u64, u64) {
+        (self.epoch, self.seq)
+    }
+    fn wall_ns(&self) -> i64 {
+        self.wall_ns
+    }
+}
+
+impl Record for AlarmEvent {
+    fn key(&self) -> (u64, u64) {
+        (self.epoch, self.seq)
+    }
+    fn wall_ns(&self) -> i64 {
+        self.wall_ns
+    }
+}
 
 pub type Result<T> = std::io::Result<T>;
 
@@ -154,17 +187,18 @@ struct Inner {
 
 /// The oldest records, all made under one agent id.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Peeked {
+pub struct Peeked<R = Sample> {
     /// The id they were made under: the batch's agent.
     pub agent: Arc<str>,
-    pub records: Vec<(Key, Sample)>,
+    pub records: Vec<(Key, R)>,
 }
 
-pub struct Outbox {
+pub struct Outbox<R = Sample> {
     dir: PathBuf,
     inner: Mutex<Inner>,
     /// One flush at a time (the periodic one may still run when the last one starts).
     flushing: Mutex<()>,
+    record: PhantomData<fn() -> R>,
 }
 
 fn write_error(e: WriteError) -> std::io::Error {
@@ -225,11 +259,11 @@ impl Inner {
     }
 }
 
-impl Outbox {
+impl<R: Record> Outbox<R> {
     /// Opens (creating) the outbox in `dir` for the agent `id`, recovering
     /// what a crash or damage left: torn tails cut off, damaged stretches
     /// quarantined. Records made under another id stay that id's.
-    pub fn open(dir: &Path, opts: OutboxOptions, id: &str) -> Result<Outbox> {
+    pub fn open(dir: &Path, opts: OutboxOptions, id: &str) -> Result<Outbox<R>> {
         let log = Log::open(dir, opts.segment_bytes)?;
         let ids = Ids::read(dir).unwrap_or_else(|e| {
             ::log::error!("outbox: {e}: its records are taken as made under '{id}'");
@@ -259,7 +293,7 @@ impl Outbox {
     }
 
     /// Opens the outbox of a stopped agent to look at it, changing nothing.
-    pub fn inspect(dir: &Path) -> Result<Outbox> {
+    pub fn inspect(dir: &Path) -> Result<Outbox<R>> {
         let log = Log::inspect(dir)?;
         let ids = Ids::read(dir).unwrap_or_else(|e| {
             ::log::warn!("outbox: {e}");
@@ -268,8 +302,8 @@ impl Outbox {
         Self::with(dir, log, OutboxOptions::unbounded(), "", ids)
     }
 
-    fn with(dir: &Path, mut log: Log, opts: OutboxOptions, id: &str, ids: Ids) -> Result<Outbox> {
-        let last = log.last_payload()?.and_then(|p| record::decode(&p).ok()).map(|s| (s.epoch, s.seq));
+    fn with(dir: &Path, mut log: Log, opts: OutboxOptions, id: &str, ids: Ids) -> Result<Outbox<R>> {
+        let last = log.last_payload()?.and_then(|p| record::decode::<R>(&p).ok()).map(|r| r.key());
         log.set_written_tag(last);
         let recovery = log.recovery;
         if recovery.damaged > 0 {
@@ -297,7 +331,12 @@ impl Outbox {
         if dir.exists() {
             inner.space(stores::space(dir));
         }
-        Ok(Outbox { dir: dir.to_path_buf(), inner: Mutex::new(inner), flushing: Mutex::new(()) })
+        Ok(Outbox {
+            dir: dir.to_path_buf(),
+            inner: Mutex::new(inner),
+            flushing: Mutex::new(()),
+            record: PhantomData,
+        })
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -360,10 +399,11 @@ impl Outbox {
         g.ids.live(g.log.head())
     }
 
-    /// Appends a sample, dropping the oldest first if it would not fit (or
-    /// the disk is short of its reserve).
-    pub fn append(&self, sample: &Sample) -> Result<()> {
+    /// Appends a sample (or event), dropping the oldest first if it would
+    /// not fit (or the disk is short of its reserve).
+    pub fn append(&self, sample: &R) -> Result<()> {
         let payload = record::payload(sample);
+        let key = sample.key();
         let len = (record::HEADER + payload.len()) as u64;
         let mut guard = self.inner();
         let g = &mut *guard;
@@ -383,8 +423,8 @@ impl Outbox {
                     break;
                 }
             }
-            g.log.append(&payload, (sample.epoch, sample.seq)).map_err(write_error)?;
-            g.last_appended = Some((sample.epoch, sample.seq));
+            g.log.append(&payload, key).map_err(write_error)?;
+            g.last_appended = Some(key);
             if g.log.pending_bytes() >= log::WRITE_CHUNK {
                 g.log.write_out().map_err(write_error)?;
             }
@@ -419,7 +459,7 @@ impl Outbox {
     /// The oldest samples, up to `max_records` and about `max_bytes` (at
     /// least one), all made under one agent id. Damage met at the head is
     /// quarantined and counted.
-    pub fn peek(&self, max_records: usize, max_bytes: usize) -> Result<Peeked> {
+    pub fn peek(&self, max_records: usize, max_bytes: usize) -> Result<Peeked<R>> {
         let mut guard = self.inner();
         let g = &mut *guard;
         g.write_pending();
@@ -527,7 +567,7 @@ impl Outbox {
         let mut g = self.inner();
         g.write_pending();
         let front = g.log.front().ok()??;
-        record::decode(&front.payload).ok().map(|s| s.wall_ns)
+        record::decode::<R>(&front.payload).ok().map(|r| r.wall_ns())
     }
 
     /// Counts intact records and damaged stretches (`agent store verify`).
@@ -536,7 +576,7 @@ impl Outbox {
         let (intact, damaged) = g.log.verify()?;
         let mut undecodable = 0;
         g.log.read(true, |_, payload| {
-            undecodable += u64::from(record::decode(payload).is_err());
+            undecodable += u64::from(record::decode::<R>(payload).is_err());
             true
         })?;
         Ok((intact - undecodable, damaged + undecodable))
@@ -549,7 +589,7 @@ impl Outbox {
 
     /// Every intact record, oldest first, up to `limit` (`agent store
     /// dump`), with the agent id it was made under (`None`: not recorded).
-    pub fn dump(&self, limit: usize) -> Result<Vec<(Option<Arc<str>>, Sample)>> {
+    pub fn dump(&self, limit: usize) -> Result<Vec<(Option<Arc<str>>, R)>> {
         let mut out = Vec::new();
         let mut guard = self.inner();
         let g = &mut *guard;

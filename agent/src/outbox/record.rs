@@ -5,7 +5,7 @@
 //! length  u32 LE    of the payload, at most MAX_PAYLOAD
 //! index   u64 LE    the record's place in the log, rising by one per append
 //! crc     u32 LE    CRC-32 (IEEE) of index bytes then payload
-//! payload           the sample in `proto`'s versioned encoding
+//! payload           the sample (or alarm event) in `proto`'s versioned encoding
 //! ```
 //!
 //! The marker lets a reader find the next record after damaged bytes; the
@@ -15,19 +15,20 @@
 //! append.
 
 use proto::codec::{self, WireError};
-use proto::sample::Sample;
+
+use super::Record;
 
 pub const MARKER: [u8; 4] = [0xd5, 0x8e, 0x3c, 0xa1];
 pub const HEADER: usize = 20;
 /// Larger payloads are refused at append and treated as damage when read.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 
-/// A sample as a record's payload.
-pub fn payload(sample: &Sample) -> Vec<u8> {
-    codec::encode(sample)
+/// A sample (or an alarm event) as a record's payload.
+pub fn payload<R: Record>(record: &R) -> Vec<u8> {
+    codec::encode(record)
 }
 
-pub fn decode(payload: &[u8]) -> Result<Sample, WireError> {
+pub fn decode<R: Record>(payload: &[u8]) -> Result<R, WireError> {
     codec::decode(payload)
 }
 
@@ -87,7 +88,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use proto::sample::testing::{sample, value};
-    use proto::sample::Value;
+    use proto::sample::{Sample, Value};
 
     #[test]
     fn records_detect_damage() {
@@ -95,7 +96,7 @@ mod tests {
         let mut bytes = Vec::new();
         frame(7, &body, &mut bytes);
         assert_eq!(parse(&bytes), Parsed::Record { index: 7, len: bytes.len() });
-        assert_eq!(decode(&bytes[HEADER..]).unwrap(), sample(1, Value::Number(21.5)));
+        assert_eq!(decode::<Sample>(&bytes[HEADER..]).unwrap(), sample(1, Value::Number(21.5)));
         for i in 0..bytes.len() {
             let mut damaged = bytes.clone();
             damaged[i] ^= 0x40;
@@ -112,7 +113,7 @@ mod tests {
             let mut bytes = Vec::new();
             frame(index, &payload(&s), &mut bytes);
             prop_assert_eq!(parse(&bytes), Parsed::Record { index, len: bytes.len() });
-            prop_assert_eq!(decode(&bytes[HEADER..]).unwrap(), s);
+            prop_assert_eq!(decode::<Sample>(&bytes[HEADER..]).unwrap(), s);
         }
 
         #[test]
@@ -120,7 +121,7 @@ mod tests {
             let mut buf = if marked { MARKER.to_vec() } else { Vec::new() };
             buf.extend(bytes);
             let _ = parse(&buf);
-            let _ = decode(&buf);
+            let _ = decode::<Sample>(&buf);
         }
     }
 }

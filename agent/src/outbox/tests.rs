@@ -6,6 +6,9 @@ use proto::sample::{Quality, Value};
 use super::log::segment_name;
 use super::*;
 
+/// The samples' outbox (the events' is the same type over another record).
+type Outbox = super::Outbox<Sample>;
+
 fn sample(epoch: u64, seq: u64) -> Sample {
     Sample {
         channel: "c".into(),

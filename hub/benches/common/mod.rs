@@ -13,7 +13,7 @@ use testkit::Proc;
 /// Sends `samples` as one batch from `agent` to the hub's ingest, as an
 /// agent's outbox does, and fails the run unless it is acknowledged.
 pub fn send_batch(client: &mut transport::Client, agent: &str, samples: Vec<Sent>) {
-    let body = Batch { agent: agent.into(), samples }.encode();
+    let body = Batch { agent: agent.into(), samples, events: Vec::new() }.encode();
     let reply = client.request(proto::ingest::SERVICE, &[&body]).expect("ingest answers");
     let reply = Reply::decode(&reply[0]);
     assert!(matches!(reply, Ok(Reply::Ack { .. })), "{reply:?}");

@@ -9,7 +9,8 @@ use super::{ask_hub, show_hub_answer, CmdResult, Connection};
 /// epoch, the durable samples the hub accepted from them and dropped as
 /// repeats, the samples they lost (dropped from a full outbox or for a disk
 /// short of its reserve, lost to failed writes: kept across their restarts),
-/// and what needs an operator now; under the table, any of the hub's own
+/// its alarms in force (channel, level, and `!` while unacknowledged), and
+/// what needs an operator now; under the table, any of the hub's own
 /// stores failing or found damaged at start. Asks the hub's own service,
 /// org.plantd.Hub.
 #[derive(FromArgs)]
@@ -52,6 +53,7 @@ fn table(agents: &[Value]) -> String {
         "DUPLICATES",
         "DROPPED",
         "WRITE LOST",
+        "ALARMS",
         "WARNING",
     ];
     let seconds = |v: &Value| v.as_f64().map_or("-".to_string(), |s| format!("{s:.0}s"));
@@ -64,7 +66,28 @@ fn table(agents: &[Value]) -> String {
             said.join("; ")
         }
     };
-    let rows: Vec<[String; 11]> = agents
+    // `tank hi!`: channel and level, `!` while no operator acknowledged it.
+    let alarms = |v: &Value| {
+        let said: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                let unacknowledged = if a["acknowledged"] == false { "!" } else { "" };
+                format!(
+                    "{} {}{unacknowledged}",
+                    a["channel"].as_str().unwrap_or("?"),
+                    a["state"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        if said.is_empty() {
+            "-".to_string()
+        } else {
+            said.join(", ")
+        }
+    };
+    let rows: Vec<[String; 12]> = agents
         .iter()
         .map(|a| {
             [
@@ -78,6 +101,7 @@ fn table(agents: &[Value]) -> String {
                 number(&a["duplicates"]),
                 number(&a["dropped"]),
                 number(&a["store_errors"]),
+                alarms(&a["alarms"]),
                 warnings(&a["warnings"]),
             ]
         })
@@ -107,19 +131,23 @@ mod tests {
     fn the_table_aligns_and_says_what_is_unknown() {
         let agents = serde_json::json!([
             {"agent": "pump-1", "link": "up", "last_seen_s": 1.2, "backlog": 0, "lag_s": 0.0, "epoch": 7, "accepted": 12, "duplicates": 0,
-             "dropped": 40, "store_errors": 3, "warnings": ["its disk is short"]},
+             "dropped": 40, "store_errors": 3, "warnings": ["its disk is short"],
+             "alarms": [{"channel": "tank", "state": "hi", "acknowledged": false}, {"channel": "flow", "state": "lolo", "acknowledged": true}]},
             {"agent": "pump-22", "link": "silent", "last_seen_s": 95.0, "backlog": null, "lag_s": null, "epoch": 9, "accepted": 3, "duplicates": 1}
         ]);
         let text = table(agents.as_array().unwrap());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "AGENT    LINK    LAST SEEN  BACKLOG  LAG  EPOCH  ACCEPTED  DUPLICATES  DROPPED  WRITE LOST  WARNING"
+            "AGENT    LINK    LAST SEEN  BACKLOG  LAG  EPOCH  ACCEPTED  DUPLICATES  DROPPED  WRITE LOST  ALARMS               WARNING"
         );
-        assert_eq!(lines[1], "pump-1   up      1s         0        0s   7      12        0           40       3           its disk is short");
+        assert_eq!(
+            lines[1],
+            "pump-1   up      1s         0        0s   7      12        0           40       3           tank hi!, flow lolo  its disk is short"
+        );
         assert_eq!(
             lines[2],
-            "pump-22  silent  95s        -        -    9      3         1           -        -           -"
+            "pump-22  silent  95s        -        -    9      3         1           -        -           -                    -"
         );
         assert!(table(&[]).contains("no agent has reported yet"));
     }

@@ -66,12 +66,12 @@ const SECURITY_EXAMPLE: &str = r#"
 # [security.identities]          # identity, or a prefix ending in *, -> roles
 # "pump-*" = ["agent"]           # built in: provides org.plantd.Agent.<id>, sends its own ingest, publishes its metrics
 # "grafana" = ["viewer"]         # built in: mmi.*, state reads, agent status/read, subscribes to everything
-# "ops-*" = ["operator"]         # built in: calls anything, agent write/config, state writes, capture
+# "ops-*" = ["operator"]         # built in: calls anything, agent write/ack/config, state writes, capture
 #
 # [security.roles.recipes]       # a role of your own ({id} is the identity's name)
 # provide = ["org.plantd.Recipes"]
 # call = ["org.plantd.State"]
-# agent_ops = []                 # status, read, write, config, state-get, state-set
+# agent_ops = []                 # status, read, write, ack, config, state-get, state-set
 # publish = { event = ["org.plantd.Recipes."] }
 # subscribe = { metric = ["org.plantd.Metric."] }
 # capture = []                   # buses whose capture endpoint it may use

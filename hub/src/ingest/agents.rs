@@ -132,6 +132,8 @@ impl Agents {
                 "free_bytes": r.map(|r| r.free_bytes),
                 "min_free_bytes": r.map(|r| r.min_free_bytes),
                 "warnings": r.map(warnings).unwrap_or_default(),
+                // Its alarms in force, as it last said.
+                "alarms": r.map(|r| r.alarms.iter().map(proto::alarm::Active::to_json).collect::<Vec<_>>()).unwrap_or_default(),
                 "store_ok": r.map(|r| r.store_ok),
                 "uptime_s": r.map(|r| r.uptime_s),
                 "version": r.map(|r| r.version.clone()),
@@ -190,6 +192,12 @@ impl Agents {
                     "1 while an agent's stores write, as it last said.",
                     labels(),
                     r.store_ok.into(),
+                );
+                out.gauge(
+                    "ingest_agent_alarms_active",
+                    "Alarms in force at an agent, as it last said.",
+                    labels(),
+                    r.alarms.len() as u64,
                 );
                 out.gauge(
                     "ingest_agent_backlog",

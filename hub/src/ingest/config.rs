@@ -9,6 +9,11 @@ pub struct IngestConfig {
     pub enabled: bool,
     /// The bus accepted samples are published on.
     pub bus: String,
+    /// The bus agents' alarm events are published on
+    /// (`org.plantd.Event.alarm.<agent>.<channel>`). Default: the bus named
+    /// "event" where there is one, else `bus`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_bus: Option<String>,
     /// Accept a batch only when a subscriber on the bus covers at least one
     /// of its samples' topics, so nothing is published into the void while
     /// nobody listens; until then agents keep buffering. (One watched channel
@@ -31,6 +36,7 @@ impl Default for IngestConfig {
         IngestConfig {
             enabled: true,
             bus: "metric".into(),
+            event_bus: None,
             require_subscriber: true,
             workers: 4,
             epochs_kept: 64,
@@ -51,6 +57,18 @@ impl IngestConfig {
         if !buses.contains(&self.bus.as_str()) {
             return Err(("ingest.bus", format!("names no configured bus ('{}')", self.bus)));
         }
+        if let Some(bus) = self.event_bus.as_deref().filter(|b| !buses.contains(b)) {
+            return Err(("ingest.event_bus", format!("names no configured bus ('{bus}')")));
+        }
         Ok(())
+    }
+
+    /// The bus alarm events go on, of `buses` (the configured ones' names).
+    pub fn event_bus<'a>(&'a self, buses: &[&'a str]) -> &'a str {
+        match &self.event_bus {
+            Some(bus) => bus,
+            None if buses.contains(&"event") => "event",
+            None => &self.bus,
+        }
     }
 }

@@ -19,6 +19,11 @@
 //! are watched: the outbox is one ordered queue, and holding the whole agent
 //! back for one unwatched channel would fill it.
 //!
+//! Alarm events come in batches of their own, keyed and deduplicated like
+//! samples (an agent numbers them under an epoch of their own), journaled
+//! like them, and published on the event bus (`org.plantd.Event.alarm.`),
+//! behind the same gate: a real subscriber there, or a journal consumer.
+//!
 //! Batches of different agents are handled at once, by as many workers as
 //! configured; one agent's batches one at a time (a lock per agent, from a
 //! fixed set), so two workers never race on one agent's watermarks.
@@ -106,14 +111,22 @@ pub enum IngestError {
     Zmq(#[from] zmq::Error),
 }
 
+/// A bus ingest publishes on: its in-process frontend, and its real
+/// subscribers (the gate).
+#[derive(Clone, Default)]
+pub struct Outlet {
+    pub frontend: String,
+    pub listeners: Subscribers,
+}
+
 #[derive(Clone)]
 pub struct IngestService {
     store: Arc<IngestStore>,
     counters: Arc<IngestCounters>,
     config: IngestConfig,
-    /// Real subscribers on the bus: the gate.
-    listeners: Subscribers,
-    bus: String,
+    /// Where samples go (the metric bus), and alarm events (the event bus).
+    samples: Outlet,
+    events: Outlet,
     worker: WorkerOptions,
     locks: Arc<Vec<Mutex<()>>>,
     /// With security, requests start with the caller's identity (the broker
@@ -122,8 +135,8 @@ pub struct IngestService {
     agents: Arc<Agents>,
     /// Every accepted sample also goes here, durably, for those who must have it.
     export: Export,
-    /// The bus publisher all workers share (see `connect_publisher`).
-    publisher: Arc<Mutex<Option<zmq::Socket>>>,
+    /// The bus publishers all workers share (see `connect_publishers`): samples', events'.
+    publishers: Arc<Mutex<Option<[zmq::Socket; 2]>>>,
 }
 
 /// What the journal's readers (the bridge, pipelines, durable consumers) take from ingest.
@@ -153,13 +166,12 @@ impl ExportConfig {
 }
 
 impl IngestService {
-    /// Opens the watermark store under `data_dir/ingest`; publishes to `bus`
-    /// (the metric bus's in-process frontend), whose real subscribers are `listeners`.
+    /// Opens the watermark store under `data_dir/ingest`; publishes samples
+    /// through `samples` (the metric bus) and alarm events through `events`.
     pub fn open(
         data_dir: &Path,
         config: &IngestConfig,
-        bus: String,
-        listeners: Subscribers,
+        (samples, events): (Outlet, Outlet),
         worker: WorkerOptions,
         security: Option<Arc<Security>>,
         export: ExportConfig,
@@ -173,14 +185,14 @@ impl IngestService {
             store: Arc::new(store),
             counters: Arc::new(counters),
             config: config.clone(),
-            listeners,
-            bus,
+            samples,
+            events,
             worker,
             locks: Arc::new((0..AGENT_LOCKS).map(|_| Mutex::new(())).collect()),
             security,
             agents: Arc::new(Agents::new(config.max_agents, SILENT_AFTER)),
             export,
-            publisher: Arc::default(),
+            publishers: Arc::default(),
         })
     }
 
@@ -205,7 +217,7 @@ impl IngestService {
 
     /// One worker: serves batches until shutdown. Run several for several agents at once.
     pub fn serve(&self, ctx: &zmq::Context, signal: &ShutdownWatch) -> Result<(), IngestError> {
-        self.connect_publisher(ctx)?;
+        self.connect_publishers(ctx)?;
         let worker = Worker::new(ctx, BROKER_INPROC, proto::ingest::SERVICE, self.worker.clone());
         worker.run(signal, |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
             let frame = |i: usize| body.get(i).map(|f| &f[..]);
@@ -219,10 +231,12 @@ impl IngestService {
                 &caller,
                 batch,
                 report,
-                |topic| self.listeners.covers(topic),
+                |topic| self.outlet(topic).listeners.covers(topic),
                 |topic, json| {
-                    if let Some(publisher) = self.publisher.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+                    if let Some(publishers) =
+                        self.publishers.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
                     {
+                        let publisher = &publishers[usize::from(is_event(topic))];
                         let _ = publish_on(publisher, Framing::TwoFrame, topic, json);
                     }
                 },
@@ -232,19 +246,31 @@ impl IngestService {
         Ok(())
     }
 
-    /// One PUB socket for every worker: the bus proxy reads its publishers
-    /// fairly, not in order, so samples one agent sent in two batches that two
-    /// workers handled would otherwise reach subscribers out of order.
-    fn connect_publisher(&self, ctx: &zmq::Context) -> zmq::Result<()> {
-        let mut shared = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
+    /// One PUB socket per bus for every worker: the bus proxy reads its
+    /// publishers fairly, not in order, so samples one agent sent in two
+    /// batches that two workers handled would otherwise reach subscribers out of order.
+    fn connect_publishers(&self, ctx: &zmq::Context) -> zmq::Result<()> {
+        let mut shared = self.publishers.lock().unwrap_or_else(|e| e.into_inner());
         if shared.is_none() {
-            let publisher = ctx.socket(zmq::PUB)?;
-            // In process, to the bus proxy: never drop an accepted sample here.
-            publisher.set_sndhwm(0)?;
-            publisher.connect(&self.bus)?;
-            *shared = Some(publisher);
+            let connect = |outlet: &Outlet| -> zmq::Result<zmq::Socket> {
+                let publisher = ctx.socket(zmq::PUB)?;
+                // In process, to the bus proxy: never drop an accepted sample here.
+                publisher.set_sndhwm(0)?;
+                publisher.connect(&outlet.frontend)?;
+                Ok(publisher)
+            };
+            *shared = Some([connect(&self.samples)?, connect(&self.events)?]);
         }
         Ok(())
+    }
+
+    /// The bus a topic is published on.
+    fn outlet(&self, topic: &[u8]) -> &Outlet {
+        if is_event(topic) {
+            &self.events
+        } else {
+            &self.samples
+        }
     }
 
     /// Handles one batch from `caller` (an identity, or empty for the hub
@@ -281,8 +307,12 @@ impl IngestService {
         let mut channels: Vec<&str> = batch.samples.iter().map(|s| s.sample.channel.as_str()).collect();
         channels.sort_unstable();
         channels.dedup();
-        let topics: Vec<String> =
+        let mut topics: Vec<String> =
             channels.iter().map(|ch| format!("{}{agent}.{ch}", proto::sample::TOPIC_PREFIX)).collect();
+        let mut alarmed: Vec<&str> = batch.events.iter().map(|e| e.channel.as_str()).collect();
+        alarmed.sort_unstable();
+        alarmed.dedup();
+        topics.extend(alarmed.iter().map(|ch| format!("{}{agent}.{ch}", proto::alarm::TOPIC_PREFIX)));
         let now = (std::time::Instant::now(), wall_ns());
         // The journal's consumers are listeners in their own right: what they take is heard.
         let e = &self.export;
@@ -293,8 +323,9 @@ impl IngestService {
         {
             self.agents.record(agent, Heard { report, ..Heard::default() }, now.0, now.1);
             c.retries.fetch_add(1, Relaxed);
+            let bus = if is_event(topics[0].as_bytes()) { "event" } else { "metric" };
             return Reply::Retry {
-                reason: format!("no subscriber for {} on the metric bus", topics[0]),
+                reason: format!("no subscriber for {} on the {bus} bus", topics[0]),
                 after_ms: 1000,
             };
         }
@@ -331,29 +362,47 @@ impl IngestService {
         let epoch = batch.samples.last().map(|s| s.sample.epoch);
         // Samples come in epoch runs: look the watermark up once per run.
         let mut current: Option<(u64, u64)> = None;
+        let epochs_kept = self.config.epochs_kept;
+        let mut is_new = |epoch: u64, seq: u64| {
+            let mark = match current {
+                Some((e, mark)) if e == epoch => mark,
+                _ => marks.of(epoch),
+            };
+            if seq <= mark {
+                duplicates += 1;
+                current = Some((epoch, mark));
+                return false;
+            }
+            marks.raise(epoch, seq, epochs_kept);
+            current = Some((epoch, seq));
+            accepted += 1;
+            true
+        };
         let mut fresh = Vec::new();
         for sent in &batch.samples {
             let s = &sent.sample;
-            let (epoch, mark) = match current {
-                Some((epoch, mark)) if epoch == s.epoch => (epoch, mark),
-                _ => (s.epoch, marks.of(s.epoch)),
-            };
-            if s.seq <= mark {
-                duplicates += 1;
-                current = Some((epoch, mark));
-                continue;
+            if is_new(s.epoch, s.seq) {
+                fresh.push(Entry {
+                    topic: s.topic(agent),
+                    payload: s.to_json(agent, true, sent.historical).to_string().into_bytes(),
+                    agent: agent.to_string(),
+                    epoch: s.epoch,
+                    seq: s.seq,
+                    historical: sent.historical,
+                });
             }
-            fresh.push(Entry {
-                topic: s.topic(agent),
-                payload: s.to_json(agent, true, sent.historical).to_string().into_bytes(),
-                agent: agent.to_string(),
-                epoch,
-                seq: s.seq,
-                historical: sent.historical,
-            });
-            marks.raise(epoch, s.seq, self.config.epochs_kept);
-            current = Some((epoch, s.seq));
-            accepted += 1;
+        }
+        for e in &batch.events {
+            if is_new(e.epoch, e.seq) {
+                fresh.push(Entry {
+                    topic: e.topic(agent),
+                    payload: e.to_json(agent).to_string().into_bytes(),
+                    agent: agent.to_string(),
+                    epoch: e.epoch,
+                    seq: e.seq,
+                    historical: false,
+                });
+            }
         }
         if let Err(full) = self.export.journal.make_room(fresh.len() as u64, Journal::size_of(&fresh)) {
             // Before anything is published: the agent keeps the batch, and sends it again.
@@ -420,6 +469,11 @@ impl IngestService {
         *self.counters.failing.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
         Reply::Retry { reason: format!("hub storage error: {e}"), after_ms: 1000 }
     }
+}
+
+/// Whether a topic is an alarm event's (published on the event bus).
+fn is_event(topic: &[u8]) -> bool {
+    topic.starts_with(proto::alarm::TOPIC_PREFIX.as_bytes())
 }
 
 /// Ingest's metrics: totals, each agent's, and the bounds.

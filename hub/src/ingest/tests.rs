@@ -9,12 +9,10 @@ fn service(require_subscriber: bool) -> (IngestService, tempfile::TempDir) {
 }
 
 fn open(dir: &Path, config: &IngestConfig) -> IngestService {
-    let listeners = Subscribers::default();
     IngestService::open(
         dir,
         config,
-        String::new(),
-        listeners,
+        (Outlet::default(), Outlet::default()),
         WorkerOptions::default(),
         None,
         Default::default(),
@@ -40,7 +38,7 @@ fn batch(agent: &str, epoch: u64, seqs: &[u64]) -> Vec<u8> {
             historical: seq % 2 == 0,
         })
         .collect();
-    Batch { agent: agent.into(), samples }.encode()
+    Batch { agent: agent.into(), samples, events: Vec::new() }.encode()
 }
 
 /// Topic prefixes real subscribers hold.
@@ -82,7 +80,7 @@ fn a_batch_spanning_two_epochs_keeps_both_watermarks() {
     let (svc, _dir) = service(true);
     let mut samples = Batch::decode(&batch("pi", 1, &[1, 2])).unwrap().samples;
     samples.extend(Batch::decode(&batch("pi", 2, &[1])).unwrap().samples);
-    let body = Batch { agent: "pi".into(), samples }.encode();
+    let body = Batch { agent: "pi".into(), samples, events: Vec::new() }.encode();
     assert_eq!(run(&svc, &body, &everything()).0, Reply::Ack { accepted: 3, duplicates: 0 });
     assert_eq!(run(&svc, &body, &everything()).0, Reply::Ack { accepted: 0, duplicates: 3 });
 }
@@ -153,4 +151,29 @@ fn garbage_is_malformed_and_counted() {
     assert!(matches!(run(&svc, b"", &everything()).0, Reply::Malformed { .. }));
     assert!(matches!(run(&svc, &batch("a\0b", 1, &[1]), &everything()).0, Reply::Malformed { .. }));
     assert_eq!(svc.counters.malformed.load(Relaxed), 3);
+}
+
+#[test]
+fn alarm_events_are_deduplicated_apart_from_samples_and_wait_for_an_event_subscriber() {
+    use proto::alarm::testing::event;
+    use proto::alarm::{Kind, Level};
+    let (svc, _dir) = service(true);
+    let events = vec![event(1, Kind::Raise, Level::Hi), event(2, Kind::Acknowledge, Level::Hi)];
+    let body = Batch { agent: "pi".into(), samples: Vec::new(), events }.encode();
+    // Only the metric bus is watched: the events wait (the agent sends telemetry meanwhile).
+    let metric_only = vec![b"org.plantd.Metric.".to_vec()];
+    let (reply, published) = run(&svc, &body, &metric_only);
+    assert!(matches!(&reply, Reply::Retry { reason, .. } if reason.contains("event bus")), "{reply:?}");
+    assert!(published.is_empty());
+    let watching = vec![b"org.plantd.Event.alarm.".to_vec()];
+    let (reply, published) = run(&svc, &body, &watching);
+    assert_eq!(reply, Reply::Ack { accepted: 2, duplicates: 0 }, "the Ack counts events");
+    let kinds: Vec<&str> = published.iter().map(|j| j["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["raise", "acknowledge"]);
+    assert_eq!(run(&svc, &body, &watching).0, Reply::Ack { accepted: 0, duplicates: 2 });
+    // Samples of the same agent under another epoch are their own sequence.
+    assert_eq!(
+        run(&svc, &batch("pi", 1, &[1, 2]), &everything()).0,
+        Reply::Ack { accepted: 2, duplicates: 0 }
+    );
 }

@@ -22,7 +22,7 @@ pub struct Role {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub call: Vec<String>,
     /// Commands it may send to agents' services (`org.plantd.Agent.*`):
-    /// status, read, write, config, state-get, state-set.
+    /// status, read, write, ack, config, state-get, state-set.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub agent_ops: Vec<String>,
     /// Bus name (or "*") → topic prefixes it may publish.
@@ -73,7 +73,7 @@ pub fn builtin_roles() -> BTreeMap<String, Role> {
     };
     let operator = Role {
         call: strings(&["*"]),
-        agent_ops: strings(&["status", "read", "write", "config", "state-get", "state-set"]),
+        agent_ops: strings(&["status", "read", "write", "ack", "config", "state-get", "state-set"]),
         publish: BTreeMap::from([("event".into(), strings(&[""]))]),
         subscribe: everything(),
         capture: strings(&["*"]),

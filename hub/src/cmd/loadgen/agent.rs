@@ -172,7 +172,7 @@ impl SimAgent {
             .collect();
         let count = samples.len();
         let last_seq = self.outbox[count - 1].seq;
-        let body = Batch { agent: self.id.clone(), samples }.encode();
+        let body = Batch { agent: self.id.clone(), samples, events: Vec::new() }.encode();
         let report = self.report(now).encode();
         self.in_flight = Some(InFlight { samples: count, last_seq, sent_at: now });
         let send = self.core.start(now, rules.service.as_bytes());

@@ -471,6 +471,19 @@
       else if (spaceLow) setChip(row, 'store_ok', 'disk short', 'bad');
       else setChip(row, 'store_ok', 'ok', 'ok');
       cell(row, 'store_ok').title = warnings.join('\n');
+      // Alarms in force at the agent: channel and level, marked while unacknowledged.
+      const alarms = Array.isArray(a.alarms) ? a.alarms : [];
+      const unacked = alarms.filter((x) => x.acknowledged === false).length;
+      const alarmCell = setCell(
+        row,
+        'alarms',
+        alarms.length ? alarms.map((x) => String(x.channel) + ' ' + String(x.state) + (x.acknowledged === false ? '!' : '')).join(', ') : '–',
+        alarms.length,
+        unacked > 0 ? 'bad-text' : alarms.length ? 'warn-text' : '',
+      );
+      alarmCell.title = alarms
+        .map((x) => String(x.channel) + ': ' + String(x.state) + ' (' + String(x.priority) + ', value ' + String(x.value) + (x.acknowledged ? ', acknowledged' : ', not acknowledged') + ')')
+        .join('\n');
       setCell(row, 'epoch', isNum(a.epoch) ? String(a.epoch) : '–', a.epoch, 'num small');
       setCell(row, 'uptime_s', fmtSeconds(a.uptime_s), a.uptime_s, 'num');
       setCell(row, 'version', a.version ? String(a.version) : '–', a.version, 'small');
