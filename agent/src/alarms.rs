@@ -18,17 +18,31 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use boards::ChannelConfig;
-use edge::alarm::{Alarm, Event};
-use proto::alarm::{Active, AlarmEvent, Level};
+use edge::alarm::Alarm;
+use proto::alarm::{Active, AlarmEvent, Change, Level};
 use proto::sample::Sample;
 use serde_json::{json, Value as Json};
 
 use crate::clock;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, OutboxOptions};
 
 /// Events the events outbox holds by default: an alarm's raise, clear and
 /// acknowledgement are three, so this is a few thousand alarms.
 pub const DEFAULT_MAX_EVENTS: u64 = 10_000;
+
+/// The alarm events' outbox: bounded by `outbox.max_events`, and written
+/// into the disk's reserve (that is telemetry's limit: events are few and
+/// bounded, and the reserve is what keeps room for them).
+pub fn outbox_options(max_events: Option<u64>) -> OutboxOptions {
+    let max_records = max_events.unwrap_or(DEFAULT_MAX_EVENTS);
+    OutboxOptions {
+        max_records,
+        // An event's record is about 100 bytes.
+        max_bytes: max_records.saturating_mul(512),
+        segment_bytes: 256 << 10,
+        min_free_bytes: Some(0),
+    }
+}
 
 struct Channel {
     alarm: Alarm,
@@ -108,33 +122,14 @@ impl Alarms {
         let Some(event) = c.alarm.acknowledge() else { return Ok(None) };
         let event = self.stamp(channel, &c.unit, event, (clock::wall_ns(), mono_ns, clock::synced()));
         let event = self.store(event).map_err(|e| AckError::Store(e.to_string()))?;
-        log::info!("alarm of channel {channel} ({}) acknowledged", event.state.name());
+        log::info!("alarm of channel {channel} ({}) acknowledged", event.change.state.name());
         Ok(Some(event))
     }
 
-    fn stamp(
-        &self,
-        channel: &str,
-        unit: &str,
-        e: Event,
-        (wall_ns, mono_ns, synced): (i64, u64, bool),
-    ) -> AlarmEvent {
-        AlarmEvent {
-            channel: channel.to_string(),
-            epoch: self.epoch,
-            seq: 0,
-            wall_ns,
-            mono_ns,
-            clock_synced: synced,
-            kind: e.kind,
-            state: e.state,
-            from: e.from,
-            value: e.value,
-            limit: e.limit,
-            acknowledged: e.acknowledged,
-            priority: e.priority,
-            unit: unit.to_string(),
-        }
+    fn stamp(&self, channel: &str, unit: &str, change: Change, when: (i64, u64, bool)) -> AlarmEvent {
+        let (wall_ns, mono_ns, clock_synced) = when;
+        let (channel, unit) = (channel.to_string(), unit.to_string());
+        AlarmEvent { channel, epoch: self.epoch, seq: 0, wall_ns, mono_ns, clock_synced, unit, change }
     }
 
     /// Appends an event, numbered next (the caller holds the channels'
@@ -145,11 +140,12 @@ impl Alarms {
         match self.outbox.append(&event) {
             Ok(()) => {
                 self.seq.fetch_add(1, Relaxed);
-                let (channel, state, from) = (&event.channel, event.state.name(), event.from.name());
+                let (channel, state, from) =
+                    (&event.channel, event.change.state.name(), event.change.from.name());
                 log::warn!(
                     "alarm {}: channel {channel} {state} (from {from}) at {}",
-                    event.kind.name(),
-                    event.value
+                    event.change.kind.name(),
+                    event.change.value
                 );
                 Ok(event)
             }
@@ -193,7 +189,6 @@ impl Alarms {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::OutboxOptions;
     use proto::alarm::Kind;
     use proto::sample::{Quality, Value};
 
@@ -226,16 +221,19 @@ mod tests {
         assert!(!alarms.offer(&Sample { channel: "flow".into(), ..reading(99.0, 200) }), "no alarm on flow");
         assert_eq!(alarms.active().len(), 1);
         let ack = alarms.acknowledge("tank", 300).unwrap().unwrap();
-        assert_eq!((ack.kind, ack.seq, ack.epoch), (Kind::Acknowledge, 2, 77));
+        assert_eq!((ack.change.kind, ack.seq, ack.epoch), (Kind::Acknowledge, 2, 77));
         assert_eq!(alarms.acknowledge("tank", 400), Ok(None), "nothing left to acknowledge");
         assert!(matches!(alarms.acknowledge("flow", 500), Err(AckError::NoAlarm(..))));
         let events: Vec<AlarmEvent> =
             outbox.peek(10, 1 << 20).unwrap().records.into_iter().map(|(_, e)| e).collect();
         assert_eq!(
-            events.iter().map(|e| (e.kind, e.seq)).collect::<Vec<_>>(),
+            events.iter().map(|e| (e.change.kind, e.seq)).collect::<Vec<_>>(),
             [(Kind::Raise, 1), (Kind::Acknowledge, 2)]
         );
-        assert_eq!((events[0].wall_ns, events[0].value, events[0].unit.as_str()), (1_100, 85.0, "degC"));
+        assert_eq!(
+            (events[0].wall_ns, events[0].change.value, events[0].unit.as_str()),
+            (1_100, 85.0, "degC")
+        );
         assert!(alarms.offer(&reading(70.0, 600)), "cleared");
         assert!(alarms.active().is_empty());
     }

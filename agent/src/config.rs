@@ -282,20 +282,6 @@ impl Config {
         self.data_dir.join("outbox-events")
     }
 
-    /// The alarm events' outbox: bounded by `outbox.max_events`, and
-    /// written into the disk's reserve (that is telemetry's limit: events
-    /// are few and bounded, and the reserve is what keeps room for them).
-    pub fn events_options(&self) -> crate::outbox::OutboxOptions {
-        let max_records = self.outbox.max_events.unwrap_or(crate::alarms::DEFAULT_MAX_EVENTS);
-        crate::outbox::OutboxOptions {
-            max_records,
-            // An event's record is about 100 bytes.
-            max_bytes: max_records.saturating_mul(512),
-            segment_bytes: 256 << 10,
-            min_free_bytes: Some(0),
-        }
-    }
-
     /// The channels to sample: configured, else the board's defaults.
     pub fn effective_channels(&self) -> Result<Vec<ChannelConfig>, ConfigError> {
         if self.channels.is_empty() {

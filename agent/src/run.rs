@@ -96,12 +96,13 @@ pub fn run(
     })?);
     migrate_legacy_outbox(&store, &outbox);
     let events_dir = config.events_dir();
-    let events = Outbox::open(&events_dir, config.events_options(), &id).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot open the alarm events' outbox at {}: {e}", events_dir.display()),
-        )
-    })?;
+    let events = Outbox::open(&events_dir, crate::alarms::outbox_options(config.outbox.max_events), &id)
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot open the alarm events' outbox at {}: {e}", events_dir.display()),
+            )
+        })?;
     // A sequence of their own, so an epoch of their own.
     let events_epoch = crate::epoch::boot_epoch()?;
     let alarms = crate::alarms::Alarms::new(&config.effective_channels()?, Arc::new(events), events_epoch);

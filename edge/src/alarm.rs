@@ -17,6 +17,8 @@
 
 use std::time::Duration;
 
+/// What changed, for the event bus: the agent stamps it into an `AlarmEvent`.
+pub use proto::alarm::Change as Event;
 pub use proto::alarm::{Kind, Level, Priority};
 use proto::sample::{Quality, Value};
 use serde::{Deserialize, Serialize};
@@ -91,20 +93,6 @@ impl AlarmConfig {
             Level::Normal
         }
     }
-}
-
-/// What changed, for the event bus.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Event {
-    pub kind: Kind,
-    pub state: Level,
-    pub from: Level,
-    /// The value that caused it (for an acknowledgement, the last one).
-    pub value: f64,
-    /// The limit of the state entered, or of the state left when clearing.
-    pub limit: Option<f64>,
-    pub acknowledged: bool,
-    pub priority: Priority,
 }
 
 /// One channel's alarm.

@@ -88,6 +88,21 @@ impl Kind {
     }
 }
 
+/// What an alarm decided (the `edge` crate's alarm returns it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub kind: Kind,
+    /// The level entered (for an acknowledgement: the level acknowledged).
+    pub state: Level,
+    pub from: Level,
+    /// The reading that caused it (for an acknowledgement: the last one).
+    pub value: f64,
+    /// The limit of the level entered, or of the level left when clearing.
+    pub limit: Option<f64>,
+    pub acknowledged: bool,
+    pub priority: Priority,
+}
+
 /// One alarm event of one channel, as it travels from the agent's events
 /// outbox to the hub.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -101,17 +116,8 @@ pub struct AlarmEvent {
     pub wall_ns: i64,
     pub mono_ns: u64,
     pub clock_synced: bool,
-    pub kind: Kind,
-    /// The level entered (for an acknowledgement: the level acknowledged).
-    pub state: Level,
-    pub from: Level,
-    /// The reading that caused it (for an acknowledgement: the last one).
-    pub value: f64,
-    /// The limit of the level entered, or of the level left when clearing.
-    pub limit: Option<f64>,
-    pub acknowledged: bool,
-    pub priority: Priority,
     pub unit: String,
+    pub change: Change,
 }
 
 impl AlarmEvent {
@@ -123,17 +129,18 @@ impl AlarmEvent {
     pub fn to_json(&self, agent: &str) -> Json {
         let number = |x: f64| serde_json::Number::from_f64(x).map_or(Json::Null, Json::Number);
         let ts = jiff::Timestamp::from_nanosecond(self.wall_ns as i128).map(|t| t.to_string()).ok();
+        let c = &self.change;
         json!({
             "agent": agent,
             "channel": self.channel,
-            "event": self.kind.name(),
-            "state": self.state.name(),
-            "from": self.from.name(),
-            "value": number(self.value),
-            "limit": self.limit.map(number),
+            "event": c.kind.name(),
+            "state": c.state.name(),
+            "from": c.from.name(),
+            "value": number(c.value),
+            "limit": c.limit.map(number),
             "unit": self.unit,
-            "acknowledged": self.acknowledged,
-            "priority": self.priority.name(),
+            "acknowledged": c.acknowledged,
+            "priority": c.priority.name(),
             "ts": ts,
             "wall_ns": self.wall_ns,
             "mono_ns": self.mono_ns,
@@ -182,14 +189,16 @@ pub mod testing {
             wall_ns: 1_790_000_000_000_000_000,
             mono_ns: 42,
             clock_synced: true,
-            kind,
-            state,
-            from: Level::Normal,
-            value: 85.5,
-            limit: Some(80.0),
-            acknowledged: false,
-            priority: Priority::High,
             unit: "degC".into(),
+            change: Change {
+                kind,
+                state,
+                from: Level::Normal,
+                value: 85.5,
+                limit: Some(80.0),
+                acknowledged: false,
+                priority: Priority::High,
+            },
         }
     }
 }
@@ -211,7 +220,7 @@ mod tests {
         assert_eq!((j["value"].as_f64(), j["limit"].as_f64()), (Some(85.5), Some(80.0)));
         assert_eq!((j["acknowledged"].as_bool(), j["priority"].as_str()), (Some(false), Some("high")));
         assert!(j["ts"].as_str().unwrap().starts_with("2026-"));
-        let none = AlarmEvent { limit: None, value: f64::NAN, ..e };
+        let none = AlarmEvent { change: Change { limit: None, value: f64::NAN, ..e.change.clone() }, ..e };
         assert_eq!(
             (none.to_json("a")["limit"].clone(), none.to_json("a")["value"].clone()),
             (Json::Null, Json::Null)

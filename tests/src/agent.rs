@@ -47,7 +47,8 @@ pub fn wait_for_status<T>(
     wait_for(what, timeout, || agent_status(data_dir).as_ref().and_then(&mut check))
 }
 
-/// A durable or best-effort sample as a subscriber on the metric bus saw it.
+/// A durable or best-effort sample as a subscriber on the metric bus saw it
+/// (or any JSON message on a bus).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Seen {
     /// When the subscriber received it.
@@ -59,6 +60,8 @@ pub struct Seen {
     pub durable: bool,
     pub value: serde_json::Value,
     pub quality: String,
+    /// The whole message, for what the fields above leave out (an alarm event's).
+    pub json: serde_json::Value,
 }
 
 /// Collects every sample published under `prefix` on a bus backend, on a
@@ -91,6 +94,7 @@ impl Collector {
                     durable: j["durable"] == serde_json::json!(true),
                     value: j["value"].clone(),
                     quality: j["quality"].as_str().unwrap_or("").to_string(),
+                    json: j,
                 };
                 seen2.lock().unwrap().push(seen);
             }

@@ -3,7 +3,6 @@
 //! ahead of the telemetry backlog, even from an agent whose sample outbox
 //! overflowed meanwhile; an operator acknowledges an alarm, a viewer may not.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proto::mdp::Dialect;
@@ -12,46 +11,11 @@ use system_tests::*;
 
 const SECOND: Duration = Duration::from_secs(1);
 
-/// Every message published under `prefix` on a bus backend, as (when heard, JSON).
-struct Events {
-    seen: Arc<Mutex<Vec<(Instant, Value)>>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Events {
-    fn start(backend: impl Into<transport::Endpoint>, prefix: &str) -> Events {
-        use std::sync::atomic::Ordering;
-        let (seen, stop) =
-            (Arc::new(Mutex::new(Vec::new())), Arc::new(std::sync::atomic::AtomicBool::new(false)));
-        let ctx = zmq::Context::new();
-        let mut sub = transport::Subscriber::connect(&ctx, backend, &[prefix.as_bytes()]).expect("subscribe");
-        let (seen2, stop2) = (seen.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let _ctx = ctx;
-            while !stop2.load(Ordering::SeqCst) {
-                let Ok(Some(m)) = sub.recv(Duration::from_millis(50)) else { continue };
-                if let Ok(j) = serde_json::from_slice::<Value>(&m.payload) {
-                    seen2.lock().unwrap().push((Instant::now(), j));
-                }
-            }
-        });
-        Events { seen, stop, thread: Some(thread) }
-    }
-
-    /// Waits for an event `check` accepts.
-    fn wait(&self, what: &str, check: impl Fn(&Value) -> bool) -> (Instant, Value) {
-        wait_for(what, 30 * SECOND, || self.seen.lock().unwrap().iter().find(|(_, j)| check(j)).cloned())
-    }
-}
-
-impl Drop for Events {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// Waits for a message `collector` heard that `check` accepts: (when heard, its JSON).
+fn wait_event(collector: &Collector, what: &str, check: impl Fn(&Value) -> bool) -> (Instant, Value) {
+    wait_for(what, 30 * SECOND, || {
+        collector.snapshot().into_iter().find(|s| check(&s.json)).map(|s| (s.at, s.json))
+    })
 }
 
 /// A tank held above its `hi` limit of 80 from the start, read every 100 ms.
@@ -83,10 +47,10 @@ fn an_alarm_raised_in_an_outage_arrives_after_it_with_its_time_ahead_of_the_back
     let outage_end =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
 
-    let events = Events::start(event.backend.as_str(), "org.plantd.Event.alarm.al1.");
+    let events = Collector::start(event.backend.as_str(), "org.plantd.Event.alarm.al1.");
     let samples = Collector::start(metric.backend.as_str(), "org.plantd.Metric.al1.");
     let hub = HubProc::start_with_ports(tempfile::tempdir().unwrap(), &broker, ports, &[]);
-    let (heard, raise) = events.wait("the raise on the event bus", |j| j["event"] == "raise");
+    let (heard, raise) = wait_event(&events, "the raise on the event bus", |j| j["event"] == "raise");
     assert_eq!((raise["channel"].as_str(), raise["state"].as_str()), (Some("tank"), Some("hi")), "{raise}");
     assert_eq!(
         (raise["limit"].as_f64(), raise["acknowledged"].as_bool()),
@@ -129,12 +93,12 @@ fn an_operator_acknowledges_an_alarm_and_a_viewer_may_not() {
     let hub =
         site.hub("\"pump-*\" = [\"agent\"]\n\"grafana\" = [\"viewer\"]\n\"shift-lead\" = [\"operator\"]", "");
     let (metric, event) = (hub.bus("metric").clone(), hub.bus("event").clone());
-    let events = Events::start(site.endpoint(&viewer, &event.backend), "org.plantd.Event.alarm.pump-1.");
+    let events = Collector::start(site.endpoint(&viewer, &event.backend), "org.plantd.Event.alarm.pump-1.");
     let dir = tempfile::tempdir().unwrap();
     let body = format!("{}\n{TANK}", site.agent_keys(&pump));
     let config = agent_config(dir.path(), "pump-1", &hub.broker, &metric.frontend, &body);
     let _agent = agent_run(&config);
-    events.wait("the raise", |j| j["event"] == "raise" && j["acknowledged"] == false);
+    wait_event(&events, "the raise", |j| j["event"] == "raise" && j["acknowledged"] == false);
 
     let service = "org.plantd.Agent.pump-1";
     let ack =
@@ -150,7 +114,7 @@ fn an_operator_acknowledges_an_alarm_and_a_viewer_may_not() {
         (Some(true), Some(true)),
         "{reply}"
     );
-    let (_, acknowledged) = events.wait("the acknowledgement", |j| j["event"] == "acknowledge");
+    let (_, acknowledged) = wait_event(&events, "the acknowledgement", |j| j["event"] == "acknowledge");
     assert_eq!(
         (acknowledged["state"].as_str(), acknowledged["acknowledged"].as_bool()),
         (Some("hi"), Some(true))

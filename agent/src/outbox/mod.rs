@@ -29,9 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use proto::alarm::AlarmEvent;
 use proto::sample::Sample;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub mod ids;
@@ -41,35 +39,10 @@ mod space;
 
 use self::ids::Ids;
 use self::log::{Counters, Log, WriteError};
+pub use self::record::Record;
 
 /// A record's place in the outbox: its log index.
 pub type Key = u64;
-
-/// What an outbox holds: anything the hub keys by (epoch, seq).
-pub trait Record: Serialize + DeserializeOwned {
-    /// (epoch, seq): the key the hub deduplicates on.
-    fn key(&self) -> (u64, u64);
-    /// When it was made (wall clock, ns since the Unix epoch).
-    fn wall_ns(&self) -> i64;
-}
-
-impl Record for Sample {
-    fn key(&self) -> (u64, u64) {
-        (self.epoch, self.seq)
-    }
-    fn wall_ns(&self) -> i64 {
-        self.wall_ns
-    }
-}
-
-impl Record for AlarmEvent {
-    fn key(&self) -> (u64, u64) {
-        (self.epoch, self.seq)
-    }
-    fn wall_ns(&self) -> i64 {
-        self.wall_ns
-    }
-}
 
 pub type Result<T> = std::io::Result<T>;
 

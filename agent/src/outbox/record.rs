@@ -14,9 +14,37 @@
 //! sample. A record whose length runs past the end of its file is a torn
 //! append.
 
+use proto::alarm::AlarmEvent;
 use proto::codec::{self, WireError};
+use proto::sample::Sample;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-use super::Record;
+/// What an outbox holds: anything the hub keys by (epoch, seq).
+pub trait Record: Serialize + DeserializeOwned {
+    /// (epoch, seq): the key the hub deduplicates on.
+    fn key(&self) -> (u64, u64);
+    /// When it was made (wall clock, ns since the Unix epoch).
+    fn wall_ns(&self) -> i64;
+}
+
+impl Record for Sample {
+    fn key(&self) -> (u64, u64) {
+        (self.epoch, self.seq)
+    }
+    fn wall_ns(&self) -> i64 {
+        self.wall_ns
+    }
+}
+
+impl Record for AlarmEvent {
+    fn key(&self) -> (u64, u64) {
+        (self.epoch, self.seq)
+    }
+    fn wall_ns(&self) -> i64 {
+        self.wall_ns
+    }
+}
 
 pub const MARKER: [u8; 4] = [0xd5, 0x8e, 0x3c, 0xa1];
 pub const HEADER: usize = 20;
