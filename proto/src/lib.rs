@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod rate;
 pub mod sample;
 pub mod state;
+pub mod uplink;
 pub mod zap;
 
 use std::ops::Deref;
