@@ -5,10 +5,12 @@
 pub mod bridge;
 pub mod broker;
 pub mod bus;
+pub mod clock;
 pub mod config;
 pub mod consumers;
 pub mod http;
 pub mod ingest;
+pub mod journal;
 pub use httpd::metrics;
 pub mod pipeline;
 pub mod security;

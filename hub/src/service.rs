@@ -46,7 +46,7 @@ impl DlqService {
     pub fn serve(&self, ctx: &zmq::Context, signal: &ShutdownWatch) -> Result<(), WorkerError> {
         answer(ctx, signal, DLQ_SERVICE, &self.worker, self.secure, |command| {
             match DlqCommand::parse(command.unwrap_or_default()) {
-                Ok(command) => self.dlq.command(command, crate::ingest::wall_ns()),
+                Ok(command) => self.dlq.command(command, crate::clock::wall_ns()),
                 Err(usage) => json!({"error": usage}),
             }
         })
@@ -85,7 +85,7 @@ impl HubService {
         answer(ctx, signal, SERVICE, &self.worker, self.secure, |command| {
             match Command::parse(command.unwrap_or_default()) {
                 Ok(Command::Agents) => match &self.agents {
-                    Some(agents) => agents.to_json(Instant::now(), crate::ingest::wall_ns()),
+                    Some(agents) => agents.to_json(Instant::now(), crate::clock::wall_ns()),
                     None => json!({"error": "this hub runs without ingest: it hears from no agent"}),
                 },
                 Ok(Command::Stores) => self.storage.report(),

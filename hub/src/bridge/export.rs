@@ -25,8 +25,8 @@ use proto::backoff::Backoff;
 use proto::rate::TokenBucket;
 
 use super::{subjects, BridgeStatus, NatsConfig};
-use crate::ingest::journal::{Entry, Journal};
-use crate::ingest::Export;
+use crate::journal::Export;
+use crate::journal::{Entry, Journal};
 
 /// The cursor is made durable at least this often (acknowledged entries
 /// between two flushes are sent again after a crash, and deduplicated).

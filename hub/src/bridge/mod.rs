@@ -1,7 +1,7 @@
 //! The NATS bridge: a site's hub as part of a fleet, through NATS JetStream.
 //!
 //! - Durable export ([`export`]): every sample ingest accepts is kept in the
-//!   export journal (`crate::ingest::journal`) and published to the stream
+//!   export journal (`crate::journal`) and published to the stream
 //!   with a JetStream acknowledgement and a deduplication id
 //!   (`Nats-Msg-Id` = site/agent/epoch/seq); the journal's cursor moves only
 //!   on an acknowledgement. A NATS outage, a NATS node lost, a hub killed:
@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use transport::ShutdownWatch;
 
-use crate::ingest::journal::consumers::Spec;
-use crate::ingest::{journal, Export, ExportConfig};
+use crate::journal::consumers::Spec;
+use crate::journal::{self, Export, ExportConfig};
 use crate::metrics::Families;
 use crate::security::Security;
 

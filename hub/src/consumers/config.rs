@@ -4,7 +4,7 @@
 use proto::consumer::Policy;
 use serde::{Deserialize, Serialize};
 
-use crate::ingest::journal::consumers::{Origin, Spec};
+use crate::journal::consumers::{Origin, Spec};
 
 /// `[consumers]`: how many durable consumers, and what clients' get.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -101,7 +101,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if !proto::identity::is_valid(name) {
         return Err(format!("'{name}' is not a valid consumer name ({})", proto::identity::RULE));
     }
-    if name == crate::ingest::journal::BRIDGE {
+    if name == crate::journal::BRIDGE {
         return Err(format!("'{name}' is the NATS bridge's own"));
     }
     Ok(())

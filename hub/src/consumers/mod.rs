@@ -23,8 +23,8 @@ use transport::{ShutdownWatch, Worker, WorkerError, WorkerOptions};
 
 use self::config::ConsumersConfig;
 use crate::broker::BROKER_INPROC;
-use crate::ingest::journal::consumers::{Origin, Spec};
-use crate::ingest::journal::{ConsumerError, Journal};
+use crate::journal::consumers::{Origin, Spec};
+use crate::journal::{ConsumerError, Journal};
 use crate::security::{Kind, Security};
 
 /// Bytes a fetch answer leaves for the broker's envelope and framing.

@@ -43,7 +43,7 @@ pub struct Sources {
     pub state: Option<Arc<Store>>,
     pub ingest: Option<(Arc<IngestCounters>, Arc<Agents>)>,
     /// Ingest's journal, for its consumers' backlogs.
-    pub journal: Option<Arc<crate::ingest::journal::Journal>>,
+    pub journal: Option<Arc<crate::journal::Journal>>,
     /// Every store: damage found at start, health now.
     pub storage: crate::storage::Storage,
     pub security: Option<Arc<Security>>,

@@ -289,7 +289,7 @@ impl Watcher {
     fn sample(&self, frames: &[Vec<u8>]) {
         let Some((topic, payload)) = proto::bus::split(frames) else { return };
         let Ok(sample) = serde_json::from_slice::<Value>(payload) else { return };
-        let wall_ns = sample["wall_ns"].as_i64().unwrap_or_else(crate::ingest::wall_ns);
+        let wall_ns = sample["wall_ns"].as_i64().unwrap_or_else(crate::clock::wall_ns);
         // A chart of one channel: the exact topic, not everything under it.
         let topic = String::from_utf8_lossy(topic);
         self.feeds.record(&topic, wall_ns, sample["value"].clone(), sample["unit"].as_str());
@@ -400,7 +400,7 @@ impl Overview {
     fn json(&self) -> Value {
         let services: Vec<ServiceRow> = self.broker.lock().map(|s| s.services.clone()).unwrap_or_default();
         let agents =
-            self.agents.as_ref().map_or(json!([]), |a| a.to_json(Instant::now(), crate::ingest::wall_ns()));
+            self.agents.as_ref().map_or(json!([]), |a| a.to_json(Instant::now(), crate::clock::wall_ns()));
         let buses: Vec<Value> = self
             .feeds
             .buses

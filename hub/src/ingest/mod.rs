@@ -30,7 +30,6 @@
 
 pub mod agents;
 pub mod config;
-pub mod journal;
 pub mod store;
 mod watermarks;
 
@@ -46,22 +45,17 @@ use transport::{ShutdownWatch, Worker, WorkerError, WorkerOptions};
 
 use self::agents::{Agents, Heard};
 use self::config::IngestConfig;
-use self::journal::{Entry, Journal};
 use self::store::IngestStore;
 use self::watermarks::WatermarkError;
 use crate::broker::BROKER_INPROC;
 use crate::bus::subscriptions::Subscribers;
+use crate::clock::wall_ns;
+use crate::journal::{Entry, Export, ExportConfig, Journal};
 use crate::security::{Kind, Security};
 
 /// Locks for agents' batches: an agent hashes to one. Fixed, so a stream of
 /// made-up agent ids cannot grow it.
 const AGENT_LOCKS: usize = 64;
-
-/// Now, in nanoseconds since the Unix epoch.
-pub fn wall_ns() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    since.as_nanos() as i64
-}
 
 /// An agent reports at least every 10 s (`proto::ingest`): after three
 /// missed reports it shows as silent.
@@ -137,32 +131,6 @@ pub struct IngestService {
     export: Export,
     /// The bus publishers all workers share (see `connect_publishers`): samples', events'.
     publishers: Arc<Mutex<Option<[zmq::Socket; 2]>>>,
-}
-
-/// What the journal's readers (the bridge, pipelines, durable consumers) take from ingest.
-#[derive(Clone)]
-pub struct Export {
-    pub journal: Arc<Journal>,
-    /// Topic prefixes the hub's own consumers take: heard, for the ingest gate.
-    pub prefixes: Vec<String>,
-}
-
-/// The journal's consumers from the config (the bridge, pipelines, `[[consumer]]`).
-#[derive(Clone, Debug, Default)]
-pub struct ExportConfig {
-    /// Topic prefixes the hub's own consumers take: heard, for the ingest gate.
-    pub prefixes: Vec<String>,
-    /// Each with its own cursor and bounds in the journal.
-    pub consumers: Vec<journal::consumers::Spec>,
-}
-
-impl ExportConfig {
-    /// Both sets of consumers.
-    pub fn join(mut self, other: ExportConfig) -> ExportConfig {
-        self.prefixes.extend(other.prefixes);
-        self.consumers.extend(other.consumers);
-        self
-    }
 }
 
 impl IngestService {

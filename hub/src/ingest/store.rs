@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use transport::ShutdownWatch;
 
-use super::journal::consumers::Spec;
-use super::journal::Journal;
 use super::watermarks::Watermarks;
+use crate::journal::consumers::Spec;
+use crate::journal::{reopening, Journal};
 
 fn config() -> sled::Config {
     sled::Config::new().cache_capacity(4 << 20).flush_every_ms(None)
@@ -86,7 +86,7 @@ impl IngestStore {
             // Entries appended before the flush are durable after it: then
             // (not at their append) durable consumers may see them.
             Some((db, generation)) => self.journal.flushed_by(|| generation.flush(db)),
-            None => Err(super::watermarks::reopening()),
+            None => Err(reopening()),
         }
     }
 

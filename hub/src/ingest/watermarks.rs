@@ -12,6 +12,8 @@ use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 
+use crate::journal::reopening;
+
 #[derive(Debug, thiserror::Error)]
 pub enum WatermarkError {
     #[error("watermark store: {}", stores::describe(.0))]
@@ -110,11 +112,6 @@ impl Watermarks {
         self.with(|db, _| db.flush())?;
         Ok(())
     }
-}
-
-/// What a store detached for reopening answers.
-pub fn reopening() -> sled::Error {
-    sled::Error::Io(std::io::Error::other("the ingest store is being opened again after a storage failure"))
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ mod read;
 mod segments;
 
 use std::collections::BTreeMap;
-use std::sync::{Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Instant;
 
 use proto::consumer::Policy;
@@ -53,6 +53,38 @@ impl Entry {
     fn size(&self) -> u64 {
         (self.topic.len() + self.payload.len() + self.agent.len() + 24) as u64
     }
+}
+
+/// What the journal's readers (the bridge, pipelines, durable consumers) take from ingest (which appends to it).
+#[derive(Clone)]
+pub struct Export {
+    pub journal: Arc<Journal>,
+    /// Topic prefixes the hub's own consumers take: heard, for the ingest gate.
+    pub prefixes: Vec<String>,
+}
+
+/// The journal's consumers from the config (the bridge, pipelines, `[[consumer]]`).
+#[derive(Clone, Debug, Default)]
+pub struct ExportConfig {
+    /// Topic prefixes the hub's own consumers take: heard, for the ingest gate.
+    pub prefixes: Vec<String>,
+    /// Each with its own cursor and bounds in the journal.
+    pub consumers: Vec<Spec>,
+}
+
+impl ExportConfig {
+    /// Both sets of consumers.
+    pub fn join(mut self, other: ExportConfig) -> ExportConfig {
+        self.prefixes.extend(other.prefixes);
+        self.consumers.extend(other.consumers);
+        self
+    }
+}
+
+/// What the ingest store (the journal's and the watermarks') answers while
+/// it is detached, being opened again after a storage failure.
+pub fn reopening() -> sled::Error {
+    sled::Error::Io(std::io::Error::other("the ingest store is being opened again after a storage failure"))
 }
 
 /// The bridge's cursor (its key from before there were other consumers).
@@ -269,7 +301,7 @@ impl Journal {
         let disk = self.disk.read().unwrap_or_else(|e| e.into_inner());
         match disk.is_some() {
             true => Ok(DiskRef(disk)),
-            false => Err(super::watermarks::reopening()),
+            false => Err(reopening()),
         }
     }
 

@@ -29,8 +29,8 @@ pub use self::config::PipelineConfig;
 use self::dlq::{Dlq, Letter};
 use self::recorder::Recorder;
 use self::source::{Feed, SourceStats};
-use crate::ingest::journal::consumers::Spec;
-use crate::ingest::{journal, ExportConfig};
+use crate::journal::consumers::Spec;
+use crate::journal::{self, ExportConfig};
 use crate::metrics::Families;
 
 /// What ingest must keep for the pipelines fed by it: their journal cursors and gate prefixes.
@@ -180,7 +180,7 @@ impl Pipeline {
             position: d.position,
             error: d.error,
             attempts: d.attempts,
-            at_ns: crate::ingest::wall_ns(),
+            at_ns: crate::clock::wall_ns(),
             body: d.body,
             replay: false,
         };

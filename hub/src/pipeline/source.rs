@@ -18,7 +18,7 @@ use transport::pipeline::{HopOptions, Source};
 use transport::ShutdownWatch;
 
 use super::dlq::Dlq;
-use crate::ingest::journal::Journal;
+use crate::journal::Journal;
 
 const REPLAY: u64 = 1 << 63;
 const BUS: u64 = 1 << 62;

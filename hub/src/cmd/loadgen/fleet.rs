@@ -77,7 +77,7 @@ pub struct AgentSummary {
 }
 
 fn wall_ns() -> i64 {
-    hub::ingest::wall_ns()
+    hub::clock::wall_ns()
 }
 
 /// A durable agent and its connection.
