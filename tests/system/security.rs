@@ -266,8 +266,9 @@ fn an_unknown_key_gets_zero_messages_through() {
 #[test]
 fn a_removed_key_stops_working_after_a_reload_without_a_restart() {
     let site = Site::new();
-    let (viewer, other) = (site.identity("grafana"), site.identity("grafana-2"));
-    let hub = site.hub(r#""grafana*" = ["viewer"]"#, "");
+    let (viewer, other, writer) =
+        (site.identity("grafana"), site.identity("grafana-2"), site.identity("writer"));
+    let hub = site.hub("\"grafana*\" = [\"viewer\"]\n\"writer\" = [\"operator\"]", "");
     let pid = hub.proc.pid();
     assert_eq!(as_(&site, &viewer, &hub, "mmi.service", &["org.plantd.State"]).unwrap(), ["200"]);
     let ctx = zmq::Context::new();
@@ -281,6 +282,15 @@ fn a_removed_key_stops_working_after_a_reload_without_a_restart() {
         let b = kept_sub.recv(Duration::from_millis(50)).ok().flatten();
         (a.is_some() && b.is_some()).then_some(())
     });
+    // A publisher whose key goes too: the bus closes its connection.
+    let writer_pub =
+        transport::Publisher::connect(&ctx, site.endpoint(&writer, &event.frontend), Default::default())
+            .unwrap();
+    wait_for("the writer's event to be heard", 20 * SECOND, || {
+        writer_pub.publish(b"org.plantd.Writer", b"{}").unwrap();
+        kept_sub.recv(Duration::from_millis(50)).ok().flatten().filter(|m| m.topic == b"org.plantd.Writer")
+    });
+    std::fs::remove_file(site.clients_dir().join("writer.key")).unwrap();
 
     let config = site.path().join("hub.toml");
     let config = config.to_str().unwrap();
@@ -289,7 +299,13 @@ fn a_removed_key_stops_working_after_a_reload_without_a_restart() {
     let out = hub_cli(&["keys", "--config", config, "--data-dir", data, "--json", "reload"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["reloaded"]["removed"], serde_json::json!(["grafana"]));
+    assert_eq!(report["reloaded"]["removed"], serde_json::json!(["grafana", "writer"]));
+    wait_for("the bus to close the revoked publisher's connection", 20 * SECOND, || {
+        let log = hub.proc.stderr();
+        log.lines()
+            .any(|l| l.contains("bus 'event': closed ") && l.contains("connection(s) of revoked identities"))
+            .then_some(())
+    });
 
     wait_for("the removed key's calls to stop", 20 * SECOND, || {
         as_(&site, &viewer, &hub, "mmi.service", &["org.plantd.State"]).is_none().then_some(())

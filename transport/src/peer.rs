@@ -49,38 +49,45 @@ pub fn origin(msg: &mut zmq::Message, user_id: &mut String) -> Origin {
 
 /// The network connections of each identity seen on one socket.
 ///
-/// Keyed by descriptor: a descriptor reused by a later connection keeps the
-/// entry until that connection sends (and is noted under its own identity).
-/// So a revocation shuts every descriptor last seen with a revoked identity;
-/// at worst that is a stranger's reused descriptor, which reconnects.
+/// Each is remembered as its [`ConnId`] (descriptor and socket inode), taken
+/// when a descriptor is first seen with an identity, so a revocation shuts
+/// only the connection that identity used: never a later one that reused
+/// the descriptor number. The socket's monitor reports closed connections
+/// ([`Connections::closed`]), so a reused descriptor is noted afresh.
 #[derive(Default)]
 pub struct Connections {
-    by_fd: HashMap<RawFd, String>,
+    by_fd: HashMap<RawFd, (ConnId, String)>,
 }
 
 impl Connections {
-    /// Remembers that `identity` sends on `fd` (cheap when already known).
+    /// Remembers that `identity` sends on `fd` (cheap when already known:
+    /// the descriptor is looked at only when new or with another identity).
     pub fn note(&mut self, fd: RawFd, identity: &str) {
-        if self.by_fd.get(&fd).is_some_and(|known| known == identity) {
+        if self.by_fd.get(&fd).is_some_and(|(_, known)| known == identity) {
             return;
         }
-        self.by_fd.insert(fd, identity.to_string());
+        if let Some(conn) = ConnId::of(fd) {
+            self.by_fd.insert(fd, (conn, identity.to_string()));
+        }
     }
 
-    /// Forgets `fd` (its connection closed).
+    /// A connection on `fd` closed: forgets it, unless the entry is already
+    /// a newer connection's (the report came late).
     pub fn closed(&mut self, fd: RawFd) {
-        self.by_fd.remove(&fd);
+        if self.by_fd.get(&fd).is_some_and(|(conn, _)| !conn.is_open()) {
+            self.by_fd.remove(&fd);
+        }
     }
 
     /// Shuts down every remembered connection of an identity `revoked`
-    /// names; returns how many.
+    /// names that is still open; returns how many.
     pub fn close_if(&mut self, revoked: impl Fn(&str) -> bool) -> usize {
         let mut closed = 0;
-        self.by_fd.retain(|&fd, identity| {
+        self.by_fd.retain(|&fd, (conn, identity)| {
             if !revoked(identity) {
                 return true;
             }
-            closed += usize::from(shut(fd));
+            closed += usize::from(conn.is_open() && shut(fd));
             false
         });
         closed
@@ -175,6 +182,9 @@ mod tests {
         connections.note(fd, "pump-1");
         connections.note(fd, "pump-1");
         assert_eq!(connections.len(), 1);
+        connections.closed(fd);
+        assert_eq!(connections.len(), 1, "a late report of a closed connection keeps the open one");
+        assert_eq!(connections.close_if(|id| id == "pump-2"), 0);
         assert_eq!(connections.close_if(|id| id == "pump-1"), 1);
         assert!(connections.is_empty());
         // libzmq notices: the monitor reports the disconnection.
@@ -184,5 +194,28 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert!(!conn.is_open(), "libzmq closed the descriptor: the connection is told apart");
+    }
+
+    #[test]
+    fn a_descriptor_reused_by_another_connection_is_never_shut_for_the_old_one() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let (old, _old_peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let number = old.as_raw_fd();
+        let mut connections = Connections::default();
+        connections.note(number, "revoked");
+        // The old connection goes; another connection takes its descriptor number.
+        let (new, mut new_peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        // SAFETY: dup2 onto a descriptor this test owns (`old`, which it no longer uses).
+        assert_eq!(unsafe { libc::dup2(new.as_raw_fd(), number) }, number);
+        assert_eq!(connections.close_if(|id| id == "revoked"), 0, "the newer connection is left alone");
+        assert!(connections.is_empty(), "and the old one forgotten");
+        // Still open: what is written on the reused descriptor arrives.
+        let mut reused = &old;
+        reused.write_all(b"x").unwrap();
+        let mut got = [0u8; 1];
+        new_peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"x");
+        drop(new);
     }
 }

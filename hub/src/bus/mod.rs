@@ -113,6 +113,8 @@ pub struct Bus {
     backend_domain: String,
     /// The backend's monitor, reporting closed subscriber connections.
     backend_events: zmq::Socket,
+    /// The frontend's monitor: closed publisher connections (and failed handshakes).
+    frontend_events: zmq::Socket,
     /// How the backend applies subscriptions (libzmq's version decides).
     mode: Mode,
     /// An XPUB, so the proxy learns who connects (and can close them).
@@ -185,10 +187,12 @@ impl Bus {
                 source,
             })
         };
-        // The backend's own monitor reports its failed handshakes (a socket has one monitor).
+        // The frontend's and backend's own monitors report their failed
+        // handshakes (a socket has one monitor): the bus reads them, for the
+        // connections they close too.
         let secure = |socket: &zmq::Socket, role: SocketRole<'_>| match &security {
             Some(security) => {
-                let watch = !matches!(role, SocketRole::BusBackend(_));
+                let watch = !matches!(role, SocketRole::BusBackend(_) | SocketRole::BusFrontend(_));
                 security.make_server(ctx, socket, role, watch)
             }
             None => Ok(()),
@@ -200,6 +204,7 @@ impl Bus {
         frontend.set_rcvhwm(config.hwm)?;
         frontend.set_maxmsgsize(config.max_message_bytes + overhead)?;
         frontend.set_linger(0)?;
+        let frontend_events = monitor(ctx, &frontend, &format!("inproc://bus.{name}.frontend.events"))?;
         bind(&frontend, &config.frontend)?;
         bind(&frontend, &config.inproc_frontend())?;
 
@@ -268,6 +273,7 @@ impl Bus {
             backend,
             backend_domain: SocketRole::BusBackend(name).domain(),
             backend_events,
+            frontend_events,
             mode,
             capture,
             tap,
@@ -315,6 +321,7 @@ impl Bus {
                 self.frontend.as_poll_item(zmq::POLLIN),
                 self.backend.as_poll_item(zmq::POLLIN),
                 self.backend_events.as_poll_item(zmq::POLLIN),
+                self.frontend_events.as_poll_item(zmq::POLLIN),
                 shutdown.poll_item(),
             ];
             // Wake at least once a second to flush the recording and see
@@ -325,6 +332,12 @@ impl Bus {
                 Err(e) => return Err(e.into()),
             }
             let (down, events) = (items[0].is_readable(), items[2].is_readable());
+            if items[3].is_readable() {
+                // A publisher's connection closed: a later one may reuse its descriptor.
+                for fd in closed_connections(&self.frontend_events, self.security.as_deref()) {
+                    self.connections.closed(fd);
+                }
+            }
             // Who is on the capture first, so a reload closes them all.
             self.note_capture()?;
             self.tap_subscriptions()?;
