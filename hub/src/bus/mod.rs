@@ -20,12 +20,12 @@
 
 mod claims;
 pub mod config;
+mod monitor;
 pub(crate) mod recorder;
 pub mod subscriptions;
 mod upstream;
 
 use std::collections::HashMap;
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -35,6 +35,7 @@ use transport::peer::{self, Connections, Origin};
 use transport::ShutdownWatch;
 
 use self::config::BusConfig;
+use self::monitor::{closed_connections, monitor};
 use self::recorder::Recorder;
 use self::subscriptions::{Conn, Ledger, Limits};
 use self::upstream::Mode;
@@ -565,37 +566,4 @@ pub fn collect(config: &BusConfig, counters: &BusCounters, out: &mut crate::metr
     for (name, help, value) in bounds {
         out.gauge(&format!("bus_{name}"), help, labels(), value);
     }
-}
-
-/// Watches `socket` for closed connections (and failed handshakes), on an
-/// in-process pair.
-fn monitor(ctx: &zmq::Context, socket: &zmq::Socket, endpoint: &str) -> zmq::Result<zmq::Socket> {
-    let events = zmq::SocketEvent::DISCONNECTED as i32 | crate::security::handshakes::EVENTS;
-    socket.monitor(endpoint, events)?;
-    let events = ctx.socket(zmq::PAIR)?;
-    events.connect(endpoint)?;
-    Ok(events)
-}
-
-/// The descriptors of the connections the monitor reports closed; failed
-/// handshakes are counted on `security`.
-fn closed_connections(events: &zmq::Socket, security: Option<&Security>) -> Vec<RawFd> {
-    let mut closed = Vec::new();
-    let mut note = |(event, value): (u16, u32)| {
-        // The value of DISCONNECTED is the descriptor.
-        if event == zmq::SocketEvent::DISCONNECTED as u16 {
-            closed.push(value as RawFd);
-        }
-    };
-    match security {
-        Some(security) => crate::security::handshakes::note_events(events, security, note),
-        None => {
-            while let Ok(event) = events.recv_multipart(zmq::DONTWAIT) {
-                if let Some(v) = event.first().filter(|f| f.len() >= 6) {
-                    note((u16::from_le_bytes([v[0], v[1]]), u32::from_le_bytes([v[2], v[3], v[4], v[5]])));
-                }
-            }
-        }
-    }
-    closed
 }
