@@ -100,6 +100,8 @@ impl OwnedFrame for zmq::Message {
 /// Sends on the ROUTER without ever blocking the routing thread.
 struct RouterTransmit<'a> {
     socket: &'a zmq::Socket,
+    /// The whole hub's metrics, for `mmi.metrics`.
+    registry: &'a Registry,
 }
 
 impl Transmit<zmq::Message> for RouterTransmit<'_> {
@@ -117,6 +119,10 @@ impl Transmit<zmq::Message> for RouterTransmit<'_> {
         }
         let _ = send_frames(self.socket, head, body, zmq::DONTWAIT);
         Ok(())
+    }
+
+    fn metrics(&mut self, broker: Families) -> Families {
+        self.registry.collect_with("broker", &broker)
     }
 }
 
@@ -197,8 +203,7 @@ impl BrokerServer {
     /// Routes until `shutdown` is set, then tells workers to go. Returns the final counters.
     pub fn run(self, shutdown: &ShutdownWatch) -> Result<BrokerCounters, BrokerError> {
         let mut core = Broker::new(&self.config, self.security.clone(), Instant::now());
-        core.set_registry(self.registry.clone());
-        let mut out = RouterTransmit { socket: &self.socket };
+        let mut out = RouterTransmit { socket: &self.socket, registry: &self.registry };
         let mut frames = Vec::with_capacity(16);
         let mut user_id = String::new();
         let mut connections = Connections::default();

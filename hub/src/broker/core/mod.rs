@@ -75,6 +75,12 @@ pub trait Transmit<F> {
     /// `head` frames, then the `body` frames. If the peer cannot take it (gone,
     /// or its queue is full) nothing is sent and the unsent body comes back.
     fn send<B: Iterator<Item = F>>(&mut self, to: &[u8], head: &[&[u8]], body: B) -> Result<(), B>;
+
+    /// The metrics `mmi.metrics` answers with, given the broker's own: the
+    /// shell knows the rest of the hub's, the core only its own.
+    fn metrics(&mut self, broker: crate::metrics::Families) -> crate::metrics::Families {
+        broker
+    }
 }
 
 /// Body buffers kept for reuse, so steady-state routing does not allocate.
@@ -216,8 +222,6 @@ pub struct Broker<F> {
     /// Who may do what; `None` when security is off.
     security: Option<Arc<Security>>,
     callers: Callers,
-    /// The hub's metrics, for `mmi.metrics`; `None` answers with the broker's own.
-    registry: Option<Arc<crate::metrics::Registry>>,
 }
 
 impl<F: OwnedFrame> Broker<F> {
@@ -253,14 +257,7 @@ impl<F: OwnedFrame> Broker<F> {
             counters: BrokerCounters::default(),
             callers: Callers::new(config, security.as_ref().map(|s| s.generation())),
             security,
-            registry: None,
         }
-    }
-
-    /// Answers `mmi.metrics` with the whole hub's `registry` (its "broker"
-    /// part replaced by this broker's live counters).
-    pub fn set_registry(&mut self, registry: Arc<crate::metrics::Registry>) {
-        self.registry = Some(registry);
     }
 
     pub fn counters(&self) -> &BrokerCounters {
@@ -335,7 +332,7 @@ impl<F: OwnedFrame> Broker<F> {
                     return;
                 }
                 if let Some(request) = mmi::Request::parse(service, body) {
-                    let answer = self.answer_mmi(owner, request);
+                    let answer = self.answer_mmi(owner, request, out);
                     self.counters.mmi_requests += 1;
                     let envelope = mdp::client_reply(dialect, ReplyKind::Final, Some(service));
                     if let Ok(envelope) = envelope {

@@ -5,11 +5,16 @@ use proto::mmi;
 use serde_json::json;
 
 use super::access::Owner;
-use super::{lossy, Broker, OwnedFrame};
+use super::{lossy, Broker, OwnedFrame, Transmit};
 use crate::metrics::Families;
 
 impl<F: OwnedFrame> Broker<F> {
-    pub(super) fn answer_mmi(&self, caller: Owner, request: mmi::Request<'_>) -> Vec<u8> {
+    pub(super) fn answer_mmi(
+        &self,
+        caller: Owner,
+        request: mmi::Request<'_>,
+        out: &mut impl Transmit<F>,
+    ) -> Vec<u8> {
         let has_workers =
             |name: &[u8]| self.service_ids.get(name).is_some_and(|&sid| self.services[sid].workers > 0);
         match request {
@@ -52,14 +57,10 @@ impl<F: OwnedFrame> Broker<F> {
                 serde_json::Value::Object(services).to_string().into_bytes()
             }
             mmi::Request::Metrics => {
-                // The whole hub's registry, with the broker's own part live.
+                // The broker's own part live, the rest of the hub's from the shell.
                 let mut mine = Families::default();
                 self.collect(&mut mine);
-                let all = match &self.registry {
-                    Some(registry) => registry.collect_with("broker", &mine),
-                    None => mine,
-                };
-                all.to_json().to_string().into_bytes()
+                out.metrics(mine).to_json().to_string().into_bytes()
             }
             mmi::Request::Refusal { name } => {
                 let refusal = self.ready_refusals.get(&caller).filter(|(service, _)| **service == *name);
