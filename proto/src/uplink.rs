@@ -9,8 +9,10 @@
 //! - Alarm events go first, unpaced (they are few): an alarm raised during
 //!   an outage reaches the hub ahead of the telemetry backlog. While the hub
 //!   cannot take events (it asks to retry, rejects them, or predates them)
-//!   they wait and the samples are sent meanwhile, so alarms never hold
-//!   telemetry back.
+//!   they wait; the samples wait with them for [`EVENTS_AHEAD`] (a hub just
+//!   back may hear from its metric subscribers before its event subscribers
+//!   return), then are sent meanwhile, so alarms never hold telemetry back
+//!   for long.
 //! - Calls go through a [`Breaker`]: a dead hub costs one call per backoff.
 //! - Samples are paced at `replay_rate` a second (bursts of one second's
 //!   worth), so a long backlog does not swamp the link; a batch smaller than
@@ -86,6 +88,8 @@ pub enum Verdict {
 pub const REJECTED_WAIT: Duration = Duration::from_secs(30);
 /// How long events wait when the hub predates them.
 pub const NO_EVENTS_WAIT: Duration = Duration::from_secs(300);
+/// How long samples wait behind events the hub cannot take yet.
+pub const EVENTS_AHEAD: Duration = Duration::from_secs(5);
 /// The longest retry-after obeyed.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// How long an idle uplink waits for a wake-up before looking again.
@@ -101,6 +105,9 @@ pub struct Uplink {
     lingering: Option<Instant>,
     /// Until when events wait (the hub cannot take them now).
     events_wait: Option<Instant>,
+    /// Since when the events in the outbox have been refused (samples wait
+    /// behind them for [`EVENTS_AHEAD`] from then).
+    events_refused: Option<Instant>,
 }
 
 impl Uplink {
@@ -108,7 +115,15 @@ impl Uplink {
         let breaker = Breaker::new(settings.breaker_failures, settings.backoff_min, settings.backoff_max);
         let rate = settings.replay_rate.max(1.0);
         let pace = TokenBucket::new(rate, rate, now);
-        Uplink { settings, breaker, pace, reported: None, lingering: None, events_wait: None }
+        Uplink {
+            settings,
+            breaker,
+            pace,
+            reported: None,
+            lingering: None,
+            events_wait: None,
+            events_refused: None,
+        }
     }
 
     pub fn breaker(&self) -> &Breaker {
@@ -117,7 +132,16 @@ impl Uplink {
 
     /// What to do now, with `events` and `samples` waiting in the outboxes.
     pub fn next(&mut self, now: Instant, events: u64, samples: u64) -> Next {
+        if events == 0 {
+            self.events_refused = None;
+        }
         let events_due = events > 0 && self.events_wait.is_none_or(|t| now >= t);
+        if let (false, Some(since), Some(until)) = (events_due, self.events_refused, self.events_wait) {
+            let ahead = since + EVENTS_AHEAD;
+            if events > 0 && now < ahead {
+                return Next::Wait(until.min(ahead).saturating_duration_since(now));
+            }
+        }
         let report_due = self.reported.is_none_or(|t| now >= t + self.settings.report_every);
         if !events_due && samples == 0 && !report_due {
             self.lingering = None;
@@ -153,6 +177,12 @@ impl Uplink {
             Answer::Ack { .. } | Answer::Retry { .. } => self.breaker.success(),
             Answer::Unreachable => self.breaker.failure(now),
             Answer::Rejected => {}
+        }
+        if lane == Lane::Events {
+            self.events_refused = match answer {
+                Answer::Ack { complete: true } | Answer::Unreachable => None,
+                _ => self.events_refused.or(Some(now)),
+            };
         }
         let wait = match answer {
             Answer::Ack { complete: true } => return Verdict::Retire,
@@ -197,17 +227,27 @@ mod tests {
         let t0 = Instant::now();
         let mut u = uplink(t0);
         assert_eq!(u.next(t0, 1, 500), Next::Send(Lane::Events));
-        let after = 2000 * MS;
+        let (after, s) = (2000 * MS, Duration::from_secs(1));
         assert_eq!(u.answer(Lane::Events, Answer::Retry { after }, t0), Verdict::Keep(Duration::ZERO));
-        assert_eq!(u.next(t0, 1, 500), Next::Send(Lane::Samples), "samples meanwhile");
+        assert_eq!(u.next(t0, 1, 500), Next::Wait(after), "the samples wait behind the events a while");
         assert_eq!(u.next(t0 + after, 1, 500), Next::Send(Lane::Events), "then the events again");
-        // A hub that predates events: they wait five minutes, the samples flow.
+        u.answer(Lane::Events, Answer::Retry { after }, t0 + after);
+        assert_eq!(u.next(t0 + 4 * s, 1, 500), Next::Send(Lane::Events));
+        u.answer(Lane::Events, Answer::Retry { after }, t0 + 4 * s);
+        assert_eq!(u.next(t0 + 4 * s, 1, 500), Next::Wait(s), "until EVENTS_AHEAD from the first refusal");
+        assert_eq!(u.next(t0 + EVENTS_AHEAD, 1, 500), Next::Send(Lane::Samples), "then samples meanwhile");
+        assert_eq!(u.answer(Lane::Events, Answer::Ack { complete: true }, t0 + 6 * s), Verdict::Retire);
+        // A hub that predates events: they wait five minutes, the samples flow after a while.
+        let t1 = t0 + 10 * s;
+        assert_eq!(u.next(t1, 1, 500), Next::Send(Lane::Events));
         assert_eq!(
-            u.answer(Lane::Events, Answer::Ack { complete: false }, t0),
+            u.answer(Lane::Events, Answer::Ack { complete: false }, t1),
             Verdict::Keep(Duration::ZERO)
         );
-        assert_eq!(u.next(t0 + NO_EVENTS_WAIT - MS, 1, 500), Next::Send(Lane::Samples));
-        assert_eq!(u.answer(Lane::Events, Answer::Ack { complete: true }, t0), Verdict::Retire);
+        assert_eq!(u.next(t1, 1, 500), Next::Wait(EVENTS_AHEAD));
+        assert_eq!(u.next(t1 + EVENTS_AHEAD, 1, 500), Next::Send(Lane::Samples));
+        assert_eq!(u.next(t1 + NO_EVENTS_WAIT - MS, 1, 500), Next::Send(Lane::Samples));
+        assert_eq!(u.next(t1 + NO_EVENTS_WAIT, 1, 500), Next::Send(Lane::Events));
     }
 
     #[test]

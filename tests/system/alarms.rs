@@ -47,9 +47,17 @@ fn an_alarm_raised_in_an_outage_arrives_after_it_with_its_time_ahead_of_the_back
     let outage_end =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
 
-    let events = Collector::start(event.backend.as_str(), "org.plantd.Event.alarm.al1.");
+    // The hub comes back with its metric subscriber; its event subscriber
+    // returns only after the hub has had to refuse the agent's events once
+    // (as when a restarted hub hears from its consumers one by one): the
+    // telemetry waits behind the events a while, and the alarm still comes first.
     let samples = Collector::start(metric.backend.as_str(), "org.plantd.Metric.al1.");
     let hub = HubProc::start_with_ports(tempfile::tempdir().unwrap(), &broker, ports, &[]);
+    wait_for("the hub to refuse the events while nobody listens", 30 * SECOND, || {
+        (hub.metric("plantd_ingest_batches_retried_total") >= 1).then_some(())
+    });
+    assert!(samples.durable().is_empty(), "no telemetry yet, while the alarm could not be delivered");
+    let events = Collector::start(event.backend.as_str(), "org.plantd.Event.alarm.al1.");
     let (heard, raise) = wait_event(&events, "the raise on the event bus", |j| j["event"] == "raise");
     assert_eq!((raise["channel"].as_str(), raise["state"].as_str()), (Some("tank"), Some("hi")), "{raise}");
     assert_eq!(
