@@ -14,6 +14,8 @@ page and checks what an operator would look at:
   open with tickets;
 - the agent is listed and up, and counters (samples accepted, metric bus
   messages) move, with the bus rate worked out in the browser;
+- with --alarm, that channel's hi alarm shows in the agent's row, marked
+  unacknowledged;
 - a typed topic of a channel that has no samples says so;
 - a channel picked from the picker starts empty (the hub only starts
   following it now), says so, then draws the points as they arrive.
@@ -241,6 +243,11 @@ def run(page, args):
 
     row = f"document.querySelector('tr[data-agent=' + {q(json.dumps(agent))} + ']')"
     page.wait(f"agent {agent} listed as up", f"{row} && {row}.dataset.link === 'up'", 20)
+    if args.alarm:
+        # The agent's alarm in force, marked unacknowledged, in its row.
+        cell = f"{row}.querySelector('td[data-field=\"alarms\"]')"
+        shown = q(args.alarm + " hi!")
+        page.wait(f"the alarm of {args.alarm} shown", f"{cell} !== null && {cell}.textContent.includes({shown})", 30)
     value = lambda selector: f"Number((document.querySelector({q(selector)}) || {{dataset: {{}}}}).dataset.value)"
     accepted = f"Number(document.getElementById('accepted-total').dataset.value)"
     metric_down = value('tr[data-bus="metric"] td[data-field="messages_down"]')
@@ -363,6 +370,7 @@ def main():
     parser.add_argument("--channel", required=True, help="a durable channel of the agent, to chart")
     parser.add_argument("--points", type=int, default=5, help="points the chart must draw")
     parser.add_argument("--outage", action="store_true", help="also follow the page through a hub restart")
+    parser.add_argument("--alarm", help="a channel of the agent whose hi alarm is in force, to find in its row")
     parser.add_argument("--token", help="the hub's HTTP token, to give the page when it asks")
     parser.add_argument("--screenshot", help="write a PNG of the page here at the end")
     args = parser.parse_args()

@@ -191,7 +191,9 @@ fn the_web_view_shows_agents_counters_and_a_live_chart_and_survives_a_hub_restar
     let collector = Collector::start(&metric.backend, "org.plantd.Metric.");
     let dir = tempfile::tempdir().unwrap();
     let channels = "[[channel]]\nname = \"tank_level\"\nperiod_ms = 100\ndriver = { kind = \"sine\" }\n\n\
-                    [[channel]]\nname = \"pump_current\"\nperiod_ms = 250\ndriver = { kind = \"ramp\" }\n";
+                    [[channel]]\nname = \"pump_current\"\nperiod_ms = 250\ndriver = { kind = \"ramp\" }\n\n\
+                    [[channel]]\nname = \"tank_temp\"\nperiod_ms = 250\n\
+                    driver = { kind = \"step\", levels = [90.0, 91.0], every_s = 1.0 }\nalarm = { hi = 80.0 }\n";
     let config = agent_config(dir.path(), "pump-7", &hub.broker, &metric.frontend, channels);
     let _agent = agent_run(&config);
     wait_for("durable samples on the metric bus", 20 * SECOND, || {
@@ -209,6 +211,8 @@ fn the_web_view_shows_agents_counters_and_a_live_chart_and_survives_a_hub_restar
         "pump-7",
         "--channel",
         "tank_level",
+        "--alarm",
+        "tank_temp",
         "--outage",
         "--token",
         &token,
@@ -219,7 +223,7 @@ fn the_web_view_shows_agents_counters_and_a_live_chart_and_survives_a_hub_restar
     let mut check = Proc::spawn("web_check.py", cmd);
     let lines = Lines::new(check.take_stdout());
 
-    // Loaded without console errors or CSP violations, the agent listed,
+    // Loaded without console errors or CSP violations, the agent listed (its alarm shown),
     // counters moving, a typed topic without samples saying so, a picked
     // channel drawn as its points arrive.
     wait_step(&lines, &mut check, "checked", 60 * SECOND);
