@@ -119,9 +119,14 @@ impl Alarms {
         let Some(c) = channels.get_mut(channel) else {
             return Err(AckError::NoAlarm(channel.to_string(), channels.keys().cloned().collect()));
         };
+        let before = c.alarm.clone();
         let Some(event) = c.alarm.acknowledge() else { return Ok(None) };
         let event = self.stamp(channel, &c.unit, event, (clock::wall_ns(), mono_ns, clock::synced()));
-        let event = self.store(event).map_err(|e| AckError::Store(e.to_string()))?;
+        let event = self.store(event).map_err(|e| {
+            // Not acknowledged after all: the hub would never hear of it.
+            c.alarm = before;
+            AckError::Store(e.to_string())
+        })?;
         log::info!("alarm of channel {channel} ({}) acknowledged", event.change.state.name());
         Ok(Some(event))
     }

@@ -105,8 +105,9 @@ pub fn run(
         })?;
     // A sequence of their own, so an epoch of their own.
     let events_epoch = crate::epoch::boot_epoch()?;
-    let alarms = crate::alarms::Alarms::new(&config.effective_channels()?, Arc::new(events), events_epoch);
     let channels = Arc::new(channels(config)?);
+    let configs = channels.by_name.values().map(|(config, _)| config);
+    let alarms = crate::alarms::Alarms::new(configs, Arc::new(events), events_epoch);
     let shared = Arc::new(Shared {
         id,
         epoch,

@@ -70,10 +70,10 @@ async fn peek<R: crate::outbox::Record + Send + 'static>(
     cfg: &UplinkConfig,
     empty_ok: bool,
 ) -> Result<crate::outbox::Peeked<R>, Duration> {
-    let (outbox, records, bytes) = (outbox.clone(), cfg.batch_records, cfg.batch_bytes);
-    match smol::unblock(move || outbox.peek(records, bytes).map(|batch| (batch, outbox))).await {
-        Ok((batch, _)) if !batch.records.is_empty() || empty_ok => Ok(batch),
-        Ok((_, outbox)) => {
+    let (reader, records, bytes) = (outbox.clone(), cfg.batch_records, cfg.batch_bytes);
+    match smol::unblock(move || reader.peek(records, bytes)).await {
+        Ok(batch) if !batch.records.is_empty() || empty_ok => Ok(batch),
+        Ok(_) => {
             // The counters said records were there but none are: recount, and
             // yield rather than spin on this thread.
             if let Err(e) = outbox.resync() {
