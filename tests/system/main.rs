@@ -17,6 +17,7 @@ mod edge;
 mod fleet;
 mod hub_storage;
 mod interop;
+mod keys;
 mod modbus;
 mod operations;
 mod package;
