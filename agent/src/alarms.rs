@@ -46,6 +46,8 @@ pub fn outbox_options(max_events: Option<u64>) -> OutboxOptions {
 
 struct Channel {
     alarm: Alarm,
+    /// What the alarm was made from: a new config with the same keeps its state.
+    config: edge::AlarmConfig,
     unit: String,
     /// When the alarm in force was raised (wall clock, ns).
     since_wall_ns: i64,
@@ -77,13 +79,7 @@ impl Alarms {
         outbox: Arc<Outbox<AlarmEvent>>,
         epoch: u64,
     ) -> Alarms {
-        let channels = channels
-            .into_iter()
-            .filter_map(|c| {
-                let alarm = Alarm::new(c.alarm.clone()?);
-                Some((c.name.clone(), Channel { alarm, unit: c.unit().to_string(), since_wall_ns: 0 }))
-            })
-            .collect();
+        let channels = channels.into_iter().filter_map(Self::channel).collect();
         Alarms {
             channels: Mutex::new(channels),
             outbox,
@@ -91,6 +87,31 @@ impl Alarms {
             seq: AtomicU64::new(0),
             lost: AtomicU64::new(0),
         }
+    }
+
+    fn channel(c: &ChannelConfig) -> Option<(String, Channel)> {
+        let config = c.alarm.clone()?;
+        let channel = Channel {
+            alarm: Alarm::new(config.clone()),
+            config,
+            unit: c.unit().to_string(),
+            since_wall_ns: 0,
+        };
+        Some((c.name.clone(), channel))
+    }
+
+    /// The alarms of a new set of channels (a fleet configuration): a
+    /// channel whose alarm and unit are unchanged keeps its state (an alarm
+    /// in force stays in force); a changed one starts normal.
+    pub fn reconfigure<'a>(&self, channels: impl IntoIterator<Item = &'a ChannelConfig>) {
+        let mut held = self.lock();
+        let mut old = std::mem::take(&mut *held);
+        let new =
+            channels.into_iter().filter_map(Self::channel).map(|(name, fresh)| match old.remove(&name) {
+                Some(kept) if kept.config == fresh.config && kept.unit == fresh.unit => (name, kept),
+                _ => (name, fresh),
+            });
+        *held = new.collect();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Channel>> {

@@ -37,6 +37,25 @@ pub struct Config {
     /// Modbus links (`[[modbus]]`) that channels read devices through.
     #[serde(rename = "modbus", skip_serializing_if = "Vec::is_empty")]
     pub modbus: Vec<boards::modbus::LinkConfig>,
+    /// Following the configuration the hub sets for this agent (`hub config set`).
+    pub fleet: FleetConfig,
+}
+
+/// Whether and how often the agent asks the hub for its desired
+/// configuration. Only the local file sets it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// false: the local file alone, and no fleet configuration applied before is used.
+    pub enabled: bool,
+    /// How often it asks; a new version is applied within about this long.
+    pub poll_ms: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig { enabled: true, poll_ms: 2000 }
+    }
 }
 
 impl Default for Config {
@@ -55,6 +74,7 @@ impl Default for Config {
             log_level: "info".into(),
             channels: Vec::new(),
             modbus: Vec::new(),
+            fleet: FleetConfig::default(),
         }
     }
 }
@@ -335,6 +355,9 @@ impl Config {
         }
         if h.max_connections == 0 {
             return invalid("http.max_connections", "must be at least 1".into());
+        }
+        if self.fleet.poll_ms < 100 {
+            return invalid("fleet.poll_ms", "must be at least 100".into());
         }
         if self.hub.timeout_ms == 0 {
             return invalid("hub.timeout_ms", "must be at least 1".into());

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod epoch;
+pub mod fleet;
 pub mod http;
 pub mod live;
 pub mod lock;

@@ -20,12 +20,13 @@ use transport::{AsyncClient, ClientOptions, Endpoint, Shutdown};
 use crate::clock::{self, Clock};
 use crate::config::{Config, ConfigError};
 use crate::outbox::Outbox;
-use crate::sampler::{self, Sequences, Sinks};
+use crate::sampler::{self, Sequences, SharedDriver, Sinks};
 use crate::service::{self, Channels};
 use crate::state::LocalState;
 use crate::status::{LinkState, Shared};
 use crate::store::Store;
 use crate::{control, live, uplink};
+use smol::future::FutureExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -72,11 +73,14 @@ pub fn channels(config: &Config) -> Result<Channels, RunError> {
 /// start, `started` gets a function that flushes the stores (for a second
 /// termination signal's last words).
 pub fn run(
-    config: &Config,
+    local: &Config,
     shutdown: Shutdown,
     started: impl FnOnce(Box<dyn Fn() + Send + Sync>),
 ) -> Result<(), RunError> {
-    config.validate()?;
+    local.validate()?;
+    // The local file, with the fleet configuration applied before over it.
+    let (config, fleet) = crate::fleet::follow::startup(local);
+    let config = &config;
     let limits = config.limits()?;
     let data_dir = &config.data_dir;
     std::fs::create_dir_all(data_dir)
@@ -112,7 +116,7 @@ pub fn run(
         id,
         epoch,
         clock: Clock::new(),
-        config_toml: config.redacted_toml(),
+        config_toml: Mutex::new(config.redacted_toml()),
         store,
         outbox,
         alarms,
@@ -123,7 +127,10 @@ pub fn run(
         local_store: Default::default(),
         tasks: Default::default(),
         service: Default::default(),
-        modbus: channels.links.clone(),
+        channel_set: Mutex::new(channels.clone()),
+        uplink: Mutex::new(config.uplink.clone()),
+        uplink_changes: AtomicU64::new(0),
+        fleet: Mutex::new(fleet),
     });
     let state = LocalState::new(&shared.store, config.local_state)?;
     let reserve = shared.outbox.stats();
@@ -151,12 +158,11 @@ pub fn run(
     let ctx = zmq::Context::new();
     let mut threads = Vec::new();
     {
-        let (ctx, broker, shared, channels, state) =
-            (ctx.clone(), broker.clone(), shared.clone(), channels.clone(), state.clone());
+        let (ctx, broker, shared, state) = (ctx.clone(), broker.clone(), shared.clone(), state.clone());
         let signal = shutdown.watch_as("mdp-service")?;
         threads.push(std::thread::Builder::new().name("mdp-service".into()).spawn(move || {
             crate::supervise::on_thread("mdp-service", &shared.tasks, &signal, || {
-                service::serve(&ctx, &broker, shared.clone(), channels.clone(), state.clone(), &signal)
+                service::serve(&ctx, &broker, shared.clone(), state.clone(), &signal)
             });
         })?);
     }
@@ -186,17 +192,19 @@ pub fn run(
         let ex = smol::LocalExecutor::new();
         let (live_tx, live_rx) = smol::channel::bounded(1024);
         let (wake_tx, wake_rx) = smol::channel::bounded(1);
-        let sinks = Arc::new(Sinks { live: live_tx, wake_uplink: wake_tx });
+        let sinks = Arc::new(Sinks { live: live_tx, wake_uplink: wake_tx.clone() });
         let seqs = Arc::new(Sequences::default());
-        for (config, driver) in channels.by_name.values() {
-            ex.spawn(sampler::run(
-                shared.clone(),
-                config.clone(),
-                driver.clone(),
-                seqs.clone(),
-                sinks.clone(),
-            ))
-            .detach();
+        let (changed_tx, changed_rx) = smol::channel::bounded(1);
+        if config.fleet.enabled {
+            let follower = crate::fleet::follow::Follower {
+                shared: shared.clone(),
+                local: local.clone(),
+                boot: config.clone(),
+                running: config.clone(),
+                channels_changed: changed_tx,
+                wake_uplink: wake_tx,
+            };
+            ex.spawn(follower.run(ctx.clone(), broker.clone(), config.hub_timeout())).detach();
         }
         ex.spawn({
             let (shared, ctx, bus) = (shared.clone(), ctx.clone(), bus.clone());
@@ -209,15 +217,8 @@ pub fn run(
             }
         })
         .detach();
-        ex.spawn(uplink::run(
-            shared.clone(),
-            ctx.clone(),
-            broker.clone(),
-            config.hub_timeout(),
-            config.uplink.clone(),
-            wake_rx,
-        ))
-        .detach();
+        ex.spawn(uplink::run(shared.clone(), ctx.clone(), broker.clone(), config.hub_timeout(), wake_rx))
+            .detach();
         ex.spawn(flush_loop(shared.clone(), flush_every)).detach();
         ex.spawn(sync_loop(shared.clone(), ctx.clone(), broker.clone(), state.clone(), config.hub_timeout()))
             .detach();
@@ -232,8 +233,20 @@ pub fn run(
                 log::info!("flushed the outbox ({outbox:?}) and the local state ({state:?})");
             }
         }));
+        // The samplers: one task per channel, following the channel set.
         ex.run(async {
-            let _ = stop.readable().await;
+            let mut samplers = Samplers::default();
+            loop {
+                samplers.follow(&ex, &shared, &seqs, &sinks);
+                let changed = async { changed_rx.recv().await.is_ok() };
+                let stopping = async {
+                    let _ = stop.readable().await;
+                    false
+                };
+                if !changed.or(stopping).await {
+                    break;
+                }
+            }
         })
         .await;
     });
@@ -257,6 +270,42 @@ pub fn run(
         (Err(e), _, _) => Err(RunError::StoreFailing(format!("the outbox's last flush failed: {e}"))),
         (_, Err(e), _) => Err(RunError::StoreFailing(format!("the local state's last flush failed: {e}"))),
         (_, _, Some(e)) => Err(RunError::StoreFailing(e)),
+    }
+}
+
+/// One sampler task per channel of the set in force, by name. Dropping a
+/// task stops it at its next wait, never between a sample's sequence
+/// number and its append, so the durable sequence stays gapless.
+#[derive(Default)]
+struct Samplers {
+    running: BTreeMap<String, (SharedDriver, smol::Task<()>)>,
+}
+
+impl Samplers {
+    /// Stops the tasks of channels gone or changed (a new driver), starts
+    /// those of new and changed ones.
+    fn follow(
+        &mut self,
+        ex: &smol::LocalExecutor<'_>,
+        shared: &Arc<Shared>,
+        seqs: &Arc<Sequences>,
+        sinks: &Arc<Sinks>,
+    ) {
+        let set = shared.channel_set();
+        self.running
+            .retain(|name, (driver, _)| set.by_name.get(name).is_some_and(|(_, d)| Arc::ptr_eq(d, driver)));
+        for (name, (config, driver)) in &set.by_name {
+            if !self.running.contains_key(name) {
+                let task = ex.spawn(sampler::run(
+                    shared.clone(),
+                    config.clone(),
+                    driver.clone(),
+                    seqs.clone(),
+                    sinks.clone(),
+                ));
+                self.running.insert(name.clone(), (driver.clone(), task));
+            }
+        }
     }
 }
 

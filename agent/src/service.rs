@@ -24,6 +24,7 @@ use crate::sampler::SharedDriver;
 use crate::state::LocalState;
 use crate::status::Shared;
 
+/// The channels an agent samples: each one's config and driver.
 pub struct Channels {
     pub by_name: BTreeMap<String, (ChannelConfig, SharedDriver)>,
     /// The Modbus links the channels' drivers read through.
@@ -74,7 +75,7 @@ impl Command {
     }
 }
 
-pub fn handle(shared: &Shared, channels: &Channels, state: &LocalState, body: &[zmq::Message]) -> Json {
+pub fn handle(shared: &Shared, state: &LocalState, body: &[zmq::Message]) -> Json {
     let text = |i: usize| body.get(i).map(|f| String::from_utf8_lossy(f).into_owned());
     let error = |message: String| json!({"error": message});
     let word = text(0).unwrap_or_default();
@@ -85,7 +86,7 @@ pub fn handle(shared: &Shared, channels: &Channels, state: &LocalState, body: &[
     };
     match command {
         Command::Status => shared.to_json(),
-        Command::Config => json!({"config": shared.config_toml}),
+        Command::Config => json!({"config": shared.config_toml()}),
         Command::Ack => {
             let Some(name) = text(1) else { return error("ack needs a channel name".into()) };
             match shared.alarms.acknowledge(&name, shared.clock.mono_ns()) {
@@ -99,6 +100,7 @@ pub fn handle(shared: &Shared, channels: &Channels, state: &LocalState, body: &[
         }
         Command::Read | Command::Write => {
             let Some(name) = text(1) else { return error(format!("{word} needs a channel name")) };
+            let channels = shared.channel_set();
             let Some((config, driver)) = channels.by_name.get(&name) else {
                 let known: Vec<&String> = channels.by_name.keys().collect();
                 return error(format!("no channel '{name}' (channels: {known:?})"));
@@ -170,7 +172,6 @@ pub fn serve(
     ctx: &zmq::Context,
     broker: &Endpoint,
     shared: Arc<Shared>,
-    channels: Arc<Channels>,
     state: LocalState,
     signal: &ShutdownWatch,
 ) -> Result<(), transport::WorkerError> {
@@ -186,7 +187,7 @@ pub fn serve(
         ..PoolOptions::default()
     };
     worker.run_pool(signal, pool, move |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
-        let reply = handle(&shared, &channels, &state, &body);
+        let reply = handle(&shared, &state, &body);
         vec![zmq::Message::from(reply.to_string().as_bytes())]
     })
 }

@@ -80,7 +80,8 @@ pub struct Shared {
     pub id: String,
     pub epoch: u64,
     pub clock: Clock,
-    pub config_toml: String,
+    /// The config in force, as TOML with its secrets redacted (`config`).
+    pub config_toml: Mutex<String>,
     pub store: Arc<Store>,
     pub outbox: Arc<Outbox>,
     /// The channels' limit alarms and their events outbox.
@@ -96,8 +97,14 @@ pub struct Shared {
     pub tasks: crate::supervise::Tasks,
     /// The Majordomo service's sessions with the hub (its current worker's).
     pub service: Mutex<Option<Arc<transport::WorkerStats>>>,
-    /// The Modbus links, for their counters.
-    pub modbus: boards::modbus::Links,
+    /// The channels sampled now, their drivers and Modbus links (a fleet
+    /// configuration replaces them while the agent runs).
+    pub channel_set: Mutex<Arc<crate::service::Channels>>,
+    /// The uplink's settings in force, and how many times they changed.
+    pub uplink: Mutex<crate::config::UplinkConfig>,
+    pub uplink_changes: AtomicU64,
+    /// How this agent stands with the configuration the hub wants it to run.
+    pub fleet: Mutex<crate::fleet::follow::FleetStatus>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -111,6 +118,24 @@ impl Shared {
 
     pub fn channels(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ChannelStatus>> {
         lock(&self.channels)
+    }
+
+    /// The channels sampled now.
+    pub fn channel_set(&self) -> Arc<crate::service::Channels> {
+        lock(&self.channel_set).clone()
+    }
+
+    /// The uplink's settings in force.
+    pub fn uplink(&self) -> crate::config::UplinkConfig {
+        lock(&self.uplink).clone()
+    }
+
+    pub fn fleet(&self) -> std::sync::MutexGuard<'_, crate::fleet::follow::FleetStatus> {
+        lock(&self.fleet)
+    }
+
+    pub fn config_toml(&self) -> String {
+        lock(&self.config_toml).clone()
     }
 
     /// Records the outcome of a flush of the local state's store.
@@ -213,7 +238,8 @@ impl Shared {
     /// Each Modbus link's counters and the units it skips now.
     fn modbus_json(&self) -> Json {
         let links: serde_json::Map<String, Json> = self
-            .modbus
+            .channel_set()
+            .links
             .iter()
             .map(|(name, link)| {
                 let s = link.status();
@@ -274,6 +300,7 @@ impl Shared {
             },
             "modbus": self.modbus_json(),
             "alarms": self.alarms.to_json(),
+            "fleet": self.fleet().to_json(),
             "outbox": {
                 "records": outbox.records,
                 "bytes": outbox.bytes,
@@ -416,7 +443,7 @@ impl Shared {
             let bad = c.quality == Some(Quality::Bad);
             out.gauge("agent_channel_bad", "1 while a channel's last reading was bad.", labels(), bad.into());
         }
-        for (name, link) in self.modbus.iter() {
+        for (name, link) in self.channel_set().links.iter() {
             let s = link.status();
             let labels = || vec![("link", name.clone())];
             out.counter("agent_modbus_requests", "Requests a Modbus link sent.", labels(), s.requests);

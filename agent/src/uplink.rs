@@ -5,6 +5,7 @@
 //! through the broker, and sleeps as told. Samples older than
 //! `live_window_ms` when sent are marked historical.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,22 +24,21 @@ pub async fn run(
     ctx: zmq::Context,
     broker: Endpoint,
     timeout: Duration,
-    cfg: UplinkConfig,
     wake: Receiver<()>,
 ) {
     let options = ClientOptions { timeout, retries: 0, ..ClientOptions::default() };
     let mut client = AsyncClient::new(&ctx, &broker, options);
-    let settings = Settings {
-        batch_records: cfg.batch_records,
-        linger: Duration::from_millis(cfg.linger_ms),
-        replay_rate: cfg.replay_rate as f64,
-        report_every: Duration::from_millis(cfg.report_interval_ms.max(1000)),
-        breaker_failures: cfg.breaker_failures,
-        backoff_min: Duration::from_millis(cfg.backoff_min_ms),
-        backoff_max: Duration::from_millis(cfg.backoff_max_ms),
-    };
-    let mut up = Uplink::new(settings, Instant::now());
+    let mut seen = shared.uplink_changes.load(Relaxed);
+    let mut cfg = shared.uplink();
+    let mut up = Uplink::new(settings(&cfg), Instant::now());
     loop {
+        // A fleet configuration changed the settings: the machine starts
+        // afresh with them (its breaker and pacing too).
+        if shared.uplink_changes.load(Relaxed) != seen {
+            seen = shared.uplink_changes.load(Relaxed);
+            cfg = shared.uplink();
+            up = Uplink::new(settings(&cfg), Instant::now());
+        }
         let (events, samples) = (shared.alarms.outbox.stats().records, shared.outbox.stats().records);
         let next = up.next(Instant::now(), events, samples);
         set_breaker(&shared, &up);
@@ -60,6 +60,18 @@ pub async fn run(
         if !wait.is_zero() {
             smol::Timer::after(wait).await;
         }
+    }
+}
+
+fn settings(cfg: &UplinkConfig) -> Settings {
+    Settings {
+        batch_records: cfg.batch_records,
+        linger: Duration::from_millis(cfg.linger_ms),
+        replay_rate: cfg.replay_rate as f64,
+        report_every: Duration::from_millis(cfg.report_interval_ms.max(1000)),
+        breaker_failures: cfg.breaker_failures,
+        backoff_min: Duration::from_millis(cfg.backoff_min_ms),
+        backoff_max: Duration::from_millis(cfg.backoff_max_ms),
     }
 }
 

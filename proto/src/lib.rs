@@ -11,6 +11,7 @@ pub mod bus;
 pub mod cert;
 pub mod codec;
 pub mod consumer;
+pub mod fleet;
 pub mod heartbeat;
 pub mod hub;
 pub mod identity;
