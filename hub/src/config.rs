@@ -45,6 +45,8 @@ pub struct Config {
     /// ... and the ones that exist from start (`[[consumer]]`).
     #[serde(rename = "consumer", skip_serializing_if = "Vec::is_empty")]
     pub declared_consumers: Vec<crate::consumers::config::ConsumerConfig>,
+    /// Agents' desired configurations (`hub config`), kept under the data directory.
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 impl Default for Config {
@@ -63,6 +65,7 @@ impl Default for Config {
             pipelines: Vec::new(),
             consumers: Default::default(),
             declared_consumers: Vec::new(),
+            fleet: Default::default(),
         }
     }
 }
@@ -121,6 +124,7 @@ impl Config {
         let invalid = |(field, problem): (&'static str, String)| ConfigError::Invalid { field, problem };
         let buses: Vec<&str> = self.buses.iter().map(|b| b.name.as_str()).collect();
         self.http.validate(self.insecure).map_err(invalid)?;
+        self.fleet.validate().map_err(invalid)?;
         crate::consumers::config::validate(&self.consumers, &self.declared_consumers).map_err(invalid)?;
         if !self.declared_consumers.is_empty() && !self.ingest.enabled {
             return Err(invalid((

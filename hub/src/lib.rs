@@ -8,6 +8,7 @@ pub mod bus;
 pub mod clock;
 pub mod config;
 pub mod consumers;
+pub mod fleet;
 pub mod http;
 pub mod ingest;
 pub mod journal;

@@ -9,7 +9,8 @@ use super::{ask_hub, show_hub_answer, CmdResult, Connection};
 /// epoch, the durable samples the hub accepted from them and dropped as
 /// repeats, the samples they lost (dropped from a full outbox or for a disk
 /// short of its reserve, lost to failed writes: kept across their restarts),
-/// its alarms in force (channel, level, and `!` while unacknowledged), and
+/// its alarms in force (channel, level, and `!` while unacknowledged), the
+/// fleet configuration it runs (`v7`; `v5->v7 rejected` when it drifts), and
 /// what needs an operator now; under the table, any of the hub's own
 /// stores failing or found damaged at start. Asks the hub's own service,
 /// org.plantd.Hub.
@@ -54,6 +55,7 @@ fn table(agents: &[Value]) -> String {
         "DROPPED",
         "WRITE LOST",
         "ALARMS",
+        "CONFIG",
         "WARNING",
     ];
     let seconds = |v: &Value| v.as_f64().map_or("-".to_string(), |s| format!("{s:.0}s"));
@@ -87,7 +89,17 @@ fn table(agents: &[Value]) -> String {
             said.join(", ")
         }
     };
-    let rows: Vec<[String; 12]> = agents
+    // `v7`, or `v5->v7 rejected` while it does not run its desired version.
+    let config = |c: &Value| {
+        if c.is_null() || c["desired"] == 0 {
+            return "-".to_string();
+        }
+        match c["drift"] == true {
+            false => format!("v{}", c["applied"]),
+            true => format!("v{}->v{} {}", c["applied"], c["desired"], c["state"].as_str().unwrap_or("?")),
+        }
+    };
+    let rows: Vec<[String; 13]> = agents
         .iter()
         .map(|a| {
             [
@@ -102,6 +114,7 @@ fn table(agents: &[Value]) -> String {
                 number(&a["dropped"]),
                 number(&a["store_errors"]),
                 alarms(&a["alarms"]),
+                config(&a["config"]),
                 warnings(&a["warnings"]),
             ]
         })
@@ -132,22 +145,23 @@ mod tests {
         let agents = serde_json::json!([
             {"agent": "pump-1", "link": "up", "last_seen_s": 1.2, "backlog": 0, "lag_s": 0.0, "epoch": 7, "accepted": 12, "duplicates": 0,
              "dropped": 40, "store_errors": 3, "warnings": ["its disk is short"],
-             "alarms": [{"channel": "tank", "state": "hi", "acknowledged": false}, {"channel": "flow", "state": "lolo", "acknowledged": true}]},
+             "alarms": [{"channel": "tank", "state": "hi", "acknowledged": false}, {"channel": "flow", "state": "lolo", "acknowledged": true}],
+             "config": {"desired": 7, "applied": 5, "state": "rejected", "drift": true}},
             {"agent": "pump-22", "link": "silent", "last_seen_s": 95.0, "backlog": null, "lag_s": null, "epoch": 9, "accepted": 3, "duplicates": 1}
         ]);
         let text = table(agents.as_array().unwrap());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "AGENT    LINK    LAST SEEN  BACKLOG  LAG  EPOCH  ACCEPTED  DUPLICATES  DROPPED  WRITE LOST  ALARMS               WARNING"
+            "AGENT    LINK    LAST SEEN  BACKLOG  LAG  EPOCH  ACCEPTED  DUPLICATES  DROPPED  WRITE LOST  ALARMS               CONFIG           WARNING"
         );
         assert_eq!(
             lines[1],
-            "pump-1   up      1s         0        0s   7      12        0           40       3           tank hi!, flow lolo  its disk is short"
+            "pump-1   up      1s         0        0s   7      12        0           40       3           tank hi!, flow lolo  v5->v7 rejected  its disk is short"
         );
         assert_eq!(
             lines[2],
-            "pump-22  silent  95s        -        -    9      3         1           -        -           -                    -"
+            "pump-22  silent  95s        -        -    9      3         1           -        -           -                    -                -"
         );
         assert!(table(&[]).contains("no agent has reported yet"));
     }

@@ -9,6 +9,7 @@ pub mod consumers;
 pub mod context;
 pub mod dlq;
 pub mod echo;
+pub mod fleet;
 pub mod keys;
 pub mod loadgen;
 pub mod pipeline;

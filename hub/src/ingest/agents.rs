@@ -44,11 +44,21 @@ pub struct Agents {
     /// An agent silent this long is shown as `silent`, not `up`.
     silent_after: Duration,
     seen: Mutex<HashMap<String, Seen>>,
+    /// How each agent stands with its fleet configuration (when the hub has one).
+    config_source: std::sync::OnceLock<ConfigSource>,
 }
+
+/// An agent's fleet configuration standing, by id.
+pub type ConfigSource = std::sync::Arc<dyn Fn(&str) -> Value + Send + Sync>;
 
 impl Agents {
     pub fn new(max: usize, silent_after: Duration) -> Agents {
-        Agents { max: max.max(1), silent_after, seen: Mutex::default() }
+        Agents { max: max.max(1), silent_after, seen: Mutex::default(), config_source: Default::default() }
+    }
+
+    /// Where `to_json` finds each agent's fleet configuration standing.
+    pub fn set_config_source(&self, source: ConfigSource) {
+        let _ = self.config_source.set(source);
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
@@ -105,6 +115,11 @@ impl Agents {
 
     /// Every agent, by name: `{"agent", "link", "last_seen_s", ...}`.
     pub fn to_json(&self, now: Instant, wall_ns: i64) -> Value {
+        let names: Vec<String> = self.seen().keys().cloned().collect();
+        let configs: HashMap<String, Value> = match self.config_source.get() {
+            Some(source) => names.iter().map(|n| (n.clone(), source(n))).collect(),
+            None => HashMap::new(),
+        };
         let seen = self.seen();
         let mut names: Vec<&String> = seen.keys().collect();
         names.sort();
@@ -138,6 +153,8 @@ impl Agents {
                 "uptime_s": r.map(|r| r.uptime_s),
                 "version": r.map(|r| r.version.clone()),
                 "channels": s.channels,
+                // Its fleet configuration: desired and applied versions, state, drift.
+                "config": configs.get(name.as_str()).cloned().unwrap_or(Value::Null),
             })
         });
         Value::Array(rows.collect())

@@ -34,10 +34,12 @@ pub enum Kind {
     Ingest,
     /// A state operation on a scope it may not touch, or over its quota.
     State,
+    /// A fleet configuration poll for another agent.
+    Fleet,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Connect,
         Kind::Unauthenticated,
         Kind::Call,
@@ -50,6 +52,7 @@ impl Kind {
         Kind::Subscribe,
         Kind::Ingest,
         Kind::State,
+        Kind::Fleet,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +69,7 @@ impl Kind {
             Kind::Subscribe => "subscribe",
             Kind::Ingest => "ingest",
             Kind::State => "state",
+            Kind::Fleet => "fleet",
         }
     }
 }

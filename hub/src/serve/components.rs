@@ -210,6 +210,34 @@ impl Hub {
         Ok(Some(ingest))
     }
 
+    /// The fleet configuration services (agents' polls, operators' commands).
+    pub(super) fn start_fleet(
+        &mut self,
+        ctx: &zmq::Context,
+        config: &Config,
+    ) -> Result<Option<Arc<crate::fleet::Fleet>>, ServeError> {
+        if !config.fleet.enabled {
+            return Ok(None);
+        }
+        let fleet =
+            Arc::new(crate::fleet::Fleet::open(&config.data_dir, &config.fleet, self.security.clone())?);
+        let metrics = fleet.clone();
+        self.registry.register("fleet", Arc::new(move |out: &mut Families| metrics.collect(out)));
+        for admin in [false, true] {
+            let (fleet, ctx, worker) = (fleet.clone(), ctx.clone(), config.broker.worker_options());
+            let name = if admin { "fleet-admin" } else { "fleet" };
+            self.spawn(name.into(), move |signal| {
+                let served = if admin {
+                    fleet.serve_admin(&ctx, worker, &signal)
+                } else {
+                    fleet.serve_agents(&ctx, worker, &signal)
+                };
+                served.map_err(ServeError::Service)
+            })?;
+        }
+        Ok(Some(fleet))
+    }
+
     /// The hub's own services: `org.plantd.Hub`, the dead letters' (with
     /// pipelines), and the local control socket.
     pub(super) fn start_services(

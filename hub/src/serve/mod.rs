@@ -29,6 +29,8 @@ pub enum ServeError {
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
+    #[error(transparent)]
     Ingest(#[from] IngestError),
     #[error(transparent)]
     Http(#[from] HttpError),
@@ -132,6 +134,9 @@ impl Hub {
             None => None,
         };
         let agents = ingest.as_ref().map(|i| i.agents());
+        if let (Some(fleet), Some(agents)) = (hub.start_fleet(ctx, config)?, &agents) {
+            agents.set_config_source(Arc::new(move |agent: &str| fleet.standing(agent)));
+        }
         hub.start_services(ctx, config, agents, bridge, pipelines)?;
         if config.http.listen != "off" {
             let ingest = ingest.as_ref().map(|i| (i.counters(), i.agents()));

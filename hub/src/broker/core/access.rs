@@ -23,13 +23,15 @@ use crate::broker::config::BrokerConfig;
 use crate::security::{Grants, Kind, Security};
 
 /// Services only the hub's own in-process workers may provide.
-const RESERVED: [&[u8]; 6] = [
+const RESERVED: [&[u8]; 8] = [
     proto::state::SERVICE.as_bytes(),
     proto::ingest::SERVICE.as_bytes(),
     proto::hub::SERVICE.as_bytes(),
     proto::hub::DLQ_SERVICE.as_bytes(),
     proto::consumer::SERVICE.as_bytes(),
     proto::consumer::ADMIN_SERVICE.as_bytes(),
+    proto::fleet::SERVICE.as_bytes(),
+    proto::fleet::ADMIN_SERVICE.as_bytes(),
 ];
 
 /// Who a request or a worker belongs to.

@@ -484,6 +484,21 @@
       alarmCell.title = alarms
         .map((x) => String(x.channel) + ': ' + String(x.state) + ' (' + String(x.priority) + ', value ' + String(x.value) + (x.acknowledged ? ', acknowledged' : ', not acknowledged') + ')')
         .join('\n');
+      // Its fleet configuration: the version it runs, and the one it should while they differ.
+      const c = a.config;
+      if (c && c.desired > 0) {
+        const drift = c.drift === true;
+        const configCell = setCell(
+          row,
+          'config',
+          drift ? 'v' + c.applied + ' → v' + c.desired + ' ' + String(c.state) : 'v' + c.applied,
+          c.applied,
+          drift ? 'bad-text' : '',
+        );
+        configCell.title = c.reason ? String(c.reason) : (c.pending || []).length ? 'at the next restart: ' + c.pending.join(', ') : '';
+      } else {
+        setCell(row, 'config', '–', '', '');
+      }
       setCell(row, 'epoch', isNum(a.epoch) ? String(a.epoch) : '–', a.epoch, 'num small');
       setCell(row, 'uptime_s', fmtSeconds(a.uptime_s), a.uptime_s, 'num');
       setCell(row, 'version', a.version ? String(a.version) : '–', a.version, 'small');
