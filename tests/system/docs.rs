@@ -14,8 +14,8 @@ const AGENT_TABLES: [&str; 5] = ["[uplink]", "[outbox]", "[[channel]]", "[hub]",
 
 /// Subcommands whose next word names a subcommand (or an action) of its own:
 /// `hub keys add`, `agent store verify`, ...
-const NESTED: [&str; 9] =
-    ["bridge", "consumers", "context", "dlq", "keys", "modbus", "pipeline", "state", "store"];
+const NESTED: [&str; 10] =
+    ["bridge", "config", "consumers", "context", "dlq", "keys", "modbus", "pipeline", "state", "store"];
 
 /// The hub's connection options that take a value and may come before the
 /// command (`hub --context site-b agents`).

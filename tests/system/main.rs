@@ -15,6 +15,7 @@ mod contexts;
 mod docs;
 mod edge;
 mod fleet;
+mod fleet_config;
 mod hub_storage;
 mod interop;
 mod keys;
