@@ -92,6 +92,7 @@ fn a_group_takes_a_new_period_and_a_new_channel_within_5_s_with_gapless_durable_
             .then_some(())
     });
     let took = set_at.elapsed();
+    eprintln!("fleet: version {version} applied by all three agents {took:?} after `hub config set` began");
     assert!(took < 5 * SECOND, "applied by all three {took:?} after it was set");
 
     // The new channel's samples arrive, and flow now comes every 50 ms.
@@ -210,6 +211,25 @@ fn a_config_whose_driver_cannot_open_is_rolled_back_and_sampling_goes_on() {
     assert!(row["reason"].as_str().unwrap_or_default().contains("gpiochip77"), "{row}");
     let table = String::from_utf8_lossy(&hub_cli(&["agents", "--broker", &hub.broker]).stdout).into_owned();
     assert!(table.contains("v0->v1 rolled-back"), "{table}");
+
+    // The operator fixes it: version 2 drops the relay. `diff` shows what
+    // changed, `history` keeps both, and a rollback to 1 is a new version
+    // the agent refuses as it did the first time.
+    assert!(config_cli(&hub.broker, &["set", "rb-1", &fragment(dir.path(), "fixed.toml", FLOW)])
+        .status
+        .success());
+    wait_for_status(&data, "version 2 applied", 15 * SECOND, |s| {
+        (s["fleet"]["applied"] == 2 && s["fleet"]["state"] == "applied").then_some(())
+    });
+    let diff = String::from_utf8_lossy(&config_cli(&hub.broker, &["diff", "rb-1"]).stdout).into_owned();
+    assert!(diff.contains("-name = \"relay\"") && diff.contains("rb-1 version 1"), "{diff}");
+    let history = String::from_utf8_lossy(&config_cli(&hub.broker, &["history", "rb-1"]).stdout).into_owned();
+    assert_eq!(history.lines().count(), 3, "a header and two versions: {history}");
+    assert!(config_cli(&hub.broker, &["rollback", "rb-1", "1"]).status.success());
+    wait_for_status(&data, "version 3 (version 1 again) rolled back", 15 * SECOND, |s| {
+        (s["fleet"]["desired"] == 3 && s["fleet"]["state"] == "rolled-back" && s["fleet"]["applied"] == 2)
+            .then_some(())
+    });
 
     // Sampling went on throughout, every durable sample accounted for.
     let before = collector.durable().len();

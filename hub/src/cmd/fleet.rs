@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use argh::FromArgs;
 use serde_json::Value;
 
-use super::{no_reply, print_json, text, CmdResult, Connection};
+use super::{ask_json, print_json, text, CmdResult, Connection};
 
 /// Fleet configuration: set a TOML fragment for an agent or a group of
 /// agents (a glob over ids), and see which agents run it. Each section the
@@ -309,25 +309,6 @@ fn when(ns: &Value) -> String {
 
 /// Asks org.plantd.Fleet.Admin; `None` when the hub did not answer.
 fn ask(frames: &[&str], connection: &Connection) -> Result<Option<Value>, Box<dyn std::error::Error>> {
-    use transport::{Client, ClientError, ClientOptions};
-    let ctx = zmq::Context::new();
-    let options = ClientOptions { timeout: connection.timeout(2500), retries: 1, ..Default::default() };
-    let mut client = Client::new(&ctx, connection.broker_endpoint()?, options);
     let frames: Vec<&[u8]> = frames.iter().map(|f| f.as_bytes()).collect();
-    let reply = match client.request(proto::fleet::ADMIN_SERVICE, &frames) {
-        Ok(reply) => reply,
-        Err(e @ ClientError::Timeout { .. }) => {
-            no_reply(&e, connection);
-            return Ok(None);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let first = reply.first().map(|f| String::from_utf8_lossy(f).into_owned()).unwrap_or_default();
-    match serde_json::from_str(&first) {
-        Ok(value) => Ok(Some(value)),
-        Err(_) => {
-            Err(format!("the hub refused: {first} (setting configurations needs an operator's certificate)")
-                .into())
-        }
-    }
+    ask_json(proto::fleet::ADMIN_SERVICE, &frames, connection)
 }

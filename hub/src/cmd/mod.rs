@@ -43,11 +43,26 @@ pub fn ask_service(
     command: &str,
     connection: &Connection,
 ) -> Result<Option<serde_json::Value>, Box<dyn std::error::Error>> {
+    let Some(value) = ask_json(service, &[command.as_bytes()], connection)? else { return Ok(None) };
+    if let Some(error) = value["error"].as_str() {
+        return Err(error.into());
+    }
+    Ok(Some(value))
+}
+
+/// Sends `frames` to `service` and returns its answer's first frame as
+/// JSON, an `error` in it included; `None` (said on stderr) when the hub
+/// did not answer.
+pub fn ask_json(
+    service: &str,
+    frames: &[&[u8]],
+    connection: &Connection,
+) -> Result<Option<serde_json::Value>, Box<dyn std::error::Error>> {
     use transport::{Client, ClientError, ClientOptions};
     let ctx = zmq::Context::new();
     let options = ClientOptions { timeout: connection.timeout(2500), retries: 1, ..Default::default() };
     let mut client = Client::new(&ctx, connection.broker_endpoint()?, options);
-    let reply = match client.request(service, &[command.as_bytes()]) {
+    let reply = match client.request(service, frames) {
         Ok(reply) => reply,
         Err(e @ ClientError::Timeout { .. }) => {
             no_reply(&e, connection);
@@ -56,17 +71,18 @@ pub fn ask_service(
         Err(e) => return Err(e.into()),
     };
     let text = reply.first().map(|f| String::from_utf8_lossy(f).into_owned()).unwrap_or_default();
+    // A broker's refusal is a status code, not JSON.
+    if text == "403" {
+        return Err(format!(
+            "the hub refused: this identity may not call {service} (see `hub keys` and its roles)"
+        )
+        .into());
+    }
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("the hub sent no JSON ({e}): {text}"))?;
-    if let Some(error) = value["error"].as_str() {
-        return Err(error.into());
-    }
     Ok(Some(value))
 }
 
-/// Says that no reply came, and what was used to ask: a wrong context or
-/// key is the usual reason (a hub with security drops an unknown key's
-/// connection without a word).
 pub fn no_reply(e: &dyn std::fmt::Display, connection: &Connection) {
     eprintln!(
         "hub: {e}; used {} (is the hub running there, and does it know this key?)",

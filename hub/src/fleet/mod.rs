@@ -345,53 +345,40 @@ impl Fleet {
         out.gauge("fleet_files_damaged", "Target files set aside as damaged at start.", vec![], damaged);
     }
 
-    /// Serves agents' polls until shutdown.
-    pub fn serve_agents(
+    /// Serves `service` until shutdown: agents' polls ([`wire::SERVICE`]) or
+    /// operators' commands ([`wire::ADMIN_SERVICE`]).
+    pub fn serve(
         self: &Arc<Self>,
+        service: &'static str,
         ctx: &zmq::Context,
         worker: WorkerOptions,
         signal: &ShutdownWatch,
     ) -> Result<(), WorkerError> {
         let secure = self.security.is_some();
-        Worker::new(ctx, BROKER_INPROC, wire::SERVICE, worker).run(
+        Worker::new(ctx, BROKER_INPROC, service, worker).run(
             signal,
             |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
-                let (caller, rest) = split_caller(&body, secure);
-                let reply = match (rest.first().map(|f| &f[..]), rest.get(1)) {
-                    (Some(b"poll"), Some(poll)) => self.poll(caller.as_deref(), poll),
-                    _ => PollReply { error: Some("use: poll JSON".into()), ..PollReply::default() },
+                // With security the broker puts the caller's identity first.
+                let (caller, rest) = match (secure, body.split_first()) {
+                    (true, Some((caller, rest))) => {
+                        (Some(String::from_utf8_lossy(caller).into_owned()), rest)
+                    }
+                    _ => (None, &body[..]),
                 };
-                vec![zmq::Message::from(serde_json::to_vec(&reply).expect("a reply serialises"))]
+                let reply = if service == wire::ADMIN_SERVICE {
+                    let args: Vec<String> =
+                        rest.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+                    self.admin(caller.as_deref().unwrap_or_default(), &args).to_string().into_bytes()
+                } else {
+                    let reply = match (rest.first().map(|f| &f[..]), rest.get(1)) {
+                        (Some(b"poll"), Some(poll)) => self.poll(caller.as_deref(), poll),
+                        _ => PollReply { error: Some("use: poll JSON".into()), ..PollReply::default() },
+                    };
+                    serde_json::to_vec(&reply).expect("a reply serialises")
+                };
+                vec![zmq::Message::from(reply)]
             },
         )
-    }
-
-    /// Serves operators' commands until shutdown.
-    pub fn serve_admin(
-        self: &Arc<Self>,
-        ctx: &zmq::Context,
-        worker: WorkerOptions,
-        signal: &ShutdownWatch,
-    ) -> Result<(), WorkerError> {
-        let secure = self.security.is_some();
-        Worker::new(ctx, BROKER_INPROC, wire::ADMIN_SERVICE, worker).run(
-            signal,
-            |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
-                let (caller, rest) = split_caller(&body, secure);
-                let args: Vec<String> =
-                    rest.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
-                let reply = self.admin(caller.as_deref().unwrap_or_default(), &args);
-                vec![zmq::Message::from(reply.to_string().as_bytes())]
-            },
-        )
-    }
-}
-
-/// With security the broker puts the caller's identity first.
-fn split_caller(body: &[zmq::Message], secure: bool) -> (Option<String>, &[zmq::Message]) {
-    match (secure, body.split_first()) {
-        (true, Some((caller, rest))) => (Some(String::from_utf8_lossy(caller).into_owned()), rest),
-        _ => (None, body),
     }
 }
 

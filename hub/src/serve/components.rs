@@ -223,16 +223,12 @@ impl Hub {
             Arc::new(crate::fleet::Fleet::open(&config.data_dir, &config.fleet, self.security.clone())?);
         let metrics = fleet.clone();
         self.registry.register("fleet", Arc::new(move |out: &mut Families| metrics.collect(out)));
-        for admin in [false, true] {
+        for (name, service) in
+            [("fleet", proto::fleet::SERVICE), ("fleet-admin", proto::fleet::ADMIN_SERVICE)]
+        {
             let (fleet, ctx, worker) = (fleet.clone(), ctx.clone(), config.broker.worker_options());
-            let name = if admin { "fleet-admin" } else { "fleet" };
             self.spawn(name.into(), move |signal| {
-                let served = if admin {
-                    fleet.serve_admin(&ctx, worker, &signal)
-                } else {
-                    fleet.serve_agents(&ctx, worker, &signal)
-                };
-                served.map_err(ServeError::Service)
+                fleet.serve(service, &ctx, worker, &signal).map_err(ServeError::Service)
             })?;
         }
         Ok(Some(fleet))
