@@ -26,7 +26,7 @@ pub const OPTIONS: [&str; 5] = ["--broker", "--cert", "--server-cert", "--timeou
 /// The commands that connect as clients (and `echo-worker`, as a worker):
 /// their connection options are lifted before them (see [`lift`]).
 /// (`hub context add NAME --broker ...` takes them as the context's settings.)
-const CLIENTS: [&str; 11] = [
+const CLIENTS: [&str; 13] = [
     "call",
     "agents",
     "state",
@@ -38,6 +38,8 @@ const CLIENTS: [&str; 11] = [
     "bridge",
     "pipeline",
     "context",
+    "config",
+    "sparkplug",
 ];
 
 /// Moves the connection options a client command was given after its name
