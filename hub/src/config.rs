@@ -47,6 +47,9 @@ pub struct Config {
     pub declared_consumers: Vec<crate::consumers::config::ConsumerConfig>,
     /// Agents' desired configurations (`hub config`), kept under the data directory.
     pub fleet: crate::fleet::FleetConfig,
+    /// The hub as a Sparkplug B edge node on an MQTT broker (`[sparkplug]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparkplug: Option<crate::sparkplug::SparkplugConfig>,
 }
 
 impl Default for Config {
@@ -66,6 +69,7 @@ impl Default for Config {
             consumers: Default::default(),
             declared_consumers: Vec::new(),
             fleet: Default::default(),
+            sparkplug: None,
         }
     }
 }
@@ -125,6 +129,15 @@ impl Config {
         let buses: Vec<&str> = self.buses.iter().map(|b| b.name.as_str()).collect();
         self.http.validate(self.insecure).map_err(invalid)?;
         self.fleet.validate().map_err(invalid)?;
+        if let Some(sparkplug) = &self.sparkplug {
+            sparkplug.validate().map_err(invalid)?;
+            if !(self.ingest.enabled && buses.contains(&self.ingest.bus.as_str())) {
+                return Err(invalid((
+                    "sparkplug",
+                    "publishes ingest's samples: needs [ingest] enabled with its bus".into(),
+                )));
+            }
+        }
         crate::consumers::config::validate(&self.consumers, &self.declared_consumers).map_err(invalid)?;
         if !self.declared_consumers.is_empty() && !self.ingest.enabled {
             return Err(invalid((

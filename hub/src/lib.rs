@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod security;
 pub mod serve;
 pub mod service;
+pub mod sparkplug;
 pub mod state;
 pub mod storage;
 

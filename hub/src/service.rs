@@ -8,6 +8,7 @@
 //! | `stores` | the hub's stores: each one writing or why not, damage found at start, times opened again |
 //! | `bridge` | the NATS bridge: server, cursor, backlog, acknowledgements, retries, last error |
 //! | `pipeline` | each pipeline: its source and, per stage, in, out, failed, retried, dead-lettered, queue depth |
+//! | `sparkplug` | the Sparkplug B edge node: connected, bdSeq, seq, devices born, backlog, commands |
 //!
 //! The pipelines' dead letters (`dlq list`, `dlq show ID`, `dlq replay
 //! ID|--all`, `dlq purge [SECONDS]`) are answered on [`DLQ_SERVICE`] instead:
@@ -75,6 +76,7 @@ pub struct HubService {
     pub storage: crate::storage::Storage,
     pub bridge: Option<BridgeReport>,
     pub pipelines: Option<PipelineReport>,
+    pub sparkplug: Option<BridgeReport>,
     pub worker: WorkerOptions,
     /// With security the broker puts the caller's identity first.
     pub secure: bool,
@@ -96,6 +98,10 @@ impl HubService {
                 Ok(Command::Pipeline) => match &self.pipelines {
                     Some(report) => report(),
                     None => json!({"error": "this hub has no [[pipeline]] in its config"}),
+                },
+                Ok(Command::Sparkplug) => match &self.sparkplug {
+                    Some(report) => report(),
+                    None => json!({"error": "this hub has no [sparkplug] in its config"}),
                 },
                 Err(unknown) => json!({"error": unknown}),
             }

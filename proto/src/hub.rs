@@ -3,7 +3,7 @@
 //! only operators reach. Only the hub may provide them: the broker refuses
 //! any worker's READY for these names.
 
-/// Commands: `agents`, `stores`, `bridge`, `pipeline`; one frame of JSON back.
+/// Commands: `agents`, `stores`, `bridge`, `pipeline`, `sparkplug`; one frame of JSON back.
 pub const SERVICE: &str = "org.plantd.Hub";
 
 /// `dlq list | show ID | replay ID|--all | purge [SECONDS]`: they change data,
@@ -21,10 +21,13 @@ pub enum Command {
     Bridge,
     /// Each pipeline, per stage.
     Pipeline,
+    /// The Sparkplug B edge node.
+    Sparkplug,
 }
 
 impl Command {
-    pub const ALL: [Command; 4] = [Command::Agents, Command::Stores, Command::Bridge, Command::Pipeline];
+    pub const ALL: [Command; 5] =
+        [Command::Agents, Command::Stores, Command::Bridge, Command::Pipeline, Command::Sparkplug];
 
     pub fn word(self) -> &'static str {
         match self {
@@ -32,6 +35,7 @@ impl Command {
             Command::Stores => "stores",
             Command::Bridge => "bridge",
             Command::Pipeline => "pipeline",
+            Command::Sparkplug => "sparkplug",
         }
     }
 

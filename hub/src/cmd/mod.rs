@@ -15,6 +15,7 @@ pub mod loadgen;
 pub mod pipeline;
 pub mod publish;
 pub mod serve;
+pub mod sparkplug;
 pub mod state;
 pub mod tap;
 

@@ -105,6 +105,11 @@ impl Agents {
         }
     }
 
+    /// How long `agent` has been silent; `None` if ingest never heard from it.
+    pub fn silent_for(&self, agent: &str) -> Option<Duration> {
+        self.seen().get(agent).map(|s| s.at.elapsed())
+    }
+
     pub fn len(&self) -> usize {
         self.seen().len()
     }

@@ -21,6 +21,13 @@ use crate::security::zap::ZapHandler;
 use crate::state::StateService;
 use crate::storage::Live;
 
+/// What the hub's own service reports on, from the components started before it.
+pub(super) struct Reports {
+    pub(super) bridge: Option<crate::service::BridgeReport>,
+    pub(super) pipelines: Option<(crate::service::PipelineReport, Arc<crate::pipeline::dlq::Dlq>)>,
+    pub(super) sparkplug: Option<crate::service::BridgeReport>,
+}
+
 /// What the buses give the components started after them.
 #[derive(Default)]
 pub(super) struct Buses {
@@ -241,9 +248,9 @@ impl Hub {
         ctx: &zmq::Context,
         config: &Config,
         agents: Option<Arc<crate::ingest::agents::Agents>>,
-        bridge: Option<crate::service::BridgeReport>,
-        pipelines: Option<(crate::service::PipelineReport, Arc<crate::pipeline::dlq::Dlq>)>,
+        reports: Reports,
     ) -> Result<(), ServeError> {
+        let Reports { bridge, pipelines, sparkplug } = reports;
         let secure = self.security.is_some();
         let (pipelines, dlq) = pipelines.unzip();
         if let Some(dlq) = dlq {
@@ -258,6 +265,7 @@ impl Hub {
             storage: self.storage.clone(),
             bridge,
             pipelines,
+            sparkplug,
             worker: config.broker.worker_options(),
             secure,
         };
@@ -375,6 +383,40 @@ impl Hub {
         Ok(report)
     }
 
+    /// The Sparkplug B edge node, on its own thread; returns what `hub sparkplug status` answers.
+    pub(super) fn start_sparkplug(
+        &mut self,
+        ctx: &zmq::Context,
+        config: &Config,
+        export: crate::journal::Export,
+        agents: Option<Arc<crate::ingest::agents::Agents>>,
+    ) -> Result<Option<crate::service::BridgeReport>, ServeError> {
+        let Some(sparkplug) = &config.sparkplug else { return Ok(None) };
+        let status = Arc::new(crate::sparkplug::Status::default());
+        let report: crate::service::BridgeReport = {
+            let (status, sparkplug, export) = (status.clone(), sparkplug.clone(), export.clone());
+            Arc::new(move || status.to_json(&sparkplug, Some(&export)))
+        };
+        {
+            let (status, export) = (status.clone(), export.clone());
+            self.registry.register(
+                "sparkplug",
+                Arc::new(move |out: &mut Families| status.collect(Some(&export), out)),
+            );
+        }
+        let node = crate::sparkplug::client::Sparkplug {
+            config: sparkplug.clone(),
+            export,
+            status,
+            ctx: ctx.clone(),
+            security: self.security.clone(),
+            agents,
+            data_dir: config.data_dir.clone(),
+        };
+        self.spawn("sparkplug".into(), move |signal| node.run(&signal).map_err(ServeError::Sparkplug))?;
+        Ok(Some(report))
+    }
+
     /// Starts each configured pipeline's threads; returns what `hub pipeline
     /// status` and `hub dlq` answer with.
     pub(super) fn start_pipelines(
@@ -433,8 +475,12 @@ fn joined_exports(config: &Config) -> crate::journal::ExportConfig {
         prefixes: Vec::new(),
         consumers: config.declared_consumers.iter().map(|c| c.spec()).collect(),
     };
-    [crate::bridge::export_config(config.bridge_nats()), crate::pipeline::export_config(&config.pipelines)]
-        .into_iter()
-        .flatten()
-        .fold(declared, crate::journal::ExportConfig::join)
+    [
+        crate::bridge::export_config(config.bridge_nats()),
+        crate::pipeline::export_config(&config.pipelines),
+        crate::sparkplug::export_config(config.sparkplug.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    .fold(declared, crate::journal::ExportConfig::join)
 }

@@ -30,6 +30,8 @@ pub enum ServeError {
     State(#[from] StateError),
     #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetError),
+    #[error("sparkplug: {0}")]
+    Sparkplug(String),
     #[error(transparent)]
     Ingest(#[from] IngestError),
     #[error(transparent)]
@@ -137,7 +139,11 @@ impl Hub {
         if let (Some(fleet), Some(agents)) = (hub.start_fleet(ctx, config)?, &agents) {
             agents.set_config_source(Arc::new(move |agent: &str| fleet.standing(agent)));
         }
-        hub.start_services(ctx, config, agents, bridge, pipelines)?;
+        let sparkplug = match export.clone() {
+            Some(export) => hub.start_sparkplug(ctx, config, export, agents.clone())?,
+            None => None,
+        };
+        hub.start_services(ctx, config, agents, components::Reports { bridge, pipelines, sparkplug })?;
         if config.http.listen != "off" {
             let ingest = ingest.as_ref().map(|i| (i.counters(), i.agents()));
             hub.start_http(ctx, config, buses.counters, broker, ingest, export)?;
