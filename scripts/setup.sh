@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 # tests/system/web.rs drives the hub's web view in, and nats-server (JetStream),
 # the NATS the bridge's tests (tests/system/bridge.rs) export into, and socat,
 # which pairs two pseudo-terminals for the Modbus RTU tests
-# (tests/system/modbus.rs).
-packages=(libzmq3-dev pkg-config python3-venv qemu-user chromium nats-server socat)
+# (tests/system/modbus.rs), and mosquitto, the MQTT broker the Sparkplug B
+# tests (tests/system/sparkplug.rs) start.
+packages=(libzmq3-dev pkg-config python3-venv qemu-user chromium nats-server socat mosquitto)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -26,7 +27,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Python peers (majortomo, pyzmq, pymodbus) in a venv under target/, rebuilt
+# Python peers (majortomo, pyzmq, pymodbus, paho-mqtt) in a venv under target/, rebuilt
 # when the pinned requirements change.
 venv=target/interop-venv
 stamp="$venv/.requirements"

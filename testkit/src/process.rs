@@ -228,11 +228,21 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, mut command: Command) -> Proc {
+        command.stdin(Stdio::null());
+        Self::spawn_as_set(name, command)
+    }
+
+    /// [`Proc::spawn`] with its stdin a pipe ([`Proc::take_stdin`]), for a peer driven by commands.
+    pub fn spawn_with_stdin(name: &str, mut command: Command) -> Proc {
+        command.stdin(Stdio::piped());
+        Self::spawn_as_set(name, command)
+    }
+
+    fn spawn_as_set(name: &str, mut command: Command) -> Proc {
         let dir = tempfile::tempdir().expect("temp dir");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr log");
         let child = command
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -250,6 +260,10 @@ impl Proc {
 
     pub fn take_stdout(&mut self) -> ChildStdout {
         self.child.stdout.take().expect("stdout already taken")
+    }
+
+    pub fn take_stdin(&mut self) -> std::process::ChildStdin {
+        self.child.stdin.take().expect("stdin is a pipe (spawn_with_stdin), not taken yet")
     }
 
     /// Sends `signal` (e.g. `libc::SIGTERM`).

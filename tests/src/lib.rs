@@ -6,12 +6,14 @@
 
 mod agent;
 mod hub;
+mod mqtt;
 mod nats;
 mod python;
 mod secure;
 
 pub use agent::*;
 pub use hub::*;
+pub use mqtt::*;
 pub use nats::*;
 pub use python::*;
 pub use secure::*;

@@ -25,6 +25,7 @@ mod package;
 mod pipeline;
 mod secrets;
 mod security;
+mod sparkplug;
 mod state;
 mod storage;
 mod subscribers;

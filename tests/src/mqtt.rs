@@ -1,0 +1,101 @@
+//! An MQTT broker (Debian's mosquitto) and a Sparkplug B host (paho-mqtt,
+//! tests/interop/sparkplug_host.py) for the Sparkplug tests.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use testkit::{free_port, wait_for, Lines, Proc};
+
+use crate::python;
+
+/// mosquitto on a free loopback port, anonymous, in memory.
+pub struct Mosquitto {
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    _proc: Proc,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("no mosquitto: run scripts/setup.sh (it installs Debian's mosquitto)");
+        let (dir, port) = (tempfile::tempdir().unwrap(), free_port());
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        let mut cmd = Command::new(binary);
+        cmd.arg("-c").arg(&conf);
+        let proc = Proc::spawn("mosquitto", cmd);
+        wait_for("mosquitto to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        });
+        Mosquitto { port, _dir: dir, _proc: proc }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+/// The Python Sparkplug host: every message of a group, decoded and checked.
+pub struct SparkplugHost {
+    pub seen: Vec<serde_json::Value>,
+    lines: Lines,
+    input: std::process::ChildStdin,
+    _proc: Proc,
+}
+
+impl SparkplugHost {
+    pub fn start(broker: &Mosquitto, group: &str) -> SparkplugHost {
+        let mut cmd = Command::new(python());
+        cmd.arg(crate::workspace_root().join("tests/interop/sparkplug_host.py"));
+        cmd.args(["127.0.0.1", &broker.port.to_string(), group]);
+        let mut proc = Proc::spawn_with_stdin("sparkplug host", cmd);
+        let (lines, input) = (Lines::new(proc.take_stdout()), proc.take_stdin());
+        let mut host = SparkplugHost { seen: Vec::new(), lines, input, _proc: proc };
+        host.wait("the host subscribed", Duration::from_secs(20), |m| (m["ready"] == true).then_some(()));
+        host
+    }
+
+    /// Reads messages until `check` accepts one (all are kept in `seen`).
+    pub fn wait<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&serde_json::Value) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Some(line) = self.lines.next(left) else { break };
+            let message: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            self.seen.push(message.clone());
+            if let Some(found) = check(&message) {
+                return found;
+            }
+        }
+        let tail: Vec<String> = self.seen.iter().rev().take(5).map(|m| m.to_string()).collect();
+        panic!("timed out after {timeout:?} waiting for {what}; last messages: {tail:#?}");
+    }
+
+    /// Sends the host a command (see sparkplug_host.py) and waits until it is published.
+    pub fn send(&mut self, command: serde_json::Value) {
+        writeln!(self.input, "{command}").expect("the host reads commands");
+        self.input.flush().unwrap();
+        self.wait("the host to publish", Duration::from_secs(10), |m| (m["sent"] == command).then_some(()));
+    }
+
+    /// Every rule the host found broken so far.
+    pub fn violations(&self) -> Vec<String> {
+        let each = self.seen.iter().flat_map(|m| {
+            let found = m["violations"].as_array().cloned().unwrap_or_default();
+            found.into_iter().map(move |v| format!("{}: {}", m["topic"], v))
+        });
+        each.collect()
+    }
+}
