@@ -9,33 +9,76 @@ use testkit::{free_port, wait_for, Lines, Proc};
 
 use crate::python;
 
-/// mosquitto on a free loopback port, anonymous, in memory.
+/// mosquitto on a free loopback port, anonymous, in memory (and, with
+/// [`Mosquitto::start_tls`], a TLS listener beside it).
 pub struct Mosquitto {
     pub port: u16,
+    /// The TLS listener's port, and the CA that signed its certificate.
+    pub tls: Option<(u16, std::path::PathBuf)>,
     _dir: tempfile::TempDir,
     _proc: Proc,
 }
 
+/// Runs openssl with `args` in `dir`, failing the test if it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = testkit::output(Command::new("openssl").current_dir(dir).args(args));
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Self::start_with(false)
+    }
+
+    /// With a TLS listener too, its certificate (for 127.0.0.1) signed by a CA made now.
+    pub fn start_tls() -> Mosquitto {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Mosquitto {
         let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .expect("no mosquitto: run scripts/setup.sh (it installs Debian's mosquitto)");
         let (dir, port) = (tempfile::tempdir().unwrap(), free_port());
+        // `user root`: mosquitto started as root would drop to its own user, who cannot read this directory.
+        let mut text = format!(
+            "user root\nper_listener_settings false\nallow_anonymous true\npersistence false\n\
+             listener {port} 127.0.0.1\n"
+        );
+        let tls = tls.then(|| {
+            let d = dir.path();
+            let subject = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"];
+            openssl(d, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt"]
+                .into_iter()
+                .chain(["-days", "2", "-subj", "/CN=plantd test CA"])
+                .collect::<Vec<_>>());
+            openssl(d, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr"]
+                .into_iter()
+                .chain(subject)
+                .collect::<Vec<_>>());
+            openssl(d, &["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial"]
+                .into_iter()
+                .chain(["-out", "server.crt", "-days", "2", "-copy_extensions", "copy"])
+                .collect::<Vec<_>>());
+            let tls_port = free_port();
+            text += &format!(
+                "listener {tls_port} 127.0.0.1\ncafile {0}/ca.crt\ncertfile {0}/server.crt\nkeyfile {0}/server.key\n",
+                d.display()
+            );
+            (tls_port, d.join("ca.crt"))
+        });
         let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .unwrap();
+        std::fs::write(&conf, text).unwrap();
         let mut cmd = Command::new(binary);
         cmd.arg("-c").arg(&conf);
         let proc = Proc::spawn("mosquitto", cmd);
-        wait_for("mosquitto to listen", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-        });
-        Mosquitto { port, _dir: dir, _proc: proc }
+        for p in [Some(port), tls.as_ref().map(|t| t.0)].into_iter().flatten() {
+            wait_for("mosquitto to listen", Duration::from_secs(10), || {
+                std::net::TcpStream::connect(("127.0.0.1", p)).ok().map(|_| ())
+            });
+        }
+        Mosquitto { port, tls, _dir: dir, _proc: proc }
     }
 
     pub fn url(&self) -> String {

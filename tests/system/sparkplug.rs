@@ -18,6 +18,10 @@ const CHANNELS: &str =
     "[[channel]]\nname = \"tank\"\nperiod_ms = 100\nunit = \"degC\"\ndriver = { kind = \"sine\" }\n\n\
      [[channel]]\nname = \"valve\"\nperiod_ms = 100\ndriver = { kind = \"sim-output\", initial = false }\n";
 
+/// Best-effort vibration, every 100 ms: live telemetry the agent does not keep.
+const VIBRATION: &str = "[[channel]]\nname = \"vibration\"\nperiod_ms = 100\ndelivery = \"best-effort\"\n\
+     driver = { kind = \"noise\" }\n";
+
 /// A hub config with `[sparkplug]` for `broker` (and `extra` lines in it).
 fn hub_config(dir: &Path, broker: &Mosquitto, extra: &str) -> String {
     let path = dir.join("hub.toml");
@@ -43,9 +47,10 @@ fn births_data_rebirth_and_commands_reach_a_host_as_sparkplug_says() {
     let mqtt = Mosquitto::start();
     let mut host = SparkplugHost::start(&mqtt, "plant-a");
     let dir = tempfile::tempdir().unwrap();
-    let hub = HubProc::start_with(&["--config", &hub_config(dir.path(), &mqtt, "")]);
+    let hub = HubProc::start_with(&["--config", &hub_config(dir.path(), &mqtt, "live = true")]);
     let metric_bus = hub.bus("metric").clone();
-    let config = agent_config(dir.path(), "sp-1", &hub.broker, &metric_bus.frontend, CHANNELS);
+    let body = format!("{CHANNELS}\n{VIBRATION}");
+    let config = agent_config(dir.path(), "sp-1", &hub.broker, &metric_bus.frontend, &body);
     let _agent = agent_run(&config);
 
     let nbirth = host.wait("NBIRTH", 20 * SECOND, is("NBIRTH"));
@@ -99,6 +104,14 @@ fn births_data_rebirth_and_commands_reach_a_host_as_sparkplug_says() {
         "{status}"
     );
     host.wait("more data", 10 * SECOND, |m| (m["kind"] == "DDATA").then_some(()));
+    // `live = true`: the best-effort channel is published too.
+    let seen_live = host.seen.iter().any(|m| m["kind"] == "DDATA" && m["metrics"][0]["name"] == "vibration");
+    if !seen_live {
+        host.wait("best-effort vibration", 10 * SECOND, |m| {
+            (m["kind"] == "DDATA" && m["metrics"][0]["name"] == "vibration").then_some(())
+        });
+    }
+    assert!(hub.metric("plantd_sparkplug_live_published_total") > 0);
     assert_eq!(host.violations(), Vec::<String>::new());
 }
 
@@ -213,4 +226,42 @@ fn a_primary_host_offline_holds_the_node_back_and_its_return_brings_a_birth_and_
         (m["kind"] == "DDATA" && m["metrics"][0]["is_historical"] == true).then_some(())
     });
     assert_eq!(host.violations(), Vec::<String>::new());
+}
+
+#[test]
+fn the_node_reaches_an_mqtts_broker_through_its_ca_and_not_without_it() {
+    let mqtt = Mosquitto::start_tls();
+    let (tls_port, ca) = mqtt.tls.clone().unwrap();
+    let mut host = SparkplugHost::start(&mqtt, "plant-a");
+    let dir = tempfile::tempdir().unwrap();
+    let config = |ca: &Path| {
+        let path = dir.path().join("hub.toml");
+        let text = format!(
+            "[sparkplug]\nbroker = \"mqtts://127.0.0.1:{tls_port}\"\ngroup_id = \"plant-a\"\n\
+             edge_node_id = \"hub-tls\"\ntls_ca = \"{}\"\n",
+            ca.display()
+        );
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    // A CA that did not sign the broker's certificate: no session, and the status says why.
+    let other = Mosquitto::start_tls();
+    let wrong = HubProc::start_with(&["--config", &config(&other.tls.clone().unwrap().1)]);
+    let status = wait_for("the TLS failure reported", 20 * SECOND, || {
+        let out = hub_cli(&["sparkplug", "status", "--json", "--broker", &wrong.broker]);
+        let status: Value = serde_json::from_slice(&out.stdout).ok()?;
+        status["last_error"].is_string().then_some(status)
+    });
+    assert_eq!(status["connected"], false, "{status}");
+    assert!(status["last_error"].as_str().unwrap().contains("ertificate"), "{status}");
+    drop(wrong);
+
+    let hub = HubProc::start_with(&["--config", &config(&ca)]);
+    let nbirth = host.wait("an NBIRTH over TLS", 20 * SECOND, |m| {
+        (m["node"] == "hub-tls" && m["kind"] == "NBIRTH").then(|| m.clone())
+    });
+    assert_eq!(nbirth["seq"], 0);
+    let out = hub_cli(&["sparkplug", "status", "--json", "--broker", &hub.broker]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["connected"], true, "{status}");
 }

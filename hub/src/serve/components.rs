@@ -392,6 +392,7 @@ impl Hub {
         agents: Option<Arc<crate::ingest::agents::Agents>>,
     ) -> Result<Option<crate::service::BridgeReport>, ServeError> {
         let Some(sparkplug) = &config.sparkplug else { return Ok(None) };
+        sparkplug.check_files().map_err(ServeError::Sparkplug)?;
         let status = Arc::new(crate::sparkplug::Status::default());
         let report: crate::service::BridgeReport = {
             let (status, sparkplug, export) = (status.clone(), sparkplug.clone(), export.clone());
@@ -412,6 +413,12 @@ impl Hub {
             security: self.security.clone(),
             agents,
             data_dir: config.data_dir.clone(),
+            tap: config
+                .buses
+                .iter()
+                .find(|b| b.name == config.ingest.bus)
+                .expect("validated: ingest's bus exists")
+                .inproc_tap(),
         };
         self.spawn("sparkplug".into(), move |signal| node.run(&signal).map_err(ServeError::Sparkplug))?;
         Ok(Some(report))

@@ -35,6 +35,40 @@ pub struct Sparkplug {
     pub security: Option<Arc<Security>>,
     pub agents: Option<Arc<Agents>>,
     pub data_dir: PathBuf,
+    /// The metric bus's in-process tap, for best-effort samples (`live`).
+    pub tap: String,
+}
+
+type Live = tokio::sync::mpsc::Receiver<Sample>;
+
+/// Best-effort samples from the metric bus's tap, into `tx` (a libzmq poll
+/// loop on a blocking thread, until the receiver is gone).
+fn read_live(
+    ctx: &zmq::Context,
+    tap: &str,
+    tx: &tokio::sync::mpsc::Sender<Sample>,
+    status: &Status,
+) -> zmq::Result<()> {
+    let socket = ctx.socket(zmq::SUB)?;
+    socket.set_rcvhwm(10_000)?;
+    socket.connect(tap)?;
+    socket.set_subscribe(proto::sample::TOPIC_PREFIX.as_bytes())?;
+    while !tx.is_closed() {
+        if socket.poll(zmq::POLLIN, 250)? == 0 {
+            continue;
+        }
+        while let Ok(frames) = socket.recv_multipart(zmq::DONTWAIT) {
+            let Some((_, payload)) = proto::bus::split(&frames) else { continue };
+            let Ok(json) = serde_json::from_slice::<Value>(payload) else { continue };
+            // Durable samples come through the journal.
+            let Some(agent) = json["agent"].as_str().filter(|_| json["durable"] == false) else { continue };
+            let Some(sample) = Sample::from_json(agent, &json, false) else { continue };
+            if tx.try_send(sample).is_err() {
+                status.live_dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The largest MQTT packet sent or taken.
@@ -67,6 +101,20 @@ fn next_bd_seq(dir: &Path) -> std::io::Result<u64> {
     std::fs::rename(&aside, &path)?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(next)
+}
+
+/// Where the system keeps the CAs it trusts (Debian's ca-certificates).
+const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// TLS to the broker: its CA (or the system's), and this hub's certificate if set.
+fn tls(c: &SparkplugConfig) -> Result<rumqttc::Transport, String> {
+    let read = |path: &Path| std::fs::read(path).map_err(|e| format!("sparkplug: {}: {e}", path.display()));
+    let ca = read(c.tls_ca.as_deref().unwrap_or(Path::new(SYSTEM_CAS)))?;
+    let client_auth = match (&c.tls_cert, &c.tls_key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    Ok(rumqttc::Transport::tls(ca, client_auth, None))
 }
 
 /// Samples handed to the broker and not yet acknowledged, in journal order.
@@ -116,9 +164,18 @@ impl Sparkplug {
         let mut host_since = 0u64;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         runtime.block_on(async {
+            let (tx, mut live) = tokio::sync::mpsc::channel(self.config.live_queue);
+            if self.config.live {
+                let (ctx, tap, status) = (self.ctx.clone(), self.tap.clone(), self.status.clone());
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = read_live(&ctx, &tap, &tx, &status) {
+                        status.failed(format!("reading the metric bus for live samples: {e}"));
+                    }
+                });
+            }
             while !stop.is_set() {
                 let began = Instant::now();
-                if let Err(why) = self.session(&mut node, &mut host_since, stop).await {
+                if let Err(why) = self.session(&mut node, &mut host_since, &mut live, stop).await {
                     self.status.failed(why);
                 }
                 node.ended();
@@ -142,6 +199,7 @@ impl Sparkplug {
         &self,
         node: &mut Node,
         host_since: &mut u64,
+        live: &mut Live,
         stop: &ShutdownWatch,
     ) -> Result<(), String> {
         let c = &self.config;
@@ -160,6 +218,9 @@ impl Sparkplug {
         options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
         let will = node.will(now_ms());
         options.set_last_will(LastWill::new(will.topic, will.payload, QoS::AtLeastOnce, false));
+        if c.tls() {
+            options.set_transport(tls(c)?);
+        }
         if let (Some(user), Some(file)) = (&c.username, &c.password_file) {
             let password = std::fs::read_to_string(file)
                 .map_err(|e| format!("sparkplug.password_file {}: {e}", file.display()))?;
@@ -203,7 +264,7 @@ impl Sparkplug {
             }
         });
         let state = state_topic.as_deref().map(|topic| (topic, host_since));
-        let result = self.serve(node, &client, &mut incoming, state, stop).await;
+        let result = self.serve(node, &client, &mut incoming, live, state, stop).await;
         if result.is_ok() {
             // A disconnect withholds the will: the NDEATH goes first, as itself.
             let death = node.will(now_ms());
@@ -228,6 +289,7 @@ impl Sparkplug {
         node: &mut Node,
         client: &AsyncClient,
         incoming: &mut tokio::sync::mpsc::Receiver<Result<Event, String>>,
+        live: &mut Live,
         mut state: Option<(&str, &mut u64)>,
         stop: &ShutdownWatch,
     ) -> Result<(), String> {
@@ -247,6 +309,10 @@ impl Sparkplug {
             let event = tokio::select! {
                 event = incoming.recv() => Some(event.ok_or("the MQTT event loop ended")??),
                 _ = journal.appended() => None,
+                Some(sample) = live.recv() => {
+                    self.live(node, client, &sample, host_online).await?;
+                    None
+                }
                 _ = tokio::time::sleep(Duration::from_millis(100)) => None,
             };
             match event {
@@ -298,6 +364,27 @@ impl Sparkplug {
 
     async fn publish(&self, client: &AsyncClient, p: Publish) -> Result<(), String> {
         client.publish(p.topic, qos(p.qos), p.retain, p.payload).await.map_err(|e| format!("publishing: {e}"))
+    }
+
+    /// A best-effort sample: DDATA at QoS 0 (after a DBIRTH if need be), or dropped.
+    async fn live(
+        &self,
+        node: &mut Node,
+        client: &AsyncClient,
+        s: &Sample,
+        host_online: bool,
+    ) -> Result<(), String> {
+        let published = if host_online && node.in_session() { node.sample(s, now_ms()) } else { None };
+        let Some(published) = published else {
+            self.status.live_dropped.fetch_add(1, Relaxed);
+            return Ok(());
+        };
+        for mut p in published {
+            p.qos = 0;
+            self.publish(client, p).await?;
+        }
+        self.status.live_published.fetch_add(1, Relaxed);
+        Ok(())
     }
 
     /// NBIRTH and every DBIRTH (a session's start, or a rebirth).

@@ -31,7 +31,8 @@ pub const CONSUMER: &str = "sparkplug";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SparkplugConfig {
-    /// The MQTT broker: `mqtt://host:port` (1883 if left out).
+    /// The MQTT broker: `mqtt://host:port` (1883 if left out), or
+    /// `mqtts://host:port` for TLS (8883 if left out).
     pub broker: String,
     pub group_id: String,
     pub edge_node_id: String,
@@ -49,6 +50,15 @@ pub struct SparkplugConfig {
     pub username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// TLS (`mqtts://`): the CA that signed the broker's certificate (default:
+    /// the system's, /etc/ssl/certs/ca-certificates.crt), and this hub's
+    /// certificate and key when the broker asks for one. PEM files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
     #[serde(default = "keep_alive_s")]
     pub keep_alive_s: u64,
     /// QoS of DDATA. 1 (the default) lets the journal's cursor move only on
@@ -57,6 +67,14 @@ pub struct SparkplugConfig {
     /// the message is written to the socket.
     #[serde(default = "one")]
     pub data_qos: u8,
+    /// Also publish best-effort samples (live telemetry the agents do not
+    /// keep), as DDATA at QoS 0, straight from the metric bus: lost while
+    /// the broker is away, as best effort means.
+    #[serde(default)]
+    pub live: bool,
+    /// Best-effort samples waiting for the broker, at most; more are dropped and counted.
+    #[serde(default = "live_queue")]
+    pub live_queue: usize,
     /// Samples older than this when sent are marked `is_historical`.
     #[serde(default = "live_window_ms")]
     pub live_window_ms: u64,
@@ -88,6 +106,9 @@ fn one() -> u8 {
 }
 fn keep_alive_s() -> u64 {
     30
+}
+fn live_queue() -> usize {
+    10_000
 }
 fn live_window_ms() -> u64 {
     5000
@@ -131,6 +152,9 @@ impl SparkplugConfig {
         if self.username.is_some() != self.password_file.is_some() {
             return fail("sparkplug.username/password_file", "set both, or neither");
         }
+        if self.live_queue == 0 {
+            return fail("sparkplug.live_queue", "at least 1");
+        }
         if self.max_in_flight == 0 || self.keep_alive_s < 5 {
             return fail("sparkplug.max_in_flight/keep_alive_s", "at least 1 and 5 s");
         }
@@ -143,14 +167,39 @@ impl SparkplugConfig {
         Ok(())
     }
 
+    /// Whether the broker is reached over TLS (`mqtts://`).
+    pub fn tls(&self) -> bool {
+        self.broker.starts_with("mqtts://")
+    }
+
     /// The broker's host and port.
     pub fn host_port(&self) -> Option<(String, u16)> {
-        let rest = self.broker.strip_prefix("mqtt://").or_else(|| self.broker.strip_prefix("tcp://"))?;
+        let (rest, default_port) = match self.broker.split_once("://")? {
+            ("mqtt" | "tcp", rest) => (rest, 1883),
+            ("mqtts", rest) => (rest, 8883),
+            _ => return None,
+        };
         let (host, port) = match rest.rsplit_once(':') {
             Some((host, port)) => (host, port.parse().ok()?),
-            None => (rest, 1883),
+            None => (rest, default_port),
         };
         (!host.is_empty()).then(|| (host.to_string(), port))
+    }
+
+    /// Checks that every file named (password, TLS) can be read.
+    pub fn check_files(&self) -> Result<(), String> {
+        let files = [
+            ("password_file", &self.password_file),
+            ("tls_ca", &self.tls_ca),
+            ("tls_cert", &self.tls_cert),
+            ("tls_key", &self.tls_key),
+        ];
+        for (key, path) in files {
+            if let Some(path) = path {
+                std::fs::read(path).map_err(|e| format!("sparkplug.{key} {}: {e}", path.display()))?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether a DCMD may write `agent`'s `channel`.
@@ -186,6 +235,8 @@ pub struct Status {
     pub rebirths: AtomicU64,
     pub deaths: AtomicU64,
     pub unsendable: AtomicU64,
+    pub live_published: AtomicU64,
+    pub live_dropped: AtomicU64,
     pub commands_written: AtomicU64,
     pub commands_refused: AtomicU64,
     pub commands_failed: AtomicU64,
@@ -225,6 +276,7 @@ impl Status {
             "cursor": get(&self.cursor),
             "backlog": backlog,
             "unsendable": get(&self.unsendable),
+            "live": {"published": get(&self.live_published), "dropped": get(&self.live_dropped)},
             "commands": {
                 "written": get(&self.commands_written),
                 "refused": get(&self.commands_refused),
@@ -255,7 +307,13 @@ impl Status {
             vec![],
             get(&self.devices_born),
         );
-        let counters: [(&str, &'static str, u64); 10] = [
+        let counters: [(&str, &'static str, u64); 12] = [
+            ("live_published", "Best-effort samples published (sparkplug.live).", get(&self.live_published)),
+            (
+                "live_dropped",
+                "Best-effort samples dropped: the queue full, no session, or the host offline.",
+                get(&self.live_dropped),
+            ),
             ("sessions", "MQTT sessions begun (each with a new bdSeq).", get(&self.sessions)),
             ("births", "NBIRTH and DBIRTH messages published.", get(&self.births)),
             ("published", "DDATA messages published.", get(&self.published)),
