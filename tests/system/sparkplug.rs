@@ -265,3 +265,50 @@ fn the_node_reaches_an_mqtts_broker_through_its_ca_and_not_without_it() {
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["connected"], true, "{status}");
 }
+
+#[test]
+fn with_security_a_dcmd_is_made_as_its_identity_and_only_what_its_roles_allow() {
+    let mqtt = Mosquitto::start();
+    let mut host = SparkplugHost::start(&mqtt, "plant-a");
+    let site = Site::new();
+    let (pump, _scada, _grafana) = (site.identity("sp-4"), site.identity("scada"), site.identity("grafana"));
+    let dir = tempfile::tempdir().unwrap();
+    let roles = "\"sp-*\" = [\"agent\"]\n\"scada\" = [\"operator\"]\n\"grafana\" = [\"viewer\"]";
+    let sparkplug = |node: &str, identity: &str| {
+        format!(
+            "[sparkplug]\nbroker = \"{}\"\ngroup_id = \"plant-a\"\nedge_node_id = \"{node}\"\n\
+             commands = [\"sp-*/valve\"]\ncommand_identity = \"{identity}\"\n",
+            mqtt.url()
+        )
+    };
+    // Writes are made as scada, an operator.
+    let hub = site.hub(roles, &sparkplug("hub-sec", "scada"));
+    let body = format!("{}\n{CHANNELS}", site.agent_keys(&pump));
+    let config = agent_config(dir.path(), "sp-4", &hub.broker, &hub.bus("metric").frontend, &body);
+    let _agent = agent_run(&config);
+    host.wait("the DBIRTH of sp-4", 30 * SECOND, |m| {
+        (m["kind"] == "DBIRTH" && m["device"] == "sp-4" && metric(m, "valve").is_some()).then_some(())
+    });
+    host.send(json!({"dcmd": "sp-4", "node": "hub-sec", "metric": "valve", "value": true}));
+    wait_for("the valve written as scada", 10 * SECOND, || {
+        let s = agent_status(&dir.path().join("sp-4-data"))?;
+        (s["channels"]["valve"]["last"] == true).then_some(())
+    });
+    assert_eq!(hub.metric("plantd_sparkplug_commands_written_total"), 1);
+    assert_eq!(hub.metric("plantd_sparkplug_commands_refused_total"), 0);
+
+    // A node whose commands are made as grafana, a viewer: its write is refused by the
+    // viewer's roles (though the channel is allow-listed), counted as grafana's denial.
+    let viewer_hub = site.hub(roles, &sparkplug("hub-viewer", "grafana"));
+    host.wait("the second node's NBIRTH", 30 * SECOND, |m| {
+        (m["kind"] == "NBIRTH" && m["node"] == "hub-viewer").then_some(())
+    });
+    host.send(json!({"dcmd": "sp-4", "node": "hub-viewer", "metric": "valve", "value": false}));
+    wait_for("the write refused", 10 * SECOND, || {
+        (viewer_hub.metric("plantd_sparkplug_commands_refused_total") == 1).then_some(())
+    });
+    viewer_hub.wait_denied("grafana", "call");
+    assert_eq!(viewer_hub.metric("plantd_sparkplug_commands_written_total"), 0);
+    assert_eq!(agent_status(&dir.path().join("sp-4-data")).unwrap()["channels"]["valve"]["last"], true);
+    assert_eq!(host.violations(), Vec::<String>::new());
+}
