@@ -145,6 +145,9 @@ fn a_killed_hub_leaves_its_ndeath_and_comes_back_with_the_next_bd_seq_and_every_
     let _hub = HubProc::start_with_ports(hub_data, &broker, ports, &["--config", &config_path]);
     let nbirth = host.wait("the NBIRTH after the restart", 20 * SECOND, is("NBIRTH"));
     assert_eq!(metric(&nbirth, "bdSeq").unwrap()["value"], 1, "one more per connect: {nbirth}");
+    // The device registry outlived the hub: the first DBIRTH names both channels, aliases kept.
+    let dbirth = host.wait("the first DBIRTH after the restart", 20 * SECOND, is("DBIRTH"));
+    assert!(metric(&dbirth, "tank").is_some() && metric(&dbirth, "valve").is_some(), "{dbirth}");
     wait_for_status(&data, "the agent's backlog drained", 60 * SECOND, |s| {
         (s["outbox"]["records"] == 0 && s["link"]["state"] == "up").then_some(())
     });

@@ -18,7 +18,7 @@ use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use transport::{Client, ClientOptions, Endpoint, ShutdownWatch};
 
-use super::node::{Node, Publish, Sample, Settings};
+use super::node::{Known, Node, Publish, Sample, Settings};
 use super::payload::{datatype, MetricValue, Payload};
 use super::{SparkplugConfig, Status, CONSUMER};
 use crate::broker::BROKER_INPROC;
@@ -160,6 +160,14 @@ impl Sparkplug {
             data_qos: self.config.data_qos,
         };
         let mut node = Node::new(settings, 0);
+        let registry = self.data_dir.join("sparkplug").join("devices.json");
+        match std::fs::read(&registry).map(|bytes| serde_json::from_slice::<Vec<Known>>(&bytes)) {
+            Ok(Ok(known)) => node.restore(known),
+            Ok(Err(e)) => {
+                self.status.failed(format!("{} is damaged ({e}): devices are born anew", registry.display()))
+            }
+            Err(_) => {} // none yet
+        }
         // The newest STATE seen, across sessions: an older one (a stale retained one) is ignored.
         let mut host_since = 0u64;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -356,6 +364,9 @@ impl Sparkplug {
                 }
             }
             self.commit(&mut window);
+            if let Some(known) = node.take_registry() {
+                self.store_registry(&known);
+            }
             self.status.seq.store(node.seq().map_or(0, u64::from), Relaxed);
             self.status.devices_born.store(node.devices_born() as u64, Relaxed);
         }
@@ -457,6 +468,17 @@ impl Sparkplug {
                 tokio::task::spawn_blocking(move || journal.flush());
             }
             Err(e) => self.status.failed(format!("cannot move the Sparkplug cursor: {e}")),
+        }
+    }
+
+    /// Stores the devices' channels (written aside and renamed); a failure is reported, not fatal.
+    fn store_registry(&self, known: &[Known]) {
+        let dir = self.data_dir.join("sparkplug");
+        let (path, aside) = (dir.join("devices.json"), dir.join("devices.json.new"));
+        let json = serde_json::to_vec(known).expect("the registry serialises");
+        let stored = std::fs::write(&aside, json).and_then(|()| std::fs::rename(&aside, &path));
+        if let Err(e) = stored {
+            self.status.failed(format!("cannot store {}: {e}", path.display()));
         }
     }
 

@@ -57,6 +57,16 @@ impl Sample {
     }
 }
 
+/// A channel as the node knows it, kept across restarts.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Known {
+    pub agent: String,
+    pub channel: String,
+    pub alias: u64,
+    pub datatype: u32,
+    pub unit: String,
+}
+
 /// A channel as its device was born with it.
 #[derive(Clone, Debug, PartialEq)]
 struct Channel {
@@ -91,6 +101,8 @@ pub struct Node {
     seq: Option<u8>,
     devices: BTreeMap<String, Device>,
     next_alias: u64,
+    /// The devices or their channels changed since [`Node::take_registry`] last said.
+    registry_changed: bool,
     /// The node's own metrics for its NBIRTH (name, value), e.g. the hub's health.
     pub health: Vec<(String, MetricValue, u32)>,
 }
@@ -110,7 +122,15 @@ fn typed(value: &Value) -> Option<(u32, MetricValue)> {
 impl Node {
     /// A node whose sessions use `bd_seq` (the caller stores it, one more per connect).
     pub fn new(settings: Settings, bd_seq: u64) -> Node {
-        Node { settings, bd_seq, seq: None, devices: BTreeMap::new(), next_alias: 1, health: Vec::new() }
+        Node {
+            settings,
+            bd_seq,
+            seq: None,
+            devices: BTreeMap::new(),
+            next_alias: 1,
+            registry_changed: false,
+            health: Vec::new(),
+        }
     }
 
     pub fn bd_seq(&self) -> u64 {
@@ -136,6 +156,35 @@ impl Node {
         match device {
             Some(d) => format!("spBv1.0/{}/{kind}/{}/{d}", s.group_id, s.edge_node_id),
             None => format!("spBv1.0/{}/{kind}/{}", s.group_id, s.edge_node_id),
+        }
+    }
+
+    /// Every device's channels (their aliases, types and units), when they
+    /// changed since the last call: what the shell stores, so that after a
+    /// restart the first DBIRTH names every channel with the same aliases.
+    pub fn take_registry(&mut self) -> Option<Vec<Known>> {
+        if !std::mem::take(&mut self.registry_changed) {
+            return None;
+        }
+        let each = self.devices.iter().flat_map(|(agent, d)| {
+            d.channels.iter().map(|(name, c)| Known {
+                agent: agent.clone(),
+                channel: name.clone(),
+                alias: c.alias,
+                datatype: c.datatype,
+                unit: c.unit.clone(),
+            })
+        });
+        Some(each.collect())
+    }
+
+    /// Devices and channels known from an earlier run: born with null values until they read.
+    pub fn restore(&mut self, known: Vec<Known>) {
+        for k in known {
+            self.next_alias = self.next_alias.max(k.alias + 1);
+            let channel =
+                Channel { alias: k.alias, datatype: k.datatype, unit: k.unit, last: None, last_ms: 0 };
+            self.devices.entry(k.agent).or_default().channels.insert(k.channel, channel);
         }
     }
 
@@ -215,7 +264,7 @@ impl Node {
             .map(|(name, c)| {
                 let mut m = Metric::named(name, c.datatype, c.last.clone());
                 m.alias = self.settings.aliases.then_some(c.alias);
-                m.timestamp = Some(c.last_ms);
+                m.timestamp = (c.last_ms > 0).then_some(c.last_ms);
                 if !c.unit.is_empty() {
                     m.properties = Some(PropertySet::strings(&[("engUnit", &c.unit)]));
                 }
@@ -252,6 +301,7 @@ impl Node {
                     last_ms: s.at_ms,
                 };
                 device.channels.insert(s.channel.clone(), channel);
+                self.registry_changed = true;
                 true
             }
         };
@@ -384,6 +434,24 @@ mod tests {
             n.sample(&sample("p1", "t", Value::from(2.5)), 13).unwrap();
         }
         assert_eq!(n.seq(), Some(((4 + 300) % 256) as u8), "wraps at 256");
+    }
+
+    #[test]
+    fn a_restored_registry_births_every_channel_with_its_alias() {
+        let mut n = node(true);
+        n.birth(0);
+        n.sample(&sample("p1", "t", Value::from(1.5)), 1).unwrap();
+        n.sample(&sample("p1", "v", Value::from(true)), 2).unwrap();
+        let known = n.take_registry().expect("changed");
+        assert!(n.take_registry().is_none(), "said once");
+        let mut after = node(true);
+        after.restore(known);
+        let out = after.birth(3);
+        let dbirth = decode(&out[1]);
+        assert_eq!(dbirth.metrics.len(), 2, "both channels, before any sample");
+        assert_eq!((dbirth.metrics[0].alias, dbirth.metrics[0].is_null), (Some(1), Some(true)));
+        let next = after.sample(&sample("p1", "w", Value::from(3)), 4).unwrap();
+        assert_eq!(decode(&next[0]).metrics[2].alias, Some(3), "new aliases after the restored ones");
     }
 
     #[test]
