@@ -88,7 +88,10 @@ impl Mosquitto {
 
 /// The Python Sparkplug host: every message of a group, decoded and checked.
 pub struct SparkplugHost {
+    /// Every message read so far, in order.
     pub seen: Vec<serde_json::Value>,
+    /// How many of `seen` a `wait` has looked at (`send` reads ahead without looking).
+    looked: usize,
     lines: Lines,
     input: std::process::ChildStdin,
     _proc: Proc,
@@ -101,12 +104,13 @@ impl SparkplugHost {
         cmd.args(["127.0.0.1", &broker.port.to_string(), group]);
         let mut proc = Proc::spawn_with_stdin("sparkplug host", cmd);
         let (lines, input) = (Lines::new(proc.take_stdout()), proc.take_stdin());
-        let mut host = SparkplugHost { seen: Vec::new(), lines, input, _proc: proc };
+        let mut host = SparkplugHost { seen: Vec::new(), looked: 0, lines, input, _proc: proc };
         host.wait("the host subscribed", Duration::from_secs(20), |m| (m["ready"] == true).then_some(()));
         host
     }
 
-    /// Reads messages until `check` accepts one (all are kept in `seen`).
+    /// Looks at messages in order, those read ahead by `send` first, until
+    /// `check` accepts one (all are kept in `seen`).
     pub fn wait<T>(
         &mut self,
         what: &str,
@@ -114,23 +118,37 @@ impl SparkplugHost {
         mut check: impl FnMut(&serde_json::Value) -> Option<T>,
     ) -> T {
         let deadline = Instant::now() + timeout;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let Some(line) = self.lines.next(left) else { break };
-            let message: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            self.seen.push(message.clone());
-            if let Some(found) = check(&message) {
-                return found;
+        loop {
+            while self.looked < self.seen.len() {
+                self.looked += 1;
+                if let Some(found) = check(&self.seen[self.looked - 1]) {
+                    return found;
+                }
             }
+            let left = deadline.checked_duration_since(Instant::now());
+            let Some(line) = left.and_then(|left| self.lines.next(left)) else { break };
+            self.seen.push(serde_json::from_str(&line).unwrap_or_default());
         }
         let tail: Vec<String> = self.seen.iter().rev().take(5).map(|m| m.to_string()).collect();
         panic!("timed out after {timeout:?} waiting for {what}; last messages: {tail:#?}");
     }
 
-    /// Sends the host a command (see sparkplug_host.py) and waits until it is published.
+    /// Sends the host a command (see sparkplug_host.py) and waits until it
+    /// is published. What arrives meanwhile is left for the next `wait`: a
+    /// reply to the command may come before the host says it sent it.
     pub fn send(&mut self, command: serde_json::Value) {
         writeln!(self.input, "{command}").expect("the host reads commands");
         self.input.flush().unwrap();
-        self.wait("the host to publish", Duration::from_secs(10), |m| (m["sent"] == command).then_some(()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.checked_duration_since(Instant::now());
+            let line = left.and_then(|left| self.lines.next(left)).expect("the host publishes within 10 s");
+            let message: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if message["sent"] == command {
+                return;
+            }
+            self.seen.push(message);
+        }
     }
 
     /// Every rule the host found broken so far.
