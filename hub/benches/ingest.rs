@@ -5,8 +5,12 @@
 //! same messages published straight onto the bus.
 //!
 //!   cargo bench -p hub --bench ingest [-- --samples 200000 --batch 200]
+//!   cargo bench -p hub --bench ingest -- --storm [--agents 100 --backlog 10000 --batch 500]
 //!
-//! The figure is samples per second delivered to the subscriber.
+//! The figure is samples per second delivered to the subscriber. `--storm`
+//! is the replay storm after a site-wide outage: every agent reconnects at
+//! once with its backlog, and the figure is the time until all of it is
+//! delivered, against the same samples published bare.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -179,8 +183,28 @@ fn bare(agents: usize, per_agent: u64) -> f64 {
     messages.len() as f64 / finished.duration_since(started).as_secs_f64()
 }
 
+/// The replay storm: `agents` agents with `backlog` samples each, all at once.
+fn storm(args: &Args) {
+    let agents: usize = args.get("--agents", 100);
+    let backlog: u64 = args.get("--backlog", 10_000);
+    // The agent's own default batch (uplink.batch_records).
+    let batch: usize = args.get("--batch", 500);
+    let total = agents as u64 * backlog;
+    println!("replay storm: {agents} agents reconnecting at once, {backlog} samples each ({total} in all), batches of {batch}, 127.0.0.1");
+    let bare_rate = bare(agents, backlog);
+    let (ingest_rate, cpu) = through_ingest(agents, backlog, batch);
+    let (bare_s, ingest_s) = (total as f64 / bare_rate, total as f64 / ingest_rate);
+    println!();
+    println!("drained bare in {bare_s:.2} s ({bare_rate:.0} samples/s)");
+    println!("drained through ingest in {ingest_s:.2} s ({ingest_rate:.0} samples/s, hub CPU {cpu:.2} us per sample)");
+    println!("ratio (bare time / ingest time): {:.2}", bare_s / ingest_s);
+}
+
 fn main() {
     let args = Args::from_env();
+    if std::env::args().any(|a| a == "--storm") {
+        return storm(&args);
+    }
     let samples: u64 = args.get("--samples", 200_000);
     let batch: usize = args.get("--batch", 200);
     let workers = hub::config::IngestConfig::default().workers;
