@@ -419,6 +419,7 @@ impl Hub {
                 .find(|b| b.name == config.ingest.bus)
                 .expect("validated: ingest's bus exists")
                 .inproc_tap(),
+            started: std::time::Instant::now(),
         };
         self.spawn("sparkplug".into(), move |signal| node.run(&signal).map_err(ServeError::Sparkplug))?;
         Ok(Some(report))

@@ -37,6 +37,8 @@ pub struct Sparkplug {
     pub data_dir: PathBuf,
     /// The metric bus's in-process tap, for best-effort samples (`live`).
     pub tap: String,
+    /// When the hub started.
+    pub started: Instant,
 }
 
 type Live = tokio::sync::mpsc::Receiver<Sample>;
@@ -70,6 +72,13 @@ fn read_live(
     }
     Ok(())
 }
+
+/// Acknowledgements between two writes of the cursor (a crash sends the
+/// ones after the last write again: a host stores them once, same time and value).
+const COMMIT_EVERY: u64 = 256;
+
+/// The cursor is made durable at least this often.
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
 /// The largest MQTT packet sent or taken.
 const MAX_PACKET: usize = 4 << 20;
@@ -124,6 +133,24 @@ struct Window {
     sent_upto: u64,
     acked_upto: u64,
     committed: u64,
+    /// The journal flush running, when it started, and the cursor it makes durable.
+    flushing: Option<tokio::task::JoinHandle<()>>,
+    flushed: Instant,
+    flushed_upto: u64,
+}
+
+impl Window {
+    fn at(cursor: u64) -> Window {
+        Window {
+            in_flight: VecDeque::new(),
+            sent_upto: cursor,
+            acked_upto: cursor,
+            committed: cursor,
+            flushing: None,
+            flushed: Instant::now(),
+            flushed_upto: cursor,
+        }
+    }
 }
 
 impl Window {
@@ -266,7 +293,14 @@ impl Sparkplug {
             loop {
                 let event = events.poll().await.map_err(|e| e.to_string());
                 let failed = event.is_err();
-                if tx.send(event).await.is_err() || failed {
+                // Only what `serve` reads: forwarding every outgoing event too
+                // would fill the channel during a large birth, stop this poll,
+                // and leave the publishes waiting for it for ever.
+                let wanted = matches!(
+                    event,
+                    Err(_) | Ok(Event::Incoming(_)) | Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))
+                );
+                if wanted && tx.send(event).await.is_err() || failed {
                     break;
                 }
             }
@@ -304,8 +338,7 @@ impl Sparkplug {
         let journal = self.export.journal.clone();
         let cursor =
             journal.cursor_of(CONSUMER).map_err(|e| format!("cannot read the Sparkplug cursor: {e}"))?;
-        let mut window =
-            Window { in_flight: VecDeque::new(), sent_upto: cursor, acked_upto: cursor, committed: cursor };
+        let mut window = Window::at(cursor);
         // With a primary host, nothing is published until its STATE says online.
         let mut host_online = state.is_none();
         self.status.host_online.store(host_online, Relaxed);
@@ -454,29 +487,41 @@ impl Sparkplug {
         Ok(())
     }
 
-    /// Writes the cursor where the acknowledged run ends (and flushes the
-    /// journal, off this thread).
+    /// Writes the cursor where the acknowledged run ends, every
+    /// `COMMIT_EVERY` acknowledgements or when nothing is in flight, and
+    /// flushes the journal at most every `FLUSH_EVERY`, one flush at a time,
+    /// off this thread (as the NATS bridge's export does).
     fn commit(&self, w: &mut Window) {
-        if w.acked_upto <= w.committed {
-            return;
-        }
-        match self.export.journal.acked_by(CONSUMER, w.acked_upto) {
-            Ok(_) => {
-                w.committed = w.acked_upto;
-                self.status.cursor.store(w.committed, Relaxed);
-                let journal = self.export.journal.clone();
-                tokio::task::spawn_blocking(move || journal.flush());
+        let due = w.acked_upto - w.committed >= COMMIT_EVERY || w.in_flight.is_empty();
+        if w.acked_upto > w.committed && due {
+            match self.export.journal.acked_by(CONSUMER, w.acked_upto) {
+                Ok(_) => {
+                    w.committed = w.acked_upto;
+                    self.status.cursor.store(w.committed, Relaxed);
+                }
+                Err(e) => self.status.failed(format!("cannot move the Sparkplug cursor: {e}")),
             }
-            Err(e) => self.status.failed(format!("cannot move the Sparkplug cursor: {e}")),
+        }
+        let idle = w.flushing.as_ref().is_none_or(|f| f.is_finished());
+        if w.committed > w.flushed_upto && idle && w.flushed.elapsed() >= FLUSH_EVERY {
+            let (journal, status) = (self.export.journal.clone(), self.status.clone());
+            w.flushing = Some(tokio::task::spawn_blocking(move || {
+                if let Err(e) = journal.flush() {
+                    status.failed(format!("cannot flush the Sparkplug cursor: {e}"));
+                }
+            }));
+            (w.flushed, w.flushed_upto) = (Instant::now(), w.committed);
         }
     }
 
-    /// Stores the devices' channels (written aside and renamed); a failure is reported, not fatal.
+    /// Stores the devices' channels (written aside, synced, renamed); a failure is reported, not fatal.
     fn store_registry(&self, known: &[Known]) {
         let dir = self.data_dir.join("sparkplug");
         let (path, aside) = (dir.join("devices.json"), dir.join("devices.json.new"));
         let json = serde_json::to_vec(known).expect("the registry serialises");
-        let stored = std::fs::write(&aside, json).and_then(|()| std::fs::rename(&aside, &path));
+        let stored = std::fs::write(&aside, json)
+            .and_then(|()| std::fs::File::open(&aside)?.sync_all())
+            .and_then(|()| std::fs::rename(&aside, &path));
         if let Err(e) = stored {
             self.status.failed(format!("cannot store {}: {e}", path.display()));
         }
@@ -487,7 +532,11 @@ impl Sparkplug {
         let Some(agents) = &self.agents else { return Ok(()) };
         let timeout = Duration::from_secs(self.config.device_timeout_s);
         for agent in node.born() {
-            if agents.silent_for(&agent).is_some_and(|d| d >= timeout) {
+            // A device ingest has not heard from since the hub started (one
+            // restored from the registry, or one the agents table let go) is
+            // silent since then.
+            let silent = agents.silent_for(&agent).unwrap_or_else(|| self.started.elapsed());
+            if silent >= timeout {
                 if let Some(p) = node.device_gone(&agent, now_ms()) {
                     log::info!("sparkplug: device {agent} silent for {timeout:?}: DDEATH");
                     self.status.deaths.fetch_add(1, Relaxed);
@@ -586,7 +635,7 @@ mod tests {
 
     #[test]
     fn the_cursor_follows_acknowledgements_in_order() {
-        let mut w = Window { in_flight: VecDeque::new(), sent_upto: 0, acked_upto: 0, committed: 0 };
+        let mut w = Window::at(0);
         w.in_flight.extend([(1, true), (2, false), (3, true), (4, false)]);
         w.settle();
         assert_eq!(w.acked_upto, 0, "1 is awaited");

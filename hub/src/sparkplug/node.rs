@@ -310,9 +310,9 @@ impl Node {
             return Some(out);
         }
         if changed || !born {
-            // The birth carries this value: no DDATA for it then.
+            // The birth carries this value too, but at QoS 0: its DDATA is what
+            // the broker acknowledges (a host stores the same time and value once).
             out.push(self.device_birth(&s.agent, now_ms));
-            return Some(out);
         }
         let mut m = Metric::named(&s.channel, kind, Some(value));
         if self.settings.aliases {
@@ -362,10 +362,16 @@ impl Node {
                     let alias = m.alias?;
                     device?.channels.iter().find(|(_, c)| c.alias == alias).map(|(n, _)| n.clone())
                 });
+                // The command's type, else the birth's: signed types are two's complement on the wire.
+                let kind = m.datatype.or_else(|| Some(device?.channels.get(name.as_deref()?)?.datatype));
+                let signed = matches!(kind, Some(datatype::Int8 | datatype::Int16 | datatype::Int32));
                 let value = match &m.value {
                     Some(MetricValue::Boolean(b)) => Some(b.to_string()),
+                    Some(MetricValue::Int(i)) if signed => Some((*i as i32).to_string()),
                     Some(MetricValue::Int(i)) => Some(i.to_string()),
-                    Some(MetricValue::Long(l)) if m.datatype == Some(datatype::Int64) => {
+                    Some(MetricValue::Long(l))
+                        if matches!(kind, Some(datatype::Int64 | datatype::DateTime)) =>
+                    {
                         Some((*l as i64).to_string())
                     }
                     Some(MetricValue::Long(l)) => Some(l.to_string()),
@@ -430,10 +436,14 @@ mod tests {
         let data = n.sample(&sample("p1", "flow", Value::from(3)), 12).unwrap();
         assert_eq!(data[0].topic, "spBv1.0/plant-a/DBIRTH/hub-1/p1");
         assert_eq!(decode(&data[0]).metrics.len(), 2);
+        assert_eq!(
+            data[1].topic, "spBv1.0/plant-a/DDATA/hub-1/p1",
+            "and the sample's DDATA, to be acknowledged"
+        );
         for _ in 0..300 {
             n.sample(&sample("p1", "t", Value::from(2.5)), 13).unwrap();
         }
-        assert_eq!(n.seq(), Some(((4 + 300) % 256) as u8), "wraps at 256");
+        assert_eq!(n.seq(), Some(((5 + 300) % 256) as u8), "wraps at 256");
     }
 
     #[test]
@@ -493,6 +503,9 @@ mod tests {
         by_alias.alias = Some(1);
         let cmd = Payload { metrics: vec![by_alias], ..Payload::default() };
         assert_eq!(n.writes("p1", &cmd), [("valve".to_string(), Some("true".to_string()))]);
+        let negative = Metric::named("setpoint", datatype::Int32, Some(MetricValue::Int(-5i32 as u32)));
+        let cmd = Payload { metrics: vec![negative], ..Payload::default() };
+        assert_eq!(n.writes("p1", &cmd), [("setpoint".to_string(), Some("-5".to_string()))]);
         let rebirth = Payload {
             metrics: vec![Metric::named(REBIRTH, datatype::Boolean, Some(MetricValue::Boolean(true)))],
             ..Payload::default()
