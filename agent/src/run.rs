@@ -26,6 +26,7 @@ use crate::state::LocalState;
 use crate::status::{LinkState, Shared};
 use crate::store::Store;
 use crate::{control, live, uplink};
+use boards::ChannelConfig;
 use smol::future::FutureExt;
 
 #[derive(Debug, thiserror::Error)]
@@ -238,7 +239,13 @@ pub fn run(
             let mut samplers = Samplers::default();
             loop {
                 samplers.follow(&ex, &shared, &seqs, &sinks);
-                let changed = async { changed_rx.recv().await.is_ok() };
+                // A follower that ended (it never does, short of a bug) changes nothing more.
+                let changed = async {
+                    if changed_rx.recv().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    true
+                };
                 let stopping = async {
                     let _ = stop.readable().await;
                     false
@@ -278,12 +285,12 @@ pub fn run(
 /// number and its append, so the durable sequence stays gapless.
 #[derive(Default)]
 struct Samplers {
-    running: BTreeMap<String, (SharedDriver, smol::Task<()>)>,
+    running: BTreeMap<String, (ChannelConfig, SharedDriver, smol::Task<()>)>,
 }
 
 impl Samplers {
-    /// Stops the tasks of channels gone or changed (a new driver), starts
-    /// those of new and changed ones.
+    /// Stops the tasks of channels gone or changed (a new config or driver),
+    /// starts those of new and changed ones, and forgets the status of channels gone.
     fn follow(
         &mut self,
         ex: &smol::LocalExecutor<'_>,
@@ -292,8 +299,11 @@ impl Samplers {
         sinks: &Arc<Sinks>,
     ) {
         let set = shared.channel_set();
-        self.running
-            .retain(|name, (driver, _)| set.by_name.get(name).is_some_and(|(_, d)| Arc::ptr_eq(d, driver)));
+        self.running.retain(|name, (config, driver, _)| {
+            set.by_name.get(name).is_some_and(|(c, d)| c == config && Arc::ptr_eq(d, driver))
+        });
+        // After the old tasks stopped: none of them can record a removed channel again.
+        shared.channels().retain(|name, _| set.by_name.contains_key(name));
         for (name, (config, driver)) in &set.by_name {
             if !self.running.contains_key(name) {
                 let task = ex.spawn(sampler::run(
@@ -303,7 +313,7 @@ impl Samplers {
                     seqs.clone(),
                     sinks.clone(),
                 ));
-                self.running.insert(name.clone(), (driver.clone(), task));
+                self.running.insert(name.clone(), (config.clone(), driver.clone(), task));
             }
         }
     }

@@ -216,9 +216,7 @@ impl Follower {
         let shared = &self.shared;
         if let Some(channels) = channels {
             shared.alarms.reconfigure(channels.by_name.values().map(|(c, _)| c));
-            let names: Vec<String> = channels.by_name.keys().cloned().collect();
             *shared.channel_set.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(channels);
-            shared.channels().retain(|name, _| names.contains(name));
             let _ = self.channels_changed.try_send(());
         }
         if live.contains(&"uplink") {
@@ -247,8 +245,11 @@ impl Follower {
         };
         let mut by_name = BTreeMap::new();
         for (i, c) in wanted.effective_channels().map_err(super::as_invalid)?.into_iter().enumerate() {
+            // An unchanged driver is kept even if the rest of the channel
+            // changed (its period, unit, alarm): a GPIO line stays requested
+            // by its driver, and a second request for it would fail.
             let kept = current.by_name.get(&c.name).filter(|(old, _)| {
-                *old == c && !(relinked && matches!(c.driver, boards::DriverSpec::Modbus(_)))
+                old.driver == c.driver && !(relinked && matches!(c.driver, boards::DriverSpec::Modbus(_)))
             });
             if let Some((_, driver)) = kept {
                 by_name.insert(c.name.clone(), (c, driver.clone()));

@@ -163,16 +163,18 @@ impl Fleet {
             return refuse(format!("agent id {:?} must be {}", poll.agent, proto::identity::RULE));
         }
         let desired = self.desired(&poll.agent);
-        let evaluated = poll.evaluated;
+        // Sent again when its version is the one applied but its content is
+        // not (a version number reused after the newest target file was lost).
+        let stale = |d: &Desired| {
+            d.version != poll.evaluated || (d.version == poll.applied && d.hash != poll.applied_hash)
+        };
+        let send = desired.as_ref().is_some_and(stale);
         self.remember(poll);
         match desired {
             None => PollReply::default(),
-            Some(d) => PollReply {
-                config: (d.version != evaluated).then_some(d.config),
-                version: d.version,
-                hash: d.hash,
-                error: None,
-            },
+            Some(d) => {
+                PollReply { config: send.then_some(d.config), version: d.version, hash: d.hash, error: None }
+            }
         }
     }
 
@@ -461,15 +463,17 @@ mod tests {
     fn a_poll_gets_the_config_once_and_reports_drift() {
         let (_dir, fleet) = fleet();
         fleet.admin("", &["set".into(), "p-1".into(), PERIOD.into()]);
-        let poll = |evaluated: u64, applied: u64| {
-            let p =
-                Poll { agent: "p-1".into(), evaluated, applied, state: "applied".into(), ..Poll::default() };
+        let poll = |evaluated: u64, applied: u64, applied_hash: &str| {
+            let state = "applied".into();
+            let applied_hash = applied_hash.into();
+            let p = Poll { agent: "p-1".into(), evaluated, applied, applied_hash, state, ..Poll::default() };
             fleet.poll(None, &serde_json::to_vec(&p).unwrap())
         };
-        let first = poll(0, 0);
+        let first = poll(0, 0, "");
         assert_eq!((first.version, first.config.as_deref()), (1, Some(PERIOD)));
         assert_eq!(fleet.standing("p-1")["drift"], true);
-        assert!(poll(1, 1).config.is_none(), "evaluated: not sent again");
+        assert!(poll(1, 1, &first.hash).config.is_none(), "evaluated: not sent again");
+        assert!(poll(1, 1, "another").config.is_some(), "the same version, other content: sent again");
         assert_eq!(fleet.standing("p-1")["drift"], false);
         let rollback = fleet.admin("", &["rollback".into(), "p-1".into(), "1".into()]);
         assert_eq!((rollback["version"].as_u64(), rollback["rollback_of"].as_u64()), (Some(2), Some(1)));
