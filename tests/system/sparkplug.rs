@@ -90,11 +90,22 @@ fn births_data_rebirth_and_commands_reach_a_host_as_sparkplug_says() {
         let s = agent_status(&dir.path().join("sp-1-data"))?;
         (s["channels"]["valve"]["last"] == true).then_some(())
     });
+    // Quick writes land in the order sent: the last one stands.
+    for value in [false, true, false] {
+        host.send(json!({"dcmd": "sp-1", "node": "hub-1", "metric": "valve", "value": value}));
+    }
+    wait_for("the three writes made", 10 * SECOND, || {
+        (hub.metric("plantd_sparkplug_commands_written_total") == 4).then_some(())
+    });
+    wait_for("the valve closed, as last written", 10 * SECOND, || {
+        let s = agent_status(&dir.path().join("sp-1-data"))?;
+        (s["channels"]["valve"]["last"] == false).then_some(())
+    });
     host.send(json!({"dcmd": "sp-1", "node": "hub-1", "metric": "tank", "value": 1.0}));
     wait_for("the tank command refused", 10 * SECOND, || {
         (hub.metric("plantd_sparkplug_commands_refused_total") >= 1).then_some(())
     });
-    assert_eq!(hub.metric("plantd_sparkplug_commands_written_total"), 1);
+    assert_eq!(hub.metric("plantd_sparkplug_commands_written_total"), 4);
 
     let out = hub_cli(&["sparkplug", "status", "--json", "--broker", &hub.broker]);
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -420,6 +420,7 @@ impl Hub {
                 .expect("validated: ingest's bus exists")
                 .inproc_tap(),
             started: std::time::Instant::now(),
+            writes: None,
         };
         self.spawn("sparkplug".into(), move |signal| node.run(&signal).map_err(ServeError::Sparkplug))?;
         Ok(Some(report))

@@ -39,6 +39,8 @@ pub struct Sparkplug {
     pub tap: String,
     /// When the hub started.
     pub started: Instant,
+    /// The DCMD writer's queue, while the node runs.
+    pub writes: Option<std::sync::mpsc::SyncSender<Write>>,
 }
 
 type Live = tokio::sync::mpsc::Receiver<Sample>;
@@ -112,6 +114,45 @@ fn next_bd_seq(dir: &Path) -> std::io::Result<u64> {
     Ok(next)
 }
 
+/// DCMD writes waiting for the agents, at most; more are refused and counted.
+const COMMAND_QUEUE: usize = 64;
+
+/// A DCMD write for an agent's service.
+pub struct Write {
+    service: String,
+    channel: String,
+    value: String,
+}
+
+/// Makes DCMD writes one at a time, in the order they came, until the node stops.
+fn write_commands(ctx: &zmq::Context, status: &Status, writes: std::sync::mpsc::Receiver<Write>) {
+    let options = ClientOptions { timeout: Duration::from_secs(5), retries: 0, ..ClientOptions::default() };
+    let mut client = Client::new(ctx, Endpoint::plain(BROKER_INPROC), options);
+    for Write { service, channel, value } in writes {
+        let frames: [&[u8]; 3] = [b"write", channel.as_bytes(), value.as_bytes()];
+        match client.request(&service, &frames) {
+            Ok(reply) if reply.first().is_some_and(|f| f.windows(9).any(|w| w == b"\"written\"")) => {
+                log::info!("sparkplug: DCMD wrote {value} to {service} {channel}");
+                status.commands_written.fetch_add(1, Relaxed);
+            }
+            other => {
+                let why = match other {
+                    Ok(reply) => {
+                        reply.first().map(|f| String::from_utf8_lossy(f).into_owned()).unwrap_or_default()
+                    }
+                    Err(e) => {
+                        // A fresh connection for the next write: no late reply is taken for its answer.
+                        client = Client::new(ctx, Endpoint::plain(BROKER_INPROC), options);
+                        e.to_string()
+                    }
+                };
+                status.commands_failed.fetch_add(1, Relaxed);
+                log::warn!("sparkplug: DCMD to {service} {channel} failed: {why}");
+            }
+        }
+    }
+}
+
 /// Where the system keeps the CAs it trusts (Debian's ca-certificates).
 const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -175,7 +216,14 @@ impl Window {
 
 impl Sparkplug {
     /// Runs sessions until `stop`, on this thread.
-    pub fn run(self, stop: &ShutdownWatch) -> Result<(), String> {
+    pub fn run(mut self, stop: &ShutdownWatch) -> Result<(), String> {
+        let (writes, queue) = std::sync::mpsc::sync_channel(COMMAND_QUEUE);
+        let (ctx, status) = (self.ctx.clone(), self.status.clone());
+        std::thread::Builder::new()
+            .name("sparkplug-dcmd".into())
+            .spawn(move || write_commands(&ctx, &status, queue))
+            .map_err(|e| format!("cannot start the DCMD writer: {e}"))?;
+        self.writes = Some(writes);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -578,30 +626,18 @@ impl Sparkplug {
                 log::warn!("sparkplug: DCMD to {agent}/{channel} refused: {why}");
                 continue;
             }
-            let (ctx, status) = (self.ctx.clone(), self.status.clone());
-            tokio::task::spawn_blocking(move || {
-                let options =
-                    ClientOptions { timeout: Duration::from_secs(5), retries: 0, ..ClientOptions::default() };
-                let mut client = Client::new(&ctx, Endpoint::plain(BROKER_INPROC), options);
-                let frames: [&[u8]; 3] = [b"write", channel.as_bytes(), value.as_bytes()];
-                match client.request(&service, &frames) {
-                    Ok(reply) if reply.first().is_some_and(|f| f.windows(9).any(|w| w == b"\"written\"")) => {
-                        log::info!("sparkplug: DCMD wrote {value} to {service} {channel}");
-                        status.commands_written.fetch_add(1, Relaxed);
-                    }
-                    other => {
-                        let why = match other {
-                            Ok(reply) => reply
-                                .first()
-                                .map(|f| String::from_utf8_lossy(f).into_owned())
-                                .unwrap_or_default(),
-                            Err(e) => e.to_string(),
-                        };
-                        status.commands_failed.fetch_add(1, Relaxed);
-                        log::warn!("sparkplug: DCMD to {service} {channel} failed: {why}");
-                    }
-                }
-            });
+            // One ordered worker: two quick writes to one output land in the order sent.
+            let write = Write { service, channel, value };
+            if let Some(Err(refused)) = self.writes.as_ref().map(|w| w.try_send(write)) {
+                self.status.commands_refused.fetch_add(1, Relaxed);
+                let Write { service, channel, .. } = match refused {
+                    std::sync::mpsc::TrySendError::Full(w)
+                    | std::sync::mpsc::TrySendError::Disconnected(w) => w,
+                };
+                log::warn!(
+                    "sparkplug: DCMD to {service} {channel} refused: {COMMAND_QUEUE} writes are waiting"
+                );
+            }
         }
         Ok(())
     }
