@@ -38,24 +38,7 @@ pub struct Config {
     #[serde(rename = "modbus", skip_serializing_if = "Vec::is_empty")]
     pub modbus: Vec<boards::modbus::LinkConfig>,
     /// Following the configuration the hub sets for this agent (`hub config set`).
-    pub fleet: FleetConfig,
-}
-
-/// Whether and how often the agent asks the hub for its desired
-/// configuration. Only the local file sets it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FleetConfig {
-    /// false: the local file alone, and no fleet configuration applied before is used.
-    pub enabled: bool,
-    /// How often it asks; a new version is applied within about this long.
-    pub poll_ms: u64,
-}
-
-impl Default for FleetConfig {
-    fn default() -> Self {
-        FleetConfig { enabled: true, poll_ms: 2000 }
-    }
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 impl Default for Config {
@@ -74,7 +57,7 @@ impl Default for Config {
             log_level: "info".into(),
             channels: Vec::new(),
             modbus: Vec::new(),
-            fleet: FleetConfig::default(),
+            fleet: Default::default(),
         }
     }
 }

@@ -12,9 +12,28 @@
 mod applied;
 pub mod follow;
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::{Config, ConfigError};
 
 pub use applied::Applied;
+
+/// Whether and how often the agent asks the hub for its desired
+/// configuration. Only the local file sets it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// false: the local file alone, and no fleet configuration applied before is used.
+    pub enabled: bool,
+    /// How often it asks; a new version is applied within about this long.
+    pub poll_ms: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig { enabled: true, poll_ms: 2000 }
+    }
+}
 
 /// Sections an agent applies while it runs.
 pub const LIVE: [&str; 4] = ["channel", "modbus", "uplink", "log_level"];

@@ -283,9 +283,7 @@ impl BridgeStatus {
 
     pub fn to_json(&self, config: &NatsConfig, export: Option<&Export>) -> Value {
         let get = |c: &AtomicU64| c.load(Relaxed);
-        let backlog = export.and_then(|e| e.journal.backlog_of(journal::BRIDGE)).map(|((records, bytes), max)| {
-            json!({"records": records, "bytes": bytes, "max_records": max.0, "max_bytes": max.1})
-        });
+        let backlog = export.map_or(Value::Null, |e| e.journal.backlog_json(journal::BRIDGE));
         json!({
             "servers": config.servers,
             "site": config.site,
@@ -338,11 +336,13 @@ impl BridgeStatus {
         for (name, help, value) in counters {
             out.counter(&format!("bridge_{name}"), help, vec![], value);
         }
-        if let Some(((records, bytes), max)) = export.and_then(|e| e.journal.backlog_of(journal::BRIDGE)) {
-            out.gauge("bridge_backlog_records", "Durable samples waiting for JetStream.", vec![], records);
-            out.gauge("bridge_backlog_bytes", "Bytes of them.", vec![], bytes);
-            out.gauge("bridge_max_backlog_records", "Waiting samples, at most.", vec![], max.0);
-            out.gauge("bridge_max_backlog_bytes", "Waiting bytes, at most.", vec![], max.1);
+        if let Some(e) = export {
+            e.journal.collect_backlog(
+                journal::BRIDGE,
+                "bridge",
+                "Durable samples waiting for JetStream.",
+                out,
+            );
         }
     }
 }

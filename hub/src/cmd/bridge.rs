@@ -2,7 +2,7 @@ use argh::FromArgs;
 use proto::hub::Command;
 use serde_json::Value;
 
-use super::{show_hub_answer, text, CmdResult, Connection};
+use super::{backlog, show_hub_answer, text, CmdResult, Connection};
 
 /// The NATS bridge ([bridge.nats] in the hub's config).
 #[derive(FromArgs)]
@@ -45,16 +45,7 @@ pub fn run(args: BridgeArgs, connection: &Connection) -> CmdResult {
 /// `key: value` lines an operator reads at a glance.
 fn summary(s: &Value) -> String {
     let server = if s["connected"] == true { text(&s["server"]) } else { "not connected".to_string() };
-    let backlog = match &s["backlog"] {
-        Value::Null => "- (durable samples are not exported)".to_string(),
-        b => format!(
-            "{} samples, {} bytes (bounds {} samples, {} bytes)",
-            text(&b["records"]),
-            text(&b["bytes"]),
-            text(&b["max_records"]),
-            text(&b["max_bytes"])
-        ),
-    };
+    let backlog = backlog(&s["backlog"], "- (durable samples are not exported)");
     let rows = [
         ("site", text(&s["site"])),
         ("stream", text(&s["stream"])),

@@ -118,6 +118,21 @@ pub fn print_json(value: &serde_json::Value) -> Result<(), serde_json::Error> {
     Ok(())
 }
 
+/// A hub consumer's backlog as `hub bridge status` and `hub sparkplug status` show it;
+/// `none` when the hub keeps none.
+pub fn backlog(b: &serde_json::Value, none: &str) -> String {
+    match b {
+        serde_json::Value::Null => none.to_string(),
+        b => format!(
+            "{} samples, {} bytes (bounds {} samples, {} bytes)",
+            text(&b["records"]),
+            text(&b["bytes"]),
+            text(&b["max_records"]),
+            text(&b["max_bytes"])
+        ),
+    }
+}
+
 /// A JSON value as a summary shows it: text bare, null as "-".
 pub fn text(v: &serde_json::Value) -> String {
     match v {

@@ -2,7 +2,7 @@ use argh::FromArgs;
 use proto::hub::Command;
 use serde_json::Value;
 
-use super::{show_hub_answer, text, CmdResult, Connection};
+use super::{backlog, show_hub_answer, text, CmdResult, Connection};
 
 /// The Sparkplug B edge node ([sparkplug] in the hub's config).
 #[derive(FromArgs)]
@@ -44,16 +44,7 @@ pub fn run(args: SparkplugArgs, connection: &Connection) -> CmdResult {
 
 /// `key: value` lines an operator reads at a glance.
 fn summary(s: &Value) -> String {
-    let backlog = match &s["backlog"] {
-        Value::Null => "-".to_string(),
-        b => format!(
-            "{} samples, {} bytes (bounds {} samples, {} bytes)",
-            text(&b["records"]),
-            text(&b["bytes"]),
-            text(&b["max_records"]),
-            text(&b["max_bytes"])
-        ),
-    };
+    let backlog = backlog(&s["backlog"], "-");
     let c = &s["commands"];
     let rows = [
         ("edge node", format!("{}/{}", text(&s["group_id"]), text(&s["edge_node_id"]))),

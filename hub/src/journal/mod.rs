@@ -525,6 +525,33 @@ impl Journal {
         self.flushed_by(|| db.flush().map(|_| ()))
     }
 
+    /// `consumer`'s backlog and its bounds as JSON (`hub bridge status`,
+    /// `hub sparkplug status`), `null` for a consumer the journal lacks.
+    pub fn backlog_json(&self, consumer: &str) -> serde_json::Value {
+        match self.backlog_of(consumer) {
+            Some(((records, bytes), max)) => serde_json::json!({
+                "records": records, "bytes": bytes, "max_records": max.0, "max_bytes": max.1,
+            }),
+            None => serde_json::Value::Null,
+        }
+    }
+
+    /// `consumer`'s backlog and bounds as `plantd_<prefix>_backlog_*` and
+    /// `_max_backlog_*` gauges; `waiting` is the records' help (what they wait for).
+    pub fn collect_backlog(
+        &self,
+        consumer: &str,
+        prefix: &str,
+        waiting: &'static str,
+        out: &mut crate::metrics::Families,
+    ) {
+        let Some(((records, bytes), max)) = self.backlog_of(consumer) else { return };
+        out.gauge(&format!("{prefix}_backlog_records"), waiting, vec![], records);
+        out.gauge(&format!("{prefix}_backlog_bytes"), "Bytes of them.", vec![], bytes);
+        out.gauge(&format!("{prefix}_max_backlog_records"), "Waiting samples, at most.", vec![], max.0);
+        out.gauge(&format!("{prefix}_max_backlog_bytes"), "Waiting bytes, at most.", vec![], max.1);
+    }
+
     /// `consumer`'s backlog (records, bytes) and its bounds (records, bytes).
     pub fn backlog_of(&self, consumer: &str) -> Option<((u64, u64), (u64, u64))> {
         let tail = self.tail();

@@ -7,7 +7,6 @@
 //! acknowledges in order), so a broken connection loses nothing: the next
 //! session sends again from the cursor.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -16,12 +15,13 @@ use std::time::{Duration, Instant};
 use proto::backoff::Backoff;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use serde_json::Value;
-use transport::{Client, ClientOptions, Endpoint, ShutdownWatch};
+use transport::ShutdownWatch;
 
+use super::commands::{write_commands, Write, COMMAND_QUEUE};
 use super::node::{Known, Node, Publish, Sample, Settings};
 use super::payload::{datatype, MetricValue, Payload};
+use super::window::Window;
 use super::{SparkplugConfig, Status, CONSUMER};
-use crate::broker::BROKER_INPROC;
 use crate::ingest::agents::Agents;
 use crate::journal::Export;
 use crate::security::{Kind, Security};
@@ -114,45 +114,6 @@ fn next_bd_seq(dir: &Path) -> std::io::Result<u64> {
     Ok(next)
 }
 
-/// DCMD writes waiting for the agents, at most; more are refused and counted.
-const COMMAND_QUEUE: usize = 64;
-
-/// A DCMD write for an agent's service.
-pub struct Write {
-    service: String,
-    channel: String,
-    value: String,
-}
-
-/// Makes DCMD writes one at a time, in the order they came, until the node stops.
-fn write_commands(ctx: &zmq::Context, status: &Status, writes: std::sync::mpsc::Receiver<Write>) {
-    let options = ClientOptions { timeout: Duration::from_secs(5), retries: 0, ..ClientOptions::default() };
-    let mut client = Client::new(ctx, Endpoint::plain(BROKER_INPROC), options);
-    for Write { service, channel, value } in writes {
-        let frames: [&[u8]; 3] = [b"write", channel.as_bytes(), value.as_bytes()];
-        match client.request(&service, &frames) {
-            Ok(reply) if reply.first().is_some_and(|f| f.windows(9).any(|w| w == b"\"written\"")) => {
-                log::info!("sparkplug: DCMD wrote {value} to {service} {channel}");
-                status.commands_written.fetch_add(1, Relaxed);
-            }
-            other => {
-                let why = match other {
-                    Ok(reply) => {
-                        reply.first().map(|f| String::from_utf8_lossy(f).into_owned()).unwrap_or_default()
-                    }
-                    Err(e) => {
-                        // A fresh connection for the next write: no late reply is taken for its answer.
-                        client = Client::new(ctx, Endpoint::plain(BROKER_INPROC), options);
-                        e.to_string()
-                    }
-                };
-                status.commands_failed.fetch_add(1, Relaxed);
-                log::warn!("sparkplug: DCMD to {service} {channel} failed: {why}");
-            }
-        }
-    }
-}
-
 /// Where the system keeps the CAs it trusts (Debian's ca-certificates).
 const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -165,53 +126,6 @@ fn tls(c: &SparkplugConfig) -> Result<rumqttc::Transport, String> {
         _ => None,
     };
     Ok(rumqttc::Transport::tls(ca, client_auth, None))
-}
-
-/// Samples handed to the broker and not yet acknowledged, in journal order.
-struct Window {
-    /// (journal key, whether a broker acknowledgement is awaited for it).
-    in_flight: VecDeque<(u64, bool)>,
-    sent_upto: u64,
-    acked_upto: u64,
-    committed: u64,
-    /// The journal flush running, when it started, and the cursor it makes durable.
-    flushing: Option<tokio::task::JoinHandle<()>>,
-    flushed: Instant,
-    flushed_upto: u64,
-}
-
-impl Window {
-    fn at(cursor: u64) -> Window {
-        Window {
-            in_flight: VecDeque::new(),
-            sent_upto: cursor,
-            acked_upto: cursor,
-            committed: cursor,
-            flushing: None,
-            flushed: Instant::now(),
-            flushed_upto: cursor,
-        }
-    }
-}
-
-impl Window {
-    /// Entries at the front with nothing to await are done.
-    fn settle(&mut self) {
-        while let Some(&(key, false)) = self.in_flight.front() {
-            self.in_flight.pop_front();
-            self.acked_upto = key;
-        }
-    }
-
-    /// The broker acknowledged the oldest DDATA awaited.
-    fn acknowledged(&mut self) -> bool {
-        self.settle();
-        let Some((key, true)) = self.in_flight.front().copied() else { return false };
-        self.in_flight.pop_front();
-        self.acked_upto = key;
-        self.settle();
-        true
-    }
 }
 
 impl Sparkplug {
@@ -667,18 +581,5 @@ mod tests {
         assert_eq!(next_bd_seq(dir.path()).unwrap(), 1);
         std::fs::write(dir.path().join("bdseq"), "255").unwrap();
         assert_eq!(next_bd_seq(dir.path()).unwrap(), 0);
-    }
-
-    #[test]
-    fn the_cursor_follows_acknowledgements_in_order() {
-        let mut w = Window::at(0);
-        w.in_flight.extend([(1, true), (2, false), (3, true), (4, false)]);
-        w.settle();
-        assert_eq!(w.acked_upto, 0, "1 is awaited");
-        assert!(w.acknowledged());
-        assert_eq!(w.acked_upto, 2, "1 acknowledged, 2 had nothing to await");
-        assert!(w.acknowledged());
-        assert_eq!(w.acked_upto, 4);
-        assert!(!w.acknowledged());
     }
 }

@@ -10,8 +10,10 @@
 //!   its own, whose cursor moves only when the MQTT broker acknowledged them.
 
 pub mod client;
+mod commands;
 pub mod node;
 pub mod payload;
+mod window;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -256,9 +258,7 @@ impl Status {
 
     pub fn to_json(&self, config: &SparkplugConfig, export: Option<&Export>) -> Value {
         let get = |c: &AtomicU64| c.load(Relaxed);
-        let backlog = export.and_then(|e| e.journal.backlog_of(CONSUMER)).map(|((records, bytes), max)| {
-            json!({"records": records, "bytes": bytes, "max_records": max.0, "max_bytes": max.1})
-        });
+        let backlog = export.map_or(Value::Null, |e| e.journal.backlog_json(CONSUMER));
         json!({
             "broker": config.broker,
             "group_id": config.group_id,
@@ -332,16 +332,13 @@ impl Status {
         for (name, help, value) in counters {
             out.counter(&format!("sparkplug_{name}"), help, vec![], value);
         }
-        if let Some(((records, bytes), max)) = export.and_then(|e| e.journal.backlog_of(CONSUMER)) {
-            out.gauge(
-                "sparkplug_backlog_records",
+        if let Some(e) = export {
+            e.journal.collect_backlog(
+                CONSUMER,
+                "sparkplug",
                 "Durable samples waiting for the MQTT broker.",
-                vec![],
-                records,
+                out,
             );
-            out.gauge("sparkplug_backlog_bytes", "Bytes of them.", vec![], bytes);
-            out.gauge("sparkplug_max_backlog_records", "Waiting samples, at most.", vec![], max.0);
-            out.gauge("sparkplug_max_backlog_bytes", "Waiting bytes, at most.", vec![], max.1);
         }
     }
 }
