@@ -23,10 +23,12 @@ pub async fn run(
         s.set_sndhwm(1000)?;
         s.set_linger(0)
     })?;
+    let mut json = Vec::new();
     while let Ok(sample) = samples.recv().await {
         let topic = sample.topic(&shared.id);
-        let json = sample.to_json(&shared.id, false, false).to_string();
-        if publish_on(&socket, Framing::TwoFrame, topic.as_bytes(), json.as_bytes()).is_ok() {
+        json.clear();
+        sample.write_json(&shared.id, false, false, &mut json);
+        if publish_on(&socket, Framing::TwoFrame, topic.as_bytes(), &json).is_ok() {
             shared.live_published.fetch_add(1, Relaxed);
         } else {
             shared.live_dropped.fetch_add(1, Relaxed);
