@@ -7,7 +7,9 @@
 //!   cargo bench -p hub --bench bridge [-- --samples 100000 --window 256 --rate 5000]
 //!   cargo bench -p hub --bench bridge -- --only export   # the export stage alone (for profiling)
 //!
-//! `BENCH_VERBOSE=1` also prints how long ingest took to accept each run.
+//! `BENCH_VERBOSE=1` also prints how long ingest took to accept each run;
+//! `BENCH_JOURNAL_MEMORY=0` makes the bridge read every entry from the store
+//! (no hand-over in memory), for comparison.
 //!
 //! Throughput: samples a second into the stream (every one acknowledged).
 //! Latency, at a steady `--rate`: from the agent sending a sample to a
@@ -148,6 +150,11 @@ fn hub(url: &str, window: usize) -> (HubChild, tempfile::TempDir) {
          [http]\nlisten = \"off\"\n\n[bridge.nats]\nservers = [\"{url}\"]\nsite = \"{SITE}\"\nexport = [\"org.plantd.Metric.\"]\n\
          max_in_flight = {window}\nmax_rate = 100000000\n"
     );
+    // `BENCH_JOURNAL_MEMORY=0`: the bridge reads every entry back from the store (for comparison).
+    let text = match std::env::var("BENCH_JOURNAL_MEMORY") {
+        Ok(bytes) => format!("{text}\n[ingest]\njournal_memory_bytes = {bytes}\n"),
+        Err(_) => text,
+    };
     std::fs::write(&config, text).unwrap();
     (HubChild::start_with(&["--config", config.to_str().unwrap()]), dir)
 }

@@ -29,6 +29,10 @@ pub struct IngestConfig {
     pub epochs_kept: usize,
     /// Agents the hub keeps watermarks for; batches of further ones are refused.
     pub max_agents: usize,
+    /// Bytes of the journal's newest entries also kept in memory: the
+    /// bridge, pipelines and durable consumers that keep up take them from
+    /// there, and read the store only once they fall further behind. 0: always the store.
+    pub journal_memory_bytes: usize,
 }
 
 impl Default for IngestConfig {
@@ -41,6 +45,7 @@ impl Default for IngestConfig {
             workers: 4,
             epochs_kept: 64,
             max_agents: 10_000,
+            journal_memory_bytes: crate::journal::MEMORY_BYTES,
         }
     }
 }

@@ -150,6 +150,7 @@ impl IngestService {
     ) -> Result<IngestService, IngestError> {
         let path = data_dir.join("ingest");
         let store = IngestStore::open(&path, export.consumers)?;
+        store.journal.keep_in_memory(config.journal_memory_bytes);
         let export = Export { journal: store.journal.clone(), prefixes: export.prefixes };
         let counters = IngestCounters::default();
         counters.agents.store(store.watermarks.agents() as u64, Relaxed);

@@ -169,5 +169,22 @@ impl Journal {
             );
             out.counter("consumer_delivered", "Samples fetched by a consumer.", labels(), c.delivered);
         }
+        drop(consumers);
+        let Ok(disk) = self.disk() else { return };
+        let (entries, bytes) = disk.entries.in_memory();
+        let help = "The journal's newest entries held in memory for readers that keep up.";
+        out.gauge("journal_memory_entries", help, vec![], entries as u64);
+        out.gauge("journal_memory_bytes", "Bytes of them.", vec![], bytes as u64);
+        let max = self.memory_bytes.load(std::sync::atomic::Ordering::Relaxed) as u64;
+        out.gauge(
+            "journal_memory_max_bytes",
+            "Bytes of them, at most (ingest.journal_memory_bytes).",
+            vec![],
+            max,
+        );
+        let reads = "Reads of the journal, by where they were served from.";
+        let from = |place: &str| vec![("from", place.to_string())];
+        out.counter("journal_reads", reads, from("memory"), disk.entries.reads_recent.load(Relaxed));
+        out.counter("journal_reads", reads, from("store"), disk.entries.reads_stored.load(Relaxed));
     }
 }

@@ -27,6 +27,7 @@ mod read;
 mod segments;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Instant;
 
@@ -215,7 +216,13 @@ pub struct Journal {
     appended: tokio::sync::Notify,
     /// ... and fetches waiting on threads.
     arrived: Condvar,
+    /// Bytes of the newest entries kept in memory for readers that keep up.
+    memory_bytes: std::sync::atomic::AtomicUsize,
 }
+
+/// Bytes of the newest entries kept in memory unless configured
+/// (`ingest.journal_memory_bytes`).
+pub const MEMORY_BYTES: usize = 8 << 20;
 
 impl Journal {
     /// Opens the journal in `db` (the ingest store). `consumers` are the
@@ -264,7 +271,9 @@ impl Journal {
             trim: Mutex::new(()),
             appended: tokio::sync::Notify::new(),
             arrived: Condvar::new(),
+            memory_bytes: MEMORY_BYTES.into(),
         };
+        journal.disk()?.entries.keep_in_memory(MEMORY_BYTES);
         let newest = tail.next - 1;
         for (name, spec) in all {
             let meta = &journal.disk()?.meta;
@@ -305,6 +314,15 @@ impl Journal {
         }
     }
 
+    /// Keeps up to `bytes` of the newest entries in memory (0: none), so
+    /// readers that keep up take them from there rather than the store.
+    pub fn keep_in_memory(&self, bytes: usize) {
+        self.memory_bytes.store(bytes, Relaxed);
+        if let Ok(disk) = self.disk() {
+            disk.entries.keep_in_memory(bytes);
+        }
+    }
+
     /// Lets go of the store, so that it can be opened again (every call
     /// fails meanwhile).
     pub fn detach(&self) {
@@ -317,6 +335,7 @@ impl Journal {
     /// keys never go back.
     pub fn attach(&self, db: &sled::Db) -> sled::Result<()> {
         let disk = Disk::of(db)?;
+        disk.entries.keep_in_memory(self.memory_bytes.load(Relaxed));
         let names: Vec<String> = self.consumers().keys().cloned().collect();
         let cursors =
             names.iter().map(|n| read_u64(&disk.meta, &cursor_key(n))).collect::<sled::Result<Vec<_>>>()?;

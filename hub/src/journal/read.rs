@@ -28,7 +28,7 @@ impl Journal {
     pub fn read(&self, after: u64, max: usize) -> sled::Result<Vec<(u64, Option<Entry>)>> {
         let mut out = Vec::new();
         let disk = self.disk()?;
-        for item in disk.entries.from(after + 1).take(max) {
+        for item in disk.entries.read_from(after + 1, max) {
             let (key, value) = item?;
             out.push((key, decode(&value)));
         }
@@ -64,7 +64,7 @@ impl Journal {
         let mut fetched = Fetched { next: from, ..Fetched::default() };
         let mut bytes = 0;
         let disk = self.disk()?;
-        for item in disk.entries.from(from + 1).take(scan) {
+        for item in disk.entries.read_from(from + 1, scan) {
             let (key, value) = item?;
             if key > durable {
                 break;

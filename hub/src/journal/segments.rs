@@ -2,8 +2,14 @@
 //! consecutive keys, so that entries every consumer is done with go a
 //! segment at a time (`drop_tree` frees a tree's pages; removing keys one
 //! by one costs more than writing them did, and dominated a consumer's drain).
+//!
+//! The newest entries are also kept in memory, up to a bound in bytes: a
+//! reader that keeps up (the bridge, a pipeline, a durable consumer polling)
+//! takes what ingest just appended from there, handed over without a trip
+//! through sled's trees, and only a reader that fell behind reads the store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 /// Keys per segment.
@@ -23,6 +29,41 @@ pub struct Segments {
     db: sled::Db,
     /// Each segment's tree, by its first key.
     trees: Mutex<BTreeMap<u64, sled::Tree>>,
+    recent: Mutex<Recent>,
+    /// Reads served from memory, and from the store.
+    pub reads_recent: AtomicU64,
+    pub reads_stored: AtomicU64,
+}
+
+/// The newest entries, consecutive keys, as stored (the same bytes and buffers).
+#[derive(Default)]
+struct Recent {
+    entries: VecDeque<(u64, sled::IVec)>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, key: u64, value: sled::IVec) {
+        if self.entries.back().is_some_and(|(last, _)| last + 1 != key) {
+            self.clear();
+        }
+        self.bytes += value.len();
+        self.entries.push_back((key, value));
+        self.shrink();
+    }
+
+    fn shrink(&mut self) {
+        while self.bytes > self.max_bytes {
+            let Some((_, value)) = self.entries.pop_front() else { break };
+            self.bytes -= value.len();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
 }
 
 impl Segments {
@@ -37,7 +78,30 @@ impl Segments {
             };
             trees.insert(start, db.open_tree(&name)?);
         }
-        Ok(Segments { db: db.clone(), trees: Mutex::new(trees) })
+        Ok(Segments {
+            db: db.clone(),
+            trees: Mutex::new(trees),
+            recent: Mutex::default(),
+            reads_recent: AtomicU64::new(0),
+            reads_stored: AtomicU64::new(0),
+        })
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps up to `bytes` of the newest entries in memory (0: none).
+    pub fn keep_in_memory(&self, bytes: usize) {
+        let mut recent = self.recent();
+        recent.max_bytes = bytes;
+        recent.shrink();
+    }
+
+    /// (entries, bytes) held in memory now.
+    pub fn in_memory(&self) -> (usize, usize) {
+        let recent = self.recent();
+        (recent.entries.len(), recent.bytes)
     }
 
     fn trees(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, sled::Tree>> {
@@ -48,9 +112,11 @@ impl Segments {
     /// share in one batch).
     pub fn insert(&self, first: u64, values: Vec<Vec<u8>>) -> sled::Result<()> {
         let mut batches: BTreeMap<u64, sled::Batch> = BTreeMap::new();
-        for (i, value) in values.into_iter().enumerate() {
+        // sled makes each value an IVec anyway: made here, memory shares its buffer.
+        let values: Vec<sled::IVec> = values.into_iter().map(sled::IVec::from).collect();
+        for (i, value) in values.iter().enumerate() {
             let key = first + i as u64;
-            batches.entry(start_of(key)).or_default().insert(&key.to_be_bytes(), value);
+            batches.entry(start_of(key)).or_default().insert(&key.to_be_bytes(), value.clone());
         }
         for (start, batch) in batches {
             let existing = self.trees().get(&start).cloned();
@@ -62,9 +128,36 @@ impl Segments {
                     tree
                 }
             };
-            tree.apply_batch(batch)?;
+            if let Err(e) = tree.apply_batch(batch) {
+                // Part of it may be stored: memory holds nothing it cannot vouch for.
+                self.recent().clear();
+                return Err(e);
+            }
+        }
+        let mut recent = self.recent();
+        if recent.max_bytes > 0 {
+            for (i, value) in values.into_iter().enumerate() {
+                recent.push(first + i as u64, value);
+            }
         }
         Ok(())
+    }
+
+    /// Up to `max` entries from key `from` on, in key order: from memory
+    /// when it holds `from`, else from the store.
+    pub fn read_from(&self, from: u64, max: usize) -> Vec<sled::Result<(u64, sled::IVec)>> {
+        {
+            let recent = self.recent();
+            if let Some(&(oldest, _)) = recent.entries.front() {
+                if from >= oldest && from < oldest + recent.entries.len() as u64 {
+                    self.reads_recent.fetch_add(1, Relaxed);
+                    let skip = (from - oldest) as usize;
+                    return recent.entries.iter().skip(skip).take(max).map(|e| Ok(e.clone())).collect();
+                }
+            }
+        }
+        self.reads_stored.fetch_add(1, Relaxed);
+        self.from(from).take(max).collect()
     }
 
     /// Every entry from key `from` on, in key order.
@@ -97,6 +190,11 @@ impl Segments {
         for start in done {
             self.trees().remove(&start);
             self.db.drop_tree(name_of(start))?;
+            let mut recent = self.recent();
+            while recent.entries.front().is_some_and(|(k, _)| *k < start + SEGMENT) {
+                let (_, value) = recent.entries.pop_front().expect("a front entry");
+                recent.bytes -= value.len();
+            }
         }
         Ok(())
     }

@@ -351,3 +351,48 @@ fn a_position_given_to_a_client_survives_a_crash_of_the_hub() {
         assert_eq!(seqs, [1, 2], "agent {agent}: every sample, once: {printed:?}");
     }
 }
+
+#[test]
+fn readers_that_keep_up_read_from_memory_and_those_behind_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let j = Journal::open(&db, vec![bridge(10_000)]).unwrap();
+    let size = {
+        let mut value = 0u64.to_be_bytes().to_vec();
+        value.extend(proto::codec::encode(&entry(30)));
+        value.len()
+    };
+    // Room in memory for the newest 10 entries (each as long as the 30th).
+    j.keep_in_memory(10 * size);
+    let reads = |j: &Journal| {
+        let disk = j.disk().unwrap();
+        (disk.entries.reads_recent.load(Relaxed), disk.entries.reads_stored.load(Relaxed))
+    };
+    for seq in 1..=30 {
+        j.append(&[entry(seq)]).unwrap();
+    }
+    assert_eq!(j.disk().unwrap().entries.in_memory().0, 10, "memory is bounded in bytes");
+    assert_eq!(seqs(&j.read(25, 3).unwrap()), [26, 27, 28], "kept up: from memory");
+    assert_eq!(reads(&j), (1, 0));
+    assert_eq!(seqs(&j.read(0, 100).unwrap()), (1..=30).collect::<Vec<_>>(), "behind: from the store");
+    assert_eq!(reads(&j), (1, 1));
+    j.flush().unwrap();
+    let (taken, _) = fetch_seqs(&j, BRIDGE, 100, 100);
+    assert_eq!(taken, (1..=30).collect::<Vec<_>>(), "a fetch behind reads the store, in order");
+    // What memory hands over is what the store holds.
+    let from_memory = j.read(20, 100).unwrap();
+    assert_eq!(reads(&j).0, 2);
+    let disk = j.disk().unwrap();
+    let stored: Vec<u64> = disk.entries.from(21).map(|i| decode(&i.unwrap().1).unwrap().seq).collect();
+    assert_eq!(seqs(&from_memory), stored);
+    drop(disk);
+    // Opened again (as after an I/O failure): memory starts empty, the store serves.
+    j.detach();
+    j.attach(&db).unwrap();
+    assert_eq!(j.disk().unwrap().entries.in_memory(), (0, 0));
+    assert_eq!(seqs(&j.read(28, 10).unwrap()), [29, 30]);
+    // Off: nothing is kept.
+    j.keep_in_memory(0);
+    j.append(&[entry(31)]).unwrap();
+    assert_eq!(j.disk().unwrap().entries.in_memory(), (0, 0));
+}
