@@ -41,6 +41,7 @@ enum Command {
 
 fn main() -> ExitCode {
     plumbing::default_sigpipe();
+    few_malloc_arenas();
     let args: Args = argh::from_env();
     plumbing::main("agent", args.verbose, || match args.command {
         Command::Run(a) => cmd::run::run(a),
@@ -51,4 +52,17 @@ fn main() -> ExitCode {
         Command::Keygen(a) => cmd::keygen::run(a),
         Command::Modbus(a) => cmd::modbus::run(a),
     })
+}
+
+/// glibc gives each thread that allocates an arena of its own (up to eight
+/// per core), each keeping the memory freed in it; the agent runs about
+/// twenty threads (sled's seven I/O threads among them) that allocate
+/// little. Two arenas hold the same work: measured idle on the sim board,
+/// about 0.3 MB less PSS (docs/performance.md).
+fn few_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tunable; called first thing in main, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
