@@ -114,6 +114,9 @@ pub struct UplinkConfig {
     /// With nothing to send, an empty batch carrying the agent's report
     /// goes this often, so the hub knows the agent is there (`hub agents`).
     pub report_interval_ms: u64,
+    /// Sample batches in flight at once while a backlog drains (and the
+    /// hub takes that many; it says how many it does). 1: one at a time.
+    pub max_in_flight: u32,
 }
 
 impl Default for UplinkConfig {
@@ -128,6 +131,7 @@ impl Default for UplinkConfig {
             backoff_max_ms: 5000,
             breaker_failures: 3,
             report_interval_ms: 10_000,
+            max_in_flight: 4,
         }
     }
 }
@@ -357,6 +361,9 @@ impl Config {
                 "uplink.batch_records/batch_bytes",
                 "must be at least 1 record and 1024 bytes".into(),
             );
+        }
+        if u.max_in_flight == 0 {
+            return invalid("uplink.max_in_flight", "must be at least 1 (one batch at a time)".into());
         }
         if u.replay_rate == 0 {
             return invalid("uplink.replay_rate", "must be at least 1 sample per second".into());

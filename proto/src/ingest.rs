@@ -8,6 +8,19 @@
 //! it is there. The hub deduplicates on (agent, epoch, seq), so an agent may send
 //! a batch again (after a timeout, a restart, a hub restart) without the
 //! samples being published twice.
+//!
+//! Batches in flight. A hub that can take several batches of one agent at
+//! once says so in every reply, with a second frame: an [`Echo`] of how
+//! many (its window). An agent that has seen it may then send the next
+//! batch before the last is answered, with a third request frame, an
+//! [`Order`]: an id (echoed back, since Majordomo replies carry none, to
+//! tell whose reply it is) and the last sample of the batch it follows. The
+//! hub takes a batch only once the one it follows is accepted (it waits a
+//! moment for a batch in hand, else answers Retry): accepting it first
+//! would raise the watermark past the earlier batch's samples, which would
+//! then be dropped as repeats. Hubs that predate this read the first two
+//! frames and reply with one, and their agents read the first reply frame:
+//! an agent sends one batch at a time until it sees a window.
 
 use serde::{Deserialize, Serialize};
 
@@ -180,6 +193,45 @@ pub enum Reply {
     Refused { reason: String },
 }
 
+/// The third request frame of a batch sent while others are in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// The agent's, for this batch; the hub echoes it.
+    pub id: u64,
+    /// (epoch, seq) of the last sample of the batch sent before this one,
+    /// when that one is not answered yet: take this batch only after it.
+    pub follows: Option<(u64, u64)>,
+}
+
+/// The second reply frame of a hub that takes batches in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Echo {
+    /// The request's [`Order::id`] (0 without one).
+    pub id: u64,
+    /// Batches of one agent the hub takes in flight at once.
+    pub window: u32,
+}
+
+impl Order {
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Order, WireError> {
+        codec::decode(bytes)
+    }
+}
+
+impl Echo {
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Echo, WireError> {
+        codec::decode(bytes)
+    }
+}
+
 impl Batch {
     pub fn encode(&self) -> Vec<u8> {
         codec::encode(self)
@@ -303,8 +355,18 @@ mod tests {
         }
 
         #[test]
+        fn orders_and_echoes_round_trip(id in any::<u64>(), follows in any::<Option<(u64, u64)>>(), window in any::<u32>()) {
+            let order = Order { id, follows };
+            prop_assert_eq!(Order::decode(&order.encode()).unwrap(), order);
+            let echo = Echo { id, window };
+            prop_assert_eq!(Echo::decode(&echo.encode()).unwrap(), echo);
+        }
+
+        #[test]
         fn decoding_garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             let _ = Batch::decode(&bytes);
+            let _ = Order::decode(&bytes);
+            let _ = Echo::decode(&bytes);
             let _ = Reply::decode(&bytes);
         }
     }

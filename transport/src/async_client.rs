@@ -1,11 +1,15 @@
 //! The Majordomo client for smol tasks: the same lazy-pirate decisions as
 //! [`Client`](crate::Client) (`proto`'s [`ClientCore`]), awaiting instead of
 //! blocking. PARTIAL replies are dropped; the final reply is returned.
+//!
+//! [`AsyncPipeline`] is [`PipelinedClient`](crate::PipelinedClient) for smol
+//! tasks: several requests in flight on one socket (so the broker gets them
+//! in the order sent), replies handed back as they come.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use proto::mdp::client::{ClientCore, Send, Timeout};
-use proto::mdp::ReplyKind;
+use proto::mdp::client::{parse_reply, ClientCore, Send, Timeout};
+use proto::mdp::{Dialect, ReplyKind};
 
 use crate::async_socket::AsyncSocket;
 use crate::client::{ClientError, ClientOptions, Reply, ReplyHead, MAX_REPLY_FRAMES};
@@ -83,6 +87,49 @@ impl AsyncClient {
                 if reply.kind == ReplyKind::Final {
                     return Ok(reply.body);
                 }
+            }
+        }
+    }
+}
+
+/// Requests in flight on one socket; the caller matches replies to requests
+/// by their content (Majordomo replies carry no request id) and decides
+/// when one has waited too long. Dropping it drops every late reply with
+/// its socket.
+pub struct AsyncPipeline {
+    socket: AsyncSocket,
+    dialect: Dialect,
+    frames: Vec<zmq::Message>,
+}
+
+impl AsyncPipeline {
+    pub fn connect(ctx: &zmq::Context, endpoint: &Endpoint, dialect: Dialect) -> Result<Self, ClientError> {
+        let socket = AsyncSocket::new(socket::dealer(ctx, endpoint)?)?;
+        Ok(AsyncPipeline { socket, dialect, frames: Vec::new() })
+    }
+
+    /// Sends one request to `service`; never waits for its reply.
+    pub async fn send(&self, service: &str, body: &[&[u8]]) -> Result<(), ClientError> {
+        let envelope = proto::mdp::client_request(self.dialect, service.as_bytes());
+        Ok(self.socket.send(envelope.frames(), body).await?)
+    }
+
+    /// The body of the next final reply, or `None` if none came within
+    /// `timeout`. Partial replies are passed over.
+    pub async fn recv(&mut self, timeout: Duration) -> Result<Option<Vec<zmq::Message>>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.socket.recv_timeout(&mut self.frames, MAX_REPLY_FRAMES, left).await? {
+                Received::Message => {}
+                Received::TooManyFrames => continue,
+                Received::WouldBlock if Instant::now() < deadline => continue,
+                Received::WouldBlock => return Ok(None),
+            }
+            let Some(head) = parse_reply(&self.frames).map(ReplyHead::from) else { continue };
+            let reply = Reply::take(&mut self.frames, head);
+            if reply.kind == ReplyKind::Final {
+                return Ok(Some(reply.body));
             }
         }
     }

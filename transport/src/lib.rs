@@ -23,7 +23,7 @@ pub mod socket;
 pub mod worker;
 
 #[cfg(feature = "async")]
-pub use async_client::AsyncClient;
+pub use async_client::{AsyncClient, AsyncPipeline};
 pub use bus::{BusMessage, Publisher, Subscriber};
 pub use client::{Client, ClientError, ClientOptions, PipelinedClient, Reply};
 pub use shutdown::{Shutdown, ShutdownWatch};

@@ -123,11 +123,11 @@ impl Health {
     }
 }
 
-/// What the uplink has sent and awaits an answer for.
+/// A batch the uplink has sent and awaits an answer for.
 #[derive(Clone, Copy, Debug, Default)]
 struct InFlight {
     /// The last key of the batch on the wire.
-    through: Option<Key>,
+    through: Key,
     /// Records of that batch dropped while it was on the wire: counted as
     /// dropped unless the hub acknowledges the batch.
     dropped: u64,
@@ -146,7 +146,8 @@ struct Inner {
     /// The id new records are made under, and which id made which records.
     id: Arc<str>,
     ids: Ids,
-    flight: InFlight,
+    /// Batches on the wire, oldest first.
+    flights: std::collections::VecDeque<InFlight>,
     last_appended: Option<(u64, u64)>,
     durable: Option<(u64, u64)>,
     /// (free, total) bytes of the file system at the last flush.
@@ -181,15 +182,19 @@ fn write_error(e: WriteError) -> std::io::Error {
 impl Inner {
     fn drop_oldest(&mut self, why: Why) -> Result<bool> {
         let Some((index, _)) = self.log.pop_front()? else { return Ok(false) };
-        let in_flight = self.flight.through.is_some_and(|t| index <= t);
-        match why {
-            Why::Full => {
+        let flight = self.flights.iter_mut().find(|f| index <= f.through);
+        match (why, flight) {
+            (Why::Full, flight) => {
                 self.log.counters.dropped += 1;
-                self.flight.dropped += u64::from(in_flight);
+                if let Some(flight) = flight {
+                    flight.dropped += 1;
+                }
             }
-            Why::Space => {
+            (Why::Space, flight) => {
                 self.log.counters.dropped_for_space += 1;
-                self.flight.dropped_for_space += u64::from(in_flight);
+                if let Some(flight) = flight {
+                    flight.dropped_for_space += 1;
+                }
             }
         }
         Ok(true)
@@ -291,7 +296,7 @@ impl<R: Record> Outbox<R> {
             opts,
             id: Arc::from(id),
             ids,
-            flight: InFlight::default(),
+            flights: Default::default(),
             last_appended: last,
             // What survived the last run is on disk by definition.
             durable: last,
@@ -409,14 +414,16 @@ impl<R: Record> Outbox<R> {
         result
     }
 
-    /// The uplink sent a batch ending at `through` and awaits the answer.
+    /// The uplink sent a batch ending at `through` (after any still in
+    /// flight) and awaits the answer.
     pub fn sending(&self, through: Key) {
-        self.inner().flight = InFlight { through: Some(through), ..InFlight::default() };
+        self.inner().flights.push_back(InFlight { through, ..InFlight::default() });
     }
 
-    /// No answer came for the batch in flight: whatever was dropped from it is lost.
+    /// No answer came for the batches in flight (they are sent again from
+    /// the oldest): whatever was dropped from them is lost.
     pub fn not_sent(&self) {
-        self.inner().flight = InFlight::default();
+        self.inner().flights.clear();
     }
 
     /// Recounts records and bytes from the files (after an inconsistency).
@@ -433,13 +440,22 @@ impl<R: Record> Outbox<R> {
     /// least one), all made under one agent id. Damage met at the head is
     /// quarantined and counted.
     pub fn peek(&self, max_records: usize, max_bytes: usize) -> Result<Peeked<R>> {
+        self.peek_after(None, max_records, max_bytes)
+    }
+
+    /// [`Outbox::peek`], of the records after key `after` (the last of the
+    /// batches in flight), for the next batch to send before those are
+    /// answered. Damage there is left for a read from the head: the batch
+    /// comes back empty.
+    pub fn peek_after(&self, after: Option<Key>, max_records: usize, max_bytes: usize) -> Result<Peeked<R>> {
         let mut guard = self.inner();
         let g = &mut *guard;
         g.write_pending();
+        let from = after.map_or(0, |key| key + 1);
         loop {
             let (mut batch, mut bytes, mut undecodable) = (Vec::new(), 0, false);
             let (ids, mut end) = (&g.ids, None);
-            let result = g.log.read(false, |index, payload| {
+            let result = g.log.read_from(from, false, |index, payload| {
                 if batch.is_empty() {
                     end = ids.end_of(index);
                 }
@@ -463,7 +479,7 @@ impl<R: Record> Outbox<R> {
                 g.failed("read", &e);
                 return Err(e);
             }
-            if !undecodable {
+            if !undecodable || after.is_some() {
                 let agent = batch.first().and_then(|(index, _)| g.ids.id_of(*index)).unwrap_or(&g.id).clone();
                 return Ok(Peeked { agent, records: batch });
             }
@@ -479,11 +495,11 @@ impl<R: Record> Outbox<R> {
         let g = &mut *guard;
         g.write_pending();
         let removed = g.log.retire(through);
-        if g.flight.through.is_some_and(|t| t <= through) {
+        while let Some(flight) = g.flights.front().copied().filter(|f| f.through <= through) {
             let c = &mut g.log.counters;
-            c.dropped = c.dropped.saturating_sub(g.flight.dropped);
-            c.dropped_for_space = c.dropped_for_space.saturating_sub(g.flight.dropped_for_space);
-            g.flight = InFlight::default();
+            c.dropped = c.dropped.saturating_sub(flight.dropped);
+            c.dropped_for_space = c.dropped_for_space.saturating_sub(flight.dropped_for_space);
+            g.flights.pop_front();
         }
         match removed {
             Ok(n) => Ok(n as usize),

@@ -147,6 +147,43 @@ fn drops_from_a_batch_the_hub_then_acknowledges_are_not_counted() {
 }
 
 #[test]
+fn batches_in_flight_peek_past_each_other_and_settle_oldest_first() {
+    let (outbox, _dir) = rig(8, 1 << 20);
+    for seq in 1..=8 {
+        outbox.append(&sample(1, seq)).unwrap();
+    }
+    let first = outbox.peek(3, 1 << 20).unwrap().records;
+    outbox.sending(first[2].0);
+    let second = outbox.peek_after(Some(first[2].0), 3, 1 << 20).unwrap().records;
+    assert_eq!(second.iter().map(|(_, s)| s.seq).collect::<Vec<_>>(), [4, 5, 6], "after the first");
+    outbox.sending(second[2].0);
+    let rest = outbox.peek_after(Some(second[2].0), 3, 1 << 20).unwrap().records;
+    assert_eq!(rest.iter().map(|(_, s)| s.seq).collect::<Vec<_>>(), [7, 8]);
+    assert!(
+        outbox.peek_after(Some(rest[1].0), 3, 1 << 20).unwrap().records.is_empty(),
+        "nothing past the end"
+    );
+    // Full: 1, on the wire in the first batch, is dropped; the first batch's Ack delivered it.
+    outbox.append(&sample(1, 9)).unwrap();
+    assert_eq!(outbox.stats().dropped, 1);
+    outbox.retire(first[2].0).unwrap();
+    assert_eq!(outbox.stats().dropped, 0);
+    // 4, 5 and 6 are dropped from the second batch: counted only until its Ack.
+    for seq in 10..=14 {
+        outbox.append(&sample(1, seq)).unwrap();
+    }
+    assert_eq!(outbox.stats().dropped, 3);
+    outbox.retire(second[2].0).unwrap();
+    assert_eq!(outbox.stats().dropped, 0);
+    assert_eq!(seqs(&outbox), (7..=14).collect::<Vec<_>>());
+    // No answer: everything goes again from the oldest.
+    let third = outbox.peek(2, 1 << 20).unwrap().records;
+    outbox.sending(third[1].0);
+    outbox.not_sent();
+    assert_eq!(outbox.peek(2, 1 << 20).unwrap().records, third);
+}
+
+#[test]
 fn damaged_records_are_quarantined_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outbox");

@@ -33,6 +33,10 @@ pub struct IngestConfig {
     /// bridge, pipelines and durable consumers that keep up take them from
     /// there, and read the store only once they fall further behind. 0: always the store.
     pub journal_memory_bytes: usize,
+    /// Batches of one agent taken in flight at once (agents learn it from
+    /// every reply): a replaying agent sends the next batch while the hub
+    /// stores the last. 1: one at a time, as agents before it send.
+    pub max_in_flight: u32,
 }
 
 impl Default for IngestConfig {
@@ -46,6 +50,7 @@ impl Default for IngestConfig {
             epochs_kept: 64,
             max_agents: 10_000,
             journal_memory_bytes: crate::journal::MEMORY_BYTES,
+            max_in_flight: 4,
         }
     }
 }
@@ -58,6 +63,9 @@ impl IngestConfig {
         }
         if self.workers == 0 {
             return Err(("ingest.workers", "must be at least 1".into()));
+        }
+        if self.max_in_flight == 0 {
+            return Err(("ingest.max_in_flight", "must be at least 1 (one batch at a time)".into()));
         }
         if !buses.contains(&self.bus.as_str()) {
             return Err(("ingest.bus", format!("names no configured bus ('{}')", self.bus)));

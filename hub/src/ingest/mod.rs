@@ -27,6 +27,13 @@
 //! Batches of different agents are handled at once, by as many workers as
 //! configured; one agent's batches one at a time (a lock per agent, from a
 //! fixed set), so two workers never race on one agent's watermarks.
+//!
+//! An agent may have up to `max_in_flight` batches on the way (every reply
+//! says so, in an [`Echo`]); each one after the first names the batch it
+//! follows ([`proto::ingest::Order`]), and is taken only once that one is
+//! accepted. Two workers can get an agent's consecutive batches at once:
+//! the second waits (a moment, on the agent's lock) for the first, and
+//! answers Retry if it was not accepted or never comes.
 
 pub mod agents;
 pub mod config;
@@ -39,7 +46,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use proto::bus::Framing;
-use proto::ingest::{Batch, Reply, Report};
+use proto::ingest::{Batch, Echo, Order, Reply, Report};
 use transport::bus::publish_on;
 use transport::{ShutdownWatch, Worker, WorkerError, WorkerOptions};
 
@@ -56,6 +63,11 @@ use crate::security::{Kind, Security};
 /// Locks for agents' batches: an agent hashes to one. Fixed, so a stream of
 /// made-up agent ids cannot grow it.
 const AGENT_LOCKS: usize = 64;
+
+/// How long a batch waits for the one it follows. That one reached a worker
+/// first (an agent's requests come in order on one connection, and the
+/// broker hands them out in order), so this is a worker's time for a batch.
+const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A sample's JSON is about this long (260 bytes with a typical agent id and
 /// channel): room for it up front, so writing it does not reallocate.
@@ -83,10 +95,14 @@ pub struct IngestCounters {
     pub failing: Mutex<Option<String>>,
     /// Batches answered "retry" because the export backlog for NATS was full.
     pub export_full: AtomicU64,
+    /// Batches answered "retry" because the batch they follow was not accepted (in time).
+    pub out_of_order: AtomicU64,
+    /// Batches sent while the one before them was in flight (they name it).
+    pub pipelined: AtomicU64,
 }
 
 impl IngestCounters {
-    pub fn snapshot(&self) -> [(&'static str, u64); 7] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 9] {
         [
             ("batches", self.batches.load(Relaxed)),
             ("samples_accepted", self.accepted.load(Relaxed)),
@@ -95,6 +111,8 @@ impl IngestCounters {
             ("batches_retried", self.retries.load(Relaxed)),
             ("batches_refused", self.refused.load(Relaxed)),
             ("batches_export_full", self.export_full.load(Relaxed)),
+            ("batches_out_of_order", self.out_of_order.load(Relaxed)),
+            ("batches_pipelined", self.pipelined.load(Relaxed)),
         ]
     }
 }
@@ -126,7 +144,7 @@ pub struct IngestService {
     samples: Outlet,
     events: Outlet,
     worker: WorkerOptions,
-    locks: Arc<Vec<Mutex<()>>>,
+    locks: Arc<Vec<AgentLock>>,
     /// With security, requests start with the caller's identity (the broker
     /// adds it), and an agent may send only its own batches.
     security: Option<Arc<Security>>,
@@ -161,7 +179,7 @@ impl IngestService {
             samples,
             events,
             worker,
-            locks: Arc::new((0..AGENT_LOCKS).map(|_| Mutex::new(())).collect()),
+            locks: Arc::new((0..AGENT_LOCKS).map(|_| AgentLock::default()).collect()),
             security,
             agents: Arc::new(Agents::new(config.max_agents, SILENT_AFTER)),
             export,
@@ -194,16 +212,17 @@ impl IngestService {
         let worker = Worker::new(ctx, BROKER_INPROC, proto::ingest::SERVICE, self.worker.clone());
         worker.run(signal, |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
             let frame = |i: usize| body.get(i).map(|f| &f[..]);
-            // [caller (with security)], batch, [report]
+            // [caller (with security)], batch, [report (may be empty), [order]]
             let first = usize::from(self.security.is_some());
             let caller = if first == 1 { frame(0).unwrap_or_default() } else { &[] };
             let (batch, report) = (frame(first).unwrap_or_default(), frame(first + 1));
             let caller = String::from_utf8_lossy(caller);
             let report = report.and_then(|r| Report::decode(r).ok());
+            let order = frame(first + 2).and_then(|o| Order::decode(o).ok());
             let reply = self.handle(
                 &caller,
                 batch,
-                report,
+                (report, order.and_then(|o| o.follows)),
                 |topic| self.outlet(topic).listeners.covers(topic),
                 |topic, json| {
                     if let Some(publishers) =
@@ -214,7 +233,8 @@ impl IngestService {
                     }
                 },
             );
-            vec![zmq::Message::from(reply.encode())]
+            let echo = Echo { id: order.map_or(0, |o| o.id), window: self.config.max_in_flight };
+            vec![zmq::Message::from(reply.encode()), zmq::Message::from(echo.encode())]
         })?;
         Ok(())
     }
@@ -247,13 +267,14 @@ impl IngestService {
     }
 
     /// Handles one batch from `caller` (an identity, or empty for the hub
-    /// itself and with security off). `heard(topic)` says whether a real
-    /// subscriber covers a topic; `publish(topic, json)` sends on the bus.
+    /// itself and with security off), with the agent's report and the
+    /// (epoch, seq) ending the batch it follows. `heard(topic)` says whether
+    /// a real subscriber covers a topic; `publish(topic, json)` sends on the bus.
     fn handle(
         &self,
         caller: &str,
         body: &[u8],
-        report: Option<Report>,
+        (report, follows): (Option<Report>, Option<(u64, u64)>),
         heard: impl Fn(&[u8]) -> bool,
         mut publish: impl FnMut(&[u8], &[u8]),
     ) -> Reply {
@@ -314,11 +335,32 @@ impl IngestService {
                 after_ms: 1000,
             };
         }
-        let _this_agent = self.lock(agent);
+        let mut turn = self.turn(agent);
         let mut marks = match self.store.watermarks.get(agent) {
             Ok(marks) => marks,
             Err(e) => return self.storage_failure(e),
         };
+        if let Some((epoch, seq)) = follows {
+            c.pipelined.fetch_add(1, Relaxed);
+            // The batch it follows is in another worker's hand: wait for it
+            // (releasing the lock), unless a batch of this lock ends unaccepted.
+            let (deadline, unaccepted) = (std::time::Instant::now() + FOLLOW_WAIT, turn.unaccepted());
+            while marks.of(epoch) < seq {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() || turn.unaccepted() != unaccepted {
+                    c.out_of_order.fetch_add(1, Relaxed);
+                    let reason = format!(
+                        "the batch this one follows (through epoch {epoch} seq {seq}) was not accepted: send from there again"
+                    );
+                    return Reply::Retry { reason, after_ms: 0 };
+                }
+                turn.wait(left);
+                marks = match self.store.watermarks.get(agent) {
+                    Ok(marks) => marks,
+                    Err(e) => return self.storage_failure(e),
+                };
+            }
+        }
         if marks.0.is_empty() && c.agents.load(Relaxed) >= self.config.max_agents as u64 {
             c.refused.fetch_add(1, Relaxed);
             return Reply::Refused {
@@ -419,14 +461,16 @@ impl IngestService {
         let channels = channels.iter().map(|c| c.to_string()).collect();
         let heard = Heard { epoch, accepted, duplicates, newest_sample_wall_ns: newest, report, channels };
         self.agents.record(agent, heard, now.0, now.1);
+        turn.accepted = true;
         Reply::Ack { accepted, duplicates }
     }
 
-    fn lock(&self, agent: &str) -> std::sync::MutexGuard<'_, ()> {
+    /// `agent`'s turn: its lock held until the turn is dropped.
+    fn turn(&self, agent: &str) -> Turn<'_> {
         let mut hash = std::collections::hash_map::DefaultHasher::new();
         agent.hash(&mut hash);
         let lock = &self.locks[hash.finish() as usize % self.locks.len()];
-        lock.lock().unwrap_or_else(|e| e.into_inner())
+        Turn { guard: Some(lock.turns.lock().unwrap_or_else(|e| e.into_inner())), lock, accepted: false }
     }
 
     fn malformed(&self, reason: String) -> Reply {
@@ -443,6 +487,55 @@ impl IngestService {
         log::error!("ingest: {e}");
         *self.counters.failing.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
         Reply::Retry { reason: format!("hub storage error: {e}"), after_ms: 1000 }
+    }
+}
+
+/// The lock of the agents that hash to it, and a wake-up for batches
+/// waiting there for the batch they follow.
+#[derive(Default)]
+struct AgentLock {
+    turns: Mutex<Turns>,
+    ended: std::sync::Condvar,
+}
+
+/// What the batches of an [`AgentLock`] came to.
+#[derive(Default)]
+struct Turns {
+    /// Batches that ended without being accepted: one waiting for such a
+    /// batch answers Retry at once instead of waiting out its time.
+    unaccepted: u64,
+}
+
+/// A batch's hold on its agent's lock. Dropping it wakes the batches
+/// waiting there, and counts the batch if it was not accepted.
+struct Turn<'a> {
+    guard: Option<std::sync::MutexGuard<'a, Turns>>,
+    lock: &'a AgentLock,
+    accepted: bool,
+}
+
+impl Turn<'_> {
+    fn unaccepted(&self) -> u64 {
+        self.guard.as_ref().map_or(0, |g| g.unaccepted)
+    }
+
+    /// Lets go of the lock until another batch's turn ends, or `left` passes.
+    fn wait(&mut self, left: std::time::Duration) {
+        if let Some(guard) = self.guard.take() {
+            let (guard, _) = self.lock.ended.wait_timeout(guard, left).unwrap_or_else(|e| e.into_inner());
+            self.guard = Some(guard);
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if let Some(guard) = &mut self.guard {
+            if !self.accepted {
+                guard.unaccepted += 1;
+            }
+        }
+        self.lock.ended.notify_all();
     }
 }
 
@@ -465,6 +558,8 @@ pub fn collect(
     let failing = counters.failing.lock().unwrap_or_else(|e| e.into_inner()).is_some();
     out.gauge("ingest_store_available", "1 while watermarks can be stored.", vec![], (!failing).into());
     out.gauge("ingest_max_agents", "Agents with watermarks, at most.", vec![], config.max_agents as u64);
+    let help = "Batches of one agent taken in flight at once.";
+    out.gauge("ingest_max_in_flight", help, vec![], config.max_in_flight.into());
     out.gauge("ingest_epochs_kept", "Boot epochs kept per agent.", vec![], config.epochs_kept as u64);
     agents.collect(std::time::Instant::now(), out);
 }

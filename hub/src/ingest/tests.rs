@@ -53,7 +53,7 @@ fn run(svc: &IngestService, body: &[u8], subs: &Listening) -> (Reply, Vec<serde_
     let reply = svc.handle(
         "",
         body,
-        None,
+        (None, None),
         |t| subs.iter().any(|p| t.starts_with(p)),
         |_, json| published.push(serde_json::from_slice(json).unwrap()),
     );
@@ -118,10 +118,11 @@ fn an_identity_sends_batches_only_for_itself() {
     let mut published = 0;
     // The attack: another agent poisons pump-1's watermark with seq = u64::MAX.
     let all = |_: &[u8]| true;
-    let poison = svc.handle("pump-2", &batch("pump-1", 1, &[u64::MAX]), None, all, |_, _| published += 1);
+    let poison =
+        svc.handle("pump-2", &batch("pump-1", 1, &[u64::MAX]), (None, None), all, |_, _| published += 1);
     assert!(matches!(poison, Reply::Refused { .. }), "{poison:?}");
     assert_eq!((published, svc.counters.refused.load(Relaxed)), (0, 1));
-    let own = svc.handle("pump-1", &batch("pump-1", 1, &[1, 2]), None, all, |_, _| published += 1);
+    let own = svc.handle("pump-1", &batch("pump-1", 1, &[1, 2]), (None, None), all, |_, _| published += 1);
     assert_eq!(own, Reply::Ack { accepted: 2, duplicates: 0 }, "the victim's samples still count");
 }
 
@@ -176,4 +177,39 @@ fn alarm_events_are_deduplicated_apart_from_samples_and_wait_for_an_event_subscr
         run(&svc, &batch("pi", 1, &[1, 2]), &everything()).0,
         Reply::Ack { accepted: 2, duplicates: 0 }
     );
+}
+
+#[test]
+fn a_batch_in_flight_waits_for_the_one_it_follows_and_is_never_taken_before_it() {
+    let (svc, _dir) = service(false);
+    let published = Mutex::new(Vec::new());
+    let handle = |body: &[u8], follows| {
+        svc.handle(
+            "",
+            body,
+            (None, follows),
+            |_| true,
+            |_, json| {
+                let json: serde_json::Value = serde_json::from_slice(json).unwrap();
+                published.lock().unwrap().push(json["seq"].as_u64().unwrap());
+            },
+        )
+    };
+    // The second batch may reach its worker first: it waits for the first, whichever starts first.
+    std::thread::scope(|s| {
+        let second = s.spawn(|| handle(&batch("pi", 1, &[4, 5]), Some((1, 3))));
+        assert_eq!(handle(&batch("pi", 1, &[1, 2, 3]), None), Reply::Ack { accepted: 3, duplicates: 0 });
+        assert_eq!(second.join().unwrap(), Reply::Ack { accepted: 2, duplicates: 0 });
+    });
+    assert_eq!(*published.lock().unwrap(), [1, 2, 3, 4, 5], "published in the agent's order");
+    // One following a batch that never comes is not taken: its samples would hide that batch's.
+    let started = std::time::Instant::now();
+    let reply = handle(&batch("pi", 1, &[9]), Some((1, 8)));
+    assert!(matches!(&reply, Reply::Retry { after_ms: 0, .. }), "{reply:?}");
+    assert!(started.elapsed() >= FOLLOW_WAIT, "it waited for the batch in hand first");
+    assert_eq!(svc.store.watermarks.get("pi").unwrap().of(1), 5, "the watermark stayed");
+    assert_eq!(svc.counters.out_of_order.load(Relaxed), 1);
+    // Resent in order, both go.
+    assert_eq!(handle(&batch("pi", 1, &[6, 7, 8]), None), Reply::Ack { accepted: 3, duplicates: 0 });
+    assert_eq!(handle(&batch("pi", 1, &[9]), Some((1, 8))), Reply::Ack { accepted: 1, duplicates: 0 });
 }

@@ -528,16 +528,28 @@ impl Log {
     /// Calls `f` with live records from the head on, in order, until it
     /// returns false. Stops before damage that is not at the head (the next
     /// read from the head deals with it), unless `past_damage`.
-    pub fn read(&mut self, past_damage: bool, mut f: impl FnMut(u64, &[u8]) -> bool) -> io::Result<()> {
+    pub fn read(&mut self, past_damage: bool, f: impl FnMut(u64, &[u8]) -> bool) -> io::Result<()> {
+        self.read_from(0, past_damage, f)
+    }
+
+    /// [`Log::read`], from the live record at index `from` on (segments
+    /// wholly before it are not read).
+    pub fn read_from(
+        &mut self,
+        from: u64,
+        past_damage: bool,
+        mut f: impl FnMut(u64, &[u8]) -> bool,
+    ) -> io::Result<()> {
         if self.front()?.is_none() {
             return Ok(());
         }
         self.readable()?;
-        let head = self.head;
+        let head = self.head.max(from);
         let spans: Vec<(u64, u64, u64)> = self
             .segs
             .iter()
             .enumerate()
+            .filter(|(_, s)| s.last.is_none_or(|last| last >= from))
             .map(|(i, s)| (s.first, if i == 0 { self.head_off } else { 0 }, s.len))
             .collect();
         for (first, mut off, end) in spans {

@@ -3,7 +3,10 @@
 //! the circuit breaker, replay pacing, lingering, reports, retry-after) are
 //! [`proto::uplink`]'s; this is the shell that reads the outboxes, sends
 //! through the broker, and sleeps as told. Samples older than
-//! `live_window_ms` when sent are marked historical.
+//! `live_window_ms` when sent are marked historical. While a backlog
+//! drains, several sample batches are in flight at once ([`window`]).
+
+mod window;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use proto::uplink::{Answer, Lane, Next, Settings, Uplink, Verdict};
 use smol::channel::Receiver;
 use smol::future::FutureExt;
 use transport::{AsyncClient, ClientOptions, Endpoint};
+use window::{Flight, Window};
 
 use crate::clock;
 use crate::config::UplinkConfig;
@@ -28,6 +32,7 @@ pub async fn run(
 ) {
     let options = ClientOptions { timeout, retries: 0, ..ClientOptions::default() };
     let mut client = AsyncClient::new(&ctx, &broker, options);
+    let mut window = Window::new(&ctx, &broker);
     let mut seen = shared.uplink_changes.load(Relaxed);
     let mut cfg = shared.uplink();
     let mut up = Uplink::new(settings(&cfg), Instant::now());
@@ -38,8 +43,28 @@ pub async fn run(
             seen = shared.uplink_changes.load(Relaxed);
             cfg = shared.uplink();
             up = Uplink::new(settings(&cfg), Instant::now());
+            window.reset();
+            shared.outbox.not_sent();
         }
         let (events, samples) = (shared.alarms.outbox.stats().records, shared.outbox.stats().records);
+        if !window.is_empty() {
+            // Batches on the wire: another full one may follow them (not
+            // while alarm events wait: those go once the window is empty).
+            let unsent = samples.saturating_sub(window.records());
+            let more = events == 0
+                && unsent >= cfg.batch_records as u64
+                && window.has_room(cfg.max_in_flight)
+                && window.newest().is_some_and(|f| f.last.is_some());
+            let wait = if more {
+                send_samples(&shared, &mut window, &mut up, &cfg, timeout).await
+            } else {
+                settle_samples(&shared, &mut window, &mut up).await
+            };
+            if !wait.is_zero() {
+                smol::Timer::after(wait).await;
+            }
+            continue;
+        }
         let next = up.next(Instant::now(), events, samples);
         set_breaker(&shared, &up);
         let wait = match next {
@@ -55,7 +80,7 @@ pub async fn run(
             }
             Next::Wait(wait) => wait,
             Next::Send(Lane::Events) => send_events(&shared, &mut client, &mut up, &cfg).await,
-            Next::Send(Lane::Samples) => send_samples(&shared, &mut client, &mut up, &cfg).await,
+            Next::Send(Lane::Samples) => send_samples(&shared, &mut window, &mut up, &cfg, timeout).await,
         };
         if !wait.is_zero() {
             smol::Timer::after(wait).await;
@@ -75,16 +100,20 @@ fn settings(cfg: &UplinkConfig) -> Settings {
     }
 }
 
-/// Reads up to a batch from `outbox` off the executor (the SD card may be
-/// slow); `Err(wait)` when there is nothing to send after all.
+/// Reads up to a batch from `outbox` (after key `after`, the newest in
+/// flight) off the executor (the SD card may be slow); `Err(wait)` when
+/// there is nothing to send after all.
 async fn peek<R: crate::outbox::Record + Send + 'static>(
     outbox: &Arc<crate::outbox::Outbox<R>>,
+    after: Option<crate::outbox::Key>,
     cfg: &UplinkConfig,
     empty_ok: bool,
 ) -> Result<crate::outbox::Peeked<R>, Duration> {
     let (reader, records, bytes) = (outbox.clone(), cfg.batch_records, cfg.batch_bytes);
-    match smol::unblock(move || reader.peek(records, bytes)).await {
+    match smol::unblock(move || reader.peek_after(after, records, bytes)).await {
         Ok(batch) if !batch.records.is_empty() || empty_ok => Ok(batch),
+        // Past the batches in flight: nothing readable now; they settle first.
+        Ok(_) if after.is_some() => Err(Duration::ZERO),
         Ok(_) => {
             // The counters said records were there but none are: recount, and
             // yield rather than spin on this thread.
@@ -100,24 +129,34 @@ async fn peek<R: crate::outbox::Record + Send + 'static>(
     }
 }
 
-/// Sends the oldest samples (or, with none, the report alone); returns how
+/// Sends the oldest samples not in flight (or, with none and nothing in
+/// flight, the report alone) without waiting for the answer; returns how
 /// long to wait before the next step.
 async fn send_samples(
     shared: &Arc<Shared>,
-    client: &mut AsyncClient,
+    window: &mut Window,
     up: &mut Uplink,
     cfg: &UplinkConfig,
+    timeout: Duration,
 ) -> Duration {
-    let batch = match peek(&shared.outbox, cfg, true).await {
+    let after = window.newest().and_then(|f| f.through);
+    let batch = match peek(&shared.outbox, after, cfg, window.is_empty()).await {
         Ok(batch) => batch,
-        Err(wait) => return wait,
+        Err(wait) if window.is_empty() => return wait,
+        // Nothing more to add: wait for what is in flight.
+        Err(_) => return settle_samples(shared, window, up).await,
     };
+    // Samples made under another id go in a window of their own.
+    if window.newest().is_some_and(|f| *f.agent != *batch.agent) {
+        return settle_samples(shared, window, up).await;
+    }
     let wait = up.pace(batch.records.len(), Instant::now());
     if !wait.is_zero() {
         smol::Timer::after(wait).await;
     }
     let (now_mono, live_window_ns) = (shared.clock.mono_ns(), cfg.live_window_ms * 1_000_000);
-    let last_key = batch.records.last().map(|(key, _)| *key);
+    let through = batch.records.last().map(|(key, _)| *key);
+    let last = batch.records.last().map(|(_, s)| (s.epoch, s.seq));
     let count = batch.records.len();
     // Samples made under another id (it changed under a backlog) go
     // under that one, never relabelled; the report is this agent's.
@@ -133,17 +172,41 @@ async fn send_samples(
         })
         .collect();
     let body = Batch { agent: agent.clone(), samples, events: Vec::new() }.encode();
-    if let Some(key) = last_key {
+    let report = if ours { report(shared).encode() } else { Vec::new() };
+    if ours {
+        up.reported(Instant::now());
+    }
+    let deadline = Instant::now() + timeout;
+    let flight = Flight { id: 0, through, last, agent: batch.agent, ours, count, deadline };
+    if let Err(e) = window.send([&body, &report], flight).await {
+        return unanswered(shared, window, up, &e.to_string());
+    }
+    if let Some(key) = through {
         shared.outbox.sending(key);
     }
-    let reply = send(shared, client, up, &body, ours).await;
-    let answer = match &reply {
+    if window.has_room(cfg.max_in_flight) {
+        Duration::ZERO
+    } else {
+        settle_samples(shared, window, up).await
+    }
+}
+
+/// Waits for the next answer to a batch in flight and acts on it; returns
+/// how long to wait before the next step.
+async fn settle_samples(shared: &Arc<Shared>, window: &mut Window, up: &mut Uplink) -> Duration {
+    let answered = match window.answer().await {
+        Ok(answered) => answered,
+        Err(e) => return unanswered(shared, window, up, &e),
+    };
+    let (flight, ours) = (&answered.flight, answered.flight.ours);
+    let answer = match &answered.reply {
         Ok(Reply::Ack { .. }) => Answer::Ack { complete: true },
         Ok(Reply::Retry { reason, after_ms }) => {
             note(shared, LinkState::Up, format!("hub asks to retry: {reason}"));
             Answer::Retry { after: Duration::from_millis((*after_ms).into()) }
         }
         Ok(Reply::Refused { reason }) if !ours => {
+            let agent = &flight.agent;
             let why = format!(
                 "the hub refuses the samples this agent made as '{agent}' before its id became '{}' \
                  ({reason}); they are kept and hold back the newer ones. With security, only the \
@@ -167,7 +230,8 @@ async fn send_samples(
     };
     match up.answer(Lane::Samples, answer, Instant::now()) {
         Verdict::Retire => {
-            if let Some(Err(e)) = last_key.map(|key| shared.outbox.retire(key)) {
+            // The hub takes a batch only after the one it follows: this Ack covers those before it.
+            if let Some(Err(e)) = flight.through.map(|key| shared.outbox.retire(key)) {
                 log::error!("outbox retire failed: {e}");
             }
             let mut link = shared.link();
@@ -177,14 +241,27 @@ async fn send_samples(
             link.state = LinkState::Up;
             link.last_ack_wall_ns = Some(clock::wall_ns());
             link.last_error = None;
-            link.batches_acked += 1;
-            link.samples_acked += count as u64;
+            link.batches_acked += answered.settles as u64;
+            link.samples_acked += answered.records as u64;
             Duration::ZERO
         }
         Verdict::Keep(wait) => {
+            // Later batches cannot have been taken without this one: all go again.
+            window.reset();
             shared.outbox.not_sent();
             wait
         }
+    }
+}
+
+/// No answer (or the send failed): everything in flight goes again later.
+fn unanswered(shared: &Shared, window: &mut Window, up: &mut Uplink, e: &str) -> Duration {
+    unreachable(shared, e);
+    window.reset();
+    shared.outbox.not_sent();
+    match up.answer(Lane::Samples, Answer::Unreachable, Instant::now()) {
+        Verdict::Keep(wait) => wait,
+        Verdict::Retire => Duration::ZERO,
     }
 }
 
@@ -196,7 +273,7 @@ async fn send_events(
     up: &mut Uplink,
     cfg: &UplinkConfig,
 ) -> Duration {
-    let batch = match peek(&shared.alarms.outbox, cfg, false).await {
+    let batch = match peek(&shared.alarms.outbox, None, cfg, false).await {
         Ok(batch) => batch,
         Err(wait) => return wait,
     };

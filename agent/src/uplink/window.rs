@@ -1,0 +1,152 @@
+//! Sample batches in flight: while a backlog drains, the next batch goes
+//! before the last is answered, up to the smaller of `uplink.max_in_flight`
+//! and the window the hub says it takes ([`proto::ingest`] has the rules).
+//!
+//! All of them go on one socket, so the broker gets them in the order sent.
+//! Each names the batch it follows, so the hub never takes it before that
+//! one. An Ack of any batch therefore covers every batch before it, and the
+//! outbox retires through it. Any other answer (or none in time) drops the
+//! socket and everything in flight: the outbox sends again from its oldest
+//! record, and the hub drops what it already had as repeats.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use proto::ingest::{Echo, Order, Reply};
+use transport::{AsyncPipeline, ClientError, Endpoint};
+
+use crate::outbox::Key;
+
+/// One batch on the wire.
+pub struct Flight {
+    /// Its [`Order::id`], echoed in the hub's reply.
+    pub id: u64,
+    /// The outbox key of its last record (none: a report alone).
+    pub through: Option<Key>,
+    /// (epoch, seq) of its last sample: what the next batch follows.
+    pub last: Option<(u64, u64)>,
+    /// The agent id it went under, and whether that is this agent's own.
+    pub agent: Arc<str>,
+    pub ours: bool,
+    pub count: usize,
+    /// When no answer by then, the hub (or the link) is taken to be away.
+    pub deadline: Instant,
+}
+
+/// The batches in flight and the socket they went on.
+pub struct Window {
+    ctx: zmq::Context,
+    broker: Endpoint,
+    pipeline: Option<AsyncPipeline>,
+    flights: VecDeque<Flight>,
+    /// Batches the hub takes in flight, from its last reply; 1 until a
+    /// reply says more (a hub that predates this never does).
+    hub_window: u32,
+    next_id: u64,
+}
+
+/// A reply, matched to the batch it answers.
+pub struct Answered {
+    pub reply: Result<Reply, String>,
+    /// The batch, and how many flights (it and those before it) it settles.
+    pub flight: Flight,
+    pub settles: usize,
+    pub records: usize,
+}
+
+impl Window {
+    pub fn new(ctx: &zmq::Context, broker: &Endpoint) -> Window {
+        Window {
+            ctx: ctx.clone(),
+            broker: broker.clone(),
+            pipeline: None,
+            flights: VecDeque::new(),
+            hub_window: 1,
+            next_id: 1,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flights.is_empty()
+    }
+
+    /// Samples in flight.
+    pub fn records(&self) -> u64 {
+        self.flights.iter().map(|f| f.count as u64).sum()
+    }
+
+    pub fn newest(&self) -> Option<&Flight> {
+        self.flights.back()
+    }
+
+    /// Whether another batch may go now, with at most `ours` in flight.
+    pub fn has_room(&self, ours: u32) -> bool {
+        (self.flights.len() as u32) < ours.min(self.hub_window).max(1)
+    }
+
+    /// Forgets everything in flight and the socket (late replies go with it).
+    pub fn reset(&mut self) {
+        self.flights.clear();
+        self.pipeline = None;
+        self.hub_window = 1;
+    }
+
+    /// Sends `frames` (batch, report or empty) as the next batch, following
+    /// the newest in flight; `flight` describes it (its id is set here).
+    pub async fn send(&mut self, frames: [&[u8]; 2], mut flight: Flight) -> Result<(), ClientError> {
+        if self.pipeline.is_none() {
+            let dialect = transport::ClientOptions::default().dialect;
+            self.pipeline = Some(AsyncPipeline::connect(&self.ctx, &self.broker, dialect)?);
+        }
+        let (id, follows) = (self.next_id, self.flights.back().and_then(|f| f.last));
+        self.next_id += 1;
+        let order = Order { id, follows }.encode();
+        let pipeline = self.pipeline.as_ref().expect("just made");
+        pipeline.send(proto::ingest::SERVICE, &[frames[0], frames[1], &order]).await?;
+        flight.id = id;
+        self.flights.push_back(flight);
+        Ok(())
+    }
+
+    /// The next answer to a batch in flight; `Err` when the oldest's time
+    /// ran out first (or the socket failed). Replies to batches no longer
+    /// in flight are passed over.
+    pub async fn answer(&mut self) -> Result<Answered, String> {
+        loop {
+            let Some(oldest) = self.flights.front() else { return Err("nothing in flight".into()) };
+            let left = oldest.deadline.saturating_duration_since(Instant::now());
+            let Some(pipeline) = self.pipeline.as_mut() else { return Err("no socket".into()) };
+            let frames = match pipeline.recv(left).await {
+                Ok(Some(frames)) => frames,
+                Ok(None) => {
+                    return Err(format!(
+                        "no reply from service '{}' at {} in time: check that the hub is running there",
+                        proto::ingest::SERVICE,
+                        self.broker.address
+                    ))
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            let echo = frames.get(1).and_then(|f| Echo::decode(f).ok());
+            // A hub without echoes takes one batch at a time: the reply is the oldest's.
+            let at = match echo {
+                Some(echo) => {
+                    self.hub_window = echo.window.max(1);
+                    self.flights.iter().position(|f| f.id == echo.id)
+                }
+                None => Some(0),
+            };
+            let Some(at) = at else { continue };
+            let reply = frames
+                .first()
+                .ok_or_else(|| "an empty reply from the hub".to_string())
+                .and_then(|f| Reply::decode(f).map_err(|e| format!("undecodable reply from the hub: {e}")));
+            let settled: Vec<Flight> = self.flights.drain(..=at).collect();
+            let records = settled.iter().map(|f| f.count).sum();
+            let settles = settled.len();
+            let flight = settled.into_iter().last().expect("at least the one answered");
+            return Ok(Answered { reply, flight, settles, records });
+        }
+    }
+}
