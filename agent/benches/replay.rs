@@ -1,6 +1,6 @@
 //! Acked replay through the hub, and the agent's memory.
 //!
-//!   cargo bench -p agent --bench replay [-- --backlog 100000]
+//!   cargo bench -p agent --bench replay [-- --backlog 100000 --in-flight 4]
 //!
 //! A backlog is written into an agent's outbox (with the agent's own outbox
 //! code), then the real `hub serve` and `agent run` are started and a
@@ -49,7 +49,10 @@ fn pss_kib(pid: u32) -> u64 {
 }
 
 fn main() {
-    let backlog = Args::from_env().get("--backlog", 100_000u64);
+    let args = Args::from_env();
+    let backlog = args.get("--backlog", 100_000u64);
+    // Batches on the way at once ([uplink] max_in_flight; 1: one at a time).
+    let in_flight = args.get("--in-flight", 4u32);
     // Built with this bench's profile, next to the agent.
     let hub = bin("hub");
     let dir = tempfile::tempdir().unwrap();
@@ -94,7 +97,7 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "id = \"bench\"\nboard = \"sim\"\ndata_dir = \"{}\"\n[hub]\nbroker = \"{broker}\"\nbus = \"{front}\"\n[uplink]\nreplay_rate = 10000000\nbatch_records = 1000\nbatch_bytes = 1048576\n[[channel]]\nname = \"slow\"\nperiod_ms = 3600000\ndriver = {{ kind = \"toggle\" }}\n",
+            "id = \"bench\"\nboard = \"sim\"\ndata_dir = \"{}\"\n[hub]\nbroker = \"{broker}\"\nbus = \"{front}\"\n[uplink]\nreplay_rate = 10000000\nbatch_records = 1000\nbatch_bytes = 1048576\nmax_in_flight = {in_flight}\n[[channel]]\nname = \"slow\"\nperiod_ms = 3600000\ndriver = {{ kind = \"toggle\" }}\n",
             data.display()
         ),
     )
@@ -130,7 +133,7 @@ fn main() {
     let replay = first.elapsed();
     let to_first = first - started;
     let outbox_after = dir_bytes(&data.join("outbox"));
-    println!("replay benchmark: {backlog} durable samples waiting in the outbox, hub and agent as processes");
+    println!("replay benchmark: {backlog} durable samples waiting in the outbox, hub and agent as processes, {in_flight} batch(es) in flight");
     println!();
     println!("  acked replay through the hub      {:>10.0} samples/s ({backlog} in {replay:.2?}; first sample {to_first:.2?} after start)", backlog as f64 / replay.as_secs_f64());
     let mib = |kib: u64| kib as f64 / 1024.0;

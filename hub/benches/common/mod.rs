@@ -61,6 +61,8 @@ pub struct Secure {
     pub dir: tempfile::TempDir,
     pub config: std::path::PathBuf,
     pub client: transport::curve::ClientKeys,
+    /// The hub's key pair, for a bench's own CURVE server.
+    pub server: transport::curve::ServerKeys,
 }
 
 impl Secure {
@@ -80,7 +82,8 @@ impl Secure {
         );
         std::fs::write(&config, text).unwrap();
         let client = read_client_keys(&bench_secret, &hub_public).unwrap();
-        Secure { dir, config, client }
+        let server = transport::curve::read_key_pair(&hub_secret).unwrap();
+        Secure { dir, config, client, server }
     }
 
     pub fn endpoint(&self, address: &str) -> transport::Endpoint {
