@@ -121,7 +121,9 @@ fn send_pipelined(endpoint: &str, agent: &str, per_agent: u64, batch: usize, win
             seq += samples.len() as u64;
             let body = Batch { agent: agent.into(), samples, events: Vec::new() }.encode();
             let order = Order { id: next_id, follows: flights.back().map(|&(_, last)| (42, last)) }.encode();
-            client.send(proto::ingest::SERVICE.as_bytes(), [&body[..], &[], &order]).expect("send");
+            // As the uplink does: in flight, to the service that keeps the order.
+            let service = if window > 1 { proto::ingest::ORDERED_SERVICE } else { proto::ingest::SERVICE };
+            client.send(service.as_bytes(), [&body[..], &[], &order]).expect("send");
             flights.push_back((next_id, seq));
             next_id += 1;
             continue;

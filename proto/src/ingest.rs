@@ -20,7 +20,10 @@
 //! would raise the watermark past the earlier batch's samples, which would
 //! then be dropped as repeats. Hubs that predate this read the first two
 //! frames and reply with one, and their agents read the first reply frame:
-//! an agent sends one batch at a time until it sees a window.
+//! an agent sends one batch at a time until it sees a window. While it has
+//! a window it sends to [`ORDERED_SERVICE`], which older hubs lack: a hub
+//! replaced by an older one under a running agent (its socket reconnects
+//! without a word) never takes batches it cannot order.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +33,12 @@ use crate::sample::Sample;
 
 /// The Majordomo service name of the hub's ingest.
 pub const SERVICE: &str = "org.plantd.Ingest";
+
+/// The same service for batches sent while others are in flight. Only hubs
+/// that keep their order register it: a hub from before never gets such a
+/// batch (it would take it in any order), the request goes unanswered, and
+/// the agent goes back to one batch at a time on [`SERVICE`].
+pub const ORDERED_SERVICE: &str = "org.plantd.Ingest.Ordered";
 
 /// A sample as sent to the hub, marked historical when it is late.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -74,6 +74,7 @@ fn mmi_over_the_wire() {
         "org.plantd.Hub",
         "org.plantd.State",
         "org.plantd.Ingest",
+        "org.plantd.Ingest.Ordered",
         "org.plantd.Consumer",
         "org.plantd.Consumer.Admin",
         "org.plantd.Fleet",
@@ -87,7 +88,7 @@ fn mmi_over_the_wire() {
     assert_eq!(
         get("mmi.services", &[]),
         vec![
-            r#"["echo","org.plantd.Consumer","org.plantd.Consumer.Admin","org.plantd.Fleet","org.plantd.Fleet.Admin","org.plantd.Hub","org.plantd.Ingest","org.plantd.State"]"#
+            r#"["echo","org.plantd.Consumer","org.plantd.Consumer.Admin","org.plantd.Fleet","org.plantd.Fleet.Admin","org.plantd.Hub","org.plantd.Ingest","org.plantd.Ingest.Ordered","org.plantd.State"]"#
         ]
     );
     let workers: serde_json::Value = serde_json::from_str(&get("mmi.workers", &[])[0]).unwrap();

@@ -150,13 +150,17 @@ async fn send_samples(
     if window.newest().is_some_and(|f| *f.agent != *batch.agent) {
         return settle_samples(shared, window, up).await;
     }
+    let through = batch.records.last().map(|(key, _)| *key);
+    let last = batch.records.last().map(|(_, s)| (s.epoch, s.seq));
+    // From here on, records of this batch the outbox drops are counted against it.
+    if let Some(key) = through {
+        shared.outbox.sending(key);
+    }
     let wait = up.pace(batch.records.len(), Instant::now());
     if !wait.is_zero() {
         smol::Timer::after(wait).await;
     }
     let (now_mono, live_window_ns) = (shared.clock.mono_ns(), cfg.live_window_ms * 1_000_000);
-    let through = batch.records.last().map(|(key, _)| *key);
-    let last = batch.records.last().map(|(_, s)| (s.epoch, s.seq));
     let count = batch.records.len();
     // Samples made under another id (it changed under a backlog) go
     // under that one, never relabelled; the report is this agent's.
@@ -177,12 +181,9 @@ async fn send_samples(
         up.reported(Instant::now());
     }
     let deadline = Instant::now() + timeout;
-    let flight = Flight { id: 0, through, last, agent: batch.agent, ours, count, deadline };
+    let flight = Flight { id: 0, through, last, agent: batch.agent, ours, count, deadline, ordered: false };
     if let Err(e) = window.send([&body, &report], flight).await {
         return unanswered(shared, window, up, &e.to_string());
-    }
-    if let Some(key) = through {
-        shared.outbox.sending(key);
     }
     if window.has_room(cfg.max_in_flight) {
         Duration::ZERO

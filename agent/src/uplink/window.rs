@@ -4,7 +4,10 @@
 //!
 //! All of them go on one socket, so the broker gets them in the order sent.
 //! Each names the batch it follows, so the hub never takes it before that
-//! one. An Ack of any batch therefore covers every batch before it, and the
+//! one. With a window they go to the ordered service, which only hubs that
+//! keep that order have: a hub swapped for an older one (the socket
+//! reconnects to it silently) leaves them unanswered, and the agent goes
+//! back to one batch at a time on the plain service. An Ack of any batch therefore covers every batch before it, and the
 //! outbox retires through it. Any other answer (or none in time) drops the
 //! socket and everything in flight: the outbox sends again from its oldest
 //! record, and the hub drops what it already had as repeats.
@@ -32,6 +35,8 @@ pub struct Flight {
     pub count: usize,
     /// When no answer by then, the hub (or the link) is taken to be away.
     pub deadline: Instant,
+    /// Sent to the ordered service (only hubs with echoes answer it).
+    pub ordered: bool,
 }
 
 /// The batches in flight and the socket they went on.
@@ -102,9 +107,11 @@ impl Window {
         let (id, follows) = (self.next_id, self.flights.back().and_then(|f| f.last));
         self.next_id += 1;
         let order = Order { id, follows }.encode();
+        let ordered = self.hub_window > 1;
+        let service = if ordered { proto::ingest::ORDERED_SERVICE } else { proto::ingest::SERVICE };
         let pipeline = self.pipeline.as_ref().expect("just made");
-        pipeline.send(proto::ingest::SERVICE, &[frames[0], frames[1], &order]).await?;
-        flight.id = id;
+        pipeline.send(service, &[frames[0], frames[1], &order]).await?;
+        (flight.id, flight.ordered) = (id, ordered);
         self.flights.push_back(flight);
         Ok(())
     }
@@ -129,13 +136,17 @@ impl Window {
                 Err(e) => return Err(e.to_string()),
             };
             let echo = frames.get(1).and_then(|f| Echo::decode(f).ok());
-            // A hub without echoes takes one batch at a time: the reply is the oldest's.
             let at = match echo {
                 Some(echo) => {
                     self.hub_window = echo.window.max(1);
                     self.flights.iter().position(|f| f.id == echo.id)
                 }
-                None => Some(0),
+                // A hub without echoes answers only the plain service, which
+                // gets a batch only when it is the one in flight.
+                None => {
+                    self.hub_window = 1;
+                    (self.flights.len() == 1 && !self.flights[0].ordered).then_some(0)
+                }
             };
             let Some(at) = at else { continue };
             let reply = frames
@@ -148,5 +159,76 @@ impl Window {
             let flight = settled.into_iter().last().expect("at least the one answered");
             return Ok(Answered { reply, flight, settles, records });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A hub from before batches in flight, as its broker answers: the plain
+    /// service, one reply frame and no echo; the ordered service it lacks
+    /// goes unanswered. Returns the services it was asked for.
+    fn older_hub(endpoint: &str) -> std::thread::JoinHandle<Vec<String>> {
+        let ctx = zmq::Context::new();
+        let router = ctx.socket(zmq::ROUTER).unwrap();
+        router.bind(endpoint).unwrap();
+        std::thread::spawn(move || {
+            let mut asked = Vec::new();
+            // Until no request came for a second.
+            while router.poll(zmq::POLLIN, 1000).unwrap() > 0 {
+                let frames = router.recv_multipart(0).unwrap();
+                // [peer, "", MDPC01, service, batch, report, order]
+                let service = String::from_utf8_lossy(&frames[3]).into_owned();
+                if service == proto::ingest::SERVICE {
+                    let ack = Reply::Ack { accepted: 1, duplicates: 0 }.encode();
+                    let reply: [&[u8]; 5] = [&frames[0], b"", b"MDPC01", &frames[3], &ack];
+                    router.send_multipart(reply, 0).unwrap();
+                }
+                asked.push(service);
+            }
+            asked
+        })
+    }
+
+    fn flight(seq: u64) -> Flight {
+        let deadline = Instant::now() + Duration::from_millis(300);
+        let agent: Arc<str> = "pi".into();
+        Flight {
+            id: 0,
+            through: Some(seq),
+            last: Some((1, seq)),
+            agent,
+            ours: true,
+            count: 1,
+            deadline,
+            ordered: false,
+        }
+    }
+
+    #[test]
+    fn a_hub_swapped_for_an_older_one_never_gets_batches_it_cannot_order() {
+        let endpoint = testkit::free_endpoint();
+        let hub = older_hub(&endpoint);
+        let ctx = zmq::Context::new();
+        let mut window = Window::new(&ctx, &Endpoint::plain(&endpoint));
+        // A window learned from the hub before it was swapped: the socket does not notice the swap.
+        window.hub_window = 4;
+        smol::block_on(async {
+            window.send([b"batch 1", b""], flight(1)).await.unwrap();
+            window.send([b"batch 2", b""], flight(2)).await.unwrap();
+            assert!(window.answer().await.is_err(), "the older hub took none of them: no Ack to retire by");
+            window.reset();
+            // One at a time, on the plain service, it is answered (and no window is learned).
+            window.send([b"batch 1", b""], flight(1)).await.unwrap();
+            let answered = window.answer().await.expect("the older hub answers the plain service");
+            assert_eq!((answered.flight.through, answered.settles), (Some(1), 1));
+            assert!(matches!(answered.reply, Ok(Reply::Ack { .. })));
+            assert_eq!(window.hub_window, 1, "still one at a time");
+        });
+        let asked = hub.join().unwrap();
+        let ordered = proto::ingest::ORDERED_SERVICE.to_string();
+        assert_eq!(asked, [ordered.clone(), ordered, proto::ingest::SERVICE.to_string()]);
     }
 }

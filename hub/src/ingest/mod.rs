@@ -206,10 +206,16 @@ impl IngestService {
         self.counters.clone()
     }
 
-    /// One worker: serves batches until shutdown. Run several for several agents at once.
-    pub fn serve(&self, ctx: &zmq::Context, signal: &ShutdownWatch) -> Result<(), IngestError> {
+    /// One worker of `service` ([`proto::ingest::SERVICE`] or its ordered
+    /// twin): serves batches until shutdown. Run several for several agents at once.
+    pub fn serve(
+        &self,
+        ctx: &zmq::Context,
+        signal: &ShutdownWatch,
+        service: &str,
+    ) -> Result<(), IngestError> {
         self.connect_publishers(ctx)?;
-        let worker = Worker::new(ctx, BROKER_INPROC, proto::ingest::SERVICE, self.worker.clone());
+        let worker = Worker::new(ctx, BROKER_INPROC, service, self.worker.clone());
         worker.run(signal, |body: Vec<zmq::Message>, _: &mut transport::Replier<'_>| {
             let frame = |i: usize| body.get(i).map(|f| &f[..]);
             // [caller (with security)], batch, [report (may be empty), [order]]
@@ -233,7 +239,15 @@ impl IngestService {
                     }
                 },
             );
-            let echo = Echo { id: order.map_or(0, |o| o.id), window: self.config.max_in_flight };
+            // An identity whose role may not call the ordered service is told to send one at a time.
+            let ordered = |s: &Arc<Security>| {
+                s.grants(&caller).may_call(proto::ingest::ORDERED_SERVICE.as_bytes(), None)
+            };
+            let window = match &self.security {
+                Some(security) if !ordered(security) => 1,
+                _ => self.config.max_in_flight,
+            };
+            let echo = Echo { id: order.map_or(0, |o| o.id), window };
             vec![zmq::Message::from(reply.encode()), zmq::Message::from(echo.encode())]
         })?;
         Ok(())
@@ -358,6 +372,13 @@ impl IngestService {
                 marks = match self.store.watermarks.get(agent) {
                     Ok(marks) => marks,
                     Err(e) => return self.storage_failure(e),
+                };
+            }
+            // The one before may have raised the watermark and then failed to flush it.
+            if self.store.is_broken() {
+                return Reply::Retry {
+                    reason: "the hub's ingest store failed to write".into(),
+                    after_ms: 1000,
                 };
             }
         }

@@ -52,7 +52,13 @@ pub fn builtin_roles() -> BTreeMap<String, Role> {
     let everything = || BTreeMap::from([("*".to_string(), strings(&[""]))]);
     let agent = Role {
         provide: strings(&["org.plantd.Agent.{id}"]),
-        call: strings(&["org.plantd.Ingest", "org.plantd.State", "org.plantd.Fleet", "mmi.service"]),
+        call: strings(&[
+            "org.plantd.Ingest",
+            "org.plantd.Ingest.Ordered",
+            "org.plantd.State",
+            "org.plantd.Fleet",
+            "mmi.service",
+        ]),
         publish: BTreeMap::from([("metric".into(), strings(&["org.plantd.Metric.{id}."]))]),
         state_read: strings(&["{id}"]),
         state_write: strings(&["{id}"]),

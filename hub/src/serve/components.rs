@@ -208,11 +208,16 @@ impl Hub {
             "ingest",
             Arc::new(move |out: &mut Families| crate::ingest::collect(&bounds, &counters, &agents, out)),
         );
+        // As many for batches sent in flight (their own service: see proto::ingest::ORDERED_SERVICE).
         for i in 0..config.ingest.workers {
-            let (ingest, ctx) = (ingest.clone(), ctx.clone());
-            self.spawn(format!("ingest-{i}"), move |signal| {
-                ingest.serve(&ctx, &signal).map_err(ServeError::from)
-            })?;
+            for (name, service) in
+                [("ingest", proto::ingest::SERVICE), ("ingest-ordered", proto::ingest::ORDERED_SERVICE)]
+            {
+                let (ingest, ctx) = (ingest.clone(), ctx.clone());
+                self.spawn(format!("{name}-{i}"), move |signal| {
+                    ingest.serve(&ctx, &signal, service).map_err(ServeError::from)
+                })?;
+            }
         }
         Ok(Some(ingest))
     }

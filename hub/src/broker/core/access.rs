@@ -23,9 +23,10 @@ use crate::broker::config::BrokerConfig;
 use crate::security::{Grants, Kind, Security};
 
 /// Services only the hub's own in-process workers may provide.
-const RESERVED: [&[u8]; 8] = [
+const RESERVED: [&[u8]; 9] = [
     proto::state::SERVICE.as_bytes(),
     proto::ingest::SERVICE.as_bytes(),
+    proto::ingest::ORDERED_SERVICE.as_bytes(),
     proto::hub::SERVICE.as_bytes(),
     proto::hub::DLQ_SERVICE.as_bytes(),
     proto::consumer::SERVICE.as_bytes(),
