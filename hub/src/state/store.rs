@@ -439,13 +439,18 @@ impl Store {
                 l.max_scope_bytes
             )));
         }
-        (&disk.scopes, &disk.values).transaction(|(scopes, values)| {
-            if new_scope {
+        if new_scope {
+            (&disk.scopes, &disk.values).transaction(|(scopes, values)| {
                 scopes.insert(scope.as_bytes(), owner.as_bytes())?;
-            }
-            values.insert(k.as_slice(), text.as_bytes())?;
-            Ok::<_, ConflictableTransactionError<StoreError>>(())
-        })?;
+                values.insert(k.as_slice(), text.as_bytes())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })?;
+        } else {
+            // One key in a scope that exists: a plain insert is atomic on its own. A sled
+            // transaction would seal its log buffer, so every set would cost a write and a
+            // sync_file_range of its own.
+            disk.values.insert(k.as_slice(), text.as_bytes())?;
+        }
         if new_scope {
             usage.scopes.insert(scope.into(), ScopeUsage { owner: owner.into(), ..ScopeUsage::default() });
             *usage.owned.entry(owner.into()).or_default() += 1;

@@ -112,13 +112,19 @@ fn flushed_writes_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = Store::open(dir.path(), 1 << 20, false, Limits::default()).unwrap();
+        // The first set creates the scope (with the key, atomically); the
+        // others write into a scope that exists, without a transaction.
+        s.set("plant", "mode", &json!({"auto": false}), "").unwrap();
+        s.set("plant", "speed", &json!(3), "").unwrap();
         s.set("plant", "mode", &json!({"auto": true}), "").unwrap();
-        assert_eq!((s.writes(), s.durable_writes()), (1, 0));
+        assert_eq!((s.writes(), s.durable_writes()), (3, 0));
         s.flush().unwrap();
-        assert_eq!(s.durable_writes(), 1);
+        assert_eq!(s.durable_writes(), 3);
     }
     let s = Store::open(dir.path(), 1 << 20, false, Limits::default()).unwrap();
     assert_eq!(s.get("plant", "mode").unwrap(), Some(json!({"auto": true})));
+    assert_eq!(s.get("plant", "speed").unwrap(), Some(json!(3)));
+    assert_eq!(s.list_keys("plant").unwrap().len(), 2);
 }
 
 #[test]
