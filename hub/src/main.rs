@@ -7,6 +7,14 @@ use std::process::ExitCode;
 
 use argh::FromArgs;
 
+/// mimalloc for the hub's own allocations: ingest and the bridge make many
+/// small ones per sample on several threads, and glibc's allocator was a
+/// third of their time (docs/performance.md). libzmq keeps glibc's, so the
+/// bus's `malloc_trim` still returns what subscribers' queues held. The
+/// agent keeps glibc's too: there, resident memory matters more than speed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The plantd-edge hub: a Majordomo broker for plant controllers, and the
 /// operator's tools to talk to it.
 #[derive(FromArgs)]
