@@ -17,7 +17,7 @@ use proto::uplink::{Answer, Lane, Next, Settings, Uplink, Verdict};
 use smol::channel::Receiver;
 use smol::future::FutureExt;
 use transport::{AsyncClient, ClientOptions, Endpoint};
-use window::{Flight, Window};
+use window::{Outgoing, Window};
 
 use crate::clock;
 use crate::config::UplinkConfig;
@@ -181,8 +181,8 @@ async fn send_samples(
         up.reported(Instant::now());
     }
     let deadline = Instant::now() + timeout;
-    let flight = Flight { id: 0, through, last, agent: batch.agent, ours, count, deadline, ordered: false };
-    if let Err(e) = window.send([&body, &report], flight).await {
+    let outgoing = Outgoing { through, last, agent: batch.agent, ours, count, deadline };
+    if let Err(e) = window.send([&body, &report], outgoing).await {
         return unanswered(shared, window, up, &e.to_string());
     }
     if window.has_room(cfg.max_in_flight) {
@@ -199,7 +199,7 @@ async fn settle_samples(shared: &Arc<Shared>, window: &mut Window, up: &mut Upli
         Ok(answered) => answered,
         Err(e) => return unanswered(shared, window, up, &e),
     };
-    let (flight, ours) = (&answered.flight, answered.flight.ours);
+    let (flight, ours) = (&answered.flight.batch, answered.flight.batch.ours);
     let answer = match &answered.reply {
         Ok(Reply::Ack { .. }) => Answer::Ack { complete: true },
         Ok(Reply::Retry { reason, after_ms }) => {

@@ -21,10 +21,8 @@ use transport::{AsyncPipeline, ClientError, Endpoint};
 
 use crate::outbox::Key;
 
-/// One batch on the wire.
-pub struct Flight {
-    /// Its [`Order::id`], echoed in the hub's reply.
-    pub id: u64,
+/// A batch as the uplink sends it.
+pub struct Outgoing {
     /// The outbox key of its last record (none: a report alone).
     pub through: Option<Key>,
     /// (epoch, seq) of its last sample: what the next batch follows.
@@ -35,8 +33,15 @@ pub struct Flight {
     pub count: usize,
     /// When no answer by then, the hub (or the link) is taken to be away.
     pub deadline: Instant,
+}
+
+/// One batch on the wire.
+pub struct Flight {
+    /// Its [`Order::id`], echoed in the hub's reply.
+    pub id: u64,
     /// Sent to the ordered service (only hubs with echoes answer it).
     pub ordered: bool,
+    pub batch: Outgoing,
 }
 
 /// The batches in flight and the socket they went on.
@@ -78,11 +83,12 @@ impl Window {
 
     /// Samples in flight.
     pub fn records(&self) -> u64 {
-        self.flights.iter().map(|f| f.count as u64).sum()
+        self.flights.iter().map(|f| f.batch.count as u64).sum()
     }
 
-    pub fn newest(&self) -> Option<&Flight> {
-        self.flights.back()
+    /// The batch sent last, of those in flight.
+    pub fn newest(&self) -> Option<&Outgoing> {
+        self.flights.back().map(|f| &f.batch)
     }
 
     /// Whether another batch may go now, with at most `ours` in flight.
@@ -98,21 +104,20 @@ impl Window {
     }
 
     /// Sends `frames` (batch, report or empty) as the next batch, following
-    /// the newest in flight; `flight` describes it (its id is set here).
-    pub async fn send(&mut self, frames: [&[u8]; 2], mut flight: Flight) -> Result<(), ClientError> {
+    /// the newest in flight; `batch` describes it.
+    pub async fn send(&mut self, frames: [&[u8]; 2], batch: Outgoing) -> Result<(), ClientError> {
         if self.pipeline.is_none() {
             let dialect = transport::ClientOptions::default().dialect;
             self.pipeline = Some(AsyncPipeline::connect(&self.ctx, &self.broker, dialect)?);
         }
-        let (id, follows) = (self.next_id, self.flights.back().and_then(|f| f.last));
+        let (id, follows) = (self.next_id, self.flights.back().and_then(|f| f.batch.last));
         self.next_id += 1;
         let order = Order { id, follows }.encode();
         let ordered = self.hub_window > 1;
         let service = if ordered { proto::ingest::ORDERED_SERVICE } else { proto::ingest::SERVICE };
         let pipeline = self.pipeline.as_ref().expect("just made");
         pipeline.send(service, &[frames[0], frames[1], &order]).await?;
-        (flight.id, flight.ordered) = (id, ordered);
-        self.flights.push_back(flight);
+        self.flights.push_back(Flight { id, ordered, batch });
         Ok(())
     }
 
@@ -122,7 +127,7 @@ impl Window {
     pub async fn answer(&mut self) -> Result<Answered, String> {
         loop {
             let Some(oldest) = self.flights.front() else { return Err("nothing in flight".into()) };
-            let left = oldest.deadline.saturating_duration_since(Instant::now());
+            let left = oldest.batch.deadline.saturating_duration_since(Instant::now());
             let Some(pipeline) = self.pipeline.as_mut() else { return Err("no socket".into()) };
             let frames = match pipeline.recv(left).await {
                 Ok(Some(frames)) => frames,
@@ -154,7 +159,7 @@ impl Window {
                 .ok_or_else(|| "an empty reply from the hub".to_string())
                 .and_then(|f| Reply::decode(f).map_err(|e| format!("undecodable reply from the hub: {e}")));
             let settled: Vec<Flight> = self.flights.drain(..=at).collect();
-            let records = settled.iter().map(|f| f.count).sum();
+            let records = settled.iter().map(|f| f.batch.count).sum();
             let settles = settled.len();
             let flight = settled.into_iter().last().expect("at least the one answered");
             return Ok(Answered { reply, flight, settles, records });
@@ -192,19 +197,10 @@ mod tests {
         })
     }
 
-    fn flight(seq: u64) -> Flight {
+    fn batch(seq: u64) -> Outgoing {
         let deadline = Instant::now() + Duration::from_millis(300);
         let agent: Arc<str> = "pi".into();
-        Flight {
-            id: 0,
-            through: Some(seq),
-            last: Some((1, seq)),
-            agent,
-            ours: true,
-            count: 1,
-            deadline,
-            ordered: false,
-        }
+        Outgoing { through: Some(seq), last: Some((1, seq)), agent, ours: true, count: 1, deadline }
     }
 
     #[test]
@@ -216,14 +212,14 @@ mod tests {
         // A window learned from the hub before it was swapped: the socket does not notice the swap.
         window.hub_window = 4;
         smol::block_on(async {
-            window.send([b"batch 1", b""], flight(1)).await.unwrap();
-            window.send([b"batch 2", b""], flight(2)).await.unwrap();
+            window.send([b"batch 1", b""], batch(1)).await.unwrap();
+            window.send([b"batch 2", b""], batch(2)).await.unwrap();
             assert!(window.answer().await.is_err(), "the older hub took none of them: no Ack to retire by");
             window.reset();
             // One at a time, on the plain service, it is answered (and no window is learned).
-            window.send([b"batch 1", b""], flight(1)).await.unwrap();
+            window.send([b"batch 1", b""], batch(1)).await.unwrap();
             let answered = window.answer().await.expect("the older hub answers the plain service");
-            assert_eq!((answered.flight.through, answered.settles), (Some(1), 1));
+            assert_eq!((answered.flight.batch.through, answered.settles), (Some(1), 1));
             assert!(matches!(answered.reply, Ok(Reply::Ack { .. })));
             assert_eq!(window.hub_window, 1, "still one at a time");
         });
