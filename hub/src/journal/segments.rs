@@ -54,10 +54,21 @@ impl Recent {
     }
 
     fn shrink(&mut self) {
-        while self.bytes > self.max_bytes {
-            let Some((_, value)) = self.entries.pop_front() else { break };
-            self.bytes -= value.len();
+        while self.bytes > self.max_bytes && self.pop_front() {}
+    }
+
+    /// Forgets the entries below `key` (their segment was dropped).
+    fn drop_below(&mut self, key: u64) {
+        while self.entries.front().is_some_and(|(k, _)| *k < key) {
+            self.pop_front();
         }
+    }
+
+    /// False when there was nothing to forget.
+    fn pop_front(&mut self) -> bool {
+        let Some((_, value)) = self.entries.pop_front() else { return false };
+        self.bytes -= value.len();
+        true
     }
 
     fn clear(&mut self) {
@@ -190,11 +201,7 @@ impl Segments {
         for start in done {
             self.trees().remove(&start);
             self.db.drop_tree(name_of(start))?;
-            let mut recent = self.recent();
-            while recent.entries.front().is_some_and(|(k, _)| *k < start + SEGMENT) {
-                let (_, value) = recent.entries.pop_front().expect("a front entry");
-                recent.bytes -= value.len();
-            }
+            self.recent().drop_below(start + SEGMENT);
         }
         Ok(())
     }
