@@ -13,7 +13,6 @@ use proto::mdp::{Dialect, ReplyKind};
 
 use crate::async_socket::AsyncSocket;
 use crate::client::{ClientError, ClientOptions, Reply, ReplyHead, MAX_REPLY_FRAMES};
-use crate::frames::Received;
 use crate::socket::{self, Endpoint};
 
 pub struct AsyncClient {
@@ -57,12 +56,8 @@ impl AsyncClient {
             socket.send(self.core.envelope().expect("a request is in flight").frames(), body).await?;
             loop {
                 let Some(deadline) = self.core.deadline() else { unreachable!("a request is in flight") };
-                let left = deadline.saturating_duration_since(Instant::now());
-                match socket.recv_timeout(&mut self.frames, MAX_REPLY_FRAMES, left).await? {
-                    Received::Message => {}
-                    Received::TooManyFrames => continue,
-                    Received::WouldBlock if Instant::now() < deadline => continue,
-                    Received::WouldBlock => match self.core.on_timeout(Instant::now()) {
+                if !socket.recv_before(&mut self.frames, MAX_REPLY_FRAMES, deadline).await? {
+                    match self.core.on_timeout(Instant::now()) {
                         Timeout::Resend => {
                             log::debug!("no reply from {service}: retrying on a fresh socket");
                             send = Send::FreshSocket;
@@ -77,7 +72,7 @@ impl AsyncClient {
                                 options,
                             ));
                         }
-                    },
+                    }
                 }
                 let Some(head) = self.core.on_message(Instant::now(), &self.frames).map(ReplyHead::from)
                 else {
@@ -119,12 +114,8 @@ impl AsyncPipeline {
     pub async fn recv(&mut self, timeout: Duration) -> Result<Option<Vec<zmq::Message>>, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.socket.recv_timeout(&mut self.frames, MAX_REPLY_FRAMES, left).await? {
-                Received::Message => {}
-                Received::TooManyFrames => continue,
-                Received::WouldBlock if Instant::now() < deadline => continue,
-                Received::WouldBlock => return Ok(None),
+            if !self.socket.recv_before(&mut self.frames, MAX_REPLY_FRAMES, deadline).await? {
+                return Ok(None);
             }
             let Some(head) = parse_reply(&self.frames).map(ReplyHead::from) else { continue };
             let reply = Reply::take(&mut self.frames, head);

@@ -8,7 +8,7 @@
 //! trips a second on one thread). A socket stays owned by one task.
 
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
-use std::time::Duration;
+use std::time::Instant;
 
 use async_io::{Async, Timer};
 use futures_lite::FutureExt;
@@ -61,18 +61,27 @@ impl AsyncSocket {
         }
     }
 
-    /// Like [`AsyncSocket::recv`] but gives up after `timeout` (returns WouldBlock).
-    pub async fn recv_timeout(
+    /// Receives the next whole message of at most `max_frames` into
+    /// `frames`, passing over larger ones; false if none came before `deadline`.
+    pub async fn recv_before(
         &self,
         frames: &mut Vec<zmq::Message>,
         max_frames: usize,
-        timeout: Duration,
-    ) -> zmq::Result<Received> {
-        let expired = async {
-            Timer::after(timeout).await;
-            Ok(Received::WouldBlock)
-        };
-        self.recv(frames, max_frames).or(expired).await
+        deadline: Instant,
+    ) -> zmq::Result<bool> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let expired = async {
+                Timer::after(left).await;
+                Ok(Received::WouldBlock)
+            };
+            match self.recv(frames, max_frames).or(expired).await? {
+                Received::Message => return Ok(true),
+                Received::TooManyFrames => continue,
+                Received::WouldBlock if Instant::now() < deadline => continue,
+                Received::WouldBlock => return Ok(false),
+            }
+        }
     }
 
     /// Sends one message, waiting while the socket cannot take it.
@@ -126,7 +135,9 @@ mod tests {
         lonely.bind("inproc://async-socket-timeout").unwrap();
         let lonely = AsyncSocket::new(lonely).unwrap();
         let mut frames = Vec::new();
-        let got = async_io::block_on(lonely.recv_timeout(&mut frames, 8, Duration::from_millis(50))).unwrap();
-        assert_eq!(got, Received::WouldBlock);
+        let deadline = Instant::now() + std::time::Duration::from_millis(50);
+        let got = async_io::block_on(lonely.recv_before(&mut frames, 8, deadline)).unwrap();
+        assert!(!got, "nothing was sent");
+        assert!(Instant::now() >= deadline);
     }
 }
