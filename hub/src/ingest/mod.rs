@@ -340,14 +340,7 @@ impl IngestService {
 
         if self.store.is_broken() {
             self.agents.record(agent, Heard { report, ..Heard::default() }, now.0, now.1);
-            c.retries.fetch_add(1, Relaxed);
-            return Reply::Retry {
-                reason:
-                    "the hub's ingest store failed to write (a full disk?): it takes batches again once it \
-                         is opened again, within seconds of space returning"
-                        .into(),
-                after_ms: 1000,
-            };
+            return self.store_broken();
         }
         let mut turn = self.turn(agent);
         let mut marks = match self.store.watermarks.get(agent) {
@@ -376,10 +369,7 @@ impl IngestService {
             }
             // The one before may have raised the watermark and then failed to flush it.
             if self.store.is_broken() {
-                return Reply::Retry {
-                    reason: "the hub's ingest store failed to write".into(),
-                    after_ms: 1000,
-                };
+                return self.store_broken();
             }
         }
         if marks.0.is_empty() && c.agents.load(Relaxed) >= self.config.max_agents as u64 {
@@ -498,6 +488,18 @@ impl IngestService {
         self.counters.malformed.fetch_add(1, Relaxed);
         log::warn!("ingest: dropped a malformed batch: {reason}");
         Reply::Malformed { reason }
+    }
+
+    /// The answer while the store cannot write: the agent keeps the batch.
+    fn store_broken(&self) -> Reply {
+        self.counters.retries.fetch_add(1, Relaxed);
+        Reply::Retry {
+            reason:
+                "the hub's ingest store failed to write (a full disk?): it takes batches again once it is \
+                     opened again, within seconds of space returning"
+                    .into(),
+            after_ms: 1000,
+        }
     }
 
     fn storage_failure(&self, e: WatermarkError) -> Reply {
