@@ -433,7 +433,9 @@ impl Store {
         if !existed && keys >= l.max_keys_per_scope {
             return Err(self.quota(format!("scope '{scope}' holds {keys} keys, its limit")));
         }
-        if bytes - old + new > l.max_scope_bytes {
+        // Saturating: a value salvaged without its scope (see `Disk::usage`) is
+        // not counted, so the scope may hold less than it costs.
+        if bytes.saturating_sub(old) + new > l.max_scope_bytes {
             return Err(self.quota(format!(
                 "scope '{scope}' would hold more than {} bytes of keys and values (max_scope_bytes)",
                 l.max_scope_bytes
@@ -457,7 +459,7 @@ impl Store {
         }
         let held = usage.scopes.get_mut(scope).expect("present");
         held.keys += usize::from(!existed);
-        held.bytes = held.bytes - old + new;
+        held.bytes = held.bytes.saturating_sub(old) + new;
         drop(usage);
         self.wrote();
         Ok(())
@@ -468,8 +470,8 @@ impl Store {
         let mut usage = self.writable()?;
         let Some(old) = self.disk()?.values.remove(scope_key(scope, key))? else { return Ok(false) };
         if let Some(held) = usage.scopes.get_mut(scope) {
-            held.keys -= 1;
-            held.bytes -= key.len() + old.len();
+            held.keys = held.keys.saturating_sub(1);
+            held.bytes = held.bytes.saturating_sub(key.len() + old.len());
         }
         drop(usage);
         self.wrote();
