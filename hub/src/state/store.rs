@@ -447,15 +447,13 @@ impl Store {
                 values.insert(k.as_slice(), text.as_bytes())?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })?;
+            usage.scopes.insert(scope.into(), ScopeUsage { owner: owner.into(), ..ScopeUsage::default() });
+            *usage.owned.entry(owner.into()).or_default() += 1;
         } else {
             // One key in a scope that exists: a plain insert is atomic on its own. A sled
             // transaction would seal its log buffer, so every set would cost a write and a
             // sync_file_range of its own.
             disk.values.insert(k.as_slice(), text.as_bytes())?;
-        }
-        if new_scope {
-            usage.scopes.insert(scope.into(), ScopeUsage { owner: owner.into(), ..ScopeUsage::default() });
-            *usage.owned.entry(owner.into()).or_default() += 1;
         }
         let held = usage.scopes.get_mut(scope).expect("present");
         held.keys += usize::from(!existed);
