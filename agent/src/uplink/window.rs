@@ -7,10 +7,11 @@
 //! one. With a window they go to the ordered service, which only hubs that
 //! keep that order have: a hub swapped for an older one (the socket
 //! reconnects to it silently) leaves them unanswered, and the agent goes
-//! back to one batch at a time on the plain service. An Ack of any batch therefore covers every batch before it, and the
-//! outbox retires through it. Any other answer (or none in time) drops the
-//! socket and everything in flight: the outbox sends again from its oldest
-//! record, and the hub drops what it already had as repeats.
+//! back to one batch at a time on the plain service. An Ack of any batch
+//! therefore covers every batch before it, and the outbox retires through it.
+//! Any other answer (or none in time) drops the socket and everything in
+//! flight: the outbox sends again from its oldest record, and the hub drops
+//! what it already had as repeats.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
