@@ -1,6 +1,8 @@
 use super::*;
+use crate::generation::MANIFEST;
 
-fn config() -> sled::Config {
+/// A small cache, and flushes only when asked.
+pub(crate) fn config() -> sled::Config {
     sled::Config::new().cache_capacity(1 << 20).flush_every_ms(None)
 }
 
@@ -145,35 +147,4 @@ fn free_bytes_reads_the_file_system() {
     assert!(free <= total);
     assert!(has_room(dir.path(), 1));
     assert!(free_bytes(&dir.path().join("missing")).is_err());
-}
-
-#[test]
-fn callers_flushing_together_share_one_flush() {
-    use std::sync::atomic::Ordering::SeqCst;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store");
-    let opened = open(&path, config()).unwrap();
-    let (generation, _) = Generation::open(&path, &opened).unwrap();
-    let before = generation.state.lock().unwrap().0;
-    std::thread::scope(|s| {
-        // A flush in progress (its lock held) while two writers arrive.
-        let busy = generation.state.lock().unwrap();
-        for key in ["a", "b"] {
-            let (db, generation) = (&opened.db, &generation);
-            s.spawn(move || {
-                db.insert(key, "1").unwrap();
-                generation.flush(db).unwrap();
-            });
-        }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while generation.calls.load(SeqCst) < 2 {
-            assert!(std::time::Instant::now() < deadline, "the writers never called flush");
-            std::thread::yield_now();
-        }
-        drop(busy);
-    });
-    assert_eq!(generation.state.lock().unwrap().0, before + 1, "the first flush covered both callers");
-    // One more caller, after them: its own flush.
-    generation.flush(&opened.db).unwrap();
-    assert_eq!(generation.state.lock().unwrap().0, before + 2);
 }
